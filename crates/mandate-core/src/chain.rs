@@ -1,0 +1,700 @@
+//! Delegation chains: issuing a root, deriving a child offline, and verifying
+//! a presented chain back to an authority-signed root with no callback.
+//!
+//! A presented mandate is one string: the compact JWS of the root, then each
+//! descendant's, joined by `~` (a character base64url never uses):
+//! `root~child~grandchild`. A root is an ordinary JWT that any JWT library can
+//! verify with the authority's JWKS. Each child is signed by the key its
+//! parent binds (`agent.cnf.jwk`) and names, in `delegation_chain`, every
+//! ancestor with the SHA-256 of its JWS, so a child cannot be spliced onto
+//! another parent.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use crate::attenuation::{self, Violation};
+use crate::condition::{CompiledCondition, ConditionError};
+use crate::hash::{sha256, sha256_b64};
+use crate::id::MandateId;
+use crate::json::{JsonError, from_slice_strict};
+use crate::jws::{self, JwsError};
+use crate::keys::{Algorithm, KeySet, SigningKey, VerifyingKey};
+use crate::model::{
+    Agent, AuthorizationDetail, ChainLink, Condition, Delegation, MANDATE_TYP, MandateClaims,
+    TerminalEvent, TokenBinding,
+};
+use crate::timestamp::UnixTime;
+use crate::validate::{CheckConditions, MAX_CHAIN_DEPTH, Problem, Problems, validate};
+
+/// The separator between the JWSs of a presented chain.
+pub const CHAIN_SEPARATOR: char = '~';
+/// Largest presented chain, in bytes.
+pub const MAX_PRESENTED_BYTES: usize = 256 * 1024;
+
+/// Why a presented chain was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// Larger than [`MAX_PRESENTED_BYTES`].
+    #[error("presented mandate is larger than {MAX_PRESENTED_BYTES} bytes")]
+    TooLarge,
+    /// More links than [`MAX_CHAIN_DEPTH`] + 1.
+    #[error("chain is deeper than {MAX_CHAIN_DEPTH} hops")]
+    TooDeep,
+    /// A JWS in the chain was refused.
+    #[error("mandate {index} of the chain: {error}")]
+    Jws {
+        /// Position in the chain (0 = root).
+        index: usize,
+        /// Why.
+        error: JwsError,
+    },
+    /// A payload is not a well-formed mandate.
+    #[error("mandate {index} of the chain: {error}")]
+    Claims {
+        /// Position in the chain.
+        index: usize,
+        /// Where and why.
+        error: JsonError,
+    },
+    /// A mandate breaks a validation rule.
+    #[error("mandate {index} of the chain: {problems}")]
+    Invalid {
+        /// Position in the chain.
+        index: usize,
+        /// Every problem.
+        problems: Problems,
+    },
+    /// The root was not issued by the expected authority.
+    #[error("iss: `{0}` is not the trusted issuer")]
+    IssuerUntrusted(String),
+    /// A root that claims ancestors, or a child whose `delegation_chain` does
+    /// not name exactly the presented ancestors.
+    #[error(
+        "mandate {index} of the chain: delegation_chain does not match the presented ancestors"
+    )]
+    ChainLinkMismatch {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// The parent binds no holder key, so no child can be verified.
+    #[error("mandate {index} of the chain: its parent has no agent.cnf.jwk to verify it with")]
+    HolderKeyMissing {
+        /// Position in the chain.
+        index: usize,
+    },
+    /// A child exceeds its parent.
+    #[error("mandate {index} of the chain: {}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Attenuation {
+        /// Position in the chain.
+        index: usize,
+        /// Every way it exceeds the parent.
+        violations: Vec<Violation>,
+    },
+}
+
+impl ChainError {
+    /// Every stable reason code this error stands for (one, except for
+    /// attenuation, which names each exceeded dimension).
+    #[must_use]
+    pub fn codes(&self) -> Vec<String> {
+        match self {
+            ChainError::TooLarge => vec!["too_large".into()],
+            ChainError::TooDeep => vec!["chain_too_deep".into()],
+            ChainError::Jws { error, .. } => vec![error.code().into()],
+            ChainError::Claims { error, .. } if error.duplicate => vec!["duplicate_member".into()],
+            ChainError::Claims { .. } | ChainError::Invalid { .. } => {
+                vec!["invalid_mandate".into()]
+            }
+            ChainError::IssuerUntrusted(_) => vec!["issuer_untrusted".into()],
+            ChainError::ChainLinkMismatch { .. } => vec!["chain_link_mismatch".into()],
+            ChainError::HolderKeyMissing { .. } => vec!["holder_key_missing".into()],
+            ChainError::Attenuation { violations, .. } => {
+                let mut codes: Vec<String> = violations.iter().map(Violation::code).collect();
+                codes.dedup();
+                codes
+            }
+        }
+    }
+}
+
+/// One mandate of a chain that was parsed but whose signature was not
+/// checked: for inspection only.
+#[derive(Debug, Clone)]
+pub struct UnverifiedMandate {
+    /// The claims.
+    pub claims: MandateClaims,
+    /// The header's algorithm.
+    pub alg: Algorithm,
+    /// The header's key id.
+    pub kid: Option<String>,
+    /// SHA-256 of the JWS, base64url.
+    pub jws_sha256: String,
+}
+
+fn all_algorithms() -> BTreeSet<Algorithm> {
+    [Algorithm::EdDSA, Algorithm::ES256].into()
+}
+
+/// Splits a presented chain into its JWSs, bounded in size and depth.
+///
+/// # Errors
+/// Too large or too deep.
+pub fn split(presented: &str) -> Result<Vec<&str>, ChainError> {
+    if presented.len() > MAX_PRESENTED_BYTES {
+        return Err(ChainError::TooLarge);
+    }
+    let parts: Vec<&str> = presented.trim().split(CHAIN_SEPARATOR).collect();
+    if parts.len() > MAX_CHAIN_DEPTH + 1 {
+        return Err(ChainError::TooDeep);
+    }
+    Ok(parts)
+}
+
+fn parse_claims(index: usize, payload: &[u8]) -> Result<MandateClaims, ChainError> {
+    from_slice_strict(payload).map_err(|error| ChainError::Claims { index, error })
+}
+
+/// Parses a presented chain **without verifying any signature**, for
+/// inspection and for a holder deriving a child from its own mandate.
+///
+/// # Errors
+/// When a JWS or its claims cannot be read.
+pub fn parse_unverified(presented: &str) -> Result<Vec<UnverifiedMandate>, ChainError> {
+    split(presented)?
+        .into_iter()
+        .enumerate()
+        .map(|(index, part)| {
+            let d = jws::decode(part, &all_algorithms(), MANDATE_TYP)
+                .map_err(|error| ChainError::Jws { index, error })?;
+            Ok(UnverifiedMandate {
+                claims: parse_claims(index, &d.payload)?,
+                alg: d.alg,
+                kid: d.kid,
+                jws_sha256: sha256_b64(part.as_bytes()),
+            })
+        })
+        .collect()
+}
+
+/// A mandate whose signature, chain position and attenuation were verified.
+#[derive(Debug, Clone)]
+pub struct VerifiedMandate {
+    claims: MandateClaims,
+    jws_sha256: String,
+}
+
+impl VerifiedMandate {
+    /// The claims.
+    #[must_use]
+    pub fn claims(&self) -> &MandateClaims {
+        &self.claims
+    }
+
+    /// The mandate's id.
+    #[must_use]
+    pub fn id(&self) -> &MandateId {
+        &self.claims.mandate_id
+    }
+
+    /// SHA-256 of its JWS, base64url.
+    #[must_use]
+    pub fn jws_sha256(&self) -> &str {
+        &self.jws_sha256
+    }
+}
+
+/// A condition of the leaf, with the index of the chain mandate that first
+/// imposed it (whose state its `on_failure` changes).
+#[derive(Debug, Clone)]
+pub struct ChainCondition {
+    /// The compiled condition.
+    pub condition: CompiledCondition,
+    /// Index in the chain of the mandate that introduced it.
+    pub origin: usize,
+}
+
+/// A verified chain, root first. Only [`Verifier::verify`] makes one.
+#[derive(Debug)]
+pub struct VerifiedChain {
+    mandates: Vec<VerifiedMandate>,
+    conditions: Vec<ChainCondition>,
+    reads: Reads,
+}
+
+/// Which reserved variables the leaf's conditions read, so a decision binds
+/// only those.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reads {
+    pub action: bool,
+    pub resource: bool,
+    pub context: bool,
+    pub now: bool,
+    pub mandate: bool,
+}
+
+impl VerifiedChain {
+    /// Every mandate, root first.
+    #[must_use]
+    pub fn mandates(&self) -> &[VerifiedMandate] {
+        &self.mandates
+    }
+
+    /// The holder's mandate (the last one).
+    #[must_use]
+    pub fn leaf(&self) -> &VerifiedMandate {
+        // A verified chain is never empty: `verify` refuses an empty string.
+        let last = self.mandates.len().saturating_sub(1);
+        #[expect(clippy::indexing_slicing, reason = "non-empty by construction")]
+        &self.mandates[last]
+    }
+
+    /// The authority-signed root.
+    #[must_use]
+    pub fn root(&self) -> &VerifiedMandate {
+        #[expect(clippy::indexing_slicing, reason = "non-empty by construction")]
+        &self.mandates[0]
+    }
+
+    /// The ids of the chain, root first.
+    #[must_use]
+    pub fn ids(&self) -> Vec<MandateId> {
+        self.mandates.iter().map(|m| m.id().clone()).collect()
+    }
+
+    /// The leaf's compiled conditions (which include every ancestor's).
+    #[must_use]
+    pub fn conditions(&self) -> &[ChainCondition] {
+        &self.conditions
+    }
+
+    pub(crate) fn reads(&self) -> Reads {
+        self.reads
+    }
+}
+
+/// Verifies presented chains against the authority's keys, caching verified
+/// chains by the SHA-256 of the presented string so a second decision on the
+/// same chain does no signature work.
+///
+/// The cache belongs to this verifier: build a new verifier when the trusted
+/// keys change.
+pub struct Verifier {
+    keys: KeySet,
+    algorithms: BTreeSet<Algorithm>,
+    issuer: Option<String>,
+    cache: RwLock<HashMap<[u8; 32], Arc<VerifiedChain>>>,
+    cache_capacity: usize,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys)
+            .field("algorithms", &self.algorithms)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier trusting `keys` for roots, accepting EdDSA only (add ES256
+    /// with [`Verifier::with_algorithms`]).
+    #[must_use]
+    pub fn new(keys: KeySet) -> Self {
+        Self {
+            keys,
+            algorithms: [Algorithm::EdDSA].into(),
+            issuer: None,
+            cache: RwLock::new(HashMap::new()),
+            cache_capacity: 10_000,
+        }
+    }
+
+    /// Replaces the algorithm allow-list.
+    #[must_use]
+    pub fn with_algorithms(mut self, algs: impl IntoIterator<Item = Algorithm>) -> Self {
+        self.algorithms = algs.into_iter().collect();
+        self
+    }
+
+    /// Requires roots to carry this `iss`.
+    #[must_use]
+    pub fn with_issuer(mut self, iss: impl Into<String>) -> Self {
+        self.issuer = Some(iss.into());
+        self
+    }
+
+    /// Bounds the verified-chain cache (0 disables it).
+    #[must_use]
+    pub fn with_cache_capacity(mut self, n: usize) -> Self {
+        self.cache_capacity = n;
+        self
+    }
+
+    /// Verifies a presented chain, from the cache when it was verified before.
+    ///
+    /// # Errors
+    /// See [`ChainError`].
+    pub fn verify(&self, presented: &str) -> Result<Arc<VerifiedChain>, ChainError> {
+        if presented.len() > MAX_PRESENTED_BYTES {
+            return Err(ChainError::TooLarge);
+        }
+        let key = sha256(presented.as_bytes());
+        if self.cache_capacity > 0
+            && let Ok(cache) = self.cache.read()
+            && let Some(hit) = cache.get(&key)
+        {
+            return Ok(Arc::clone(hit));
+        }
+        let chain = Arc::new(self.verify_uncached(presented)?);
+        if self.cache_capacity > 0
+            && let Ok(mut cache) = self.cache.write()
+        {
+            if cache.len() >= self.cache_capacity {
+                cache.clear();
+            }
+            cache.insert(key, Arc::clone(&chain));
+        }
+        Ok(chain)
+    }
+
+    /// Verifies without consulting or filling the cache.
+    ///
+    /// # Errors
+    /// See [`ChainError`].
+    pub fn verify_uncached(&self, presented: &str) -> Result<VerifiedChain, ChainError> {
+        let parts = split(presented)?;
+        let mut mandates: Vec<VerifiedMandate> = Vec::with_capacity(parts.len());
+        let mut pending: Vec<(VerifyingKey, &str, Vec<u8>)> = Vec::with_capacity(parts.len());
+        let last = parts.len().saturating_sub(1);
+        for (index, part) in parts.iter().enumerate() {
+            let d = jws::decode(part, &self.algorithms, MANDATE_TYP)
+                .map_err(|error| ChainError::Jws { index, error })?;
+            let claims = parse_claims(index, &d.payload)?;
+            let check = if index == last {
+                CheckConditions::Compile
+            } else {
+                CheckConditions::Skip
+            };
+            validate(&claims, check).map_err(|problems| ChainError::Invalid { index, problems })?;
+            let key = match mandates.last() {
+                None => {
+                    if let Some(iss) = &self.issuer
+                        && &claims.iss != iss
+                    {
+                        return Err(ChainError::IssuerUntrusted(claims.iss.clone()));
+                    }
+                    if !claims.delegation_chain.is_empty() {
+                        return Err(ChainError::ChainLinkMismatch { index });
+                    }
+                    let kid = d.kid.as_deref().ok_or(ChainError::Jws {
+                        index,
+                        error: JwsError::KidMissing,
+                    })?;
+                    self.keys.get(kid).cloned().ok_or_else(|| ChainError::Jws {
+                        index,
+                        error: JwsError::UnknownKid(kid.to_owned()),
+                    })?
+                }
+                Some(parent) => {
+                    let expected = expected_links(parent);
+                    if claims.delegation_chain != expected {
+                        return Err(ChainError::ChainLinkMismatch { index });
+                    }
+                    let violations = attenuation::check(&parent.claims, &claims);
+                    if !violations.is_empty() {
+                        return Err(ChainError::Attenuation { index, violations });
+                    }
+                    let cnf = parent
+                        .claims
+                        .agent
+                        .cnf
+                        .as_ref()
+                        .ok_or(ChainError::HolderKeyMissing { index })?;
+                    let key = VerifyingKey::from_jwk(&cnf.jwk)
+                        .map_err(|_| ChainError::HolderKeyMissing { index })?;
+                    if let Some(kid) = &d.kid
+                        && kid != key.kid()
+                    {
+                        return Err(ChainError::Jws {
+                            index,
+                            error: JwsError::UnknownKid(kid.clone()),
+                        });
+                    }
+                    key
+                }
+            };
+            if key.algorithm() != d.alg {
+                return Err(ChainError::Jws {
+                    index,
+                    error: JwsError::AlgKeyMismatch {
+                        header: d.alg.as_str().into(),
+                        key: key.algorithm(),
+                    },
+                });
+            }
+            pending.push((key, d.signing_input, d.signature));
+            mandates.push(VerifiedMandate {
+                claims,
+                jws_sha256: sha256_b64(part.as_bytes()),
+            });
+        }
+        verify_signatures(&pending)?;
+        let leaf = mandates.last().ok_or(ChainError::TooDeep)?;
+        let mut conditions = Vec::with_capacity(leaf.claims.conditions.len());
+        let mut reads = Reads::default();
+        for (i, c) in leaf.claims.conditions.iter().enumerate() {
+            let condition =
+                CompiledCondition::new(c).map_err(|e: ConditionError| ChainError::Invalid {
+                    index: last,
+                    problems: Problems(vec![Problem {
+                        path: format!("conditions[{i}].expression"),
+                        message: e.to_string(),
+                    }]),
+                })?;
+            for var in condition.variables() {
+                match var.as_str() {
+                    "action" => reads.action = true,
+                    "resource" => reads.resource = true,
+                    "context" => reads.context = true,
+                    "now" => reads.now = true,
+                    "mandate" => reads.mandate = true,
+                    _ => {}
+                }
+            }
+            let origin = mandates
+                .iter()
+                .position(|m| m.claims.conditions.iter().any(|pc| pc.id == c.id))
+                .unwrap_or(last);
+            conditions.push(ChainCondition { condition, origin });
+        }
+        Ok(VerifiedChain {
+            mandates,
+            conditions,
+            reads,
+        })
+    }
+}
+
+/// Checks every signature of a chain. Ed25519 signatures are checked one by
+/// one with `verify_strict`, so a signature accepted here is accepted by every
+/// RFC 8032 verifier.
+fn verify_signatures(pending: &[(VerifyingKey, &str, Vec<u8>)]) -> Result<(), ChainError> {
+    for (index, (key, input, sig)) in pending.iter().enumerate() {
+        if !key.verify(input.as_bytes(), sig) {
+            return Err(ChainError::Jws {
+                index,
+                error: JwsError::SignatureInvalid,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn expected_links(parent: &VerifiedMandate) -> Vec<ChainLink> {
+    let mut links = parent.claims.delegation_chain.clone();
+    links.push(ChainLink {
+        mandate_id: parent.claims.mandate_id.clone(),
+        holder: parent.claims.agent.id.clone(),
+        jws_sha256: parent.jws_sha256.clone(),
+    });
+    links
+}
+
+/// Why a mandate could not be issued or derived.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssueError {
+    /// The claims break validation rules.
+    #[error("{0}")]
+    Invalid(Problems),
+    /// The child would exceed its parent.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Attenuation(Vec<Violation>),
+    /// The parent chain could not be read.
+    #[error("parent: {0}")]
+    Parent(ChainError),
+    /// The holder key is not the one the parent binds.
+    #[error("holder key: does not match the parent's agent.cnf.jwk")]
+    WrongHolderKey,
+    /// A root must not name ancestors.
+    #[error("delegation_chain: a root mandate has no ancestors")]
+    RootWithChain,
+}
+
+impl IssueError {
+    /// The stable reason codes.
+    #[must_use]
+    pub fn codes(&self) -> Vec<String> {
+        match self {
+            IssueError::Invalid(_) | IssueError::RootWithChain => vec!["invalid_mandate".into()],
+            IssueError::Attenuation(v) => v.iter().map(Violation::code).collect(),
+            IssueError::Parent(e) => e.codes(),
+            IssueError::WrongHolderKey => vec!["holder_key_mismatch".into()],
+        }
+    }
+}
+
+/// Signs a root mandate with the authority's key after validating it.
+///
+/// # Errors
+/// Invalid claims, or a root that names ancestors.
+pub fn issue_root(key: &SigningKey, claims: &MandateClaims) -> Result<String, IssueError> {
+    if !claims.delegation_chain.is_empty() {
+        return Err(IssueError::RootWithChain);
+    }
+    validate(claims, CheckConditions::Compile).map_err(IssueError::Invalid)?;
+    let payload = serde_json::to_vec(claims).map_err(|e| {
+        IssueError::Invalid(Problems(vec![Problem {
+            path: ".".into(),
+            message: e.to_string(),
+        }]))
+    })?;
+    Ok(jws::sign(key, MANDATE_TYP, &payload))
+}
+
+/// What a holder chooses for a child; everything else comes from the parent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildSpec {
+    /// The child's id; generated when absent.
+    #[serde(default)]
+    pub mandate_id: Option<MandateId>,
+    /// Who will hold the child (with its own `cnf.jwk` if it may delegate).
+    pub agent: Agent,
+    /// The narrowed scope.
+    pub authorization_details: Vec<AuthorizationDetail>,
+    /// Conditions added to the parent's.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The child's lifecycle.
+    pub lifecycle: ChildLifecycle,
+    /// The child's delegation rules.
+    pub delegation: Delegation,
+    /// Binding to the sub-agent's access token.
+    #[serde(default)]
+    pub token_binding: Option<TokenBinding>,
+}
+
+/// A child's lifecycle: its expiry and any terminal events it adds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildLifecycle {
+    /// No later than the parent's.
+    pub hard_expiry: UnixTime,
+    /// Added to the parent's.
+    #[serde(default)]
+    pub terminal_events: Vec<TerminalEvent>,
+    /// Usable once.
+    #[serde(default)]
+    pub one_time: bool,
+}
+
+/// Builds the child's claims: issuer, principal, purpose, conditions and
+/// terminal events come from the parent (the child may add conditions and
+/// events), `delegation_chain` is the parent's plus the parent itself.
+#[must_use]
+pub fn child_claims(
+    parent: &MandateClaims,
+    parent_jws_sha256: &str,
+    spec: &ChildSpec,
+    mandate_id: MandateId,
+    now: UnixTime,
+) -> MandateClaims {
+    let mut conditions = parent.conditions.clone();
+    conditions.extend(spec.conditions.iter().cloned());
+    let mut terminal_events = parent.lifecycle.terminal_events.clone();
+    for t in &spec.lifecycle.terminal_events {
+        if !terminal_events.contains(t) {
+            terminal_events.push(t.clone());
+        }
+    }
+    let mut delegation_chain = parent.delegation_chain.clone();
+    delegation_chain.push(ChainLink {
+        mandate_id: parent.mandate_id.clone(),
+        holder: parent.agent.id.clone(),
+        jws_sha256: parent_jws_sha256.to_owned(),
+    });
+    let iat = now.max(parent.iat);
+    MandateClaims {
+        iss: parent.iss.clone(),
+        iat,
+        nbf: iat.max(parent.nbf),
+        exp: spec.lifecycle.hard_expiry,
+        jti: mandate_id.as_str().to_owned(),
+        mandate_id,
+        principal: parent.principal.clone(),
+        agent: spec.agent.clone(),
+        purpose: parent.purpose.clone(),
+        authorization_details: spec.authorization_details.clone(),
+        conditions,
+        lifecycle: crate::model::Lifecycle {
+            hard_expiry: spec.lifecycle.hard_expiry,
+            terminal_events,
+            on_expiry: parent.lifecycle.on_expiry,
+            one_time: spec.lifecycle.one_time,
+        },
+        delegation: spec.delegation.clone(),
+        delegation_chain,
+        token_binding: spec.token_binding.clone(),
+        extensions: Default::default(),
+    }
+}
+
+/// Derives a child offline: builds its claims from the parent chain's leaf
+/// and `spec`, refuses it when it would exceed the parent (naming each
+/// dimension), signs it with the holder key the parent binds, and returns
+/// the new presented chain (`parent~child`).
+///
+/// The parent chain is parsed, not verified: the holder is deriving from its
+/// own mandate, and every enforcement point verifies the whole result.
+///
+/// # Errors
+/// See [`IssueError`].
+pub fn derive_child(
+    parent_presented: &str,
+    holder_key: &SigningKey,
+    spec: &ChildSpec,
+    mandate_id: MandateId,
+    now: UnixTime,
+) -> Result<String, IssueError> {
+    let chain = parse_unverified(parent_presented).map_err(IssueError::Parent)?;
+    let parent = chain
+        .last()
+        .ok_or(IssueError::Parent(ChainError::TooDeep))?;
+    if chain.len() > MAX_CHAIN_DEPTH {
+        return Err(IssueError::Parent(ChainError::TooDeep));
+    }
+    let bound = parent
+        .claims
+        .agent
+        .cnf
+        .as_ref()
+        .and_then(|c| VerifyingKey::from_jwk(&c.jwk).ok())
+        .ok_or(IssueError::WrongHolderKey)?;
+    let holder_public = holder_key
+        .verifying_key()
+        .map_err(|_| IssueError::WrongHolderKey)?;
+    if bound.to_jwk().thumbprint() != holder_public.to_jwk().thumbprint()
+        || bound.algorithm() != holder_key.algorithm()
+    {
+        return Err(IssueError::WrongHolderKey);
+    }
+    let claims = child_claims(&parent.claims, &parent.jws_sha256, spec, mandate_id, now);
+    validate(&claims, CheckConditions::Compile).map_err(IssueError::Invalid)?;
+    let violations = attenuation::check(&parent.claims, &claims);
+    if !violations.is_empty() {
+        return Err(IssueError::Attenuation(violations));
+    }
+    let payload = serde_json::to_vec(&claims).map_err(|e| {
+        IssueError::Invalid(Problems(vec![Problem {
+            path: ".".into(),
+            message: e.to_string(),
+        }]))
+    })?;
+    let child = jws::sign_with_kid(holder_key, bound.kid(), MANDATE_TYP, &payload);
+    let mut out = parent_presented.trim().to_owned();
+    out.push(CHAIN_SEPARATOR);
+    out.push_str(&child);
+    Ok(out)
+}

@@ -1,0 +1,322 @@
+//! Conditions: CEL expressions compiled once per mandate, evaluated per
+//! action against the mission facts, the action and the time.
+//!
+//! Variables a condition may read:
+//!
+//! | name | value |
+//! | --- | --- |
+//! | each top-level member of the facts | e.g. `procurement` for `procurement.contingency_program.status` |
+//! | `action` | `{"name": ...}` |
+//! | `resource` | `{"type": ..., "id": ..., "properties": {...}}` |
+//! | `context` | the request's `context` object |
+//! | `now` | the decision time, a CEL `timestamp` |
+//! | `mandate` | `{"id", "agent": {"id", "instance"}, "principal": {"sub", "iss"}}` of the leaf |
+//!
+//! Reserved names shadow facts of the same name. A reference to anything
+//! else is an evaluation error, which denies (`condition_error:<id>`).
+
+use std::sync::Arc;
+
+use cel::parser::{Expression, Parser};
+use cel::{Context, Value as CelValue};
+use serde_json::Value;
+
+use crate::id::ConditionId;
+use crate::model::{Condition, OnFailure};
+
+/// Longest accepted expression, in bytes.
+pub const MAX_EXPRESSION_BYTES: usize = 2048;
+/// Deepest accepted nesting of brackets and of the parser's own recursion.
+pub const MAX_EXPRESSION_DEPTH: u16 = 16;
+/// Most conditions in one mandate (ancestors' included).
+pub const MAX_CONDITIONS: usize = 32;
+/// Largest facts document, in bytes of JSON.
+pub const MAX_FACTS_BYTES: usize = 1 << 20;
+
+/// Names bound by the decision; facts cannot take them.
+pub const RESERVED_VARIABLES: [&str; 5] = ["action", "resource", "context", "now", "mandate"];
+
+/// Why an expression was refused at issue time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConditionError {
+    /// Longer than [`MAX_EXPRESSION_BYTES`].
+    #[error("expression is longer than {MAX_EXPRESSION_BYTES} bytes")]
+    TooLong,
+    /// Nests brackets deeper than [`MAX_EXPRESSION_DEPTH`].
+    #[error("expression nests deeper than {MAX_EXPRESSION_DEPTH} levels")]
+    TooDeep,
+    /// Did not parse.
+    #[error("expression does not parse: {0}")]
+    Parse(String),
+}
+
+/// Parses a CEL expression within the size and depth bounds.
+///
+/// # Errors
+/// See [`ConditionError`].
+pub fn compile(source: &str) -> Result<Expression, ConditionError> {
+    if source.len() > MAX_EXPRESSION_BYTES {
+        return Err(ConditionError::TooLong);
+    }
+    if bracket_depth(source) > usize::from(MAX_EXPRESSION_DEPTH) {
+        return Err(ConditionError::TooDeep);
+    }
+    Parser::new()
+        .max_recursion_depth(MAX_EXPRESSION_DEPTH)
+        .parse(source)
+        .map_err(|e| {
+            let msg = e.to_string();
+            ConditionError::Parse(msg.lines().next().unwrap_or("syntax error").to_owned())
+        })
+}
+
+/// The deepest nesting of `(`, `[` and `{` outside string literals: checked
+/// before parsing, because the parser recurses before it counts.
+fn bracket_depth(source: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in source.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// A condition ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct CompiledCondition {
+    /// The condition's id.
+    pub id: ConditionId,
+    /// What happens when it is false.
+    pub on_failure: OnFailure,
+    /// The source text.
+    pub expression: String,
+    program: Arc<Expression>,
+    variables: Vec<String>,
+}
+
+impl CompiledCondition {
+    /// Compiles a mandate condition.
+    ///
+    /// # Errors
+    /// See [`ConditionError`].
+    pub fn new(c: &Condition) -> Result<Self, ConditionError> {
+        let program = compile(&c.expression)?;
+        let variables = program
+            .references()
+            .variables()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Ok(Self {
+            id: c.id.clone(),
+            on_failure: c.on_failure,
+            expression: c.expression.clone(),
+            program: Arc::new(program),
+            variables,
+        })
+    }
+
+    /// The top-level variables the expression reads.
+    #[must_use]
+    pub fn variables(&self) -> &[String] {
+        &self.variables
+    }
+
+    /// Evaluates against a scope built by [`Facts::scope`].
+    #[must_use]
+    pub fn evaluate(&self, scope: &Context<'_, '_>) -> Outcome {
+        match CelValue::resolve(&self.program, scope) {
+            Ok(CelValue::Bool(true)) => Outcome::True,
+            Ok(CelValue::Bool(false)) => Outcome::False,
+            Ok(other) => Outcome::Error(format!("result is {:?}, not a bool", other.type_of())),
+            Err(e) => Outcome::Error(e.to_string()),
+        }
+    }
+}
+
+/// The result of evaluating one condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Holds.
+    True,
+    /// Does not hold: `condition_failed:<id>`.
+    False,
+    /// Could not be evaluated, or was not a bool: `condition_error:<id>`.
+    Error(String),
+}
+
+/// Why a facts document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactsError {
+    /// The document is not a JSON object.
+    #[error("facts: must be a JSON object")]
+    NotAnObject,
+    /// Too large.
+    #[error("facts: larger than {MAX_FACTS_BYTES} bytes")]
+    TooLarge,
+    /// A member cannot be a CEL variable.
+    #[error("facts.{0}: not usable as a CEL variable name (reserved, or not an identifier)")]
+    BadName(String),
+    /// A value cannot be converted.
+    #[error("facts.{0}: cannot be converted to a CEL value")]
+    Conversion(String),
+}
+
+/// Mission facts, converted to CEL values once and kept as the base scope of
+/// every evaluation. Rebuild only when the facts change.
+pub struct Facts {
+    json: Value,
+    base: Context<'static, 'static>,
+}
+
+impl std::fmt::Debug for Facts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Facts").field("json", &self.json).finish()
+    }
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        Self {
+            json: Value::Object(serde_json::Map::new()),
+            base: Context::default(),
+        }
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Facts {
+    /// Converts a facts document: an object whose members become variables.
+    ///
+    /// # Errors
+    /// See [`FactsError`].
+    pub fn from_json(json: Value) -> Result<Self, FactsError> {
+        let Value::Object(map) = &json else {
+            return Err(FactsError::NotAnObject);
+        };
+        if json.to_string().len() > MAX_FACTS_BYTES {
+            return Err(FactsError::TooLarge);
+        }
+        let mut base = Context::default();
+        for (name, value) in map {
+            if !is_identifier(name) || RESERVED_VARIABLES.contains(&name.as_str()) {
+                return Err(FactsError::BadName(name.clone()));
+            }
+            let v = cel::to_value(value).map_err(|_| FactsError::Conversion(name.clone()))?;
+            base.add_variable_from_value(name.clone(), v);
+        }
+        Ok(Self { json, base })
+    }
+
+    /// The facts as JSON.
+    #[must_use]
+    pub fn json(&self) -> &Value {
+        &self.json
+    }
+
+    /// A child scope over the facts, for one decision.
+    #[must_use]
+    pub fn scope(&self) -> Context<'_, 'static> {
+        self.base.new_inner_scope()
+    }
+}
+
+/// Converts JSON to a CEL value; `null` when it cannot be represented.
+#[must_use]
+pub fn json_to_cel(v: &Value) -> CelValue {
+    cel::to_value(v).unwrap_or(CelValue::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Evaluation;
+    use serde_json::json;
+
+    fn cond(expr: &str) -> CompiledCondition {
+        CompiledCondition::new(&Condition {
+            id: ConditionId::new("c").unwrap(),
+            expression: expr.into(),
+            evaluation: Evaluation::PerAction,
+            on_failure: OnFailure::Deny,
+        })
+        .unwrap()
+    }
+
+    fn facts(status: &str) -> Facts {
+        Facts::from_json(json!({"procurement": {"contingency_program": {"status": status}}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_true_condition_holds_and_a_false_one_does_not() {
+        let c = cond("procurement.contingency_program.status == 'active'");
+        assert_eq!(c.evaluate(&facts("active").scope()), Outcome::True);
+        assert_eq!(c.evaluate(&facts("cancelled").scope()), Outcome::False);
+        assert_eq!(c.variables(), ["procurement"]);
+    }
+
+    #[test]
+    fn a_non_boolean_or_failing_condition_is_an_error() {
+        assert!(matches!(
+            cond("1 + 1").evaluate(&facts("active").scope()),
+            Outcome::Error(_)
+        ));
+        assert!(matches!(
+            cond("missing.field == 1").evaluate(&facts("active").scope()),
+            Outcome::Error(_)
+        ));
+        assert!(matches!(
+            cond("1 / 0 == 1").evaluate(&facts("active").scope()),
+            Outcome::Error(_)
+        ));
+    }
+
+    #[test]
+    fn oversized_and_overdeep_expressions_are_refused() {
+        assert_eq!(compile(&"a".repeat(3000)), Err(ConditionError::TooLong));
+        let deep = format!("{}true{}", "(".repeat(200), ")".repeat(200));
+        assert_eq!(compile(&deep), Err(ConditionError::TooDeep));
+        let nested_lists = format!("size({}1{}) == 1", "[".repeat(17), "]".repeat(17));
+        assert_eq!(compile(&nested_lists), Err(ConditionError::TooDeep));
+        // Brackets inside string literals do not count.
+        assert!(compile(&format!("'{}' == ''", "(".repeat(100))).is_ok());
+        assert!(matches!(compile("a =="), Err(ConditionError::Parse(_))));
+    }
+
+    #[test]
+    fn facts_may_not_take_reserved_names() {
+        assert_eq!(
+            Facts::from_json(json!({"now": 1})).unwrap_err(),
+            FactsError::BadName("now".into())
+        );
+        assert_eq!(
+            Facts::from_json(json!([1])).unwrap_err(),
+            FactsError::NotAnObject
+        );
+    }
+}

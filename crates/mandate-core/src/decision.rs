@@ -1,0 +1,324 @@
+//! The decision: one pure function of (verified chain, action, token, state
+//! snapshot, time). A deny is not an error: it carries every reason that
+//! applied, as stable codes.
+//!
+//! | code | when |
+//! | --- | --- |
+//! | `expired` | `now` is at or past any chain mandate's `hard_expiry`, or the state says so |
+//! | `not_yet_valid` | `now` is before any chain mandate's `nbf` |
+//! | `revoked`, `suspended`, `completed`, `superseded`, `pending` | a chain mandate is in that state |
+//! | `completed` | also: a recorded business event matches a chain mandate's terminal event |
+//! | `state_unknown` | a chain mandate is in a state this build does not know |
+//! | `one_time_used` | the leaf is one-time and was already used |
+//! | `resource_type_not_permitted` | no authorization detail of `resource.type` |
+//! | `location_not_permitted` | `resource.id` is not within the detail's locations (or not a URL) |
+//! | `action_not_permitted` | `action.name` is not in the detail's actions |
+//! | `resource_not_permitted` | a required resource attribute is missing or different |
+//! | `constraint_not_satisfied:<name>` | a constraint input is missing or outside its bound |
+//! | `agent_instance_mismatch` | `context.agent_instance` is not the leaf's `agent.instance` |
+//! | `token_binding_mismatch`, `token_missing` | see [`crate::binding`] |
+//! | `condition_failed:<id>` | a condition evaluated to `false` |
+//! | `condition_error:<id>` | a condition errored or was not a bool |
+//!
+//! Chain verification failures deny with their own codes (see
+//! [`crate::chain::ChainError::codes`]): `signature_invalid`, `alg_none`,
+//! `attenuation_violation:<dimension>`, and so on.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::binding;
+use crate::chain::{ChainError, VerifiedChain, Verifier};
+use crate::condition::{Outcome, json_to_cel};
+use crate::constraint::Constraint;
+use crate::id::{ConditionId, MandateId};
+use crate::location::{Location, any_covers};
+use crate::model::{AuthorizationDetail, OnFailure};
+use crate::request::EvaluationRequest;
+use crate::state::{MandateState, StateSnapshot};
+use crate::timestamp::UnixTime;
+
+/// What the enforcement point must do besides allowing or denying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Obligation {
+    /// Tell the granting principal.
+    NotifyPrincipal {
+        /// The mandate concerned.
+        mandate_id: MandateId,
+        /// The principal's subject.
+        principal: String,
+        /// The condition that failed.
+        condition: ConditionId,
+    },
+    /// Suspend this mandate at the authority.
+    SuspendMandate {
+        /// The mandate to suspend.
+        mandate_id: MandateId,
+        /// The condition that failed.
+        condition: ConditionId,
+    },
+    /// Revoke this mandate (and its descendants) at the authority.
+    RevokeMandate {
+        /// The mandate to revoke.
+        mandate_id: MandateId,
+        /// The condition that failed.
+        condition: ConditionId,
+    },
+    /// Consume this one-time mandate at the authority, exactly once, before
+    /// acting.
+    ConsumeOneTime {
+        /// The one-time mandate.
+        mandate_id: MandateId,
+    },
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Allowed only when no reason applies.
+    pub allow: bool,
+    /// Every reason that applied, as stable codes, without repeats.
+    pub reasons: Vec<String>,
+    /// The chain's mandate ids, root first (empty when it did not verify).
+    pub chain: Vec<MandateId>,
+    /// What the enforcement point must also do.
+    pub obligations: Vec<Obligation>,
+}
+
+impl Decision {
+    /// A deny for a chain that did not verify.
+    #[must_use]
+    pub fn from_chain_error(e: &ChainError) -> Self {
+        Self {
+            allow: false,
+            reasons: e.codes(),
+            chain: Vec::new(),
+            obligations: Vec::new(),
+        }
+    }
+}
+
+struct Reasons(Vec<String>);
+
+impl Reasons {
+    fn add(&mut self, code: impl Into<String>) {
+        let code = code.into();
+        if !self.0.contains(&code) {
+            self.0.push(code);
+        }
+    }
+}
+
+/// Decides one proposed action under a verified chain.
+#[must_use]
+pub fn decide(
+    chain: &VerifiedChain,
+    request: &EvaluationRequest,
+    token: Option<&str>,
+    state: &StateSnapshot,
+    now: UnixTime,
+) -> Decision {
+    let mut reasons = Reasons(Vec::new());
+    let mut obligations = Vec::new();
+    let leaf = chain.leaf().claims();
+
+    for m in chain.mandates() {
+        let c = m.claims();
+        if now >= c.lifecycle.hard_expiry || now >= c.exp {
+            reasons.add("expired");
+        }
+        if now < c.nbf {
+            reasons.add("not_yet_valid");
+        }
+        if let Some(r) = state.state(m.id()).reason() {
+            reasons.add(r);
+        }
+        if state.events().iter().any(|e| {
+            c.lifecycle
+                .terminal_events
+                .iter()
+                .any(|t| t.matches(&e.type_, e.subject.as_deref()))
+        }) {
+            reasons.add(MandateState::Completed.reason().unwrap_or("completed"));
+        }
+    }
+    if leaf.lifecycle.one_time && state.is_consumed(&leaf.mandate_id) {
+        reasons.add("one_time_used");
+    }
+
+    scope(&leaf.authorization_details, request, &mut reasons);
+
+    if let Some(instance) = request.agent_instance()
+        && instance != leaf.agent.instance
+    {
+        reasons.add("agent_instance_mismatch");
+    }
+    if let Some(r) = binding::check(chain, token) {
+        reasons.add(r);
+    }
+
+    if !chain.conditions().is_empty() {
+        let reads = chain.reads();
+        let mut scope = state.facts().scope();
+        if reads.action {
+            scope.add_variable_from_value(
+                "action",
+                json_to_cel(&serde_json::json!({"name": request.action.name})),
+            );
+        }
+        if reads.resource {
+            scope.add_variable_from_value(
+                "resource",
+                json_to_cel(&serde_json::json!({
+                    "type": request.resource.type_,
+                    "id": request.resource.id,
+                    "properties": request.resource.properties,
+                })),
+            );
+        }
+        if reads.context {
+            scope.add_variable_from_value(
+                "context",
+                json_to_cel(&Value::Object(request.context.clone())),
+            );
+        }
+        if reads.now
+            && let Some(t) = chrono::DateTime::from_timestamp(now.secs(), 0)
+        {
+            scope.add_variable_from_value("now", cel::Value::Timestamp(t.fixed_offset()));
+        }
+        if reads.mandate {
+            scope.add_variable_from_value(
+                "mandate",
+                json_to_cel(&serde_json::json!({
+                    "id": leaf.mandate_id,
+                    "agent": {"id": leaf.agent.id, "instance": leaf.agent.instance},
+                    "principal": {"sub": leaf.principal.sub, "iss": leaf.principal.iss},
+                })),
+            );
+        }
+        for cc in chain.conditions() {
+            let c = &cc.condition;
+            match c.evaluate(&scope) {
+                Outcome::True => {}
+                Outcome::Error(_) => reasons.add(format!("condition_error:{}", c.id)),
+                Outcome::False => {
+                    reasons.add(format!("condition_failed:{}", c.id));
+                    let origin = chain
+                        .mandates()
+                        .get(cc.origin)
+                        .unwrap_or_else(|| chain.leaf());
+                    let mandate_id = origin.id().clone();
+                    match c.on_failure {
+                        OnFailure::Deny => {}
+                        OnFailure::SuspendAndNotify => {
+                            obligations.push(Obligation::SuspendMandate {
+                                mandate_id: mandate_id.clone(),
+                                condition: c.id.clone(),
+                            });
+                            obligations.push(Obligation::NotifyPrincipal {
+                                mandate_id,
+                                principal: leaf.principal.sub.clone(),
+                                condition: c.id.clone(),
+                            });
+                        }
+                        OnFailure::Revoke => {
+                            obligations.push(Obligation::RevokeMandate {
+                                mandate_id: mandate_id.clone(),
+                                condition: c.id.clone(),
+                            });
+                            obligations.push(Obligation::NotifyPrincipal {
+                                mandate_id,
+                                principal: leaf.principal.sub.clone(),
+                                condition: c.id.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let allow = reasons.0.is_empty();
+    if allow && leaf.lifecycle.one_time {
+        obligations.push(Obligation::ConsumeOneTime {
+            mandate_id: leaf.mandate_id.clone(),
+        });
+    }
+    Decision {
+        allow,
+        reasons: reasons.0,
+        chain: chain.ids(),
+        obligations,
+    }
+}
+
+/// Verifies the presented chain (through the verifier's cache) and decides;
+/// a chain that does not verify denies with its reason codes.
+#[must_use]
+pub fn decide_presented(
+    verifier: &Verifier,
+    presented: &str,
+    request: &EvaluationRequest,
+    token: Option<&str>,
+    state: &StateSnapshot,
+    now: UnixTime,
+) -> Decision {
+    match verifier.verify(presented) {
+        Ok(chain) => decide(&chain, request, token, state, now),
+        Err(e) => Decision::from_chain_error(&e),
+    }
+}
+
+/// Adds the scope reasons: the action must fall within one authorization
+/// detail in every dimension at once. When none matches, the reasons are
+/// those of the detail that came closest.
+fn scope(details: &[AuthorizationDetail], request: &EvaluationRequest, reasons: &mut Reasons) {
+    let Ok(location) = Location::parse_request(&request.resource.id) else {
+        reasons.add("location_not_permitted");
+        return;
+    };
+    let mut best: Option<Vec<String>> = None;
+    for d in details.iter().filter(|d| d.type_ == request.resource.type_) {
+        let found = mismatches(d, request, &location);
+        if found.is_empty() {
+            return;
+        }
+        if best.as_ref().is_none_or(|b| found.len() < b.len()) {
+            best = Some(found);
+        }
+    }
+    match best {
+        Some(found) => found.into_iter().for_each(|r| reasons.add(r)),
+        None => reasons.add("resource_type_not_permitted"),
+    }
+}
+
+fn mismatches(
+    d: &AuthorizationDetail,
+    request: &EvaluationRequest,
+    location: &Location,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let props: &Map<String, Value> = &request.resource.properties;
+    if !any_covers(&d.locations, location) {
+        out.push("location_not_permitted".to_owned());
+    }
+    if !d.actions.iter().any(|a| a == &request.action.name) {
+        out.push("action_not_permitted".to_owned());
+    }
+    if d.resource.iter().any(|(k, v)| props.get(k) != Some(v)) {
+        out.push("resource_not_permitted".to_owned());
+    }
+    for (k, v) in &d.constraints {
+        let ok = match (Constraint::parse(v), props.get(k)) {
+            (Ok(c), Some(input)) => c.admits(input),
+            _ => false,
+        };
+        if !ok {
+            out.push(format!("constraint_not_satisfied:{k}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,160 @@
+//! Strict JSON for untrusted input: duplicate member names are refused (the
+//! classic JSON parser-differential attack), and every error names the JSON
+//! path where it happened.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// A JSON document that could not be read, with the path where reading failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct JsonError {
+    /// JSON path of the offending member (`lifecycle.hard_expiry`), or `.` for
+    /// the document itself.
+    pub path: String,
+    /// What is wrong, lowercase.
+    pub message: String,
+    /// Whether the problem was a duplicate member name.
+    pub duplicate: bool,
+}
+
+/// Walks a document and fails on the first object that names a member twice.
+struct NoDuplicates;
+
+impl<'de> Deserialize<'de> for NoDuplicates {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicatesVisitor)
+    }
+}
+
+struct NoDuplicatesVisitor;
+
+/// Marker placed in the error message so the caller can tell a duplicate
+/// member from any other syntax problem.
+const DUPLICATE_MARK: &str = "duplicate member";
+
+impl<'de> Visitor<'de> for NoDuplicatesVisitor {
+    type Value = NoDuplicates;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicates, A::Error> {
+        while seq.next_element::<NoDuplicates>()?.is_some() {}
+        Ok(NoDuplicates)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicates, A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format!("{DUPLICATE_MARK} `{key}`")));
+            }
+            map.next_value::<NoDuplicates>()?;
+        }
+        Ok(NoDuplicates)
+    }
+}
+
+fn path_string(path: &serde_path_to_error::Path) -> String {
+    let s = path.to_string();
+    if s.is_empty() { ".".to_owned() } else { s }
+}
+
+/// Checks that `bytes` is one JSON value with no duplicate member names.
+///
+/// # Errors
+/// A syntax error or a duplicate member, with its path.
+pub fn check_no_duplicates(bytes: &[u8]) -> Result<(), JsonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let res: Result<NoDuplicates, _> = serde_path_to_error::deserialize(&mut de);
+    match res {
+        Ok(_) => de.end().map_err(|e| JsonError {
+            path: ".".into(),
+            message: e.to_string(),
+            duplicate: false,
+        }),
+        Err(e) => {
+            let message = e.inner().to_string();
+            Err(JsonError {
+                path: path_string(e.path()),
+                duplicate: message.contains(DUPLICATE_MARK),
+                message,
+            })
+        }
+    }
+}
+
+/// Parses untrusted JSON into `T`: duplicates refused, errors with paths.
+///
+/// # Errors
+/// A syntax error, a duplicate member, or a value that does not fit `T`.
+pub fn from_slice_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
+    check_no_duplicates(bytes)?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| JsonError {
+        path: path_string(e.path()),
+        message: e.inner().to_string(),
+        duplicate: false,
+    })?;
+    de.end().map_err(|e| JsonError {
+        path: ".".into(),
+        message: e.to_string(),
+        duplicate: false,
+    })?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_duplicate_members_at_any_depth() {
+        let err = check_no_duplicates(br#"{"a":{"b":1,"b":2}}"#).unwrap_err();
+        assert!(err.duplicate);
+        assert_eq!(err.path, "a");
+        assert!(err.message.contains("`b`"));
+    }
+
+    #[test]
+    fn accepts_same_name_in_sibling_objects() {
+        check_no_duplicates(br#"[{"a":1},{"a":2}]"#).unwrap();
+    }
+
+    #[test]
+    fn names_the_path_of_a_type_error() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct T {
+            x: Vec<u8>,
+        }
+        let err = from_slice_strict::<T>(br#"{"x":[1,"no"]}"#).unwrap_err();
+        assert_eq!(err.path, "x[1]");
+    }
+
+    #[test]
+    fn refuses_trailing_garbage() {
+        assert!(check_no_duplicates(b"{} {}").is_err());
+    }
+}

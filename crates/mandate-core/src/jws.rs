@@ -1,0 +1,377 @@
+//! The compact JWS codec (RFC 7515) with the checks that keep a token from
+//! choosing how it is verified.
+//!
+//! Decoding checks structure and the protected header only; the signature is
+//! checked by [`crate::chain::Verifier`] with a key the *verifier* chose.
+
+use std::collections::BTreeSet;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde_json::{Map, Value};
+
+use crate::json::check_no_duplicates;
+use crate::keys::{Algorithm, SigningKey};
+
+/// Largest accepted compact JWS, in bytes.
+pub const MAX_JWS_BYTES: usize = 64 * 1024;
+
+/// Header parameters that would let a token name its own verification key.
+pub const KEY_CHOOSING_PARAMETERS: [&str; 5] = ["jwk", "jku", "x5u", "x5c", "x5t#S256"];
+
+/// Why a JWS was refused. Each variant has a stable [`code`](JwsError::code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwsError {
+    /// Not three base64url segments of JSON.
+    #[error("malformed JWS: {0}")]
+    Malformed(String),
+    /// Larger than [`MAX_JWS_BYTES`].
+    #[error("JWS is larger than {MAX_JWS_BYTES} bytes")]
+    TooLarge,
+    /// A JSON member name appears twice.
+    #[error("duplicate JSON member in the {part}: {detail}")]
+    DuplicateMember {
+        /// `header` or `payload`.
+        part: &'static str,
+        /// Which member.
+        detail: String,
+    },
+    /// `alg: none`.
+    #[error("alg: `none` is never accepted")]
+    AlgNone,
+    /// An algorithm outside the verifier's allow-list (HS256, RS256, ...).
+    #[error("alg: `{0}` is not in the allowed algorithms")]
+    AlgNotAllowed(String),
+    /// The header's algorithm is not the key's.
+    #[error("alg: `{header}` does not match the key's algorithm `{key}`")]
+    AlgKeyMismatch {
+        /// The header's `alg`.
+        header: String,
+        /// The key's algorithm.
+        key: Algorithm,
+    },
+    /// No `kid`.
+    #[error("kid: missing")]
+    KidMissing,
+    /// A `kid` the verifier does not know.
+    #[error("kid: `{0}` is not a trusted key")]
+    UnknownKid(String),
+    /// `typ` is not the expected one.
+    #[error("typ: expected `{expected}`, found `{found}`")]
+    TypInvalid {
+        /// What was expected.
+        expected: &'static str,
+        /// What the header said.
+        found: String,
+    },
+    /// `jwk`, `jku`, `x5u`, `x5c` in the header.
+    #[error("{0}: a token may not name its own verification key")]
+    KeyParameterInHeader(String),
+    /// A `crit` extension (none is understood).
+    #[error("crit: extension `{0}` is not understood")]
+    CritUnsupported(String),
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    SignatureInvalid,
+}
+
+impl JwsError {
+    /// The stable reason code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            JwsError::Malformed(_) => "malformed",
+            JwsError::TooLarge => "too_large",
+            JwsError::DuplicateMember { .. } => "duplicate_member",
+            JwsError::AlgNone => "alg_none",
+            JwsError::AlgNotAllowed(_) => "alg_not_allowed",
+            JwsError::AlgKeyMismatch { .. } => "alg_key_mismatch",
+            JwsError::KidMissing => "kid_missing",
+            JwsError::UnknownKid(_) => "unknown_kid",
+            JwsError::TypInvalid { .. } => "typ_invalid",
+            JwsError::KeyParameterInHeader(_) => "header_key_parameter",
+            JwsError::CritUnsupported(_) => "crit_unsupported",
+            JwsError::SignatureInvalid => "signature_invalid",
+        }
+    }
+}
+
+/// A decoded, not yet verified, compact JWS.
+#[derive(Debug, Clone)]
+pub struct DecodedJws<'a> {
+    /// The header's algorithm (already in the allow-list).
+    pub alg: Algorithm,
+    /// The header's `kid`, if any.
+    pub kid: Option<String>,
+    /// `header.payload`, the bytes the signature covers.
+    pub signing_input: &'a str,
+    /// The decoded payload (JSON, free of duplicate members).
+    pub payload: Vec<u8>,
+    /// The decoded signature.
+    pub signature: Vec<u8>,
+}
+
+fn b64(segment: &str, what: &str) -> Result<Vec<u8>, JwsError> {
+    B64.decode(segment)
+        .map_err(|_| JwsError::Malformed(format!("{what} is not base64url without padding")))
+}
+
+/// Splits and decodes a compact JWS, checking the protected header:
+/// exactly three segments, `alg` in `allowed` (never `none`), `typ` equal to
+/// `expected_typ` (case-insensitively, with or without `application/`), no
+/// key-choosing parameters, no `crit`, no duplicate members.
+///
+/// # Errors
+/// See [`JwsError`].
+pub fn decode<'a>(
+    compact: &'a str,
+    allowed: &BTreeSet<Algorithm>,
+    expected_typ: &'static str,
+) -> Result<DecodedJws<'a>, JwsError> {
+    if compact.len() > MAX_JWS_BYTES {
+        return Err(JwsError::TooLarge);
+    }
+    let mut parts = compact.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwsError::Malformed(
+            "expected three `.`-separated segments".into(),
+        ));
+    };
+    let header_bytes = b64(h, "header")?;
+    check_no_duplicates(&header_bytes).map_err(|e| {
+        if e.duplicate {
+            JwsError::DuplicateMember {
+                part: "header",
+                detail: e.to_string(),
+            }
+        } else {
+            JwsError::Malformed(format!("header: {e}"))
+        }
+    })?;
+    let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
+        .map_err(|_| JwsError::Malformed("header is not a JSON object".into()))?;
+
+    let alg_name = match header.get("alg") {
+        Some(Value::String(a)) => a.as_str(),
+        _ => {
+            return Err(JwsError::Malformed(
+                "header: `alg` missing or not a string".into(),
+            ));
+        }
+    };
+    if alg_name.eq_ignore_ascii_case("none") {
+        return Err(JwsError::AlgNone);
+    }
+    let alg = match Algorithm::from_name(alg_name) {
+        Some(a) if allowed.contains(&a) => a,
+        _ => return Err(JwsError::AlgNotAllowed(alg_name.to_owned())),
+    };
+    for p in KEY_CHOOSING_PARAMETERS {
+        if header.contains_key(p) {
+            return Err(JwsError::KeyParameterInHeader(p.to_owned()));
+        }
+    }
+    if let Some(crit) = header.get("crit") {
+        let first = crit
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .unwrap_or("crit")
+            .to_owned();
+        return Err(JwsError::CritUnsupported(first));
+    }
+    let typ = match header.get("typ") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(_) => "<not a string>",
+        None => "<missing>",
+    };
+    let typ_norm = typ
+        .get(..12)
+        .filter(|p| p.eq_ignore_ascii_case("application/"))
+        .map_or(typ, |_| typ.get(12..).unwrap_or_default());
+    if !typ_norm.eq_ignore_ascii_case(expected_typ) {
+        return Err(JwsError::TypInvalid {
+            expected: expected_typ,
+            found: typ.to_owned(),
+        });
+    }
+    let kid = match header.get("kid") {
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(JwsError::Malformed("header: `kid` is not a string".into())),
+        None => None,
+    };
+
+    let payload = b64(p, "payload")?;
+    check_no_duplicates(&payload).map_err(|e| {
+        if e.duplicate {
+            JwsError::DuplicateMember {
+                part: "payload",
+                detail: e.to_string(),
+            }
+        } else {
+            JwsError::Malformed(format!("payload: {e}"))
+        }
+    })?;
+    let signature = b64(s, "signature")?;
+    let signing_input = compact
+        .get(..h.len() + 1 + p.len())
+        .ok_or_else(|| JwsError::Malformed("segments".into()))?;
+    Ok(DecodedJws {
+        alg,
+        kid,
+        signing_input,
+        payload,
+        signature,
+    })
+}
+
+/// Signs `payload` (JSON bytes) as a compact JWS with header
+/// `{"alg", "typ", "kid"}`.
+#[must_use]
+pub fn sign(key: &SigningKey, typ: &str, payload: &[u8]) -> String {
+    sign_with_kid(key, key.kid(), typ, payload)
+}
+
+/// As [`sign`], naming the key by `kid` in the header.
+#[must_use]
+pub fn sign_with_kid(key: &SigningKey, kid: &str, typ: &str, payload: &[u8]) -> String {
+    let header = serde_json::json!({
+        "alg": key.algorithm().as_str(),
+        "typ": typ,
+        "kid": kid,
+    });
+    let mut out = B64.encode(header.to_string());
+    out.push('.');
+    out.push_str(&B64.encode(payload));
+    let sig = key.sign(out.as_bytes());
+    out.push('.');
+    out.push_str(&B64.encode(sig));
+    out
+}
+
+/// Reads the payload of a compact JWS without verifying anything.
+///
+/// # Errors
+/// When the string is not a JWS with a base64url JSON payload.
+pub fn unverified_payload(compact: &str) -> Result<Value, JwsError> {
+    let p = compact
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| JwsError::Malformed("expected three `.`-separated segments".into()))?;
+    serde_json::from_slice(&b64(p, "payload")?)
+        .map_err(|_| JwsError::Malformed("payload is not JSON".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow_all() -> BTreeSet<Algorithm> {
+        [Algorithm::EdDSA, Algorithm::ES256].into()
+    }
+
+    fn forge(header: &str, payload: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            B64.encode(header),
+            B64.encode(payload),
+            B64.encode([0u8; 64])
+        )
+    }
+
+    #[test]
+    fn decodes_what_it_signs() {
+        let key = SigningKey::from_seed(Algorithm::EdDSA, [3; 32]);
+        let jws = sign(&key, "mandate+jwt", br#"{"a":1}"#);
+        let d = decode(&jws, &allow_all(), "mandate+jwt").unwrap();
+        assert_eq!(d.alg, Algorithm::EdDSA);
+        assert_eq!(d.kid.as_deref(), Some(key.kid()));
+        assert!(
+            key.verifying_key()
+                .unwrap()
+                .verify(d.signing_input.as_bytes(), &d.signature)
+        );
+    }
+
+    #[test]
+    fn every_header_attack_has_its_own_reason() {
+        let t = "mandate+jwt";
+        let cases = [
+            (r#"{"alg":"none","typ":"mandate+jwt"}"#, "alg_none"),
+            (r#"{"alg":"NONE","typ":"mandate+jwt"}"#, "alg_none"),
+            (
+                r#"{"alg":"HS256","typ":"mandate+jwt","kid":"k"}"#,
+                "alg_not_allowed",
+            ),
+            (r#"{"alg":"EdDSA","typ":"JWT","kid":"k"}"#, "typ_invalid"),
+            (
+                r#"{"alg":"EdDSA","typ":"mandate+jwt","jwk":{}}"#,
+                "header_key_parameter",
+            ),
+            (
+                r#"{"alg":"EdDSA","typ":"mandate+jwt","jku":"https://evil"}"#,
+                "header_key_parameter",
+            ),
+            (
+                r#"{"alg":"EdDSA","typ":"mandate+jwt","x5u":"https://evil"}"#,
+                "header_key_parameter",
+            ),
+            (
+                r#"{"alg":"EdDSA","typ":"mandate+jwt","x5c":[]}"#,
+                "header_key_parameter",
+            ),
+            (
+                r#"{"alg":"EdDSA","typ":"mandate+jwt","crit":["exp"],"exp":1}"#,
+                "crit_unsupported",
+            ),
+            (
+                r#"{"alg":"EdDSA","alg":"none","typ":"mandate+jwt"}"#,
+                "duplicate_member",
+            ),
+        ];
+        for (header, code) in cases {
+            let err = decode(&forge(header, "{}"), &allow_all(), t).unwrap_err();
+            assert_eq!(err.code(), code, "{header}");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_is_the_verifiers_not_the_tokens() {
+        let key = SigningKey::from_seed(Algorithm::ES256, [3; 32]);
+        let jws = sign(&key, "mandate+jwt", b"{}");
+        let only_eddsa: BTreeSet<_> = [Algorithm::EdDSA].into();
+        assert_eq!(
+            decode(&jws, &only_eddsa, "mandate+jwt").unwrap_err().code(),
+            "alg_not_allowed"
+        );
+    }
+
+    #[test]
+    fn accepts_the_application_prefix_in_typ() {
+        let jws = forge(r#"{"alg":"EdDSA","typ":"application/Mandate+JWT"}"#, "{}");
+        assert!(decode(&jws, &allow_all(), "mandate+jwt").is_ok());
+    }
+
+    #[test]
+    fn refuses_duplicate_payload_members_and_bad_shapes() {
+        let jws = forge(
+            r#"{"alg":"EdDSA","typ":"mandate+jwt"}"#,
+            r#"{"exp":1,"exp":2}"#,
+        );
+        assert_eq!(
+            decode(&jws, &allow_all(), "mandate+jwt")
+                .unwrap_err()
+                .code(),
+            "duplicate_member"
+        );
+        for bad in ["", "a.b", "a.b.c.d", "!!.e30.e30", "e30.e30=.e30"] {
+            assert_eq!(
+                decode(bad, &allow_all(), "mandate+jwt").unwrap_err().code(),
+                "malformed",
+                "{bad}"
+            );
+        }
+    }
+}

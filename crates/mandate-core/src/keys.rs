@@ -1,0 +1,676 @@
+//! Keys as JSON Web Keys (RFC 7517): Ed25519 (`OKP`, the default) and P-256
+//! (`EC`, for ES256). Private keys zeroize on drop and never print.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use rand_core::CryptoRngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// A JWS algorithm this project signs and verifies with. There is no `none`
+/// and no HMAC: a value outside this enum is refused at parse time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// Ed25519 (RFC 8037), the default.
+    EdDSA,
+    /// ECDSA with P-256 and SHA-256 (RFC 7518 §3.4), for interoperability.
+    ES256,
+}
+
+impl Algorithm {
+    /// The `alg` header value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::ES256 => "ES256",
+        }
+    }
+
+    /// Parses an `alg` value; only the two supported names are recognised.
+    #[must_use]
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "EdDSA" => Some(Algorithm::EdDSA),
+            "ES256" => Some(Algorithm::ES256),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a key could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// `kty`/`crv` is not Ed25519 or P-256.
+    #[error("kty/crv: `{0}` is not supported (use OKP/Ed25519 or EC/P-256)")]
+    Unsupported(String),
+    /// A coordinate or the private part is not valid base64url or has the wrong length.
+    #[error("{0}: must be base64url of the key's size")]
+    Encoding(&'static str),
+    /// The public key is not a valid, strong point.
+    #[error("x: not a valid public key (weak or off-curve)")]
+    InvalidPoint,
+    /// The private part does not match the public part.
+    #[error("d: does not match the public key")]
+    Mismatch,
+    /// `alg` disagrees with the key type.
+    #[error("alg: `{0}` does not match the key type")]
+    AlgMismatch(String),
+    /// A private key where only a public key belongs.
+    #[error("d: a private key must never appear here")]
+    PrivatePartPresent,
+    /// The private key is missing.
+    #[error("d: missing (this is a public key)")]
+    NotPrivate,
+}
+
+/// A public JWK as found in a JWKS or in a mandate's `agent.cnf.jwk`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicJwk {
+    /// `OKP` or `EC`.
+    pub kty: String,
+    /// `Ed25519` or `P-256`.
+    pub crv: String,
+    /// Public key (Ed25519) or x coordinate (P-256), base64url.
+    pub x: String,
+    /// y coordinate (P-256 only), base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    /// Key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Algorithm the key is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    /// Intended use (`sig`).
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    pub use_: Option<String>,
+    /// Present only to be refused: a private part in a public position.
+    #[serde(default, skip_serializing, deserialize_with = "present")]
+    d: bool,
+}
+
+impl fmt::Debug for PublicJwk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicJwk")
+            .field("kty", &self.kty)
+            .field("crv", &self.crv)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublicJwk {
+    /// The RFC 7638 thumbprint (SHA-256, base64url) of this key.
+    #[must_use]
+    pub fn thumbprint(&self) -> String {
+        // Members in lexicographic order, no whitespace (RFC 7638 §3.2).
+        let canonical = match &self.y {
+            Some(y) => format!(
+                r#"{{"crv":{},"kty":{},"x":{},"y":{}}}"#,
+                json_str(&self.crv),
+                json_str(&self.kty),
+                json_str(&self.x),
+                json_str(y)
+            ),
+            None => format!(
+                r#"{{"crv":{},"kty":{},"x":{}}}"#,
+                json_str(&self.crv),
+                json_str(&self.kty),
+                json_str(&self.x)
+            ),
+        };
+        B64.encode(Sha256::digest(canonical.as_bytes()))
+    }
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d)?;
+    Ok(true)
+}
+
+/// A secret string: zeroized on drop, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    /// Wraps a secret.
+    #[must_use]
+    pub fn new(s: String) -> Self {
+        Self(Zeroizing::new(s))
+    }
+
+    /// The secret text. Handle with care.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::new(String::deserialize(d)?))
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// A JWK Set (RFC 7517 §5) of public keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    /// The keys.
+    pub keys: Vec<PublicJwk>,
+}
+
+#[derive(Clone)]
+enum PublicInner {
+    Ed25519(ed25519_dalek::VerifyingKey),
+    P256(p256::ecdsa::VerifyingKey),
+}
+
+/// A decoded public key, ready to verify. Decode once and keep it: decoding
+/// an Ed25519 point costs about as much as a hash.
+#[derive(Clone)]
+pub struct VerifyingKey {
+    kid: String,
+    inner: PublicInner,
+    jwk: PublicJwk,
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.algorithm())
+            .finish()
+    }
+}
+
+fn decode_fixed<const N: usize>(s: &str, field: &'static str) -> Result<[u8; N], KeyError> {
+    let v = B64.decode(s).map_err(|_| KeyError::Encoding(field))?;
+    v.try_into().map_err(|_| KeyError::Encoding(field))
+}
+
+impl VerifyingKey {
+    /// Decodes and checks a public JWK: supported type, valid strong point,
+    /// `alg` (when given) consistent with the type, no private part. The key
+    /// id is the JWK's `kid`, or its RFC 7638 thumbprint when absent.
+    ///
+    /// # Errors
+    /// See [`KeyError`].
+    pub fn from_jwk(jwk: &PublicJwk) -> Result<Self, KeyError> {
+        if jwk.d {
+            return Err(KeyError::PrivatePartPresent);
+        }
+        let inner = match (jwk.kty.as_str(), jwk.crv.as_str()) {
+            ("OKP", "Ed25519") => {
+                if jwk.y.is_some() {
+                    return Err(KeyError::Encoding("y"));
+                }
+                let bytes = decode_fixed::<32>(&jwk.x, "x")?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                    .map_err(|_| KeyError::InvalidPoint)?;
+                if key.is_weak() {
+                    return Err(KeyError::InvalidPoint);
+                }
+                PublicInner::Ed25519(key)
+            }
+            ("EC", "P-256") => {
+                let x = decode_fixed::<32>(&jwk.x, "x")?;
+                let y = decode_fixed::<32>(jwk.y.as_deref().unwrap_or_default(), "y")?;
+                let point =
+                    p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
+                let key = p256::ecdsa::VerifyingKey::from_encoded_point(&point)
+                    .map_err(|_| KeyError::InvalidPoint)?;
+                PublicInner::P256(key)
+            }
+            (kty, crv) => return Err(KeyError::Unsupported(format!("{kty}/{crv}"))),
+        };
+        let alg = match inner {
+            PublicInner::Ed25519(_) => Algorithm::EdDSA,
+            PublicInner::P256(_) => Algorithm::ES256,
+        };
+        if let Some(declared) = &jwk.alg
+            && declared != alg.as_str()
+        {
+            return Err(KeyError::AlgMismatch(declared.clone()));
+        }
+        let kid = jwk.kid.clone().unwrap_or_else(|| jwk.thumbprint());
+        Ok(Self {
+            kid,
+            inner,
+            jwk: jwk.clone(),
+        })
+    }
+
+    /// The key id.
+    #[must_use]
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The one algorithm this key verifies. The key decides the algorithm,
+    /// never the token's header.
+    #[must_use]
+    pub fn algorithm(&self) -> Algorithm {
+        match self.inner {
+            PublicInner::Ed25519(_) => Algorithm::EdDSA,
+            PublicInner::P256(_) => Algorithm::ES256,
+        }
+    }
+
+    /// The key as a public JWK.
+    #[must_use]
+    pub fn to_jwk(&self) -> PublicJwk {
+        self.jwk.clone()
+    }
+
+    /// Verifies `sig` over `msg`. Ed25519 uses strict verification (no
+    /// small-order keys, canonical `S`); ES256 expects the JWS raw `r || s`.
+    #[must_use]
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        match &self.inner {
+            PublicInner::Ed25519(k) => match ed25519_dalek::Signature::from_slice(sig) {
+                Ok(s) => k.verify_strict(msg, &s).is_ok(),
+                Err(_) => false,
+            },
+            PublicInner::P256(k) => match p256::ecdsa::Signature::from_slice(sig) {
+                Ok(s) => k.verify(msg, &s).is_ok(),
+                Err(_) => false,
+            },
+        }
+    }
+}
+
+enum SecretInner {
+    Ed25519(ed25519_dalek::SigningKey),
+    P256(p256::ecdsa::SigningKey),
+}
+
+/// A private signing key. Zeroized on drop; `Debug` shows only its id.
+pub struct SigningKey {
+    kid: String,
+    inner: SecretInner,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.algorithm())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A private JWK as stored on disk by `mandate keygen`. `d` zeroizes on drop
+/// and `Debug` never shows it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PrivateJwk {
+    /// The public members.
+    #[serde(flatten)]
+    pub public: PrivateJwkPublic,
+    /// The private key, base64url.
+    pub d: Secret,
+}
+
+/// The public members of a private JWK.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrivateJwkPublic {
+    /// `OKP` or `EC`.
+    pub kty: String,
+    /// `Ed25519` or `P-256`.
+    pub crv: String,
+    /// Public key / x coordinate.
+    pub x: String,
+    /// y coordinate (P-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    /// Key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// Algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+}
+
+impl fmt::Debug for PrivateJwk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateJwk")
+            .field("public", &self.public)
+            .field("d", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// A fresh key from `rng`.
+    pub fn generate(alg: Algorithm, rng: &mut impl CryptoRngCore) -> Self {
+        let inner = match alg {
+            Algorithm::EdDSA => SecretInner::Ed25519(ed25519_dalek::SigningKey::generate(rng)),
+            Algorithm::ES256 => SecretInner::P256(p256::ecdsa::SigningKey::random(rng)),
+        };
+        Self::with_thumbprint_kid(inner)
+    }
+
+    /// A key derived deterministically from a 32-byte seed (test vectors).
+    /// For ES256 the seed is hashed until it is a valid scalar.
+    #[must_use]
+    pub fn from_seed(alg: Algorithm, seed: [u8; 32]) -> Self {
+        let inner = match alg {
+            Algorithm::EdDSA => SecretInner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed)),
+            Algorithm::ES256 => {
+                let mut s = seed;
+                loop {
+                    if let Ok(k) = p256::ecdsa::SigningKey::from_bytes(&s.into()) {
+                        break SecretInner::P256(k);
+                    }
+                    s = Sha256::digest(s).into();
+                }
+            }
+        };
+        Self::with_thumbprint_kid(inner)
+    }
+
+    fn with_thumbprint_kid(inner: SecretInner) -> Self {
+        let mut key = Self {
+            kid: String::new(),
+            inner,
+        };
+        key.kid = key.public_jwk_without_kid().thumbprint();
+        key
+    }
+
+    /// Replaces the key id.
+    #[must_use]
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        self.kid = kid.into();
+        self
+    }
+
+    /// The key id (RFC 7638 thumbprint unless set otherwise).
+    #[must_use]
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The algorithm this key signs with.
+    #[must_use]
+    pub fn algorithm(&self) -> Algorithm {
+        match self.inner {
+            SecretInner::Ed25519(_) => Algorithm::EdDSA,
+            SecretInner::P256(_) => Algorithm::ES256,
+        }
+    }
+
+    fn public_jwk_without_kid(&self) -> PublicJwk {
+        let (kty, crv, x, y) = match &self.inner {
+            SecretInner::Ed25519(k) => (
+                "OKP",
+                "Ed25519",
+                B64.encode(k.verifying_key().as_bytes()),
+                None,
+            ),
+            SecretInner::P256(k) => {
+                let point = k.verifying_key().to_encoded_point(false);
+                (
+                    "EC",
+                    "P-256",
+                    B64.encode(point.x().map(|x| x.to_vec()).unwrap_or_default()),
+                    Some(B64.encode(point.y().map(|y| y.to_vec()).unwrap_or_default())),
+                )
+            }
+        };
+        PublicJwk {
+            kty: kty.into(),
+            crv: crv.into(),
+            x,
+            y,
+            kid: None,
+            alg: None,
+            use_: None,
+            d: false,
+        }
+    }
+
+    /// The public half as a JWK with `kid`, `alg` and `use`.
+    #[must_use]
+    pub fn public_jwk(&self) -> PublicJwk {
+        let mut jwk = self.public_jwk_without_kid();
+        jwk.kid = Some(self.kid.clone());
+        jwk.alg = Some(self.algorithm().as_str().into());
+        jwk.use_ = Some("sig".into());
+        jwk
+    }
+
+    /// The public half, decoded.
+    ///
+    /// # Errors
+    /// Never for a key made by this type; kept fallible for symmetry.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, KeyError> {
+        VerifyingKey::from_jwk(&self.public_jwk())
+    }
+
+    /// Signs `msg`: 64 bytes, Ed25519 or the JWS raw `r || s` for ES256.
+    #[must_use]
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        match &self.inner {
+            SecretInner::Ed25519(k) => {
+                use ed25519_dalek::Signer as _;
+                k.sign(msg).to_bytes().to_vec()
+            }
+            SecretInner::P256(k) => {
+                let s: p256::ecdsa::Signature = k.sign(msg);
+                s.to_bytes().to_vec()
+            }
+        }
+    }
+
+    /// The private JWK (to store with mode 0600).
+    #[must_use]
+    pub fn to_private_jwk(&self) -> PrivateJwk {
+        let public = self.public_jwk();
+        let d = match &self.inner {
+            SecretInner::Ed25519(k) => Secret::new(B64.encode(k.to_bytes())),
+            SecretInner::P256(k) => Secret::new(B64.encode(k.to_bytes())),
+        };
+        PrivateJwk {
+            public: PrivateJwkPublic {
+                kty: public.kty,
+                crv: public.crv,
+                x: public.x,
+                y: public.y,
+                kid: public.kid,
+                alg: public.alg,
+            },
+            d,
+        }
+    }
+
+    /// Reads a private JWK, checking that `d` matches the public members.
+    ///
+    /// # Errors
+    /// See [`KeyError`].
+    pub fn from_private_jwk(jwk: &PrivateJwk) -> Result<Self, KeyError> {
+        let p = &jwk.public;
+        let inner = match (p.kty.as_str(), p.crv.as_str()) {
+            ("OKP", "Ed25519") => {
+                let d = Zeroizing::new(decode_fixed::<32>(jwk.d.expose(), "d")?);
+                SecretInner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&d))
+            }
+            ("EC", "P-256") => {
+                let d = Zeroizing::new(decode_fixed::<32>(jwk.d.expose(), "d")?);
+                let k = p256::ecdsa::SigningKey::from_bytes(&(*d).into())
+                    .map_err(|_| KeyError::Encoding("d"))?;
+                SecretInner::P256(k)
+            }
+            (kty, crv) => return Err(KeyError::Unsupported(format!("{kty}/{crv}"))),
+        };
+        let mut key = Self::with_thumbprint_kid(inner);
+        let derived = key.public_jwk_without_kid();
+        if derived.x != p.x || derived.y != p.y {
+            return Err(KeyError::Mismatch);
+        }
+        if let Some(alg) = &p.alg
+            && alg != key.algorithm().as_str()
+        {
+            return Err(KeyError::AlgMismatch(alg.clone()));
+        }
+        if let Some(kid) = &p.kid {
+            key.kid = kid.clone();
+        }
+        Ok(key)
+    }
+}
+
+/// Public keys by key id: what a verifier trusts for root mandates.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: HashMap<String, VerifyingKey>,
+}
+
+impl KeySet {
+    /// An empty set.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes every key of a JWKS.
+    ///
+    /// # Errors
+    /// The first key that does not decode, with its index, or a duplicate `kid`.
+    pub fn from_jwks(jwks: &Jwks) -> Result<Self, (usize, KeyError)> {
+        let mut set = Self::new();
+        for (i, jwk) in jwks.keys.iter().enumerate() {
+            let key = VerifyingKey::from_jwk(jwk).map_err(|e| (i, e))?;
+            if set.keys.contains_key(key.kid()) {
+                return Err((
+                    i,
+                    KeyError::Unsupported(format!("duplicate kid `{}`", key.kid())),
+                ));
+            }
+            set.insert(key);
+        }
+        Ok(set)
+    }
+
+    /// Adds a key under its id.
+    pub fn insert(&mut self, key: VerifyingKey) {
+        self.keys.insert(key.kid.clone(), key);
+    }
+
+    /// The key with this id.
+    #[must_use]
+    pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.keys.get(kid)
+    }
+
+    /// The public JWKS.
+    #[must_use]
+    pub fn to_jwks(&self) -> Jwks {
+        let mut keys: Vec<PublicJwk> = self.keys.values().map(VerifyingKey::to_jwk).collect();
+        keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+        Jwks { keys }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ed25519_and_es256_sign_and_verify() {
+        for alg in [Algorithm::EdDSA, Algorithm::ES256] {
+            let key = SigningKey::from_seed(alg, [7; 32]);
+            let vk = key.verifying_key().unwrap();
+            let sig = key.sign(b"hello");
+            assert_eq!(sig.len(), 64);
+            assert!(vk.verify(b"hello", &sig));
+            assert!(!vk.verify(b"hellp", &sig));
+            assert_eq!(vk.algorithm(), alg);
+        }
+    }
+
+    #[test]
+    fn private_jwk_round_trips_and_debug_hides_d() {
+        let key = SigningKey::from_seed(Algorithm::EdDSA, [1; 32]);
+        let jwk = key.to_private_jwk();
+        let again = SigningKey::from_private_jwk(&jwk).unwrap();
+        assert_eq!(again.kid(), key.kid());
+        assert!(!format!("{jwk:?}").contains(jwk.d.expose()));
+        assert!(!format!("{key:?}").contains(jwk.d.expose()));
+    }
+
+    #[test]
+    fn a_public_jwk_with_a_private_part_is_refused() {
+        let key = SigningKey::from_seed(Algorithm::EdDSA, [1; 32]);
+        let text = serde_json::to_string(&key.to_private_jwk()).unwrap();
+        let jwk: PublicJwk = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            VerifyingKey::from_jwk(&jwk).unwrap_err(),
+            KeyError::PrivatePartPresent
+        );
+    }
+
+    #[test]
+    fn alg_must_match_the_key_type() {
+        let mut jwk = SigningKey::from_seed(Algorithm::EdDSA, [1; 32]).public_jwk();
+        jwk.alg = Some("ES256".into());
+        assert!(matches!(
+            VerifyingKey::from_jwk(&jwk),
+            Err(KeyError::AlgMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn thumbprint_matches_rfc_8037_appendix_a3() {
+        let jwk: PublicJwk = serde_json::from_str(
+            r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            jwk.thumbprint(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+    }
+
+    #[test]
+    fn weak_ed25519_keys_are_refused() {
+        // The identity point: a small-order key that "verifies" forged signatures.
+        let mut bytes = [0u8; 32];
+        bytes[0] = 1;
+        let jwk: PublicJwk = serde_json::from_value(serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "x": B64.encode(bytes)
+        }))
+        .unwrap();
+        assert_eq!(
+            VerifyingKey::from_jwk(&jwk).unwrap_err(),
+            KeyError::InvalidPoint
+        );
+    }
+}
