@@ -283,6 +283,17 @@ pub enum Attenuation {
     StrictSubsetOfParent,
 }
 
+impl Attenuation {
+    /// The snake_case name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attenuation::SubsetOfParent => "subset_of_parent",
+            Attenuation::StrictSubsetOfParent => "strict_subset_of_parent",
+        }
+    }
+}
+
 /// How revocation reaches descendants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
