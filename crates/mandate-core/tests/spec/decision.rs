@@ -1,0 +1,337 @@
+//! The decision: allow only when every rule holds; every reason that
+//! applies otherwise.
+
+use std::sync::Arc;
+
+use mandate_core::hash::sha256_b64;
+use mandate_core::prelude::*;
+use mandate_core::state::MandateState;
+use serde_json::json;
+
+use crate::support::*;
+
+fn chain() -> Arc<VerifiedChain> {
+    verifier().verify(&root(1)).unwrap()
+}
+
+fn with(f: impl FnOnce(&mut EvaluationRequest)) -> EvaluationRequest {
+    let mut r = search();
+    f(&mut r);
+    r
+}
+
+fn reasons(r: &EvaluationRequest) -> Vec<String> {
+    decide(&chain(), r, None, &active_facts(), during()).reasons
+}
+
+#[test]
+fn allows_an_action_within_scope() {
+    let d = decide(&chain(), &search(), None, &active_facts(), during());
+    assert!(d.allow, "{:?}", d.reasons);
+    assert_eq!(d.chain[0].as_str(), "mnd-logistics-sourcing-7f2a");
+}
+
+#[test]
+fn denies_an_action_outside_scope() {
+    assert_eq!(
+        reasons(&with(|r| r.action.name = "delete_vendor".into())),
+        ["action_not_permitted"]
+    );
+}
+
+#[test]
+fn denies_a_location_outside_scope() {
+    assert_eq!(
+        reasons(&with(
+            |r| r.resource.id = "https://erp.example.com/payments".into()
+        )),
+        ["location_not_permitted"]
+    );
+    assert_eq!(
+        reasons(&with(|r| r.resource.id = "not a url".into())),
+        ["location_not_permitted"]
+    );
+}
+
+#[test]
+fn denies_another_resource_type() {
+    assert_eq!(
+        reasons(&with(|r| r.resource.type_ = "erp_payments".into())),
+        ["resource_type_not_permitted"]
+    );
+}
+
+#[test]
+fn denies_a_resource_without_the_required_attributes() {
+    assert_eq!(
+        reasons(&with(|r| {
+            r.resource
+                .properties
+                .insert("region".into(), json!("europe"));
+        })),
+        ["resource_not_permitted"]
+    );
+    assert_eq!(
+        reasons(&with(|r| {
+            r.resource.properties.remove("category");
+        })),
+        ["resource_not_permitted"]
+    );
+}
+
+#[test]
+fn denies_inputs_outside_a_constraint_and_missing_inputs() {
+    assert_eq!(
+        reasons(&with(|r| {
+            r.resource
+                .properties
+                .insert("spend_tier".into(), json!("unlimited"));
+        })),
+        ["constraint_not_satisfied:spend_tier"]
+    );
+    assert_eq!(
+        reasons(&with(|r| {
+            r.resource.properties.remove("contract_template");
+        })),
+        ["constraint_not_satisfied:contract_template"]
+    );
+}
+
+#[test]
+fn reports_every_reason_that_applies() {
+    let r = with(|r| {
+        r.action.name = "delete_vendor".into();
+        r.resource.id = "https://erp.example.com".into();
+    });
+    let d = decide(
+        &chain(),
+        &r,
+        None,
+        &state_with_status("cancelled"),
+        t("2025-11-01T00:00:00Z"),
+    );
+    assert_eq!(
+        d.reasons,
+        [
+            "expired",
+            "location_not_permitted",
+            "action_not_permitted",
+            "condition_failed:program-active"
+        ]
+    );
+}
+
+#[test]
+fn allows_before_hard_expiry_and_denies_from_it() {
+    let s = active_facts();
+    assert!(decide(&chain(), &search(), None, &s, t("2025-10-15T16:59:59Z")).allow);
+    assert_eq!(
+        decide(&chain(), &search(), None, &s, t("2025-10-15T17:00:00Z")).reasons,
+        ["expired"]
+    );
+    assert_eq!(
+        decide(&chain(), &search(), None, &s, t("2025-09-30T00:00:00Z")).reasons,
+        ["not_yet_valid"]
+    );
+}
+
+#[test]
+fn denies_in_every_non_active_state_and_unknown_states() {
+    for (state, code) in [
+        (MandateState::Revoked, "revoked"),
+        (MandateState::Suspended, "suspended"),
+        (MandateState::Completed, "completed"),
+        (MandateState::Expired, "expired"),
+        (MandateState::Superseded, "superseded"),
+        (MandateState::Pending, "pending"),
+        (MandateState::from_name("archived"), "state_unknown"),
+    ] {
+        let mut s = active_facts();
+        s.set_state(
+            MandateId::new("mnd-logistics-sourcing-7f2a").unwrap(),
+            state,
+        );
+        assert_eq!(
+            decide(&chain(), &search(), None, &s, during()).reasons,
+            [code]
+        );
+    }
+}
+
+#[test]
+fn a_condition_that_turns_false_denies_with_its_on_failure() {
+    let d = decide(
+        &chain(),
+        &search(),
+        None,
+        &state_with_status("cancelled"),
+        during(),
+    );
+    assert_eq!(d.reasons, ["condition_failed:program-active"]);
+    assert_eq!(
+        serde_json::to_value(&d.obligations).unwrap(),
+        json!([
+            {"type": "suspend_mandate", "mandate_id": "mnd-logistics-sourcing-7f2a", "condition": "program-active"},
+            {"type": "notify_principal", "mandate_id": "mnd-logistics-sourcing-7f2a",
+             "principal": "vp-supply-chain@example.com", "condition": "program-active"}
+        ])
+    );
+}
+
+#[test]
+fn a_condition_that_cannot_be_evaluated_denies() {
+    // No facts at all: `procurement` is undeclared.
+    let d = decide(&chain(), &search(), None, &StateSnapshot::new(), during());
+    assert_eq!(d.reasons, ["condition_error:program-active"]);
+    // A non-boolean result.
+    let mut c = procurement_claims(1);
+    c.conditions[0].expression = "procurement.contingency_program.status".into();
+    let chain = verifier()
+        .verify(&issue_root(&authority(), &c).unwrap())
+        .unwrap();
+    assert_eq!(
+        decide(&chain, &search(), None, &active_facts(), during()).reasons,
+        ["condition_error:program-active"]
+    );
+}
+
+#[test]
+fn conditions_read_the_action_resource_context_and_mandate() {
+    let mut c = procurement_claims(1);
+    c.conditions.push(serde_json::from_value(json!({
+        "id": "small-orders", "evaluation": "per_action", "on_failure": "deny",
+        "expression": "action.name != 'initiate_onboarding' || (has(context.order_total) && context.order_total <= 5000 && mandate.principal.sub.endsWith('@example.com') && resource.type == 'vendor_portal')"
+    })).unwrap());
+    let chain = verifier()
+        .verify(&issue_root(&authority(), &c).unwrap())
+        .unwrap();
+    let onboard = |total: i64| {
+        with(|r| {
+            r.action.name = "initiate_onboarding".into();
+            r.context.insert("order_total".into(), json!(total));
+        })
+    };
+    assert!(decide(&chain, &onboard(4000), None, &active_facts(), during()).allow);
+    assert_eq!(
+        decide(&chain, &onboard(9000), None, &active_facts(), during()).reasons,
+        ["condition_failed:small-orders"]
+    );
+    assert!(decide(&chain, &search(), None, &active_facts(), during()).allow);
+}
+
+#[test]
+fn a_token_bound_by_hash_is_accepted_and_an_unrelated_one_denied() {
+    let token = "ya29.a0AfB_the-agents-access-token";
+    let mut c = procurement_claims(1);
+    c.token_binding = Some(
+        serde_json::from_value(json!({"access_token_sha256": sha256_b64(token.as_bytes())}))
+            .unwrap(),
+    );
+    let chain = verifier()
+        .verify(&issue_root(&authority(), &c).unwrap())
+        .unwrap();
+    let s = active_facts();
+    assert!(decide(&chain, &search(), Some(token), &s, during()).allow);
+    assert_eq!(
+        decide(&chain, &search(), Some("another-token"), &s, during()).reasons,
+        ["token_binding_mismatch"]
+    );
+    assert_eq!(
+        decide(&chain, &search(), None, &s, during()).reasons,
+        ["token_missing"]
+    );
+}
+
+#[test]
+fn a_token_naming_the_mandate_is_accepted_and_one_naming_another_denied() {
+    let token_for = |id: &str| {
+        sign_raw(
+            &intruder_key(),
+            &json!({"alg": "EdDSA", "typ": "at+jwt"}),
+            json!({"sub": "agent", "mandate_id": id})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    let s = active_facts();
+    assert!(
+        decide(
+            &chain(),
+            &search(),
+            Some(&token_for("mnd-logistics-sourcing-7f2a")),
+            &s,
+            during()
+        )
+        .allow
+    );
+    assert_eq!(
+        decide(
+            &chain(),
+            &search(),
+            Some(&token_for("mnd-other")),
+            &s,
+            during()
+        )
+        .reasons,
+        ["token_binding_mismatch"]
+    );
+    assert_eq!(
+        decide(&chain(), &search(), Some("opaque-token"), &s, during()).reasons,
+        ["token_binding_mismatch"]
+    );
+}
+
+#[test]
+fn another_agent_instance_is_denied() {
+    let r = with(|r| {
+        r.context
+            .insert("agent_instance".into(), json!("inst-someone-else"));
+    });
+    assert_eq!(reasons(&r), ["agent_instance_mismatch"]);
+    let r = with(|r| {
+        r.context
+            .insert("agent_instance".into(), json!("inst-7f2a-b8c4"));
+    });
+    assert!(reasons(&r).is_empty());
+}
+
+#[test]
+fn revoking_an_ancestor_ends_every_descendant() {
+    let child = verifier()
+        .verify(&child_of(&root(1), &agent_key(), &search_only_spec(0), "mnd-child").unwrap())
+        .unwrap();
+    let mut s = active_facts();
+    assert!(decide(&child, &search(), None, &s, during()).allow);
+    s.set_state(
+        MandateId::new("mnd-logistics-sourcing-7f2a").unwrap(),
+        MandateState::Revoked,
+    );
+    assert_eq!(
+        decide(&child, &search(), None, &s, during()).reasons,
+        ["revoked"]
+    );
+}
+
+#[test]
+fn the_second_decision_on_the_same_chain_reuses_the_verified_chain() {
+    let v = verifier();
+    let jws = root(1);
+    let first = v.verify(&jws).unwrap();
+    let second = v.verify(&jws).unwrap();
+    assert!(Arc::ptr_eq(&first, &second));
+}
+
+#[test]
+fn a_chain_that_does_not_verify_denies_with_its_reason() {
+    let d = decide_presented(
+        &verifier(),
+        "e30.e30.e30",
+        &search(),
+        None,
+        &active_facts(),
+        during(),
+    );
+    assert!(!d.allow);
+    assert_eq!(d.reasons, ["malformed"]);
+    assert!(d.chain.is_empty());
+}

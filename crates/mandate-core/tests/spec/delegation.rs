@@ -1,0 +1,271 @@
+//! Offline delegation: a child is within its parent in every dimension, is
+//! signed by the key its parent binds, and names its ancestors by hash.
+
+use mandate_core::prelude::*;
+use serde_json::json;
+
+use crate::support::*;
+
+#[test]
+fn a_narrowed_child_verifies_offline_back_to_the_root() {
+    let chain = child_of(&root(1), &agent_key(), &search_only_spec(0), "mnd-child").unwrap();
+    let v = verifier().verify(&chain).unwrap();
+    let ids: Vec<String> = v.ids().iter().map(ToString::to_string).collect();
+    assert_eq!(ids, ["mnd-logistics-sourcing-7f2a", "mnd-child"]);
+    let leaf = v.leaf().claims();
+    assert_eq!(
+        leaf.purpose,
+        v.root().claims().purpose,
+        "purpose is inherited unchanged"
+    );
+    assert_eq!(
+        leaf.conditions,
+        v.root().claims().conditions,
+        "conditions are inherited"
+    );
+    assert_eq!(leaf.delegation_chain[0].jws_sha256, v.root().jws_sha256());
+}
+
+#[test]
+fn a_three_hop_chain_verifies() {
+    let child = child_of(&root(2), &agent_key(), &search_only_spec(1), "mnd-child").unwrap();
+    let mut spec = search_only_spec(0);
+    spec.agent.id = AgentId::new("urn:agent:procurement/leaf@1").unwrap();
+    spec.agent.cnf = None;
+    spec.lifecycle = lifecycle("2025-10-05T00:00:00Z");
+    let grandchild = child_of(&child, &sub_agent_key(), &spec, "mnd-grandchild").unwrap();
+    assert_eq!(verifier().verify(&grandchild).unwrap().mandates().len(), 3);
+}
+
+#[test]
+fn a_child_must_be_signed_with_the_key_the_parent_binds() {
+    let err = child_of(&root(1), &intruder_key(), &search_only_spec(0), "mnd-child").unwrap_err();
+    assert_eq!(err.codes(), ["holder_key_mismatch"]);
+    let forged = forge_child(&root(1), &intruder_key(), &search_only_spec(0), |_| {});
+    assert_eq!(codes(verifier().verify(&forged)), ["signature_invalid"]);
+}
+
+#[test]
+fn a_child_cannot_be_spliced_onto_another_parent() {
+    let child = child_of(&root(1), &agent_key(), &search_only_spec(0), "mnd-child").unwrap();
+    let child_jws = child.rsplit_once('~').unwrap().1;
+    // Another root for the same agent and key, differing only in its id.
+    let mut other = procurement_claims(1);
+    other.mandate_id = MandateId::new("mnd-other").unwrap();
+    other.jti = "mnd-other".into();
+    let other_root = issue_root(&authority(), &other).unwrap();
+    assert_eq!(
+        codes(verifier().verify(&format!("{other_root}~{child_jws}"))),
+        ["chain_link_mismatch"]
+    );
+}
+
+#[test]
+fn dropping_or_reordering_ancestors_is_detected() {
+    let child = child_of(&root(2), &agent_key(), &search_only_spec(1), "mnd-child").unwrap();
+    let mut spec = search_only_spec(0);
+    spec.agent.cnf = None;
+    spec.lifecycle = lifecycle("2025-10-05T00:00:00Z");
+    let gc = child_of(&child, &sub_agent_key(), &spec, "mnd-gc").unwrap();
+    let parts: Vec<&str> = gc.split('~').collect();
+    assert_eq!(
+        codes(verifier().verify(&format!("{}~{}", parts[0], parts[2]))),
+        ["chain_link_mismatch"]
+    );
+    assert!(
+        !codes(verifier().verify(&format!("{}~{}~{}", parts[1], parts[0], parts[2]))).is_empty()
+    );
+    // A child alone is not a root.
+    assert!(!codes(verifier().verify(parts[1])).is_empty());
+}
+
+#[test]
+fn a_parent_that_does_not_permit_delegation_has_no_children() {
+    let child = child_of(&root(1), &agent_key(), &search_only_spec(0), "mnd-child").unwrap();
+    let err = child_of(&child, &sub_agent_key(), &search_only_spec(0), "mnd-gc").unwrap_err();
+    assert_eq!(err.codes()[0], "delegation_not_permitted");
+    let forged = forge_child(&child, &sub_agent_key(), &search_only_spec(0), |c| {
+        c.lifecycle.hard_expiry = t("2025-10-04T00:00:00Z");
+        c.exp = c.lifecycle.hard_expiry;
+    });
+    assert_eq!(
+        codes(verifier().verify(&forged)),
+        ["delegation_not_permitted"]
+    );
+}
+
+/// Each widening is refused by `derive_child` and, when forged past it, by
+/// the verifier, naming the dimension.
+#[test]
+fn a_child_that_exceeds_its_parent_in_any_one_dimension_is_refused_naming_it() {
+    type Edit = Box<dyn Fn(&mut MandateClaims)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "attenuation_violation:actions",
+            Box::new(|c| {
+                c.authorization_details[0]
+                    .actions
+                    .push("delete_vendor".into())
+            }),
+        ),
+        (
+            "attenuation_violation:locations",
+            Box::new(|c| {
+                c.authorization_details[0].locations = vec!["https://evil.example.com".into()]
+            }),
+        ),
+        (
+            "attenuation_violation:locations",
+            Box::new(|c| {
+                c.authorization_details[0].locations =
+                    vec!["https://vendor-portal.example.com.evil.net/search".into()]
+            }),
+        ),
+        (
+            "attenuation_violation:resource",
+            Box::new(|c| {
+                c.authorization_details[0].resource.remove("region");
+            }),
+        ),
+        (
+            "attenuation_violation:resource",
+            Box::new(|c| {
+                c.authorization_details[0]
+                    .resource
+                    .insert("region".into(), json!("europe"));
+            }),
+        ),
+        (
+            "attenuation_violation:constraints",
+            Box::new(|c| {
+                c.authorization_details[0]
+                    .constraints
+                    .insert("spend_tier".into(), json!(["pre-approved", "unlimited"]));
+            }),
+        ),
+        (
+            "attenuation_violation:constraints",
+            Box::new(|c| {
+                c.authorization_details[0]
+                    .constraints
+                    .remove("contract_template");
+            }),
+        ),
+        (
+            "attenuation_violation:authorization_details",
+            Box::new(|c| c.authorization_details[0].type_ = "erp_payments".into()),
+        ),
+        (
+            "attenuation_violation:hard_expiry",
+            Box::new(|c| {
+                c.lifecycle.hard_expiry = t("2025-10-15T17:00:00Z");
+                c.exp = c.lifecycle.hard_expiry;
+            }),
+        ),
+        (
+            "attenuation_violation:hard_expiry",
+            Box::new(|c| {
+                c.lifecycle.hard_expiry = t("2026-01-01T00:00:00Z");
+                c.exp = c.lifecycle.hard_expiry;
+            }),
+        ),
+        (
+            "attenuation_violation:max_additional_hops",
+            Box::new(|c| {
+                c.delegation.permitted = true;
+                c.delegation.max_additional_hops = 1;
+            }),
+        ),
+        (
+            "attenuation_violation:purpose",
+            Box::new(|c| c.purpose.objective = "Anything at all".into()),
+        ),
+        (
+            "attenuation_violation:principal",
+            Box::new(|c| c.principal.sub = "ceo@example.com".into()),
+        ),
+        (
+            "attenuation_violation:iss",
+            Box::new(|c| c.iss = "https://evil.example.com".into()),
+        ),
+        (
+            "attenuation_violation:conditions",
+            Box::new(|c| c.conditions.clear()),
+        ),
+        (
+            "attenuation_violation:conditions",
+            Box::new(|c| c.conditions[0].expression = "true".into()),
+        ),
+        (
+            "attenuation_violation:terminal_events",
+            Box::new(|c| c.lifecycle.terminal_events.clear()),
+        ),
+        (
+            "attenuation_violation:attenuation",
+            Box::new(|c| {
+                c.delegation.attenuation = mandate_core::model::Attenuation::SubsetOfParent
+            }),
+        ),
+        (
+            "attenuation_violation:iat",
+            Box::new(|c| {
+                c.iat = t("2025-09-01T00:00:00Z");
+                c.nbf = c.iat;
+            }),
+        ),
+    ];
+    for (code, edit) in cases {
+        let forged = forge_child(&root(1), &agent_key(), &search_only_spec(0), |c| edit(c));
+        let got = codes(verifier().verify(&forged));
+        assert!(got.contains(&code.to_owned()), "{code}: got {got:?}");
+    }
+}
+
+#[test]
+fn derive_child_refuses_a_widened_child_with_the_dimension() {
+    let mut spec = search_only_spec(0);
+    spec.authorization_details[0]
+        .actions
+        .push("delete_vendor".into());
+    let err = child_of(&root(1), &agent_key(), &spec, "mnd-child").unwrap_err();
+    assert_eq!(err.codes(), ["attenuation_violation:actions"]);
+    assert!(
+        err.to_string()
+            .contains("`delete_vendor` is not in the parent's actions"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_child_may_add_conditions_and_terminal_events_and_they_apply() {
+    let mut spec = search_only_spec(0);
+    spec.conditions.push(
+        serde_json::from_value(json!({
+            "id": "business-hours", "expression": "now.getHours() >= 8 && now.getHours() < 18",
+            "evaluation": "per_action", "on_failure": "deny"
+        }))
+        .unwrap(),
+    );
+    let chain = verifier()
+        .verify(&child_of(&root(1), &agent_key(), &spec, "mnd-child").unwrap())
+        .unwrap();
+    assert!(decide(&chain, &search(), None, &active_facts(), during()).allow);
+    let night = t("2025-10-02T23:00:00Z");
+    assert_eq!(
+        decide(&chain, &search(), None, &active_facts(), night).reasons,
+        ["condition_failed:business-hours"]
+    );
+}
+
+#[test]
+fn a_child_condition_id_may_not_shadow_an_ancestors() {
+    let mut spec = search_only_spec(0);
+    spec.conditions.push(serde_json::from_value(json!({
+        "id": "program-active", "expression": "true", "evaluation": "per_action", "on_failure": "deny"
+    })).unwrap());
+    let err = child_of(&root(1), &agent_key(), &spec, "mnd-child").unwrap_err();
+    assert!(
+        err.to_string().contains("`program-active` is used twice"),
+        "{err}"
+    );
+}
