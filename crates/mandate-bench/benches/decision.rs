@@ -1,1 +1,390 @@
-fn main() {}
+//! Mandate decisions side by side with peers doing equivalent work, in one
+//! run so their ratios are comparable:
+//!
+//! - `warm/*`: a decision with everything pre-built. Mandate: the chain is
+//!   verified and cached, three conditions. Cedar: `is_authorized` on a policy
+//!   equivalent to the procurement mandate's scope and condition.
+//! - `cold_3hop/*`: wire bytes to a verified three-mandate chain to a
+//!   decision. Mandate: `verify_uncached` + `decide`. Tenuo: `decode_stack` +
+//!   `check_chain` (with its proof-of-possession). Biscuit: parse + verify the
+//!   authority block and two attenuation blocks + authorize.
+//! - `attenuate/*`: derive, sign and encode one child.
+//!
+//! The figures go in BENCHMARKS.md; see it for how to run and read them.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::str::FromStr;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use mandate_core::chain::{ChildSpec, derive_child, issue_root};
+use mandate_core::keys::{Algorithm, KeySet, SigningKey};
+use mandate_core::model::{Confirmation, MandateClaims};
+use mandate_core::prelude::*;
+use serde_json::json;
+
+const PROCUREMENT: &str = include_str!("../../../testdata/procurement-mandate.json");
+
+struct MandateFixture {
+    verifier: Verifier,
+    keys: KeySet,
+    three_hop: String,
+    state: StateSnapshot,
+    request: EvaluationRequest,
+    now: UnixTime,
+    agent: SigningKey,
+    root: String,
+}
+
+fn spec(holder: &SigningKey, hops: u8, location: &str, expiry: &str, extra_condition: Option<(&str, &str)>) -> ChildSpec {
+    let mut conditions = Vec::new();
+    if let Some((id, expr)) = extra_condition {
+        conditions.push(json!({"id": id, "expression": expr, "evaluation": "per_action", "on_failure": "deny"}));
+    }
+    serde_json::from_value(json!({
+        "agent": {"id": format!("urn:agent:hop{hops}"), "instance": "inst-1", "cnf": {"jwk": holder.public_jwk()}},
+        "authorization_details": [{
+            "type": "vendor_portal", "locations": [location],
+            "resource": {"category": "logistics", "region": "north-america"},
+            "actions": ["search", "view_profile"],
+            "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}
+        }],
+        "conditions": conditions,
+        "lifecycle": {"hard_expiry": expiry},
+        "delegation": {"permitted": hops > 0, "max_additional_hops": hops,
+            "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+    }))
+    .unwrap()
+}
+
+fn mandate_fixture() -> MandateFixture {
+    let authority = SigningKey::from_seed(Algorithm::EdDSA, [1; 32]);
+    let agent = SigningKey::from_seed(Algorithm::EdDSA, [2; 32]);
+    let sub = SigningKey::from_seed(Algorithm::EdDSA, [3; 32]);
+    let leaf = SigningKey::from_seed(Algorithm::EdDSA, [4; 32]);
+    let mut claims: MandateClaims = serde_json::from_str(PROCUREMENT).unwrap();
+    claims.agent.cnf = Some(Confirmation { jwk: agent.public_jwk() });
+    claims.delegation.max_additional_hops = 2;
+    let root = issue_root(&authority, &claims).unwrap();
+    let now = UnixTime::parse_rfc3339("2025-10-02T09:00:00Z").unwrap();
+    let id = |s: &str| MandateId::new(s).unwrap();
+    let child = derive_child(
+        &root,
+        &agent,
+        &spec(&sub, 1, "https://vendor-portal.example.com/search", "2025-10-10T00:00:00Z", Some(("budget-left", "procurement.budget.remaining > 0"))),
+        id("mnd-bench-child"),
+        now,
+    )
+    .unwrap();
+    let three_hop = derive_child(
+        &child,
+        &sub,
+        &spec(&leaf, 0, "https://vendor-portal.example.com/search", "2025-10-05T00:00:00Z", Some(("no-deletes", "action.name != 'delete'"))),
+        id("mnd-bench-grandchild"),
+        now,
+    )
+    .unwrap();
+    let mut keys = KeySet::new();
+    keys.insert(authority.verifying_key().unwrap());
+    let mut state = StateSnapshot::new();
+    state.set_facts(
+        Facts::from_json(json!({"procurement": {"contingency_program": {"status": "active"}, "budget": {"remaining": 125000}}}))
+            .unwrap(),
+    );
+    let request = EvaluationRequest::new(
+        "search",
+        "vendor_portal",
+        "https://vendor-portal.example.com/search",
+        serde_json::from_value(json!({
+            "category": "logistics", "region": "north-america",
+            "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"
+        }))
+        .unwrap(),
+    );
+    MandateFixture {
+        verifier: Verifier::new(keys.clone()),
+        keys,
+        three_hop,
+        state,
+        request,
+        now,
+        agent,
+        root,
+    }
+}
+
+const CEDAR_PERMIT: &str = r#"
+permit(
+  principal == Agent::"urn:agent:procurement/vendor-sourcing@3.2",
+  action in [Action::"search", Action::"view_profile", Action::"initiate_onboarding"],
+  resource is VendorPortal
+) when {
+  resource.location like "https://vendor-portal.example.com/*" &&
+  resource.category == "logistics" && resource.region == "north-america" &&
+  context.contract_template == "standard-logistics-v3" && context.spend_tier == "pre-approved" &&
+  context.program_status == "active" && context.now < 1760547600
+};
+"#;
+
+const CEDAR_HOPS: &str = r#"
+forbid(principal, action, resource) unless {
+  action in [Action::"search", Action::"view_profile"] &&
+  resource.location like "https://vendor-portal.example.com/search*" &&
+  context.budget_remaining > 0 && context.now < 1760054400
+};
+forbid(principal, action, resource) unless {
+  action != Action::"delete" && context.now < 1759622400
+};
+"#;
+
+struct CedarFixture {
+    authorizer: cedar_policy::Authorizer,
+    permit: cedar_policy::PolicySet,
+    three_hop: cedar_policy::PolicySet,
+    entities: cedar_policy::Entities,
+    request: cedar_policy::Request,
+}
+
+fn cedar_fixture() -> CedarFixture {
+    use cedar_policy::{Context, Entities, EntityUid, PolicySet, Request};
+    let permit = PolicySet::from_str(CEDAR_PERMIT).unwrap();
+    let three_hop = PolicySet::from_str(&format!("{CEDAR_PERMIT}{CEDAR_HOPS}")).unwrap();
+    let entities = Entities::from_json_value(
+        json!([{
+            "uid": {"type": "VendorPortal", "id": "search"},
+            "attrs": {"location": "https://vendor-portal.example.com/search", "category": "logistics", "region": "north-america"},
+            "parents": []
+        }]),
+        None,
+    )
+    .unwrap();
+    let context = Context::from_json_value(
+        json!({"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved",
+               "program_status": "active", "now": 1759395600, "budget_remaining": 125000}),
+        None,
+    )
+    .unwrap();
+    let request = Request::new(
+        EntityUid::from_str(r#"Agent::"urn:agent:procurement/vendor-sourcing@3.2""#).unwrap(),
+        EntityUid::from_str(r#"Action::"search""#).unwrap(),
+        EntityUid::from_str(r#"VendorPortal::"search""#).unwrap(),
+        context,
+        None,
+    )
+    .unwrap();
+    CedarFixture {
+        authorizer: cedar_policy::Authorizer::new(),
+        permit,
+        three_hop,
+        entities,
+        request,
+    }
+}
+
+fn bench_warm(c: &mut Criterion) {
+    let m = mandate_fixture();
+    let chain = m.verifier.verify(&m.three_hop).unwrap();
+    assert_eq!(chain.conditions().len(), 3);
+    let d = decide(&chain, &m.request, None, &m.state, m.now);
+    assert!(d.allow, "{:?}", d.reasons);
+    let cedar = cedar_fixture();
+    assert_eq!(
+        cedar.authorizer.is_authorized(&cedar.request, &cedar.three_hop, &cedar.entities).decision(),
+        cedar_policy::Decision::Allow
+    );
+
+    let mut g = c.benchmark_group("warm");
+    g.bench_function("mandate/decide_verified_3hop_3conditions", |b| {
+        b.iter(|| decide(black_box(&chain), black_box(&m.request), None, &m.state, m.now))
+    });
+    g.bench_function("mandate/decide_presented_cached_3hop_3conditions", |b| {
+        b.iter(|| decide_presented(&m.verifier, black_box(&m.three_hop), black_box(&m.request), None, &m.state, m.now))
+    });
+    g.bench_function("cedar/is_authorized_permit", |b| {
+        b.iter(|| cedar.authorizer.is_authorized(black_box(&cedar.request), &cedar.permit, &cedar.entities))
+    });
+    g.bench_function("cedar/is_authorized_permit_and_2_forbid_unless", |b| {
+        b.iter(|| cedar.authorizer.is_authorized(black_box(&cedar.request), &cedar.three_hop, &cedar.entities))
+    });
+    g.finish();
+}
+
+struct TenuoFixture {
+    authorizer: tenuo::planes::Authorizer,
+    wire: Vec<u8>,
+    args: HashMap<String, tenuo::constraints::ConstraintValue>,
+    pop: tenuo::crypto::Signature,
+}
+
+fn tenuo_fixture() -> TenuoFixture {
+    use tenuo::constraints::{ConstraintSet, ConstraintValue, Exact};
+    use tenuo::crypto::SigningKey as TKey;
+    use tenuo::warrant::Warrant;
+    let keys: Vec<TKey> = (0..4).map(|_| TKey::generate()).collect();
+    let cs = || {
+        ConstraintSet::from_iter(vec![
+            ("category".to_string(), Exact::new("logistics").into()),
+            ("region".to_string(), Exact::new("north-america").into()),
+            ("contract_template".to_string(), Exact::new("standard-logistics-v3").into()),
+            ("spend_tier".to_string(), Exact::new("pre-approved").into()),
+        ])
+    };
+    let root = Warrant::builder()
+        .capability("search", cs())
+        .capability("view_profile", cs())
+        .capability("initiate_onboarding", cs())
+        .ttl(Duration::from_secs(3600))
+        .holder(keys[1].public_key())
+        .build(&keys[0])
+        .unwrap();
+    let child = root.attenuate().inherit_all().holder(keys[2].public_key()).build(&keys[1]).unwrap();
+    let leaf = child.attenuate().inherit_all().holder(keys[3].public_key()).build(&keys[2]).unwrap();
+    let args: HashMap<String, ConstraintValue> = [
+        ("category", "logistics"),
+        ("region", "north-america"),
+        ("contract_template", "standard-logistics-v3"),
+        ("spend_tier", "pre-approved"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ConstraintValue::String(v.to_string())))
+    .collect();
+    let pop = leaf.sign(&keys[3], "search", &args).unwrap();
+    let wire = tenuo::wire::encode_stack(&tenuo::wire::WarrantStack::new(vec![root, child, leaf])).unwrap();
+    TenuoFixture {
+        authorizer: tenuo::planes::Authorizer::new().with_trusted_root(keys[0].public_key()),
+        wire,
+        args,
+        pop,
+    }
+}
+
+fn tenuo_cold(t: &TenuoFixture) -> bool {
+    let stack = tenuo::wire::decode_stack(black_box(&t.wire)).unwrap();
+    t.authorizer.check_chain(&stack.0, "search", &t.args, Some(&t.pop), &[]).is_ok()
+}
+
+struct BiscuitFixture {
+    root_public: biscuit_auth::PublicKey,
+    wire: Vec<u8>,
+}
+
+fn biscuit_fixture() -> BiscuitFixture {
+    use biscuit_auth::macros::{biscuit, block};
+    let root = biscuit_auth::KeyPair::new();
+    let token = biscuit!(
+        r#"
+        right("vendor_portal", "search");
+        right("vendor_portal", "view_profile");
+        right("vendor_portal", "initiate_onboarding");
+        check if resource($r), $r.starts_with("https://vendor-portal.example.com/");
+        check if resource_attr("category", "logistics"), resource_attr("region", "north-america");
+        check if input("contract_template", "standard-logistics-v3"), input("spend_tier", "pre-approved");
+        check if fact("program_status", "active");
+        check if time($t), $t < 2025-10-15T17:00:00Z;
+        "#
+    )
+    .build(&root)
+    .unwrap();
+    let token = token
+        .append(block!(
+            r#"
+            check if operation($op), ["search", "view_profile"].contains($op);
+            check if resource($r), $r.starts_with("https://vendor-portal.example.com/search");
+            check if fact("budget_positive", true);
+            check if time($t), $t < 2025-10-10T00:00:00Z;
+            "#
+        ))
+        .unwrap()
+        .append(block!(
+            r#"
+            check if operation($op), $op != "delete";
+            check if time($t), $t < 2025-10-05T00:00:00Z;
+            "#
+        ))
+        .unwrap();
+    BiscuitFixture {
+        root_public: root.public(),
+        wire: token.to_vec().unwrap(),
+    }
+}
+
+fn biscuit_cold(b: &BiscuitFixture) -> bool {
+    use biscuit_auth::macros::authorizer;
+    let token = biscuit_auth::Biscuit::from(black_box(&b.wire), b.root_public).unwrap();
+    let mut authorizer = authorizer!(
+        r#"
+        resource("https://vendor-portal.example.com/search");
+        operation("search");
+        resource_attr("category", "logistics");
+        resource_attr("region", "north-america");
+        input("contract_template", "standard-logistics-v3");
+        input("spend_tier", "pre-approved");
+        fact("program_status", "active");
+        fact("budget_positive", true);
+        time(2025-10-02T09:00:00Z);
+        allow if right("vendor_portal", $op), operation($op);
+        "#
+    )
+    .build(&token)
+    .unwrap();
+    authorizer.authorize().is_ok()
+}
+
+fn bench_cold(c: &mut Criterion) {
+    let m = mandate_fixture();
+    let t = tenuo_fixture();
+    let b = biscuit_fixture();
+    assert!(tenuo_cold(&t), "tenuo fixture must authorize");
+    assert!(biscuit_cold(&b), "biscuit fixture must authorize");
+    let mandate_cold = || {
+        let chain = m.verifier.verify_uncached(black_box(&m.three_hop)).unwrap();
+        decide(&chain, &m.request, None, &m.state, m.now).allow
+    };
+    assert!(mandate_cold());
+
+    let fresh_cold = || {
+        let verifier = Verifier::new(m.keys.clone());
+        let chain = verifier.verify_uncached(black_box(&m.three_hop)).unwrap();
+        decide(&chain, &m.request, None, &m.state, m.now).allow
+    };
+    assert!(fresh_cold());
+
+    let mut g = c.benchmark_group("cold_3hop");
+    g.bench_function("mandate/verify_uncached_and_decide", |bench| bench.iter(mandate_cold));
+    g.bench_function("mandate/fresh_verifier_incl_condition_compile", |bench| bench.iter(fresh_cold));
+    g.bench_function("tenuo/decode_stack_and_check_chain", |bench| bench.iter(|| tenuo_cold(&t)));
+    g.bench_function("biscuit/parse_verify_authorize", |bench| bench.iter(|| biscuit_cold(&b)));
+    g.finish();
+    assert!(tenuo_cold(&t), "tenuo's proof-of-possession must still hold after the run");
+}
+
+fn bench_attenuate(c: &mut Criterion) {
+    let m = mandate_fixture();
+    let holder = SigningKey::from_seed(Algorithm::EdDSA, [9; 32]);
+    let child_spec = spec(&holder, 0, "https://vendor-portal.example.com/search", "2025-10-10T00:00:00Z", None);
+    let id = MandateId::new("mnd-bench-att").unwrap();
+    let mut g = c.benchmark_group("attenuate");
+    g.bench_function("mandate/derive_child", |bench| {
+        bench.iter(|| derive_child(black_box(&m.root), &m.agent, &child_spec, id.clone(), m.now).unwrap())
+    });
+    let bf = biscuit_fixture();
+    let token = biscuit_auth::Biscuit::from(&bf.wire, bf.root_public).unwrap();
+    g.bench_function("biscuit/append_block_and_serialize", |bench| {
+        bench.iter(|| {
+            token
+                .append(biscuit_auth::macros::block!(r#"check if operation("search");"#))
+                .unwrap()
+                .to_vec()
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = bench_warm, bench_cold, bench_attenuate
+}
+criterion_main!(benches);

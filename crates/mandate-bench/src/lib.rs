@@ -1,1 +1,1 @@
-//! Benchmarks live in `benches/`.
+//! Benchmarks only: see `benches/decision.rs` and `BENCHMARKS.md`.

@@ -135,6 +135,19 @@ impl CompiledCondition {
         })
     }
 
+    /// The same program under another condition's id and `on_failure`
+    /// (whose expression is identical).
+    #[must_use]
+    pub fn with_identity(&self, c: &Condition) -> Self {
+        Self {
+            id: c.id.clone(),
+            on_failure: c.on_failure,
+            expression: self.expression.clone(),
+            program: Arc::clone(&self.program),
+            variables: self.variables.clone(),
+        }
+    }
+
     /// The top-level variables the expression reads.
     #[must_use]
     pub fn variables(&self) -> &[String] {

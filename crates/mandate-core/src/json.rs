@@ -65,9 +65,21 @@ impl<'de> Visitor<'de> for NoDuplicatesVisitor {
         Ok(NoDuplicates)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicates, A::Error> {
-        let mut seen = HashSet::new();
+        // Objects are small: a linear scan beats hashing until they are not.
+        let mut few: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut many: HashSet<std::borrow::Cow<'de, str>> = HashSet::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if !seen.insert(key.clone()) {
+            let duplicate = if many.is_empty() && few.len() < 32 {
+                let d = few.contains(&key);
+                few.push(key.clone());
+                d
+            } else {
+                if many.is_empty() {
+                    many.extend(few.drain(..));
+                }
+                !many.insert(key.clone())
+            };
+            if duplicate {
                 return Err(de::Error::custom(format!("{DUPLICATE_MARK} `{key}`")));
             }
             map.next_value::<NoDuplicates>()?;
@@ -86,6 +98,11 @@ fn path_string(path: &serde_path_to_error::Path) -> String {
 /// # Errors
 /// A syntax error or a duplicate member, with its path.
 pub fn check_no_duplicates(bytes: &[u8]) -> Result<(), JsonError> {
+    // Fast path without path tracking; on failure, walk again to name the path.
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    if NoDuplicates::deserialize(&mut de).is_ok() && de.end().is_ok() {
+        return Ok(());
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let res: Result<NoDuplicates, _> = serde_path_to_error::deserialize(&mut de);
     match res {
@@ -111,6 +128,9 @@ pub fn check_no_duplicates(bytes: &[u8]) -> Result<(), JsonError> {
 /// A syntax error, a duplicate member, or a value that does not fit `T`.
 pub fn from_slice_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
     check_no_duplicates(bytes)?;
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| JsonError {
         path: path_string(e.path()),

@@ -290,6 +290,14 @@ impl VerifyingKey {
         self.jwk.clone()
     }
 
+    /// The Ed25519 key, for batch verification.
+    pub(crate) fn ed25519(&self) -> Option<&ed25519_dalek::VerifyingKey> {
+        match &self.inner {
+            PublicInner::Ed25519(k) => Some(k),
+            PublicInner::P256(_) => None,
+        }
+    }
+
     /// Verifies `sig` over `msg`. Ed25519 uses strict verification (no
     /// small-order keys, canonical `S`); ES256 expects the JWS raw `r || s`.
     #[must_use]

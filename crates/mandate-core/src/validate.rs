@@ -70,14 +70,16 @@ impl Collector {
     }
 }
 
-/// Whether to compile condition expressions while validating. Chain
-/// verification compiles the leaf's once and skips the ancestors' (the leaf
-/// repeats them verbatim, so their syntax is checked there).
+/// How much to check. Issuing checks everything; chain verification leaves
+/// two expensive checks to the verifier itself, which does them once where
+/// they matter: it compiles the leaf's conditions (which repeat every
+/// ancestor's verbatim) and decodes each parent's holder key to verify the
+/// child's signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckConditions {
-    /// Compile every expression.
+    /// Compile every expression and decode the holder key.
     Compile,
-    /// Leave expressions to the caller.
+    /// Leave expressions and the holder key to the caller.
     Skip,
 }
 
@@ -113,6 +115,7 @@ pub fn validate(m: &MandateClaims, conditions: CheckConditions) -> Result<(), Pr
         );
     }
     if let Some(cnf) = &m.agent.cnf
+        && conditions == CheckConditions::Compile
         && let Err(e) = VerifyingKey::from_jwk(&cnf.jwk)
     {
         c.push("agent.cnf.jwk", e.to_string());
