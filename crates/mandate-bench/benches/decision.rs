@@ -12,107 +12,25 @@
 //!
 //! The figures go in BENCHMARKS.md; see it for how to run and read them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "benchmark fixtures over fixed inputs"
+)]
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::str::FromStr;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mandate_core::chain::{ChildSpec, derive_child, issue_root};
-use mandate_core::keys::{Algorithm, KeySet, SigningKey};
-use mandate_core::model::{Confirmation, MandateClaims};
+use mandate_bench::{mandate_fixture, spec};
+use mandate_core::chain::derive_child;
+use mandate_core::keys::{Algorithm, SigningKey};
 use mandate_core::prelude::*;
 use serde_json::json;
-
-const PROCUREMENT: &str = include_str!("../../../testdata/procurement-mandate.json");
-
-struct MandateFixture {
-    verifier: Verifier,
-    keys: KeySet,
-    three_hop: String,
-    state: StateSnapshot,
-    request: EvaluationRequest,
-    now: UnixTime,
-    agent: SigningKey,
-    root: String,
-}
-
-fn spec(holder: &SigningKey, hops: u8, location: &str, expiry: &str, extra_condition: Option<(&str, &str)>) -> ChildSpec {
-    let mut conditions = Vec::new();
-    if let Some((id, expr)) = extra_condition {
-        conditions.push(json!({"id": id, "expression": expr, "evaluation": "per_action", "on_failure": "deny"}));
-    }
-    serde_json::from_value(json!({
-        "agent": {"id": format!("urn:agent:hop{hops}"), "instance": "inst-1", "cnf": {"jwk": holder.public_jwk()}},
-        "authorization_details": [{
-            "type": "vendor_portal", "locations": [location],
-            "resource": {"category": "logistics", "region": "north-america"},
-            "actions": ["search", "view_profile"],
-            "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}
-        }],
-        "conditions": conditions,
-        "lifecycle": {"hard_expiry": expiry},
-        "delegation": {"permitted": hops > 0, "max_additional_hops": hops,
-            "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
-    }))
-    .unwrap()
-}
-
-fn mandate_fixture() -> MandateFixture {
-    let authority = SigningKey::from_seed(Algorithm::EdDSA, [1; 32]);
-    let agent = SigningKey::from_seed(Algorithm::EdDSA, [2; 32]);
-    let sub = SigningKey::from_seed(Algorithm::EdDSA, [3; 32]);
-    let leaf = SigningKey::from_seed(Algorithm::EdDSA, [4; 32]);
-    let mut claims: MandateClaims = serde_json::from_str(PROCUREMENT).unwrap();
-    claims.agent.cnf = Some(Confirmation { jwk: agent.public_jwk() });
-    claims.delegation.max_additional_hops = 2;
-    let root = issue_root(&authority, &claims).unwrap();
-    let now = UnixTime::parse_rfc3339("2025-10-02T09:00:00Z").unwrap();
-    let id = |s: &str| MandateId::new(s).unwrap();
-    let child = derive_child(
-        &root,
-        &agent,
-        &spec(&sub, 1, "https://vendor-portal.example.com/search", "2025-10-10T00:00:00Z", Some(("budget-left", "procurement.budget.remaining > 0"))),
-        id("mnd-bench-child"),
-        now,
-    )
-    .unwrap();
-    let three_hop = derive_child(
-        &child,
-        &sub,
-        &spec(&leaf, 0, "https://vendor-portal.example.com/search", "2025-10-05T00:00:00Z", Some(("no-deletes", "action.name != 'delete'"))),
-        id("mnd-bench-grandchild"),
-        now,
-    )
-    .unwrap();
-    let mut keys = KeySet::new();
-    keys.insert(authority.verifying_key().unwrap());
-    let mut state = StateSnapshot::new();
-    state.set_facts(
-        Facts::from_json(json!({"procurement": {"contingency_program": {"status": "active"}, "budget": {"remaining": 125000}}}))
-            .unwrap(),
-    );
-    let request = EvaluationRequest::new(
-        "search",
-        "vendor_portal",
-        "https://vendor-portal.example.com/search",
-        serde_json::from_value(json!({
-            "category": "logistics", "region": "north-america",
-            "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"
-        }))
-        .unwrap(),
-    );
-    MandateFixture {
-        verifier: Verifier::new(keys.clone()),
-        keys,
-        three_hop,
-        state,
-        request,
-        now,
-        agent,
-        root,
-    }
-}
 
 const CEDAR_PERMIT: &str = r#"
 permit(
@@ -190,22 +108,54 @@ fn bench_warm(c: &mut Criterion) {
     assert!(d.allow, "{:?}", d.reasons);
     let cedar = cedar_fixture();
     assert_eq!(
-        cedar.authorizer.is_authorized(&cedar.request, &cedar.three_hop, &cedar.entities).decision(),
+        cedar
+            .authorizer
+            .is_authorized(&cedar.request, &cedar.three_hop, &cedar.entities)
+            .decision(),
         cedar_policy::Decision::Allow
     );
 
     let mut g = c.benchmark_group("warm");
     g.bench_function("mandate/decide_verified_3hop_3conditions", |b| {
-        b.iter(|| decide(black_box(&chain), black_box(&m.request), None, &m.state, m.now))
+        b.iter(|| {
+            decide(
+                black_box(&chain),
+                black_box(&m.request),
+                None,
+                &m.state,
+                m.now,
+            )
+        })
     });
     g.bench_function("mandate/decide_presented_cached_3hop_3conditions", |b| {
-        b.iter(|| decide_presented(&m.verifier, black_box(&m.three_hop), black_box(&m.request), None, &m.state, m.now))
+        b.iter(|| {
+            decide_presented(
+                &m.verifier,
+                black_box(&m.three_hop),
+                black_box(&m.request),
+                None,
+                &m.state,
+                m.now,
+            )
+        })
     });
     g.bench_function("cedar/is_authorized_permit", |b| {
-        b.iter(|| cedar.authorizer.is_authorized(black_box(&cedar.request), &cedar.permit, &cedar.entities))
+        b.iter(|| {
+            cedar.authorizer.is_authorized(
+                black_box(&cedar.request),
+                &cedar.permit,
+                &cedar.entities,
+            )
+        })
     });
     g.bench_function("cedar/is_authorized_permit_and_2_forbid_unless", |b| {
-        b.iter(|| cedar.authorizer.is_authorized(black_box(&cedar.request), &cedar.three_hop, &cedar.entities))
+        b.iter(|| {
+            cedar.authorizer.is_authorized(
+                black_box(&cedar.request),
+                &cedar.three_hop,
+                &cedar.entities,
+            )
+        })
     });
     g.finish();
 }
@@ -226,7 +176,10 @@ fn tenuo_fixture() -> TenuoFixture {
         ConstraintSet::from_iter(vec![
             ("category".to_string(), Exact::new("logistics").into()),
             ("region".to_string(), Exact::new("north-america").into()),
-            ("contract_template".to_string(), Exact::new("standard-logistics-v3").into()),
+            (
+                "contract_template".to_string(),
+                Exact::new("standard-logistics-v3").into(),
+            ),
             ("spend_tier".to_string(), Exact::new("pre-approved").into()),
         ])
     };
@@ -238,8 +191,18 @@ fn tenuo_fixture() -> TenuoFixture {
         .holder(keys[1].public_key())
         .build(&keys[0])
         .unwrap();
-    let child = root.attenuate().inherit_all().holder(keys[2].public_key()).build(&keys[1]).unwrap();
-    let leaf = child.attenuate().inherit_all().holder(keys[3].public_key()).build(&keys[2]).unwrap();
+    let child = root
+        .attenuate()
+        .inherit_all()
+        .holder(keys[2].public_key())
+        .build(&keys[1])
+        .unwrap();
+    let leaf = child
+        .attenuate()
+        .inherit_all()
+        .holder(keys[3].public_key())
+        .build(&keys[2])
+        .unwrap();
     let args: HashMap<String, ConstraintValue> = [
         ("category", "logistics"),
         ("region", "north-america"),
@@ -250,7 +213,8 @@ fn tenuo_fixture() -> TenuoFixture {
     .map(|(k, v)| (k.to_string(), ConstraintValue::String(v.to_string())))
     .collect();
     let pop = leaf.sign(&keys[3], "search", &args).unwrap();
-    let wire = tenuo::wire::encode_stack(&tenuo::wire::WarrantStack::new(vec![root, child, leaf])).unwrap();
+    let wire = tenuo::wire::encode_stack(&tenuo::wire::WarrantStack::new(vec![root, child, leaf]))
+        .unwrap();
     TenuoFixture {
         authorizer: tenuo::planes::Authorizer::new().with_trusted_root(keys[0].public_key()),
         wire,
@@ -261,7 +225,9 @@ fn tenuo_fixture() -> TenuoFixture {
 
 fn tenuo_cold(t: &TenuoFixture) -> bool {
     let stack = tenuo::wire::decode_stack(black_box(&t.wire)).unwrap();
-    t.authorizer.check_chain(&stack.0, "search", &t.args, Some(&t.pop), &[]).is_ok()
+    t.authorizer
+        .check_chain(&stack.0, "search", &t.args, Some(&t.pop), &[])
+        .is_ok()
 }
 
 struct BiscuitFixture {
@@ -351,29 +317,50 @@ fn bench_cold(c: &mut Criterion) {
     assert!(fresh_cold());
 
     let mut g = c.benchmark_group("cold_3hop");
-    g.bench_function("mandate/verify_uncached_and_decide", |bench| bench.iter(mandate_cold));
-    g.bench_function("mandate/fresh_verifier_incl_condition_compile", |bench| bench.iter(fresh_cold));
-    g.bench_function("tenuo/decode_stack_and_check_chain", |bench| bench.iter(|| tenuo_cold(&t)));
-    g.bench_function("biscuit/parse_verify_authorize", |bench| bench.iter(|| biscuit_cold(&b)));
+    g.bench_function("mandate/verify_uncached_and_decide", |bench| {
+        bench.iter(mandate_cold)
+    });
+    g.bench_function("mandate/fresh_verifier_incl_condition_compile", |bench| {
+        bench.iter(fresh_cold)
+    });
+    g.bench_function("tenuo/decode_stack_and_check_chain", |bench| {
+        bench.iter(|| tenuo_cold(&t))
+    });
+    g.bench_function("biscuit/parse_verify_authorize", |bench| {
+        bench.iter(|| biscuit_cold(&b))
+    });
     g.finish();
-    assert!(tenuo_cold(&t), "tenuo's proof-of-possession must still hold after the run");
+    assert!(
+        tenuo_cold(&t),
+        "tenuo's proof-of-possession must still hold after the run"
+    );
 }
 
 fn bench_attenuate(c: &mut Criterion) {
     let m = mandate_fixture();
     let holder = SigningKey::from_seed(Algorithm::EdDSA, [9; 32]);
-    let child_spec = spec(&holder, 0, "https://vendor-portal.example.com/search", "2025-10-10T00:00:00Z", None);
+    let child_spec = spec(
+        &holder,
+        0,
+        "https://vendor-portal.example.com/search",
+        "2025-10-10T00:00:00Z",
+        None,
+    );
     let id = MandateId::new("mnd-bench-att").unwrap();
     let mut g = c.benchmark_group("attenuate");
     g.bench_function("mandate/derive_child", |bench| {
-        bench.iter(|| derive_child(black_box(&m.root), &m.agent, &child_spec, id.clone(), m.now).unwrap())
+        bench.iter(|| {
+            derive_child(black_box(&m.root), &m.agent, &child_spec, id.clone(), m.now).unwrap()
+        })
     });
     let bf = biscuit_fixture();
     let token = biscuit_auth::Biscuit::from(&bf.wire, bf.root_public).unwrap();
     g.bench_function("biscuit/append_block_and_serialize", |bench| {
         bench.iter(|| {
             token
-                .append(biscuit_auth::macros::block!(r#"check if operation("search");"#))
+                .append(biscuit_auth::macros::block!(
+                    r#"check if operation("search");"#
+                ))
                 .unwrap()
                 .to_vec()
                 .unwrap()

@@ -273,6 +273,9 @@ impl VerifiedChain {
     }
 }
 
+/// A cached chain and the exact string it was verified from.
+type CacheEntry = (Arc<str>, Arc<VerifiedChain>);
+
 /// Verifies presented chains against the authority's keys, caching verified
 /// chains by the SHA-256 of the presented string so a second decision on the
 /// same chain does no signature work.
@@ -283,7 +286,7 @@ pub struct Verifier {
     keys: KeySet,
     algorithms: BTreeSet<Algorithm>,
     issuer: Option<String>,
-    cache: RwLock<HashMap<[u8; 32], (Arc<str>, Arc<VerifiedChain>)>>,
+    cache: RwLock<HashMap<[u8; 32], CacheEntry>>,
     cache_capacity: usize,
     programs: RwLock<HashMap<String, CompiledCondition>>,
 }
@@ -449,8 +452,9 @@ impl Verifier {
         let mut conditions = Vec::with_capacity(leaf.claims.conditions.len());
         let mut reads = Reads::default();
         for (i, c) in leaf.claims.conditions.iter().enumerate() {
-            let condition =
-                self.compile(c).map_err(|e: ConditionError| ChainError::Invalid {
+            let condition = self
+                .compile(c)
+                .map_err(|e: ConditionError| ChainError::Invalid {
                     index: last,
                     problems: Problems(vec![Problem {
                         path: format!("conditions[{i}].expression"),

@@ -1,5 +1,14 @@
 //! The specification of the Execution Mandate core, as tests.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::too_many_arguments,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
 #[path = "spec/support.rs"]
 mod support;
 

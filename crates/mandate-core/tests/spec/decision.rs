@@ -342,7 +342,14 @@ fn a_cached_chain_is_not_reused_for_a_tampered_copy_with_the_same_signatures() {
     let jws = root(1);
     v.verify(&jws).unwrap();
     let mut parts: Vec<String> = jws.split('.').map(str::to_owned).collect();
-    let payload = String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &parts[1]).unwrap()).unwrap();
-    parts[1] = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload.replace("\"search\"", "\"purge\""));
+    let payload = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    parts[1] = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        payload.replace("\"search\"", "\"purge\""),
+    );
     assert_eq!(codes(v.verify(&parts.join("."))), ["signature_invalid"]);
 }
