@@ -1,7 +1,13 @@
 //! The `mandate` binary, driven as a user would: exit codes, outputs, files,
 //! the README quick start, and interoperability with PyJWT.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,7 +17,10 @@ fn bin() -> &'static str {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 struct Dir(tempdir::TempDir);
@@ -24,7 +33,10 @@ mod tempdir {
             let p = std::env::temp_dir().join(format!(
                 "mandate-cli-test-{}-{}",
                 std::process::id(),
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
             ));
             std::fs::create_dir_all(&p).unwrap();
             Self(p)
@@ -43,7 +55,13 @@ impl Dir {
         for f in ["procurement-mandate.json"] {
             std::fs::copy(repo().join("testdata").join(f), d.path(f)).unwrap();
         }
-        for f in ["child-search-only.json", "child-widened.json", "request-search.json", "state-active.json", "state-cancelled.json"] {
+        for f in [
+            "child-search-only.json",
+            "child-widened.json",
+            "request-search.json",
+            "state-active.json",
+            "state-cancelled.json",
+        ] {
             std::fs::copy(repo().join("testdata/examples").join(f), d.path(f)).unwrap();
         }
         d
@@ -52,11 +70,20 @@ impl Dir {
         self.0.0.join(name)
     }
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(bin()).args(args).current_dir(&self.0.0).output().unwrap()
+        Command::new(bin())
+            .args(args)
+            .current_dir(&self.0.0)
+            .output()
+            .unwrap()
     }
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
     fn write(&self, name: &str, text: &str) {
@@ -69,7 +96,15 @@ impl Dir {
         self.write("agent.pub.jwk", &agent_pub);
         let jwks = self.ok(&["jwks", "authority.jwk"]);
         self.write("jwks.json", &jwks);
-        let root = self.ok(&["issue", "--key", "authority.jwk", "--holder", "agent.pub.jwk", "--claims", "procurement-mandate.json"]);
+        let root = self.ok(&[
+            "issue",
+            "--key",
+            "authority.jwk",
+            "--holder",
+            "agent.pub.jwk",
+            "--claims",
+            "procurement-mandate.json",
+        ]);
         self.write("root.jws", &root);
     }
 }
@@ -92,11 +127,17 @@ fn keygen_writes_a_private_key_readable_only_by_its_owner_and_never_overwrites()
     let public = d.ok(&["keygen", "--out", "k.jwk", "--alg", "ES256"]);
     let public: serde_json::Value = serde_json::from_str(&public).unwrap();
     assert_eq!(public["alg"], "ES256");
-    assert!(public.get("d").is_none(), "the public JWK must not carry the private part");
+    assert!(
+        public.get("d").is_none(),
+        "the public JWK must not carry the private part"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(d.path("k.jwk")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path("k.jwk"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let again = d.run(&["keygen", "--out", "k.jwk"]);
@@ -110,12 +151,43 @@ fn issue_inspect_verify_attenuate_evaluate() {
     d.setup();
     let inspect = d.ok(&["inspect", "@root.jws"]);
     assert!(inspect.starts_with("NOT VERIFIED"), "{inspect}");
-    assert!(inspect.contains("procurement.contingency_program.status == 'active' (else suspend_and_notify)"));
-    assert!(d.ok(&["verify", "--jwks", "jwks.json", "@root.jws"]).starts_with("VALID"));
+    assert!(
+        inspect.contains(
+            "procurement.contingency_program.status == 'active' (else suspend_and_notify)"
+        )
+    );
+    assert!(
+        d.ok(&["verify", "--jwks", "jwks.json", "@root.jws"])
+            .starts_with("VALID")
+    );
 
-    let child = d.ok(&["attenuate", "--parent", "@root.jws", "--holder-key", "agent.jwk", "--claims", "child-search-only.json", "--at", "2025-10-02T08:00:00Z"]);
+    let child = d.ok(&[
+        "attenuate",
+        "--parent",
+        "@root.jws",
+        "--holder-key",
+        "agent.jwk",
+        "--claims",
+        "child-search-only.json",
+        "--at",
+        "2025-10-02T08:00:00Z",
+    ]);
     d.write("child.jws", &child);
-    let eval = |state: &str, at: &str| d.run(&["evaluate", "--jwks", "jwks.json", "--mandate", "@child.jws", "--request", "request-search.json", "--state", state, "--at", at]);
+    let eval = |state: &str, at: &str| {
+        d.run(&[
+            "evaluate",
+            "--jwks",
+            "jwks.json",
+            "--mandate",
+            "@child.jws",
+            "--request",
+            "request-search.json",
+            "--state",
+            state,
+            "--at",
+            at,
+        ])
+    };
     let allow = eval("state-active.json", "2025-10-02T09:00:00Z");
     assert_eq!(code(&allow), Some(0));
     assert!(stdout(&allow).starts_with("ALLOW"));
@@ -132,13 +204,42 @@ fn issue_inspect_verify_attenuate_evaluate() {
 fn attenuate_refuses_a_widened_child_with_exit_3_naming_the_dimension() {
     let d = Dir::new();
     d.setup();
-    let out = d.run(&["attenuate", "--parent", "@root.jws", "--holder-key", "agent.jwk", "--claims", "child-widened.json", "--at", "2025-10-02T08:00:00Z"]);
+    let out = d.run(&[
+        "attenuate",
+        "--parent",
+        "@root.jws",
+        "--holder-key",
+        "agent.jwk",
+        "--claims",
+        "child-widened.json",
+        "--at",
+        "2025-10-02T08:00:00Z",
+    ]);
     assert_eq!(code(&out), Some(3));
-    assert!(stderr(&out).contains("attenuation_violation:actions"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("attenuation_violation:actions"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stdout(&out).is_empty());
-    let json = d.run(&["--output", "json", "attenuate", "--parent", "@root.jws", "--holder-key", "agent.jwk", "--claims", "child-widened.json", "--at", "2025-10-02T08:00:00Z"]);
+    let json = d.run(&[
+        "--output",
+        "json",
+        "attenuate",
+        "--parent",
+        "@root.jws",
+        "--holder-key",
+        "agent.jwk",
+        "--claims",
+        "child-widened.json",
+        "--at",
+        "2025-10-02T08:00:00Z",
+    ]);
     let err: serde_json::Value = serde_json::from_str(&stderr(&json)).unwrap();
-    assert_eq!(err["error"]["codes"], serde_json::json!(["attenuation_violation:actions"]));
+    assert_eq!(
+        err["error"]["codes"],
+        serde_json::json!(["attenuation_violation:actions"])
+    );
 }
 
 #[test]
@@ -156,7 +257,17 @@ fn a_tampered_or_foreign_mandate_fails_verification_with_exit_2() {
     d.ok(&["keygen", "--out", "other.jwk"]);
     let other = d.ok(&["jwks", "other.jwk"]);
     d.write("other.json", &other);
-    let out = d.run(&["--output", "json", "evaluate", "--jwks", "other.json", "--mandate", "@root.jws", "--request", "request-search.json"]);
+    let out = d.run(&[
+        "--output",
+        "json",
+        "evaluate",
+        "--jwks",
+        "other.json",
+        "--mandate",
+        "@root.jws",
+        "--request",
+        "request-search.json",
+    ]);
     assert_eq!(code(&out), Some(2));
     let decision: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(decision["allow"], false);
@@ -168,15 +279,37 @@ fn invalid_input_exits_3_and_names_the_field() {
     let d = Dir::new();
     d.ok(&["keygen", "--out", "authority.jwk"]);
     let text = std::fs::read_to_string(d.path("procurement-mandate.json")).unwrap();
-    d.write("bad.json", &text.replace("\"2025-10-15T17:00:00Z\"", "\"next tuesday\""));
+    d.write(
+        "bad.json",
+        &text.replace("\"2025-10-15T17:00:00Z\"", "\"next tuesday\""),
+    );
     let out = d.run(&["issue", "--key", "authority.jwk", "--claims", "bad.json"]);
     assert_eq!(code(&out), Some(3));
-    assert!(stderr(&out).contains("lifecycle.hard_expiry"), "{}", stderr(&out));
-    d.write("dup.json", &text.replacen("{", "{\"iss\": \"https://evil.example.com\",", 1));
+    assert!(
+        stderr(&out).contains("lifecycle.hard_expiry"),
+        "{}",
+        stderr(&out)
+    );
+    d.write(
+        "dup.json",
+        &text.replacen("{", "{\"iss\": \"https://evil.example.com\",", 1),
+    );
     let out = d.run(&["issue", "--key", "authority.jwk", "--claims", "dup.json"]);
     assert_eq!(code(&out), Some(3));
-    assert!(stderr(&out).contains("duplicate member `iss`"), "{}", stderr(&out));
-    let out = d.run(&["evaluate", "--jwks", "missing.json", "--mandate", "x", "--request", "y"]);
+    assert!(
+        stderr(&out).contains("duplicate member `iss`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = d.run(&[
+        "evaluate",
+        "--jwks",
+        "missing.json",
+        "--mandate",
+        "x",
+        "--request",
+        "y",
+    ]);
     assert_eq!(code(&out), Some(1));
     let out = d.run(&["frobnicate"]);
     assert_eq!(code(&out), Some(3));
@@ -196,25 +329,47 @@ fn the_readme_quick_start_shows_what_the_tool_prints() {
         .nth(1)
         .and_then(|s| s.split("<!-- quickstart:end -->").next())
         .expect("README.md has a quickstart block");
-    let shown: String = block.lines().filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n");
-    assert_eq!(shown.trim(), stdout(&out).trim(), "README quick start drifted from scripts/quickstart.sh");
+    let shown: String = block
+        .lines()
+        .filter(|l| !l.starts_with("```"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        shown.trim(),
+        stdout(&out).trim(),
+        "README quick start drifted from scripts/quickstart.sh"
+    );
 }
 
 fn python_has_pyjwt() -> bool {
-    Command::new("python3").args(["-c", "import jwt, cryptography"]).status().is_ok_and(|s| s.success())
+    Command::new("python3")
+        .args(["-c", "import jwt, cryptography"])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[test]
 fn a_root_mandate_made_by_the_cli_verifies_with_pyjwt() {
-    assert!(python_has_pyjwt(), "PyJWT is required: python3 -m pip install 'pyjwt[crypto]' (scripts/test does this)");
+    assert!(
+        python_has_pyjwt(),
+        "PyJWT is required: python3 -m pip install 'pyjwt[crypto]' (scripts/test does this)"
+    );
     let d = Dir::new();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let exp = now + 3600;
-    let mut claims: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path("procurement-mandate.json")).unwrap()).unwrap();
+    let mut claims: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path("procurement-mandate.json")).unwrap())
+            .unwrap();
     claims["iat"] = (now - 60).into();
     claims["nbf"] = (now - 60).into();
     claims["exp"] = exp.into();
-    let expiry = Command::new("date").args(["-u", "-d", &format!("@{exp}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    let expiry = Command::new("date")
+        .args(["-u", "-d", &format!("@{exp}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
     claims["lifecycle"]["hard_expiry"] = String::from_utf8(expiry.stdout).unwrap().trim().into();
     d.write("live.json", &claims.to_string());
     let script = repo().join("crates/mandate-cli/tests/interop/pyjwt_verify.py");
@@ -222,17 +377,39 @@ fn a_root_mandate_made_by_the_cli_verifies_with_pyjwt() {
         d.ok(&["keygen", "--out", &format!("{alg}.jwk"), "--alg", alg]);
         let jwks = d.ok(&["jwks", &format!("{alg}.jwk")]);
         d.write("jwks.json", &jwks);
-        let jws = d.ok(&["issue", "--key", &format!("{alg}.jwk"), "--claims", "live.json"]);
+        let jws = d.ok(&[
+            "issue",
+            "--key",
+            &format!("{alg}.jwk"),
+            "--claims",
+            "live.json",
+        ]);
         d.write("root.jws", &jws);
-        let out = Command::new("python3").arg(&script).args([d.path("jwks.json"), d.path("root.jws")]).arg(alg).output().unwrap();
-        assert_eq!(code(&out), Some(0), "PyJWT rejected a {alg} root: {}{}", stdout(&out), stderr(&out));
+        let out = Command::new("python3")
+            .arg(&script)
+            .args([d.path("jwks.json"), d.path("root.jws")])
+            .arg(alg)
+            .output()
+            .unwrap();
+        assert_eq!(
+            code(&out),
+            Some(0),
+            "PyJWT rejected a {alg} root: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
         assert_eq!(stdout(&out).trim(), "mnd-logistics-sourcing-7f2a");
 
         // And PyJWT refuses a tampered one, so the check above can fail.
         let (head, sig) = jws.trim().rsplit_once('.').unwrap();
         let flipped = if sig.starts_with('A') { "B" } else { "A" };
         d.write("root.jws", &format!("{head}.{flipped}{}", &sig[1..]));
-        let out = Command::new("python3").arg(&script).args([d.path("jwks.json"), d.path("root.jws")]).arg(alg).output().unwrap();
+        let out = Command::new("python3")
+            .arg(&script)
+            .args([d.path("jwks.json"), d.path("root.jws")])
+            .arg(alg)
+            .output()
+            .unwrap();
         assert_eq!(code(&out), Some(1), "PyJWT accepted a tampered {alg} root");
     }
 }
