@@ -52,9 +52,11 @@ mod tempdir {
 impl Dir {
     fn new() -> Self {
         let d = Dir(tempdir::TempDir::new());
-        for f in ["procurement-mandate.json"] {
-            std::fs::copy(repo().join("testdata").join(f), d.path(f)).unwrap();
-        }
+        std::fs::copy(
+            repo().join("testdata/procurement-mandate.json"),
+            d.path("procurement-mandate.json"),
+        )
+        .unwrap();
         for f in [
             "child-search-only.json",
             "child-widened.json",
