@@ -6,21 +6,14 @@ use mandate_core::request::EvaluationRequest;
 use mandate_core::state::{StateDocument, StateSnapshot};
 
 use crate::command::print_json;
-use crate::command::verify::verifier;
+use crate::command::verify::Trust;
 use crate::{CliError, Output, io};
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The authority's public JWKS.
-    #[arg(long)]
-    jwks: String,
-    /// Require this issuer on the root.
-    #[arg(long)]
-    issuer: Option<String>,
-    /// Allowed algorithms (comma-separated).
-    #[arg(long, default_value = "EdDSA", value_delimiter = ',', value_parser = ["EdDSA", "ES256"])]
-    alg: Vec<String>,
+    #[command(flatten)]
+    trust: Trust,
     /// The mandate chain: compact, `@FILE`, or `-` for stdin.
     #[arg(long)]
     mandate: String,
@@ -40,7 +33,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
-    let verifier = verifier(&a.jwks, a.issuer.as_deref(), &a.alg)?;
+    let verifier = a.trust.verifier()?;
     let presented = io::mandate_arg(&a.mandate)?;
     let request: EvaluationRequest = io::read_json(&a.request)?;
     let state = match &a.state {

@@ -9,6 +9,18 @@ use crate::{CliError, Output, io};
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    trust: Trust,
+    /// Also check that every mandate is within its validity window at this time (RFC 3339).
+    #[arg(long)]
+    at: Option<String>,
+    /// The mandate: the compact chain, `@FILE`, or `-` for stdin.
+    mandate: String,
+}
+
+/// What a verifier trusts: shared by `verify` and `evaluate`.
+#[derive(Debug, clap::Args)]
+pub struct Trust {
     /// The authority's public JWKS.
     #[arg(long)]
     jwks: String,
@@ -18,30 +30,23 @@ pub struct Args {
     /// Allowed algorithms (comma-separated).
     #[arg(long, default_value = "EdDSA", value_delimiter = ',', value_parser = ["EdDSA", "ES256"])]
     alg: Vec<String>,
-    /// Also check that every mandate is within its validity window at this time (RFC 3339).
-    #[arg(long)]
-    at: Option<String>,
-    /// The mandate: the compact chain, `@FILE`, or `-` for stdin.
-    mandate: String,
 }
 
-/// Builds a verifier from the common flags.
-pub(crate) fn verifier(
-    jwks: &str,
-    issuer: Option<&str>,
-    algs: &[String],
-) -> Result<Verifier, CliError> {
-    let mut v = Verifier::new(io::key_set(jwks)?)
-        .with_algorithms(algs.iter().filter_map(|a| Algorithm::from_name(a)));
-    if let Some(iss) = issuer {
-        v = v.with_issuer(iss);
+impl Trust {
+    /// Builds the verifier these flags describe.
+    pub(crate) fn verifier(&self) -> Result<Verifier, CliError> {
+        let mut v = Verifier::new(io::key_set(&self.jwks)?)
+            .with_algorithms(self.alg.iter().filter_map(|a| Algorithm::from_name(a)));
+        if let Some(iss) = &self.issuer {
+            v = v.with_issuer(iss);
+        }
+        Ok(v)
     }
-    Ok(v)
 }
 
 /// Runs the command.
 pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
-    let verifier = verifier(&a.jwks, a.issuer.as_deref(), &a.alg)?;
+    let verifier = a.trust.verifier()?;
     let presented = io::mandate_arg(&a.mandate)?;
     let chain = verifier
         .verify_uncached(&presented)
