@@ -16,6 +16,7 @@
 //! | `conditions` | every parent condition repeated verbatim; new ones may be added | `attenuation_violation:conditions` |
 //! | `lifecycle.terminal_events` | every parent terminal event repeated; new ones may be added | `attenuation_violation:terminal_events` |
 //! | `lifecycle.one_time` | a one-time parent has only one-time children | `attenuation_violation:one_time` |
+//! | `discovery` | within the parent's discovery allowance (types and actions subsets, locations covered, lifetime no longer) | `attenuation_violation:discovery` |
 //!
 //! A child detail is covered when *some* parent detail of its type covers it
 //! in every dimension at once; when none does, the violations reported are
@@ -25,7 +26,7 @@ use std::fmt;
 
 use crate::constraint::Constraint;
 use crate::location::Location;
-use crate::model::{Attenuation, AuthorizationDetail, MandateClaims};
+use crate::model::{Attenuation, AuthorizationDetail, DiscoveryAllowance, MandateClaims};
 
 /// One way a child exceeds its parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,12 +152,161 @@ pub fn check(parent: &MandateClaims, child: &MandateClaims) -> Vec<Violation> {
             ));
         }
     }
+    if let Some(cd) = &child.discovery {
+        let within = parent
+            .discovery
+            .as_ref()
+            .is_some_and(|pd| discovery_within(pd, cd));
+        if !within {
+            out.push(v(
+                "discovery",
+                "discovery",
+                "must be within the parent's discovery allowance",
+            ));
+        }
+    }
     if parent.lifecycle.one_time && !child.lifecycle.one_time {
         out.push(v(
             "one_time",
             "lifecycle.one_time",
             "a one-time parent has only one-time children",
         ));
+    }
+    out
+}
+
+fn discovery_within(p: &DiscoveryAllowance, c: &DiscoveryAllowance) -> bool {
+    let parent_locs: Vec<Location> = p
+        .locations
+        .iter()
+        .filter_map(|l| Location::parse_grant(l).ok())
+        .collect();
+    c.types.iter().all(|t| p.types.contains(t))
+        && c.actions.iter().all(|a| p.actions.contains(a))
+        && c.max_lifetime_secs <= p.max_lifetime_secs
+        && c.locations.iter().all(|l| {
+            Location::parse_grant(l).is_ok_and(|cl| parent_locs.iter().any(|pl| pl.covers(&cl)))
+        })
+}
+
+/// Every way a one-time *discovery grant* exceeds what its parent's
+/// principal pre-approved. A discovery grant is a child the authority signs
+/// (not the holder) for a tool the parent does not list: its single
+/// authorization detail must fall within the parent's `discovery` allowance
+/// (type, location, action), it must be one-time, not delegable, and live no
+/// longer than `max_lifetime_secs` nor past the parent; identity, purpose,
+/// conditions and terminal events are inherited as for any child.
+#[must_use]
+pub fn check_discovery_grant(parent: &MandateClaims, child: &MandateClaims) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let Some(allow) = &parent.discovery else {
+        return vec![v(
+            "discovery",
+            "discovery",
+            "the parent's grant allows no discovery",
+        )];
+    };
+    if child.iss != parent.iss {
+        out.push(v("iss", "iss", "must equal the parent's"));
+    }
+    if child.principal != parent.principal {
+        out.push(v("principal", "principal", "must equal the parent's"));
+    }
+    if child.purpose != parent.purpose {
+        out.push(v(
+            "purpose",
+            "purpose",
+            "is inherited unchanged from the parent",
+        ));
+    }
+    let locs: Vec<Location> = allow
+        .locations
+        .iter()
+        .filter_map(|l| Location::parse_grant(l).ok())
+        .collect();
+    match child.authorization_details.as_slice() {
+        [d] if d.locations.len() == 1 && d.actions.len() == 1 => {
+            if !allow.types.contains(&d.type_) {
+                out.push(v(
+                    "authorization_details",
+                    "authorization_details[0].type",
+                    format!(
+                        "`{}` is not a type the principal approved for discovery",
+                        d.type_
+                    ),
+                ));
+            }
+            if !d.locations.iter().all(|l| {
+                Location::parse_grant(l).is_ok_and(|cl| locs.iter().any(|pl| pl.covers(&cl)))
+            }) {
+                out.push(v(
+                    "locations",
+                    "authorization_details[0].locations",
+                    "not within the discovery allowance",
+                ));
+            }
+            if !d.actions.iter().all(|a| allow.actions.contains(a)) {
+                out.push(v(
+                    "actions",
+                    "authorization_details[0].actions",
+                    "not within the discovery allowance",
+                ));
+            }
+        }
+        _ => out.push(v(
+            "authorization_details",
+            "authorization_details",
+            "a discovery grant has exactly one detail with one location and one action",
+        )),
+    }
+    if !child.lifecycle.one_time {
+        out.push(v(
+            "one_time",
+            "lifecycle.one_time",
+            "a discovery grant is one-time",
+        ));
+    }
+    if child.delegation.permitted
+        || child.delegation.max_additional_hops > 0
+        || child.discovery.is_some()
+    {
+        out.push(v(
+            "delegation",
+            "delegation.permitted",
+            "a discovery grant is not delegable",
+        ));
+    }
+    let latest = child
+        .iat
+        .plus(i64::from(allow.max_lifetime_secs))
+        .min(parent.lifecycle.hard_expiry);
+    if child.lifecycle.hard_expiry > latest {
+        out.push(v(
+            "hard_expiry",
+            "lifecycle.hard_expiry",
+            format!("must be no later than `{latest}`"),
+        ));
+    }
+    if child.iat < parent.iat {
+        out.push(v("iat", "iat", "must not be before the parent's"));
+    }
+    for pc in &parent.conditions {
+        if !child.conditions.contains(pc) {
+            out.push(v(
+                "conditions",
+                "conditions",
+                format!("the parent's condition `{}` must be kept unchanged", pc.id),
+            ));
+        }
+    }
+    for pt in &parent.lifecycle.terminal_events {
+        if !child.lifecycle.terminal_events.contains(pt) {
+            out.push(v(
+                "terminal_events",
+                "lifecycle.terminal_events",
+                format!("the parent's terminal event `{}` must be kept", pt.type_),
+            ));
+        }
     }
     out
 }

@@ -21,8 +21,8 @@ use crate::json::{JsonError, from_slice_strict};
 use crate::jws::{self, JwsError};
 use crate::keys::{Algorithm, KeySet, SigningKey, VerifyingKey};
 use crate::model::{
-    Agent, AuthorizationDetail, ChainLink, Condition, Delegation, MANDATE_TYP, MandateClaims,
-    TerminalEvent, TokenBinding,
+    Agent, AuthorizationDetail, ChainLink, Condition, Delegation, DiscoveryAllowance, MANDATE_TYP,
+    MandateClaims, TerminalEvent, TokenBinding,
 };
 use crate::timestamp::UnixTime;
 use crate::validate::{CheckConditions, MAX_CHAIN_DEPTH, Problem, Problems, validate};
@@ -409,6 +409,32 @@ impl Verifier {
                     if claims.delegation_chain != expected {
                         return Err(ChainError::ChainLinkMismatch { index });
                     }
+                    // A child whose `kid` names a trusted authority key is a
+                    // discovery grant the authority signed: it is checked
+                    // against the parent's discovery allowance instead.
+                    let authority_key = d.kid.as_deref().and_then(|k| self.keys.get(k));
+                    if let Some(key) = authority_key {
+                        let violations =
+                            attenuation::check_discovery_grant(&parent.claims, &claims);
+                        if !violations.is_empty() {
+                            return Err(ChainError::Attenuation { index, violations });
+                        }
+                        if key.algorithm() != d.alg {
+                            return Err(ChainError::Jws {
+                                index,
+                                error: JwsError::AlgKeyMismatch {
+                                    header: d.alg.as_str().into(),
+                                    key: key.algorithm(),
+                                },
+                            });
+                        }
+                        pending.push((key.clone(), d.signing_input, d.signature));
+                        mandates.push(VerifiedMandate {
+                            claims,
+                            jws_sha256: sha256_b64(part.as_bytes()),
+                        });
+                        continue;
+                    }
                     let violations = attenuation::check(&parent.claims, &claims);
                     if !violations.is_empty() {
                         return Err(ChainError::Attenuation { index, violations });
@@ -620,6 +646,45 @@ pub fn issue_root(key: &SigningKey, claims: &MandateClaims) -> Result<String, Is
     Ok(jws::sign(key, MANDATE_TYP, &payload))
 }
 
+/// Signs a one-time discovery grant under the parent chain's leaf, as the
+/// authority (whose key must be one the verifiers trust for roots). The
+/// grant is checked against the parent's discovery allowance first.
+///
+/// # Errors
+/// See [`IssueError`].
+pub fn issue_discovery_grant(
+    parent_presented: &str,
+    authority: &SigningKey,
+    spec: &ChildSpec,
+    mandate_id: MandateId,
+    now: UnixTime,
+) -> Result<String, IssueError> {
+    let chain = parse_unverified(parent_presented).map_err(IssueError::Parent)?;
+    let parent = chain
+        .last()
+        .ok_or(IssueError::Parent(ChainError::TooDeep))?;
+    if chain.len() > MAX_CHAIN_DEPTH {
+        return Err(IssueError::Parent(ChainError::TooDeep));
+    }
+    let claims = child_claims(&parent.claims, &parent.jws_sha256, spec, mandate_id, now);
+    validate(&claims, CheckConditions::Compile).map_err(IssueError::Invalid)?;
+    let violations = attenuation::check_discovery_grant(&parent.claims, &claims);
+    if !violations.is_empty() {
+        return Err(IssueError::Attenuation(violations));
+    }
+    let payload = serde_json::to_vec(&claims).map_err(|e| {
+        IssueError::Invalid(Problems(vec![Problem {
+            path: ".".into(),
+            message: e.to_string(),
+        }]))
+    })?;
+    let grant = jws::sign(authority, MANDATE_TYP, &payload);
+    let mut out = parent_presented.trim().to_owned();
+    out.push(CHAIN_SEPARATOR);
+    out.push_str(&grant);
+    Ok(out)
+}
+
 /// What a holder chooses for a child; everything else comes from the parent.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -641,6 +706,9 @@ pub struct ChildSpec {
     /// Binding to the sub-agent's access token.
     #[serde(default)]
     pub token_binding: Option<TokenBinding>,
+    /// A discovery allowance within the parent's.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryAllowance>,
 }
 
 /// A child's lifecycle: its expiry and any terminal events it adds.
@@ -704,6 +772,7 @@ pub fn child_claims(
         delegation: spec.delegation.clone(),
         delegation_chain,
         token_binding: spec.token_binding.clone(),
+        discovery: spec.discovery.clone(),
         extensions: Default::default(),
     }
 }

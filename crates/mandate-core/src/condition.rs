@@ -196,9 +196,10 @@ pub enum FactsError {
 
 /// Mission facts, converted to CEL values once and kept as the base scope of
 /// every evaluation. Rebuild only when the facts change.
+#[derive(Clone)]
 pub struct Facts {
-    json: Value,
-    base: Context<'static, 'static>,
+    json: Arc<Value>,
+    base: Arc<Context<'static, 'static>>,
 }
 
 impl std::fmt::Debug for Facts {
@@ -210,8 +211,8 @@ impl std::fmt::Debug for Facts {
 impl Default for Facts {
     fn default() -> Self {
         Self {
-            json: Value::Object(serde_json::Map::new()),
-            base: Context::default(),
+            json: Arc::new(Value::Object(serde_json::Map::new())),
+            base: Arc::new(Context::default()),
         }
     }
 }
@@ -242,7 +243,10 @@ impl Facts {
             let v = cel::to_value(value).map_err(|_| FactsError::Conversion(name.clone()))?;
             base.add_variable_from_value(name.clone(), v);
         }
-        Ok(Self { json, base })
+        Ok(Self {
+            json: Arc::new(json),
+            base: Arc::new(base),
+        })
     }
 
     /// The facts as JSON.

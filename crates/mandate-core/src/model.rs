@@ -59,6 +59,10 @@ pub struct MandateClaims {
     /// The access token this mandate governs, when bound by hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_binding: Option<TokenBinding>,
+    /// What the principal pre-approved for discovery: tools the agent may
+    /// ask the authority for, one use at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryAllowance>,
     /// Unknown top-level members: kept and signed, ignored by decisions.
     #[serde(flatten)]
     pub extensions: BTreeMap<String, Value>,
@@ -321,6 +325,21 @@ pub struct ChainLink {
 pub struct TokenBinding {
     /// SHA-256 of the access token's ASCII, base64url (as DPoP's `ath`).
     pub access_token_sha256: String,
+}
+
+/// The discovery allowance of a grant: which tool types, locations and
+/// actions the authority may grant one-time mandates for, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryAllowance {
+    /// Authorization-detail types a discovered tool may have.
+    pub types: Vec<String>,
+    /// Locations a discovered tool must be within.
+    pub locations: Vec<String>,
+    /// Actions that may be granted.
+    pub actions: Vec<String>,
+    /// Longest life of a one-time mandate, in seconds (at most 3600).
+    pub max_lifetime_secs: u32,
 }
 
 impl MandateClaims {

@@ -116,7 +116,7 @@ pub struct StateDocument {
 
 /// State ready for decisions: lookups are hash-set probes and the facts are
 /// already CEL values.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct StateSnapshot {
     states: HashMap<MandateId, MandateState>,
     consumed: HashSet<MandateId>,
@@ -195,6 +195,12 @@ impl StateSnapshot {
         self.consumed.contains(id)
     }
 
+    /// Forgets a mandate's recorded state (it counts as active again).
+    /// For the authority, whose store is the source of truth.
+    pub fn clear_state(&mut self, id: &MandateId) {
+        self.states.remove(id);
+    }
+
     /// Events that have happened.
     #[must_use]
     pub fn events(&self) -> &[OccurredEvent] {
@@ -205,5 +211,17 @@ impl StateSnapshot {
     #[must_use]
     pub fn facts(&self) -> &Facts {
         &self.facts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn a_snapshot_can_be_shared_between_threads() {
+        assert_send_sync::<StateSnapshot>();
     }
 }

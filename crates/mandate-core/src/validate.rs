@@ -233,6 +233,22 @@ pub fn validate(m: &MandateClaims, conditions: CheckConditions) -> Result<(), Pr
             );
         }
     }
+    if let Some(d) = &m.discovery {
+        if d.types.is_empty() || d.locations.is_empty() || d.actions.is_empty() {
+            c.push(
+                "discovery",
+                "types, locations and actions must not be empty",
+            );
+        }
+        for (j, l) in d.locations.iter().enumerate() {
+            if let Err(e) = Location::parse_grant(l) {
+                c.push(format!("discovery.locations[{j}]"), e.to_string());
+            }
+        }
+        if d.max_lifetime_secs == 0 || d.max_lifetime_secs > 3600 {
+            c.push("discovery.max_lifetime_secs", "must be between 1 and 3600");
+        }
+    }
     if let Some(b) = &m.token_binding
         && !is_b64_sha256(&b.access_token_sha256)
     {

@@ -1,6 +1,7 @@
 //! Offline delegation: a child is within its parent in every dimension, is
 //! signed by the key its parent binds, and names its ancestors by hash.
 
+use mandate_core::chain::ChildSpec;
 use mandate_core::prelude::*;
 use serde_json::json;
 
@@ -268,4 +269,131 @@ fn a_child_condition_id_may_not_shadow_an_ancestors() {
         err.to_string().contains("`program-active` is used twice"),
         "{err}"
     );
+}
+
+fn with_discovery() -> String {
+    let mut c = procurement_claims(1);
+    c.discovery = Some(
+        serde_json::from_value(json!({
+            "types": ["sanctions_screening"], "locations": ["https://screening.example.net/v2"],
+            "actions": ["screen_entity"], "max_lifetime_secs": 300
+        }))
+        .unwrap(),
+    );
+    issue_root(&authority(), &c).unwrap()
+}
+
+fn grant_spec(ty: &str, location: &str, expiry: &str) -> ChildSpec {
+    serde_json::from_value(json!({
+        "agent": {"id": "urn:agent:procurement/vendor-sourcing@3.2", "instance": "inst-7f2a-b8c4"},
+        "authorization_details": [{"type": ty, "locations": [location], "actions": ["screen_entity"]}],
+        "lifecycle": {"hard_expiry": expiry, "one_time": true},
+        "delegation": {"permitted": false, "max_additional_hops": 0,
+            "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+    })).unwrap()
+}
+
+#[test]
+fn the_authority_grants_a_discovered_tool_within_the_principals_allowance() {
+    let spec = grant_spec(
+        "sanctions_screening",
+        "https://screening.example.net/v2/screen",
+        "2025-10-02T09:05:00Z",
+    );
+    let chain = mandate_core::chain::issue_discovery_grant(
+        &with_discovery(),
+        &authority(),
+        &spec,
+        MandateId::new("mnd-grant").unwrap(),
+        during(),
+    )
+    .unwrap();
+    let v = verifier().verify(&chain).unwrap();
+    assert!(v.leaf().claims().lifecycle.one_time);
+    let req = EvaluationRequest::new(
+        "screen_entity",
+        "sanctions_screening",
+        "https://screening.example.net/v2/screen",
+        Default::default(),
+    );
+    let d = decide(&v, &req, None, &active_facts(), during());
+    assert!(d.allow, "{:?}", d.reasons);
+}
+
+#[test]
+fn a_discovery_grant_outside_the_allowance_is_refused() {
+    let grant = |ty: &str, loc: &str, exp: &str| {
+        mandate_core::chain::issue_discovery_grant(
+            &with_discovery(),
+            &authority(),
+            &grant_spec(ty, loc, exp),
+            MandateId::new("mnd-grant").unwrap(),
+            during(),
+        )
+        .unwrap_err()
+        .codes()
+    };
+    assert_eq!(
+        grant(
+            "erp_payments",
+            "https://screening.example.net/v2/screen",
+            "2025-10-02T09:05:00Z"
+        ),
+        ["attenuation_violation:authorization_details"]
+    );
+    assert_eq!(
+        grant(
+            "sanctions_screening",
+            "https://evil.example.net/v2",
+            "2025-10-02T09:05:00Z"
+        ),
+        ["attenuation_violation:locations"]
+    );
+    assert_eq!(
+        grant(
+            "sanctions_screening",
+            "https://screening.example.net/v2/screen",
+            "2025-10-02T10:00:00Z"
+        ),
+        ["attenuation_violation:hard_expiry"]
+    );
+    // Without an allowance in the grant, nothing can be discovered.
+    let err = mandate_core::chain::issue_discovery_grant(
+        &root(1),
+        &authority(),
+        &grant_spec(
+            "sanctions_screening",
+            "https://screening.example.net/v2/screen",
+            "2025-10-02T09:05:00Z",
+        ),
+        MandateId::new("mnd-grant").unwrap(),
+        during(),
+    )
+    .unwrap_err();
+    assert_eq!(err.codes(), ["attenuation_violation:discovery"]);
+}
+
+#[test]
+fn an_agent_cannot_sign_its_own_discovery_grant() {
+    // The holder signs a grant for the undeclared tool: judged as an ordinary
+    // child, it exceeds the parent.
+    let spec = grant_spec(
+        "sanctions_screening",
+        "https://screening.example.net/v2/screen",
+        "2025-10-02T09:05:00Z",
+    );
+    let forged = forge_child(&with_discovery(), &agent_key(), &spec, |_| {});
+    assert_eq!(
+        codes(verifier().verify(&forged)),
+        ["attenuation_violation:authorization_details"]
+    );
+    // Naming the authority's key in the header does not help.
+    let forged = forge_child(&with_discovery(), &agent_key(), &spec, |_| {});
+    let (head, rest) = forged.rsplit_once('~').unwrap();
+    let jws: Vec<&str> = rest.split('.').collect();
+    let header = json!({"alg": "EdDSA", "typ": "mandate+jwt", "kid": authority().kid()});
+    let payload =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, jws[1]).unwrap();
+    let resigned = format!("{head}~{}", sign_raw(&agent_key(), &header, &payload));
+    assert_eq!(codes(verifier().verify(&resigned)), ["signature_invalid"]);
 }

@@ -1,0 +1,347 @@
+//! The append-only, hash-chained audit log.
+//!
+//! Each record is canonical JSON (RFC 8785) of
+//! `{"seq", "at_ms", "tenant", "kind", "mandate_id", "body"}`; its hash is
+//! `SHA-256(prev_hash || "\n" || record)` in hex, with 64 zeros before the
+//! first. After every commit the head (`seq`, `hash`) is signed by the
+//! authority and written to a checkpoint file kept apart from the database,
+//! so cutting records off the end is detected as well as editing, deleting
+//! or reordering them.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use mandate_core::keys::{Algorithm, SigningKey, VerifyingKey};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// The hash before the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The JWS `typ` of a checkpoint.
+pub const CHECKPOINT_TYP: &str = "audit-checkpoint+jwt";
+
+/// The last record's sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// 0 before the first record.
+    pub seq: i64,
+    /// [`GENESIS`] before the first record.
+    pub hash: String,
+}
+
+/// One audit record as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    /// Position in the log, from 1.
+    pub seq: i64,
+    /// When it was committed (ms since the epoch).
+    pub at_ms: i64,
+    /// The tenant, when there is one.
+    pub tenant: Option<String>,
+    /// `decision`, `issued`, `revoked`, `event`, ...
+    pub kind: String,
+    /// The mandate it is about, when there is one.
+    pub mandate_id: Option<String>,
+    /// The details.
+    pub body: Value,
+    /// The previous record's hash.
+    pub prev_hash: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+/// Canonical JSON (RFC 8785).
+///
+/// # Errors
+/// Never for values built from JSON; kept fallible for non-finite numbers.
+pub fn canonical(v: &Value) -> Result<String, StoreError> {
+    serde_json_canonicalizer::to_string(v)
+        .map_err(|e| StoreError::Rejected(format!("canonical JSON: {e}")))
+}
+
+/// The chained hash of a record.
+#[must_use]
+pub fn chain_hash(prev_hash: &str, canonical_record: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(canonical_record.as_bytes());
+    hex::encode(h.finalize())
+}
+
+pub(crate) fn head(conn: &Connection) -> Result<AuditHead, StoreError> {
+    let last = conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(AuditHead {
+                    seq: r.get(0)?,
+                    hash: r.get(1)?,
+                })
+            },
+        )
+        .optional()?;
+    Ok(last.unwrap_or(AuditHead {
+        seq: 0,
+        hash: GENESIS.to_owned(),
+    }))
+}
+
+pub(crate) fn append(
+    conn: &Connection,
+    head: &mut AuditHead,
+    at_ms: i64,
+    tenant: Option<&str>,
+    kind: &str,
+    mandate_id: Option<&str>,
+    body: Value,
+) -> Result<AuditRecord, StoreError> {
+    let seq = head.seq + 1;
+    let record = json!({
+        "seq": seq, "at_ms": at_ms, "tenant": tenant, "kind": kind,
+        "mandate_id": mandate_id, "body": body,
+    });
+    let text = canonical(&record)?;
+    let hash = chain_hash(&head.hash, &text);
+    conn.execute(
+        "INSERT INTO audit (seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![seq, at_ms, tenant, kind, mandate_id, text, head.hash, hash],
+    )?;
+    let out = AuditRecord {
+        seq,
+        at_ms,
+        tenant: tenant.map(str::to_owned),
+        kind: kind.to_owned(),
+        mandate_id: mandate_id.map(str::to_owned),
+        body,
+        prev_hash: head.hash.clone(),
+        hash: hash.clone(),
+    };
+    *head = AuditHead { seq, hash };
+    Ok(out)
+}
+
+pub(crate) fn write_checkpoint(
+    path: &Path,
+    head: &AuditHead,
+    key: &SigningKey,
+) -> Result<(), StoreError> {
+    let payload = serde_json::to_vec(head).map_err(|e| StoreError::Rejected(e.to_string()))?;
+    let jws = mandate_core::jws::sign(key, CHECKPOINT_TYP, &payload);
+    let tmp = path.with_extension("tmp");
+    let io = |e: std::io::Error| StoreError::io(path, &e);
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(jws.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Whether the log is intact and matches the checkpoint.
+    pub intact: bool,
+    /// Records checked.
+    pub records: i64,
+    /// The last record's hash.
+    pub head_hash: String,
+    /// The checkpoint's sequence number, when one was found.
+    pub checkpoint_seq: Option<i64>,
+    /// The first problem: the record's sequence number and what is wrong.
+    pub first_problem: Option<(i64, String)>,
+}
+
+fn read_checkpoint(path: &Path, key: &VerifyingKey) -> Result<Option<AuditHead>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("checkpoint unreadable: {e}")),
+    };
+    let algs = [Algorithm::EdDSA, Algorithm::ES256].into();
+    let d = mandate_core::jws::decode(text.trim(), &algs, CHECKPOINT_TYP)
+        .map_err(|e| format!("checkpoint: {e}"))?;
+    if d.alg != key.algorithm() || !key.verify(d.signing_input.as_bytes(), &d.signature) {
+        return Err("checkpoint: signature does not verify".into());
+    }
+    serde_json::from_slice(&d.payload)
+        .map(Some)
+        .map_err(|e| format!("checkpoint: {e}"))
+}
+
+/// Checks the whole log: sequence, chaining, each record's hash and columns,
+/// and the signed checkpoint.
+///
+/// # Errors
+/// When the database cannot be read.
+pub fn verify(
+    conn: &Connection,
+    checkpoint: &Path,
+    key: &VerifyingKey,
+) -> Result<VerifyReport, StoreError> {
+    let mut stmt = conn.prepare("SELECT seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash FROM audit ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut expect_seq = 1i64;
+    let mut prev = GENESIS.to_owned();
+    let mut problem: Option<(i64, String)> = None;
+    let mut hashes: Vec<String> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let at_ms: i64 = r.get(1)?;
+        let tenant: Option<String> = r.get(2)?;
+        let kind: String = r.get(3)?;
+        let mandate_id: Option<String> = r.get(4)?;
+        let record: String = r.get(5)?;
+        let prev_hash: String = r.get(6)?;
+        let hash: String = r.get(7)?;
+        if problem.is_none() {
+            let parsed: Option<Value> = serde_json::from_str(&record).ok();
+            problem = if seq != expect_seq {
+                Some((
+                    seq,
+                    format!("expected record {expect_seq}: a record is missing or out of order"),
+                ))
+            } else if prev_hash != prev {
+                Some((seq, "does not chain to the previous record".into()))
+            } else if chain_hash(&prev, &record) != hash {
+                Some((seq, "its content does not match its hash (edited)".into()))
+            } else if parsed.as_ref().is_none_or(|p| {
+                p["seq"] != json!(seq)
+                    || p["at_ms"] != json!(at_ms)
+                    || p["tenant"] != json!(tenant)
+                    || p["kind"] != json!(kind)
+                    || p["mandate_id"] != json!(mandate_id)
+            }) {
+                Some((seq, "its columns do not match its record (edited)".into()))
+            } else {
+                None
+            };
+        }
+        prev = hash.clone();
+        hashes.push(hash);
+        expect_seq = seq + 1;
+    }
+    let records = i64::try_from(hashes.len()).unwrap_or(i64::MAX);
+    let mut checkpoint_seq = None;
+    if problem.is_none() {
+        match read_checkpoint(checkpoint, key) {
+            Err(e) => problem = Some((records, e)),
+            Ok(None) if records > 0 => {
+                problem = Some((records, "no checkpoint, but the log has records".into()))
+            }
+            Ok(None) => {}
+            Ok(Some(cp)) => {
+                checkpoint_seq = Some(cp.seq);
+                let at = usize::try_from(cp.seq - 1).ok().and_then(|i| hashes.get(i));
+                if cp.seq > records {
+                    problem = Some((
+                        records,
+                        format!(
+                            "the checkpoint names record {} but the log ends at {records} (truncated)",
+                            cp.seq
+                        ),
+                    ));
+                } else if cp.seq > 0 && at != Some(&cp.hash) {
+                    problem = Some((cp.seq, "does not match the signed checkpoint".into()));
+                }
+            }
+        }
+    }
+    Ok(VerifyReport {
+        intact: problem.is_none(),
+        records,
+        head_hash: prev,
+        checkpoint_seq,
+        first_problem: problem,
+    })
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let record: String = r.get(5)?;
+    let body = serde_json::from_str::<Value>(&record)
+        .map(|v| v["body"].clone())
+        .unwrap_or(Value::Null);
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        at_ms: r.get(1)?,
+        tenant: r.get(2)?,
+        kind: r.get(3)?,
+        mandate_id: r.get(4)?,
+        body,
+        prev_hash: r.get(6)?,
+        hash: r.get(7)?,
+    })
+}
+
+const COLUMNS: &str = "seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash";
+
+/// Every record about a mandate or any descendant (known to the authority,
+/// or presented in a decision's chain), in order.
+///
+/// # Errors
+/// When the query fails.
+pub fn records_for_tree(
+    conn: &Connection,
+    mandate_id: &str,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let sql = format!(
+        "WITH RECURSIVE tree(id) AS (SELECT ?1 UNION SELECT m.id FROM mandates m JOIN tree t ON m.parent_id = t.id)
+         SELECT {COLUMNS} FROM audit a
+         WHERE a.mandate_id IN (SELECT id FROM tree)
+            OR EXISTS (SELECT 1 FROM json_each(a.record, '$.body.chain') c WHERE c.value IN (SELECT id FROM tree))
+         ORDER BY a.seq"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![mandate_id], row_to_record)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The record that ended a mandate (or the nearest ancestor whose end ended
+/// it), and every decision attempted under it afterwards.
+///
+/// # Errors
+/// When the query fails.
+pub fn after_end(
+    conn: &Connection,
+    mandate_id: &str,
+) -> Result<(Option<AuditRecord>, Vec<AuditRecord>), StoreError> {
+    let tree = records_for_tree(conn, mandate_id)?;
+    let ended = tree
+        .iter()
+        .find(|r| {
+            matches!(
+                r.kind.as_str(),
+                "revoked" | "expired" | "completed" | "superseded"
+            ) && r.mandate_id.as_deref() == Some(mandate_id)
+        })
+        .cloned();
+    let after = match &ended {
+        Some(end) => tree
+            .into_iter()
+            .filter(|r| r.seq > end.seq && r.kind == "decision")
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((ended, after))
+}
+
+/// Every record, in order (for export as JSON lines).
+///
+/// # Errors
+/// When the query fails.
+pub fn all(conn: &Connection) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
+    let rows = stmt.query_map([], row_to_record)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
