@@ -1,1 +1,100 @@
-//! placeholder
+//! # mandate-authority
+//!
+//! The mandate service: the one owner of mission state. It records grants
+//! (consent), issues signed mandates, keeps each mandate's state, takes the
+//! business events and facts that end or suspend missions, grants discovered
+//! tools once, answers AuthZEN decisions from memory, and writes every
+//! decision and transition to the hash-chained audit log.
+//!
+//! [`app`] builds the router; [`serve`] runs it with graceful shutdown and
+//! the expiry clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod registry;
+pub mod routes;
+pub mod state;
+
+pub use config::Config;
+pub use state::AppState;
+
+/// The HTTP application.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    routes::router(state)
+}
+
+/// Ends every live mandate whose hard expiry has passed, writing an
+/// `expired` record (with cascade) when it happens. Returns how many ended.
+///
+/// # Errors
+/// When the store fails.
+pub async fn expire_due(state: &AppState) -> Result<usize, error::ApiError> {
+    let due = state.with_registry(|r| r.due_for_expiry(auth::now_secs()))?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let changed = state
+        .store
+        .write(move |tx| {
+            let mut changed = Vec::new();
+            for id in due {
+                let st: String = tx.conn().query_row(
+                    "SELECT state FROM mandates WHERE id = ?1",
+                    rusqlite::params![id.as_str()],
+                    |r| r.get(0),
+                )?;
+                if db::is_terminal(mandate_core::state::MandateState::from_name(&st)) {
+                    continue;
+                }
+                changed.extend(db::transition(
+                    tx,
+                    id.as_str(),
+                    mandate_core::state::MandateState::Expired,
+                    "authority",
+                    "hard_expiry",
+                )?);
+            }
+            Ok(changed)
+        })
+        .await?;
+    for _ in &changed {
+        state.metrics.transition("expired");
+    }
+    state.refresh(&changed)?;
+    Ok(changed.len())
+}
+
+/// Serves on an already-bound listener until `shutdown` resolves, then
+/// stops accepting, finishes in-flight requests, and closes the store after
+/// every queued write is committed.
+///
+/// # Errors
+/// When serving fails.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let clock_state = Arc::clone(&state);
+    let clock = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            if let Err(e) = expire_due(&clock_state).await {
+                tracing::error!(detail = %e.detail, "expiry clock");
+            }
+        }
+    });
+    let result = axum::serve(listener, app(Arc::clone(&state)))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    clock.abort();
+    state.store.close();
+    result
+}

@@ -270,7 +270,7 @@ pub fn verify(
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     let record: String = r.get(5)?;
     let body = serde_json::from_str::<Value>(&record)
-        .map(|v| v["body"].clone())
+        .map(|v| v.get("body").cloned().unwrap_or(Value::Null))
         .unwrap_or(Value::Null);
     Ok(AuditRecord {
         seq: r.get(0)?,

@@ -1,0 +1,206 @@
+//! Who is calling: bearer JWTs from trusted issuers (the local one by
+//! default), each naming a role and a tenant.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use mandate_core::keys::{Algorithm, KeySet, SigningKey};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AUDIENCE, LOCAL_ISSUER};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Approves requests addressed to them; governs mandates they granted.
+    Principal,
+    /// Governs every mandate of the tenant; sets mission facts.
+    Admin,
+    /// Requests mandates, reads its own, asks for discovery, registers children.
+    Agent,
+    /// Posts business events.
+    EventSource,
+    /// Asks for decisions, reads state, consumes one-time mandates.
+    Enforcer,
+}
+
+impl Role {
+    /// The snake_case name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Principal => "principal",
+            Role::Admin => "admin",
+            Role::Agent => "agent",
+            Role::EventSource => "event_source",
+            Role::Enforcer => "enforcer",
+        }
+    }
+}
+
+/// The claims of a caller token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject.
+    pub sub: String,
+    /// Audience (`mandate`).
+    pub aud: String,
+    /// Issued at.
+    pub iat: i64,
+    /// Expiry.
+    pub exp: i64,
+    /// The caller's role.
+    pub role: Role,
+    /// The caller's tenant.
+    pub tenant: String,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Subject at its issuer.
+    pub sub: String,
+    /// Its issuer.
+    pub iss: String,
+    /// Its role.
+    pub role: Role,
+    /// Its tenant.
+    pub tenant: String,
+}
+
+/// Trusted issuers and their keys.
+#[derive(Debug, Default)]
+pub struct Issuers {
+    keys: HashMap<String, KeySet>,
+}
+
+impl Issuers {
+    /// Trusts `iss` with these keys.
+    pub fn trust(&mut self, iss: &str, keys: KeySet) {
+        self.keys.insert(iss.to_owned(), keys);
+    }
+
+    /// Verifies a bearer token: signature by a key of its (trusted) issuer,
+    /// `aud`, `exp`, and a known role and a tenant.
+    ///
+    /// # Errors
+    /// 401 with what failed.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Caller, ApiError> {
+        let algs = [Algorithm::EdDSA, Algorithm::ES256].into();
+        let d = mandate_core::jws::decode(token, &algs, "JWT")
+            .map_err(|e| ApiError::unauthenticated(format!("token: {e}")))?;
+        let claims: TokenClaims = serde_json::from_slice(&d.payload)
+            .map_err(|e| ApiError::unauthenticated(format!("token: {e}")))?;
+        let keys = self
+            .keys
+            .get(&claims.iss)
+            .ok_or_else(|| ApiError::unauthenticated("token: untrusted issuer"))?;
+        let kid = d
+            .kid
+            .as_deref()
+            .ok_or_else(|| ApiError::unauthenticated("token: kid missing"))?;
+        let key = keys
+            .get(kid)
+            .ok_or_else(|| ApiError::unauthenticated("token: unknown kid"))?;
+        if key.algorithm() != d.alg || !key.verify(d.signing_input.as_bytes(), &d.signature) {
+            return Err(ApiError::unauthenticated(
+                "token: signature does not verify",
+            ));
+        }
+        if claims.aud != AUDIENCE {
+            return Err(ApiError::unauthenticated("token: wrong audience"));
+        }
+        if now >= claims.exp || claims.iat > now + 60 {
+            return Err(ApiError::unauthenticated("token: expired or not yet valid"));
+        }
+        if claims.tenant.is_empty() || claims.sub.is_empty() {
+            return Err(ApiError::unauthenticated(
+                "token: sub and tenant are required",
+            ));
+        }
+        Ok(Caller {
+            sub: claims.sub,
+            iss: claims.iss,
+            role: claims.role,
+            tenant: claims.tenant,
+        })
+    }
+}
+
+/// Mints a token from the local issuer (`mandate token`).
+#[must_use]
+pub fn mint(
+    key: &SigningKey,
+    sub: &str,
+    role: Role,
+    tenant: &str,
+    now: i64,
+    ttl_secs: i64,
+) -> String {
+    let claims = TokenClaims {
+        iss: LOCAL_ISSUER.into(),
+        sub: sub.into(),
+        aud: AUDIENCE.into(),
+        iat: now,
+        exp: now + ttl_secs,
+        role,
+        tenant: tenant.into(),
+    };
+    let payload = serde_json::to_vec(&claims).unwrap_or_default();
+    mandate_core::jws::sign(key, "JWT", &payload)
+}
+
+/// Seconds since the epoch.
+#[must_use]
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::unauthenticated("Authorization: a bearer token is required")
+            })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| ApiError::unauthenticated("Authorization: must be `Bearer <token>`"))?;
+        state.issuers.verify(token.trim(), now_secs())
+    }
+}
+
+impl Caller {
+    /// Requires one of these roles.
+    ///
+    /// # Errors
+    /// 403.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "role `{}` may not do this",
+                self.role.as_str()
+            )))
+        }
+    }
+}

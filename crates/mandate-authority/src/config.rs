@@ -1,0 +1,219 @@
+//! Configuration: flags and an optional TOML file, validated before the port
+//! is bound. Every error names the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The local identity issuer's `iss`.
+pub const LOCAL_ISSUER: &str = "mandate-local";
+/// The audience every caller token must carry.
+pub const AUDIENCE: &str = "mandate";
+
+/// An identity provider whose tokens are trusted.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// Its `iss`.
+    pub iss: String,
+    /// Its JWKS, as a file.
+    pub jwks_file: PathBuf,
+}
+
+/// A webhook source (e.g. a GitHub App) and its HMAC secret.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSource {
+    /// The name in the URL: `/v1/webhooks/github/{name}`.
+    pub name: String,
+    /// The tenant its events belong to.
+    pub tenant: String,
+    /// A file holding the shared secret.
+    pub secret_file: PathBuf,
+}
+
+/// The service's configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where to listen.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The data directory (database, keys, checkpoint).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The `iss` of issued mandates (the public URL of this service).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Identity providers trusted besides the local one.
+    #[serde(default)]
+    pub trusted_issuer: Vec<TrustedIssuer>,
+    /// Whether the local issuer (`mandate token`) is trusted.
+    #[serde(default = "yes")]
+    pub local_issuer: bool,
+    /// Webhook sources.
+    #[serde(default)]
+    pub webhook: Vec<WebhookSource>,
+    /// Largest request body, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("mandate-data")
+}
+fn yes() -> bool {
+    true
+}
+fn default_body_limit() -> usize {
+    256 * 1024
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            issuer: None,
+            trusted_issuer: Vec::new(),
+            local_issuer: true,
+            webhook: Vec::new(),
+            body_limit: default_body_limit(),
+        }
+    }
+}
+
+/// A setting that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    /// The setting, as in the file (`listen`, `webhook[0].secret_file`).
+    pub setting: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or a setting is unknown or mistyped.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("config", format!("{}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| err("config", format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// The listen address.
+    ///
+    /// # Errors
+    /// When `listen` is not `HOST:PORT`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            err(
+                "listen",
+                format!("`{}` is not an address such as 127.0.0.1:8080", self.listen),
+            )
+        })
+    }
+
+    /// The `iss` of issued mandates.
+    #[must_use]
+    pub fn issuer(&self) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+
+    /// Checks every setting that can be checked before binding.
+    ///
+    /// # Errors
+    /// The first wrong setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.body_limit < 1024 || self.body_limit > 16 << 20 {
+            return Err(err("body_limit", "must be between 1024 and 16777216 bytes"));
+        }
+        if !self.local_issuer && self.trusted_issuer.is_empty() {
+            return Err(err(
+                "trusted_issuer",
+                "no issuer is trusted: enable local_issuer or add a trusted_issuer",
+            ));
+        }
+        for (i, t) in self.trusted_issuer.iter().enumerate() {
+            if t.iss.trim().is_empty() || t.iss == LOCAL_ISSUER {
+                return Err(err(
+                    format!("trusted_issuer[{i}].iss"),
+                    "must be a non-empty issuer other than the local one",
+                ));
+            }
+            if !t.jwks_file.is_file() {
+                return Err(err(
+                    format!("trusted_issuer[{i}].jwks_file"),
+                    format!("`{}` is not a readable file", t.jwks_file.display()),
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, w) in self.webhook.iter().enumerate() {
+            if w.name.is_empty()
+                || !w
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(err(
+                    format!("webhook[{i}].name"),
+                    "must be letters, digits, `-` or `_`",
+                ));
+            }
+            if !names.insert(&w.name) {
+                return Err(err(
+                    format!("webhook[{i}].name"),
+                    format!("`{}` is used twice", w.name),
+                ));
+            }
+            let secret = std::fs::read_to_string(&w.secret_file).map_err(|e| {
+                err(
+                    format!("webhook[{i}].secret_file"),
+                    format!("`{}`: {e}", w.secret_file.display()),
+                )
+            })?;
+            if secret.trim().len() < 16 {
+                return Err(err(
+                    format!("webhook[{i}].secret_file"),
+                    "the secret must be at least 16 characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_setting_is_named() {
+        let c = Config {
+            listen: "localhost".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "listen");
+        let c: Result<Config, _> = toml::from_str("listen = \"127.0.0.1:1\"\nbody_limt = 5");
+        assert!(c.unwrap_err().to_string().contains("body_limt"));
+    }
+}

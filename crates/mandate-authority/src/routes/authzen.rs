@@ -1,0 +1,237 @@
+//! Decisions over the OpenID AuthZEN Authorization API 1.0. The mandate
+//! travels in `subject.properties.mandate`, an access token in
+//! `subject.properties.access_token`; a deny is `200 {"decision": false}`
+//! with the reason codes in `context`. Decisions read in-memory state only;
+//! each one is audited (durably, group-committed) before it is answered.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use mandate_core::decision::{Decision, Obligation, decide};
+use mandate_core::request::EvaluationRequest;
+use mandate_core::timestamp::UnixTime;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, parse_body};
+use crate::routes::lifecycle::consume_in;
+use crate::state::AppState;
+
+/// `GET /.well-known/authzen-configuration`.
+pub async fn configuration(State(s): State<Arc<AppState>>) -> Json<Value> {
+    let base = s.issuer.trim_end_matches('/');
+    Json(json!({
+        "policy_decision_point": base,
+        "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+        "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+    }))
+}
+
+fn subject_props(req: &EvaluationRequest) -> Option<&Map<String, Value>> {
+    req.subject.as_ref()?.get("properties")?.as_object()
+}
+
+/// Decides one request for the caller's tenant and audits it.
+async fn evaluate_one(
+    s: &AppState,
+    caller: &Caller,
+    req: &EvaluationRequest,
+) -> Result<Value, ApiError> {
+    let started = Instant::now();
+    let props = subject_props(req);
+    let Some(presented) = props.and_then(|p| p.get("mandate")).and_then(Value::as_str) else {
+        return Ok(json!({"decision": false, "context": {"reasons": ["mandate_missing"]}}));
+    };
+    let token = props
+        .and_then(|p| p.get("access_token"))
+        .and_then(Value::as_str);
+    let now = UnixTime::from_secs(crate::auth::now_secs()).map_err(ApiError::internal)?;
+    let mut decision = match s.verifier.verify(presented) {
+        Ok(chain) => {
+            // The root must be one this authority issued to the caller's tenant.
+            let snapshot = s.with_registry(|r| {
+                r.get(&caller.tenant, chain.root().id().as_str())
+                    .map(|_| r.snapshot(&caller.tenant))
+            })?;
+            match snapshot {
+                Some(snap) => decide(&chain, req, token, &snap, now),
+                None => Decision {
+                    allow: false,
+                    reasons: vec!["unknown_mandate".into()],
+                    chain: chain.ids(),
+                    obligations: Vec::new(),
+                },
+            }
+        }
+        Err(e) => Decision::from_chain_error(&e),
+    };
+    let one_time = decision.obligations.iter().find_map(|o| match o {
+        Obligation::ConsumeOneTime { mandate_id } => Some(mandate_id.to_string()),
+        _ => None,
+    });
+    let leaf = decision.chain.last().map(ToString::to_string);
+    let claims = s
+        .verifier
+        .verify(presented)
+        .ok()
+        .map(|c| c.leaf().claims().clone());
+    let (tenant, enforcer) = (caller.tenant.clone(), caller.sub.clone());
+    let record = json!({
+        "chain": decision.chain, "principal": claims.as_ref().map(|c| &c.principal.sub),
+        "grant_ref": claims.as_ref().map(|c| &c.principal.grant_ref),
+        "agent": claims.as_ref().map(|c| &c.agent.id), "agent_instance": claims.as_ref().map(|c| &c.agent.instance),
+        "purpose": claims.as_ref().map(|c| &c.purpose.objective),
+        "action": req.action.name, "resource": {"type": req.resource.type_, "id": req.resource.id},
+        "enforcer": enforcer, "at": now,
+    });
+    let allow = decision.allow;
+    let reasons = decision.reasons.clone();
+    let obligations = serde_json::to_value(&decision.obligations).map_err(ApiError::internal)?;
+    let (allow, seq) = s
+        .store
+        .write(move |tx| {
+            // A one-time mandate is consumed in the same commit as the allow.
+            let (allow, reasons) = match (&one_time, allow) {
+                (Some(id), true) if !consume_in(tx, &tenant, id, &enforcer)? => {
+                    (false, vec!["one_time_used".to_owned()])
+                }
+                _ => (allow, reasons),
+            };
+            let mut body = record;
+            if let Some(b) = body.as_object_mut() {
+                b.insert(
+                    "decision".into(),
+                    json!(if allow { "allow" } else { "deny" }),
+                );
+                b.insert("reasons".into(), json!(reasons));
+                b.insert("obligations".into(), obligations);
+            }
+            let rec = tx.audit(Some(&tenant), "decision", leaf.as_deref(), body)?;
+            Ok((allow, rec.seq))
+        })
+        .await?;
+    if decision.allow && !allow {
+        decision.allow = false;
+        decision.reasons = vec!["one_time_used".into()];
+        decision.obligations.clear();
+    }
+    if let Some(id) = decision.chain.last().filter(|_| decision.allow)
+        && decision
+            .obligations
+            .iter()
+            .any(|o| matches!(o, Obligation::ConsumeOneTime { .. }))
+    {
+        // The authority consumed it in the same commit: nothing left to do.
+        s.refresh(std::slice::from_ref(id))?;
+        decision
+            .obligations
+            .retain(|o| !matches!(o, Obligation::ConsumeOneTime { .. }));
+    }
+    s.metrics.decision(
+        decision.allow,
+        &decision.reasons,
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(json!({
+        "decision": decision.allow,
+        "context": {
+            "reasons": decision.reasons, "chain": decision.chain,
+            "obligations": decision.obligations, "audit_seq": seq,
+        }
+    }))
+}
+
+/// `POST /access/v1/evaluation` (enforcer).
+pub async fn evaluation(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Enforcer])?;
+    let req: EvaluationRequest = parse_body(&body)?;
+    evaluate_one(&s, &caller, &req).await.map(Json)
+}
+
+/// The batch request: defaults at the top level, `evaluations` override them.
+#[derive(Debug, Deserialize)]
+struct Batch {
+    #[serde(default)]
+    subject: Option<Value>,
+    #[serde(default)]
+    action: Option<Value>,
+    #[serde(default)]
+    resource: Option<Value>,
+    #[serde(default)]
+    context: Option<Value>,
+    #[serde(default)]
+    evaluations: Vec<Map<String, Value>>,
+    #[serde(default)]
+    options: Option<Value>,
+}
+
+/// `POST /access/v1/evaluations` (enforcer): `execute_all` (default),
+/// `deny_on_first_deny` or `permit_on_first_permit`.
+pub async fn evaluations(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Enforcer])?;
+    let batch: Batch = parse_body(&body)?;
+    if batch.evaluations.len() > 256 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "evaluations: at most 256",
+        ));
+    }
+    let semantic = batch
+        .options
+        .as_ref()
+        .and_then(|o| o.get("evaluations_semantic"))
+        .and_then(Value::as_str)
+        .unwrap_or("execute_all")
+        .to_owned();
+    if !matches!(
+        semantic.as_str(),
+        "execute_all" | "deny_on_first_deny" | "permit_on_first_permit"
+    ) {
+        return Err(ApiError::bad_request(format!(
+            "options.evaluations_semantic: `{semantic}` is not supported"
+        )));
+    }
+    let defaults = json!({"subject": batch.subject, "action": batch.action, "resource": batch.resource, "context": batch.context});
+    let items = if batch.evaluations.is_empty() {
+        vec![Map::new()]
+    } else {
+        batch.evaluations
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let mut merged = defaults.clone();
+        if let Some(obj) = merged.as_object_mut() {
+            obj.extend(item);
+        }
+        if let Some(obj) = merged.as_object_mut() {
+            obj.retain(|_, v| !v.is_null());
+        }
+        let result = match serde_json::from_value::<EvaluationRequest>(merged) {
+            Ok(req) => evaluate_one(&s, &caller, &req).await?,
+            Err(e) => {
+                json!({"decision": false, "context": {"reasons": ["invalid_request"], "error": format!("evaluations[{i}]: {e}")}})
+            }
+        };
+        let decision = result.get("decision") == Some(&Value::Bool(true));
+        out.push(result);
+        if (semantic == "deny_on_first_deny" && !decision)
+            || (semantic == "permit_on_first_permit" && decision)
+        {
+            break;
+        }
+    }
+    Ok(Json(json!({"evaluations": out})))
+}

@@ -1,0 +1,213 @@
+//! Mission facts: a JSON document per tenant that conditions read. A change
+//! re-evaluates the conditions of live mandates at once and applies their
+//! `on_failure` (suspend and notify, or revoke) — not only at the next action.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use mandate_core::condition::{CompiledCondition, Facts, Outcome};
+use mandate_core::id::MandateId;
+use mandate_core::model::OnFailure;
+use mandate_core::state::MandateState;
+use rusqlite::{OptionalExtension, params};
+use serde_json::{Value, json};
+
+use crate::auth::{Caller, Role};
+use crate::db;
+use crate::error::{ApiError, parse_body};
+use crate::state::AppState;
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(serde_json::Map::new());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// Reads a tenant's facts in a write job.
+pub fn read_facts(conn: &rusqlite::Connection, tenant: &str) -> rusqlite::Result<(Value, i64)> {
+    let row: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT doc, version FROM facts WHERE tenant = ?1",
+            params![tenant],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((doc, v)) => (serde_json::from_str(&doc).unwrap_or_else(|_| json!({})), v),
+        None => (json!({}), 0),
+    })
+}
+
+/// Writes a tenant's facts in a write job (after checking they convert).
+pub fn write_facts(
+    tx: &mut mandate_store::Tx<'_>,
+    tenant: &str,
+    doc: &Value,
+    by: &str,
+    cause: &str,
+) -> Result<i64, mandate_store::StoreError> {
+    Facts::from_json(doc.clone())
+        .map_err(|e| mandate_store::StoreError::Rejected(format!("422 {e}")))?;
+    let (_, version) = read_facts(tx.conn(), tenant)?;
+    let next = version + 1;
+    tx.conn().execute(
+        "INSERT INTO facts (tenant, doc, version) VALUES (?1, ?2, ?3) ON CONFLICT(tenant) DO UPDATE SET doc = ?2, version = ?3",
+        params![tenant, doc.to_string(), next],
+    )?;
+    tx.audit(
+        Some(tenant),
+        "facts_changed",
+        None,
+        json!({"version": next, "by": by, "cause": cause, "facts": doc}),
+    )?;
+    Ok(next)
+}
+
+/// After a facts change: evaluates every live mandate's conditions against
+/// the new facts (conditions that need an action cannot be judged now and
+/// are left to the next decision) and applies `on_failure` for those that
+/// are false. Returns the mandates changed.
+pub async fn reevaluate(s: &AppState, tenant: &str) -> Result<Vec<MandateId>, ApiError> {
+    let (snapshot, live) = s.with_registry(|r| {
+        let live: Vec<_> = r
+            .in_tenant(tenant)
+            .filter(|m| m.state == MandateState::Active)
+            .map(|m| (m.id.clone(), m.principal.clone(), m.claims.clone()))
+            .collect();
+        (r.snapshot(tenant), live)
+    })?;
+    let mut actions: Vec<(MandateId, String, OnFailure, String)> = Vec::new();
+    for (id, principal, claims) in live {
+        for c in &claims.conditions {
+            let Ok(compiled) = CompiledCondition::new(c) else {
+                continue;
+            };
+            if compiled.evaluate(&snapshot.facts().scope()) == Outcome::False
+                && c.on_failure != OnFailure::Deny
+            {
+                actions.push((
+                    id.clone(),
+                    principal.clone(),
+                    c.on_failure,
+                    c.id.to_string(),
+                ));
+                break;
+            }
+        }
+    }
+    if actions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenant2 = tenant.to_owned();
+    let changed = s
+        .store
+        .write(move |tx| {
+            let mut changed = Vec::new();
+            for (id, principal, on_failure, condition) in actions {
+                let st: String = tx.conn().query_row("SELECT state FROM mandates WHERE id = ?1", params![id.as_str()], |r| r.get(0))?;
+                if st != "active" {
+                    continue;
+                }
+                let to = if on_failure == OnFailure::Revoke { MandateState::Revoked } else { MandateState::Suspended };
+                changed.extend(db::transition(tx, id.as_str(), to, "authority", &format!("condition_failed:{condition}"))?);
+                let note = json!({"mandate_id": id, "condition": condition, "action": db::state_name(to)});
+                let now = tx.now_ms();
+                tx.conn().execute(
+                    "INSERT INTO notifications (tenant, principal, mandate_id, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![tenant2, principal, id.as_str(), note.to_string(), now],
+                )?;
+                tx.audit(Some(&tenant2), "principal_notified", Some(id.as_str()), json!({"principal": principal, "notice": note}))?;
+            }
+            Ok(changed)
+        })
+        .await?;
+    for _ in &changed {
+        s.metrics.transition("condition_enforced");
+    }
+    s.refresh(&changed)?;
+    Ok(changed)
+}
+
+/// `GET /v1/facts` (admin, enforcer, principal).
+pub async fn show(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Admin, Role::Enforcer, Role::Principal])?;
+    let tenant = caller.tenant.clone();
+    let (doc, version) = s.store.read(|c| Ok(read_facts(c, &tenant)?))?;
+    Ok(Json(json!({"facts": doc, "version": version})))
+}
+
+async fn set(
+    s: Arc<AppState>,
+    caller: Caller,
+    doc: impl FnOnce(Value) -> Value + Send + 'static,
+) -> Result<Json<Value>, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(crate::routes::requests::refuse(&s, &caller, "set mission facts", None).await);
+    }
+    let (tenant, by) = (caller.tenant.clone(), caller.sub.clone());
+    let (doc, version) = s
+        .store
+        .write(move |tx| {
+            let (current, _) = read_facts(tx.conn(), &tenant)?;
+            let next = doc(current);
+            let v = write_facts(tx, &tenant, &next, &by, "api")?;
+            Ok((next, v))
+        })
+        .await
+        .map_err(|e| match e {
+            mandate_store::StoreError::Rejected(m) if m.starts_with("422 ") => {
+                ApiError::unprocessable("invalid_facts", m.trim_start_matches("422 "))
+            }
+            other => other.into(),
+        })?;
+    let facts = Facts::from_json(doc.clone()).map_err(ApiError::internal)?;
+    s.with_registry_mut(|r| crate::registry::set_facts(r, &caller.tenant, facts))?;
+    let changed = reevaluate(&s, &caller.tenant).await?;
+    Ok(Json(
+        json!({"facts": doc, "version": version, "changed": changed}),
+    ))
+}
+
+/// `PUT /v1/facts` (admin): replaces the document.
+pub async fn replace(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let doc: Value = parse_body(&body)?;
+    if !doc.is_object() {
+        return Err(ApiError::bad_request("facts: must be a JSON object"));
+    }
+    set(s, caller, move |_| doc).await
+}
+
+/// `PATCH /v1/facts` (admin): a JSON merge patch (RFC 7386).
+pub async fn patch(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let p: Value = parse_body(&body)?;
+    set(s, caller, move |mut current| {
+        merge_patch(&mut current, &p);
+        current
+    })
+    .await
+}

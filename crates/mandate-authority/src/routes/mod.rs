@@ -1,0 +1,55 @@
+//! The HTTP API.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::state::AppState;
+
+pub mod authzen;
+pub mod events;
+pub mod facts;
+pub mod lifecycle;
+pub mod ops;
+pub mod requests;
+
+/// The router over shared state.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/.well-known/jwks.json", get(ops::jwks))
+        .route(
+            "/.well-known/authzen-configuration",
+            get(authzen::configuration),
+        )
+        .route("/access/v1/evaluation", post(authzen::evaluation))
+        .route("/access/v1/evaluations", post(authzen::evaluations))
+        .route("/v1/requests", post(requests::create))
+        .route("/v1/requests/{id}", get(requests::show))
+        .route("/v1/requests/{id}/approve", post(requests::approve))
+        .route("/v1/requests/{id}/deny", post(requests::deny))
+        .route("/v1/mandates/{id}", get(lifecycle::show))
+        .route("/v1/mandates/{id}/suspend", post(lifecycle::suspend))
+        .route("/v1/mandates/{id}/resume", post(lifecycle::resume))
+        .route("/v1/mandates/{id}/revoke", post(lifecycle::revoke))
+        .route("/v1/mandates/{id}/amend", post(lifecycle::amend))
+        .route(
+            "/v1/mandates/{id}/children",
+            post(lifecycle::register_child),
+        )
+        .route("/v1/mandates/{id}/discovery", post(lifecycle::discovery))
+        .route("/v1/mandates/{id}/consume", post(lifecycle::consume))
+        .route(
+            "/v1/facts",
+            get(facts::show).put(facts::replace).patch(facts::patch),
+        )
+        .route("/v1/events", post(events::create))
+        .route("/v1/webhooks/github/{source}", post(events::github))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

@@ -1,0 +1,208 @@
+//! The service's shared state, and opening it from a configuration.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use mandate_core::chain::Verifier;
+use mandate_core::id::MandateId;
+use mandate_core::keys::{Algorithm, KeySet, PrivateJwk, SigningKey};
+use mandate_store::Store;
+
+use crate::auth::Issuers;
+use crate::config::{Config, LOCAL_ISSUER};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// A webhook source's tenant and secret.
+pub struct Webhook {
+    /// The tenant its events go to.
+    pub tenant: String,
+    /// The HMAC secret.
+    pub secret: mandate_core::keys::Secret,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    /// The `iss` of issued mandates.
+    pub issuer: String,
+    /// The durable store.
+    pub store: Arc<Store>,
+    /// The authority's signing key.
+    pub authority: SigningKey,
+    /// Verifies presented mandates (trusting the authority's key).
+    pub verifier: Verifier,
+    /// Trusted identity issuers.
+    pub issuers: Issuers,
+    /// Webhook sources by name.
+    pub webhooks: HashMap<String, Webhook>,
+    /// Mission state in memory.
+    pub registry: RwLock<Registry>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// The authority's key file in a data directory.
+#[must_use]
+pub fn authority_key_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("authority.jwk")
+}
+
+/// The local identity issuer's key file.
+#[must_use]
+pub fn issuer_key_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("local-issuer.jwk")
+}
+
+/// Reads a private JWK, creating it (mode 0600) when absent.
+///
+/// # Errors
+/// When the file cannot be read, written or parsed.
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let jwk: PrivateJwk = mandate_core::json::from_slice_strict(&bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            SigningKey::from_private_jwk(&jwk).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate(Algorithm::EdDSA, &mut rand_core::OsRng);
+            let text =
+                serde_json::to_vec_pretty(&key.to_private_jwk()).map_err(|e| e.to_string())?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                opts.mode(0o600);
+            }
+            let mut f = opts
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut f, &text)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            f.sync_all()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+impl AppState {
+    /// Opens the data directory (creating keys and the database on first
+    /// start) and loads mission state into memory.
+    ///
+    /// # Errors
+    /// A message naming the file or setting that failed.
+    pub fn open(config: Config) -> Result<Arc<Self>, String> {
+        config.validate().map_err(|e| e.to_string())?;
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("data_dir: {}: {e}", dir.display()))?;
+        let authority = load_or_create_key(&authority_key_path(&dir))?;
+        let checkpoint_key =
+            SigningKey::from_private_jwk(&authority.to_private_jwk()).map_err(|e| e.to_string())?;
+        let store = Arc::new(Store::open(&dir, checkpoint_key).map_err(|e| e.to_string())?);
+        let registry = store
+            .read(|c| Registry::load(c).map_err(mandate_store::StoreError::Rejected))
+            .map_err(|e| e.to_string())?;
+
+        let mut keys = KeySet::new();
+        keys.insert(authority.verifying_key().map_err(|e| e.to_string())?);
+        let issuer = config.issuer();
+        let verifier = Verifier::new(keys).with_issuer(issuer.clone());
+
+        let mut issuers = Issuers::default();
+        if config.local_issuer {
+            let local = load_or_create_key(&issuer_key_path(&dir))?;
+            let mut ks = KeySet::new();
+            ks.insert(local.verifying_key().map_err(|e| e.to_string())?);
+            issuers.trust(LOCAL_ISSUER, ks);
+        }
+        for (i, t) in config.trusted_issuer.iter().enumerate() {
+            let bytes = std::fs::read(&t.jwks_file)
+                .map_err(|e| format!("trusted_issuer[{i}].jwks_file: {e}"))?;
+            let jwks = mandate_core::json::from_slice_strict(&bytes)
+                .map_err(|e| format!("trusted_issuer[{i}].jwks_file: {e}"))?;
+            let ks = KeySet::from_jwks(&jwks)
+                .map_err(|(k, e)| format!("trusted_issuer[{i}].jwks_file: keys[{k}]: {e}"))?;
+            issuers.trust(&t.iss, ks);
+        }
+        let mut webhooks = HashMap::new();
+        for (i, w) in config.webhook.iter().enumerate() {
+            let secret = std::fs::read_to_string(&w.secret_file)
+                .map_err(|e| format!("webhook[{i}].secret_file: {e}"))?;
+            webhooks.insert(
+                w.name.clone(),
+                Webhook {
+                    tenant: w.tenant.clone(),
+                    secret: mandate_core::keys::Secret::new(secret.trim().to_owned()),
+                },
+            );
+        }
+        Ok(Arc::new(Self {
+            config,
+            issuer,
+            store,
+            authority,
+            verifier,
+            issuers,
+            webhooks,
+            registry: RwLock::new(registry),
+            metrics: Metrics::default(),
+        }))
+    }
+
+    /// Re-reads mandates from the store into memory (after a commit).
+    ///
+    /// # Errors
+    /// 500 when the store cannot be read.
+    pub fn refresh(&self, ids: &[MandateId]) -> Result<(), ApiError> {
+        let mut reg = self
+            .registry
+            .write()
+            .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+        self.store
+            .read(|c| {
+                reg.refresh(c, ids)
+                    .map_err(mandate_store::StoreError::Rejected)
+            })
+            .map_err(ApiError::internal)
+    }
+
+    /// Runs `f` with the registry read-locked.
+    ///
+    /// # Errors
+    /// 500 when the lock is poisoned.
+    pub fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> T) -> Result<T, ApiError> {
+        let reg = self
+            .registry
+            .read()
+            .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+        Ok(f(&reg))
+    }
+
+    /// Runs `f` with the registry write-locked.
+    ///
+    /// # Errors
+    /// 500 when the lock is poisoned.
+    pub fn with_registry_mut<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> Result<T, ApiError> {
+        let mut reg = self
+            .registry
+            .write()
+            .map_err(|_| ApiError::internal("registry lock poisoned"))?;
+        Ok(f(&mut reg))
+    }
+}
