@@ -52,6 +52,13 @@ enum Command {
     Attenuate(command::attenuate::Args),
     /// Decides one proposed action (an AuthZEN evaluation request).
     Evaluate(command::evaluate::Args),
+    /// Runs the authority service (embedded SQLite; keys created on first start).
+    Serve(command::serve::Args),
+    /// Mints a short-lived caller token from the local identity issuer.
+    Token(command::token::Args),
+    /// Verifies, queries or exports the audit log.
+    #[command(subcommand)]
+    Audit(command::audit::Command),
 }
 
 /// Runs the tool with these arguments and returns its exit code.
@@ -78,6 +85,9 @@ where
         Command::Verify(a) => command::verify::run(a, out),
         Command::Attenuate(a) => command::attenuate::run(a, out),
         Command::Evaluate(a) => command::evaluate::run(a, out),
+        Command::Serve(a) => command::serve::run(a, out),
+        Command::Token(a) => command::token::run(a, out),
+        Command::Audit(c) => command::audit::run(c, out),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -324,3 +324,21 @@ fn writer_loop(
         }
     }
 }
+
+/// Opens a data directory's database read-only (for `mandate audit`).
+///
+/// # Errors
+/// When the database does not exist or cannot be opened.
+pub fn open_read_only(dir: &Path) -> Result<Connection, StoreError> {
+    let path = database_path(dir);
+    if !path.is_file() {
+        return Err(StoreError::Io {
+            path: path.display().to_string(),
+            message: "no database here (is this a data directory?)".into(),
+        });
+    }
+    Ok(Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?)
+}

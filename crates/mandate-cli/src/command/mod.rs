@@ -1,11 +1,14 @@
 //! One module per verb.
 
 pub mod attenuate;
+pub mod audit;
 pub mod evaluate;
 pub mod inspect;
 pub mod issue;
 pub mod jwks;
 pub mod keygen;
+pub mod serve;
+pub mod token;
 pub mod verify;
 
 use mandate_core::chain::ChainError;

@@ -1,0 +1,113 @@
+//! `mandate audit verify|query|export --data-dir DIR`
+
+use std::path::PathBuf;
+
+use mandate_authority::state::authority_key_path;
+use mandate_core::keys::{PrivateJwk, SigningKey};
+use mandate_store::audit;
+
+use crate::command::print_json;
+use crate::{CliError, Output, io};
+
+/// The audit subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Detects any edited, deleted, reordered or truncated record.
+    Verify {
+        /// The authority's data directory.
+        #[arg(long, default_value = "mandate-data")]
+        data_dir: PathBuf,
+    },
+    /// Everything under a mandate and its descendants, in order (JSON lines).
+    Query {
+        /// The authority's data directory.
+        #[arg(long, default_value = "mandate-data")]
+        data_dir: PathBuf,
+        /// The mandate.
+        #[arg(long)]
+        mandate: String,
+        /// Only the record that ended it and every decision attempted afterwards.
+        #[arg(long)]
+        after_end: bool,
+    },
+    /// Every record, as JSON lines.
+    Export {
+        /// The authority's data directory.
+        #[arg(long, default_value = "mandate-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn store_err(e: mandate_store::StoreError) -> CliError {
+    CliError::Io {
+        path: "audit".into(),
+        message: e.to_string(),
+    }
+}
+
+fn print_lines(records: &[audit::AuditRecord]) {
+    for r in records {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+    }
+}
+
+/// Runs the command.
+pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
+    match c {
+        Command::Verify { data_dir } => {
+            let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
+            let jwk: PrivateJwk =
+                io::read_json(&authority_key_path(&data_dir).display().to_string())?;
+            let key = SigningKey::from_private_jwk(&jwk)
+                .and_then(|k| k.verifying_key())
+                .map_err(|e| CliError::input("invalid_key", e.to_string()))?;
+            let report = audit::verify(&conn, &mandate_store::checkpoint_path(&data_dir), &key)
+                .map_err(store_err)?;
+            match out {
+                Output::Json => print_json(&serde_json::to_value(&report).unwrap_or_default()),
+                Output::Text => match &report.first_problem {
+                    None => println!(
+                        "INTACT  {} records, head {}, checkpoint at {}",
+                        report.records,
+                        report.head_hash,
+                        report.checkpoint_seq.unwrap_or(0)
+                    ),
+                    Some((seq, what)) => println!("BROKEN  record {seq}: {what}"),
+                },
+            }
+            Ok(if report.intact { 0 } else { 2 })
+        }
+        Command::Query {
+            data_dir,
+            mandate,
+            after_end,
+        } => {
+            let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
+            if after_end {
+                let (ended, after) = audit::after_end(&conn, &mandate).map_err(store_err)?;
+                match out {
+                    Output::Json => {
+                        print_json(&serde_json::json!({"ended_by": ended, "after_end": after}))
+                    }
+                    Output::Text => {
+                        match &ended {
+                            Some(e) => {
+                                println!("ENDED   record {} ({}): {}", e.seq, e.kind, e.body)
+                            }
+                            None => println!("NOT ENDED"),
+                        }
+                        print_lines(&after);
+                    }
+                }
+            } else {
+                print_lines(&audit::records_for_tree(&conn, &mandate).map_err(store_err)?);
+            }
+            Ok(0)
+        }
+        Command::Export { data_dir } => {
+            let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
+            print_lines(&audit::all(&conn).map_err(store_err)?);
+            Ok(0)
+        }
+    }
+}

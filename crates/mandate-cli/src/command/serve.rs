@@ -1,0 +1,105 @@
+//! `mandate serve [--config FILE] [--listen ADDR] [--data-dir DIR] [--issuer URL]`
+
+use std::path::PathBuf;
+
+use mandate_authority::{AppState, Config};
+
+use crate::{CliError, Output};
+
+/// Arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A TOML configuration file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory (default ./mandate-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The public URL of this authority, used as `iss` of mandates.
+    #[arg(long)]
+    issuer: Option<String>,
+}
+
+fn config(a: &Args) -> Result<Config, CliError> {
+    let mut c = match &a.config {
+        Some(p) => {
+            Config::from_file(p).map_err(|e| CliError::input("invalid_config", e.to_string()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(l) = &a.listen {
+        c.listen = l.clone();
+    }
+    if let Some(d) = &a.data_dir {
+        c.data_dir = d.clone();
+    }
+    if let Some(i) = &a.issuer {
+        c.issuer = Some(i.clone());
+    }
+    c.validate()
+        .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
+    Ok(c)
+}
+
+/// Runs the command: validates the configuration before binding, then
+/// serves until SIGINT or SIGTERM, finishing every acknowledged write.
+pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let config = config(&a)?;
+    let addr = config
+        .listen_addr()
+        .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io {
+            path: "runtime".into(),
+            message: e.to_string(),
+        })?;
+    rt.block_on(async move {
+        let data_dir = config.data_dir.display().to_string();
+        let state = AppState::open(config).map_err(|e| CliError::input("invalid_config", e))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::Io {
+                path: format!("listen {addr}"),
+                message: e.to_string(),
+            })?;
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        eprintln!("mandate authority listening on http://{local} (data in {data_dir})");
+        mandate_authority::serve(state, listener, shutdown_signal())
+            .await
+            .map_err(|e| CliError::Io {
+                path: "serve".into(),
+                message: e.to_string(),
+            })?;
+        eprintln!("mandate authority stopped; every acknowledged change is on disk");
+        Ok(0)
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
