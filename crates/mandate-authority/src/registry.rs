@@ -145,9 +145,10 @@ impl Registry {
     }
 }
 
-/// Records a business event in a tenant's snapshot.
-pub fn add_event(reg: &mut Registry, tenant: &str, ty: &str, subject: Option<&str>) {
-    reg.update_snapshot(tenant, |s| s.add_event(ty, subject));
+/// Records a business event (which happened at `at_ms`) in a tenant's snapshot.
+pub fn add_event(reg: &mut Registry, tenant: &str, ty: &str, subject: Option<&str>, at_ms: i64) {
+    let at = mandate_core::timestamp::UnixTime::from_secs(at_ms.div_euclid(1000)).ok();
+    reg.update_snapshot(tenant, |s| s.add_event_at(ty, subject, at));
 }
 
 /// Replaces a tenant's facts in the snapshot.

@@ -7,7 +7,7 @@
 //! | `expired` | `now` is at or past any chain mandate's `hard_expiry`, or the state says so |
 //! | `not_yet_valid` | `now` is before any chain mandate's `nbf` |
 //! | `revoked`, `suspended`, `completed`, `superseded`, `pending` | a chain mandate is in that state |
-//! | `completed` | also: a recorded business event matches a chain mandate's terminal event |
+//! | `completed` | also: a recorded business event that happened at or after a chain mandate's `iat` matches its terminal event |
 //! | `state_unknown` | a chain mandate is in a state this build does not know |
 //! | `one_time_used` | the leaf is one-time and was already used |
 //! | `resource_type_not_permitted` | no authorization detail of `resource.type` |
@@ -135,10 +135,11 @@ pub fn decide(
             reasons.add(r);
         }
         if state.events().iter().any(|e| {
-            c.lifecycle
-                .terminal_events
-                .iter()
-                .any(|t| t.matches(&e.type_, e.subject.as_deref()))
+            e.occurred_at.is_none_or(|at| at >= c.iat)
+                && c.lifecycle
+                    .terminal_events
+                    .iter()
+                    .any(|t| t.matches(&e.type_, e.subject.as_deref()))
         }) {
             reasons.add(MandateState::Completed.reason().unwrap_or("completed"));
         }

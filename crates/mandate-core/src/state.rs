@@ -22,6 +22,10 @@ pub struct OccurredEvent {
     /// What it is about (`github:acme/app#123`).
     #[serde(default)]
     pub subject: Option<String>,
+    /// When it happened. An event ends only mandates issued at or before
+    /// it; one without a time ends every mandate that names it.
+    #[serde(default)]
+    pub occurred_at: Option<crate::timestamp::UnixTime>,
 }
 
 /// The state of one mandate as the authority records it.
@@ -165,11 +169,23 @@ impl StateSnapshot {
         self.states.insert(id, state);
     }
 
-    /// Records a business event.
+    /// Records a business event (with no time: it ends every mandate that
+    /// names it).
     pub fn add_event(&mut self, type_: &str, subject: Option<&str>) {
+        self.add_event_at(type_, subject, None);
+    }
+
+    /// Records a business event that happened at `at`.
+    pub fn add_event_at(
+        &mut self,
+        type_: &str,
+        subject: Option<&str>,
+        at: Option<crate::timestamp::UnixTime>,
+    ) {
         self.events.push(OccurredEvent {
             type_: type_.to_owned(),
             subject: subject.map(str::to_owned),
+            occurred_at: at,
         });
     }
 

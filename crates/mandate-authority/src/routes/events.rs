@@ -114,8 +114,11 @@ pub async fn apply(
     for _ in &ended {
         s.metrics.transition("completed");
     }
+    let at_ms = ev
+        .occurred_at
+        .map_or_else(|| crate::auth::now_secs() * 1000, |t| t.secs() * 1000);
     s.with_registry_mut(|r| {
-        crate::registry::add_event(r, tenant, &ev.type_, ev.subject.as_deref())
+        crate::registry::add_event(r, tenant, &ev.type_, ev.subject.as_deref(), at_ms)
     })?;
     s.refresh(&ended)?;
     let mut all = ended;

@@ -86,16 +86,31 @@ pub fn write_facts(
 /// are false. Returns the mandates changed.
 pub async fn reevaluate(s: &AppState, tenant: &str) -> Result<Vec<MandateId>, ApiError> {
     let (snapshot, live) = s.with_registry(|r| {
+        // A condition is enforced on the mandate that introduced it; its
+        // descendants repeat it and end with it through their chain.
         let live: Vec<_> = r
             .in_tenant(tenant)
             .filter(|m| m.state == MandateState::Active)
-            .map(|m| (m.id.clone(), m.principal.clone(), m.claims.clone()))
+            .map(|m| {
+                let inherited: Vec<_> = m
+                    .parent
+                    .as_ref()
+                    .and_then(|p| r.get(tenant, p.as_str()))
+                    .map(|p| p.claims.conditions.clone())
+                    .unwrap_or_default();
+                (
+                    m.id.clone(),
+                    m.principal.clone(),
+                    m.claims.clone(),
+                    inherited,
+                )
+            })
             .collect();
         (r.snapshot(tenant), live)
     })?;
     let mut actions: Vec<(MandateId, String, OnFailure, String)> = Vec::new();
-    for (id, principal, claims) in live {
-        for c in &claims.conditions {
+    for (id, principal, claims, inherited) in live {
+        for c in claims.conditions.iter().filter(|c| !inherited.contains(c)) {
             let Ok(compiled) = CompiledCondition::new(c) else {
                 continue;
             };

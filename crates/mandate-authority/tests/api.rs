@@ -1,0 +1,22 @@
+//! The authority over a real socket: every endpoint and role, the refusals,
+//! the acceptance scenarios, a race and the audit log.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+#[path = "api/support.rs"]
+mod support;
+
+#[path = "api/grants.rs"]
+mod grants;
+
+#[path = "api/events.rs"]
+mod events;
+
+#[path = "api/audit.rs"]
+mod audit;

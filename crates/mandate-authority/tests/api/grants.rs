@@ -1,0 +1,491 @@
+//! Requests, consent, lifecycle, roles and tenants.
+
+use mandate_authority::auth::Role;
+use serde_json::json;
+
+use crate::support::*;
+
+#[test]
+fn a_request_is_pending_until_the_principal_approves_and_then_decides_allow() {
+    let s = Server::start("grant");
+    let c = Cast::new(&s);
+    let (st, r) = s.call(
+        "POST",
+        "/v1/requests",
+        Some(&c.agent),
+        Some(&procurement_request("vp@acme.example")),
+    );
+    assert_eq!(st, 201);
+    assert_eq!(r["state"], "pending");
+    let id = r["id"].as_str().unwrap();
+    let (st, shown) = s.call(
+        "GET",
+        &format!("/v1/requests/{id}"),
+        Some(&c.principal),
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(shown["consent_sha256"], r["consent_sha256"]);
+
+    // Consent evidence must match what was shown.
+    let (st, e) = s.call(
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        Some(&c.principal),
+        Some(&json!({"consent_sha256": "0".repeat(64)})),
+    );
+    assert_eq!((st, e["code"].as_str()), (409, Some("consent_mismatch")));
+    let (st, a) = s.call(
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        Some(&c.principal),
+        Some(&json!({"consent_sha256": r["consent_sha256"]})),
+    );
+    assert_eq!(st, 200, "{a}");
+    let mandate = a["mandate"].as_str().unwrap();
+
+    // The agent fetches what was issued.
+    let (_, again) = s.call("GET", &format!("/v1/requests/{id}"), Some(&c.agent), None);
+    assert_eq!(again["mandate"], a["mandate"]);
+
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let d = decide(&s, &c, &search_request(mandate));
+    assert_eq!(d["decision"], true, "{d}");
+    assert_eq!(d["context"]["chain"][0], a["mandate_id"]);
+}
+
+#[test]
+fn another_principal_cannot_approve_and_a_denied_request_issues_nothing() {
+    let s = Server::start("deny");
+    let c = Cast::new(&s);
+    let (_, r) = s.call(
+        "POST",
+        "/v1/requests",
+        Some(&c.agent),
+        Some(&procurement_request("vp@acme.example")),
+    );
+    let id = r["id"].as_str().unwrap();
+    let other = s.token("someone@acme.example", Role::Principal, "acme");
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        Some(&other),
+        None,
+    );
+    assert_eq!(st, 403);
+    let (st, d) = s.call(
+        "POST",
+        &format!("/v1/requests/{id}/deny"),
+        Some(&c.principal),
+        Some(&json!({"reason": "not now"})),
+    );
+    assert_eq!((st, d["state"].as_str()), (200, Some("denied")));
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        Some(&c.principal),
+        None,
+    );
+    assert_eq!(st, 409);
+}
+
+#[test]
+fn an_agent_can_never_approve_amend_extend_resume_or_revoke_and_each_attempt_is_audited() {
+    let s = Server::start("agent-refused");
+    let c = Cast::new(&s);
+    let (st, r) = s.call(
+        "POST",
+        "/v1/requests",
+        Some(&c.agent),
+        Some(&procurement_request("vp@acme.example")),
+    );
+    assert_eq!(st, 201);
+    let rid = r["id"].as_str().unwrap();
+    assert_eq!(
+        s.call(
+            "POST",
+            &format!("/v1/requests/{rid}/approve"),
+            Some(&c.agent),
+            None
+        )
+        .0,
+        403
+    );
+    let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    for (op, body) in [
+        ("amend", json!({"hard_expiry": "2100-01-01T00:00:00Z"})),
+        ("suspend", json!({})),
+        ("resume", json!({})),
+        ("revoke", json!({})),
+    ] {
+        let (st, e) = s.call(
+            "POST",
+            &format!("/v1/mandates/{id}/{op}"),
+            Some(&c.agent),
+            Some(&body),
+        );
+        assert_eq!(st, 403, "{op}: {e}");
+    }
+    assert_eq!(
+        s.call("PUT", "/v1/facts", Some(&c.agent), Some(&json!({"x": 1})))
+            .0,
+        403
+    );
+    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let refused: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'refused'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(refused, 6);
+    let (_, m) = s.call("GET", &format!("/v1/mandates/{id}"), Some(&c.agent), None);
+    assert_eq!(m["state"], "active");
+}
+
+#[test]
+fn suspend_resume_revoke_are_idempotent_and_impossible_moves_conflict() {
+    let s = Server::start("lifecycle");
+    let c = Cast::new(&s);
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let (id, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let post = |op: &str| {
+        s.call(
+            "POST",
+            &format!("/v1/mandates/{id}/{op}"),
+            Some(&c.principal),
+            Some(&json!({"reason": "test"})),
+        )
+    };
+    assert_eq!(post("suspend").0, 200);
+    assert_eq!(
+        reasons(&decide(&s, &c, &search_request(&mandate))),
+        ["suspended"]
+    );
+    assert_eq!(post("suspend").0, 200);
+    assert_eq!(post("resume").0, 200);
+    assert_eq!(decide(&s, &c, &search_request(&mandate))["decision"], true);
+    let (st, first) = post("revoke");
+    assert_eq!((st, first["state"].as_str()), (200, Some("revoked")));
+    let (st, second) = post("revoke");
+    assert_eq!((st, second["state"].as_str()), (200, Some("revoked")));
+    assert_eq!(post("resume").0, 409);
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/amend"),
+        Some(&c.principal),
+        Some(&json!({"hard_expiry": "2098-01-01T00:00:00Z"})),
+    );
+    assert_eq!(st, 409);
+    assert_eq!(
+        reasons(&decide(&s, &c, &search_request(&mandate))),
+        ["revoked"]
+    );
+}
+
+#[test]
+fn an_amendment_supersedes_the_old_revision() {
+    let s = Server::start("amend");
+    let c = Cast::new(&s);
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let (id, old) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (st, a) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/amend"),
+        Some(&c.admin),
+        Some(&json!({"hard_expiry": "2098-01-01T00:00:00Z", "reason": "shorter"})),
+    );
+    assert_eq!(st, 200, "{a}");
+    assert_eq!(
+        reasons(&decide(&s, &c, &search_request(&old))),
+        ["superseded"]
+    );
+    assert_eq!(
+        decide(&s, &c, &search_request(a["mandate"].as_str().unwrap()))["decision"],
+        true
+    );
+}
+
+#[test]
+fn tenants_are_isolated_and_another_tenants_id_looks_like_none() {
+    let s = Server::start("tenants");
+    let c = Cast::new(&s);
+    let (id, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let other_admin = s.token("admin@globex.example", Role::Admin, "globex");
+    let other_enforcer = s.token("gw", Role::Enforcer, "globex");
+    let (st_other, body_other) = s.call(
+        "GET",
+        &format!("/v1/mandates/{id}"),
+        Some(&other_admin),
+        None,
+    );
+    let (st_none, body_none) = s.call(
+        "GET",
+        "/v1/mandates/mnd-does-not-exist",
+        Some(&other_admin),
+        None,
+    );
+    assert_eq!(
+        (st_other, &body_other["detail"]),
+        (st_none, &body_none["detail"])
+    );
+    assert_eq!(st_other, 404);
+    assert_eq!(
+        s.call(
+            "POST",
+            &format!("/v1/mandates/{id}/revoke"),
+            Some(&other_admin),
+            None
+        )
+        .0,
+        404
+    );
+    let (st, d) = s.call(
+        "POST",
+        "/access/v1/evaluation",
+        Some(&other_enforcer),
+        Some(&search_request(&mandate)),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(reasons(&d), ["unknown_mandate"]);
+    let (_, m) = s.call("GET", &format!("/v1/mandates/{id}"), Some(&c.admin), None);
+    assert_eq!(m["state"], "active");
+}
+
+#[test]
+fn unauthenticated_and_forged_callers_are_refused() {
+    let s = Server::start("authn");
+    let (st, e) = s.call("GET", "/v1/facts", None, None);
+    assert_eq!((st, e["code"].as_str()), (401, Some("unauthenticated")));
+    let forged = mandate_authority::auth::mint(
+        &agent_key(),
+        "admin@acme.example",
+        Role::Admin,
+        "acme",
+        mandate_authority::auth::now_secs(),
+        600,
+    );
+    assert_eq!(s.call("GET", "/v1/facts", Some(&forged), None).0, 401);
+    let (st, e) = s.call(
+        "POST",
+        "/v1/requests",
+        Some(&s.token("a", Role::Agent, "acme")),
+        Some(&json!({"principal": "x", "agent": {}})),
+    );
+    assert_eq!(st, 400);
+    assert!(e["detail"].as_str().unwrap().contains("agent"), "{e}");
+}
+
+#[test]
+fn a_revocation_cascades_to_a_child_derived_offline_and_registered() {
+    let s = Server::start("cascade");
+    let c = Cast::new(&s);
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let (id, root) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let spec: mandate_core::chain::ChildSpec = serde_json::from_value(json!({
+        "agent": {"id": "urn:agent:procurement/search@1", "instance": "inst-s"},
+        "authorization_details": [{"type": "vendor_portal", "locations": ["https://vendor-portal.example.com/search"],
+            "resource": {"category": "logistics", "region": "north-america"}, "actions": ["search"],
+            "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}],
+        "lifecycle": {"hard_expiry": "2098-01-01T00:00:00Z"},
+        "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+    })).unwrap();
+    let now =
+        mandate_core::timestamp::UnixTime::from_secs(mandate_authority::auth::now_secs()).unwrap();
+    let child = mandate_core::chain::derive_child(
+        &root,
+        &agent_key(),
+        &spec,
+        mandate_core::id::MandateId::new("mnd-child-1").unwrap(),
+        now,
+    )
+    .unwrap();
+    let (st, r) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/children"),
+        Some(&c.agent),
+        Some(&json!({"mandate": child})),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(decide(&s, &c, &search_request(&child))["decision"], true);
+    let (_, rv) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/revoke"),
+        Some(&c.principal),
+        None,
+    );
+    assert_eq!(rv["changed"], json!([id, "mnd-child-1"]));
+    let (_, m) = s.call("GET", "/v1/mandates/mnd-child-1", Some(&c.admin), None);
+    assert_eq!(m["state"], "revoked");
+    assert_eq!(
+        reasons(&decide(&s, &c, &search_request(&child))),
+        ["revoked"]
+    );
+}
+
+#[test]
+fn a_discovered_tool_is_granted_once_within_the_allowance_and_a_second_use_is_denied() {
+    let s = Server::start("discovery");
+    let c = Cast::new(&s);
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (st, e) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/discovery"),
+        Some(&c.agent),
+        Some(&json!({"type": "payments", "location": "https://pay.example.net/", "action": "pay"})),
+    );
+    assert_eq!(st, 403, "{e}");
+    let (st, g) = s.call("POST", &format!("/v1/mandates/{id}/discovery"), Some(&c.agent), Some(&json!({"type": "sanctions_screening", "location": "https://screening.example.net/v2/screen", "action": "screen_entity"})));
+    assert_eq!(st, 200, "{g}");
+    let once = g["mandate"].as_str().unwrap();
+    let screen = json!({
+        "subject": {"type": "agent", "id": "a", "properties": {"mandate": once}},
+        "action": {"name": "screen_entity"},
+        "resource": {"type": "sanctions_screening", "id": "https://screening.example.net/v2/screen"}
+    });
+    let first = decide(&s, &c, &screen);
+    assert_eq!(first["decision"], true, "{first}");
+    assert_eq!(reasons(&decide(&s, &c, &screen)), ["one_time_used"]);
+    // It cannot be delegated further.
+    let spec: mandate_core::chain::ChildSpec = serde_json::from_value(json!({
+        "agent": {"id": "urn:agent:sub@1", "instance": "i"},
+        "authorization_details": [{"type": "sanctions_screening", "locations": ["https://screening.example.net/v2/screen"], "actions": ["screen_entity"]}],
+        "lifecycle": {"hard_expiry": "2098-01-01T00:00:00Z", "one_time": true},
+        "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+    })).unwrap();
+    let now =
+        mandate_core::timestamp::UnixTime::from_secs(mandate_authority::auth::now_secs()).unwrap();
+    assert!(
+        mandate_core::chain::derive_child(
+            once,
+            &agent_key(),
+            &spec,
+            mandate_core::id::MandateId::new("mnd-x").unwrap(),
+            now
+        )
+        .is_err()
+    );
+    // The consume endpoint answers the same way.
+    let gid = g["mandate_id"].as_str().unwrap();
+    let (st, e) = s.call(
+        "POST",
+        &format!("/v1/mandates/{gid}/consume"),
+        Some(&c.enforcer),
+        None,
+    );
+    assert_eq!((st, e["code"].as_str()), (409, Some("one_time_used")));
+}
+
+#[test]
+fn no_allow_is_returned_for_a_decision_that_starts_after_the_revocation_was_acknowledged() {
+    let s = std::sync::Arc::new(Server::start("race"));
+    let c = std::sync::Arc::new(Cast::new(&s));
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let (id, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let revoked_at = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (s, c, m, r) = (s.clone(), c.clone(), mandate.clone(), revoked_at.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut late_allows = 0;
+            let mut denies = 0;
+            for _ in 0..60 {
+                let started = std::time::Instant::now();
+                let d = decide(&s, &c, &search_request(&m));
+                let ack = *r.lock().unwrap();
+                if d["decision"] == true && ack.is_some_and(|a| started > a) {
+                    late_allows += 1;
+                }
+                if d["decision"] == false {
+                    denies += 1;
+                }
+            }
+            (late_allows, denies)
+        }));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/revoke"),
+        Some(&c.principal),
+        None,
+    );
+    *revoked_at.lock().unwrap() = Some(std::time::Instant::now());
+    assert_eq!(st, 200);
+    let mut total_denies = 0;
+    for w in workers {
+        let (late, denies) = w.join().unwrap();
+        assert_eq!(
+            late, 0,
+            "an allow was returned for a decision started after the revocation"
+        );
+        total_denies += denies;
+    }
+    assert!(
+        total_denies > 0,
+        "the decisions all finished before the revocation; the race was not exercised"
+    );
+    assert_eq!(
+        reasons(&decide(&s, &c, &search_request(&mandate))),
+        ["revoked"]
+    );
+}
+
+#[test]
+fn a_mandate_expires_at_its_hard_expiry_with_a_record_written_when_it_happens() {
+    let s = Server::start("expiry");
+    let c = Cast::new(&s);
+    let mut req = procurement_request("vp@acme.example");
+    let soon =
+        mandate_core::timestamp::UnixTime::from_secs(mandate_authority::auth::now_secs() + 2)
+            .unwrap();
+    req["lifecycle"]["hard_expiry"] = json!(soon);
+    let (id, _) = grant(&s, &c, &req);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, m) = s.call("GET", &format!("/v1/mandates/{id}"), Some(&c.admin), None);
+        if m["state"] == "expired" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not expired: {m}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let at: i64 = conn
+        .query_row(
+            "SELECT at_ms FROM audit WHERE kind = 'expired' AND mandate_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        at >= soon.secs() * 1000,
+        "the expired record predates the expiry"
+    );
+}

@@ -1,0 +1,316 @@
+//! A real server on a loopback port, a minimal HTTP/1.1 client, and the
+//! mandates the scenarios use.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mandate_authority::auth::{Role, mint, now_secs};
+use mandate_authority::config::WebhookSource;
+use mandate_authority::state::{issuer_key_path, load_or_create_key};
+use mandate_authority::{AppState, Config};
+use mandate_core::keys::{Algorithm, SigningKey};
+use serde_json::{Value, json};
+
+pub const WEBHOOK_SECRET: &str = "a-webhook-secret-of-some-length";
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "mandate-authority-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Server {
+    pub fn start(name: &str) -> Self {
+        Self::start_in(temp_dir(name))
+    }
+
+    pub fn start_in(dir: PathBuf) -> Self {
+        let secret = dir.join("github.secret");
+        std::fs::write(&secret, WEBHOOK_SECRET).unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.join("data"),
+            issuer: Some("https://mandate.test".into()),
+            webhook: vec![WebhookSource {
+                name: "github".into(),
+                tenant: "acme".into(),
+                secret_file: secret,
+            }],
+            ..Config::default()
+        };
+        let state = AppState::open(config).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let st = Arc::clone(&state);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                mandate_authority::serve(st, listener, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr = rx.recv().unwrap();
+        Server {
+            addr,
+            dir,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn token(&self, sub: &str, role: Role, tenant: &str) -> String {
+        let key = load_or_create_key(&issuer_key_path(&self.data_dir())).unwrap();
+        mint(&key, sub, role, tenant, now_secs(), 600)
+    }
+
+    pub fn stop(mut self) -> PathBuf {
+        self.shutdown();
+        self.dir.clone()
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let body = body.map(Value::to_string);
+        let mut extra = Vec::new();
+        if let Some(t) = token {
+            extra.push(("Authorization".to_owned(), format!("Bearer {t}")));
+        }
+        self.raw(method, path, &extra, body.as_deref().unwrap_or(""))
+    }
+
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &str,
+    ) -> (u16, Value) {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let text = String::from_utf8_lossy(&resp);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
+        (status, value)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn agent_key() -> SigningKey {
+    SigningKey::from_seed(Algorithm::EdDSA, [2; 32])
+}
+
+/// The procurement mandate as an agent's request, addressed to `principal`.
+pub fn procurement_request(principal: &str) -> Value {
+    let c: Value = serde_json::from_str(include_str!(
+        "../../../../testdata/procurement-mandate.json"
+    ))
+    .unwrap();
+    json!({
+        "principal": principal,
+        "agent": {"id": c["agent"]["id"], "instance": c["agent"]["instance"], "cnf": {"jwk": agent_key().public_jwk()}},
+        "purpose": c["purpose"],
+        "authorization_details": c["authorization_details"],
+        "conditions": c["conditions"],
+        "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z",
+            "terminal_events": [{"type": "contingency_program.cancelled", "subject": "program:contingency-q4"}]},
+        "delegation": c["delegation"],
+        "discovery": {"types": ["sanctions_screening"], "locations": ["https://screening.example.net/v2"],
+            "actions": ["screen_entity"], "max_lifetime_secs": 300}
+    })
+}
+
+/// The code agent's PR-watching request.
+pub fn pr_request(principal: &str, pr: u32) -> Value {
+    json!({
+        "principal": principal,
+        "agent": {"id": "urn:agent:code/pr-watcher@1.0", "instance": "inst-1", "cnf": {"jwk": agent_key().public_jwk()}},
+        "purpose": {"objective": format!("Watch PR #{pr} and announce its merge"), "business_context": "Release 4.2"},
+        "authorization_details": [{"type": "github_pull_request", "locations": ["https://api.github.com/repos/acme/app"],
+            "resource": {"repo": "acme/app", "number": pr}, "actions": ["read"]}],
+        "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z",
+            "terminal_events": [{"type": "pull_request.merged", "subject": format!("github:acme/app#{pr}")}]},
+        "token_binding": {"access_token_sha256": mandate_core::hash::sha256_b64(b"gho_still_valid")},
+        "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+    })
+}
+
+pub fn search_request(mandate: &str) -> Value {
+    json!({
+        "subject": {"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2", "properties": {"mandate": mandate}},
+        "action": {"name": "search"},
+        "resource": {"type": "vendor_portal", "id": "https://vendor-portal.example.com/search",
+            "properties": {"category": "logistics", "region": "north-america",
+                "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}
+    })
+}
+
+pub fn read_pr(mandate: &str, pr: u32) -> Value {
+    json!({
+        "subject": {"type": "agent", "id": "urn:agent:code/pr-watcher@1.0", "properties": {"mandate": mandate, "access_token": "gho_still_valid"}},
+        "action": {"name": "read"},
+        "resource": {"type": "github_pull_request", "id": format!("https://api.github.com/repos/acme/app/pulls/{pr}"),
+            "properties": {"repo": "acme/app", "number": pr}}
+    })
+}
+
+/// Tokens for the usual cast in tenant `acme`.
+pub struct Cast {
+    pub agent: String,
+    pub principal: String,
+    pub admin: String,
+    pub enforcer: String,
+    pub events: String,
+}
+
+impl Cast {
+    pub fn new(s: &Server) -> Self {
+        Cast {
+            agent: s.token("agent-7", Role::Agent, "acme"),
+            principal: s.token("vp@acme.example", Role::Principal, "acme"),
+            admin: s.token("admin@acme.example", Role::Admin, "acme"),
+            enforcer: s.token("gateway-1", Role::Enforcer, "acme"),
+            events: s.token("crm", Role::EventSource, "acme"),
+        }
+    }
+}
+
+/// Request, approve; returns (mandate id, mandate).
+pub fn grant(s: &Server, c: &Cast, request: &Value) -> (String, String) {
+    let (st, r) = s.call("POST", "/v1/requests", Some(&c.agent), Some(request));
+    assert_eq!(st, 201, "{r}");
+    let id = r["id"].as_str().unwrap();
+    let (st, a) = s.call(
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        Some(&c.principal),
+        Some(&json!({"consent_sha256": r["consent_sha256"]})),
+    );
+    assert_eq!(st, 200, "{a}");
+    (
+        a["mandate_id"].as_str().unwrap().to_owned(),
+        a["mandate"].as_str().unwrap().to_owned(),
+    )
+}
+
+pub fn set_facts(s: &Server, c: &Cast, facts: &Value) {
+    let (st, r) = s.call("PUT", "/v1/facts", Some(&c.admin), Some(facts));
+    assert_eq!(st, 200, "{r}");
+}
+
+pub fn decide(s: &Server, c: &Cast, req: &Value) -> Value {
+    let (st, r) = s.call(
+        "POST",
+        "/access/v1/evaluation",
+        Some(&c.enforcer),
+        Some(req),
+    );
+    assert_eq!(st, 200, "{r}");
+    r
+}
+
+pub fn reasons(d: &Value) -> Vec<String> {
+    d["context"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub fn github_delivery(
+    s: &Server,
+    delivery: &str,
+    payload: &Value,
+    secret: Option<&str>,
+) -> (u16, Value) {
+    use hmac::Mac;
+    let body = payload.to_string();
+    let mut headers = vec![
+        ("X-GitHub-Event".to_owned(), "pull_request".to_owned()),
+        ("X-GitHub-Delivery".to_owned(), delivery.to_owned()),
+    ];
+    if let Some(secret) = secret {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        headers.push((
+            "X-Hub-Signature-256".to_owned(),
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        ));
+    }
+    s.raw("POST", "/v1/webhooks/github/github", &headers, &body)
+}
+
+pub fn merged(pr: u32) -> Value {
+    json!({"action": "closed", "number": pr,
+        "pull_request": {"number": pr, "merged": true, "merged_at": "2025-12-01T14:00:00Z"},
+        "repository": {"full_name": "acme/app"}})
+}
