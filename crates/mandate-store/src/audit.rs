@@ -345,3 +345,50 @@ pub fn all(conn: &Connection) -> Result<Vec<AuditRecord>, StoreError> {
     let rows = stmt.query_map([], row_to_record)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Whether the decision recorded at `seq` fell inside a valid mandate: for
+/// every mandate of its chain, the last lifecycle record before it. Returns
+/// the decision and, when the chain was not valid then, the record that had
+/// ended or suspended it.
+///
+/// # Errors
+/// When the query fails.
+pub fn decision_validity(
+    conn: &Connection,
+    seq: i64,
+) -> Result<Option<(AuditRecord, Option<AuditRecord>)>, StoreError> {
+    let decision = conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM audit WHERE seq = ?1 AND kind = 'decision'"),
+            params![seq],
+            row_to_record,
+        )
+        .optional()?;
+    let Some(decision) = decision else {
+        return Ok(None);
+    };
+    let chain: Vec<String> = decision
+        .body
+        .get("chain")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM audit WHERE seq < ?1 AND mandate_id = ?2
+         AND kind IN ('suspended', 'resumed', 'revoked', 'expired', 'completed', 'superseded')
+         ORDER BY seq DESC LIMIT 1"
+    ))?;
+    let mut invalid = None;
+    for id in &chain {
+        let last = stmt.query_row(params![seq, id], row_to_record).optional()?;
+        if let Some(r) = last.filter(|r| r.kind != "resumed") {
+            invalid = Some(r);
+            break;
+        }
+    }
+    Ok(Some((decision, invalid)))
+}

@@ -154,3 +154,30 @@ fn cutting_records_off_the_end_is_detected_by_the_signed_checkpoint() {
     assert!(!r.intact);
     assert!(r.first_problem.unwrap().1.contains("truncated"));
 }
+
+#[test]
+fn an_investigator_can_tell_whether_a_decision_fell_inside_a_valid_mandate() {
+    let s = Server::start("audit-inside");
+    traffic(&s);
+    let dir = s.stop();
+    let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
+    let decisions: Vec<i64> = audit::all(&conn)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "decision")
+        .map(|r| r.seq)
+        .collect();
+    let (_, first) = audit::decision_validity(&conn, decisions[0])
+        .unwrap()
+        .unwrap();
+    assert!(first.is_none(), "the first decision was inside the mandate");
+    let (last, ended_by) = audit::decision_validity(&conn, *decisions.last().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.body["decision"], "deny");
+    assert_eq!(ended_by.unwrap().kind, "revoked");
+    assert!(
+        audit::decision_validity(&conn, 1).unwrap().is_none(),
+        "record 1 is not a decision"
+    );
+}

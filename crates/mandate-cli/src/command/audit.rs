@@ -24,11 +24,14 @@ pub enum Command {
         #[arg(long, default_value = "mandate-data")]
         data_dir: PathBuf,
         /// The mandate.
-        #[arg(long)]
-        mandate: String,
+        #[arg(long, required_unless_present = "decision")]
+        mandate: Option<String>,
         /// Only the record that ended it and every decision attempted afterwards.
         #[arg(long)]
         after_end: bool,
+        /// Instead: whether the decision recorded at this sequence number fell inside a valid mandate.
+        #[arg(long, conflicts_with_all = ["mandate", "after_end"])]
+        decision: Option<i64>,
     },
     /// Every record, as JSON lines.
     Export {
@@ -81,8 +84,40 @@ pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
             data_dir,
             mandate,
             after_end,
+            decision,
         } => {
             let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
+            if let Some(seq) = decision {
+                let Some((d, invalid)) = audit::decision_validity(&conn, seq).map_err(store_err)?
+                else {
+                    return Err(CliError::input(
+                        "not_found",
+                        format!("--decision: record {seq} is not a decision"),
+                    ));
+                };
+                match out {
+                    Output::Json => print_json(
+                        &serde_json::json!({"decision": d, "inside_valid_mandate": invalid.is_none(), "invalidated_by": invalid}),
+                    ),
+                    Output::Text => match &invalid {
+                        None => println!(
+                            "INSIDE  decision {seq} ({}) fell inside a valid mandate",
+                            d.body
+                                .get("decision")
+                                .and_then(|v| v.as_str())
+                                .unwrap_or("?")
+                        ),
+                        Some(r) => println!(
+                            "AFTER END  decision {seq} came after record {} ({} of {})",
+                            r.seq,
+                            r.kind,
+                            r.mandate_id.as_deref().unwrap_or("?")
+                        ),
+                    },
+                }
+                return Ok(0);
+            }
+            let mandate = mandate.unwrap_or_default();
             if after_end {
                 let (ended, after) = audit::after_end(&conn, &mandate).map_err(store_err)?;
                 match out {
