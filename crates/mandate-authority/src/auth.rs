@@ -75,16 +75,18 @@ pub struct Caller {
     pub tenant: String,
 }
 
-/// Trusted issuers and their keys.
+/// Trusted issuers and their keys (replaced when a JWKS URL is fetched again).
 #[derive(Debug, Default)]
 pub struct Issuers {
-    keys: HashMap<String, KeySet>,
+    keys: std::sync::RwLock<HashMap<String, KeySet>>,
 }
 
 impl Issuers {
-    /// Trusts `iss` with these keys.
-    pub fn trust(&mut self, iss: &str, keys: KeySet) {
-        self.keys.insert(iss.to_owned(), keys);
+    /// Trusts `iss` with these keys (replacing any it had).
+    pub fn trust(&self, iss: &str, keys: KeySet) {
+        if let Ok(mut k) = self.keys.write() {
+            k.insert(iss.to_owned(), keys);
+        }
     }
 
     /// Verifies a bearer token: signature by a key of its (trusted) issuer,
@@ -98,17 +100,22 @@ impl Issuers {
             .map_err(|e| ApiError::unauthenticated(format!("token: {e}")))?;
         let claims: TokenClaims = serde_json::from_slice(&d.payload)
             .map_err(|e| ApiError::unauthenticated(format!("token: {e}")))?;
-        let keys = self
-            .keys
-            .get(&claims.iss)
-            .ok_or_else(|| ApiError::unauthenticated("token: untrusted issuer"))?;
         let kid = d
             .kid
             .as_deref()
             .ok_or_else(|| ApiError::unauthenticated("token: kid missing"))?;
-        let key = keys
-            .get(kid)
-            .ok_or_else(|| ApiError::unauthenticated("token: unknown kid"))?;
+        let key = {
+            let all = self
+                .keys
+                .read()
+                .map_err(|_| ApiError::internal("issuer keys lock poisoned"))?;
+            let keys = all
+                .get(&claims.iss)
+                .ok_or_else(|| ApiError::unauthenticated("token: untrusted issuer"))?;
+            keys.get(kid)
+                .cloned()
+                .ok_or_else(|| ApiError::unauthenticated("token: unknown kid"))?
+        };
         if key.algorithm() != d.alg || !key.verify(d.signing_input.as_bytes(), &d.signature) {
             return Err(ApiError::unauthenticated(
                 "token: signature does not verify",

@@ -18,7 +18,59 @@ pub struct TrustedIssuer {
     /// Its `iss`.
     pub iss: String,
     /// Its JWKS, as a file.
-    pub jwks_file: PathBuf,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Its JWKS, by URL (`https://`, or `http://` on loopback only);
+    /// fetched at start and every `jwks_refresh_secs`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+}
+
+impl TrustedIssuer {
+    /// Reads or fetches the issuer's keys.
+    ///
+    /// # Errors
+    /// A message naming what failed.
+    pub fn load_keys(&self) -> Result<mandate_core::keys::KeySet, String> {
+        let bytes = match (&self.jwks_file, &self.jwks_url) {
+            (Some(f), None) => std::fs::read(f).map_err(|e| format!("`{}`: {e}", f.display()))?,
+            (None, Some(u)) => fetch(u)?,
+            _ => return Err("exactly one of jwks_file and jwks_url".into()),
+        };
+        let jwks: mandate_core::keys::Jwks =
+            mandate_core::json::from_slice_strict(&bytes).map_err(|e| e.to_string())?;
+        mandate_core::keys::KeySet::from_jwks(&jwks).map_err(|(k, e)| format!("keys[{k}]: {e}"))
+    }
+}
+
+/// Whether a JWKS URL may be used: https, or http to a loopback host.
+#[must_use]
+pub fn acceptable_jwks_url(u: &str) -> bool {
+    if u.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = u.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+fn fetch(url: &str) -> Result<Vec<u8>, String> {
+    if !acceptable_jwks_url(url) {
+        return Err(format!("`{url}` must be https (or http on loopback)"));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().map_err(|e| format!("`{url}`: {e}"))?;
+    resp.body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_vec()
+        .map_err(|e| format!("`{url}`: {e}"))
 }
 
 /// A webhook source (e.g. a GitHub App) and its HMAC secret.
@@ -58,6 +110,13 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
+    /// How often JWKS URLs are fetched again, in seconds.
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh_secs: u64,
+}
+
+fn default_refresh() -> u64 {
+    300
 }
 
 fn default_listen() -> String {
@@ -83,6 +142,7 @@ impl Default for Config {
             local_issuer: true,
             webhook: Vec::new(),
             body_limit: default_body_limit(),
+            jwks_refresh_secs: default_refresh(),
         }
     }
 }
@@ -143,6 +203,9 @@ impl Config {
     /// The first wrong setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if !(10..=86_400).contains(&self.jwks_refresh_secs) {
+            return Err(err("jwks_refresh_secs", "must be between 10 and 86400"));
+        }
         if self.body_limit < 1024 || self.body_limit > 16 << 20 {
             return Err(err("body_limit", "must be between 1024 and 16777216 bytes"));
         }
@@ -159,11 +222,26 @@ impl Config {
                     "must be a non-empty issuer other than the local one",
                 ));
             }
-            if !t.jwks_file.is_file() {
-                return Err(err(
-                    format!("trusted_issuer[{i}].jwks_file"),
-                    format!("`{}` is not a readable file", t.jwks_file.display()),
-                ));
+            match (&t.jwks_file, &t.jwks_url) {
+                (Some(f), None) if !f.is_file() => {
+                    return Err(err(
+                        format!("trusted_issuer[{i}].jwks_file"),
+                        format!("`{}` is not a readable file", f.display()),
+                    ));
+                }
+                (None, Some(u)) if !acceptable_jwks_url(u) => {
+                    return Err(err(
+                        format!("trusted_issuer[{i}].jwks_url"),
+                        format!("`{u}` must be https (or http on loopback)"),
+                    ));
+                }
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(err(
+                        format!("trusted_issuer[{i}]"),
+                        "give exactly one of jwks_file and jwks_url",
+                    ));
+                }
             }
         }
         let mut names = std::collections::HashSet::new();

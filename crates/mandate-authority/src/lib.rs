@@ -70,6 +70,26 @@ pub async fn expire_due(state: &AppState) -> Result<usize, error::ApiError> {
     Ok(changed.len())
 }
 
+/// Fetches every JWKS URL again; a failed fetch keeps the keys it had.
+pub async fn refresh_issuer_keys(state: &Arc<AppState>) {
+    for t in state
+        .config
+        .trusted_issuer
+        .iter()
+        .filter(|t| t.jwks_url.is_some())
+        .cloned()
+    {
+        let loaded = tokio::task::spawn_blocking(move || (t.iss.clone(), t.load_keys())).await;
+        match loaded {
+            Ok((iss, Ok(keys))) => state.issuers.trust(&iss, keys),
+            Ok((iss, Err(e))) => {
+                tracing::warn!(%iss, error = %e, "JWKS refresh failed; keeping the previous keys")
+            }
+            Err(e) => tracing::warn!(error = %e, "JWKS refresh task failed"),
+        }
+    }
+}
+
 /// Serves on an already-bound listener until `shutdown` resolves, then
 /// stops accepting, finishes in-flight requests, and closes the store after
 /// every queued write is committed.
@@ -91,10 +111,19 @@ pub async fn serve(
             }
         }
     });
+    let refresh_state = Arc::clone(&state);
+    let refresher = tokio::spawn(async move {
+        let every = Duration::from_secs(refresh_state.config.jwks_refresh_secs);
+        loop {
+            tokio::time::sleep(every).await;
+            refresh_issuer_keys(&refresh_state).await;
+        }
+    });
     let result = axum::serve(listener, app(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown)
         .await;
     clock.abort();
+    refresher.abort();
     state.store.close();
     result
 }

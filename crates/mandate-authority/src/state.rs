@@ -124,7 +124,7 @@ impl AppState {
         let issuer = config.issuer();
         let verifier = Verifier::new(keys).with_issuer(issuer.clone());
 
-        let mut issuers = Issuers::default();
+        let issuers = Issuers::default();
         if config.local_issuer {
             let local = load_or_create_key(&issuer_key_path(&dir))?;
             let mut ks = KeySet::new();
@@ -132,12 +132,14 @@ impl AppState {
             issuers.trust(LOCAL_ISSUER, ks);
         }
         for (i, t) in config.trusted_issuer.iter().enumerate() {
-            let bytes = std::fs::read(&t.jwks_file)
-                .map_err(|e| format!("trusted_issuer[{i}].jwks_file: {e}"))?;
-            let jwks = mandate_core::json::from_slice_strict(&bytes)
-                .map_err(|e| format!("trusted_issuer[{i}].jwks_file: {e}"))?;
-            let ks = KeySet::from_jwks(&jwks)
-                .map_err(|(k, e)| format!("trusted_issuer[{i}].jwks_file: keys[{k}]: {e}"))?;
+            let field = if t.jwks_url.is_some() {
+                "jwks_url"
+            } else {
+                "jwks_file"
+            };
+            let ks = t
+                .load_keys()
+                .map_err(|e| format!("trusted_issuer[{i}].{field}: {e}"))?;
             issuers.trust(&t.iss, ks);
         }
         let mut webhooks = HashMap::new();

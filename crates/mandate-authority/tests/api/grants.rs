@@ -489,3 +489,77 @@ fn a_mandate_expires_at_its_hard_expiry_with_a_record_written_when_it_happens() 
         "the expired record predates the expiry"
     );
 }
+
+#[test]
+fn an_enterprise_idp_is_trusted_by_its_jwks_url_and_its_rotated_keys_are_picked_up() {
+    use mandate_core::keys::{Algorithm, SigningKey};
+    // The IdP: a JWKS served over loopback HTTP, whose key can be rotated.
+    let jwks = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let idp_key = SigningKey::from_seed(Algorithm::EdDSA, [41; 32]).with_kid("idp-1");
+    let rotated = SigningKey::from_seed(Algorithm::EdDSA, [42; 32]).with_kid("idp-2");
+    *jwks.lock().unwrap() = json!({"keys": [idp_key.public_jwk()]}).to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let served = jwks.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let body = served.lock().unwrap().clone();
+            let _ = std::io::Write::write_all(&mut stream, format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes());
+        }
+    });
+    let dir = temp_dir("idp");
+    let config = mandate_authority::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.join("data"),
+        trusted_issuer: vec![mandate_authority::config::TrustedIssuer {
+            iss: "https://idp.acme.example".into(),
+            jwks_file: None,
+            jwks_url: Some(url),
+        }],
+        ..mandate_authority::Config::default()
+    };
+    let state = mandate_authority::AppState::open(config).unwrap();
+    let now = mandate_authority::auth::now_secs();
+    let token = |key: &SigningKey| {
+        let claims = json!({"iss": "https://idp.acme.example", "sub": "vp@acme.example", "aud": "mandate", "iat": now, "exp": now + 600, "role": "principal", "tenant": "acme"});
+        mandate_core::jws::sign(key, "JWT", claims.to_string().as_bytes())
+    };
+    let caller = state.issuers.verify(&token(&idp_key), now).unwrap();
+    assert_eq!(
+        (caller.sub.as_str(), caller.role),
+        ("vp@acme.example", Role::Principal)
+    );
+    assert_eq!(
+        state
+            .issuers
+            .verify(&token(&rotated), now)
+            .unwrap_err()
+            .status,
+        401
+    );
+    *jwks.lock().unwrap() = json!({"keys": [rotated.public_jwk()]}).to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(mandate_authority::refresh_issuer_keys(&state));
+    assert!(state.issuers.verify(&token(&rotated), now).is_ok());
+    assert_eq!(
+        state
+            .issuers
+            .verify(&token(&idp_key), now)
+            .unwrap_err()
+            .status,
+        401
+    );
+    // A plain-HTTP JWKS anywhere but loopback is refused before start.
+    assert!(!mandate_authority::config::acceptable_jwks_url(
+        "http://idp.example.com/jwks"
+    ));
+    assert!(mandate_authority::config::acceptable_jwks_url(
+        "https://idp.example.com/jwks"
+    ));
+}
