@@ -563,3 +563,58 @@ fn an_enterprise_idp_is_trusted_by_its_jwks_url_and_its_rotated_keys_are_picked_
         "https://idp.example.com/jwks"
     ));
 }
+
+#[test]
+fn the_openapi_document_describes_every_route() {
+    let s = Server::start("openapi");
+    let (st, doc) = s.call("GET", "/openapi.json", None, None);
+    assert_eq!(st, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    let source = include_str!("../../src/routes/mod.rs");
+    let mut routes = 0;
+    for after in source.split(".route(").skip(1) {
+        let path = after.split('"').nth(1).unwrap();
+        assert!(paths.contains_key(path), "openapi.json lacks {path}");
+        routes += 1;
+    }
+    assert_eq!(routes, paths.len(), "openapi.json names a route the router does not have");
+    let (st, cfg) = s.call("GET", "/.well-known/authzen-configuration", None, None);
+    assert_eq!(st, 200);
+    assert_eq!(cfg["access_evaluation_endpoint"], "https://mandate.test/access/v1/evaluation");
+    let (st, m) = s.call("GET", "/metrics", None, None);
+    assert_eq!(st, 200);
+    assert!(m.as_str().unwrap().contains("mandate_decisions_total"));
+}
+
+#[test]
+fn an_oversized_body_is_refused_with_413() {
+    let s = Server::start("limit");
+    let c = Cast::new(&s);
+    let big = json!({"blob": "x".repeat(300 * 1024)});
+    let (st, _) = s.call("PUT", "/v1/facts", Some(&c.admin), Some(&big));
+    assert_eq!(st, 413);
+}
+
+#[test]
+fn a_batch_of_evaluations_follows_its_semantics() {
+    let s = Server::start("batch");
+    let c = Cast::new(&s);
+    set_facts(&s, &c, &json!({"procurement": {"contingency_program": {"status": "active"}}}));
+    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let base = search_request(&mandate);
+    let batch = |semantic: &str| {
+        json!({
+            "subject": base["subject"], "resource": base["resource"],
+            "evaluations": [{"action": {"name": "delete_vendor"}}, {"action": {"name": "search"}}, {"action": {"name": "view_profile"}}],
+            "options": {"evaluations_semantic": semantic}
+        })
+    };
+    let run = |semantic: &str| {
+        let (st, r) = s.call("POST", "/access/v1/evaluations", Some(&c.enforcer), Some(&batch(semantic)));
+        assert_eq!(st, 200, "{r}");
+        r["evaluations"].as_array().unwrap().iter().map(|e| e["decision"] == true).collect::<Vec<_>>()
+    };
+    assert_eq!(run("execute_all"), [false, true, true]);
+    assert_eq!(run("deny_on_first_deny"), [false]);
+    assert_eq!(run("permit_on_first_permit"), [false, true]);
+}
