@@ -415,3 +415,31 @@ fn a_root_mandate_made_by_the_cli_verifies_with_pyjwt() {
         assert_eq!(code(&out), Some(1), "PyJWT accepted a tampered {alg} root");
     }
 }
+
+#[test]
+fn the_readme_authority_quick_start_shows_what_the_server_answers() {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/authority-quickstart.sh"))
+        .env("MANDATE_BIN", bin())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- authority-quickstart:begin -->")
+        .nth(1)
+        .and_then(|s| s.split("<!-- authority-quickstart:end -->").next())
+        .expect("README.md has an authority quick start block");
+    let shown: String = block
+        .lines()
+        .filter(|l| !l.starts_with("```"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        shown.trim(),
+        stdout(&out).trim(),
+        "README authority quick start drifted from scripts/authority-quickstart.sh"
+    );
+    assert!(stdout(&out).contains("ALLOW"));
+    assert!(stdout(&out).contains("DENY completed"));
+}

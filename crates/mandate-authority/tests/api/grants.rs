@@ -577,10 +577,17 @@ fn the_openapi_document_describes_every_route() {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
         routes += 1;
     }
-    assert_eq!(routes, paths.len(), "openapi.json names a route the router does not have");
+    assert_eq!(
+        routes,
+        paths.len(),
+        "openapi.json names a route the router does not have"
+    );
     let (st, cfg) = s.call("GET", "/.well-known/authzen-configuration", None, None);
     assert_eq!(st, 200);
-    assert_eq!(cfg["access_evaluation_endpoint"], "https://mandate.test/access/v1/evaluation");
+    assert_eq!(
+        cfg["access_evaluation_endpoint"],
+        "https://mandate.test/access/v1/evaluation"
+    );
     let (st, m) = s.call("GET", "/metrics", None, None);
     assert_eq!(st, 200);
     assert!(m.as_str().unwrap().contains("mandate_decisions_total"));
@@ -599,7 +606,11 @@ fn an_oversized_body_is_refused_with_413() {
 fn a_batch_of_evaluations_follows_its_semantics() {
     let s = Server::start("batch");
     let c = Cast::new(&s);
-    set_facts(&s, &c, &json!({"procurement": {"contingency_program": {"status": "active"}}}));
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
     let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
     let base = search_request(&mandate);
     let batch = |semantic: &str| {
@@ -610,9 +621,19 @@ fn a_batch_of_evaluations_follows_its_semantics() {
         })
     };
     let run = |semantic: &str| {
-        let (st, r) = s.call("POST", "/access/v1/evaluations", Some(&c.enforcer), Some(&batch(semantic)));
+        let (st, r) = s.call(
+            "POST",
+            "/access/v1/evaluations",
+            Some(&c.enforcer),
+            Some(&batch(semantic)),
+        );
         assert_eq!(st, 200, "{r}");
-        r["evaluations"].as_array().unwrap().iter().map(|e| e["decision"] == true).collect::<Vec<_>>()
+        r["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["decision"] == true)
+            .collect::<Vec<_>>()
     };
     assert_eq!(run("execute_all"), [false, true, true]);
     assert_eq!(run("deny_on_first_deny"), [false]);

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The README's authority quick start: serve, mint tokens, request -> approve ->
+# decide ALLOW -> post the business event -> decide DENY -> verify the audit.
+# Prints each step and the fields of the real responses that do not change
+# from run to run (ids and times do). A CLI test compares this output with the
+# README block.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -z "${MANDATE_BIN:-}" ]; then
+  cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
+  MANDATE_BIN="$root/target/release/mandate"
+fi
+bindir="$(mktemp -d)"; work="$(mktemp -d)"
+ln -s "$MANDATE_BIN" "$bindir/mandate"
+export PATH="$bindir:$PATH"
+cd "$work"
+cp "$root"/testdata/examples/{authority-request.json,facts-active.json,event-cancelled.json} .
+server=""
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$bindir"; }
+trap cleanup EXIT
+
+field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
+api() { # METHOD PATH TOKEN [BODY-FILE]
+  local args=(-s -X "$1" "http://$addr$2" -H "Authorization: Bearer $3" -H 'content-type: application/json')
+  [ $# -ge 4 ] && args+=(--data "@$4")
+  curl "${args[@]}"
+}
+
+echo '$ mandate serve --data-dir data --listen 127.0.0.1:0 &'
+mandate serve --data-dir data --listen 127.0.0.1:0 2> serve.log &
+server=$!
+for _ in $(seq 100); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
+addr="$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' serve.log)"
+echo '$ mandate token --data-dir data --sub ... --role agent|principal|admin|enforcer|event_source'
+agent=$(mandate token --data-dir data --sub agent-7 --role agent)
+principal=$(mandate token --data-dir data --sub vp-supply-chain@example.com --role principal)
+admin=$(mandate token --data-dir data --sub admin@example.com --role admin)
+enforcer=$(mandate token --data-dir data --sub gateway-1 --role enforcer)
+events=$(mandate token --data-dir data --sub crm --role event_source)
+
+echo '$ curl -X POST /v1/requests            # agent asks for the procurement mandate'
+r=$(api POST /v1/requests "$agent" authority-request.json)
+echo "$r" | field '"state: " + d["state"]'
+rid=$(echo "$r" | field 'd["id"]')
+echo '$ curl -X POST /v1/requests/$ID/approve # principal approves what was shown'
+a=$(api POST "/v1/requests/$rid/approve" "$principal")
+echo "$a" | field '"state: " + d["state"] + ", mandate signed: " + str(d["mandate"].count(".") == 2)'
+python3 -c 'import json,sys; a=json.loads(sys.argv[1]); json.dump({"subject":{"type":"agent","id":"urn:agent:procurement/vendor-sourcing@3.2","properties":{"mandate":a["mandate"]}},"action":{"name":"search"},"resource":{"type":"vendor_portal","id":"https://vendor-portal.example.com/search","properties":{"category":"logistics","region":"north-america","contract_template":"standard-logistics-v3","spend_tier":"pre-approved"}}}, open("decide.json","w"))' "$a"
+echo '$ curl -X PUT /v1/facts                 # admin: the contingency program is active'
+api PUT /v1/facts "$admin" facts-active.json | field '"facts version: " + str(d["version"])'
+echo '$ curl -X POST /access/v1/evaluation    # enforcer asks before the agent searches'
+api POST /access/v1/evaluation "$enforcer" decide.json | field '(("ALLOW" if d["decision"] else "DENY") + " " + ", ".join(d["context"]["reasons"])).strip()'
+echo '$ curl -X POST /v1/events               # the CRM reports the program was cancelled'
+api POST /v1/events "$events" event-cancelled.json | field '"mandates ended: " + str(len(d["changed"]))'
+echo '$ curl -X POST /access/v1/evaluation    # the same request, a moment later'
+api POST /access/v1/evaluation "$enforcer" decide.json | field '(("ALLOW" if d["decision"] else "DENY") + " " + ", ".join(d["context"]["reasons"])).strip()'
+kill "$server"; wait "$server" 2>/dev/null || true; server=""
+echo '$ mandate audit verify --data-dir data'
+mandate --output json audit verify --data-dir data | field '("INTACT" if d["intact"] else "BROKEN") + " " + str(d["records"]) + " records"'
+echo '$ mandate audit query --data-dir data --mandate $MANDATE --after-end'
+mid=$(echo "$a" | field 'd["mandate_id"]')
+mandate --output json audit query --data-dir data --mandate "$mid" --after-end \
+  | field '"ended by: " + d["ended_by"]["kind"] + " (" + d["ended_by"]["body"]["by"] + "); attempts after the end: " + str(len(d["after_end"])) + ", all " + ", ".join(sorted({r["body"]["decision"] for r in d["after_end"]}))'
