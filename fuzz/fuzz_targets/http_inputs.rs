@@ -1,0 +1,29 @@
+//! The authority's other untrusted inputs: caller tokens, GitHub webhook
+//! deliveries (signature and payload), mandate requests and events. None
+//! may panic; a token or signature made of fuzz bytes never verifies.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mandate_authority::auth::Issuers;
+use mandate_authority::routes::events::{Event, github_event, github_signature_ok};
+use mandate_authority::routes::requests::MandateRequest;
+use mandate_core::json::from_slice_strict;
+use mandate_core::keys::{Algorithm, KeySet, SigningKey};
+
+fuzz_target!(|data: &[u8]| {
+    let issuers = Issuers::default();
+    let mut keys = KeySet::new();
+    if let Ok(k) = SigningKey::from_seed(Algorithm::EdDSA, [3; 32]).verifying_key() {
+        keys.insert(k);
+    }
+    issuers.trust("mandate-local", keys);
+    if let Ok(text) = std::str::from_utf8(data) {
+        assert!(issuers.verify(text, 1_700_000_000).is_err());
+        assert!(!github_signature_ok(b"a-webhook-secret-of-some-length", data, Some(text)));
+    }
+    if let Ok(payload) = from_slice_strict::<serde_json::Value>(data) {
+        let _ = github_event("pull_request", "fuzz", &payload);
+    }
+    let _ = from_slice_strict::<MandateRequest>(data);
+    let _ = from_slice_strict::<Event>(data);
+});
