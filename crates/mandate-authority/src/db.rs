@@ -142,6 +142,13 @@ pub fn insert_mandate(tx: &mut Tx<'_>, m: &NewMandate<'_>) -> Result<(), StoreEr
             "hard_expiry": m.claims.lifecycle.hard_expiry, "details": m.details,
         }),
     )?;
+    crate::signals::emit(
+        tx,
+        m.tenant,
+        "issued",
+        Some(id),
+        &json!({"mandate_id": id, "state": "active", "parent": m.parent}),
+    )?;
     Ok(())
 }
 
@@ -214,6 +221,13 @@ fn set_state(
         kind,
         Some(id),
         json!({"from": state_name(from), "by": by, "reason": reason, "cascade_from": cascade_from}),
+    )?;
+    crate::signals::emit(
+        tx,
+        tenant,
+        kind,
+        Some(id),
+        &json!({"mandate_id": id, "state": state_name(to), "previous_state": state_name(from), "reason": reason, "cascade_from": cascade_from}),
     )?;
     if let Ok(mid) = MandateId::new(id) {
         changed.push(mid);

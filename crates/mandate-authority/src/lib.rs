@@ -17,8 +17,10 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod push;
 pub mod registry;
 pub mod routes;
+pub mod signals;
 pub mod state;
 
 pub use config::Config;
@@ -111,6 +113,7 @@ pub async fn serve(
             }
         }
     });
+    push::spawn_all(&state);
     let refresh_state = Arc::clone(&state);
     let refresher = tokio::spawn(async move {
         let every = Duration::from_secs(refresh_state.config.jwks_refresh_secs);

@@ -52,6 +52,8 @@ pub struct AppState {
     pub registry: RwLock<Registry>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// Woken after every commit that may have emitted signals.
+    pub signals: tokio::sync::Notify,
 }
 
 /// The authority's key file in a data directory.
@@ -164,6 +166,7 @@ impl AppState {
             webhooks,
             registry: RwLock::new(registry),
             metrics: Metrics::default(),
+            signals: tokio::sync::Notify::new(),
         }))
     }
 
@@ -172,6 +175,7 @@ impl AppState {
     /// # Errors
     /// 500 when the store cannot be read.
     pub fn refresh(&self, ids: &[MandateId]) -> Result<(), ApiError> {
+        self.signals.notify_waiters();
         let mut reg = self
             .registry
             .write()

@@ -76,6 +76,24 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS signals (
+    tenant TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    mandate_id TEXT,
+    body TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, seq)
+);
+CREATE TABLE IF NOT EXISTS streams (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
 ";
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -84,6 +84,13 @@ pub async fn apply(
                 return Ok((true, Vec::new(), None));
             }
             tx.audit(Some(&tenant2), "event", None, json!({"id": ev2.id, "type": ev2.type_, "subject": ev2.subject, "occurred_ms": occurred, "source": source2}))?;
+            crate::signals::emit(
+                tx,
+                &tenant2,
+                "business-event",
+                None,
+                &json!({"type": ev2.type_, "subject": ev2.subject, "occurred_ms": occurred}),
+            )?;
             let mut facts = None;
             if let Some(p) = &ev2.facts {
                 let (mut doc, _) = read_facts(tx.conn(), &tenant2)?;

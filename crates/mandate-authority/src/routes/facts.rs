@@ -77,6 +77,13 @@ pub fn write_facts(
         None,
         json!({"version": next, "by": by, "cause": cause, "facts": doc}),
     )?;
+    crate::signals::emit(
+        tx,
+        tenant,
+        "facts-changed",
+        None,
+        &json!({"version": next, "facts": doc}),
+    )?;
     Ok(next)
 }
 
@@ -194,6 +201,7 @@ async fn set(
         })?;
     let facts = Facts::from_json(doc.clone()).map_err(ApiError::internal)?;
     s.with_registry_mut(|r| crate::registry::set_facts(r, &caller.tenant, facts))?;
+    s.signals.notify_waiters();
     let changed = reevaluate(&s, &caller.tenant).await?;
     Ok(Json(
         json!({"facts": doc, "version": version, "changed": changed}),

@@ -499,6 +499,7 @@ pub fn consume_in(
     )?;
     if n == 1 {
         tx.audit(Some(tenant), "consumed", Some(id), json!({"by": by}))?;
+        crate::signals::emit(tx, tenant, "consumed", Some(id), &json!({"mandate_id": id}))?;
     }
     Ok(n == 1)
 }

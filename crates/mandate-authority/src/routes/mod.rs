@@ -14,6 +14,7 @@ pub mod facts;
 pub mod lifecycle;
 pub mod ops;
 pub mod requests;
+pub mod ssf;
 
 /// The router over shared state.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -29,6 +30,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/access/v1/evaluation", post(authzen::evaluation))
         .route("/access/v1/evaluations", post(authzen::evaluations))
+        .route("/.well-known/ssf-configuration", get(ssf::configuration))
+        .route(
+            "/ssf/streams",
+            post(ssf::create)
+                .get(ssf::read)
+                .patch(ssf::update)
+                .put(ssf::replace)
+                .delete(ssf::delete),
+        )
+        .route("/ssf/status", get(ssf::status).post(ssf::set_status))
+        .route("/ssf/subjects/add", post(ssf::add_subject))
+        .route("/ssf/subjects/remove", post(ssf::remove_subject))
+        .route("/ssf/verify", post(ssf::verify))
+        .route("/ssf/poll/{id}", post(ssf::poll))
+        .route("/ssf/streams/{id}/snapshot", get(ssf::snapshot))
         .route("/v1/requests", post(requests::create))
         .route("/v1/requests/{id}", get(requests::show))
         .route("/v1/requests/{id}/approve", post(requests::approve))
