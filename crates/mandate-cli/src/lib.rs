@@ -54,6 +54,8 @@ enum Command {
     Evaluate(command::evaluate::Args),
     /// Runs the authority service (embedded SQLite; keys created on first start).
     Serve(command::serve::Args),
+    /// Runs the gateway: a reverse proxy (and nginx `auth_request` endpoint) deciding locally.
+    Gateway(command::gateway::Args),
     /// Mints a short-lived caller token from the local identity issuer.
     Token(command::token::Args),
     /// Verifies, queries or exports the audit log.
@@ -87,6 +89,7 @@ where
         Command::Evaluate(a) => command::evaluate::run(a, out),
         Command::Serve(a) => command::serve::run(a, out),
         Command::Token(a) => command::token::run(a, out),
+        Command::Gateway(a) => command::gateway::run(a, out),
         Command::Audit(c) => command::audit::run(c, out),
     };
     match result {

@@ -18,6 +18,10 @@ const MIN: i64 = 0;
 const MAX: i64 = 253_402_300_799;
 
 impl UnixTime {
+    /// 1970-01-01T00:00:00Z. Before every mandate's `nbf`, so a decision at
+    /// this time denies: the fallback when a clock cannot be read.
+    pub const EPOCH: UnixTime = UnixTime(0);
+
     /// A time from seconds since the epoch.
     ///
     /// # Errors

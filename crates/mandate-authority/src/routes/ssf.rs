@@ -498,7 +498,7 @@ struct Poll {
     #[serde(default)]
     set_errs: Option<Map<String, Value>>,
     /// Extension: how long to wait for a signal, at most 10 s.
-    #[serde(default)]
+    #[serde(default, rename = "timeout_secs")]
     timeout_secs: Option<f64>,
 }
 

@@ -3,6 +3,7 @@
 pub mod attenuate;
 pub mod audit;
 pub mod evaluate;
+pub mod gateway;
 pub mod inspect;
 pub mod issue;
 pub mod jwks;

@@ -1,0 +1,65 @@
+//! `mandate gateway --config gateway.toml`
+
+use std::path::PathBuf;
+
+use mandate_enforce::gateway::{Gateway, GatewayConfig};
+
+use crate::{CliError, Output};
+
+/// Arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The gateway's configuration (TOML).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// Runs the command.
+pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let config = GatewayConfig::from_file(&a.config)
+        .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
+    let listen = config.listen.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io {
+            path: "runtime".into(),
+            message: e.to_string(),
+        })?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| CliError::Io {
+                path: format!("listen {listen}"),
+                message: e.to_string(),
+            })?;
+        let gw = tokio::task::spawn_blocking(move || Gateway::start(config))
+            .await
+            .map_err(|e| CliError::Io {
+                path: "gateway".into(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| CliError::Io {
+                path: "authority".into(),
+                message: e,
+            })?;
+        eprintln!("mandate gateway listening on http://{listen}");
+        axum::serve(listener, gw.router())
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map_err(|e| CliError::Io {
+                path: "serve".into(),
+                message: e.to_string(),
+            })?;
+        gw.stop();
+        Ok(0)
+    })
+}

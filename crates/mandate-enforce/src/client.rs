@@ -1,0 +1,244 @@
+//! The enforcement point's client of the authority: stream set-up, snapshot,
+//! polling, and consuming one-time mandates. Blocking (it runs on its own
+//! thread or in `spawn_blocking`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mandate_core::keys::{Jwks, KeySet};
+use mandate_core::state::StateDocument;
+use serde_json::{Value, json};
+
+use crate::replica::Replica;
+
+/// A failed call to the authority.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("authority: {0}")]
+pub struct ClientError(pub String);
+
+/// The client.
+#[derive(Debug, Clone)]
+pub struct AuthorityClient {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl AuthorityClient {
+    /// A client of the authority at `base` (e.g. `http://127.0.0.1:8080`)
+    /// calling with an enforcer bearer token.
+    #[must_use]
+    pub fn new(base: &str, token: &str) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(15)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.trim().to_owned(),
+            agent,
+        }
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            (_, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(b.to_string()),
+            (_, None) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        };
+        let mut resp = resp.map_err(|e| ClientError(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .map_err(|e| ClientError(e.to_string()))?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// The authority's public keys.
+    ///
+    /// # Errors
+    /// When the JWKS cannot be fetched or read.
+    pub fn keys(&self) -> Result<KeySet, ClientError> {
+        let (st, v) = self.call("GET", "/.well-known/jwks.json", None)?;
+        if st != 200 {
+            return Err(ClientError(format!("jwks: {st}")));
+        }
+        let jwks: Jwks = serde_json::from_value(v).map_err(|e| ClientError(e.to_string()))?;
+        KeySet::from_jwks(&jwks).map_err(|(i, e)| ClientError(format!("jwks keys[{i}]: {e}")))
+    }
+
+    /// The authority's `iss`.
+    ///
+    /// # Errors
+    /// When the metadata cannot be fetched.
+    pub fn issuer(&self) -> Result<String, ClientError> {
+        let (_, v) = self.call("GET", "/.well-known/ssf-configuration", None)?;
+        v.get("issuer")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError("ssf-configuration: no issuer".into()))
+    }
+
+    /// Creates a stream: poll, or push to `push_url`. Returns `(id, aud)`.
+    ///
+    /// # Errors
+    /// When the authority refuses.
+    pub fn create_stream(&self, push_url: Option<&str>) -> Result<(String, String), ClientError> {
+        let delivery = match push_url {
+            Some(u) => json!({"method": "urn:ietf:rfc:8935", "endpoint_url": u}),
+            None => json!({"method": "urn:ietf:rfc:8936"}),
+        };
+        let (st, v) = self.call(
+            "POST",
+            "/ssf/streams",
+            Some(&json!({"delivery": delivery, "description": "mandate enforcement point"})),
+        )?;
+        if st != 201 {
+            return Err(ClientError(format!("create stream: {st} {v}")));
+        }
+        let id = v
+            .get("stream_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let aud = v
+            .get("aud")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Ok((id, aud))
+    }
+
+    /// A consistent snapshot and the sequence it reflects.
+    ///
+    /// # Errors
+    /// When the authority cannot be reached or refuses.
+    pub fn snapshot(&self, stream: &str) -> Result<(i64, StateDocument), ClientError> {
+        let (st, v) = self.call("GET", &format!("/ssf/streams/{stream}/snapshot"), None)?;
+        if st != 200 {
+            return Err(ClientError(format!("snapshot: {st}")));
+        }
+        let cursor = v.get("cursor").and_then(Value::as_i64).unwrap_or(0);
+        let doc: StateDocument =
+            serde_json::from_value(v.get("state").cloned().unwrap_or(Value::Null))
+                .map_err(|e| ClientError(e.to_string()))?;
+        Ok((cursor, doc))
+    }
+
+    /// Polls (RFC 8936), acknowledging everything up to `ack`; returns the
+    /// SETs in sequence order.
+    ///
+    /// # Errors
+    /// When the authority cannot be reached or refuses.
+    pub fn poll(
+        &self,
+        stream: &str,
+        ack: Option<i64>,
+        timeout: Duration,
+    ) -> Result<Vec<String>, ClientError> {
+        let ack: Vec<String> = ack.map(|a| format!("sig-{a}")).into_iter().collect();
+        let body = json!({"ack": ack, "maxEvents": 500, "timeout_secs": timeout.as_secs_f64()});
+        let (st, v) = self.call("POST", &format!("/ssf/poll/{stream}"), Some(&body))?;
+        if st != 200 {
+            return Err(ClientError(format!("poll: {st}")));
+        }
+        let mut sets: Vec<(i64, String)> = v
+            .get("sets")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(jti, set)| {
+                        Some((
+                            jti.strip_prefix("sig-")?.parse().ok()?,
+                            set.as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        sets.sort_by_key(|(seq, _)| *seq);
+        Ok(sets.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// Consumes a one-time mandate: `Ok(true)` the first time, `Ok(false)`
+    /// when it was already used.
+    ///
+    /// # Errors
+    /// When the authority cannot be reached or answers otherwise.
+    pub fn consume(&self, mandate_id: &str) -> Result<bool, ClientError> {
+        let (st, v) = self.call("POST", &format!("/v1/mandates/{mandate_id}/consume"), None)?;
+        match st {
+            200 => Ok(true),
+            409 => Ok(false),
+            other => Err(ClientError(format!("consume: {other} {v}"))),
+        }
+    }
+}
+
+/// Keeps a replica current by polling, resynchronising from a snapshot at
+/// start and after any gap, until `stop` is set.
+pub fn run_poller(
+    replica: &Arc<Replica>,
+    client: &AuthorityClient,
+    stream: &str,
+    stop: &Arc<AtomicBool>,
+    wait: Duration,
+) {
+    let mut ack: Option<i64> = None;
+    let mut backoff = Duration::from_millis(50);
+    while !stop.load(Ordering::Relaxed) {
+        if replica.needs_snapshot() {
+            match client.snapshot(stream) {
+                Ok((cursor, doc)) => {
+                    if replica.install(cursor, doc).is_ok() {
+                        ack = Some(cursor);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "snapshot failed");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
+        match client.poll(stream, ack, wait) {
+            Ok(sets) => {
+                backoff = Duration::from_millis(50);
+                replica.touch();
+                for set in sets {
+                    if let Err(e) = replica.apply_set(&set) {
+                        tracing::warn!(error = %e, "SET refused");
+                    }
+                }
+                ack = Some(replica.cursor());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "poll failed");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The gateway: a reverse proxy in front of upstream resources that decides
+//! every request locally against the replica.
+//!
+//! Routes map a method and a path template to the authorization-detail
+//! type, action and resource attributes
+//! (`GET /repos/{owner}/{repo}/pulls/{number}` → `github_pull_request`,
+//! `read`, `{repo: "{owner}/{repo}", number: "{number:int}"}`); the request's
+//! location is `location_base` + its path. The mandate comes from the
+//! `Mandate` header and the access token from `Authorization: Bearer`. An
+//! allowed request is forwarded unchanged (minus the `Mandate` header); a
+//! denied one gets 403 problem+json with the reason codes; a request that
+//! matches no route is denied. `/_mandate/auth` answers nginx `auth_request`
+//! subrequests (204 or 403, reasons in `X-Mandate-Reasons`) from
+//! `X-Original-Method` and `X-Original-URI`; `/_mandate/ssf` receives pushed
+//! SETs (RFC 8935).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mandate_core::chain::Verifier;
+use mandate_core::decision::{Decision, Obligation};
+use mandate_core::request::EvaluationRequest;
+use mandate_core::timestamp::UnixTime;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::client::{AuthorityClient, run_poller};
+use crate::replica::{Applied, Replica, decide_with};
+
+/// One route.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// HTTP method.
+    pub method: String,
+    /// Path template with `{name}` segments.
+    pub path: String,
+    /// Authorization-detail type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Action name.
+    pub action: String,
+    /// Resource attributes: templates, `{name:int}` for numbers.
+    #[serde(default)]
+    pub resource: std::collections::BTreeMap<String, String>,
+}
+
+/// How the gateway hears from the authority.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Long polling (RFC 8936).
+    #[default]
+    Poll,
+    /// Push to `/_mandate/ssf` (RFC 8935).
+    Push,
+}
+
+/// `gateway.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where to listen.
+    pub listen: String,
+    /// The authority's base URL.
+    pub authority: String,
+    /// A file holding an enforcer token for the authority.
+    pub token_file: std::path::PathBuf,
+    /// Deny `state_stale` after this long without news from the authority.
+    #[serde(default = "default_staleness")]
+    pub staleness_ms: u64,
+    /// Poll or push.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// The URL the authority pushes to (default: `http://LISTEN/_mandate/ssf`).
+    #[serde(default)]
+    pub push_url: Option<String>,
+    /// The upstream base URL (`http://127.0.0.1:9000`).
+    pub upstream: String,
+    /// The base of the locations requests are judged at (`https://api.github.com`).
+    pub location_base: String,
+    /// The routes.
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
+}
+
+fn default_staleness() -> u64 {
+    3000
+}
+
+/// A setting that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct GatewayConfigError {
+    /// The setting.
+    pub setting: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn cerr(setting: impl Into<String>, message: impl Into<String>) -> GatewayConfigError {
+    GatewayConfigError {
+        setting: setting.into(),
+        message: message.into(),
+    }
+}
+
+impl GatewayConfig {
+    /// Reads and validates a TOML file.
+    ///
+    /// # Errors
+    /// The first wrong setting.
+    pub fn from_file(path: &Path) -> Result<Self, GatewayConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| cerr("config", format!("{}: {e}", path.display())))?;
+        let c: Self = toml::from_str(&text)
+            .map_err(|e| cerr("config", format!("{}: {}", path.display(), e.message())))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// The first wrong setting.
+    pub fn validate(&self) -> Result<(), GatewayConfigError> {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| cerr("listen", format!("`{}` is not HOST:PORT", self.listen)))?;
+        if !self.upstream.starts_with("http://") {
+            return Err(cerr("upstream", "must be an http:// URL"));
+        }
+        if !(100..=3_600_000).contains(&self.staleness_ms) {
+            return Err(cerr("staleness_ms", "must be between 100 and 3600000"));
+        }
+        mandate_core::location::Location::parse_grant(&self.location_base)
+            .map_err(|e| cerr("location_base", e.to_string()))?;
+        for (i, r) in self.route.iter().enumerate() {
+            if r.method.parse::<Method>().is_err() {
+                return Err(cerr(
+                    format!("route[{i}].method"),
+                    format!("`{}` is not a method", r.method),
+                ));
+            }
+            if !r.path.starts_with('/') {
+                return Err(cerr(format!("route[{i}].path"), "must start with `/`"));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Route {
+    method: Method,
+    segments: Vec<String>,
+    config: RouteConfig,
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+impl Route {
+    fn matches(&self, method: &Method, path: &str) -> Option<Map<String, Value>> {
+        if *method != self.method {
+            return None;
+        }
+        let parts = segments(path);
+        if parts.len() != self.segments.len() {
+            return None;
+        }
+        let mut vars = std::collections::HashMap::new();
+        for (t, p) in self.segments.iter().zip(&parts) {
+            if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                vars.insert(name.to_owned(), (*p).to_owned());
+            } else if t != p {
+                return None;
+            }
+        }
+        let mut props = Map::new();
+        for (k, template) in &self.config.resource {
+            let (template, as_int) = match template.strip_suffix(":int}") {
+                Some(t) => (format!("{t}}}"), true),
+                None => (template.clone(), false),
+            };
+            let mut out = template.clone();
+            for (name, value) in &vars {
+                out = out.replace(&format!("{{{name}}}"), value);
+            }
+            let v = if as_int {
+                out.parse::<i64>().map(Value::from).ok()?
+            } else {
+                Value::String(out)
+            };
+            props.insert(k.clone(), v);
+        }
+        Some(props)
+    }
+}
+
+/// The running gateway.
+pub struct Gateway {
+    config: GatewayConfig,
+    routes: Vec<Route>,
+    verifier: Verifier,
+    /// The replica decisions read.
+    pub replica: Arc<Replica>,
+    client: AuthorityClient,
+    upstream: Client<HttpConnector, Body>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listen", &self.config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Connects to the authority (keys, issuer, a stream) and starts keeping
+    /// the replica current. Blocking.
+    ///
+    /// # Errors
+    /// When the token cannot be read or the authority cannot be reached.
+    pub fn start(config: GatewayConfig) -> Result<Arc<Self>, String> {
+        let token =
+            std::fs::read_to_string(&config.token_file).map_err(|e| format!("token_file: {e}"))?;
+        let client = AuthorityClient::new(&config.authority, &token);
+        let keys = client.keys().map_err(|e| e.to_string())?;
+        let issuer = client.issuer().map_err(|e| e.to_string())?;
+        let staleness = Duration::from_millis(config.staleness_ms);
+        let replica = Arc::new(Replica::new(keys.clone(), &issuer, staleness));
+        let push_url = match config.delivery {
+            Delivery::Push => Some(
+                config
+                    .push_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}/_mandate/ssf", config.listen)),
+            ),
+            Delivery::Poll => None,
+        };
+        let (stream, aud) = client
+            .create_stream(push_url.as_deref())
+            .map_err(|e| e.to_string())?;
+        replica.set_audience(&aud);
+        let routes = config
+            .route
+            .iter()
+            .map(|r| Route {
+                method: r.method.parse().unwrap_or(Method::GET),
+                segments: segments(&r.path).into_iter().map(str::to_owned).collect(),
+                config: r.clone(),
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let gw = Arc::new(Self {
+            verifier: Verifier::new(keys).with_issuer(issuer),
+            routes,
+            replica: Arc::clone(&replica),
+            client: client.clone(),
+            upstream: Client::builder(TokioExecutor::new()).build_http(),
+            stop: Arc::clone(&stop),
+            config,
+        });
+        // Poll: the poller is the feed. Push: it resynchronises from snapshots
+        // and keeps contact by polling nothing, while SETs arrive by push.
+        let wait = staleness / 3;
+        let (r, c, st) = (replica, client, stop);
+        std::thread::Builder::new()
+            .name("mandate-feed".into())
+            .spawn(move || match push_url {
+                None => run_poller(&r, &c, &stream, &st, wait),
+                Some(_) => run_snapshot_keeper(&r, &c, &stream, &st),
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(gw)
+    }
+
+    /// Stops the feed thread.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The router.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/_mandate/auth", get(auth_request))
+            .route("/_mandate/ssf", post(receive_set))
+            .route("/_mandate/healthz", get(healthz))
+            .fallback(proxy)
+            .with_state(Arc::clone(self))
+    }
+
+    /// Decides a request described by method, path, headers.
+    fn decide(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Decision {
+        let path = uri.path();
+        let Some((route, props)) = self
+            .routes
+            .iter()
+            .find_map(|r| r.matches(method, path).map(|p| (r, p)))
+        else {
+            return Decision {
+                allow: false,
+                reasons: vec!["no_route".into()],
+                chain: Vec::new(),
+                obligations: Vec::new(),
+            };
+        };
+        let Some(mandate) = headers.get("mandate").and_then(|v| v.to_str().ok()) else {
+            return Decision {
+                allow: false,
+                reasons: vec!["mandate_missing".into()],
+                chain: Vec::new(),
+                obligations: Vec::new(),
+            };
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        let location = format!(
+            "{}{}",
+            self.config.location_base.trim_end_matches('/'),
+            path
+        );
+        let request =
+            EvaluationRequest::new(&route.config.action, &route.config.type_, &location, props);
+        let now = UnixTime::from_secs(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+                .unwrap_or(0),
+        )
+        .unwrap_or(UnixTime::EPOCH);
+        decide_with(&self.verifier, &self.replica, mandate, &request, token, now)
+    }
+
+    /// Applies the obligations that must happen before acting: consuming a
+    /// one-time mandate at the authority, exactly once.
+    async fn fulfil(self: &Arc<Self>, mut d: Decision) -> Decision {
+        let one_time = d.obligations.iter().find_map(|o| match o {
+            Obligation::ConsumeOneTime { mandate_id } => Some(mandate_id.to_string()),
+            _ => None,
+        });
+        if let (true, Some(id)) = (d.allow, one_time) {
+            let client = self.client.clone();
+            let consumed = tokio::task::spawn_blocking(move || client.consume(&id)).await;
+            match consumed {
+                Ok(Ok(true)) => d
+                    .obligations
+                    .retain(|o| !matches!(o, Obligation::ConsumeOneTime { .. })),
+                Ok(Ok(false)) => deny(&mut d, "one_time_used"),
+                _ => deny(&mut d, "state_stale"),
+            }
+        }
+        d
+    }
+}
+
+fn deny(d: &mut Decision, reason: &str) {
+    d.allow = false;
+    d.reasons = vec![reason.to_owned()];
+    d.obligations.clear();
+}
+
+fn keep_running(stop: &Arc<AtomicBool>) -> bool {
+    !stop.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// With push delivery: resynchronise from a snapshot whenever needed. Contact
+/// comes from the pushed SETs and heartbeats.
+fn run_snapshot_keeper(
+    replica: &Arc<Replica>,
+    client: &AuthorityClient,
+    stream: &str,
+    stop: &Arc<AtomicBool>,
+) {
+    while keep_running(stop) {
+        if replica.needs_snapshot() {
+            match client.snapshot(stream) {
+                Ok((cursor, doc)) => {
+                    let _ = replica.install(cursor, doc);
+                }
+                Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn problem(d: &Decision) -> Response {
+    let body = json!({
+        "type": "urn:mandate:problem:mandate_denied",
+        "title": "Forbidden",
+        "status": 403,
+        "code": "mandate_denied",
+        "detail": format!("denied: {}", d.reasons.join(", ")),
+        "reasons": d.reasons,
+        "chain": d.chain,
+    });
+    let mut res = (StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    res
+}
+
+async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let d = gw.decide(req.method(), req.uri(), req.headers());
+    let d = gw.fulfil(d).await;
+    if !d.allow {
+        return problem(&d);
+    }
+    let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let Ok(uri) = format!("{}{pq}", gw.config.upstream.trim_end_matches('/')).parse::<Uri>() else {
+        return (StatusCode::BAD_GATEWAY, "bad upstream URI").into_response();
+    };
+    parts.uri = uri;
+    parts.headers.remove("mandate");
+    parts.headers.remove(header::HOST);
+    match gw.upstream.request(Request::from_parts(parts, body)).await {
+        Ok(resp) => resp.map(Body::new).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream");
+            (StatusCode::BAD_GATEWAY, "upstream unavailable").into_response()
+        }
+    }
+}
+
+async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let method = headers
+        .get("x-original-method")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(Method::GET);
+    let uri: Uri = headers
+        .get("x-original-uri")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| Uri::from_static("/"));
+    let d = gw.fulfil(gw.decide(&method, &uri, &headers)).await;
+    let status = if d.allow {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    let mut res = status.into_response();
+    if let Ok(v) = HeaderValue::from_str(&d.reasons.join(",")) {
+        res.headers_mut().insert("x-mandate-reasons", v);
+    }
+    res
+}
+
+async fn receive_set(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"err": "invalid_request", "description": "not UTF-8"})),
+        )
+            .into_response();
+    };
+    match gw.replica.apply_set(text) {
+        Ok(Applied::Applied | Applied::Duplicate | Applied::Gap | Applied::Heartbeat) => {
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"err": "invalid_key", "description": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
+    axum::Json(json!({"fresh": gw.replica.is_fresh(), "cursor": gw.replica.cursor()}))
+        .into_response()
+}

@@ -1,0 +1,12 @@
+//! # mandate-enforce
+//!
+//! Enforcement points. A [`replica::Replica`] keeps a local copy of mandate
+//! state fed by the authority's Shared Signals stream (poll or push) and
+//! denies `state_stale` when it cannot vouch for that copy; decisions are
+//! local (no network per decision, except consuming a one-time mandate at the
+//! authority, exactly once). The [`gateway`] puts that in front of upstream
+//! resources as a reverse proxy and an nginx `auth_request` endpoint.
+
+pub mod client;
+pub mod gateway;
+pub mod replica;

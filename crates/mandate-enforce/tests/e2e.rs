@@ -1,0 +1,458 @@
+//! End to end over loopback: the authority, the gateway (poll and push) and
+//! a stub GitHub upstream, as separate servers.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
+use hmac::Mac;
+use mandate_authority::auth::{Role, mint, now_secs};
+use mandate_authority::state::{issuer_key_path, load_or_create_key};
+use mandate_enforce::gateway::{Delivery, Gateway, GatewayConfig, RouteConfig};
+use serde_json::{Value, json};
+
+const SECRET: &str = "a-webhook-secret-of-some-length";
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "mandate-e2e-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A server on its own runtime thread; stops when dropped.
+struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_router(addr: &str, make: impl FnOnce() -> axum::Router + Send + 'static) -> Running {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let addr = addr.to_owned();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, make())
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+    });
+    Running {
+        addr: rx.recv().unwrap(),
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+fn start_authority(dir: &std::path::Path, addr: &str) -> (Running, Arc<mandate_authority::AppState>) {
+    std::fs::write(dir.join("github.secret"), SECRET).unwrap();
+    let config = mandate_authority::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.join("data"),
+        issuer: Some("https://mandate.test".into()),
+        webhook: vec![mandate_authority::config::WebhookSource {
+            name: "github".into(),
+            tenant: "acme".into(),
+            secret_file: dir.join("github.secret"),
+        }],
+        ..mandate_authority::Config::default()
+    };
+    let state = mandate_authority::AppState::open(config).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let st = Arc::clone(&state);
+    let addr = addr.to_owned();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            mandate_authority::serve(st, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    (
+        Running {
+            addr: rx.recv().unwrap(),
+            stop: Some(stop),
+            thread: Some(thread),
+        },
+        state,
+    )
+}
+
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+    )
+}
+
+fn token(dir: &std::path::Path, sub: &str, role: Role) -> String {
+    mint(
+        &load_or_create_key(&issuer_key_path(&dir.join("data"))).unwrap(),
+        sub,
+        role,
+        "acme",
+        now_secs(),
+        3600,
+    )
+}
+
+fn stub_github() -> Running {
+    run_router("127.0.0.1:0", || {
+        axum::Router::new()
+            .route("/repos/{owner}/{repo}/pulls/{number}", get(|axum::extract::Path((o, r, n)): axum::extract::Path<(String, String, u32)>| async move {
+                axum::Json(json!({"repo": format!("{o}/{r}"), "number": n, "state": "open"}))
+            }))
+            .route("/v2/entities/screen", post(|| async { axum::Json(json!({"screened": true})) }))
+    })
+}
+
+fn start_gateway(
+    dir: &std::path::Path,
+    authority: SocketAddr,
+    upstream: SocketAddr,
+    delivery: Delivery,
+    location_base: &str,
+) -> (Running, Arc<Gateway>) {
+    std::fs::write(
+        dir.join("enforcer.token"),
+        token(dir, "gateway-1", Role::Enforcer),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let config = GatewayConfig {
+        listen: listen.clone(),
+        authority: format!("http://{authority}"),
+        token_file: dir.join("enforcer.token"),
+        staleness_ms: 1500,
+        delivery,
+        push_url: None,
+        upstream: format!("http://{upstream}"),
+        location_base: location_base.into(),
+        route: vec![
+            RouteConfig {
+                method: "GET".into(),
+                path: "/repos/{owner}/{repo}/pulls/{number}".into(),
+                type_: "github_pull_request".into(),
+                action: "read".into(),
+                resource: [
+                    ("repo".to_owned(), "{owner}/{repo}".to_owned()),
+                    ("number".to_owned(), "{number:int}".to_owned()),
+                ]
+                .into(),
+            },
+            RouteConfig {
+                method: "POST".into(),
+                path: "/v2/entities/screen".into(),
+                type_: "sanctions_screening".into(),
+                action: "screen_entity".into(),
+                resource: Default::default(),
+            },
+        ],
+    };
+    config.validate().unwrap();
+    let gw = Gateway::start(config).unwrap();
+    let g = Arc::clone(&gw);
+    let running = run_router(&listen, move || g.router());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.replica.is_fresh() {
+        assert!(Instant::now() < deadline, "gateway never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (running, gw)
+}
+
+fn pr_request(pr: u32) -> Value {
+    json!({
+        "principal": "vp@acme.example",
+        "agent": {"id": "urn:agent:code/pr-watcher@1.0", "instance": "inst-1"},
+        "purpose": {"objective": format!("Watch PR #{pr} and announce its merge"), "business_context": "Release 4.2"},
+        "authorization_details": [{"type": "github_pull_request", "locations": ["https://api.github.com/repos/acme/app"],
+            "resource": {"repo": "acme/app", "number": pr}, "actions": ["read"]}],
+        "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z", "terminal_events": [{"type": "pull_request.merged", "subject": format!("github:acme/app#{pr}")}]},
+        "token_binding": {"access_token_sha256": mandate_core::hash::sha256_b64(b"gho_still_valid")},
+        "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+    })
+}
+
+fn grant(dir: &std::path::Path, authority: SocketAddr, request: &Value) -> (String, String) {
+    let (st, r) = http(
+        authority,
+        "POST",
+        "/v1/requests",
+        &[(
+            "Authorization",
+            format!("Bearer {}", token(dir, "agent-7", Role::Agent)),
+        )],
+        &request.to_string(),
+    );
+    assert_eq!(st, 201, "{r}");
+    let (st, a) = http(
+        authority,
+        "POST",
+        &format!("/v1/requests/{}/approve", r["id"].as_str().unwrap()),
+        &[(
+            "Authorization",
+            format!("Bearer {}", token(dir, "vp@acme.example", Role::Principal)),
+        )],
+        "",
+    );
+    assert_eq!(st, 200, "{a}");
+    (
+        a["mandate_id"].as_str().unwrap().to_owned(),
+        a["mandate"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn merge(authority: SocketAddr, pr: u32, delivery: &str) {
+    let body = json!({"action": "closed", "number": pr, "pull_request": {"number": pr, "merged": true}, "repository": {"full_name": "acme/app"}}).to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let (st, r) = http(
+        authority,
+        "POST",
+        "/v1/webhooks/github/github",
+        &[
+            ("X-GitHub-Event", "pull_request".into()),
+            ("X-GitHub-Delivery", delivery.into()),
+            ("X-Hub-Signature-256", sig),
+        ],
+        &body,
+    );
+    assert_eq!(st, 202, "{r}");
+}
+
+fn read_pr(gateway: SocketAddr, mandate: &str, pr: u32) -> (u16, Value) {
+    http(
+        gateway,
+        "GET",
+        &format!("/repos/acme/app/pulls/{pr}"),
+        &[
+            ("Mandate", mandate.to_owned()),
+            ("Authorization", "Bearer gho_still_valid".into()),
+        ],
+        "",
+    )
+}
+
+fn until_denied(gateway: SocketAddr, mandate: &str, pr: u32) -> (Duration, Value) {
+    let start = Instant::now();
+    loop {
+        let (st, body) = read_pr(gateway, mandate, pr);
+        if st == 403 {
+            return (start.elapsed(), body);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still allowed after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn ghost_execution(delivery: Delivery) {
+    let dir = temp("ghost");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let (_, mandate) = grant(&dir, authority.addr, &pr_request(123));
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        delivery,
+        "https://api.github.com",
+    );
+
+    let (st, body) = read_pr(gateway.addr, &mandate, 123);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["number"], 123, "the upstream answered");
+    // Out of scope, no mandate, no route, wrong token: denied at the gateway.
+    assert_eq!(read_pr(gateway.addr, &mandate, 124).0, 403);
+    assert_eq!(
+        http(gateway.addr, "GET", "/repos/acme/app/pulls/123", &[], "").1["reasons"],
+        json!(["mandate_missing"])
+    );
+    assert_eq!(
+        http(
+            gateway.addr,
+            "DELETE",
+            "/repos/acme/app",
+            &[("Mandate", mandate.clone())],
+            ""
+        )
+        .1["reasons"],
+        json!(["no_route"])
+    );
+    let (_, wrong) = http(
+        gateway.addr,
+        "GET",
+        "/repos/acme/app/pulls/123",
+        &[
+            ("Mandate", mandate.clone()),
+            ("Authorization", "Bearer someone-elses".into()),
+        ],
+        "",
+    );
+    assert_eq!(wrong["reasons"], json!(["token_binding_mismatch"]));
+
+    merge(authority.addr, 123, "delivery-1");
+    let (after, body) = until_denied(gateway.addr, &mandate, 123);
+    assert_eq!(body["reasons"], json!(["completed"]), "{body}");
+    assert!(after < Duration::from_secs(5));
+    gw.stop();
+}
+
+#[test]
+fn ghost_execution_through_the_gateway_by_poll() {
+    ghost_execution(Delivery::Poll);
+}
+
+#[test]
+fn ghost_execution_through_the_gateway_by_push() {
+    ghost_execution(Delivery::Push);
+}
+
+#[test]
+fn the_gateway_fails_closed_when_the_authority_is_silent_and_catches_up_after() {
+    let dir = temp("stale");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fixed = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let (authority, state) = start_authority(&dir, &fixed);
+    let upstream = stub_github();
+    let (id, mandate) = grant(&dir, authority.addr, &pr_request(123));
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Poll,
+        "https://api.github.com",
+    );
+    assert_eq!(read_pr(gateway.addr, &mandate, 123).0, 200);
+    drop(authority);
+    drop(state);
+    let start = Instant::now();
+    let (_, body) = until_denied(gateway.addr, &mandate, 123);
+    assert_eq!(body["reasons"], json!(["state_stale"]));
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "denied before the staleness bound"
+    );
+    let (authority, _state) = start_authority(&dir, &fixed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read_pr(gateway.addr, &mandate, 123).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not catch up: {:?} {:?}",
+            read_pr(gateway.addr, &mandate, 123),
+            http(gateway.addr, "GET", "/_mandate/healthz", &[], "")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What changed while it was away is seen after the catch-up.
+    let (st, _) = http(
+        authority.addr,
+        "POST",
+        &format!("/v1/mandates/{id}/revoke"),
+        &[(
+            "Authorization",
+            format!("Bearer {}", token(&dir, "vp@acme.example", Role::Principal)),
+        )],
+        "",
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        until_denied(gateway.addr, &mandate, 123).1["reasons"],
+        json!(["revoked"])
+    );
+    gw.stop();
+    drop(authority);
+    let data = dir.join("data");
+    let conn = mandate_store::open_read_only(&data).unwrap();
+    let jwk: mandate_core::keys::PrivateJwk =
+        serde_json::from_slice(&std::fs::read(data.join("authority.jwk")).unwrap()).unwrap();
+    let key = mandate_core::keys::SigningKey::from_private_jwk(&jwk)
+        .unwrap()
+        .verifying_key()
+        .unwrap();
+    assert!(
+        mandate_store::audit::verify(&conn, &mandate_store::checkpoint_path(&data), &key)
+            .unwrap()
+            .intact
+    );
+}
