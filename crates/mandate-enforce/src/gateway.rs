@@ -54,6 +54,9 @@ pub struct RouteConfig {
     /// Resource attributes: templates, `{name:int}` for numbers.
     #[serde(default)]
     pub resource: std::collections::BTreeMap<String, String>,
+    /// This route's location base, when not the gateway's.
+    #[serde(default)]
+    pub location_base: Option<String>,
 }
 
 /// How the gateway hears from the authority.
@@ -334,11 +337,12 @@ impl Gateway {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             });
-        let location = format!(
-            "{}{}",
-            self.config.location_base.trim_end_matches('/'),
-            path
-        );
+        let base = route
+            .config
+            .location_base
+            .as_deref()
+            .unwrap_or(&self.config.location_base);
+        let location = format!("{}{}", base.trim_end_matches('/'), path);
         let request =
             EvaluationRequest::new(&route.config.action, &route.config.type_, &location, props);
         let now = UnixTime::from_secs(

@@ -311,3 +311,174 @@ pub fn decide_with(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mandate_authority::signals::{Signal, to_set};
+    use mandate_core::keys::SigningKey;
+    use serde_json::json;
+
+    fn authority() -> SigningKey {
+        SigningKey::from_seed(Algorithm::EdDSA, [1; 32])
+    }
+
+    fn replica() -> Replica {
+        let mut keys = KeySet::new();
+        keys.insert(authority().verifying_key().unwrap());
+        let r = Replica::new(keys, "https://mandate.test", Duration::from_secs(60));
+        r.set_audience("stream:s1");
+        r.install(0, StateDocument::default()).unwrap();
+        r
+    }
+
+    fn set_by(key: &SigningKey, seq: i64, kind: &str, id: &str) -> String {
+        let s = Signal {
+            seq,
+            kind: kind.into(),
+            mandate_id: Some(id.into()),
+            body: json!({"mandate_id": id, "state": kind}),
+            at_ms: 0,
+        };
+        to_set(key, "https://mandate.test", "stream:s1", "acme", &s)
+    }
+
+    fn set(seq: i64, kind: &str, id: &str) -> String {
+        set_by(&authority(), seq, kind, id)
+    }
+
+    fn state(r: &Replica, id: &str) -> MandateState {
+        r.fresh_snapshot().map_or(MandateState::Unknown, |s| {
+            s.state(&MandateId::new(id).unwrap())
+        })
+    }
+
+    #[test]
+    fn applies_signals_in_order_and_ignores_replays() {
+        let r = replica();
+        assert_eq!(
+            r.apply_set(&set(1, "suspended", "m1")).unwrap(),
+            Applied::Applied
+        );
+        assert_eq!(state(&r, "m1"), MandateState::Suspended);
+        assert_eq!(
+            r.apply_set(&set(2, "resumed", "m1")).unwrap(),
+            Applied::Applied
+        );
+        assert_eq!(state(&r, "m1"), MandateState::Active);
+        assert_eq!(
+            r.apply_set(&set(1, "suspended", "m1")).unwrap(),
+            Applied::Duplicate
+        );
+        assert_eq!(state(&r, "m1"), MandateState::Active);
+        assert!(r.is_fresh());
+    }
+
+    #[test]
+    fn a_gap_makes_the_replica_stale_until_a_snapshot() {
+        let r = replica();
+        assert_eq!(
+            r.apply_set(&set(2, "suspended", "m1")).unwrap(),
+            Applied::Gap
+        );
+        assert!(!r.is_fresh());
+        assert!(r.needs_snapshot());
+        r.install(2, StateDocument::default()).unwrap();
+        assert!(r.is_fresh());
+    }
+
+    #[test]
+    fn terminal_states_are_sticky_against_replay_reorder_and_snapshots() {
+        let r = replica();
+        r.apply_set(&set(1, "revoked", "m1")).unwrap();
+        assert_eq!(
+            r.apply_set(&set(2, "resumed", "m1")).unwrap(),
+            Applied::Applied
+        );
+        assert_eq!(state(&r, "m1"), MandateState::Revoked);
+        // Out of order, a terminal signal still restricts at once.
+        assert_eq!(
+            r.apply_set(&set(9, "completed", "m2")).unwrap(),
+            Applied::Gap
+        );
+        let doc: StateDocument =
+            serde_json::from_value(json!({"states": {"m1": "active", "m2": "active"}})).unwrap();
+        r.install(9, doc).unwrap();
+        assert_eq!(state(&r, "m1"), MandateState::Revoked);
+        assert_eq!(state(&r, "m2"), MandateState::Completed);
+    }
+
+    #[test]
+    fn forged_and_misaddressed_sets_are_refused() {
+        let r = replica();
+        let intruder = SigningKey::from_seed(Algorithm::EdDSA, [9; 32]).with_kid(authority().kid());
+        assert!(r.apply_set(&set_by(&intruder, 1, "resumed", "m1")).is_err());
+        let s = Signal {
+            seq: 1,
+            kind: "revoked".into(),
+            mandate_id: Some("m1".into()),
+            body: json!({}),
+            at_ms: 0,
+        };
+        assert!(
+            r.apply_set(&to_set(
+                &authority(),
+                "https://mandate.test",
+                "stream:other",
+                "acme",
+                &s
+            ))
+            .is_err()
+        );
+        assert!(
+            r.apply_set(&to_set(
+                &authority(),
+                "https://evil.test",
+                "stream:s1",
+                "acme",
+                &s
+            ))
+            .is_err()
+        );
+        assert!(r.apply_set("not a set").is_err());
+        assert_eq!(r.cursor(), 0);
+    }
+
+    #[test]
+    fn a_heartbeat_ahead_of_the_cursor_reveals_a_missed_signal() {
+        let r = replica();
+        let hb = Signal {
+            seq: 3,
+            kind: "heartbeat".into(),
+            mandate_id: None,
+            body: json!({"head": 3}),
+            at_ms: 0,
+        };
+        assert_eq!(
+            r.apply_set(&to_set(
+                &authority(),
+                "https://mandate.test",
+                "stream:s1",
+                "acme",
+                &hb
+            ))
+            .unwrap(),
+            Applied::Gap
+        );
+        assert!(!r.is_fresh());
+    }
+
+    #[test]
+    fn a_replica_that_never_synced_or_lost_contact_is_stale() {
+        let mut keys = KeySet::new();
+        keys.insert(authority().verifying_key().unwrap());
+        let r = Replica::new(keys, "https://mandate.test", Duration::from_millis(30));
+        assert!(!r.is_fresh());
+        r.install(0, StateDocument::default()).unwrap();
+        assert!(r.is_fresh());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!r.is_fresh());
+        r.touch();
+        assert!(r.is_fresh());
+    }
+}

@@ -83,7 +83,10 @@ fn run_router(addr: &str, make: impl FnOnce() -> axum::Router + Send + 'static) 
     }
 }
 
-fn start_authority(dir: &std::path::Path, addr: &str) -> (Running, Arc<mandate_authority::AppState>) {
+fn start_authority(
+    dir: &std::path::Path,
+    addr: &str,
+) -> (Running, Arc<mandate_authority::AppState>) {
     std::fs::write(dir.join("github.secret"), SECRET).unwrap();
     let config = mandate_authority::Config {
         listen: "127.0.0.1:0".into(),
@@ -214,6 +217,7 @@ fn start_gateway(
                     ("number".to_owned(), "{number:int}".to_owned()),
                 ]
                 .into(),
+                location_base: None,
             },
             RouteConfig {
                 method: "POST".into(),
@@ -221,6 +225,7 @@ fn start_gateway(
                 type_: "sanctions_screening".into(),
                 action: "screen_entity".into(),
                 resource: Default::default(),
+                location_base: Some("https://screening.example.net".into()),
             },
         ],
     };
@@ -455,4 +460,120 @@ fn the_gateway_fails_closed_when_the_authority_is_silent_and_catches_up_after() 
             .unwrap()
             .intact
     );
+}
+
+#[path = "e2e/nginx.rs"]
+mod nginx;
+
+fn procurement_request() -> Value {
+    let c: Value =
+        serde_json::from_str(include_str!("../../../testdata/procurement-mandate.json")).unwrap();
+    json!({
+        "principal": "vp@acme.example",
+        "agent": {"id": c["agent"]["id"], "instance": c["agent"]["instance"],
+            "cnf": {"jwk": mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [2; 32]).public_jwk()}},
+        "purpose": c["purpose"], "authorization_details": c["authorization_details"], "conditions": c["conditions"],
+        "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z",
+            "terminal_events": [{"type": "contingency_program.cancelled", "subject": "program:contingency-q4"}]},
+        "delegation": c["delegation"],
+        "discovery": {"types": ["sanctions_screening"], "locations": ["https://screening.example.net/v2"],
+            "actions": ["screen_entity"], "max_lifetime_secs": 300}
+    })
+}
+
+#[test]
+fn the_taxi_a_discovered_tool_is_usable_exactly_once_through_the_gateway() {
+    let dir = temp("taxi");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let admin = format!("Bearer {}", token(&dir, "admin@acme.example", Role::Admin));
+    let (st, _) = http(
+        authority.addr,
+        "PUT",
+        "/v1/facts",
+        &[("Authorization", admin.clone())],
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}).to_string(),
+    );
+    assert_eq!(st, 200);
+    let (id, parent) = grant(&dir, authority.addr, &procurement_request());
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Push,
+        "https://api.github.com",
+    );
+    let screen = |mandate: &str| {
+        http(
+            gateway.addr,
+            "POST",
+            "/v2/entities/screen",
+            &[("Mandate", mandate.to_owned())],
+            "{}",
+        )
+    };
+
+    // The screening API is not in the mandate.
+    let (st, body) = screen(&parent);
+    assert_eq!(
+        (st, &body["reasons"]),
+        (403, &json!(["resource_type_not_permitted"]))
+    );
+
+    // The authority grants it once, within what the principal pre-approved.
+    let agent = format!("Bearer {}", token(&dir, "agent-7", Role::Agent));
+    let (st, g) = http(authority.addr, "POST", &format!("/v1/mandates/{id}/discovery"), &[("Authorization", agent)], &json!({"type": "sanctions_screening", "location": "https://screening.example.net/v2/entities/screen", "action": "screen_entity"}).to_string());
+    assert_eq!(st, 200, "{g}");
+    let once = g["mandate"].as_str().unwrap().to_owned();
+    let (st, body) = screen(&once);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["screened"], true);
+    let (st, body) = screen(&once);
+    assert_eq!((st, &body["reasons"]), (403, &json!(["one_time_used"])));
+
+    // The sub-agent cannot delegate further.
+    let spec: mandate_core::chain::ChildSpec = serde_json::from_value(json!({
+        "agent": {"id": "urn:agent:sub@1", "instance": "i"},
+        "authorization_details": [{"type": "sanctions_screening", "locations": ["https://screening.example.net/v2/entities/screen"], "actions": ["screen_entity"]}],
+        "lifecycle": {"hard_expiry": "2098-01-01T00:00:00Z", "one_time": true},
+        "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+    })).unwrap();
+    let now = mandate_core::timestamp::UnixTime::from_secs(now_secs()).unwrap();
+    let key =
+        mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [2; 32]);
+    assert!(
+        mandate_core::chain::derive_child(
+            &once,
+            &key,
+            &spec,
+            mandate_core::id::MandateId::new("mnd-x").unwrap(),
+            now
+        )
+        .is_err()
+    );
+
+    // A second grant works once more; then the program is cancelled and both stop at the gateway.
+    let agent = format!("Bearer {}", token(&dir, "agent-7", Role::Agent));
+    let (_, g2) = http(authority.addr, "POST", &format!("/v1/mandates/{id}/discovery"), &[("Authorization", agent)], &json!({"type": "sanctions_screening", "location": "https://screening.example.net/v2/entities/screen", "action": "screen_entity"}).to_string());
+    let second = g2["mandate"].as_str().unwrap().to_owned();
+    let events = format!("Bearer {}", token(&dir, "crm", Role::EventSource));
+    let (st, _) = http(authority.addr, "POST", "/v1/events", &[("Authorization", events)], &json!({"id": "crm-1", "type": "contingency_program.cancelled", "subject": "program:contingency-q4"}).to_string());
+    assert_eq!(st, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, body) = screen(&second);
+        if st == 403 {
+            assert!(
+                body["reasons"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("completed")),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    gw.stop();
 }
