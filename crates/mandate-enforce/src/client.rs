@@ -242,3 +242,22 @@ pub fn run_poller(
         }
     }
 }
+
+impl AuthorityClient {
+    /// Ships decision records (`{id, record}`) to the authority's audit log.
+    ///
+    /// # Errors
+    /// When the authority cannot be reached or refuses the batch.
+    pub fn ship(&self, records: &[Value]) -> Result<(), ClientError> {
+        let (st, v) = self.call(
+            "POST",
+            "/v1/audit/decisions",
+            Some(&json!({"records": records})),
+        )?;
+        if st == 200 {
+            Ok(())
+        } else {
+            Err(ClientError(format!("ship: {st} {v}")))
+        }
+    }
+}

@@ -93,6 +93,10 @@ pub struct GatewayConfig {
     pub upstream: String,
     /// The base of the locations requests are judged at (`https://api.github.com`).
     pub location_base: String,
+    /// Where decisions wait while the authority is unreachable (default:
+    /// `gateway-decisions.spool` beside the token file).
+    #[serde(default)]
+    pub spool_file: Option<std::path::PathBuf>,
     /// The routes.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -222,6 +226,8 @@ pub struct Gateway {
     client: AuthorityClient,
     upstream: Client<HttpConnector, Body>,
     stop: Arc<AtomicBool>,
+    /// Ships every decision to the authority's audit log.
+    pub shipper: crate::shipper::Shipper,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -259,6 +265,14 @@ impl Gateway {
             .create_stream(push_url.as_deref())
             .map_err(|e| e.to_string())?;
         replica.set_audience(&aud);
+        let spool = config.spool_file.clone().unwrap_or_else(|| {
+            config
+                .token_file
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("gateway-decisions.spool")
+        });
+        let shipper = crate::shipper::Shipper::start(client.clone(), spool, &stream);
         let routes = config
             .route
             .iter()
@@ -276,6 +290,7 @@ impl Gateway {
             client: client.clone(),
             upstream: Client::builder(TokioExecutor::new()).build_http(),
             stop: Arc::clone(&stop),
+            shipper,
             config,
         });
         // Poll: the poller is the feed. Push: it resynchronises from snapshots
@@ -292,9 +307,21 @@ impl Gateway {
         Ok(gw)
     }
 
-    /// Stops the feed thread.
+    /// Stops the feed thread and ships (or spools) the pending decisions.
     pub fn stop(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shipper.flush(Duration::from_secs(5));
+    }
+
+    fn ship(&self, method: &Method, uri: &Uri, d: &Decision) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_millis())
+            .unwrap_or(0);
+        self.shipper.record(json!({
+            "at_ms": now, "gateway": self.config.listen, "method": method.as_str(), "path": uri.path(),
+            "chain": d.chain, "decision": if d.allow { "allow" } else { "deny" }, "reasons": d.reasons,
+        }));
     }
 
     /// The router.
@@ -429,6 +456,7 @@ fn problem(d: &Decision) -> Response {
 async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let d = gw.decide(req.method(), req.uri(), req.headers());
     let d = gw.fulfil(d).await;
+    gw.ship(req.method(), req.uri(), &d);
     if !d.allow {
         return problem(&d);
     }
@@ -465,6 +493,7 @@ async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         .and_then(|u| u.parse().ok())
         .unwrap_or_else(|| Uri::from_static("/"));
     let d = gw.fulfil(gw.decide(&method, &uri, &headers)).await;
+    gw.ship(&method, &uri, &d);
     let status = if d.allow {
         StatusCode::NO_CONTENT
     } else {

@@ -10,3 +10,4 @@
 pub mod client;
 pub mod gateway;
 pub mod replica;
+pub mod shipper;

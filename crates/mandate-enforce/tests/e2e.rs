@@ -206,6 +206,7 @@ fn start_gateway(
         push_url: None,
         upstream: format!("http://{upstream}"),
         location_base: location_base.into(),
+        spool_file: Some(dir.join("gateway.spool")),
         route: vec![
             RouteConfig {
                 method: "GET".into(),
@@ -447,8 +448,32 @@ fn the_gateway_fails_closed_when_the_authority_is_silent_and_catches_up_after() 
     );
     gw.stop();
     drop(authority);
+    // Every decision the gateway made reached the audit log once, including
+    // the ones made while the authority was down (spooled, then shipped).
     let data = dir.join("data");
     let conn = mandate_store::open_read_only(&data).unwrap();
+    let shipped: Vec<Value> = mandate_store::audit::all(&conn)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "decision" && r.body.get("gateway").is_some())
+        .map(|r| r.body)
+        .collect();
+    let ids: std::collections::HashSet<&str> = shipped
+        .iter()
+        .map(|b| b["record_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), shipped.len(), "a decision was recorded twice");
+    assert!(
+        shipped
+            .iter()
+            .any(|b| b["reasons"] == json!(["state_stale"])),
+        "the decisions made while the authority was down were lost"
+    );
+    assert!(shipped.iter().any(|b| b["reasons"] == json!(["revoked"])));
+    assert!(
+        !dir.join("gateway.spool").exists(),
+        "the spool was not emptied"
+    );
     let jwk: mandate_core::keys::PrivateJwk =
         serde_json::from_slice(&std::fs::read(data.join("authority.jwk")).unwrap()).unwrap();
     let key = mandate_core::keys::SigningKey::from_private_jwk(&jwk)

@@ -85,6 +85,10 @@ CREATE TABLE IF NOT EXISTS signals (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, seq)
 );
+CREATE TABLE IF NOT EXISTS shipped (
+    id TEXT PRIMARY KEY,
+    received_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS streams (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,

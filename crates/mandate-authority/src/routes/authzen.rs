@@ -235,3 +235,82 @@ pub async fn evaluations(
     }
     Ok(Json(json!({"evaluations": out})))
 }
+
+/// A decision an enforcement point made locally.
+#[derive(Debug, Deserialize)]
+pub struct ShippedDecision {
+    /// Unique per record: a record shipped twice is stored once.
+    pub id: String,
+    /// The record (chain, action, resource, decision, reasons, ...).
+    pub record: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct Shipment {
+    records: Vec<ShippedDecision>,
+}
+
+/// `POST /v1/audit/decisions` (enforcer): decisions made at an enforcement
+/// point, in batches; each is appended to the audit log once, however often
+/// it is sent.
+pub async fn ship(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Enforcer])?;
+    let shipment: Shipment = parse_body(&body)?;
+    if shipment.records.len() > 10_000 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "records: at most 10000",
+        ));
+    }
+    if let Some(bad) = shipment
+        .records
+        .iter()
+        .find(|r| r.id.is_empty() || r.id.len() > 200)
+    {
+        return Err(ApiError::bad_request(format!(
+            "records: id `{}` must be 1 to 200 characters",
+            bad.id
+        )));
+    }
+    let (tenant, enforcer) = (caller.tenant.clone(), caller.sub.clone());
+    let (accepted, duplicates) = s
+        .store
+        .write(move |tx| {
+            let (mut accepted, mut duplicates) = (0u64, 0u64);
+            for r in shipment.records {
+                let now = tx.now_ms();
+                let n = tx.conn().execute(
+                    "INSERT OR IGNORE INTO shipped (id, received_ms) VALUES (?1, ?2)",
+                    rusqlite::params![r.id, now],
+                )?;
+                if n == 0 {
+                    duplicates += 1;
+                    continue;
+                }
+                let leaf = r
+                    .record
+                    .get("chain")
+                    .and_then(Value::as_array)
+                    .and_then(|c| c.last())
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let mut body = r.record;
+                if let Some(o) = body.as_object_mut() {
+                    o.insert("enforcer".into(), json!(enforcer));
+                    o.insert("record_id".into(), json!(r.id));
+                }
+                tx.audit(Some(&tenant), "decision", leaf.as_deref(), body)?;
+                accepted += 1;
+            }
+            Ok((accepted, duplicates))
+        })
+        .await?;
+    Ok(Json(
+        json!({"accepted": accepted, "duplicates": duplicates}),
+    ))
+}
