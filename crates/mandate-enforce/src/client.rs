@@ -42,6 +42,14 @@ impl AuthorityClient {
         }
     }
 
+    /// A POST with a JSON body; the status and the JSON answer.
+    ///
+    /// # Errors
+    /// When the authority cannot be reached.
+    pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), ClientError> {
+        self.call("POST", path, Some(body))
+    }
+
     fn call(
         &self,
         method: &str,

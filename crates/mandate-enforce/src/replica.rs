@@ -279,6 +279,12 @@ impl Replica {
         Ok(Applied::Applied)
     }
 
+    /// A mandate's state, or `None` when the replica is stale.
+    #[must_use]
+    pub fn state_of(&self, id: &MandateId) -> Option<MandateState> {
+        self.fresh_snapshot().map(|s| s.state(id))
+    }
+
     /// The current snapshot, or `None` when stale.
     #[must_use]
     pub fn fresh_snapshot(&self) -> Option<Arc<StateSnapshot>> {

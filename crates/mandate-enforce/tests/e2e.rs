@@ -602,3 +602,112 @@ fn the_taxi_a_discovered_tool_is_usable_exactly_once_through_the_gateway() {
     }
     gw.stop();
 }
+
+#[test]
+fn the_sdk_checks_delegates_discovers_and_is_told_when_the_mission_ends() {
+    use mandate_enforce::sdk::AgentRuntime;
+    let dir = temp("sdk");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let admin = format!("Bearer {}", token(&dir, "admin@acme.example", Role::Admin));
+    http(
+        authority.addr,
+        "PUT",
+        "/v1/facts",
+        &[("Authorization", admin)],
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}).to_string(),
+    );
+    let (id, mandate) = grant(&dir, authority.addr, &procurement_request());
+    let holder =
+        mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [2; 32]);
+    let sdk = AgentRuntime::connect(
+        &format!("http://{}", authority.addr),
+        &token(&dir, "agent-7", Role::Agent),
+        &token(&dir, "runtime", Role::Enforcer),
+        holder,
+        &mandate,
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let ended = Arc::new(std::sync::Mutex::new(None));
+    let e = Arc::clone(&ended);
+    sdk.on_end(move |x| *e.lock().unwrap() = Some(x.state));
+
+    let search = mandate_core::request::EvaluationRequest::new("search", "vendor_portal", "https://vendor-portal.example.com/search",
+        serde_json::from_value(json!({"category": "logistics", "region": "north-america", "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"})).unwrap());
+    assert!(sdk.check(&search).allow);
+    let mut delete = search.clone();
+    delete.action.name = "delete_vendor".into();
+    assert_eq!(sdk.check(&delete).reasons, ["action_not_permitted"]);
+
+    // Delegation: within the mandate it is derived and registered; beyond it, refused naming the dimension.
+    let spec: mandate_core::chain::ChildSpec = serde_json::from_value(json!({
+        "agent": {"id": "urn:agent:procurement/search@1", "instance": "inst-s"},
+        "authorization_details": [{"type": "vendor_portal", "locations": ["https://vendor-portal.example.com/search"],
+            "resource": {"category": "logistics", "region": "north-america"}, "actions": ["search"],
+            "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}],
+        "lifecycle": {"hard_expiry": "2098-01-01T00:00:00Z"},
+        "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+    })).unwrap();
+    let child = sdk
+        .delegate(
+            &spec,
+            mandate_core::id::MandateId::new("mnd-sdk-child").unwrap(),
+        )
+        .unwrap();
+    assert!(child.starts_with(&mandate));
+    let mut wide = spec.clone();
+    wide.authorization_details[0]
+        .actions
+        .push("initiate_payment".into());
+    let err = sdk
+        .delegate(
+            &wide,
+            mandate_core::id::MandateId::new("mnd-sdk-wide").unwrap(),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("attenuation_violation:actions"),
+        "{err}"
+    );
+
+    // Discovery: inside the allowance granted, outside refused.
+    assert!(
+        sdk.discover(
+            "sanctions_screening",
+            "https://screening.example.net/v2/entities/screen",
+            "screen_entity"
+        )
+        .is_ok()
+    );
+    assert!(
+        sdk.discover("payments", "https://pay.example.net/", "pay")
+            .is_err()
+    );
+
+    // The principal revokes: the runtime is told and every check denies.
+    let (st, _) = http(
+        authority.addr,
+        "POST",
+        &format!("/v1/mandates/{id}/revoke"),
+        &[(
+            "Authorization",
+            format!("Bearer {}", token(&dir, "vp@acme.example", Role::Principal)),
+        )],
+        "",
+    );
+    assert_eq!(st, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ended.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the runtime was never told");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        *ended.lock().unwrap(),
+        Some(mandate_core::state::MandateState::Revoked)
+    );
+    assert_eq!(sdk.check(&search).reasons, ["revoked"]);
+    assert_eq!(
+        sdk.ended().unwrap().state,
+        mandate_core::state::MandateState::Revoked
+    );
+}
