@@ -288,7 +288,11 @@ impl Gateway {
             routes,
             replica: Arc::clone(&replica),
             client: client.clone(),
-            upstream: Client::builder(TokioExecutor::new()).build_http(),
+            upstream: {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                Client::builder(TokioExecutor::new()).build(connector)
+            },
             stop: Arc::clone(&stop),
             shipper,
             config,

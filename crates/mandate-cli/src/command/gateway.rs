@@ -50,6 +50,10 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
                 message: e,
             })?;
         eprintln!("mandate gateway listening on http://{listen}");
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, gw.router())
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Gateway overhead: wrk against the upstream directly, through nginx
+# proxy_pass, through the mandate gateway, and through nginx with the
+# gateway's auth_request (deploy/nginx/mandate.conf). One run, same machine.
+#   scripts/load-gateway.sh [DURATION=10] [CONNECTIONS=32]
+# Needs wrk, nginx and curl (Debian packages).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+duration="${1:-10}"; conns="${2:-32}"
+cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
+bin="$root/target/release/mandate"
+work="$(mktemp -d)"; pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+cd "$work"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+U=$(port); P=$(port); A=$(port); G=$(port)
+
+# The upstream and the plain proxy: nginx.
+mkdir -p nginx/tmp
+cat > nginx/base.conf <<NGINX
+worker_processes 1;
+pid base.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path tmp; proxy_temp_path tmp;
+  upstream resource { server 127.0.0.1:$U; keepalive 32; }
+  server { listen 127.0.0.1:$U; location / { default_type application/json; return 200 '{"number":123,"state":"open"}'; } }
+  server { listen 127.0.0.1:$P; location / { proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://resource; } }
+}
+NGINX
+nginx -p "$work/nginx" -c base.conf -g 'daemon off;' & pids+=($!)
+
+# The authority, a mandate, and the gateway.
+"$bin" serve --data-dir data --listen 127.0.0.1:0 2> serve.log & pids+=($!)
+for _ in $(seq 100); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
+addr="$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' serve.log)"
+tok() { "$bin" token --data-dir data --sub "$1" --role "$2" --ttl 7200; }
+tok gateway-1 enforcer > enforcer.token
+agent=$(tok agent-7 agent); principal=$(tok vp@acme.example principal)
+cat > req.json <<JSON
+{"principal": "vp@acme.example", "agent": {"id": "urn:agent:code/pr-watcher@1.0", "instance": "inst-1"},
+ "purpose": {"objective": "Watch PR #123", "business_context": "Load test"},
+ "authorization_details": [{"type": "github_pull_request", "locations": ["https://api.github.com/repos/acme/app"],
+   "resource": {"repo": "acme/app", "number": 123}, "actions": ["read"]}],
+ "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z"},
+ "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}}
+JSON
+rid=$(curl -s -X POST "http://$addr/v1/requests" -H "Authorization: Bearer $agent" --data @req.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+mandate=$(curl -s -X POST "http://$addr/v1/requests/$rid/approve" -H "Authorization: Bearer $principal" | python3 -c 'import json,sys; print(json.load(sys.stdin)["mandate"])')
+sed -e "s|127.0.0.1:8081|127.0.0.1:$G|; s|127.0.0.1:8080|$addr|; s|127.0.0.1:9000|127.0.0.1:$U|; s|delivery = \"push\".*|delivery = \"push\"|" \
+  "$root/deploy/nginx/gateway.toml" > gateway.toml
+"$bin" gateway --config gateway.toml 2> gateway.log & pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$G/_mandate/healthz" | grep -q '"fresh":true' && break; sleep 0.1; done
+sed -e "s|127.0.0.1:9000|127.0.0.1:$U|; s|127.0.0.1:8081|127.0.0.1:$G|; s|127.0.0.1:8088|127.0.0.1:$A|" "$root/deploy/nginx/mandate.conf" > nginx/auth.conf
+nginx -p "$work/nginx" -c auth.conf -g 'daemon off;' & pids+=($!)
+sleep 0.5
+for url in "http://127.0.0.1:$G" "http://127.0.0.1:$A"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Mandate: $mandate" "$url/repos/acme/app/pulls/123")
+  [ "$code" = 200 ] || { echo "setup failed: $url answered $code"; cat gateway.log; exit 1; }
+done
+
+run() { # NAME URL
+  local out; out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency -H "Mandate: $mandate" "$2/repos/acme/app/pulls/123")
+  local rps p50 p99 non2xx
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+  printf '%-34s %12s req/s   p50 %8s   p99 %8s   non-2xx %s\n' "$1" "$rps" "$p50" "$p99" "${non2xx:-0}"
+}
+echo "== ${duration}s each, 2 threads, $conns connections"
+run "upstream directly" "http://127.0.0.1:$U"
+run "nginx proxy_pass" "http://127.0.0.1:$P"
+run "mandate gateway" "http://127.0.0.1:$G"
+run "nginx + mandate auth_request" "http://127.0.0.1:$A"
