@@ -335,7 +335,7 @@ fn ghost_execution(delivery: Delivery) {
     let dir = temp("ghost");
     let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
     let upstream = stub_github();
-    let (_, mandate) = grant(&dir, authority.addr, &pr_request(123));
+    let (id, mandate) = grant(&dir, authority.addr, &pr_request(123));
     let (gateway, gw) = start_gateway(
         &dir,
         authority.addr,
@@ -381,6 +381,28 @@ fn ghost_execution(delivery: Delivery) {
     assert_eq!(body["reasons"], json!(["completed"]), "{body}");
     assert!(after < Duration::from_secs(5));
     gw.stop();
+    // The audit shows the merge as the end, and the attempt at the gateway after it.
+    let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
+    let (ended, later) = mandate_store::audit::after_end(&conn, &id).unwrap();
+    let ended = ended.unwrap();
+    assert_eq!(
+        (ended.kind.as_str(), ended.body["by"].as_str()),
+        ("completed", Some("event:github:delivery-1"))
+    );
+    // Decisions made at the gateway are placed by when they were made; an
+    // allow can only appear inside the propagation window.
+    assert!(
+        later
+            .iter()
+            .any(|r| r.body.get("gateway").is_some() && r.body["reasons"] == json!(["completed"])),
+        "{later:?}"
+    );
+    for r in later.iter().filter(|r| r.body["decision"] == "allow") {
+        assert!(
+            mandate_store::audit::decided_at(r) - ended.at_ms < 1000,
+            "an allow long after the end: {r:?}"
+        );
+    }
 }
 
 #[test]

@@ -307,8 +307,29 @@ pub fn records_for_tree(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The record that ended a mandate (or the nearest ancestor whose end ended
-/// it), and every decision attempted under it afterwards.
+/// When a decision was made: an enforcement point's own time (`body.at_ms`)
+/// for decisions shipped from there, which reach the log after the fact;
+/// the record's commit time otherwise.
+#[must_use]
+pub fn decided_at(r: &AuditRecord) -> i64 {
+    r.body
+        .get("at_ms")
+        .and_then(Value::as_i64)
+        .unwrap_or(r.at_ms)
+}
+
+/// Whether decision `d` came after lifecycle record `end`: by sequence for
+/// the authority's own decisions, by decision time for shipped ones.
+fn after(d: &AuditRecord, end: &AuditRecord) -> bool {
+    if d.body.get("at_ms").is_some() {
+        decided_at(d) >= end.at_ms
+    } else {
+        d.seq > end.seq
+    }
+}
+
+/// The record that ended a mandate, and every decision attempted under it
+/// afterwards (shipped decisions are placed by the time they were made).
 ///
 /// # Errors
 /// When the query fails.
@@ -326,14 +347,14 @@ pub fn after_end(
             ) && r.mandate_id.as_deref() == Some(mandate_id)
         })
         .cloned();
-    let after = match &ended {
+    let later = match &ended {
         Some(end) => tree
             .into_iter()
-            .filter(|r| r.seq > end.seq && r.kind == "decision")
+            .filter(|r| r.kind == "decision" && after(r, end))
             .collect(),
         None => Vec::new(),
     };
-    Ok((ended, after))
+    Ok((ended, later))
 }
 
 /// Every record, in order (for export as JSON lines).
@@ -378,13 +399,16 @@ pub fn decision_validity(
         })
         .unwrap_or_default();
     let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM audit WHERE seq < ?1 AND mandate_id = ?2
+        "SELECT {COLUMNS} FROM audit WHERE mandate_id = ?1
          AND kind IN ('suspended', 'resumed', 'revoked', 'expired', 'completed', 'superseded')
-         ORDER BY seq DESC LIMIT 1"
+         ORDER BY seq"
     ))?;
     let mut invalid = None;
     for id in &chain {
-        let last = stmt.query_row(params![seq, id], row_to_record).optional()?;
+        let records = stmt
+            .query_map(params![id], row_to_record)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let last = records.into_iter().filter(|r| after(&decision, r)).last();
         if let Some(r) = last.filter(|r| r.kind != "resumed") {
             invalid = Some(r);
             break;

@@ -68,5 +68,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", post(events::create))
         .route("/v1/webhooks/github/{source}", post(events::github))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(problem_for_plain_errors))
         .with_state(state)
+}
+
+/// Rejections produced by axum itself (413 body too large, 405, 415, ...)
+/// come as plain text; every error of this API is problem+json.
+async fn problem_for_plain_errors(res: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return res;
+    }
+    let code = match status.as_u16() {
+        413 => "too_large",
+        405 => "method_not_allowed",
+        415 => "unsupported_media_type",
+        404 => "not_found",
+        _ => "invalid_request",
+    };
+    crate::error::ApiError::new(status, code, status.canonical_reason().unwrap_or("error"))
+        .into_response()
 }

@@ -598,8 +598,8 @@ fn an_oversized_body_is_refused_with_413() {
     let s = Server::start("limit");
     let c = Cast::new(&s);
     let big = json!({"blob": "x".repeat(300 * 1024)});
-    let (st, _) = s.call("PUT", "/v1/facts", Some(&c.admin), Some(&big));
-    assert_eq!(st, 413);
+    let (st, e) = s.call("PUT", "/v1/facts", Some(&c.admin), Some(&big));
+    assert_eq!((st, e["code"].as_str()), (413, Some("too_large")));
 }
 
 #[test]
