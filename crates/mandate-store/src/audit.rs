@@ -408,7 +408,7 @@ pub fn decision_validity(
         let records = stmt
             .query_map(params![id], row_to_record)?
             .collect::<Result<Vec<_>, _>>()?;
-        let last = records.into_iter().filter(|r| after(&decision, r)).last();
+        let last = records.into_iter().rev().find(|r| after(&decision, r));
         if let Some(r) = last.filter(|r| r.kind != "resumed") {
             invalid = Some(r);
             break;
