@@ -109,8 +109,10 @@ pub(crate) fn append(
     });
     let text = canonical(&record)?;
     let hash = chain_hash(&head.hash, &text);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit (seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(
         params![seq, at_ms, tenant, kind, mandate_id, text, head.hash, hash],
     )?;
     let out = AuditRecord {
