@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod metrics;

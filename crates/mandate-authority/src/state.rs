@@ -54,6 +54,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Woken after every commit that may have emitted signals.
     pub signals: tokio::sync::Notify,
+    /// Console sessions.
+    pub sessions: crate::console::Sessions,
 }
 
 /// The authority's key file in a data directory.
@@ -167,6 +169,7 @@ impl AppState {
             registry: RwLock::new(registry),
             metrics: Metrics::default(),
             signals: tokio::sync::Notify::new(),
+            sessions: crate::console::Sessions::default(),
         }))
     }
 

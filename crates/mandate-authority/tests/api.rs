@@ -20,3 +20,6 @@ mod events;
 
 #[path = "api/audit.rs"]
 mod audit;
+
+#[path = "api/console.rs"]
+mod console;

@@ -67,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/events", post(events::create))
         .route("/v1/webhooks/github/{source}", post(events::github))
+        .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(problem_for_plain_errors))
         .with_state(state)
@@ -81,7 +82,7 @@ async fn problem_for_plain_errors(res: axum::response::Response) -> axum::respon
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/problem+json"));
+        .is_some_and(|v| v.starts_with("application/problem+json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return res;
     }

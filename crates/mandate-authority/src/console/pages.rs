@@ -1,0 +1,976 @@
+//! The console's pages.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Form;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use mandate_core::model::MandateClaims;
+use mandate_store::audit;
+use rusqlite::params;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::html::{csrf_field, esc, escv, page};
+use super::{User, cookie};
+use crate::auth::Role;
+use crate::db::state_name;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+type Page = Result<Response, Response>;
+
+fn html(s: String) -> Response {
+    let mut r = Html(s).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    r
+}
+
+fn fail(u: Option<&User>, status: StatusCode, message: &str) -> Response {
+    let user = u.map(|u| {
+        (
+            u.caller().sub.as_str(),
+            u.caller().role.as_str(),
+            u.session.csrf.as_str(),
+        )
+    });
+    let mut r = html(page(
+        "Not possible",
+        user,
+        &format!(r#"<p class="notice">{}</p>"#, esc(message)),
+    ));
+    *r.status_mut() = status;
+    r
+}
+
+fn api_fail(u: &User, e: &ApiError) -> Response {
+    fail(Some(u), e.status, &e.detail)
+}
+
+fn me(u: &User) -> Option<(&str, &str, &str)> {
+    Some((
+        u.caller().sub.as_str(),
+        u.caller().role.as_str(),
+        u.session.csrf.as_str(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    token: String,
+}
+
+/// `GET /console/login`.
+pub async fn login_form() -> Response {
+    html(page(
+        "Sign in",
+        None,
+        r#"<p>Paste a token for a principal or an administrator. With the embedded issuer:
+<code>mandate token --sub you@example.com --role principal</code>.</p>
+<form method="post" action="/console/login"><label for="token">Token</label>
+<input id="token" name="token" type="password" autocomplete="off" required size="60">
+<p><button type="submit">Sign in</button></p></form>"#,
+    ))
+}
+
+/// `POST /console/login`: agents, enforcers and event sources are refused.
+pub async fn login(State(s): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> Response {
+    match s.issuers.verify(f.token.trim(), crate::auth::now_secs()) {
+        Ok(c) if matches!(c.role, Role::Principal | Role::Admin) => {
+            let sid = s.sessions.start(c);
+            let mut r = Redirect::to("/console/requests").into_response();
+            if let Ok(v) =
+                header::HeaderValue::from_str(&cookie(&s, &sid, super::SESSION_TTL.as_secs()))
+            {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Ok(c) => fail(
+            None,
+            StatusCode::FORBIDDEN,
+            &format!("role `{}` cannot use the console", c.role.as_str()),
+        ),
+        Err(e) => fail(None, StatusCode::UNAUTHORIZED, &e.detail),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfOnly {
+    csrf: String,
+}
+
+/// `POST /console/logout`.
+pub async fn logout(State(s): State<Arc<AppState>>, u: User, Form(f): Form<CsrfOnly>) -> Page {
+    u.check_csrf(&f.csrf)?;
+    s.sessions.end(&u.sid);
+    let mut r = Redirect::to("/console/login").into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&cookie(&s, "", 0)) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+fn sees(u: &User, principal: &str) -> bool {
+    u.caller().role == Role::Admin || principal == u.caller().sub
+}
+
+/// `GET /console/requests`: pending requests addressed to this principal
+/// (an admin: the tenant's).
+pub async fn requests(State(s): State<Arc<AppState>>, u: User) -> Page {
+    let tenant = u.caller().tenant.clone();
+    let rows: Vec<(String, String, String, String)> = s
+        .store
+        .read(|c| {
+            let mut st = c.prepare("SELECT id, principal, agent_sub, body FROM requests WHERE tenant = ?1 AND state = 'pending' ORDER BY created_ms")?;
+            let rows = st.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let mut body = String::from(
+        "<table><caption>Pending requests</caption><tr><th>Request</th><th>Agent</th><th>Objective</th><th>Principal</th></tr>",
+    );
+    let mut n = 0;
+    for (id, principal, agent, req) in rows.iter().filter(|r| sees(&u, &r.1)) {
+        let req: Value = serde_json::from_str(req).unwrap_or(Value::Null);
+        let _ = write!(
+            body,
+            r#"<tr><td><a href="/console/requests/{}">Review</a></td><td>{} <small>({})</small></td><td>{}</td><td>{}</td></tr>"#,
+            esc(id),
+            escv(&req["agent"]["id"]),
+            esc(agent),
+            escv(&req["purpose"]["objective"]),
+            esc(principal)
+        );
+        n += 1;
+    }
+    body.push_str("</table>");
+    if n == 0 {
+        body = "<p>No request is waiting for you.</p>".into();
+    }
+    Ok(html(page("Requests", me(&u), &body)))
+}
+
+/// The consent fragment: everything the principal is asked to grant, in
+/// words. Its SHA-256 is the consent evidence recorded with the approval.
+fn consent_fragment(req: &Value, agent_sub: &str) -> String {
+    let mut f = String::new();
+    let _ = write!(
+        f,
+        r#"<section id="consent"><h2>{} asks to act for you</h2><p>Agent <strong>{}</strong>, instance <code>{}</code> (signed in as {}).</p>
+<h3>Why</h3><p><strong>Objective:</strong> {}</p><p><strong>Business context:</strong> {}</p>
+<h3>What it may do</h3><table><tr><th>Resource type</th><th>Where</th><th>Actions</th><th>Resource must be</th><th>Constraints</th></tr>"#,
+        escv(&req["agent"]["id"]),
+        escv(&req["agent"]["id"]),
+        escv(&req["agent"]["instance"]),
+        esc(agent_sub),
+        escv(&req["purpose"]["objective"]),
+        escv(&req["purpose"]["business_context"])
+    );
+    for d in req["authorization_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let list = |v: &Value| {
+            v.as_array()
+                .map(|a| a.iter().map(escv).collect::<Vec<_>>().join("<br>"))
+                .unwrap_or_default()
+        };
+        let map = |v: &Value| {
+            v.as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{} = {}", esc(k), escv(v)))
+                        .collect::<Vec<_>>()
+                        .join("<br>")
+                })
+                .unwrap_or_default()
+        };
+        let _ = write!(
+            f,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escv(&d["type"]),
+            list(&d["locations"]),
+            list(&d["actions"]),
+            map(&d["resource"]),
+            map(&d["constraints"])
+        );
+    }
+    f.push_str("</table><h3>What must stay true</h3>");
+    let conditions = req["conditions"].as_array().cloned().unwrap_or_default();
+    if conditions.is_empty() {
+        f.push_str("<p>No conditions.</p>");
+    } else {
+        f.push_str("<table><tr><th>Condition</th><th>Expression</th><th>If it fails</th></tr>");
+        for c in &conditions {
+            let then = match c["on_failure"].as_str() {
+                Some("suspend_and_notify") => "the mandate is suspended and you are notified",
+                Some("revoke") => "the mandate is revoked",
+                _ => "the action is denied",
+            };
+            let _ = write!(
+                f,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                escv(&c["id"]),
+                escv(&c["expression"]),
+                then
+            );
+        }
+        f.push_str("</table>");
+    }
+    let _ = write!(
+        f,
+        "<h3>When it ends</h3><p>At the latest <strong>{}</strong>",
+        escv(&req["lifecycle"]["hard_expiry"])
+    );
+    let events = req["lifecycle"]["terminal_events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if events.is_empty() {
+        f.push_str(".</p>");
+    } else {
+        f.push_str(", or as soon as any of these happens:</p><ul>");
+        for e in &events {
+            let (ty, subject) = match e {
+                Value::String(t) => (esc(t), String::new()),
+                other => (
+                    escv(&other["type"]),
+                    other
+                        .get("subject")
+                        .map(|s| format!(" about <code>{}</code>", escv(s)))
+                        .unwrap_or_default(),
+                ),
+            };
+            let _ = write!(f, "<li><code>{ty}</code>{subject}</li>");
+        }
+        f.push_str("</ul>");
+    }
+    let d = &req["delegation"];
+    if d["permitted"] == true && d["max_additional_hops"].as_u64().unwrap_or(0) > 0 {
+        let _ = write!(
+            f,
+            "<h3>Delegation</h3><p>It may hand narrower mandates to sub-agents, up to {} more hop(s) ({}).</p>",
+            escv(&d["max_additional_hops"]),
+            escv(&d["attenuation"])
+        );
+    } else {
+        f.push_str("<h3>Delegation</h3><p>It may not delegate.</p>");
+    }
+    match req.get("discovery").filter(|v| !v.is_null()) {
+        Some(disc) => {
+            let _ = write!(
+                f,
+                "<h3>Discovery</h3><p>It may ask for one-time use of newly found tools of type {} at {} for {}, each usable once for at most {} seconds.</p>",
+                escv(&disc["types"]),
+                escv(&disc["locations"]),
+                escv(&disc["actions"]),
+                escv(&disc["max_lifetime_secs"])
+            );
+        }
+        None => f.push_str("<h3>Discovery</h3><p>It may not ask for tools beyond these.</p>"),
+    }
+    f.push_str("</section>");
+    f
+}
+
+fn load_request(
+    s: &AppState,
+    u: &User,
+    id: &str,
+) -> Result<(String, String, String, Value), Response> {
+    let tenant = u.caller().tenant.clone();
+    let row: Option<(String, String, String, String)> = s
+        .store
+        .read(|c| {
+            Ok(rusqlite::OptionalExtension::optional(c.query_row(
+                "SELECT principal, agent_sub, state, body FROM requests WHERE id = ?1 AND tenant = ?2",
+                params![id, tenant],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            ))?)
+        })
+        .map_err(|e| fail(Some(u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    match row {
+        Some((p, a, st, b)) if sees(u, &p) => {
+            Ok((p, a, st, serde_json::from_str(&b).unwrap_or(Value::Null)))
+        }
+        _ => Err(fail(Some(u), StatusCode::NOT_FOUND, "request not found")),
+    }
+}
+
+/// `GET /console/requests/{id}`: the consent screen.
+pub async fn consent(State(s): State<Arc<AppState>>, u: User, Path(id): Path<String>) -> Page {
+    let (_, agent, state, req) = load_request(&s, &u, &id)?;
+    let fragment = consent_fragment(&req, &agent);
+    let shown = hex::encode(mandate_core::hash::sha256(fragment.as_bytes()));
+    let mut body = fragment;
+    if state == "pending" {
+        let _ = write!(
+            body,
+            r#"<form method="post" action="/console/requests/{id}/approve">{csrf}<input type="hidden" name="shown" value="{shown}"><p><button type="submit">Approve and sign the mandate</button></p></form>
+<form method="post" action="/console/requests/{id}/deny">{csrf}<label for="reason">Reason for denying</label><input id="reason" name="reason" size="50"><p><button type="submit" class="danger">Deny</button></p></form>
+<p><small>Consent evidence: SHA-256 of this page's request section <code>{shown}</code></small></p>"#,
+            id = esc(&id),
+            csrf = csrf_field(&u.session.csrf),
+            shown = esc(&shown)
+        );
+    } else {
+        let _ = write!(
+            body,
+            r#"<p class="notice">This request is {}.</p>"#,
+            esc(&state)
+        );
+    }
+    Ok(html(page("Consent", me(&u), &body)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ApproveForm {
+    csrf: String,
+    shown: String,
+}
+
+/// `POST /console/requests/{id}/approve`: only if the request is exactly
+/// what the page showed; the page's hash is recorded as consent evidence.
+pub async fn approve(
+    State(s): State<Arc<AppState>>,
+    u: User,
+    Path(id): Path<String>,
+    Form(f): Form<ApproveForm>,
+) -> Page {
+    u.check_csrf(&f.csrf)?;
+    let (_, agent, _, req) = load_request(&s, &u, &id)?;
+    let shown = hex::encode(mandate_core::hash::sha256(
+        consent_fragment(&req, &agent).as_bytes(),
+    ));
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        shown.as_bytes(),
+        f.shown.as_bytes(),
+    )) {
+        return Err(fail(
+            Some(&u),
+            StatusCode::CONFLICT,
+            "the request changed since the page was shown; review it again",
+        ));
+    }
+    let consent = crate::routes::requests::consent_hash(&req).map_err(|e| api_fail(&u, &e))?;
+    let body = Bytes::from(json!({"consent_sha256": consent}).to_string());
+    let answer = crate::routes::requests::approve(
+        State(Arc::clone(&s)),
+        u.caller().clone(),
+        Path(id.clone()),
+        body,
+    )
+    .await
+    .map_err(|e| api_fail(&u, &e))?;
+    let mandate_id = answer.0["mandate_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (tenant, who, mid) = (
+        u.caller().tenant.clone(),
+        u.caller().sub.clone(),
+        mandate_id.clone(),
+    );
+    s.store
+        .write(move |tx| {
+            tx.audit(
+                Some(&tenant),
+                "consent_shown",
+                Some(&mid),
+                json!({"request": id, "by": who, "shown_sha256": shown}),
+            )
+        })
+        .await
+        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    Ok(Redirect::to(&format!("/console/mandates/{mandate_id}")).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DenyForm {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /console/requests/{id}/deny`.
+pub async fn deny(
+    State(s): State<Arc<AppState>>,
+    u: User,
+    Path(id): Path<String>,
+    Form(f): Form<DenyForm>,
+) -> Page {
+    u.check_csrf(&f.csrf)?;
+    let body = Bytes::from(json!({"reason": f.reason}).to_string());
+    let _denied = crate::routes::requests::deny(State(s), u.caller().clone(), Path(id), body)
+        .await
+        .map_err(|e| api_fail(&u, &e))?;
+    Ok(Redirect::to("/console/requests").into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct MandateFilter {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    agent: String,
+    #[serde(default)]
+    principal: String,
+}
+
+/// `GET /console/mandates?state=&agent=&principal=`.
+pub async fn mandates(
+    State(s): State<Arc<AppState>>,
+    u: User,
+    Query(q): Query<MandateFilter>,
+) -> Page {
+    let tenant = u.caller().tenant.clone();
+    let mut rows: Vec<(String, String, String, String, String)> = s
+        .with_registry(|r| {
+            r.in_tenant(&tenant)
+                .filter(|m| sees(&u, &m.principal))
+                .filter(|m| q.state.is_empty() || state_name(m.state) == q.state)
+                .filter(|m| q.agent.is_empty() || m.claims.agent.id.as_str().contains(&q.agent))
+                .filter(|m| q.principal.is_empty() || m.principal.contains(&q.principal))
+                .map(|m| {
+                    (
+                        m.id.to_string(),
+                        state_name(m.state).to_owned(),
+                        m.claims.agent.id.to_string(),
+                        m.principal.clone(),
+                        m.claims.purpose.objective.clone(),
+                    )
+                })
+                .collect()
+        })
+        .map_err(|e| api_fail(&u, &e))?;
+    rows.sort();
+    let mut body = format!(
+        r#"<form method="get" action="/console/mandates"><label>State <select name="state"><option value="">any</option>{}</select></label>
+<label>Agent <input name="agent" value="{}"></label><label>Principal <input name="principal" value="{}"></label><button type="submit">Filter</button></form>
+<table><caption>{} mandate(s)</caption><tr><th>Mandate</th><th>State</th><th>Agent</th><th>Principal</th><th>Objective</th></tr>"#,
+        [
+            "active",
+            "suspended",
+            "revoked",
+            "expired",
+            "completed",
+            "superseded"
+        ]
+        .iter()
+        .map(|st| format!(
+            r#"<option{}>{st}</option>"#,
+            if q.state == *st { " selected" } else { "" }
+        ))
+        .collect::<String>(),
+        esc(&q.agent),
+        esc(&q.principal),
+        rows.len()
+    );
+    for (id, st, agent, principal, objective) in &rows {
+        let _ = write!(
+            body,
+            r#"<tr><td><a href="/console/mandates/{0}">{0}</a></td><td class="state">{1}</td><td>{2}</td><td>{3}</td><td>{4}</td></tr>"#,
+            esc(id),
+            esc(st),
+            esc(agent),
+            esc(principal),
+            esc(objective)
+        );
+    }
+    body.push_str("</table>");
+    Ok(html(page("Mandates", me(&u), &body)))
+}
+
+fn descendants(s: &AppState, tenant: &str, id: &str) -> Vec<(String, String, usize)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(id.to_owned(), 0usize)];
+    while let Some((cur, depth)) = stack.pop() {
+        let kids: Vec<(String, String)> = s
+            .with_registry(|r| {
+                r.in_tenant(tenant)
+                    .filter(|m| m.parent.as_ref().is_some_and(|p| p.as_str() == cur))
+                    .map(|m| (m.id.to_string(), state_name(m.state).to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (k, st) in kids {
+            out.push((k.clone(), st, depth + 1));
+            stack.push((k, depth + 1));
+        }
+    }
+    out
+}
+
+/// `GET /console/mandates/{id}`: fields, revisions, delegation tree and the
+/// timeline, with attempts after the end marked.
+pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<String>) -> Page {
+    let tenant = u.caller().tenant.clone();
+    let m = s
+        .with_registry(|r| r.get(&tenant, &id).cloned())
+        .map_err(|e| api_fail(&u, &e))?
+        .filter(|m| sees(&u, &m.principal))
+        .ok_or_else(|| fail(Some(&u), StatusCode::NOT_FOUND, "mandate not found"))?;
+    let c: &MandateClaims = &m.claims;
+    let st = state_name(m.state);
+    let mut body = format!(
+        r#"<p>State: <span class="state">{}</span> · agent <strong>{}</strong> ({}) · granted by {} · grant <code>{}</code></p>
+<p><strong>Objective:</strong> {}<br><strong>Context:</strong> {}</p><p>Hard expiry: {}</p>"#,
+        esc(st),
+        esc(c.agent.id.as_str()),
+        esc(&c.agent.instance),
+        esc(&m.principal),
+        esc(&c.principal.grant_ref),
+        esc(&c.purpose.objective),
+        esc(&c.purpose.business_context),
+        esc(&c.lifecycle.hard_expiry.to_rfc3339())
+    );
+    body.push_str(
+        "<table><caption>Scope</caption><tr><th>Type</th><th>Locations</th><th>Actions</th></tr>",
+    );
+    for d in &c.authorization_details {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&d.type_),
+            esc(&d.locations.join(", ")),
+            esc(&d.actions.join(", "))
+        );
+    }
+    body.push_str("</table>");
+    let (sup, sup_by): (Option<String>, Option<String>) = s
+        .store
+        .read(|cn| {
+            let by: Option<String> = cn
+                .query_row(
+                    "SELECT superseded_by FROM mandates WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .unwrap_or(None);
+            let of: Option<String> = rusqlite::OptionalExtension::optional(cn.query_row(
+                "SELECT id FROM mandates WHERE superseded_by = ?1",
+                params![id],
+                |r| r.get(0),
+            ))?;
+            Ok((of, by))
+        })
+        .unwrap_or((None, None));
+    if let Some(of) = sup {
+        let _ = write!(
+            body,
+            r#"<p>Revision of <a href="/console/mandates/{0}">{0}</a>.</p>"#,
+            esc(&of)
+        );
+    }
+    if let Some(by) = sup_by {
+        let _ = write!(
+            body,
+            r#"<p>Superseded by <a href="/console/mandates/{0}">{0}</a>.</p>"#,
+            esc(&by)
+        );
+    }
+    let tree = descendants(&s, &tenant, &id);
+    body.push_str("<h2>Delegation tree</h2>");
+    if tree.is_empty() {
+        body.push_str("<p>No child mandates or one-time grants.</p>");
+    } else {
+        body.push_str("<ul>");
+        for (k, kst, depth) in &tree {
+            let _ = write!(
+                body,
+                r#"<li style="margin-left:{}rem"><a href="/console/mandates/{1}">{1}</a> — {2}</li>"#,
+                depth.saturating_sub(1) * 2,
+                esc(k),
+                esc(kst)
+            );
+        }
+        body.push_str("</ul>");
+    }
+    if !crate::db::is_terminal(m.state) {
+        let _ = write!(
+            body,
+            r#"<h2>Govern</h2><p>{}<a href="/console/mandates/{id}/confirm?op=revoke">Revoke…</a></p>
+<form method="post" action="/console/mandates/{id}/act">{csrf}<input type="hidden" name="op" value="amend"><label for="hard_expiry">New hard expiry (RFC 3339)</label><input id="hard_expiry" name="hard_expiry" value="{exp}"> <button type="submit">Amend the expiry</button></form>"#,
+            if m.state == mandate_core::state::MandateState::Suspended {
+                format!(
+                    r#"<a href="/console/mandates/{}/confirm?op=resume">Resume…</a> · "#,
+                    esc(&id)
+                )
+            } else {
+                format!(
+                    r#"<a href="/console/mandates/{}/confirm?op=suspend">Suspend…</a> · "#,
+                    esc(&id)
+                )
+            },
+            id = esc(&id),
+            csrf = csrf_field(&u.session.csrf),
+            exp = esc(&c.lifecycle.hard_expiry.to_rfc3339())
+        );
+    }
+    let (records, end) = s
+        .store
+        .read(|cn| {
+            Ok((
+                audit::records_for_tree(cn, &id)?,
+                audit::after_end(cn, &id)?.0,
+            ))
+        })
+        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    body.push_str(r#"<h2>Timeline</h2><table><tr><th>#</th><th>When</th><th>What</th><th>Mandate</th><th>Details</th></tr>"#);
+    for r in &records {
+        let after_end = r.kind == "decision"
+            && end
+                .as_ref()
+                .is_some_and(|e| audit::decided_at(r) >= e.at_ms && r.seq != e.seq);
+        let (class, what) = match (
+            r.kind.as_str(),
+            r.body.get("decision").and_then(Value::as_str),
+        ) {
+            ("decision", Some("allow")) => ("allow", "allowed".to_owned()),
+            ("decision", _) => (
+                "deny",
+                format!(
+                    "denied: {}",
+                    r.body["reasons"]
+                        .as_array()
+                        .map(|a| a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                ),
+            ),
+            (k, _) => ("", k.to_owned()),
+        };
+        let when =
+            mandate_core::timestamp::UnixTime::from_secs(audit::decided_at(r).div_euclid(1000))
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+        let detail = match r.kind.as_str() {
+            "decision" => format!(
+                "{} {}",
+                escv(&r.body["action"]),
+                escv(
+                    &r.body
+                        .get("resource")
+                        .map(|v| v["id"].clone())
+                        .or_else(|| r.body.get("path").cloned())
+                        .unwrap_or(Value::Null)
+                )
+            ),
+            _ => escv(
+                &r.body
+                    .get("by")
+                    .cloned()
+                    .or_else(|| r.body.get("reason").cloned())
+                    .unwrap_or(Value::Null),
+            ),
+        };
+        let _ = write!(
+            body,
+            r#"<tr class="{}"><td>{}</td><td>{}</td><td class="{class}">{}{}</td><td>{}</td><td>{}</td></tr>"#,
+            if after_end { "after-end" } else { "" },
+            r.seq,
+            esc(&when),
+            esc(&what),
+            if after_end {
+                " <strong>(after end)</strong>"
+            } else {
+                ""
+            },
+            esc(r.mandate_id.as_deref().unwrap_or("")),
+            detail
+        );
+    }
+    body.push_str("</table>");
+    Ok(html(page(&format!("Mandate {id}"), me(&u), &body)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConfirmQuery {
+    op: String,
+}
+
+/// `GET /console/mandates/{id}/confirm?op=`: says what will be cascaded.
+pub async fn confirm(
+    State(s): State<Arc<AppState>>,
+    u: User,
+    Path(id): Path<String>,
+    Query(q): Query<ConfirmQuery>,
+) -> Page {
+    if !matches!(q.op.as_str(), "suspend" | "resume" | "revoke") {
+        return Err(fail(Some(&u), StatusCode::BAD_REQUEST, "unknown operation"));
+    }
+    let tenant = u.caller().tenant.clone();
+    let visible = s
+        .with_registry(|r| r.get(&tenant, &id).is_some_and(|m| sees(&u, &m.principal)))
+        .unwrap_or(false);
+    if !visible {
+        return Err(fail(Some(&u), StatusCode::NOT_FOUND, "mandate not found"));
+    }
+    let tree = descendants(&s, &tenant, &id);
+    let effect = match q.op.as_str() {
+        "revoke" => format!(
+            "Revoking ends it for good, and with it {} descendant mandate(s) — and any a holder derived offline, since every decision checks the whole chain:",
+            tree.len()
+        ),
+        "suspend" => format!(
+            "Suspending pauses it; its {} descendant mandate(s) are denied while it is suspended:",
+            tree.len()
+        ),
+        _ => "Resuming makes it usable again, and its live descendants with it:".to_owned(),
+    };
+    let mut body = format!("<p>{}</p><ul>", esc(&effect));
+    for (k, st, _) in &tree {
+        let _ = write!(body, "<li>{} ({})</li>", esc(k), esc(st));
+    }
+    let _ = write!(
+        body,
+        r#"</ul><form method="post" action="/console/mandates/{id}/act">{csrf}<input type="hidden" name="op" value="{op}"><label for="reason">Reason</label><input id="reason" name="reason" size="50"><p><button type="submit" class="danger">Confirm: {op}</button> <a href="/console/mandates/{id}">Cancel</a></p></form>"#,
+        id = esc(&id),
+        csrf = csrf_field(&u.session.csrf),
+        op = esc(&q.op)
+    );
+    Ok(html(page(&format!("{} {id}?", q.op), me(&u), &body)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActForm {
+    csrf: String,
+    op: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    hard_expiry: String,
+}
+
+/// `POST /console/mandates/{id}/act`: suspend, resume, revoke or amend.
+pub async fn act(
+    State(s): State<Arc<AppState>>,
+    u: User,
+    Path(id): Path<String>,
+    Form(f): Form<ActForm>,
+) -> Page {
+    u.check_csrf(&f.csrf)?;
+    let caller = u.caller().clone();
+    let reason = Bytes::from(json!({"reason": f.reason}).to_string());
+    let st = State(Arc::clone(&s));
+    let result = match f.op.as_str() {
+        "suspend" => crate::routes::lifecycle::suspend(st, caller, Path(id.clone()), reason).await,
+        "resume" => crate::routes::lifecycle::resume(st, caller, Path(id.clone()), reason).await,
+        "revoke" => crate::routes::lifecycle::revoke(st, caller, Path(id.clone()), reason).await,
+        "amend" => {
+            let body = Bytes::from(
+                json!({"hard_expiry": f.hard_expiry.trim(), "reason": "amended in the console"})
+                    .to_string(),
+            );
+            crate::routes::lifecycle::amend(st, caller, Path(id.clone()), body).await
+        }
+        _ => return Err(fail(Some(&u), StatusCode::BAD_REQUEST, "unknown operation")),
+    };
+    let answer = result.map_err(|e| api_fail(&u, &e))?;
+    let target = answer
+        .0
+        .get("mandate_id")
+        .and_then(Value::as_str)
+        .unwrap_or(&id)
+        .to_owned();
+    Ok(Redirect::to(&format!("/console/mandates/{target}")).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditFilter {
+    #[serde(default)]
+    mandate: String,
+    #[serde(default)]
+    agent: String,
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+}
+
+fn filtered(s: &AppState, u: &User, q: &AuditFilter) -> Result<Vec<audit::AuditRecord>, Response> {
+    let tenant = u.caller().tenant.clone();
+    let from = mandate_core::timestamp::UnixTime::parse_rfc3339(q.from.trim())
+        .map(|t| t.secs() * 1000)
+        .ok();
+    let to = mandate_core::timestamp::UnixTime::parse_rfc3339(q.to.trim())
+        .map(|t| t.secs() * 1000)
+        .ok();
+    let visible: std::collections::HashSet<String> = s
+        .with_registry(|r| {
+            r.in_tenant(&tenant)
+                .filter(|m| sees(u, &m.principal))
+                .map(|m| m.id.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let records = s
+        .store
+        .read(|c| {
+            if q.mandate.trim().is_empty() {
+                audit::all(c)
+            } else {
+                audit::records_for_tree(c, q.mandate.trim())
+            }
+        })
+        .map_err(|e| fail(Some(u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    Ok(records
+        .into_iter()
+        .filter(|r| r.tenant.as_deref() == Some(tenant.as_str()))
+        .filter(|r| {
+            u.caller().role == Role::Admin
+                || r.mandate_id.as_ref().is_some_and(|m| visible.contains(m))
+        })
+        .filter(|r| {
+            q.agent.is_empty()
+                || r.body["agent"]
+                    .as_str()
+                    .is_some_and(|a| a.contains(&q.agent))
+        })
+        .filter(|r| q.outcome.is_empty() || r.body["decision"].as_str() == Some(q.outcome.as_str()))
+        .filter(|r| {
+            from.is_none_or(|f| audit::decided_at(r) >= f)
+                && to.is_none_or(|t| audit::decided_at(r) <= t)
+        })
+        .collect())
+}
+
+/// `GET /console/audit`: search, export, and the result of verification.
+pub async fn audit(State(s): State<Arc<AppState>>, u: User, Query(q): Query<AuditFilter>) -> Page {
+    let records = filtered(&s, &u, &q)?;
+    let key = s
+        .authority
+        .verifying_key()
+        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let report = s
+        .store
+        .read(|c| audit::verify(c, &mandate_store::checkpoint_path(s.store.dir()), &key))
+        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let verdict = match &report.first_problem {
+        None => format!(
+            r#"<p class="ok">Audit chain intact: {} records, head <code>{}</code>.</p>"#,
+            report.records,
+            esc(&report.head_hash)
+        ),
+        Some((seq, what)) => format!(
+            r#"<p class="notice">Audit chain BROKEN at record {seq}: {}</p>"#,
+            esc(what)
+        ),
+    };
+    let qs = format!(
+        "mandate={}&agent={}&outcome={}&from={}&to={}",
+        esc(&q.mandate),
+        esc(&q.agent),
+        esc(&q.outcome),
+        esc(&q.from),
+        esc(&q.to)
+    );
+    let mut body = format!(
+        r#"{verdict}<form method="get" action="/console/audit"><label>Mandate <input name="mandate" value="{}"></label><label>Agent <input name="agent" value="{}"></label>
+<label>Outcome <select name="outcome"><option value="">any</option><option{}>allow</option><option{}>deny</option></select></label>
+<label>From (RFC 3339) <input name="from" value="{}"></label><label>To <input name="to" value="{}"></label><button type="submit">Search</button></form>
+<p><a href="/console/audit/export?{qs}">Export these records as JSON lines</a></p><table><caption>{} record(s)</caption><tr><th>#</th><th>Kind</th><th>Mandate</th><th>Details</th></tr>"#,
+        esc(&q.mandate),
+        esc(&q.agent),
+        if q.outcome == "allow" {
+            " selected"
+        } else {
+            ""
+        },
+        if q.outcome == "deny" { " selected" } else { "" },
+        esc(&q.from),
+        esc(&q.to),
+        records.len()
+    );
+    for r in records.iter().rev().take(500) {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            r.seq,
+            esc(&r.kind),
+            esc(r.mandate_id.as_deref().unwrap_or("")),
+            esc(&r.body.to_string())
+        );
+    }
+    body.push_str("</table>");
+    Ok(html(page("Audit", me(&u), &body)))
+}
+
+/// `GET /console/audit/export`: the filtered records as JSON lines.
+pub async fn export(State(s): State<Arc<AppState>>, u: User, Query(q): Query<AuditFilter>) -> Page {
+    let records = filtered(&s, &u, &q)?;
+    let text: String = records
+        .iter()
+        .map(|r| format!("{}\n", serde_json::to_string(r).unwrap_or_default()))
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"audit.jsonl\"",
+            ),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+/// `GET /console/facts`: the tenant's mission facts and the recent business
+/// events, with the mandates each one ended.
+pub async fn facts(State(s): State<Arc<AppState>>, u: User) -> Page {
+    let tenant = u.caller().tenant.clone();
+    let (facts, events, ended) = s
+        .store
+        .read(|c| {
+            let (facts, version) = crate::routes::facts::read_facts(c, &tenant)?;
+            let mut st = c.prepare("SELECT idempotency_id, type, subject, occurred_ms FROM events WHERE tenant = ?1 ORDER BY received_ms DESC LIMIT 100")?;
+            let events: Vec<(String, String, Option<String>, i64)> = st.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
+            let mut st = c.prepare("SELECT mandate_id, record FROM audit WHERE tenant = ?1 AND kind IN ('completed', 'suspended', 'revoked')")?;
+            let ended: Vec<(String, Value)> = st
+                .query_map(params![tenant], |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or(Value::Null))))?
+                .collect::<Result<_, _>>()?;
+            Ok(((facts, version), events, ended))
+        })
+        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let mut body = format!(
+        "<h2>Mission facts (version {})</h2><pre>{}</pre><h2>Recent business events</h2><table><tr><th>Event</th><th>Type</th><th>Subject</th><th>Occurred</th><th>Ended or suspended</th></tr>",
+        facts.1,
+        esc(&serde_json::to_string_pretty(&facts.0).unwrap_or_default())
+    );
+    for (eid, ty, subject, at) in &events {
+        let by = format!("event:{eid}");
+        let hit: Vec<String> = ended
+            .iter()
+            .filter(|(_, r)| r["body"]["by"].as_str() == Some(by.as_str()))
+            .map(|(m, r)| format!("{} ({})", m, r["kind"].as_str().unwrap_or("")))
+            .collect();
+        let when = mandate_core::timestamp::UnixTime::from_secs(at.div_euclid(1000))
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(eid),
+            esc(ty),
+            esc(subject.as_deref().unwrap_or("")),
+            esc(&when),
+            esc(&hit.join(", "))
+        );
+    }
+    body.push_str("</table>");
+    Ok(html(page("Facts and events", me(&u), &body)))
+}
