@@ -23,6 +23,13 @@ use crate::state::AppState;
 
 type Page = Result<Response, Response>;
 
+static NULL: Value = Value::Null;
+
+/// The value at a JSON pointer, or `null`.
+fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
+    v.pointer(pointer).unwrap_or(&NULL)
+}
+
 fn html(s: String) -> Response {
     let mut r = Html(s).into_response();
     r.headers_mut().insert(
@@ -143,9 +150,9 @@ pub async fn requests(State(s): State<Arc<AppState>>, u: User) -> Page {
             body,
             r#"<tr><td><a href="/console/requests/{}">Review</a></td><td>{} <small>({})</small></td><td>{}</td><td>{}</td></tr>"#,
             esc(id),
-            escv(&req["agent"]["id"]),
+            escv(at(&req, "/agent/id")),
             esc(agent),
-            escv(&req["purpose"]["objective"]),
+            escv(at(&req, "/purpose/objective")),
             esc(principal)
         );
         n += 1;
@@ -166,14 +173,14 @@ fn consent_fragment(req: &Value, agent_sub: &str) -> String {
         r#"<section id="consent"><h2>{} asks to act for you</h2><p>Agent <strong>{}</strong>, instance <code>{}</code> (signed in as {}).</p>
 <h3>Why</h3><p><strong>Objective:</strong> {}</p><p><strong>Business context:</strong> {}</p>
 <h3>What it may do</h3><table><tr><th>Resource type</th><th>Where</th><th>Actions</th><th>Resource must be</th><th>Constraints</th></tr>"#,
-        escv(&req["agent"]["id"]),
-        escv(&req["agent"]["id"]),
-        escv(&req["agent"]["instance"]),
+        escv(at(req, "/agent/id")),
+        escv(at(req, "/agent/id")),
+        escv(at(req, "/agent/instance")),
         esc(agent_sub),
-        escv(&req["purpose"]["objective"]),
-        escv(&req["purpose"]["business_context"])
+        escv(at(req, "/purpose/objective")),
+        escv(at(req, "/purpose/business_context"))
     );
-    for d in req["authorization_details"]
+    for d in at(req, "/authorization_details")
         .as_array()
         .into_iter()
         .flatten()
@@ -196,21 +203,24 @@ fn consent_fragment(req: &Value, agent_sub: &str) -> String {
         let _ = write!(
             f,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escv(&d["type"]),
-            list(&d["locations"]),
-            list(&d["actions"]),
-            map(&d["resource"]),
-            map(&d["constraints"])
+            escv(at(d, "/type")),
+            list(at(d, "/locations")),
+            list(at(d, "/actions")),
+            map(at(d, "/resource")),
+            map(at(d, "/constraints"))
         );
     }
     f.push_str("</table><h3>What must stay true</h3>");
-    let conditions = req["conditions"].as_array().cloned().unwrap_or_default();
+    let conditions = at(req, "/conditions")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if conditions.is_empty() {
         f.push_str("<p>No conditions.</p>");
     } else {
         f.push_str("<table><tr><th>Condition</th><th>Expression</th><th>If it fails</th></tr>");
         for c in &conditions {
-            let then = match c["on_failure"].as_str() {
+            let then = match at(c, "/on_failure").as_str() {
                 Some("suspend_and_notify") => "the mandate is suspended and you are notified",
                 Some("revoke") => "the mandate is revoked",
                 _ => "the action is denied",
@@ -218,8 +228,8 @@ fn consent_fragment(req: &Value, agent_sub: &str) -> String {
             let _ = write!(
                 f,
                 "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
-                escv(&c["id"]),
-                escv(&c["expression"]),
+                escv(at(c, "/id")),
+                escv(at(c, "/expression")),
                 then
             );
         }
@@ -228,9 +238,9 @@ fn consent_fragment(req: &Value, agent_sub: &str) -> String {
     let _ = write!(
         f,
         "<h3>When it ends</h3><p>At the latest <strong>{}</strong>",
-        escv(&req["lifecycle"]["hard_expiry"])
+        escv(at(req, "/lifecycle/hard_expiry"))
     );
-    let events = req["lifecycle"]["terminal_events"]
+    let events = at(req, "/lifecycle/terminal_events")
         .as_array()
         .cloned()
         .unwrap_or_default();
@@ -242,7 +252,7 @@ fn consent_fragment(req: &Value, agent_sub: &str) -> String {
             let (ty, subject) = match e {
                 Value::String(t) => (esc(t), String::new()),
                 other => (
-                    escv(&other["type"]),
+                    escv(at(other, "/type")),
                     other
                         .get("subject")
                         .map(|s| format!(" about <code>{}</code>", escv(s)))
@@ -253,13 +263,13 @@ fn consent_fragment(req: &Value, agent_sub: &str) -> String {
         }
         f.push_str("</ul>");
     }
-    let d = &req["delegation"];
-    if d["permitted"] == true && d["max_additional_hops"].as_u64().unwrap_or(0) > 0 {
+    let d = at(req, "/delegation");
+    if at(d, "/permitted") == true && at(d, "/max_additional_hops").as_u64().unwrap_or(0) > 0 {
         let _ = write!(
             f,
             "<h3>Delegation</h3><p>It may hand narrower mandates to sub-agents, up to {} more hop(s) ({}).</p>",
-            escv(&d["max_additional_hops"]),
-            escv(&d["attenuation"])
+            escv(at(d, "/max_additional_hops")),
+            escv(at(d, "/attenuation"))
         );
     } else {
         f.push_str("<h3>Delegation</h3><p>It may not delegate.</p>");
@@ -269,10 +279,10 @@ fn consent_fragment(req: &Value, agent_sub: &str) -> String {
             let _ = write!(
                 f,
                 "<h3>Discovery</h3><p>It may ask for one-time use of newly found tools of type {} at {} for {}, each usable once for at most {} seconds.</p>",
-                escv(&disc["types"]),
-                escv(&disc["locations"]),
-                escv(&disc["actions"]),
-                escv(&disc["max_lifetime_secs"])
+                escv(at(disc, "/types")),
+                escv(at(disc, "/locations")),
+                escv(at(disc, "/actions")),
+                escv(at(disc, "/max_lifetime_secs"))
             );
         }
         None => f.push_str("<h3>Discovery</h3><p>It may not ask for tools beyond these.</p>"),
@@ -370,7 +380,7 @@ pub async fn approve(
     )
     .await
     .map_err(|e| api_fail(&u, &e))?;
-    let mandate_id = answer.0["mandate_id"]
+    let mandate_id = at(&answer.0, "/mandate_id")
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -639,7 +649,7 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
                 "deny",
                 format!(
                     "denied: {}",
-                    r.body["reasons"]
+                    at(&r.body, "/reasons")
                         .as_array()
                         .map(|a| a
                             .iter()
@@ -658,11 +668,11 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
         let detail = match r.kind.as_str() {
             "decision" => format!(
                 "{} {}",
-                escv(&r.body["action"]),
+                escv(at(&r.body, "/action")),
                 escv(
                     &r.body
                         .get("resource")
-                        .map(|v| v["id"].clone())
+                        .map(|v| at(v, "/id").clone())
                         .or_else(|| r.body.get("path").cloned())
                         .unwrap_or(Value::Null)
                 )
@@ -836,11 +846,13 @@ fn filtered(s: &AppState, u: &User, q: &AuditFilter) -> Result<Vec<audit::AuditR
         })
         .filter(|r| {
             q.agent.is_empty()
-                || r.body["agent"]
+                || at(&r.body, "/agent")
                     .as_str()
                     .is_some_and(|a| a.contains(&q.agent))
         })
-        .filter(|r| q.outcome.is_empty() || r.body["decision"].as_str() == Some(q.outcome.as_str()))
+        .filter(|r| {
+            q.outcome.is_empty() || at(&r.body, "/decision").as_str() == Some(q.outcome.as_str())
+        })
         .filter(|r| {
             from.is_none_or(|f| audit::decided_at(r) >= f)
                 && to.is_none_or(|t| audit::decided_at(r) <= t)
@@ -951,14 +963,14 @@ pub async fn facts(State(s): State<Arc<AppState>>, u: User) -> Page {
         facts.1,
         esc(&serde_json::to_string_pretty(&facts.0).unwrap_or_default())
     );
-    for (eid, ty, subject, at) in &events {
+    for (eid, ty, subject, at_ms) in &events {
         let by = format!("event:{eid}");
         let hit: Vec<String> = ended
             .iter()
-            .filter(|(_, r)| r["body"]["by"].as_str() == Some(by.as_str()))
-            .map(|(m, r)| format!("{} ({})", m, r["kind"].as_str().unwrap_or("")))
+            .filter(|(_, r)| at(r, "/body/by").as_str() == Some(by.as_str()))
+            .map(|(m, r)| format!("{} ({})", m, at(r, "/kind").as_str().unwrap_or("")))
             .collect();
-        let when = mandate_core::timestamp::UnixTime::from_secs(at.div_euclid(1000))
+        let when = mandate_core::timestamp::UnixTime::from_secs(at_ms.div_euclid(1000))
             .map(|t| t.to_rfc3339())
             .unwrap_or_default();
         let _ = write!(
