@@ -164,6 +164,14 @@ pub async fn requests(State(s): State<Arc<AppState>>, u: User) -> Page {
     Ok(html(page("Requests", me(&u), &body)))
 }
 
+/// A JSON list as escaped, comma-separated text.
+fn inline(v: &Value) -> String {
+    v.as_array().map_or_else(
+        || escv(v),
+        |a| a.iter().map(escv).collect::<Vec<_>>().join(", "),
+    )
+}
+
 /// The consent fragment: everything the principal is asked to grant, in
 /// words. Its SHA-256 is the consent evidence recorded with the approval.
 fn consent_fragment(req: &Value, agent_sub: &str) -> String {
@@ -279,9 +287,9 @@ fn consent_fragment(req: &Value, agent_sub: &str) -> String {
             let _ = write!(
                 f,
                 "<h3>Discovery</h3><p>It may ask for one-time use of newly found tools of type {} at {} for {}, each usable once for at most {} seconds.</p>",
-                escv(at(disc, "/types")),
-                escv(at(disc, "/locations")),
-                escv(at(disc, "/actions")),
+                inline(at(disc, "/types")),
+                inline(at(disc, "/locations")),
+                inline(at(disc, "/actions")),
                 escv(at(disc, "/max_lifetime_secs"))
             );
         }
@@ -677,13 +685,13 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
                         .unwrap_or(Value::Null)
                 )
             ),
-            _ => escv(
-                &r.body
-                    .get("by")
-                    .cloned()
-                    .or_else(|| r.body.get("reason").cloned())
-                    .unwrap_or(Value::Null),
-            ),
+            _ => r
+                .body
+                .get("by")
+                .or_else(|| r.body.get("reason"))
+                .filter(|v| !v.is_null())
+                .map(escv)
+                .unwrap_or_default(),
         };
         let _ = write!(
             body,
