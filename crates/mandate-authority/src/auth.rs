@@ -89,6 +89,12 @@ impl Issuers {
         }
     }
 
+    /// The key `kid` of a trusted issuer.
+    #[must_use]
+    pub fn key(&self, iss: &str, kid: &str) -> Option<mandate_core::keys::VerifyingKey> {
+        self.keys.read().ok()?.get(iss)?.get(kid).cloned()
+    }
+
     /// Verifies a bearer token: signature by a key of its (trusted) issuer,
     /// `aud`, `exp`, and a known role and a tenant.
     ///

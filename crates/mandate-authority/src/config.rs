@@ -113,6 +113,63 @@ pub struct Config {
     /// How often JWKS URLs are fetched again, in seconds.
     #[serde(default = "default_refresh")]
     pub jwks_refresh_secs: u64,
+    /// Identities of the local issuer a principal or admin may pick on the
+    /// console's sign-in page (the embedded default; an operator's choice).
+    #[serde(default)]
+    pub console_identity: Vec<ConsoleIdentity>,
+    /// OpenID Connect sign-in to the console (authorization code with PKCE).
+    #[serde(default)]
+    pub console_oidc: Option<ConsoleOidc>,
+}
+
+/// A local identity offered on the console's sign-in page.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleIdentity {
+    /// Subject.
+    pub sub: String,
+    /// `principal` or `admin`.
+    pub role: String,
+    /// Tenant.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+/// The enterprise IdP for console sign-in. Its keys come from the
+/// `trusted_issuer` entry with the same `issuer`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleOidc {
+    /// The IdP's issuer (also a `trusted_issuer`).
+    pub issuer: String,
+    /// Its authorization endpoint.
+    pub authorization_endpoint: String,
+    /// Its token endpoint.
+    pub token_endpoint: String,
+    /// This console's client id.
+    pub client_id: String,
+    /// A file holding the client secret (confidential clients).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Where the IdP sends the browser back: `<console>/console/oidc/callback`.
+    pub redirect_uri: String,
+    /// The ID token claim holding the role (`principal` or `admin`).
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// The ID token claim holding the tenant.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+}
+
+fn default_role_claim() -> String {
+    "role".into()
+}
+fn default_tenant_claim() -> String {
+    "tenant".into()
 }
 
 fn default_refresh() -> u64 {
@@ -143,6 +200,8 @@ impl Default for Config {
             webhook: Vec::new(),
             body_limit: default_body_limit(),
             jwks_refresh_secs: default_refresh(),
+            console_identity: Vec::new(),
+            console_oidc: None,
         }
     }
 }
@@ -240,6 +299,34 @@ impl Config {
                     return Err(err(
                         format!("trusted_issuer[{i}]"),
                         "give exactly one of jwks_file and jwks_url",
+                    ));
+                }
+            }
+        }
+        for (i, c) in self.console_identity.iter().enumerate() {
+            if !matches!(c.role.as_str(), "principal" | "admin") || c.sub.trim().is_empty() {
+                return Err(err(
+                    format!("console_identity[{i}]"),
+                    "needs a sub and the role principal or admin",
+                ));
+            }
+        }
+        if let Some(o) = &self.console_oidc {
+            if !self.trusted_issuer.iter().any(|t| t.iss == o.issuer) {
+                return Err(err(
+                    "console_oidc.issuer",
+                    "must also be a trusted_issuer (its keys verify the ID tokens)",
+                ));
+            }
+            for (name, url) in [
+                ("authorization_endpoint", &o.authorization_endpoint),
+                ("token_endpoint", &o.token_endpoint),
+                ("redirect_uri", &o.redirect_uri),
+            ] {
+                if !acceptable_jwks_url(url) {
+                    return Err(err(
+                        format!("console_oidc.{name}"),
+                        "must be https (or http on loopback)",
                     ));
                 }
             }

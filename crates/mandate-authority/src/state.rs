@@ -56,6 +56,8 @@ pub struct AppState {
     pub signals: tokio::sync::Notify,
     /// Console sessions.
     pub sessions: crate::console::Sessions,
+    /// Console sign-ins waiting for the IdP's callback.
+    pub oidc: crate::console::oidc::PendingLogins,
 }
 
 /// The authority's key file in a data directory.
@@ -170,6 +172,7 @@ impl AppState {
             metrics: Metrics::default(),
             signals: tokio::sync::Notify::new(),
             sessions: crate::console::Sessions::default(),
+            oidc: crate::console::oidc::PendingLogins::default(),
         }))
     }
 

@@ -128,6 +128,26 @@ pub fn decode<'a>(
     allowed: &BTreeSet<Algorithm>,
     expected_typ: &'static str,
 ) -> Result<DecodedJws<'a>, JwsError> {
+    decode_with(compact, allowed, expected_typ, false)
+}
+
+/// As [`decode`] for an OpenID Connect ID token: `typ` may be absent or `JWT`.
+///
+/// # Errors
+/// See [`JwsError`].
+pub fn decode_id_token<'a>(
+    compact: &'a str,
+    allowed: &BTreeSet<Algorithm>,
+) -> Result<DecodedJws<'a>, JwsError> {
+    decode_with(compact, allowed, "JWT", true)
+}
+
+fn decode_with<'a>(
+    compact: &'a str,
+    allowed: &BTreeSet<Algorithm>,
+    expected_typ: &'static str,
+    typ_optional: bool,
+) -> Result<DecodedJws<'a>, JwsError> {
     if compact.len() > MAX_JWS_BYTES {
         return Err(JwsError::TooLarge);
     }
@@ -191,7 +211,8 @@ pub fn decode<'a>(
         .get(..12)
         .filter(|p| p.eq_ignore_ascii_case("application/"))
         .map_or(typ, |_| typ.get(12..).unwrap_or_default());
-    if !typ_norm.eq_ignore_ascii_case(expected_typ) {
+    let absent_ok = typ_optional && header.get("typ").is_none();
+    if !absent_ok && !typ_norm.eq_ignore_ascii_case(expected_typ) {
         return Err(JwsError::TypInvalid {
             expected: expected_typ,
             found: typ.to_owned(),

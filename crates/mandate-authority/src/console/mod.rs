@@ -25,6 +25,7 @@ use crate::auth::{Caller, Role};
 use crate::state::AppState;
 
 pub mod html;
+pub mod oidc;
 mod pages;
 
 /// How long a console session lives.
@@ -173,6 +174,9 @@ pub fn router() -> Router<Arc<AppState>> {
             get(|| async { Redirect::to("/console/requests") }),
         )
         .route("/console/login", get(pages::login_form).post(pages::login))
+        .route("/console/login/pick", post(pages::pick))
+        .route("/console/oidc", get(oidc::start))
+        .route("/console/oidc/callback", get(oidc::callback))
         .route("/console/logout", post(pages::logout))
         .route("/console/requests", get(pages::requests))
         .route("/console/requests/{id}", get(pages::consent))

@@ -73,17 +73,74 @@ pub struct LoginForm {
     token: String,
 }
 
-/// `GET /console/login`.
-pub async fn login_form() -> Response {
-    html(page(
-        "Sign in",
-        None,
-        r#"<p>Paste a token for a principal or an administrator. With the embedded issuer:
+/// `GET /console/login`: an identity provider, the local identities the
+/// operator configured, or a pasted token.
+pub async fn login_form(State(s): State<Arc<AppState>>) -> Response {
+    let mut body = String::new();
+    if s.config.console_oidc.is_some() {
+        body.push_str(r#"<p><a href="/console/oidc">Sign in with your organisation's identity provider</a></p>"#);
+    }
+    if s.config.local_issuer && !s.config.console_identity.is_empty() {
+        body.push_str(r#"<form method="post" action="/console/login/pick"><fieldset><legend>Sign in as a local identity</legend>"#);
+        for (i, c) in s.config.console_identity.iter().enumerate() {
+            let _ = write!(
+                body,
+                r#"<p><button type="submit" name="identity" value="{i}">{} ({}, tenant {})</button></p>"#,
+                esc(&c.sub),
+                esc(&c.role),
+                esc(&c.tenant)
+            );
+        }
+        body.push_str("</fieldset></form>");
+    }
+    body.push_str(
+        r#"<p>Or paste a token for a principal or an administrator. With the embedded issuer:
 <code>mandate token --sub you@example.com --role principal</code>.</p>
 <form method="post" action="/console/login"><label for="token">Token</label>
 <input id="token" name="token" type="password" autocomplete="off" required size="60">
 <p><button type="submit">Sign in</button></p></form>"#,
-    ))
+    );
+    html(page("Sign in", None, &body))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PickForm {
+    identity: usize,
+}
+
+fn start_session(s: &AppState, caller: crate::auth::Caller) -> Response {
+    let sid = s.sessions.start(caller);
+    let mut r = Redirect::to("/console/requests").into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&cookie(s, &sid, super::SESSION_TTL.as_secs())) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `POST /console/login/pick`: one of the configured local identities.
+pub async fn pick(State(s): State<Arc<AppState>>, Form(f): Form<PickForm>) -> Response {
+    let Some(c) = s
+        .config
+        .console_identity
+        .get(f.identity)
+        .filter(|_| s.config.local_issuer)
+    else {
+        return fail(None, StatusCode::BAD_REQUEST, "no such identity");
+    };
+    let role = if c.role == "admin" {
+        Role::Admin
+    } else {
+        Role::Principal
+    };
+    start_session(
+        &s,
+        crate::auth::Caller {
+            sub: c.sub.clone(),
+            iss: crate::config::LOCAL_ISSUER.into(),
+            role,
+            tenant: c.tenant.clone(),
+        },
+    )
 }
 
 /// `POST /console/login`: agents, enforcers and event sources are refused.

@@ -374,3 +374,258 @@ fn a_principal_sees_only_their_own_mandates_and_an_admin_the_tenants() {
         404
     );
 }
+
+/// A minimal OpenID provider on loopback: authorize (auto-consent), token
+/// (checks the PKCE verifier), JWKS.
+fn fake_idp() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use base64::Engine as _;
+    use std::collections::HashMap;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let key =
+        mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [77; 32])
+            .with_kid("idp-key");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (issuer, seen) = (base.clone(), log.clone());
+    std::thread::spawn(move || {
+        let mut codes: HashMap<String, (String, String)> = HashMap::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let req = String::from_utf8_lossy(&data).into_owned();
+            let line = req.lines().next().unwrap_or("").to_owned();
+            let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let body = req.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+            let params = |q: &str| -> HashMap<String, String> {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), urldecode(v)))
+                    .collect()
+            };
+            seen.lock().unwrap().push(line.clone());
+            let response = if target.starts_with("/jwks") {
+                let b = json!({"keys": [key.public_jwk()]}).to_string();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                    b.len()
+                )
+            } else if let Some(q) = target.strip_prefix("/authorize?") {
+                let p = params(q);
+                let code = format!("code-{}", codes.len());
+                codes.insert(
+                    code.clone(),
+                    (p["code_challenge"].clone(), p["nonce"].clone()),
+                );
+                assert_eq!(p["code_challenge_method"], "S256");
+                format!(
+                    "HTTP/1.1 302 Found\r\nLocation: {}?code={code}&state={}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    p["redirect_uri"], p["state"]
+                )
+            } else if target.starts_with("/token") {
+                let p = params(&body);
+                let ok = codes.remove(&p["code"]).filter(|(challenge, _)| {
+                    *challenge
+                        == base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .encode(mandate_core::hash::sha256(p["code_verifier"].as_bytes()))
+                });
+                match ok {
+                    Some((_, nonce)) => {
+                        let now = mandate_authority::auth::now_secs();
+                        let claims = json!({"iss": issuer, "sub": "vp@acme.example", "aud": "mandate-console", "iat": now, "exp": now + 300,
+                            "nonce": nonce, "role": "principal", "tenant": "acme"});
+                        let header = json!({"alg": "EdDSA", "kid": "idp-key"});
+                        let id_token = {
+                            let mut t = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                                .encode(header.to_string());
+                            t.push('.');
+                            t.push_str(
+                                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                                    .encode(claims.to_string()),
+                            );
+                            let sig = key.sign(t.as_bytes());
+                            t.push('.');
+                            t.push_str(
+                                &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig),
+                            );
+                            t
+                        };
+                        let b = json!({"id_token": id_token, "token_type": "Bearer"}).to_string();
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                            b.len()
+                        )
+                    }
+                    None => {
+                        "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_owned()
+                    }
+                }
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (base, log)
+}
+
+fn urldecode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap(),
+            );
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn get_absolute(url: &str) -> Resp {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut t = TcpStream::connect(host).unwrap();
+    t.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    t.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
+        .unwrap_or((text.clone(), String::new()));
+    Resp {
+        status: head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        head,
+        body,
+    }
+}
+
+#[test]
+fn a_principal_signs_in_with_the_enterprise_idp_by_authorization_code_and_pkce() {
+    let (idp, log) = fake_idp();
+    let dir = temp_dir("oidc");
+    // The redirect URI names the console; the test follows redirects itself, so any loopback URL works.
+    let s = Server::start_configured(dir, |c| {
+        c.trusted_issuer = vec![mandate_authority::config::TrustedIssuer {
+            iss: idp.clone(),
+            jwks_file: None,
+            jwks_url: Some(format!("{idp}/jwks")),
+        }];
+        c.console_oidc = Some(mandate_authority::config::ConsoleOidc {
+            issuer: idp.clone(),
+            authorization_endpoint: format!("{idp}/authorize"),
+            token_endpoint: format!("{idp}/token"),
+            client_id: "mandate-console".into(),
+            client_secret_file: None,
+            redirect_uri: "http://127.0.0.1/console/oidc/callback".into(),
+            role_claim: "role".into(),
+            tenant_claim: "tenant".into(),
+        });
+        c.console_identity = vec![mandate_authority::config::ConsoleIdentity {
+            sub: "admin@acme.example".into(),
+            role: "admin".into(),
+            tenant: "acme".into(),
+        }];
+    });
+    let login = send(&s, "GET", "/console/login", None, None);
+    assert!(login.body.contains("/console/oidc") && login.body.contains("admin@acme.example"));
+
+    let start = send(&s, "GET", "/console/oidc", None, None);
+    assert_eq!(start.status, 303);
+    let authorize = header(&start, "location").unwrap().to_owned();
+    assert!(
+        authorize.contains("code_challenge=")
+            && authorize.contains("code_challenge_method=S256")
+            && authorize.contains("nonce=")
+    );
+    let at_idp = get_absolute(&authorize);
+    assert_eq!(at_idp.status, 302);
+    let back = header(&at_idp, "location").unwrap().to_owned();
+    let callback = back
+        .split_once("/console")
+        .map(|(_, p)| format!("/console{p}"))
+        .unwrap();
+    let done = send(&s, "GET", &callback, None, None);
+    assert_eq!(done.status, 303, "{}", done.body);
+    let cookie = header(&done, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = send(&s, "GET", "/console/requests", Some(&cookie), None);
+    assert!(page.body.contains("vp@acme.example (principal)"));
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("POST /token")),
+        "the code was exchanged at the token endpoint"
+    );
+
+    // The same callback again: the sign-in was consumed.
+    assert_eq!(send(&s, "GET", &callback, None, None).status, 400);
+    // A callback for a sign-in this console never started.
+    assert_eq!(
+        send(
+            &s,
+            "GET",
+            "/console/oidc/callback?code=code-9&state=forged",
+            None,
+            None
+        )
+        .status,
+        400
+    );
+
+    // The configured local identity.
+    let picked = send(&s, "POST", "/console/login/pick", None, Some("identity=0"));
+    assert_eq!(picked.status, 303);
+    let admin_cookie = header(&picked, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        send(&s, "GET", "/console/requests", Some(&admin_cookie), None)
+            .body
+            .contains("admin@acme.example (admin)")
+    );
+}

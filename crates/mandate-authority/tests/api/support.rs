@@ -44,9 +44,13 @@ impl Server {
     }
 
     pub fn start_in(dir: PathBuf) -> Self {
+        Self::start_configured(dir, |_| {})
+    }
+
+    pub fn start_configured(dir: PathBuf, edit: impl FnOnce(&mut Config)) -> Self {
         let secret = dir.join("github.secret");
         std::fs::write(&secret, WEBHOOK_SECRET).unwrap();
-        let config = Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.join("data"),
             issuer: Some("https://mandate.test".into()),
@@ -57,6 +61,7 @@ impl Server {
             }],
             ..Config::default()
         };
+        edit(&mut config);
         let state = AppState::open(config).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,288 @@
+//! Console sign-in with an enterprise IdP: OpenID Connect authorization
+//! code flow with PKCE (S256), `state` and `nonce`. The ID token is verified
+//! with the keys of the matching `trusted_issuer`: signature, `iss`, `aud`,
+//! `exp`, `nonce`; the role and tenant come from configured claims.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use mandate_core::keys::Algorithm;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::html::{esc, page};
+use crate::auth::{Caller, Role};
+use crate::state::AppState;
+
+/// How long a sign-in may take between the redirect and the callback.
+const PENDING_TTL: Duration = Duration::from_secs(600);
+
+struct Pending {
+    verifier: String,
+    nonce: String,
+    expires: Instant,
+}
+
+/// Sign-ins in flight, by `state`.
+#[derive(Default)]
+pub struct PendingLogins {
+    inner: Mutex<HashMap<String, Pending>>,
+}
+
+impl std::fmt::Debug for PendingLogins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingLogins")
+    }
+}
+
+fn random() -> String {
+    use rand_core::RngCore as _;
+    let mut b = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut b);
+    B64.encode(b)
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::response::Html(page(
+            "Sign-in failed",
+            None,
+            &format!(
+                r#"<p class="notice">{}</p><p><a href="/console/login">Try again</a></p>"#,
+                esc(message)
+            ),
+        )),
+    )
+        .into_response()
+}
+
+/// `GET /console/oidc`: redirects to the IdP.
+pub async fn start(State(s): State<Arc<AppState>>) -> Response {
+    let Some(o) = &s.config.console_oidc else {
+        return refuse(StatusCode::NOT_FOUND, "no identity provider is configured");
+    };
+    let (state, nonce, verifier) = (random(), random(), random());
+    let challenge = B64.encode(mandate_core::hash::sha256(verifier.as_bytes()));
+    if let Ok(mut p) = s.oidc.inner.lock() {
+        p.retain(|_, v| v.expires > Instant::now());
+        p.insert(
+            state.clone(),
+            Pending {
+                verifier,
+                nonce: nonce.clone(),
+                expires: Instant::now() + PENDING_TTL,
+            },
+        );
+    }
+    let sep = if o.authorization_endpoint.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let url = format!(
+        "{}{sep}response_type=code&client_id={}&redirect_uri={}&scope=openid&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
+        o.authorization_endpoint,
+        enc(&o.client_id),
+        enc(&o.redirect_uri),
+        enc(&state),
+        enc(&nonce),
+        enc(&challenge)
+    );
+    Redirect::to(&url).into_response()
+}
+
+/// The callback's query.
+#[derive(Debug, Deserialize)]
+pub struct Callback {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+fn exchange(o: &crate::config::ConsoleOidc, code: &str, verifier: &str) -> Result<String, String> {
+    let secret = match &o.client_secret_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("client secret: {e}"))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let mut form = vec![
+        ("grant_type", "authorization_code".to_owned()),
+        ("code", code.to_owned()),
+        ("redirect_uri", o.redirect_uri.clone()),
+        ("client_id", o.client_id.clone()),
+        ("code_verifier", verifier.to_owned()),
+    ];
+    if let Some(sec) = secret {
+        form.push(("client_secret", sec));
+    }
+    let body: String = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&o.token_endpoint)
+        .content_type("application/x-www-form-urlencoded")
+        .send(body)
+        .map_err(|e| format!("token endpoint: {e}"))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("token endpoint: {e}"))?;
+    if status != 200 {
+        return Err(format!("token endpoint answered {status}"));
+    }
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("token endpoint: {e}"))?;
+    v.get("id_token")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| "no id_token in the answer".into())
+}
+
+fn verify_id_token(
+    s: &AppState,
+    o: &crate::config::ConsoleOidc,
+    token: &str,
+    nonce: &str,
+) -> Result<Caller, String> {
+    let algs = [Algorithm::EdDSA, Algorithm::ES256].into();
+    let d =
+        mandate_core::jws::decode_id_token(token, &algs).map_err(|e| format!("id_token: {e}"))?;
+    let kid = d.kid.as_deref().ok_or("id_token: no kid")?;
+    let key = s
+        .issuers
+        .key(&o.issuer, kid)
+        .ok_or("id_token: unknown key")?;
+    if key.algorithm() != d.alg || !key.verify(d.signing_input.as_bytes(), &d.signature) {
+        return Err("id_token: signature does not verify".into());
+    }
+    let c: Value = serde_json::from_slice(&d.payload).map_err(|e| format!("id_token: {e}"))?;
+    let now = crate::auth::now_secs();
+    let aud_ok = match c.get("aud") {
+        Some(Value::String(a)) => *a == o.client_id,
+        Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(o.client_id.as_str())),
+        _ => false,
+    };
+    if c.get("iss").and_then(Value::as_str) != Some(o.issuer.as_str()) || !aud_ok {
+        return Err("id_token: wrong issuer or audience".into());
+    }
+    if c.get("exp")
+        .and_then(Value::as_i64)
+        .is_none_or(|e| e <= now)
+    {
+        return Err("id_token: expired".into());
+    }
+    if !c.get("nonce").and_then(Value::as_str).is_some_and(|n| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            n.as_bytes(),
+            nonce.as_bytes(),
+        ))
+    }) {
+        return Err("id_token: nonce does not match".into());
+    }
+    let role = match c.get(&o.role_claim).and_then(Value::as_str) {
+        Some("principal") => Role::Principal,
+        Some("admin") => Role::Admin,
+        _ => return Err("only principals and administrators may use the console".into()),
+    };
+    let sub = c
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|x| !x.is_empty())
+        .ok_or("id_token: no sub")?;
+    let tenant = c
+        .get(&o.tenant_claim)
+        .and_then(Value::as_str)
+        .filter(|x| !x.is_empty())
+        .ok_or("id_token: no tenant")?;
+    Ok(Caller {
+        sub: sub.to_owned(),
+        iss: o.issuer.clone(),
+        role,
+        tenant: tenant.to_owned(),
+    })
+}
+
+/// `GET /console/oidc/callback`: exchanges the code (with the PKCE
+/// verifier), verifies the ID token, starts a session.
+pub async fn callback(State(s): State<Arc<AppState>>, Query(q): Query<Callback>) -> Response {
+    let Some(o) = s.config.console_oidc.clone() else {
+        return refuse(StatusCode::NOT_FOUND, "no identity provider is configured");
+    };
+    if let Some(e) = q.error {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            &format!("the identity provider said: {e}"),
+        );
+    }
+    let (Some(code), Some(state)) = (q.code, q.state) else {
+        return refuse(StatusCode::BAD_REQUEST, "code and state are required");
+    };
+    let pending = s
+        .oidc
+        .inner
+        .lock()
+        .ok()
+        .and_then(|mut p| p.remove(&state))
+        .filter(|p| p.expires > Instant::now());
+    let Some(pending) = pending else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "unknown or expired sign-in (state)",
+        );
+    };
+    let o2 = o.clone();
+    let verifier = pending.verifier.clone();
+    let token = match tokio::task::spawn_blocking(move || exchange(&o2, &code, &verifier)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return refuse(StatusCode::UNAUTHORIZED, &e),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    match verify_id_token(&s, &o, &token, &pending.nonce) {
+        Ok(caller) => {
+            let sid = s.sessions.start(caller);
+            let mut r = Redirect::to("/console/requests").into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&super::cookie(
+                &s,
+                &sid,
+                super::SESSION_TTL.as_secs(),
+            )) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => refuse(StatusCode::UNAUTHORIZED, &e),
+    }
+}
