@@ -106,9 +106,10 @@ pub fn check(parent: &MandateClaims, child: &MandateClaims) -> Vec<Violation> {
             "is inherited unchanged from the parent",
         ));
     }
-    for (i, d) in child.authorization_details.iter().enumerate() {
-        out.extend(detail_violations(parent, d, i));
-    }
+    out.extend(details_within(
+        &parent.authorization_details,
+        &child.authorization_details,
+    ));
     let strict = parent.delegation.attenuation == Attenuation::StrictSubsetOfParent;
     let (ce, pe) = (child.lifecycle.hard_expiry, parent.lifecycle.hard_expiry);
     if ce > pe || (strict && ce == pe) {
@@ -311,14 +312,28 @@ pub fn check_discovery_grant(parent: &MandateClaims, child: &MandateClaims) -> V
     out
 }
 
-fn detail_violations(parent: &MandateClaims, d: &AuthorizationDetail, i: usize) -> Vec<Violation> {
+/// Every way a set of authorization details exceeds another (the scope
+/// dimensions of [`check`]); empty when `child` is within `parent`.
+#[must_use]
+pub fn details_within(
+    parent: &[AuthorizationDetail],
+    child: &[AuthorizationDetail],
+) -> Vec<Violation> {
+    child
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| detail_violations(parent, d, i))
+        .collect()
+}
+
+fn detail_violations(
+    parent: &[AuthorizationDetail],
+    d: &AuthorizationDetail,
+    i: usize,
+) -> Vec<Violation> {
     let p = format!("authorization_details[{i}]");
     let mut best: Option<Vec<Violation>> = None;
-    for pd in parent
-        .authorization_details
-        .iter()
-        .filter(|pd| pd.type_ == d.type_)
-    {
+    for pd in parent.iter().filter(|pd| pd.type_ == d.type_) {
         let found = against(pd, d, &p);
         if found.is_empty() {
             return found;

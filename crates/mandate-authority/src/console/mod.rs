@@ -186,6 +186,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/console/mandates/{id}", get(pages::mandate))
         .route("/console/mandates/{id}/confirm", get(pages::confirm))
         .route("/console/mandates/{id}/act", post(pages::act))
+        .route("/console/mandates/{id}/scope", post(pages::scope))
         .route("/console/audit", get(pages::audit))
         .route("/console/audit/export", get(pages::export))
         .route("/console/facts", get(pages::facts))

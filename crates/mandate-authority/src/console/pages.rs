@@ -673,7 +673,8 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
         let _ = write!(
             body,
             r#"<h2>Govern</h2><p>{}<a href="/console/mandates/{id}/confirm?op=revoke">Revoke…</a></p>
-<form method="post" action="/console/mandates/{id}/act">{csrf}<input type="hidden" name="op" value="amend"><label for="hard_expiry">New hard expiry (RFC 3339)</label><input id="hard_expiry" name="hard_expiry" value="{exp}"> <button type="submit">Amend the expiry</button></form>"#,
+<form method="post" action="/console/mandates/{id}/act">{csrf}<input type="hidden" name="op" value="amend"><label for="hard_expiry">New hard expiry (RFC 3339)</label><input id="hard_expiry" name="hard_expiry" value="{exp}"> <button type="submit">Amend the expiry</button></form>
+<form method="post" action="/console/mandates/{id}/scope">{csrf}<label for="details">Scope (authorization details, JSON): narrowing takes effect at once, widening asks for a fresh approval</label><textarea id="details" name="details" rows="10" cols="80">{scope}</textarea><p><button type="submit">Change the scope</button></p></form>"#,
             if m.state == mandate_core::state::MandateState::Suspended {
                 format!(
                     r#"<a href="/console/mandates/{}/confirm?op=resume">Resume…</a> · "#,
@@ -687,7 +688,9 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
             },
             id = esc(&id),
             csrf = csrf_field(&u.session.csrf),
-            exp = esc(&c.lifecycle.hard_expiry.to_rfc3339())
+            exp = esc(&c.lifecycle.hard_expiry.to_rfc3339()),
+            scope =
+                esc(&serde_json::to_string_pretty(&c.authorization_details).unwrap_or_default())
         );
     }
     let (records, end) = s
@@ -1050,4 +1053,107 @@ pub async fn facts(State(s): State<Arc<AppState>>, u: User) -> Page {
     }
     body.push_str("</table>");
     Ok(html(page("Facts and events", me(&u), &body)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ScopeForm {
+    csrf: String,
+    details: String,
+    /// Set on the fresh-approval page: the hash of what it showed.
+    #[serde(default)]
+    approve: String,
+}
+
+fn widening_fragment(
+    id: &str,
+    added: &[mandate_core::attenuation::Violation],
+    details: &str,
+) -> String {
+    let mut f = format!(
+        r#"<section id="widening"><p>This change gives mandate <code>{}</code> more authority than you granted. Approve it only if the agent should have it:</p><ul>"#,
+        esc(id)
+    );
+    for v in added {
+        let _ = write!(
+            f,
+            "<li><code>{}</code>: {}</li>",
+            esc(&v.path),
+            esc(&v.message)
+        );
+    }
+    let _ = write!(
+        f,
+        "</ul><h2>The new scope</h2><pre>{}</pre></section>",
+        esc(details)
+    );
+    f
+}
+
+/// `POST /console/mandates/{id}/scope`: a narrower (or equal) scope is
+/// amended at once; a wider one first shows exactly what it adds and needs a
+/// fresh approval of that page.
+pub async fn scope(
+    State(s): State<Arc<AppState>>,
+    u: User,
+    Path(id): Path<String>,
+    Form(f): Form<ScopeForm>,
+) -> Page {
+    u.check_csrf(&f.csrf)?;
+    let tenant = u.caller().tenant.clone();
+    let m = s
+        .with_registry(|r| r.get(&tenant, &id).cloned())
+        .map_err(|e| api_fail(&u, &e))?
+        .filter(|m| sees(&u, &m.principal))
+        .ok_or_else(|| fail(Some(&u), StatusCode::NOT_FOUND, "mandate not found"))?;
+    let details: Vec<mandate_core::model::AuthorizationDetail> =
+        mandate_core::json::from_slice_strict(f.details.as_bytes())
+            .map_err(|e| fail(Some(&u), StatusCode::BAD_REQUEST, &format!("scope: {e}")))?;
+    let added =
+        mandate_core::attenuation::details_within(&m.claims.authorization_details, &details);
+    let pretty = serde_json::to_string_pretty(&details).unwrap_or_default();
+    let fragment = widening_fragment(&id, &added, &pretty);
+    let shown = hex::encode(mandate_core::hash::sha256(fragment.as_bytes()));
+    if !added.is_empty()
+        && !bool::from(subtle::ConstantTimeEq::ct_eq(
+            f.approve.as_bytes(),
+            shown.as_bytes(),
+        ))
+    {
+        let body = format!(
+            r#"{fragment}<form method="post" action="/console/mandates/{id}/scope">{csrf}<input type="hidden" name="approve" value="{shown}"><textarea name="details" hidden>{details}</textarea><p><button type="submit" class="danger">Approve the wider scope</button> <a href="/console/mandates/{id}">Cancel</a></p></form>"#,
+            id = esc(&id),
+            csrf = csrf_field(&u.session.csrf),
+            shown = esc(&shown),
+            details = esc(&f.details)
+        );
+        return Ok(html(page("Approve a wider scope", me(&u), &body)));
+    }
+    let body = Bytes::from(json!({"authorization_details": details, "reason": if added.is_empty() { "scope narrowed in the console" } else { "scope widened with a fresh approval" }}).to_string());
+    let answer = crate::routes::lifecycle::amend(
+        State(Arc::clone(&s)),
+        u.caller().clone(),
+        Path(id.clone()),
+        body,
+    )
+    .await
+    .map_err(|e| api_fail(&u, &e))?;
+    let new_id = at(&answer.0, "/mandate_id")
+        .as_str()
+        .unwrap_or(&id)
+        .to_owned();
+    if !added.is_empty() {
+        let (who, nid) = (u.caller().sub.clone(), new_id.clone());
+        s.store
+            .write(move |tx| {
+                tx.audit(
+                    Some(&tenant),
+                    "widening_approved",
+                    Some(&nid),
+                    json!({"by": who, "supersedes": id, "shown_sha256": shown}),
+                )
+            })
+            .await
+            .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    }
+    Ok(Redirect::to(&format!("/console/mandates/{new_id}")).into_response())
 }

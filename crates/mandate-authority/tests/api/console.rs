@@ -629,3 +629,113 @@ fn a_principal_signs_in_with_the_enterprise_idp_by_authorization_code_and_pkce()
             .contains("admin@acme.example (admin)")
     );
 }
+
+#[test]
+fn narrowing_the_scope_takes_effect_and_widening_needs_a_fresh_approval() {
+    let s = Server::start("console-scope-change");
+    let c = Cast::new(&s);
+    let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (cookie, csrf) = sign_in(&s, &c.principal);
+    let details = |actions: serde_json::Value| {
+        let mut d = procurement_request("x")["authorization_details"].clone();
+        d[0]["actions"] = actions;
+        d.to_string()
+    };
+
+    // Narrowing: a new revision at once.
+    let narrow = send(
+        &s,
+        "POST",
+        &format!("/console/mandates/{id}/scope"),
+        Some(&cookie),
+        Some(&format!(
+            "csrf={csrf}&details={}",
+            enc(&details(json!(["search"])))
+        )),
+    );
+    assert_eq!(narrow.status, 303, "{}", narrow.body);
+    let narrowed = header(&narrow, "location")
+        .unwrap()
+        .trim_start_matches("/console/mandates/")
+        .to_owned();
+    let (_, m) = s.call(
+        "GET",
+        &format!("/v1/mandates/{narrowed}"),
+        Some(&c.admin),
+        None,
+    );
+    assert_eq!(
+        m["claims"]["authorization_details"][0]["actions"],
+        json!(["search"])
+    );
+    assert_eq!(
+        s.call("GET", &format!("/v1/mandates/{id}"), Some(&c.admin), None)
+            .1["state"],
+        "superseded"
+    );
+
+    // Widening: a page that says what is added, then only an approval of that page amends.
+    let wide = details(json!(["search", "delete_vendor"]));
+    let ask = send(
+        &s,
+        "POST",
+        &format!("/console/mandates/{narrowed}/scope"),
+        Some(&cookie),
+        Some(&format!("csrf={csrf}&details={}", enc(&wide))),
+    );
+    assert_eq!(ask.status, 200);
+    assert!(ask.body.contains("Approve the wider scope") && ask.body.contains("delete_vendor"));
+    let approve = field(&ask.body, "approve");
+    let forged = send(
+        &s,
+        "POST",
+        &format!("/console/mandates/{narrowed}/scope"),
+        Some(&cookie),
+        Some(&format!(
+            "csrf={csrf}&approve={approve}&details={}",
+            enc(&details(json!([
+                "search",
+                "delete_vendor",
+                "initiate_onboarding"
+            ])))
+        )),
+    );
+    assert_eq!(
+        forged.status, 200,
+        "an approval of another page must not amend"
+    );
+    let ok = send(
+        &s,
+        "POST",
+        &format!("/console/mandates/{narrowed}/scope"),
+        Some(&cookie),
+        Some(&format!(
+            "csrf={csrf}&approve={approve}&details={}",
+            enc(&wide)
+        )),
+    );
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let widened = header(&ok, "location")
+        .unwrap()
+        .trim_start_matches("/console/mandates/")
+        .to_owned();
+    let (_, w) = s.call(
+        "GET",
+        &format!("/v1/mandates/{widened}"),
+        Some(&c.admin),
+        None,
+    );
+    assert_eq!(
+        w["claims"]["authorization_details"][0]["actions"],
+        json!(["search", "delete_vendor"])
+    );
+    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'widening_approved'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
