@@ -673,8 +673,8 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
         let _ = write!(
             body,
             r#"<h2>Govern</h2><p>{}<a href="/console/mandates/{id}/confirm?op=revoke">Revoke…</a></p>
-<form method="post" action="/console/mandates/{id}/act">{csrf}<input type="hidden" name="op" value="amend"><label for="hard_expiry">New hard expiry (RFC 3339)</label><input id="hard_expiry" name="hard_expiry" value="{exp}"> <button type="submit">Amend the expiry</button></form>
-<form method="post" action="/console/mandates/{id}/scope">{csrf}<label for="details">Scope (authorization details, JSON): narrowing takes effect at once, widening asks for a fresh approval</label><textarea id="details" name="details" rows="10" cols="80">{scope}</textarea><p><button type="submit">Change the scope</button></p></form>"#,
+<form method="get" action="/console/mandates/{id}/confirm"><input type="hidden" name="op" value="amend"><label for="hard_expiry">New hard expiry (RFC 3339)</label><input id="hard_expiry" name="hard_expiry" value="{exp}"> <button type="submit">Amend the expiry…</button></form>
+<form method="post" action="/console/mandates/{id}/scope">{csrf}<label for="details">Scope (authorization details, JSON); you confirm the change on the next page, and a wider scope needs your fresh approval</label><textarea id="details" name="details" rows="10" cols="80">{scope}</textarea><p><button type="submit">Change the scope…</button></p></form>"#,
             if m.state == mandate_core::state::MandateState::Suspended {
                 format!(
                     r#"<a href="/console/mandates/{}/confirm?op=resume">Resume…</a> · "#,
@@ -776,6 +776,8 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
 #[derive(Debug, Deserialize)]
 pub struct ConfirmQuery {
     op: String,
+    #[serde(default)]
+    hard_expiry: String,
 }
 
 /// `GET /console/mandates/{id}/confirm?op=`: says what will be cascaded.
@@ -785,7 +787,7 @@ pub async fn confirm(
     Path(id): Path<String>,
     Query(q): Query<ConfirmQuery>,
 ) -> Page {
-    if !matches!(q.op.as_str(), "suspend" | "resume" | "revoke") {
+    if !matches!(q.op.as_str(), "suspend" | "resume" | "revoke" | "amend") {
         return Err(fail(Some(&u), StatusCode::BAD_REQUEST, "unknown operation"));
     }
     let tenant = u.caller().tenant.clone();
@@ -805,6 +807,11 @@ pub async fn confirm(
             "Suspending pauses it; its {} descendant mandate(s) are denied while it is suspended:",
             tree.len()
         ),
+        "amend" => format!(
+            "Amending issues a new revision with the hard expiry {}; this one ends as superseded, and with it {} descendant mandate(s):",
+            q.hard_expiry,
+            tree.len()
+        ),
         _ => "Resuming makes it usable again, and its live descendants with it:".to_owned(),
     };
     let mut body = format!("<p>{}</p><ul>", esc(&effect));
@@ -813,10 +820,11 @@ pub async fn confirm(
     }
     let _ = write!(
         body,
-        r#"</ul><form method="post" action="/console/mandates/{id}/act">{csrf}<input type="hidden" name="op" value="{op}"><label for="reason">Reason</label><input id="reason" name="reason" size="50"><p><button type="submit" class="danger">Confirm: {op}</button> <a href="/console/mandates/{id}">Cancel</a></p></form>"#,
+        r#"</ul><form method="post" action="/console/mandates/{id}/act">{csrf}<input type="hidden" name="op" value="{op}"><input type="hidden" name="hard_expiry" value="{exp}"><label for="reason">Reason</label><input id="reason" name="reason" size="50"><p><button type="submit" class="danger">Confirm: {op}</button> <a href="/console/mandates/{id}">Cancel</a></p></form>"#,
         id = esc(&id),
         csrf = csrf_field(&u.session.csrf),
-        op = esc(&q.op)
+        op = esc(&q.op),
+        exp = esc(&q.hard_expiry)
     );
     Ok(html(page(&format!("{} {id}?", q.op), me(&u), &body)))
 }
@@ -1069,10 +1077,17 @@ fn widening_fragment(
     added: &[mandate_core::attenuation::Violation],
     details: &str,
 ) -> String {
-    let mut f = format!(
-        r#"<section id="widening"><p>This change gives mandate <code>{}</code> more authority than you granted. Approve it only if the agent should have it:</p><ul>"#,
-        esc(id)
-    );
+    let mut f = if added.is_empty() {
+        format!(
+            r#"<section id="widening"><p>This change narrows mandate <code>{}</code>.</p><ul>"#,
+            esc(id)
+        )
+    } else {
+        format!(
+            r#"<section id="widening"><p>This change gives mandate <code>{}</code> more authority than you granted. Approve it only if the agent should have it:</p><ul>"#,
+            esc(id)
+        )
+    };
     for v in added {
         let _ = write!(
             f,

@@ -739,3 +739,60 @@ fn narrowing_the_scope_takes_effect_and_widening_needs_a_fresh_approval() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+#[test]
+fn amending_the_expiry_is_confirmed_with_what_it_supersedes() {
+    let s = Server::start("console-amend");
+    let c = Cast::new(&s);
+    let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (cookie, csrf) = sign_in(&s, &c.principal);
+    let ask = send(
+        &s,
+        "GET",
+        &format!("/console/mandates/{id}/confirm?op=amend&hard_expiry=2098-01-01T00:00:00Z"),
+        Some(&cookie),
+        None,
+    );
+    assert!(
+        ask.body
+            .contains("Amending issues a new revision with the hard expiry 2098-01-01T00:00:00Z"),
+        "{}",
+        ask.body
+    );
+    let done = send(
+        &s,
+        "POST",
+        &format!("/console/mandates/{id}/act"),
+        Some(&cookie),
+        Some(&format!(
+            "csrf={csrf}&op=amend&hard_expiry=2098-01-01T00%3A00%3A00Z&reason=shorter"
+        )),
+    );
+    assert_eq!(done.status, 303, "{}", done.body);
+    let new_id = header(&done, "location")
+        .unwrap()
+        .trim_start_matches("/console/mandates/")
+        .to_owned();
+    assert_ne!(new_id, id);
+    let (_, m) = s.call(
+        "GET",
+        &format!("/v1/mandates/{new_id}"),
+        Some(&c.admin),
+        None,
+    );
+    assert_eq!(
+        m["claims"]["lifecycle"]["hard_expiry"],
+        "2098-01-01T00:00:00Z"
+    );
+    assert!(
+        send(
+            &s,
+            "GET",
+            &format!("/console/mandates/{new_id}"),
+            Some(&cookie),
+            None
+        )
+        .body
+        .contains(&format!("Revision of <a href=\"/console/mandates/{id}\">"))
+    );
+}
