@@ -93,19 +93,7 @@ pub fn check(parent: &MandateClaims, child: &MandateClaims) -> Vec<Violation> {
             ),
         ));
     }
-    if child.iss != parent.iss {
-        out.push(v("iss", "iss", "must equal the parent's"));
-    }
-    if child.principal != parent.principal {
-        out.push(v("principal", "principal", "must equal the parent's"));
-    }
-    if child.purpose != parent.purpose {
-        out.push(v(
-            "purpose",
-            "purpose",
-            "is inherited unchanged from the parent",
-        ));
-    }
+    identity(parent, child, &mut out);
     out.extend(details_within(
         &parent.authorization_details,
         &child.authorization_details,
@@ -135,24 +123,7 @@ pub fn check(parent: &MandateClaims, child: &MandateClaims) -> Vec<Violation> {
             "must stay `strict_subset_of_parent` like the parent's",
         ));
     }
-    for pc in &parent.conditions {
-        if !child.conditions.contains(pc) {
-            out.push(v(
-                "conditions",
-                "conditions",
-                format!("the parent's condition `{}` must be kept unchanged", pc.id),
-            ));
-        }
-    }
-    for pt in &parent.lifecycle.terminal_events {
-        if !child.lifecycle.terminal_events.contains(pt) {
-            out.push(v(
-                "terminal_events",
-                "lifecycle.terminal_events",
-                format!("the parent's terminal event `{}` must be kept", pt.type_),
-            ));
-        }
-    }
+    inherited(parent, child, &mut out);
     if let Some(cd) = &child.discovery {
         let within = parent
             .discovery
@@ -174,6 +145,50 @@ pub fn check(parent: &MandateClaims, child: &MandateClaims) -> Vec<Violation> {
         ));
     }
     out
+}
+
+/// Issuer, principal and purpose come from the parent unchanged.
+fn identity(parent: &MandateClaims, child: &MandateClaims, out: &mut Vec<Violation>) {
+    if child.iss != parent.iss {
+        out.push(v("iss", "iss", "must equal the parent's"));
+    }
+    if child.principal != parent.principal {
+        out.push(v("principal", "principal", "must equal the parent's"));
+    }
+    if child.purpose != parent.purpose {
+        out.push(v(
+            "purpose",
+            "purpose",
+            "is inherited unchanged from the parent",
+        ));
+    }
+}
+
+/// Every condition and terminal event of the parent keeps applying.
+fn inherited(parent: &MandateClaims, child: &MandateClaims, out: &mut Vec<Violation>) {
+    for pc in parent
+        .conditions
+        .iter()
+        .filter(|pc| !child.conditions.contains(pc))
+    {
+        out.push(v(
+            "conditions",
+            "conditions",
+            format!("the parent's condition `{}` must be kept unchanged", pc.id),
+        ));
+    }
+    for pt in parent
+        .lifecycle
+        .terminal_events
+        .iter()
+        .filter(|pt| !child.lifecycle.terminal_events.contains(pt))
+    {
+        out.push(v(
+            "terminal_events",
+            "lifecycle.terminal_events",
+            format!("the parent's terminal event `{}` must be kept", pt.type_),
+        ));
+    }
 }
 
 fn discovery_within(p: &DiscoveryAllowance, c: &DiscoveryAllowance) -> bool {
@@ -207,19 +222,7 @@ pub fn check_discovery_grant(parent: &MandateClaims, child: &MandateClaims) -> V
             "the parent's grant allows no discovery",
         )];
     };
-    if child.iss != parent.iss {
-        out.push(v("iss", "iss", "must equal the parent's"));
-    }
-    if child.principal != parent.principal {
-        out.push(v("principal", "principal", "must equal the parent's"));
-    }
-    if child.purpose != parent.purpose {
-        out.push(v(
-            "purpose",
-            "purpose",
-            "is inherited unchanged from the parent",
-        ));
-    }
+    identity(parent, child, &mut out);
     let locs: Vec<Location> = allow
         .locations
         .iter()
@@ -291,24 +294,7 @@ pub fn check_discovery_grant(parent: &MandateClaims, child: &MandateClaims) -> V
     if child.iat < parent.iat {
         out.push(v("iat", "iat", "must not be before the parent's"));
     }
-    for pc in &parent.conditions {
-        if !child.conditions.contains(pc) {
-            out.push(v(
-                "conditions",
-                "conditions",
-                format!("the parent's condition `{}` must be kept unchanged", pc.id),
-            ));
-        }
-    }
-    for pt in &parent.lifecycle.terminal_events {
-        if !child.lifecycle.terminal_events.contains(pt) {
-            out.push(v(
-                "terminal_events",
-                "lifecycle.terminal_events",
-                format!("the parent's terminal event `{}` must be kept", pt.type_),
-            ));
-        }
-    }
+    inherited(parent, child, &mut out);
     out
 }
 

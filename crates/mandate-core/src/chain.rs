@@ -637,13 +637,7 @@ pub fn issue_root(key: &SigningKey, claims: &MandateClaims) -> Result<String, Is
         return Err(IssueError::RootWithChain);
     }
     validate(claims, CheckConditions::Compile).map_err(IssueError::Invalid)?;
-    let payload = serde_json::to_vec(claims).map_err(|e| {
-        IssueError::Invalid(Problems(vec![Problem {
-            path: ".".into(),
-            message: e.to_string(),
-        }]))
-    })?;
-    Ok(jws::sign(key, MANDATE_TYP, &payload))
+    Ok(jws::sign(key, MANDATE_TYP, &payload(claims)?))
 }
 
 /// Signs a one-time discovery grant under the parent chain's leaf, as the
@@ -659,30 +653,18 @@ pub fn issue_discovery_grant(
     mandate_id: MandateId,
     now: UnixTime,
 ) -> Result<String, IssueError> {
-    let chain = parse_unverified(parent_presented).map_err(IssueError::Parent)?;
-    let parent = chain
-        .last()
-        .ok_or(IssueError::Parent(ChainError::TooDeep))?;
-    if chain.len() > MAX_CHAIN_DEPTH {
-        return Err(IssueError::Parent(ChainError::TooDeep));
-    }
-    let claims = child_claims(&parent.claims, &parent.jws_sha256, spec, mandate_id, now);
-    validate(&claims, CheckConditions::Compile).map_err(IssueError::Invalid)?;
-    let violations = attenuation::check_discovery_grant(&parent.claims, &claims);
-    if !violations.is_empty() {
-        return Err(IssueError::Attenuation(violations));
-    }
-    let payload = serde_json::to_vec(&claims).map_err(|e| {
-        IssueError::Invalid(Problems(vec![Problem {
-            path: ".".into(),
-            message: e.to_string(),
-        }]))
-    })?;
-    let grant = jws::sign(authority, MANDATE_TYP, &payload);
-    let mut out = parent_presented.trim().to_owned();
-    out.push(CHAIN_SEPARATOR);
-    out.push_str(&grant);
-    Ok(out)
+    let parent = parent_of(parent_presented)?;
+    let payload = child_payload(
+        &parent,
+        spec,
+        mandate_id,
+        now,
+        attenuation::check_discovery_grant,
+    )?;
+    Ok(append(
+        parent_presented,
+        &jws::sign(authority, MANDATE_TYP, &payload),
+    ))
 }
 
 /// What a holder chooses for a child; everything else comes from the parent.
@@ -794,13 +776,7 @@ pub fn derive_child(
     mandate_id: MandateId,
     now: UnixTime,
 ) -> Result<String, IssueError> {
-    let chain = parse_unverified(parent_presented).map_err(IssueError::Parent)?;
-    let parent = chain
-        .last()
-        .ok_or(IssueError::Parent(ChainError::TooDeep))?;
-    if chain.len() > MAX_CHAIN_DEPTH {
-        return Err(IssueError::Parent(ChainError::TooDeep));
-    }
+    let parent = parent_of(parent_presented)?;
     let bound = parent
         .claims
         .agent
@@ -816,21 +792,54 @@ pub fn derive_child(
     {
         return Err(IssueError::WrongHolderKey);
     }
+    let payload = child_payload(&parent, spec, mandate_id, now, attenuation::check)?;
+    Ok(append(
+        parent_presented,
+        &jws::sign_with_kid(holder_key, bound.kid(), MANDATE_TYP, &payload),
+    ))
+}
+
+/// The leaf of a presented parent chain, parsed (not verified) and bounded
+/// in depth.
+fn parent_of(parent_presented: &str) -> Result<UnverifiedMandate, IssueError> {
+    let mut chain = parse_unverified(parent_presented).map_err(IssueError::Parent)?;
+    if chain.len() > MAX_CHAIN_DEPTH {
+        return Err(IssueError::Parent(ChainError::TooDeep));
+    }
+    chain.pop().ok_or(IssueError::Parent(ChainError::TooDeep))
+}
+
+/// Builds a child's claims, validates them, checks them against the parent
+/// with `check`, and serializes them.
+fn child_payload(
+    parent: &UnverifiedMandate,
+    spec: &ChildSpec,
+    mandate_id: MandateId,
+    now: UnixTime,
+    check: fn(&MandateClaims, &MandateClaims) -> Vec<Violation>,
+) -> Result<Vec<u8>, IssueError> {
     let claims = child_claims(&parent.claims, &parent.jws_sha256, spec, mandate_id, now);
     validate(&claims, CheckConditions::Compile).map_err(IssueError::Invalid)?;
-    let violations = attenuation::check(&parent.claims, &claims);
+    let violations = check(&parent.claims, &claims);
     if !violations.is_empty() {
         return Err(IssueError::Attenuation(violations));
     }
-    let payload = serde_json::to_vec(&claims).map_err(|e| {
+    payload(&claims)
+}
+
+fn payload(claims: &MandateClaims) -> Result<Vec<u8>, IssueError> {
+    serde_json::to_vec(claims).map_err(|e| {
         IssueError::Invalid(Problems(vec![Problem {
             path: ".".into(),
             message: e.to_string(),
         }]))
-    })?;
-    let child = jws::sign_with_kid(holder_key, bound.kid(), MANDATE_TYP, &payload);
+    })
+}
+
+/// `parent~child`.
+fn append(parent_presented: &str, child: &str) -> String {
     let mut out = parent_presented.trim().to_owned();
     out.push(CHAIN_SEPARATOR);
-    out.push_str(&child);
-    Ok(out)
+    out.push_str(child);
+    out
 }
