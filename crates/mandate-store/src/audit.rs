@@ -359,6 +359,31 @@ pub fn after_end(
     Ok((ended, later))
 }
 
+/// The business events (`event` records) that changed any of `records`:
+/// those named by a transition's `by` (`event:<id>`).
+///
+/// # Errors
+/// When the query fails.
+pub fn events_behind(
+    conn: &Connection,
+    records: &[AuditRecord],
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let ids: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r.body.get("by").and_then(Value::as_str))
+        .filter_map(|b| b.strip_prefix("event:"))
+        .collect();
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit WHERE kind = 'event' AND json_extract(record, '$.body.id') = ?1"))?;
+    let mut out = Vec::new();
+    for id in ids {
+        out.extend(
+            stmt.query_map(params![id], row_to_record)?
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
+    Ok(out)
+}
+
 /// Every record, in order (for export as JSON lines).
 ///
 /// # Errors

@@ -696,10 +696,11 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
     let (records, end) = s
         .store
         .read(|cn| {
-            Ok((
-                audit::records_for_tree(cn, &id)?,
-                audit::after_end(cn, &id)?.0,
-            ))
+            let mut records = audit::records_for_tree(cn, &id)?;
+            let events = audit::events_behind(cn, &records)?;
+            records.extend(events);
+            records.sort_by_key(|r| r.seq);
+            Ok((records, audit::after_end(cn, &id)?.0))
         })
         .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
     body.push_str(r#"<h2>Timeline</h2><table><tr><th>#</th><th>When</th><th>What</th><th>Mandate</th><th>Details</th></tr>"#);
@@ -744,6 +745,11 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
                         .or_else(|| r.body.get("path").cloned())
                         .unwrap_or(Value::Null)
                 )
+            ),
+            "event" => format!(
+                "{} {}",
+                escv(at(&r.body, "/type")),
+                escv(at(&r.body, "/subject"))
             ),
             _ => r
                 .body

@@ -796,3 +796,30 @@ fn amending_the_expiry_is_confirmed_with_what_it_supersedes() {
         .contains(&format!("Revision of <a href=\"/console/mandates/{id}\">"))
     );
 }
+
+#[test]
+fn the_timeline_shows_the_event_that_ended_the_mandate() {
+    let s = Server::start("console-event");
+    let c = Cast::new(&s);
+    let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (st, _) = s.call("POST", "/v1/events", Some(&c.events), Some(&json!({"id": "crm-77", "type": "contingency_program.cancelled", "subject": "program:contingency-q4"})));
+    assert_eq!(st, 202);
+    let (cookie, _) = sign_in(&s, &c.principal);
+    let page = send(
+        &s,
+        "GET",
+        &format!("/console/mandates/{id}"),
+        Some(&cookie),
+        None,
+    );
+    assert!(
+        page.body.contains("<td class=\"\">event</td>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("contingency_program.cancelled program:contingency-q4")
+    );
+    assert!(page.body.contains("event:crm-77"));
+}
