@@ -221,6 +221,11 @@ pub async fn requests(State(s): State<Arc<AppState>>, u: User) -> Page {
     Ok(html(page("Requests", me(&u), &body)))
 }
 
+/// SHA-256 (hex) of the HTML a page showed: the evidence recorded when it is approved.
+fn digest(shown: &str) -> String {
+    hex::encode(mandate_core::hash::sha256(shown.as_bytes()))
+}
+
 /// A JSON list as escaped, comma-separated text.
 fn inline(v: &Value) -> String {
     v.as_array().map_or_else(
@@ -384,7 +389,7 @@ fn load_request(
 pub async fn consent(State(s): State<Arc<AppState>>, u: User, Path(id): Path<String>) -> Page {
     let (_, agent, state, req) = load_request(&s, &u, &id)?;
     let fragment = consent_fragment(&req, &agent);
-    let shown = hex::encode(mandate_core::hash::sha256(fragment.as_bytes()));
+    let shown = digest(&fragment);
     let mut body = fragment;
     if state == "pending" {
         let _ = write!(
@@ -422,9 +427,7 @@ pub async fn approve(
 ) -> Page {
     u.check_csrf(&f.csrf)?;
     let (_, agent, _, req) = load_request(&s, &u, &id)?;
-    let shown = hex::encode(mandate_core::hash::sha256(
-        consent_fragment(&req, &agent).as_bytes(),
-    ));
+    let shown = digest(&consent_fragment(&req, &agent));
     if !bool::from(subtle::ConstantTimeEq::ct_eq(
         shown.as_bytes(),
         f.shown.as_bytes(),
@@ -1133,7 +1136,7 @@ pub async fn scope(
         mandate_core::attenuation::details_within(&m.claims.authorization_details, &details);
     let pretty = serde_json::to_string_pretty(&details).unwrap_or_default();
     let fragment = widening_fragment(&id, &added, &pretty);
-    let shown = hex::encode(mandate_core::hash::sha256(fragment.as_bytes()));
+    let shown = digest(&fragment);
     if !added.is_empty()
         && !bool::from(subtle::ConstantTimeEq::ct_eq(
             f.approve.as_bytes(),
