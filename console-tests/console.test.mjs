@@ -14,8 +14,10 @@ import { chromium } from 'playwright-core';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const bin = process.env.MANDATE_BIN || join(root, 'target/release/mandate');
-const shots = join(root, 'docs/screenshots');
 const work = mkdtempSync(join(tmpdir(), 'mandate-console-'));
+// The README's screenshots are rewritten only on request (UPDATE_SCREENSHOTS=1);
+// otherwise they go to the scratch directory, so a test run leaves the tree clean.
+const shots = process.env.UPDATE_SCREENSHOTS ? join(root, 'docs/screenshots') : join(work, 'screenshots');
 const data = join(work, 'data');
 let server, base, browser, attacker, attackerBase;
 
