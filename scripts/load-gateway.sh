@@ -3,6 +3,7 @@
 # proxy_pass, through the mandate gateway, and through nginx with the
 # gateway's auth_request (deploy/nginx/mandate.conf). One run, same machine.
 #   scripts/load-gateway.sh [DURATION=10] [CONNECTIONS=32]
+# ONLY=upstream,proxy,gateway,auth picks the runs (all by default).
 # Needs wrk, nginx and curl (Debian packages).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -72,7 +73,8 @@ run() { # NAME URL
   printf '%-34s %12s req/s   p50 %8s   p99 %8s   non-2xx %s\n' "$1" "$rps" "$p50" "$p99" "${non2xx:-0}"
 }
 echo "== ${duration}s each, 2 threads, $conns connections"
-run "upstream directly" "http://127.0.0.1:$U"
-run "nginx proxy_pass" "http://127.0.0.1:$P"
-run "mandate gateway" "http://127.0.0.1:$G"
-run "nginx + mandate auth_request" "http://127.0.0.1:$A"
+only="${ONLY:-upstream,proxy,gateway,auth}"
+case ",$only," in *,upstream,*) run "upstream directly" "http://127.0.0.1:$U";; esac
+case ",$only," in *,proxy,*) run "nginx proxy_pass" "http://127.0.0.1:$P";; esac
+case ",$only," in *,gateway,*) run "mandate gateway" "http://127.0.0.1:$G";; esac
+case ",$only," in *,auth,*) run "nginx + mandate auth_request" "http://127.0.0.1:$A";; esac

@@ -56,6 +56,15 @@ impl AuthorityClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), ClientError> {
+        self.call_text(method, path, body.map(Value::to_string))
+    }
+
+    fn call_text(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(u16, Value), ClientError> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let resp = match (method, body) {
@@ -65,7 +74,7 @@ impl AuthorityClient {
                 .post(&url)
                 .header("Authorization", &auth)
                 .header("Content-Type", "application/json")
-                .send(b.to_string()),
+                .send(b),
             (_, None) => self
                 .agent
                 .post(&url)
@@ -252,16 +261,30 @@ pub fn run_poller(
 }
 
 impl AuthorityClient {
-    /// Ships decision records (`{id, record}`) to the authority's audit log.
+    /// Ships decision records `first, first + 1, ...` of series `source` to
+    /// the authority's audit log.
     ///
     /// # Errors
     /// When the authority cannot be reached or refuses the batch.
-    pub fn ship(&self, records: &[Value]) -> Result<(), ClientError> {
-        let (st, v) = self.call(
-            "POST",
-            "/v1/audit/decisions",
-            Some(&json!({"records": records})),
-        )?;
+    pub fn ship<R: serde::Serialize>(
+        &self,
+        source: &str,
+        first: u64,
+        records: &[R],
+    ) -> Result<(), ClientError> {
+        #[derive(serde::Serialize)]
+        struct Shipment<'a, R> {
+            source: &'a str,
+            first: u64,
+            records: &'a [R],
+        }
+        let body = serde_json::to_string(&Shipment {
+            source,
+            first,
+            records,
+        })
+        .map_err(|e| ClientError(e.to_string()))?;
+        let (st, v) = self.call_text("POST", "/v1/audit/decisions", Some(body))?;
         if st == 200 {
             Ok(())
         } else {

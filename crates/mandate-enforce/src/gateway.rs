@@ -37,6 +37,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client::{AuthorityClient, run_poller};
 use crate::replica::{Applied, Replica, decide_with};
+use crate::shipper::{DecisionRecord, Outcome};
 
 /// One route.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -318,14 +319,23 @@ impl Gateway {
     }
 
     fn ship(&self, method: &Method, uri: &Uri, d: &Decision) {
-        let now = std::time::SystemTime::now()
+        let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|t| t.as_millis())
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        self.shipper.record(json!({
-            "at_ms": now, "gateway": self.config.listen, "method": method.as_str(), "path": uri.path(),
-            "chain": d.chain, "decision": if d.allow { "allow" } else { "deny" }, "reasons": d.reasons,
-        }));
+        self.shipper.record(DecisionRecord {
+            at_ms,
+            gateway: self.config.listen.clone(),
+            method: method.as_str().to_owned(),
+            path: uri.path().to_owned(),
+            chain: d.chain.clone(),
+            decision: if d.allow {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+            reasons: d.reasons.clone(),
+        });
     }
 
     /// The router.

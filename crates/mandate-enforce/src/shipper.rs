@@ -1,39 +1,72 @@
 //! Decision records, shipped to the authority's audit log in batches.
 //!
-//! Every decision the enforcement point makes becomes a record with an id
-//! unique to this enforcement point's run; the authority stores each id once,
-//! so a batch sent twice (after a timeout, say) is not recorded twice. When
-//! the authority cannot be reached the pending records are written to a spool
-//! file (atomically: temporary file, fsync, rename) and sent, oldest first,
-//! once it answers again; the spool is also written on shutdown. What is lost
-//! on a crash is at most the last batch interval (200 ms) of records not yet
-//! spooled.
+//! Every decision the enforcement point makes becomes a [`DecisionRecord`],
+//! numbered in order within a series (`source`: the stream this run of the
+//! enforcement point opened). The authority keeps, per series, the number
+//! of the next record it expects, so a batch sent twice (after a timeout,
+//! say) is not recorded twice, and records that never arrive show as
+//! `missing` in the log. When the authority cannot be reached the pending
+//! records are written to a spool file (atomically: temporary file, fsync,
+//! rename) and sent, oldest first, once it answers again; the spool is also
+//! written on shutdown. What is lost on a crash is at most the last batch
+//! interval (200 ms) of records not yet spooled — and the authority then
+//! records how many are missing.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use mandate_core::id::MandateId;
+use serde::{Deserialize, Serialize};
 
 use crate::client::AuthorityClient;
 
 /// How often pending records are sent.
 pub const INTERVAL: Duration = Duration::from_millis(200);
 /// Most records in one batch.
-pub const BATCH: usize = 1000;
+pub const BATCH: usize = 2000;
 
-enum Msg {
-    Record(Value),
-    Flush(mpsc::Sender<()>),
+/// Allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Allowed.
+    Allow,
+    /// Denied.
+    Deny,
 }
 
-/// The shipper's handle.
-#[derive(Debug)]
-pub struct Shipper {
-    tx: mpsc::Sender<Msg>,
-    prefix: String,
-    counter: AtomicU64,
+/// One decision, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// When it was made (ms since the epoch, the enforcement point's clock).
+    pub at_ms: u64,
+    /// The enforcement point (the gateway's listen address).
+    pub gateway: String,
+    /// The request's method.
+    pub method: String,
+    /// The request's path.
+    pub path: String,
+    /// The mandate chain presented, root first (empty when none verified).
+    pub chain: Vec<MandateId>,
+    /// The outcome.
+    pub decision: Outcome,
+    /// The reason codes of a deny.
+    pub reasons: Vec<String>,
+}
+
+/// A record waiting to be shipped: its series and number there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    source: Arc<str>,
+    n: u64,
+    record: DecisionRecord,
+}
+
+enum Msg {
+    Record(DecisionRecord),
+    Flush(mpsc::Sender<()>),
 }
 
 impl std::fmt::Debug for Msg {
@@ -42,7 +75,13 @@ impl std::fmt::Debug for Msg {
     }
 }
 
-fn read_spool(path: &Path) -> Vec<Value> {
+/// The shipper's handle.
+#[derive(Debug)]
+pub struct Shipper {
+    tx: mpsc::Sender<Msg>,
+}
+
+fn read_spool(path: &Path) -> Vec<Pending> {
     std::fs::read_to_string(path)
         .map(|t| {
             t.lines()
@@ -52,13 +91,19 @@ fn read_spool(path: &Path) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn write_spool(path: &Path, pending: &[Value]) {
+fn write_spool(path: &Path, pending: &[Pending]) {
     if pending.is_empty() {
         let _ = std::fs::remove_file(path);
         return;
     }
     let tmp = path.with_extension("tmp");
-    let text: String = pending.iter().map(|v| format!("{v}\n")).collect();
+    let mut text = String::new();
+    for p in pending {
+        if let Ok(line) = serde_json::to_string(p) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
     let ok = std::fs::File::create(&tmp).and_then(|mut f| {
         std::io::Write::write_all(&mut f, text.as_bytes())?;
         f.sync_all()
@@ -70,67 +115,101 @@ fn write_spool(path: &Path, pending: &[Value]) {
     }
 }
 
-impl Shipper {
-    /// Starts the shipping thread; records left in `spool` by an earlier run
-    /// are sent first.
-    #[must_use]
-    pub fn start(client: AuthorityClient, spool: PathBuf, prefix: &str) -> Self {
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let _ = std::thread::Builder::new().name("mandate-shipper".into()).spawn(move || {
-            let mut pending = read_spool(&spool);
-            let mut spooled = !pending.is_empty();
-            loop {
-                let mut flush: Option<mpsc::Sender<()>> = None;
-                let mut closed = false;
-                match rx.recv_timeout(INTERVAL) {
-                    Ok(Msg::Record(v)) => pending.push(v),
-                    Ok(Msg::Flush(done)) => flush = Some(done),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
-                }
-                while let Ok(m) = rx.try_recv() {
-                    match m {
-                        Msg::Record(v) => pending.push(v),
-                        Msg::Flush(done) => flush = Some(done),
-                    }
-                }
-                while !pending.is_empty() {
-                    let n = pending.len().min(BATCH);
-                    match client.ship(pending.get(..n).unwrap_or_default()) {
-                        Ok(()) => {
-                            pending.drain(..n);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, pending = pending.len(), "authority unreachable; decisions spooled");
-                            break;
-                        }
-                    }
-                }
-                if !pending.is_empty() || spooled {
-                    write_spool(&spool, &pending);
-                    spooled = !pending.is_empty();
-                }
-                if let Some(done) = flush {
-                    let _ = done.send(());
-                }
-                if closed {
-                    return;
-                }
+/// How many records from the front of `pending` go in one batch: the same
+/// series, consecutive numbers, at most [`BATCH`].
+fn batch_len(pending: &[Pending]) -> usize {
+    let Some(head) = pending.first() else {
+        return 0;
+    };
+    pending
+        .iter()
+        .take(BATCH)
+        .zip(head.n..)
+        .take_while(|(p, n)| p.source == head.source && p.n == *n)
+        .count()
+}
+
+/// Ships what it can, oldest first; stops at the first failure.
+fn ship_pending(client: &AuthorityClient, pending: &mut Vec<Pending>) {
+    let mut shipped = 0;
+    while shipped < pending.len() {
+        let rest = pending.get(shipped..).unwrap_or_default();
+        let n = batch_len(rest);
+        let (Some(head), Some(batch)) = (rest.first(), rest.get(..n)) else {
+            break;
+        };
+        let records: Vec<&DecisionRecord> = batch.iter().map(|p| &p.record).collect();
+        match client.ship(&head.source, head.n, &records) {
+            Ok(()) => shipped += n,
+            Err(e) => {
+                tracing::warn!(error = %e, pending = pending.len() - shipped, "authority unreachable; decisions spooled");
+                break;
             }
-        });
-        Self {
-            tx,
-            prefix: prefix.to_owned(),
-            counter: AtomicU64::new(0),
         }
+    }
+    pending.drain(..shipped);
+}
+
+impl Shipper {
+    /// Starts the shipping thread for the series `source`; records left in
+    /// `spool` by an earlier run are sent first.
+    #[must_use]
+    pub fn start(client: AuthorityClient, spool: PathBuf, source: &str) -> Self {
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let source: Arc<str> = Arc::from(source);
+        let _ = std::thread::Builder::new()
+            .name("mandate-shipper".into())
+            .spawn(move || {
+                let mut pending = read_spool(&spool);
+                let mut spooled = !pending.is_empty();
+                let mut next = 0u64;
+                let mut take = |pending: &mut Vec<Pending>, record| {
+                    pending.push(Pending {
+                        source: Arc::clone(&source),
+                        n: next,
+                        record,
+                    });
+                    next += 1;
+                };
+                loop {
+                    let mut flush: Option<mpsc::Sender<()>> = None;
+                    let mut closed = false;
+                    match rx.recv_timeout(INTERVAL) {
+                        Ok(Msg::Record(r)) => take(&mut pending, r),
+                        Ok(Msg::Flush(done)) => flush = Some(done),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+                    }
+                    while let Ok(m) = rx.try_recv() {
+                        match m {
+                            Msg::Record(r) => take(&mut pending, r),
+                            Msg::Flush(done) => flush = Some(done),
+                        }
+                    }
+                    ship_pending(&client, &mut pending);
+                    if !pending.is_empty() || spooled {
+                        write_spool(&spool, &pending);
+                        spooled = !pending.is_empty();
+                    }
+                    let flushed = flush.is_some();
+                    if let Some(done) = flush {
+                        let _ = done.send(());
+                    }
+                    if closed {
+                        return;
+                    }
+                    // Gather a batch interval's worth before sending again.
+                    if !flushed {
+                        std::thread::sleep(INTERVAL);
+                    }
+                }
+            });
+        Self { tx }
     }
 
     /// Queues a decision record.
-    pub fn record(&self, record: Value) {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(Msg::Record(
-            json!({"id": format!("{}-{n}", self.prefix), "record": record}),
-        ));
+    pub fn record(&self, record: DecisionRecord) {
+        let _ = self.tx.send(Msg::Record(record));
     }
 
     /// Sends (or spools) everything queued so far, waiting up to `timeout`.
@@ -139,5 +218,55 @@ impl Shipper {
         if self.tx.send(Msg::Flush(done)).is_ok() {
             let _ = wait.recv_timeout(timeout);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn p(source: &str, n: u64) -> Pending {
+        Pending {
+            source: Arc::from(source),
+            n,
+            record: DecisionRecord {
+                at_ms: 1,
+                gateway: "g".into(),
+                method: "GET".into(),
+                path: "/".into(),
+                chain: vec![MandateId::new("mnd-1").unwrap()],
+                decision: Outcome::Allow,
+                reasons: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_is_one_series_of_consecutive_records() {
+        let old_run = [p("a", 7), p("a", 8), p("b", 0), p("b", 1), p("b", 3)];
+        assert_eq!(batch_len(&old_run), 2);
+        assert_eq!(
+            batch_len(&old_run[2..]),
+            2,
+            "a hole in the numbers ends a batch"
+        );
+        assert_eq!(batch_len(&old_run[4..]), 1);
+        assert_eq!(batch_len(&[]), 0);
+        let many: Vec<Pending> = (0..(BATCH as u64 + 5)).map(|n| p("c", n)).collect();
+        assert_eq!(batch_len(&many), BATCH);
+    }
+
+    #[test]
+    fn the_spool_keeps_series_numbers_and_records() {
+        let dir = std::env::temp_dir().join(format!("spool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.spool");
+        let pending = vec![p("a", 7), p("b", 0)];
+        write_spool(&path, &pending);
+        assert_eq!(read_spool(&path), pending);
+        write_spool(&path, &[]);
+        assert!(!path.exists(), "an empty spool is removed");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

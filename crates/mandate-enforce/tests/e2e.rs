@@ -474,17 +474,29 @@ fn the_gateway_fails_closed_when_the_authority_is_silent_and_catches_up_after() 
     // the ones made while the authority was down (spooled, then shipped).
     let data = dir.join("data");
     let conn = mandate_store::open_read_only(&data).unwrap();
-    let shipped: Vec<Value> = mandate_store::audit::all(&conn)
+    let batches: Vec<_> = mandate_store::audit::all(&conn)
         .unwrap()
         .into_iter()
-        .filter(|r| r.kind == "decision" && r.body.get("gateway").is_some())
+        .filter(|r| r.kind == mandate_store::audit::DECISIONS)
+        .collect();
+    assert!(
+        batches.iter().all(|b| b.body.get("missing").is_none()),
+        "the authority saw decisions missing"
+    );
+    let shipped: Vec<Value> = batches
+        .into_iter()
+        .flat_map(mandate_store::audit::expand)
         .map(|r| r.body)
         .collect();
-    let ids: std::collections::HashSet<&str> = shipped
+    // One series (this run's stream), numbered 0, 1, 2, ... without a hole
+    // or a repeat: none lost, none recorded twice.
+    let ids: Vec<&str> = shipped
         .iter()
         .map(|b| b["record_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), shipped.len(), "a decision was recorded twice");
+    let series = ids[0].rsplit_once('-').unwrap().0;
+    let expected: Vec<String> = (0..ids.len()).map(|n| format!("{series}-{n}")).collect();
+    assert_eq!(ids, expected, "a decision was lost or recorded twice");
     assert!(
         shipped
             .iter()

@@ -7,6 +7,13 @@
 //! authority and written to a checkpoint file kept apart from the database,
 //! so cutting records off the end is detected as well as editing, deleting
 //! or reordering them.
+//!
+//! Decisions shipped from an enforcement point arrive in batches and are
+//! kept as one record of kind [`DECISIONS`] per batch (one hash, one row,
+//! however many decisions); queries [`expand`] such a record into one
+//! `decision` per item, referenced as `SEQ.ITEM`. Every record's mandates
+//! (its `mandate_id` and each chain it carries) are indexed in `audit_refs`,
+//! which is append-only too and checked by [`verify`].
 
 use std::io::Write as _;
 use std::path::Path;
@@ -34,7 +41,12 @@ pub struct AuditHead {
     pub hash: String,
 }
 
-/// One audit record as stored.
+/// The kind of a record that holds a batch of decisions shipped from an
+/// enforcement point: `{"enforcer", "source", "first", "records": [...]}`,
+/// item `i` being the source's decision number `first + i`.
+pub const DECISIONS: &str = "decisions";
+
+/// One audit record as stored, or one decision of a [`DECISIONS`] record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditRecord {
     /// Position in the log, from 1.
@@ -53,6 +65,104 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// This record's hash.
     pub hash: String,
+    /// For one decision out of a [`DECISIONS`] record: its position there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
+}
+
+impl AuditRecord {
+    /// How to name it: `SEQ`, or `SEQ.ITEM` for a decision out of a batch.
+    #[must_use]
+    pub fn reference(&self) -> String {
+        match self.item {
+            Some(i) => format!("{}.{i}", self.seq),
+            None => self.seq.to_string(),
+        }
+    }
+}
+
+fn chain_ids(body: &Value) -> impl Iterator<Item = &str> {
+    body.get("chain")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
+/// The mandates a record is about: its `mandate_id` and every mandate of
+/// the chains it carries.
+fn refs<'a>(
+    kind: &str,
+    mandate_id: Option<&'a str>,
+    body: &'a Value,
+) -> std::collections::BTreeSet<&'a str> {
+    let mut out: std::collections::BTreeSet<&str> = mandate_id.into_iter().collect();
+    out.extend(chain_ids(body));
+    if kind == DECISIONS {
+        for r in body
+            .get("records")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.extend(chain_ids(r));
+        }
+    }
+    out
+}
+
+/// One `decision` per item of a [`DECISIONS`] record (each with the
+/// batch's enforcer and a `record_id` of `SOURCE-N`); any other record as it is.
+#[must_use]
+pub fn expand(r: AuditRecord) -> Vec<AuditRecord> {
+    if r.kind != DECISIONS {
+        return vec![r];
+    }
+    let AuditRecord {
+        seq,
+        at_ms,
+        tenant,
+        mut body,
+        prev_hash,
+        hash,
+        ..
+    } = r;
+    let enforcer = body.get("enforcer").cloned().unwrap_or(Value::Null);
+    let source = body
+        .get("source")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let first = body.get("first").and_then(Value::as_u64).unwrap_or(0);
+    let items = match body.get_mut("records").map(Value::take) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    items
+        .into_iter()
+        .zip(0u32..)
+        .map(|(mut item, i)| {
+            let leaf = chain_ids(&item).last().map(str::to_owned);
+            if let Some(o) = item.as_object_mut() {
+                o.insert("enforcer".into(), enforcer.clone());
+                o.insert(
+                    "record_id".into(),
+                    json!(format!("{source}-{}", first + u64::from(i))),
+                );
+            }
+            AuditRecord {
+                seq,
+                at_ms,
+                tenant: tenant.clone(),
+                kind: "decision".into(),
+                mandate_id: leaf,
+                body: item,
+                prev_hash: prev_hash.clone(),
+                hash: hash.clone(),
+                item: Some(i),
+            }
+        })
+        .collect()
 }
 
 /// Canonical JSON (RFC 8785).
@@ -115,6 +225,15 @@ pub(crate) fn append(
     .execute(
         params![seq, at_ms, tenant, kind, mandate_id, text, head.hash, hash],
     )?;
+    let body = match record {
+        Value::Object(mut o) => o.remove("body").unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    let mut index =
+        conn.prepare_cached("INSERT OR IGNORE INTO audit_refs (mandate_id, seq) VALUES (?1, ?2)")?;
+    for id in refs(kind, mandate_id, &body) {
+        index.execute(params![id, seq])?;
+    }
     let out = AuditRecord {
         seq,
         at_ms,
@@ -124,9 +243,32 @@ pub(crate) fn append(
         body,
         prev_hash: head.hash.clone(),
         hash: hash.clone(),
+        item: None,
     };
     *head = AuditHead { seq, hash };
     Ok(out)
+}
+
+/// Indexes the records of a log written before the mandate index existed.
+pub(crate) fn backfill_refs(conn: &Connection) -> Result<(), StoreError> {
+    let needed: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM audit) AND NOT EXISTS (SELECT 1 FROM audit_refs)",
+        [],
+        |r| r.get(0),
+    )?;
+    if !needed {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
+    let mut insert =
+        conn.prepare("INSERT OR IGNORE INTO audit_refs (mandate_id, seq) VALUES (?1, ?2)")?;
+    for r in stmt.query_map([], row_to_record)? {
+        let r = r?;
+        for id in refs(&r.kind, r.mandate_id.as_deref(), &r.body) {
+            insert.execute(params![id, r.seq])?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn write_checkpoint(
@@ -192,6 +334,15 @@ pub fn verify(
     checkpoint: &Path,
     key: &VerifyingKey,
 ) -> Result<VerifyReport, StoreError> {
+    let mut indexed: std::collections::BTreeMap<i64, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    {
+        let mut stmt = conn.prepare("SELECT seq, mandate_id FROM audit_refs")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            indexed.entry(r.get(0)?).or_default().insert(r.get(1)?);
+        }
+    }
     let mut stmt = conn.prepare("SELECT seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash FROM audit ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     let mut expect_seq = 1i64;
@@ -226,6 +377,16 @@ pub fn verify(
                     || p["mandate_id"] != json!(mandate_id)
             }) {
                 Some((seq, "its columns do not match its record (edited)".into()))
+            } else if parsed.as_ref().is_some_and(|p| {
+                let body = p.get("body").unwrap_or(&Value::Null);
+                let want = refs(&kind, mandate_id.as_deref(), body);
+                let have = indexed.remove(&seq).unwrap_or_default();
+                !want.iter().copied().eq(have.iter().map(String::as_str))
+            }) {
+                Some((
+                    seq,
+                    "its entries in the mandate index do not match it (edited)".into(),
+                ))
             } else {
                 None
             };
@@ -260,6 +421,14 @@ pub fn verify(
             }
         }
     }
+    if problem.is_none()
+        && let Some((seq, _)) = indexed.first_key_value()
+    {
+        problem = Some((
+            *seq,
+            "the mandate index names a record the log does not have".into(),
+        ));
+    }
     Ok(VerifyReport {
         intact: problem.is_none(),
         records,
@@ -283,13 +452,15 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
         body,
         prev_hash: r.get(6)?,
         hash: r.get(7)?,
+        item: None,
     })
 }
 
 const COLUMNS: &str = "seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash";
 
 /// Every record about a mandate or any descendant (known to the authority,
-/// or presented in a decision's chain), in order.
+/// or presented in a decision's chain), in order, with batches of shipped
+/// decisions [expanded](expand) to the decisions about the tree.
 ///
 /// # Errors
 /// When the query fails.
@@ -297,16 +468,34 @@ pub fn records_for_tree(
     conn: &Connection,
     mandate_id: &str,
 ) -> Result<Vec<AuditRecord>, StoreError> {
-    let sql = format!(
+    let mut stmt = conn.prepare_cached(
         "WITH RECURSIVE tree(id) AS (SELECT ?1 UNION SELECT m.id FROM mandates m JOIN tree t ON m.parent_id = t.id)
-         SELECT {COLUMNS} FROM audit a
-         WHERE a.mandate_id IN (SELECT id FROM tree)
-            OR EXISTS (SELECT 1 FROM json_each(a.record, '$.body.chain') c WHERE c.value IN (SELECT id FROM tree))
-         ORDER BY a.seq"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(params![mandate_id], row_to_record)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+         SELECT id FROM tree",
+    )?;
+    let tree = stmt
+        .query_map(params![mandate_id], |r| r.get::<_, String>(0))?
+        .collect::<Result<std::collections::BTreeSet<String>, _>>()?;
+    let ids = serde_json::to_string(&tree).map_err(|e| StoreError::Rejected(e.to_string()))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM audit WHERE seq IN
+           (SELECT seq FROM audit_refs WHERE mandate_id IN (SELECT value FROM json_each(?1)))
+         ORDER BY seq"
+    ))?;
+    let rows = stmt.query_map(params![ids], row_to_record)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let r = r?;
+        if r.kind == DECISIONS {
+            out.extend(
+                expand(r)
+                    .into_iter()
+                    .filter(|d| chain_ids(&d.body).any(|id| tree.contains(id))),
+            );
+        } else {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// When a decision was made: an enforcement point's own time (`body.at_ms`)
@@ -384,7 +573,8 @@ pub fn events_behind(
     Ok(out)
 }
 
-/// Every record, in order (for export as JSON lines).
+/// Every record as stored, in order (for export as JSON lines: each line
+/// hashes as the log does).
 ///
 /// # Errors
 /// When the query fails.
@@ -394,24 +584,55 @@ pub fn all(conn: &Connection) -> Result<Vec<AuditRecord>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Whether the decision recorded at `seq` fell inside a valid mandate: for
-/// every mandate of its chain, the last lifecycle record before it. Returns
-/// the decision and, when the chain was not valid then, the record that had
-/// ended or suspended it.
+/// Every record in order, with batches of shipped decisions [expanded](expand).
+///
+/// # Errors
+/// When the query fails.
+pub fn all_expanded(conn: &Connection) -> Result<Vec<AuditRecord>, StoreError> {
+    Ok(all(conn)?.into_iter().flat_map(expand).collect())
+}
+
+/// Parses a decision's reference: `SEQ` or `SEQ.ITEM`.
+///
+/// # Errors
+/// When it is neither.
+pub fn parse_reference(text: &str) -> Result<(i64, Option<u32>), String> {
+    let bad = || format!("`{text}` is not SEQ or SEQ.ITEM");
+    let (seq, item) = match text.split_once('.') {
+        Some((s, i)) => (s, Some(i.parse::<u32>().map_err(|_| bad())?)),
+        None => (text, None),
+    };
+    let seq = seq.parse::<i64>().map_err(|_| bad())?;
+    if seq < 1 {
+        return Err(bad());
+    }
+    Ok((seq, item))
+}
+
+/// Whether the decision recorded at `seq` (item `item` of a batch) fell
+/// inside a valid mandate: for every mandate of its chain, the last lifecycle
+/// record before it. Returns the decision and, when the chain was not valid
+/// then, the record that had ended or suspended it.
 ///
 /// # Errors
 /// When the query fails.
 pub fn decision_validity(
     conn: &Connection,
     seq: i64,
+    item: Option<u32>,
 ) -> Result<Option<(AuditRecord, Option<AuditRecord>)>, StoreError> {
-    let decision = conn
+    let record = conn
         .query_row(
-            &format!("SELECT {COLUMNS} FROM audit WHERE seq = ?1 AND kind = 'decision'"),
+            &format!("SELECT {COLUMNS} FROM audit WHERE seq = ?1"),
             params![seq],
             row_to_record,
         )
         .optional()?;
+    let decision = match (record, item) {
+        (Some(r), None) if r.kind == "decision" => Some(r),
+        (Some(r), Some(i)) if r.kind == DECISIONS => expand(r).into_iter().nth(i as usize),
+        _ => None,
+    };
     let Some(decision) = decision else {
         return Ok(None);
     };

@@ -85,10 +85,22 @@ CREATE TABLE IF NOT EXISTS signals (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, seq)
 );
-CREATE TABLE IF NOT EXISTS shipped (
-    id TEXT PRIMARY KEY,
-    received_ms INTEGER NOT NULL
-);
+CREATE TABLE IF NOT EXISTS audit_refs (
+    mandate_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (mandate_id, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS audit_refs_no_update BEFORE UPDATE ON audit_refs
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_refs_no_delete BEFORE DELETE ON audit_refs
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS ship_marks (
+    tenant TEXT NOT NULL,
+    enforcer TEXT NOT NULL,
+    source TEXT NOT NULL,
+    next INTEGER NOT NULL,
+    PRIMARY KEY (tenant, enforcer, source)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS streams (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -102,5 +114,5 @@ CREATE TABLE IF NOT EXISTS streams (
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
-    Ok(())
+    crate::audit::backfill_refs(conn)
 }

@@ -766,7 +766,7 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
             body,
             r#"<tr class="{}"><td>{}</td><td>{}</td><td class="{class}">{}{}</td><td>{}</td><td>{}</td></tr>"#,
             if after_end { "after-end" } else { "" },
-            r.seq,
+            r.reference(),
             esc(&when),
             esc(&what),
             if after_end {
@@ -916,7 +916,7 @@ fn filtered(s: &AppState, u: &User, q: &AuditFilter) -> Result<Vec<audit::AuditR
         .store
         .read(|c| {
             if q.mandate.trim().is_empty() {
-                audit::all(c)
+                audit::all_expanded(c)
             } else {
                 audit::records_for_tree(c, q.mandate.trim())
             }
@@ -996,7 +996,7 @@ pub async fn audit(State(s): State<Arc<AppState>>, u: User, Query(q): Query<Audi
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            r.seq,
+            r.reference(),
             esc(&r.kind),
             esc(r.mandate_id.as_deref().unwrap_or("")),
             esc(&r.body.to_string())

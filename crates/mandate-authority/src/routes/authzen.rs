@@ -13,6 +13,7 @@ use axum::extract::State;
 use mandate_core::decision::{Decision, Obligation, decide};
 use mandate_core::request::EvaluationRequest;
 use mandate_core::timestamp::UnixTime;
+use rusqlite::OptionalExtension as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -236,23 +237,62 @@ pub async fn evaluations(
     Ok(Json(json!({"evaluations": out})))
 }
 
-/// A decision an enforcement point made locally.
+/// Decisions an enforcement point made locally: `source` names the series
+/// (a stream, a run), `first` the number of the first record in it.
 #[derive(Debug, Deserialize)]
-pub struct ShippedDecision {
-    /// Unique per record: a record shipped twice is stored once.
-    pub id: String,
-    /// The record (chain, action, resource, decision, reasons, ...).
-    pub record: Value,
-}
-
-#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Shipment {
-    records: Vec<ShippedDecision>,
+    source: String,
+    first: u64,
+    records: Vec<Value>,
 }
 
-/// `POST /v1/audit/decisions` (enforcer): decisions made at an enforcement
-/// point, in batches; each is appended to the audit log once, however often
-/// it is sent.
+/// Most decisions in one shipment.
+pub const MAX_SHIPMENT: usize = 10_000;
+
+/// Checks one shipped decision, naming the field and the problem.
+fn check_shipped(i: usize, r: &Value) -> Result<(), ApiError> {
+    let bad = |field: &str, problem: &str| {
+        Err(ApiError::bad_request(format!(
+            "records[{i}].{field}: {problem}"
+        )))
+    };
+    let Some(o) = r.as_object() else {
+        return Err(ApiError::bad_request(format!(
+            "records[{i}]: must be an object"
+        )));
+    };
+    match o.get("decision").and_then(Value::as_str) {
+        Some("allow" | "deny") => {}
+        _ => return bad("decision", "must be \"allow\" or \"deny\""),
+    }
+    if o.get("at_ms").and_then(Value::as_u64).is_none() {
+        return bad("at_ms", "must be a time in milliseconds since the epoch");
+    }
+    let chain = o.get("chain").and_then(Value::as_array);
+    if !chain.is_some_and(|c| {
+        c.len() <= 64
+            && c.iter()
+                .all(|v| v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 200))
+    }) {
+        return bad("chain", "must be at most 64 mandate ids");
+    }
+    if !o
+        .get("reasons")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().all(Value::is_string))
+    {
+        return bad("reasons", "must be an array of reason codes");
+    }
+    Ok(())
+}
+
+/// `POST /v1/audit/decisions` (enforcer): a batch of decisions made at an
+/// enforcement point, appended to the audit log as one record. Each
+/// decision is recorded once however often it is sent: the authority keeps,
+/// per enforcer and source, the number of the next decision it expects and
+/// drops those below it; decisions that never arrived (`first` beyond it)
+/// are counted in the record as `missing`.
 pub async fn ship(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -260,57 +300,66 @@ pub async fn ship(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Enforcer])?;
     let shipment: Shipment = parse_body(&body)?;
-    if shipment.records.len() > 10_000 {
+    if shipment.records.len() > MAX_SHIPMENT {
         return Err(ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            "records: at most 10000",
+            format!("records: at most {MAX_SHIPMENT}"),
         ));
     }
-    if let Some(bad) = shipment
-        .records
-        .iter()
-        .find(|r| r.id.is_empty() || r.id.len() > 200)
-    {
-        return Err(ApiError::bad_request(format!(
-            "records: id `{}` must be 1 to 200 characters",
-            bad.id
-        )));
+    if shipment.source.is_empty() || shipment.source.len() > 200 {
+        return Err(ApiError::bad_request("source: must be 1 to 200 characters"));
     }
+    for (i, r) in shipment.records.iter().enumerate() {
+        check_shipped(i, r)?;
+    }
+    let Shipment {
+        source,
+        first,
+        mut records,
+    } = shipment;
+    let end = first.saturating_add(records.len() as u64);
     let (tenant, enforcer) = (caller.tenant.clone(), caller.sub.clone());
     let (accepted, duplicates) = s
         .store
         .write(move |tx| {
-            let (mut accepted, mut duplicates) = (0u64, 0u64);
-            for r in shipment.records {
-                let now = tx.now_ms();
-                let n = tx.conn().execute(
-                    "INSERT OR IGNORE INTO shipped (id, received_ms) VALUES (?1, ?2)",
-                    rusqlite::params![r.id, now],
-                )?;
-                if n == 0 {
-                    duplicates += 1;
-                    continue;
-                }
-                let leaf = r
-                    .record
-                    .get("chain")
-                    .and_then(Value::as_array)
-                    .and_then(|c| c.last())
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let mut body = r.record;
-                if let Some(o) = body.as_object_mut() {
-                    o.insert("enforcer".into(), json!(enforcer));
-                    o.insert("record_id".into(), json!(r.id));
-                }
-                tx.audit(Some(&tenant), "decision", leaf.as_deref(), body)?;
-                accepted += 1;
+            let next: u64 = tx
+                .conn()
+                .query_row(
+                    "SELECT next FROM ship_marks WHERE tenant = ?1 AND enforcer = ?2 AND source = ?3",
+                    rusqlite::params![tenant, enforcer, source],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+            let skip = usize::try_from(next.saturating_sub(first))
+                .unwrap_or(usize::MAX)
+                .min(records.len());
+            let duplicates = skip as u64;
+            if skip == records.len() {
+                return Ok((0u64, duplicates));
             }
+            records.drain(..skip);
+            let accepted = records.len() as u64;
+            let start = first + duplicates;
+            let mut body = json!({
+                "enforcer": enforcer, "source": source, "first": start, "records": records,
+            });
+            if start > next
+                && let Some(o) = body.as_object_mut()
+            {
+                o.insert("missing".into(), json!(start - next));
+            }
+            tx.audit(Some(&tenant), mandate_store::audit::DECISIONS, None, body)?;
+            tx.conn().execute(
+                "INSERT INTO ship_marks (tenant, enforcer, source, next) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, enforcer, source) DO UPDATE SET next = excluded.next",
+                rusqlite::params![tenant, enforcer, source, i64::try_from(end).unwrap_or(i64::MAX)],
+            )?;
             Ok((accepted, duplicates))
         })
         .await?;
     Ok(Json(
-        json!({"accepted": accepted, "duplicates": duplicates}),
+        json!({"accepted": accepted, "duplicates": duplicates, "next": end}),
     ))
 }

@@ -167,17 +167,193 @@ fn an_investigator_can_tell_whether_a_decision_fell_inside_a_valid_mandate() {
         .filter(|r| r.kind == "decision")
         .map(|r| r.seq)
         .collect();
-    let (_, first) = audit::decision_validity(&conn, decisions[0])
+    let (_, first) = audit::decision_validity(&conn, decisions[0], None)
         .unwrap()
         .unwrap();
     assert!(first.is_none(), "the first decision was inside the mandate");
-    let (last, ended_by) = audit::decision_validity(&conn, *decisions.last().unwrap())
+    let (last, ended_by) = audit::decision_validity(&conn, *decisions.last().unwrap(), None)
         .unwrap()
         .unwrap();
     assert_eq!(last.body["decision"], "deny");
     assert_eq!(ended_by.unwrap().kind, "revoked");
     assert!(
-        audit::decision_validity(&conn, 1).unwrap().is_none(),
+        audit::decision_validity(&conn, 1, None).unwrap().is_none(),
         "record 1 is not a decision"
     );
+}
+
+fn shipped(at_ms: u64, chain: &[&str], decision: &str) -> serde_json::Value {
+    json!({"at_ms": at_ms, "gateway": "127.0.0.1:8081", "method": "GET", "path": "/repos/acme/app/pulls/123",
+           "chain": chain, "decision": decision, "reasons": if decision == "deny" { json!(["revoked"]) } else { json!([]) }})
+}
+
+fn ship(
+    s: &Server,
+    c: &Cast,
+    source: &str,
+    first: u64,
+    records: &[serde_json::Value],
+) -> (u16, serde_json::Value) {
+    s.call(
+        "POST",
+        "/v1/audit/decisions",
+        Some(&c.enforcer),
+        Some(&json!({"source": source, "first": first, "records": records})),
+    )
+}
+
+#[test]
+fn shipped_decisions_are_one_record_per_batch_each_decision_recorded_once() {
+    let s = Server::start("audit-ship");
+    let c = Cast::new(&s);
+    let (id, _) = grant(&s, &c, &pr_request("vp@acme.example", 123));
+    let batch: Vec<_> = (0..5)
+        .map(|i| shipped(1_000 + i, &[&id], "allow"))
+        .collect();
+    assert_eq!(
+        ship(&s, &c, "strm-1", 0, &batch),
+        (200, json!({"accepted": 5, "duplicates": 0, "next": 5}))
+    );
+    // The same batch again (its answer was lost, say), then one overlapping it.
+    assert_eq!(ship(&s, &c, "strm-1", 0, &batch).1["accepted"], 0);
+    let more: Vec<_> = (3..8)
+        .map(|i| shipped(1_000 + i, &[&id], "allow"))
+        .collect();
+    assert_eq!(
+        ship(&s, &c, "strm-1", 3, &more).1,
+        json!({"accepted": 3, "duplicates": 2, "next": 8})
+    );
+    // Decisions 8 and 9 never arrive.
+    assert_eq!(
+        ship(&s, &c, "strm-1", 10, &[shipped(2_000, &[&id], "deny")]).1["accepted"],
+        1
+    );
+    // Only enforcers ship.
+    assert_eq!(ship(&s, &c, "strm-1", 11, &[]).0, 200);
+    let (st, _) = s.call(
+        "POST",
+        "/v1/audit/decisions",
+        Some(&c.agent),
+        Some(&json!({"source": "x", "first": 0, "records": []})),
+    );
+    assert_eq!(st, 403);
+    let dir = s.stop();
+    let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
+    let batches: Vec<_> = audit::all(&conn)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == audit::DECISIONS)
+        .collect();
+    assert_eq!(batches.len(), 3, "one audit record per accepted batch");
+    assert_eq!(batches[1].body["first"], 5, "the duplicates were dropped");
+    assert_eq!(
+        batches[2].body["missing"], 2,
+        "the log says two decisions never arrived"
+    );
+    let tree = audit::records_for_tree(&conn, &id).unwrap();
+    let ids: Vec<&str> = tree
+        .iter()
+        .filter(|r| r.kind == "decision")
+        .map(|r| r.body["record_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "strm-1-0",
+            "strm-1-1",
+            "strm-1-2",
+            "strm-1-3",
+            "strm-1-4",
+            "strm-1-5",
+            "strm-1-6",
+            "strm-1-7",
+            "strm-1-10"
+        ]
+    );
+    let last = tree.last().unwrap();
+    assert_eq!(
+        (last.mandate_id.as_deref(), last.body["enforcer"].as_str()),
+        (Some(id.as_str()), Some("gateway-1"))
+    );
+    assert_eq!(last.reference(), format!("{}.0", batches[2].seq));
+    // An investigator names a shipped decision SEQ.ITEM.
+    let (seq, item) = audit::parse_reference(&format!("{}.1", batches[1].seq)).unwrap();
+    let (d, invalid) = audit::decision_validity(&conn, seq, item).unwrap().unwrap();
+    assert_eq!(
+        (d.body["record_id"].as_str(), invalid),
+        (Some("strm-1-6"), None)
+    );
+    assert!(
+        audit::decision_validity(&conn, seq, Some(99))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        audit::decision_validity(&conn, seq, None)
+            .unwrap()
+            .is_none(),
+        "a batch is not one decision"
+    );
+    assert!(audit::parse_reference("12.x").is_err() && audit::parse_reference("0").is_err());
+    drop(conn);
+    assert!(verify(&dir).intact);
+}
+
+#[test]
+fn a_shipped_decision_that_is_malformed_is_refused_by_field() {
+    let s = Server::start("audit-ship-bad");
+    let c = Cast::new(&s);
+    let mut bad = shipped(1, &["mnd-1"], "allow");
+    bad["decision"] = json!("maybe");
+    let (st, body) = ship(&s, &c, "strm-1", 0, &[shipped(1, &["mnd-1"], "allow"), bad]);
+    assert_eq!(st, 400);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("records[1].decision"),
+        "{body}"
+    );
+    let mut bad = shipped(1, &["mnd-1"], "allow");
+    bad["chain"] = json!("mnd-1");
+    assert!(
+        ship(&s, &c, "strm-1", 0, &[bad]).1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("records[0].chain")
+    );
+    let (st, body) = ship(&s, &c, "", 0, &[]);
+    assert_eq!(st, 400);
+    assert!(
+        body["detail"].as_str().unwrap().contains("source"),
+        "{body}"
+    );
+    // Nothing was recorded, and the series still starts at 0.
+    assert_eq!(
+        ship(&s, &c, "strm-1", 0, &[shipped(1, &["mnd-1"], "allow")]).1["accepted"],
+        1
+    );
+}
+
+#[test]
+fn an_edited_mandate_index_is_detected() {
+    let s = Server::start("audit-index");
+    let c = Cast::new(&s);
+    let (id, _) = grant(&s, &c, &pr_request("vp@acme.example", 123));
+    assert_eq!(
+        ship(&s, &c, "strm-1", 0, &[shipped(1, &[&id], "allow")]).0,
+        200
+    );
+    let dir = s.stop();
+    let conn = rusqlite::Connection::open(mandate_store::database_path(&dir.join("data"))).unwrap();
+    assert!(
+        conn.execute("DELETE FROM audit_refs", []).is_err(),
+        "the index is append-only"
+    );
+    conn.execute_batch("DROP TRIGGER audit_refs_no_delete; DELETE FROM audit_refs WHERE seq = (SELECT MAX(seq) FROM audit);")
+        .unwrap();
+    drop(conn);
+    let r = verify(&dir);
+    assert!(!r.intact);
+    assert!(r.first_problem.unwrap().1.contains("mandate index"));
 }

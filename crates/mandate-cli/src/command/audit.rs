@@ -29,9 +29,10 @@ pub enum Command {
         /// Only the record that ended it and every decision attempted afterwards.
         #[arg(long)]
         after_end: bool,
-        /// Instead: whether the decision recorded at this sequence number fell inside a valid mandate.
+        /// Instead: whether the decision recorded at `SEQ` (or item `ITEM` of
+        /// the batch at `SEQ`: `SEQ.ITEM`) fell inside a valid mandate.
         #[arg(long, conflicts_with_all = ["mandate", "after_end"])]
-        decision: Option<i64>,
+        decision: Option<String>,
     },
     /// Every record, as JSON lines.
     Export {
@@ -87,12 +88,15 @@ pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
             decision,
         } => {
             let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
-            if let Some(seq) = decision {
-                let Some((d, invalid)) = audit::decision_validity(&conn, seq).map_err(store_err)?
+            if let Some(reference) = decision {
+                let (seq, item) = audit::parse_reference(&reference)
+                    .map_err(|e| CliError::input("invalid_argument", format!("--decision: {e}")))?;
+                let Some((d, invalid)) =
+                    audit::decision_validity(&conn, seq, item).map_err(store_err)?
                 else {
                     return Err(CliError::input(
                         "not_found",
-                        format!("--decision: record {seq} is not a decision"),
+                        format!("--decision: record {reference} is not a decision"),
                     ));
                 };
                 match out {
@@ -101,14 +105,14 @@ pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
                     ),
                     Output::Text => match &invalid {
                         None => println!(
-                            "INSIDE  decision {seq} ({}) fell inside a valid mandate",
+                            "INSIDE  decision {reference} ({}) fell inside a valid mandate",
                             d.body
                                 .get("decision")
                                 .and_then(|v| v.as_str())
                                 .unwrap_or("?")
                         ),
                         Some(r) => println!(
-                            "AFTER END  decision {seq} came after record {} ({} of {})",
+                            "AFTER END  decision {reference} came after record {} ({} of {})",
                             r.seq,
                             r.kind,
                             r.mandate_id.as_deref().unwrap_or("?")
