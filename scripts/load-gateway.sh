@@ -63,8 +63,10 @@ for url in "http://127.0.0.1:$G" "http://127.0.0.1:$A"; do
   [ "$code" = 200 ] || { echo "setup failed: $url answered $code"; cat gateway.log; exit 1; }
 done
 
+decided=2  # the two set-up requests above
 run() { # NAME URL
   local out; out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency -H "Mandate: $mandate" "$2/repos/acme/app/pulls/123")
+  case "$2" in *":$G"|*":$A") decided=$((decided + $(echo "$out" | awk '/requests in/ {print $1}'))) ;; esac
   local rps p50 p99 non2xx
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
@@ -78,3 +80,14 @@ case ",$only," in *,upstream,*) run "upstream directly" "http://127.0.0.1:$U";; 
 case ",$only," in *,proxy,*) run "nginx proxy_pass" "http://127.0.0.1:$P";; esac
 case ",$only," in *,gateway,*) run "mandate gateway" "http://127.0.0.1:$G";; esac
 case ",$only," in *,auth,*) run "nginx + mandate auth_request" "http://127.0.0.1:$A";; esac
+
+# Every decision the gateway made (through it or for nginx) must be in the
+# authority's audit log: the figures above include shipping them.
+sleep 1.5
+audited=$("$bin" audit export --data-dir data | python3 -c '
+import json, sys
+print(sum(len(json.loads(l)["body"]["records"]) for l in sys.stdin if "\"decisions\"" in l and json.loads(l)["kind"] == "decisions"))')
+echo "decisions in the audit log: $audited (wrk completed $decided through the gateway and auth_request)"
+if grep -q "spooled" gateway.log; then echo "WARNING: the gateway spooled decisions (authority unreachable or refusing)"; grep -m3 spooled gateway.log; fi
+[ "$audited" -ge "$decided" ] || { echo "FAIL: decisions missing from the audit log"; exit 1; }
+

@@ -110,6 +110,10 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
+    /// Largest batch of decisions an enforcement point ships at once
+    /// (`POST /v1/audit/decisions`), in bytes.
+    #[serde(default = "default_shipment_limit")]
+    pub shipment_limit: usize,
     /// How often JWKS URLs are fetched again, in seconds.
     #[serde(default = "default_refresh")]
     pub jwks_refresh_secs: u64,
@@ -188,6 +192,9 @@ fn yes() -> bool {
 fn default_body_limit() -> usize {
     256 * 1024
 }
+fn default_shipment_limit() -> usize {
+    8 << 20
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -199,6 +206,7 @@ impl Default for Config {
             local_issuer: true,
             webhook: Vec::new(),
             body_limit: default_body_limit(),
+            shipment_limit: default_shipment_limit(),
             jwks_refresh_secs: default_refresh(),
             console_identity: Vec::new(),
             console_oidc: None,
@@ -267,6 +275,12 @@ impl Config {
         }
         if self.body_limit < 1024 || self.body_limit > 16 << 20 {
             return Err(err("body_limit", "must be between 1024 and 16777216 bytes"));
+        }
+        if self.shipment_limit < 64 << 10 || self.shipment_limit > 64 << 20 {
+            return Err(err(
+                "shipment_limit",
+                "must be between 65536 and 67108864 bytes",
+            ));
         }
         if !self.local_issuer && self.trusted_issuer.is_empty() {
             return Err(err(

@@ -261,32 +261,19 @@ pub fn run_poller(
 }
 
 impl AuthorityClient {
-    /// Ships decision records `first, first + 1, ...` of series `source` to
-    /// the authority's audit log.
+    /// Posts a shipment of decision records (`{"source", "first",
+    /// "records"}`, already serialized) to the authority's audit log;
+    /// `Ok(false)` when the authority answers that it is too large.
     ///
     /// # Errors
     /// When the authority cannot be reached or refuses the batch.
-    pub fn ship<R: serde::Serialize>(
-        &self,
-        source: &str,
-        first: u64,
-        records: &[R],
-    ) -> Result<(), ClientError> {
-        #[derive(serde::Serialize)]
-        struct Shipment<'a, R> {
-            source: &'a str,
-            first: u64,
-            records: &'a [R],
+    pub fn ship(&self, shipment: String) -> Result<bool, ClientError> {
+        let (st, v) = self.call_text("POST", "/v1/audit/decisions", Some(shipment))?;
+        if st == 413 {
+            return Ok(false);
         }
-        let body = serde_json::to_string(&Shipment {
-            source,
-            first,
-            records,
-        })
-        .map_err(|e| ClientError(e.to_string()))?;
-        let (st, v) = self.call_text("POST", "/v1/audit/decisions", Some(body))?;
         if st == 200 {
-            Ok(())
+            Ok(true)
         } else {
             Err(ClientError(format!("ship: {st} {v}")))
         }

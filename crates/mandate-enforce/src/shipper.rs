@@ -24,8 +24,14 @@ use crate::client::AuthorityClient;
 
 /// How often pending records are sent.
 pub const INTERVAL: Duration = Duration::from_millis(200);
-/// Most records in one batch.
-pub const BATCH: usize = 2000;
+/// Most records in one batch (the authority takes up to 10,000).
+pub const BATCH: usize = 10_000;
+/// Most bytes of records in one batch, to start with (the authority's
+/// default `shipment_limit` is 8 MiB); halved whenever the authority
+/// answers 413, down to [`MIN_BATCH_BYTES`].
+pub const BATCH_BYTES: usize = 4 << 20;
+/// The smallest byte budget of a batch (one record is always sent).
+pub const MIN_BATCH_BYTES: usize = 4 * 1024;
 
 /// Allowed or denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,12 +62,22 @@ pub struct DecisionRecord {
     pub reasons: Vec<String>,
 }
 
-/// A record waiting to be shipped: its series and number there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A record waiting to be shipped: its series, its number there, and the
+/// record as JSON (serialized once, when it is queued).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Pending {
     source: Arc<str>,
     n: u64,
-    record: DecisionRecord,
+    record: String,
+}
+
+/// A spool line.
+#[derive(Serialize, Deserialize)]
+struct SpoolLine<'a> {
+    source: &'a str,
+    n: u64,
+    #[serde(borrow)]
+    record: &'a serde_json::value::RawValue,
 }
 
 enum Msg {
@@ -82,13 +98,15 @@ pub struct Shipper {
 }
 
 fn read_spool(path: &Path) -> Vec<Pending> {
-    std::fs::read_to_string(path)
-        .map(|t| {
-            t.lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<SpoolLine<'_>>(l).ok())
+        .map(|l| Pending {
+            source: Arc::from(l.source),
+            n: l.n,
+            record: l.record.get().to_owned(),
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 fn write_spool(path: &Path, pending: &[Pending]) {
@@ -99,7 +117,15 @@ fn write_spool(path: &Path, pending: &[Pending]) {
     let tmp = path.with_extension("tmp");
     let mut text = String::new();
     for p in pending {
-        if let Ok(line) = serde_json::to_string(p) {
+        let Ok(record) = serde_json::value::RawValue::from_string(p.record.clone()) else {
+            continue;
+        };
+        let line = SpoolLine {
+            source: &p.source,
+            n: p.n,
+            record: &record,
+        };
+        if let Ok(line) = serde_json::to_string(&line) {
             text.push_str(&line);
             text.push('\n');
         }
@@ -116,31 +142,61 @@ fn write_spool(path: &Path, pending: &[Pending]) {
 }
 
 /// How many records from the front of `pending` go in one batch: the same
-/// series, consecutive numbers, at most [`BATCH`].
-fn batch_len(pending: &[Pending]) -> usize {
+/// series, consecutive numbers, at most [`BATCH`] and `budget` bytes (but
+/// at least one).
+fn batch_len(pending: &[Pending], budget: usize) -> usize {
     let Some(head) = pending.first() else {
         return 0;
     };
+    let mut bytes = 0;
     pending
         .iter()
         .take(BATCH)
         .zip(head.n..)
-        .take_while(|(p, n)| p.source == head.source && p.n == *n)
+        .take_while(|(p, n)| {
+            bytes += p.record.len() + 1;
+            p.source == head.source && p.n == *n && (bytes <= budget || *n == head.n)
+        })
         .count()
 }
 
-/// Ships what it can, oldest first; stops at the first failure.
-fn ship_pending(client: &AuthorityClient, pending: &mut Vec<Pending>) {
+/// The body of `POST /v1/audit/decisions` for a batch.
+fn shipment(batch: &[Pending]) -> String {
+    let (source, first) = batch.first().map_or(("", 0), |p| (&*p.source, p.n));
+    let mut body = format!(
+        r#"{{"source":{},"first":{first},"records":["#,
+        serde_json::Value::from(source)
+    );
+    for (i, p) in batch.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&p.record);
+    }
+    body.push_str("]}");
+    body
+}
+
+/// Ships what it can, oldest first; stops at the first failure. `budget` is
+/// the batch byte budget, halved when the authority finds a batch too large.
+fn ship_pending(client: &AuthorityClient, pending: &mut Vec<Pending>, budget: &mut usize) {
     let mut shipped = 0;
     while shipped < pending.len() {
         let rest = pending.get(shipped..).unwrap_or_default();
-        let n = batch_len(rest);
-        let (Some(head), Some(batch)) = (rest.first(), rest.get(..n)) else {
+        let n = batch_len(rest, *budget);
+        let Some(batch) = rest.get(..n) else {
             break;
         };
-        let records: Vec<&DecisionRecord> = batch.iter().map(|p| &p.record).collect();
-        match client.ship(&head.source, head.n, &records) {
-            Ok(()) => shipped += n,
+        match client.ship(shipment(batch)) {
+            Ok(true) => shipped += n,
+            Ok(false) if *budget > MIN_BATCH_BYTES => *budget = (*budget / 2).max(MIN_BATCH_BYTES),
+            Ok(false) => {
+                tracing::error!(
+                    pending = pending.len() - shipped,
+                    "the authority refuses even the smallest batch as too large; decisions spooled"
+                );
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, pending = pending.len() - shipped, "authority unreachable; decisions spooled");
                 break;
@@ -163,7 +219,11 @@ impl Shipper {
                 let mut pending = read_spool(&spool);
                 let mut spooled = !pending.is_empty();
                 let mut next = 0u64;
-                let mut take = |pending: &mut Vec<Pending>, record| {
+                let mut budget = BATCH_BYTES;
+                let mut take = |pending: &mut Vec<Pending>, record: DecisionRecord| {
+                    let Ok(record) = serde_json::to_string(&record) else {
+                        return;
+                    };
                     pending.push(Pending {
                         source: Arc::clone(&source),
                         n: next,
@@ -186,7 +246,7 @@ impl Shipper {
                             Msg::Flush(done) => flush = Some(done),
                         }
                     }
-                    ship_pending(&client, &mut pending);
+                    ship_pending(&client, &mut pending, &mut budget);
                     if !pending.is_empty() || spooled {
                         write_spool(&spool, &pending);
                         spooled = !pending.is_empty();
@@ -230,7 +290,7 @@ mod tests {
         Pending {
             source: Arc::from(source),
             n,
-            record: DecisionRecord {
+            record: serde_json::to_string(&DecisionRecord {
                 at_ms: 1,
                 gateway: "g".into(),
                 method: "GET".into(),
@@ -238,23 +298,41 @@ mod tests {
                 chain: vec![MandateId::new("mnd-1").unwrap()],
                 decision: Outcome::Allow,
                 reasons: Vec::new(),
-            },
+            })
+            .unwrap(),
         }
     }
 
     #[test]
     fn a_batch_is_one_series_of_consecutive_records() {
         let old_run = [p("a", 7), p("a", 8), p("b", 0), p("b", 1), p("b", 3)];
-        assert_eq!(batch_len(&old_run), 2);
+        assert_eq!(batch_len(&old_run, BATCH_BYTES), 2);
         assert_eq!(
-            batch_len(&old_run[2..]),
+            batch_len(&old_run[2..], BATCH_BYTES),
             2,
             "a hole in the numbers ends a batch"
         );
-        assert_eq!(batch_len(&old_run[4..]), 1);
-        assert_eq!(batch_len(&[]), 0);
+        assert_eq!(batch_len(&old_run[4..], BATCH_BYTES), 1);
+        assert_eq!(batch_len(&[], BATCH_BYTES), 0);
         let many: Vec<Pending> = (0..(BATCH as u64 + 5)).map(|n| p("c", n)).collect();
-        assert_eq!(batch_len(&many), BATCH);
+        assert_eq!(batch_len(&many, usize::MAX), BATCH);
+        let size = many[0].record.len() + 1;
+        assert_eq!(
+            batch_len(&many, 3 * size),
+            3,
+            "the byte budget ends a batch"
+        );
+        assert_eq!(batch_len(&many, 1), 1, "one record always goes");
+    }
+
+    #[test]
+    fn a_shipment_is_the_series_the_first_number_and_the_records() {
+        let body: serde_json::Value =
+            serde_json::from_str(&shipment(&[p("a\"b", 7), p("a\"b", 8)])).unwrap();
+        assert_eq!(body["source"], "a\"b");
+        assert_eq!(body["first"], 7);
+        assert_eq!(body["records"].as_array().unwrap().len(), 2);
+        assert_eq!(body["records"][1]["chain"], serde_json::json!(["mnd-1"]));
     }
 
     #[test]

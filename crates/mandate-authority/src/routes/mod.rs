@@ -45,7 +45,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ssf/verify", post(ssf::verify))
         .route("/ssf/poll/{id}", post(ssf::poll))
         .route("/ssf/streams/{id}/snapshot", get(ssf::snapshot))
-        .route("/v1/audit/decisions", post(authzen::ship))
+        .route(
+            "/v1/audit/decisions",
+            post(authzen::ship).layer(DefaultBodyLimit::max(state.config.shipment_limit)),
+        )
         .route("/v1/requests", post(requests::create))
         .route("/v1/requests/{id}", get(requests::show))
         .route("/v1/requests/{id}/approve", post(requests::approve))
