@@ -3,7 +3,8 @@
 # proxy_pass, through the mandate gateway, and through nginx with the
 # gateway's auth_request (deploy/nginx/mandate.conf). One run, same machine.
 #   scripts/load-gateway.sh [DURATION=10] [CONNECTIONS=32]
-# ONLY=upstream,proxy,gateway,auth picks the runs (all by default).
+# ONLY=upstream,proxy,gateway,auth picks the runs (all by default); ROUNDS=3
+# rounds take turns so that the machine's drift hits every target alike.
 # Needs wrk, nginx and curl (Debian packages).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -64,22 +65,48 @@ for url in "http://127.0.0.1:$G" "http://127.0.0.1:$A"; do
 done
 
 decided=2  # the two set-up requests above
-run() { # NAME URL
-  local out; out=$(wrk -t2 -c"$conns" -d"${duration}s" --latency -H "Mandate: $mandate" "$2/repos/acme/app/pulls/123")
+results="$work/results.csv"
+run() { # NAME URL CONNECTIONS ROUND
+  local out threads=2; [ "$3" -lt 2 ] && threads=1
+  out=$(wrk -t"$threads" -c"$3" -d"${duration}s" --latency -H "Mandate: $mandate" "$2/repos/acme/app/pulls/123")
   case "$2" in *":$G"|*":$A") decided=$((decided + $(echo "$out" | awk '/requests in/ {print $1}'))) ;; esac
-  local rps p50 p99 non2xx
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
-  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
-  printf '%-34s %12s req/s   p50 %8s   p99 %8s   non-2xx %s\n' "$1" "$rps" "$p50" "$p99" "${non2xx:-0}"
+  local non2xx; non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+  [ -z "$non2xx" ] || { echo "FAIL: $1 answered $non2xx non-2xx"; exit 1; }
+  echo "$1,$3,$4,$(echo "$out" | awk '/Requests\/sec/ {print $2}'),$(echo "$out" | awk '$1=="50%" {print $2}'),$(echo "$out" | awk '$1=="99%" {print $2}')" >> "$results"
 }
-echo "== ${duration}s each, 2 threads, $conns connections"
 only="${ONLY:-upstream,proxy,gateway,auth}"
-case ",$only," in *,upstream,*) run "upstream directly" "http://127.0.0.1:$U";; esac
-case ",$only," in *,proxy,*) run "nginx proxy_pass" "http://127.0.0.1:$P";; esac
-case ",$only," in *,gateway,*) run "mandate gateway" "http://127.0.0.1:$G";; esac
-case ",$only," in *,auth,*) run "nginx + mandate auth_request" "http://127.0.0.1:$A";; esac
+rounds="${ROUNDS:-3}"
+echo "== ${duration}s a run, $rounds rounds taking turns; wrk at $conns connections (2 threads) and at 1"
+for round in $(seq "$rounds"); do
+  for c in "$conns" 1; do
+    case ",$only," in *,upstream,*) run "upstream directly" "http://127.0.0.1:$U" "$c" "$round";; esac
+    case ",$only," in *,proxy,*) run "nginx proxy_pass" "http://127.0.0.1:$P" "$c" "$round";; esac
+    case ",$only," in *,gateway,*) run "mandate gateway" "http://127.0.0.1:$G" "$c" "$round";; esac
+    case ",$only," in *,auth,*) run "nginx + mandate auth_request" "http://127.0.0.1:$A" "$c" "$round";; esac
+  done
+done
+python3 - "$results" <<'PY'
+import csv, statistics, sys
+def us(t):
+    for unit, f in (("us", 1), ("ms", 1e3), ("s", 1e6)):
+        if t.endswith(unit): return float(t[: -len(unit)]) * f
+rows = list(csv.reader(open(sys.argv[1])))
+names = list(dict.fromkeys(r[0] for r in rows))
+for conns in sorted({int(r[1]) for r in rows}, reverse=True):
+    print(f"-- {conns} connection(s): median of rounds (each round's req/s in brackets)")
+    med = {}
+    for n in names:
+        rs = [r for r in rows if r[0] == n and int(r[1]) == conns]
+        rps = [float(r[3]) for r in rs]
+        med[n] = (statistics.median(rps), statistics.median(us(r[4]) for r in rs), statistics.median(us(r[5]) for r in rs))
+        print(f"{n:30} {med[n][0]:10.0f} req/s  p50 {med[n][1]:7.0f} us  p99 {med[n][2]:7.0f} us   [{' '.join(f'{x:.0f}' for x in rps)}]")
+    base, proxy = med.get("upstream directly"), med.get("nginx proxy_pass")
+    for n in ("mandate gateway", "nginx + mandate auth_request"):
+        if n in med and proxy:
+            line = f"{n}: {med[n][0] / proxy[0]:.2f}x nginx proxy_pass throughput, p50 {med[n][1] - proxy[1]:+.0f} us vs nginx"
+            if base: line += f", {med[n][1] - base[1]:+.0f} us vs upstream (nginx adds {proxy[1] - base[1]:+.0f} us)"
+            print(line)
+PY
 
 # Every decision the gateway made (through it or for nginx) must be in the
 # authority's audit log: the figures above include shipping them.

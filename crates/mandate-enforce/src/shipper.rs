@@ -9,8 +9,8 @@
 //! records are written to a spool file (atomically: temporary file, fsync,
 //! rename) and sent, oldest first, once it answers again; the spool is also
 //! written on shutdown. What is lost on a crash is at most the last batch
-//! interval (200 ms) of records not yet spooled — and the authority then
-//! records how many are missing.
+//! interval (200 ms) of records not yet spooled (the end of that run's
+//! series, so the authority cannot count them as missing).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
