@@ -1,6 +1,7 @@
 //! The authority's other untrusted inputs: caller tokens, GitHub webhook
-//! deliveries (signature and payload), mandate requests and events. None
-//! may panic; a token or signature made of fuzz bytes never verifies.
+//! deliveries (signature and payload), mandate requests, events and
+//! shipments of decisions. None may panic; a token or signature made of
+//! fuzz bytes never verifies.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,4 +27,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = from_slice_strict::<MandateRequest>(data);
     let _ = from_slice_strict::<Event>(data);
+    if let Ok(shipment) = mandate_authority::routes::authzen::parse_shipment(data) {
+        assert!(!shipment.source.is_empty() && shipment.records.len() <= 10_000);
+    }
 });

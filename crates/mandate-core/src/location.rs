@@ -64,8 +64,7 @@ impl Location {
             if seg.is_empty() {
                 continue;
             }
-            let lower = seg.to_ascii_lowercase();
-            if lower.contains("%2f") || lower.contains("%5c") {
+            if encodes_separator(seg) {
                 return Err(LocationError::EncodedSeparator(s.to_owned()));
             }
             segments.push(seg.to_owned());
@@ -110,14 +109,43 @@ impl Location {
     }
 }
 
+/// Whether a path segment holds `%2F` or `%5C` (any case).
+fn encodes_separator(seg: &str) -> bool {
+    seg.as_bytes().windows(3).any(|w| {
+        matches!(w, [b'%', b'2', c] if c.eq_ignore_ascii_case(&b'f'))
+            || matches!(w, [b'%', b'5', c] if c.eq_ignore_ascii_case(&b'c'))
+    })
+}
+
+/// Grant locations parsed before, per thread: a mandate's locations are
+/// judged on every decision, and parsing a URL costs more than the rest of
+/// the comparison. Bounded; emptied when full.
+const PARSED_GRANTS: usize = 4096;
+
+thread_local! {
+    static GRANTS: std::cell::RefCell<std::collections::HashMap<String, Option<Location>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// Whether any of `grants` covers `requested` (both as strings; anything
 /// unparseable covers nothing).
 #[must_use]
 pub fn any_covers(grants: &[String], requested: &Location) -> bool {
-    grants
-        .iter()
-        .filter_map(|g| Location::parse_grant(g).ok())
-        .any(|g| g.covers(requested))
+    GRANTS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        grants.iter().any(|g| {
+            if let Some(parsed) = cache.get(g.as_str()) {
+                return parsed.as_ref().is_some_and(|p| p.covers(requested));
+            }
+            let parsed = Location::parse_grant(g).ok();
+            let covers = parsed.as_ref().is_some_and(|p| p.covers(requested));
+            if cache.len() >= PARSED_GRANTS {
+                cache.clear();
+            }
+            cache.insert(g.clone(), parsed);
+            covers
+        })
+    })
 }
 
 #[cfg(test)]
@@ -128,6 +156,34 @@ mod tests {
         Location::parse_grant(p)
             .unwrap()
             .covers(&Location::parse_request(c).unwrap())
+    }
+
+    #[test]
+    fn any_covers_gives_the_same_answer_from_its_cache() {
+        let grants = vec![
+            "https://h.example/repos/acme".to_owned(),
+            "not a url".to_owned(),
+        ];
+        let inside = Location::parse_request("https://h.example/repos/acme/app").unwrap();
+        let outside = Location::parse_request("https://h.example/repos/other").unwrap();
+        for _ in 0..2 {
+            assert!(any_covers(&grants, &inside));
+            assert!(!any_covers(&grants, &outside));
+            assert!(
+                !any_covers(&grants[1..], &inside),
+                "unparseable covers nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn encoded_separators_are_found_in_any_case() {
+        for seg in ["a%2fb", "%2F", "x%5c", "%5Cy"] {
+            assert!(encodes_separator(seg), "{seg}");
+        }
+        for seg in ["a%20b", "%2", "%5", "25f", "a%2eb"] {
+            assert!(!encodes_separator(seg), "{seg}");
+        }
     }
 
     #[test]

@@ -169,51 +169,127 @@ impl GatewayConfig {
     }
 }
 
+/// A piece of a resource template: literal text, or a path segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Segment(usize),
+}
+
+/// A resource attribute's template, compiled against its route's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Template {
+    name: String,
+    pieces: Vec<Piece>,
+    int: bool,
+}
+
+impl Template {
+    /// `{name}` becomes the path segment of that name; `{name:int}` as the
+    /// whole template makes the attribute a number; anything else is text.
+    fn compile(name: &str, template: &str, path: &[String]) -> Self {
+        let (template, int) = match template.strip_suffix(":int}") {
+            Some(t) => (format!("{t}}}"), true),
+            None => (template.to_owned(), false),
+        };
+        let var = |n: &str| {
+            path.iter()
+                .position(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) == Some(n))
+        };
+        let mut pieces = Vec::new();
+        let mut rest = template.as_str();
+        while !rest.is_empty() {
+            let found = rest.find('{').and_then(|open| {
+                let close = open + rest.get(open..)?.find('}')?;
+                Some((open, close, var(rest.get(open + 1..close)?)?))
+            });
+            let Some((open, close, segment)) = found else {
+                pieces.push(Piece::Text(rest.to_owned()));
+                break;
+            };
+            if open > 0 {
+                pieces.push(Piece::Text(rest.get(..open).unwrap_or_default().to_owned()));
+            }
+            pieces.push(Piece::Segment(segment));
+            rest = rest.get(close + 1..).unwrap_or_default();
+        }
+        Self {
+            name: name.to_owned(),
+            pieces,
+            int,
+        }
+    }
+
+    fn render(&self, parts: &[&str]) -> Option<Value> {
+        let mut out = String::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Segment(i) => out.push_str(parts.get(*i)?),
+            }
+        }
+        if self.int {
+            out.parse::<i64>().map(Value::from).ok()
+        } else {
+            Some(Value::String(out))
+        }
+    }
+}
+
 struct Route {
     method: Method,
     segments: Vec<String>,
+    resource: Vec<Template>,
+    /// The location base, without a trailing `/`.
+    base: String,
     config: RouteConfig,
 }
 
-fn segments(path: &str) -> Vec<&str> {
-    path.split('/').filter(|s| !s.is_empty()).collect()
-}
-
 impl Route {
+    fn new(config: &RouteConfig, default_base: &str) -> Self {
+        let segments: Vec<String> = config
+            .path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Self {
+            method: config.method.parse().unwrap_or(Method::GET),
+            resource: config
+                .resource
+                .iter()
+                .map(|(k, t)| Template::compile(k, t, &segments))
+                .collect(),
+            base: config
+                .location_base
+                .as_deref()
+                .unwrap_or(default_base)
+                .trim_end_matches('/')
+                .to_owned(),
+            segments,
+            config: config.clone(),
+        }
+    }
+
     fn matches(&self, method: &Method, path: &str) -> Option<Map<String, Value>> {
         if *method != self.method {
             return None;
         }
-        let parts = segments(path);
+        let mut parts: Vec<&str> = Vec::with_capacity(self.segments.len());
+        for p in path.split('/').filter(|s| !s.is_empty()) {
+            let t = self.segments.get(parts.len())?;
+            if !t.starts_with('{') && t != p {
+                return None;
+            }
+            parts.push(p);
+        }
         if parts.len() != self.segments.len() {
             return None;
         }
-        let mut vars = std::collections::HashMap::new();
-        for (t, p) in self.segments.iter().zip(&parts) {
-            if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
-                vars.insert(name.to_owned(), (*p).to_owned());
-            } else if t != p {
-                return None;
-            }
-        }
-        let mut props = Map::new();
-        for (k, template) in &self.config.resource {
-            let (template, as_int) = match template.strip_suffix(":int}") {
-                Some(t) => (format!("{t}}}"), true),
-                None => (template.clone(), false),
-            };
-            let mut out = template.clone();
-            for (name, value) in &vars {
-                out = out.replace(&format!("{{{name}}}"), value);
-            }
-            let v = if as_int {
-                out.parse::<i64>().map(Value::from).ok()?
-            } else {
-                Value::String(out)
-            };
-            props.insert(k.clone(), v);
-        }
-        Some(props)
+        self.resource
+            .iter()
+            .map(|t| Some((t.name.clone(), t.render(&parts)?)))
+            .collect()
     }
 }
 
@@ -277,11 +353,7 @@ impl Gateway {
         let routes = config
             .route
             .iter()
-            .map(|r| Route {
-                method: r.method.parse().unwrap_or(Method::GET),
-                segments: segments(&r.path).into_iter().map(str::to_owned).collect(),
-                config: r.clone(),
-            })
+            .map(|r| Route::new(r, &config.location_base))
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let gw = Arc::new(Self {
@@ -378,12 +450,9 @@ impl Gateway {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             });
-        let base = route
-            .config
-            .location_base
-            .as_deref()
-            .unwrap_or(&self.config.location_base);
-        let location = format!("{}{}", base.trim_end_matches('/'), path);
+        let mut location = String::with_capacity(route.base.len() + path.len());
+        location.push_str(&route.base);
+        location.push_str(path);
         let request =
             EvaluationRequest::new(&route.config.action, &route.config.type_, &location, props);
         let now = UnixTime::from_secs(
@@ -543,4 +612,84 @@ async fn receive_set(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
 async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
     axum::Json(json!({"fresh": gw.replica.is_fresh(), "cursor": gw.replica.cursor()}))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn route(path: &str, resource: &[(&str, &str)]) -> Route {
+        Route::new(
+            &RouteConfig {
+                method: "GET".into(),
+                path: path.into(),
+                type_: "github_pull_request".into(),
+                action: "read".into(),
+                resource: resource
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                location_base: None,
+            },
+            "https://api.github.com/",
+        )
+    }
+
+    #[test]
+    fn a_route_turns_path_segments_into_resource_attributes() {
+        let r = route(
+            "/repos/{owner}/{repo}/pulls/{number}",
+            &[
+                ("repo", "{owner}/{repo}"),
+                ("number", "{number:int}"),
+                ("kind", "pr-{x}"),
+            ],
+        );
+        let props = r
+            .matches(&Method::GET, "/repos/acme/app/pulls/123")
+            .unwrap();
+        assert_eq!(
+            Value::Object(props),
+            json!({"repo": "acme/app", "number": 123, "kind": "pr-{x}"})
+        );
+        assert_eq!(r.base, "https://api.github.com");
+        let literal_braces = r
+            .matches(&Method::GET, "/repos/{owner}/app/pulls/1")
+            .unwrap();
+        assert_eq!(
+            literal_braces["repo"], "{owner}/app",
+            "a segment's text is not substituted again"
+        );
+    }
+
+    #[test]
+    fn a_route_matches_only_its_method_literals_and_length() {
+        let r = route(
+            "/repos/{owner}/{repo}/pulls/{number}",
+            &[("number", "{number:int}")],
+        );
+        assert!(
+            r.matches(&Method::POST, "/repos/acme/app/pulls/1")
+                .is_none()
+        );
+        assert!(
+            r.matches(&Method::GET, "/repos/acme/app/issues/1")
+                .is_none()
+        );
+        assert!(r.matches(&Method::GET, "/repos/acme/app/pulls").is_none());
+        assert!(
+            r.matches(&Method::GET, "/repos/acme/app/pulls/1/files")
+                .is_none()
+        );
+        assert!(
+            r.matches(&Method::GET, "/repos/acme/app/pulls/one")
+                .is_none(),
+            "a number that is not a number matches no route"
+        );
+        assert!(
+            r.matches(&Method::GET, "//repos/acme/app/pulls/7/")
+                .is_some()
+        );
+    }
 }

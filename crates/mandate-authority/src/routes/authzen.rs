@@ -241,10 +241,42 @@ pub async fn evaluations(
 /// (a stream, a run), `first` the number of the first record in it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Shipment {
-    source: String,
-    first: u64,
-    records: Vec<Value>,
+pub struct Shipment {
+    /// The series.
+    pub source: String,
+    /// The number of `records[0]` in it.
+    pub first: u64,
+    /// The decisions.
+    pub records: Vec<Value>,
+}
+
+/// Parses and checks the body of `POST /v1/audit/decisions`.
+///
+/// # Errors
+/// The first problem, naming its field.
+pub fn parse_shipment(body: &[u8]) -> Result<Shipment, ApiError> {
+    let shipment: Shipment = parse_body(body)?;
+    if shipment.records.len() > MAX_SHIPMENT {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("records: at most {MAX_SHIPMENT}"),
+        ));
+    }
+    if shipment.source.is_empty() || shipment.source.len() > 200 {
+        return Err(ApiError::bad_request("source: must be 1 to 200 characters"));
+    }
+    if shipment
+        .first
+        .checked_add(shipment.records.len() as u64)
+        .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(ApiError::bad_request("first: too large"));
+    }
+    for (i, r) in shipment.records.iter().enumerate() {
+        check_shipped(i, r)?;
+    }
+    Ok(shipment)
 }
 
 /// Most decisions in one shipment.
@@ -299,25 +331,11 @@ pub async fn ship(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Enforcer])?;
-    let shipment: Shipment = parse_body(&body)?;
-    if shipment.records.len() > MAX_SHIPMENT {
-        return Err(ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("records: at most {MAX_SHIPMENT}"),
-        ));
-    }
-    if shipment.source.is_empty() || shipment.source.len() > 200 {
-        return Err(ApiError::bad_request("source: must be 1 to 200 characters"));
-    }
-    for (i, r) in shipment.records.iter().enumerate() {
-        check_shipped(i, r)?;
-    }
     let Shipment {
         source,
         first,
         mut records,
-    } = shipment;
+    } = parse_shipment(&body)?;
     let end = first.saturating_add(records.len() as u64);
     let (tenant, enforcer) = (caller.tenant.clone(), caller.sub.clone());
     let (accepted, duplicates) = s
