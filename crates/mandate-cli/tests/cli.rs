@@ -315,6 +315,13 @@ fn invalid_input_exits_3_and_names_the_field() {
     assert_eq!(code(&out), Some(1));
     let out = d.run(&["frobnicate"]);
     assert_eq!(code(&out), Some(3));
+    let out = d.run(&["audit", "query", "--data-dir", "data", "--decision", "12.x"]);
+    assert_eq!(code(&out), Some(3));
+    assert!(
+        stderr(&out).contains("--decision: `12.x` is not SEQ or SEQ.ITEM"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -87,10 +87,17 @@ pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
             after_end,
             decision,
         } => {
+            let reference = match decision {
+                Some(r) => {
+                    let parsed = audit::parse_reference(&r).map_err(|e| {
+                        CliError::input("invalid_argument", format!("--decision: {e}"))
+                    })?;
+                    Some((r, parsed))
+                }
+                None => None,
+            };
             let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
-            if let Some(reference) = decision {
-                let (seq, item) = audit::parse_reference(&reference)
-                    .map_err(|e| CliError::input("invalid_argument", format!("--decision: {e}")))?;
+            if let Some((reference, (seq, item))) = reference {
                 let Some((d, invalid)) =
                     audit::decision_validity(&conn, seq, item).map_err(store_err)?
                 else {
