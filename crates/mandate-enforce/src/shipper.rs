@@ -9,7 +9,7 @@
 //! records are written to a spool file (atomically: temporary file, fsync,
 //! rename) and sent, oldest first, once it answers again; the spool is also
 //! written on shutdown. What is lost on a crash is at most the last batch
-//! interval (200 ms) of records not yet spooled (the end of that run's
+//! interval (50 ms) of records not yet spooled (the end of that run's
 //! series, so the authority cannot count them as missing).
 
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::AuthorityClient;
 
 /// How often pending records are sent.
-pub const INTERVAL: Duration = Duration::from_millis(200);
+pub const INTERVAL: Duration = Duration::from_millis(50);
 /// Most records in one batch (the authority takes up to 10,000).
 pub const BATCH: usize = 10_000;
 /// Most bytes of records in one batch, to start with (the authority's
