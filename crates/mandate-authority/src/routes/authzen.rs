@@ -338,7 +338,7 @@ pub async fn ship(
     } = parse_shipment(&body)?;
     let end = first.saturating_add(records.len() as u64);
     let (tenant, enforcer) = (caller.tenant.clone(), caller.sub.clone());
-    let (accepted, duplicates) = s
+    let (accepted, duplicates, next) = s
         .store
         .write(move |tx| {
             let next: u64 = tx
@@ -355,29 +355,35 @@ pub async fn ship(
                 .min(records.len());
             let duplicates = skip as u64;
             if skip == records.len() {
-                return Ok((0u64, duplicates));
+                return Ok((0u64, duplicates, next.max(end)));
             }
             records.drain(..skip);
             let accepted = records.len() as u64;
             let start = first + duplicates;
-            let mut body = json!({
-                "enforcer": enforcer, "source": source, "first": start, "records": records,
-            });
-            if start > next
-                && let Some(o) = body.as_object_mut()
-            {
-                o.insert("missing".into(), json!(start - next));
+            // Built by moving the records in: `json!` would copy them all.
+            let mut body = Map::new();
+            body.insert("enforcer".into(), Value::String(enforcer.clone()));
+            body.insert("source".into(), Value::String(source.clone()));
+            body.insert("first".into(), Value::from(start));
+            if start > next {
+                body.insert("missing".into(), Value::from(start - next));
             }
-            tx.audit(Some(&tenant), mandate_store::audit::DECISIONS, None, body)?;
+            body.insert("records".into(), Value::Array(records));
+            tx.audit(
+                Some(&tenant),
+                mandate_store::audit::DECISIONS,
+                None,
+                Value::Object(body),
+            )?;
             tx.conn().execute(
                 "INSERT INTO ship_marks (tenant, enforcer, source, next) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (tenant, enforcer, source) DO UPDATE SET next = excluded.next",
                 rusqlite::params![tenant, enforcer, source, i64::try_from(end).unwrap_or(i64::MAX)],
             )?;
-            Ok((accepted, duplicates))
+            Ok((accepted, duplicates, end))
         })
         .await?;
     Ok(Json(
-        json!({"accepted": accepted, "duplicates": duplicates, "next": end}),
+        json!({"accepted": accepted, "duplicates": duplicates, "next": next}),
     ))
 }

@@ -215,7 +215,10 @@ fn shipped_decisions_are_one_record_per_batch_each_decision_recorded_once() {
         (200, json!({"accepted": 5, "duplicates": 0, "next": 5}))
     );
     // The same batch again (its answer was lost, say), then one overlapping it.
-    assert_eq!(ship(&s, &c, "strm-1", 0, &batch).1["accepted"], 0);
+    assert_eq!(
+        ship(&s, &c, "strm-1", 0, &batch).1,
+        json!({"accepted": 0, "duplicates": 5, "next": 5})
+    );
     let more: Vec<_> = (3..8)
         .map(|i| shipped(1_000 + i, &[&id], "allow"))
         .collect();
@@ -230,6 +233,11 @@ fn shipped_decisions_are_one_record_per_batch_each_decision_recorded_once() {
     );
     // Only enforcers ship.
     assert_eq!(ship(&s, &c, "strm-1", 11, &[]).0, 200);
+    assert_eq!(
+        ship(&s, &c, "strm-1", 0, &batch).1["next"],
+        11,
+        "an old batch again: next is where the series is"
+    );
     let (st, _) = s.call(
         "POST",
         "/v1/audit/decisions",
