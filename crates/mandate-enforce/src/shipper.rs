@@ -72,7 +72,7 @@ struct Pending {
 }
 
 /// A spool line.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SpoolLine<'a> {
     source: &'a str,
     n: u64,
@@ -99,14 +99,20 @@ pub struct Shipper {
 
 fn read_spool(path: &Path) -> Vec<Pending> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<SpoolLine<'_>>(l).ok())
-        .map(|l| Pending {
-            source: Arc::from(l.source),
-            n: l.n,
-            record: l.record.get().to_owned(),
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        match serde_json::from_str::<SpoolLine<'_>>(l) {
+            Ok(l) => out.push(Pending {
+                source: Arc::from(l.source),
+                n: l.n,
+                record: l.record.get().to_owned(),
+            }),
+            Err(e) => {
+                tracing::error!(path = %path.display(), line = i + 1, error = %e, "an unreadable line of the decision spool is skipped");
+            }
+        }
+    }
+    out
 }
 
 fn write_spool(path: &Path, pending: &[Pending]) {
@@ -115,20 +121,15 @@ fn write_spool(path: &Path, pending: &[Pending]) {
         return;
     }
     let tmp = path.with_extension("tmp");
+    // The records are JSON already: each line is written as a `SpoolLine`.
     let mut text = String::new();
     for p in pending {
-        let Ok(record) = serde_json::value::RawValue::from_string(p.record.clone()) else {
-            continue;
-        };
-        let line = SpoolLine {
-            source: &p.source,
-            n: p.n,
-            record: &record,
-        };
-        if let Ok(line) = serde_json::to_string(&line) {
-            text.push_str(&line);
-            text.push('\n');
-        }
+        text.push_str(&format!(
+            "{{\"source\":{},\"n\":{},\"record\":{}}}\n",
+            serde_json::Value::from(&*p.source),
+            p.n,
+            p.record
+        ));
     }
     let ok = std::fs::File::create(&tmp).and_then(|mut f| {
         std::io::Write::write_all(&mut f, text.as_bytes())?;
