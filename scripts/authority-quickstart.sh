@@ -26,8 +26,11 @@ api() { # METHOD PATH TOKEN [BODY-FILE]
   curl "${args[@]}"
 }
 
-echo '$ mandate serve --data-dir data --listen 127.0.0.1:0 &'
-mandate serve --data-dir data --listen 127.0.0.1:0 2> serve.log &
+printf '[[event_source]]\nsub = "crm"\nfacts = ["procurement.contingency_program"]\n' > authority.toml
+echo '$ cat authority.toml                     # the CRM may change the program'"'"'s facts, nothing else'
+cat authority.toml
+echo '$ mandate serve --config authority.toml --data-dir data --listen 127.0.0.1:0 &'
+mandate serve --config authority.toml --data-dir data --listen 127.0.0.1:0 2> serve.log &
 server=$!
 for _ in $(seq 100); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
 addr="$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' serve.log)"
@@ -45,7 +48,7 @@ rid=$(echo "$r" | field 'd["id"]')
 echo '$ curl -X POST /v1/requests/$ID/approve # principal approves what was shown'
 a=$(api POST "/v1/requests/$rid/approve" "$principal")
 echo "$a" | field '"state: " + d["state"] + ", mandate signed: " + str(d["mandate"].count(".") == 2)'
-python3 -c 'import json,sys; a=json.loads(sys.argv[1]); json.dump({"subject":{"type":"agent","id":"urn:agent:procurement/vendor-sourcing@3.2","properties":{"mandate":a["mandate"]}},"action":{"name":"search"},"resource":{"type":"vendor_portal","id":"https://vendor-portal.example.com/search","properties":{"category":"logistics","region":"north-america","contract_template":"standard-logistics-v3","spend_tier":"pre-approved"}}}, open("decide.json","w"))' "$a"
+python3 -c 'import json,sys; a=json.loads(sys.argv[1]); json.dump({"subject":{"type":"agent","id":"urn:agent:procurement/vendor-sourcing@3.2","properties":{"mandate":a["mandate"]}},"action":{"name":"search"},"context":{"agent_instance":"inst-7f2a-b8c4"},"resource":{"type":"vendor_portal","id":"https://vendor-portal.example.com/search","properties":{"category":"logistics","region":"north-america","contract_template":"standard-logistics-v3","spend_tier":"pre-approved"}}}, open("decide.json","w"))' "$a"
 echo '$ curl -X PUT /v1/facts                 # admin: the contingency program is active'
 api PUT /v1/facts "$admin" facts-active.json | field '"facts version: " + str(d["version"])'
 echo '$ curl -X POST /access/v1/evaluation    # enforcer asks before the agent searches'

@@ -34,7 +34,7 @@ run_to authority.pub.jwk mandate keygen --out authority.jwk
 run_to agent.pub.jwk mandate keygen --out agent.jwk
 run_to jwks.json mandate jwks authority.jwk
 run_to root.jws mandate issue --key authority.jwk --holder agent.pub.jwk --claims procurement-mandate.json
-run mandate verify --jwks jwks.json @root.jws
+run mandate verify --jwks jwks.json @root.jws --at 2025-10-02T09:00:00Z
 run_to child.jws mandate attenuate --parent @root.jws --holder-key agent.jwk \
   --claims examples/child-search-only.json --at 2025-10-02T08:00:00Z
 run mandate attenuate --parent @root.jws --holder-key agent.jwk \

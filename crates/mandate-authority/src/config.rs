@@ -85,6 +85,31 @@ pub struct WebhookSource {
     pub secret_file: PathBuf,
 }
 
+/// The facts one event source may change.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EventSourceFacts {
+    /// The caller's `sub`.
+    pub sub: String,
+    /// Its tenant.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Dotted paths of the facts it may set or delete, with everything below
+    /// them (`crm.opportunities` allows `crm.opportunities.acme.stage`).
+    pub facts: Vec<String>,
+}
+
+impl EventSourceFacts {
+    /// Whether a change at `path` (member names from the root) is allowed.
+    #[must_use]
+    pub fn allows(&self, path: &[&str]) -> bool {
+        self.facts.iter().any(|p| {
+            let prefix: Vec<&str> = p.split('.').collect();
+            path.len() >= prefix.len() && path.iter().zip(&prefix).all(|(a, b)| a == b)
+        })
+    }
+}
+
 /// The service's configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +132,11 @@ pub struct Config {
     /// Webhook sources.
     #[serde(default)]
     pub webhook: Vec<WebhookSource>,
+    /// Event sources (callers with the `event_source` role) and the facts
+    /// each may change through `POST /v1/events`. An event source without an
+    /// entry here changes no facts.
+    #[serde(default)]
+    pub event_source: Vec<EventSourceFacts>,
     /// Largest request body, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
@@ -205,6 +235,7 @@ impl Default for Config {
             trusted_issuer: Vec::new(),
             local_issuer: true,
             webhook: Vec::new(),
+            event_source: Vec::new(),
             body_limit: default_body_limit(),
             shipment_limit: default_shipment_limit(),
             jwks_refresh_secs: default_refresh(),

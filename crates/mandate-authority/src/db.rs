@@ -257,3 +257,39 @@ fn set_state(
     }
     Ok(())
 }
+
+/// The first mandate in `id`'s lineage (itself, then each parent up to the
+/// root) that is not active, with its state; `None` when all are active.
+/// Read inside the write transaction, so no change can slip between the
+/// check and the write that depends on it.
+///
+/// # Errors
+/// When a query fails.
+pub fn first_inactive_in_lineage(
+    conn: &Connection,
+    id: &str,
+) -> rusqlite::Result<Option<(String, String)>> {
+    let mut next = Some(id.to_owned());
+    let mut hops = 0;
+    while let Some(cur) = next {
+        let row: Option<(String, Option<String>)> = conn
+            .query_row(
+                "SELECT state, parent_id FROM mandates WHERE id = ?1",
+                params![cur],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((state, parent)) = row else {
+            return Ok(Some((cur, "unknown".into())));
+        };
+        if state != "active" {
+            return Ok(Some((cur, state)));
+        }
+        hops += 1;
+        if hops > 64 {
+            return Ok(Some((cur, "unknown".into())));
+        }
+        next = parent;
+    }
+    Ok(None)
+}

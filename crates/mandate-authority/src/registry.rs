@@ -67,15 +67,17 @@ impl Registry {
             let f = Facts::from_json(v).map_err(|e| e.to_string())?;
             r.update_snapshot(&tenant, |s| s.set_facts(f));
         }
+        // Each event with the time it happened: it ends only mandates issued
+        // before it, after a restart exactly as before one.
         let mut stmt = conn
-            .prepare("SELECT tenant, type, subject FROM events ORDER BY received_ms")
+            .prepare("SELECT tenant, type, subject, occurred_ms FROM events ORDER BY received_ms")
             .map_err(|e| e.to_string())?;
-        let events: Vec<(String, String, Option<String>)> = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        let events: Vec<(String, String, Option<String>, i64)> = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
             .and_then(Iterator::collect)
             .map_err(|e| e.to_string())?;
-        for (tenant, ty, subject) in events {
-            r.update_snapshot(&tenant, |s| s.add_event(&ty, subject.as_deref()));
+        for (tenant, ty, subject, occurred_ms) in events {
+            add_event(&mut r, &tenant, &ty, subject.as_deref(), occurred_ms);
         }
         Ok(r)
     }
@@ -117,6 +119,13 @@ impl Registry {
     pub fn get(&self, tenant: &str, id: &str) -> Option<&MandateRecord> {
         let id = MandateId::new(id).ok()?;
         self.mandates.get(&id).filter(|m| m.tenant == tenant)
+    }
+
+    /// The tenant of a mandate the authority knows, whatever the tenant.
+    #[must_use]
+    pub fn tenant_of(&self, id: &str) -> Option<&str> {
+        let id = MandateId::new(id).ok()?;
+        self.mandates.get(&id).map(|m| m.tenant.as_str())
     }
 
     /// A tenant's snapshot.

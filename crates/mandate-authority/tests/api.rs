@@ -23,3 +23,6 @@ mod audit;
 
 #[path = "api/console.rs"]
 mod console;
+
+#[path = "api/insider.rs"]
+mod insider;

@@ -159,8 +159,15 @@ fn issue_inspect_verify_attenuate_evaluate() {
         )
     );
     assert!(
-        d.ok(&["verify", "--jwks", "jwks.json", "@root.jws"])
-            .starts_with("VALID")
+        d.ok(&[
+            "verify",
+            "--jwks",
+            "jwks.json",
+            "@root.jws",
+            "--at",
+            "2025-10-02T09:00:00Z"
+        ])
+        .starts_with("VALID")
     );
 
     let child = d.ok(&[
@@ -242,6 +249,27 @@ fn attenuate_refuses_a_widened_child_with_exit_3_naming_the_dimension() {
         err["error"]["codes"],
         serde_json::json!(["attenuation_violation:actions"])
     );
+}
+
+#[test]
+fn verify_checks_the_validity_window_now_unless_told_otherwise() {
+    let d = Dir::new();
+    d.setup();
+    // The quick start's root expired in 2025: without --at, `now` is checked.
+    let out = d.run(&["verify", "--jwks", "jwks.json", "@root.jws"]);
+    assert_eq!(code(&out), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("INVALID"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("expired at"));
+    // Before it was issued is not valid either.
+    let out = d.run(&[
+        "verify",
+        "--jwks",
+        "jwks.json",
+        "@root.jws",
+        "--at",
+        "2020-01-01T00:00:00Z",
+    ]);
+    assert_eq!(code(&out), Some(2), "{out:?}");
 }
 
 #[test]

@@ -33,6 +33,16 @@ pub const MAX_CONDITIONS: usize = 32;
 /// Largest facts document, in bytes of JSON.
 pub const MAX_FACTS_BYTES: usize = 1 << 20;
 
+/// Most nodes in one expression's syntax tree.
+pub const MAX_EXPRESSION_NODES: usize = 256;
+/// Most comprehensions (`all`, `exists`, `exists_one`, `map`, `filter`) in
+/// one expression. None may nest inside another.
+pub const MAX_COMPREHENSIONS: usize = 4;
+/// The evaluation budget of one condition, in estimated steps (see
+/// [`CompiledCondition::within_budget`]): about a tenth of a second of CPU
+/// at worst on the slowest machine we measured.
+pub const MAX_EVALUATION_STEPS: u64 = 1_000_000;
+
 /// Names bound by the decision; facts cannot take them.
 pub const RESERVED_VARIABLES: [&str; 5] = ["action", "resource", "context", "now", "mandate"];
 
@@ -48,6 +58,123 @@ pub enum ConditionError {
     /// Did not parse.
     #[error("expression does not parse: {0}")]
     Parse(String),
+    /// Has more than [`MAX_EXPRESSION_NODES`] nodes.
+    #[error("expression has more than {MAX_EXPRESSION_NODES} terms")]
+    TooLarge,
+    /// Has more than [`MAX_COMPREHENSIONS`] comprehensions.
+    #[error("expression has more than {MAX_COMPREHENSIONS} comprehension macros")]
+    TooManyComprehensions,
+    /// Has a comprehension inside another.
+    #[error("expression nests a comprehension macro inside another")]
+    NestedComprehension,
+}
+
+/// What evaluating an expression can cost, known from its syntax alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Shape {
+    nodes: u64,
+    /// Comprehensions whose body reads only its own variables and literals.
+    local: u64,
+    /// Comprehensions whose body also reads an outer variable (so each
+    /// iteration may touch the whole input).
+    outer: u64,
+}
+
+fn shape(e: &Expression) -> Result<Shape, ConditionError> {
+    let mut sh = Shape::default();
+    walk(e, 0, &mut sh)?;
+    if usize::try_from(sh.nodes).unwrap_or(usize::MAX) > MAX_EXPRESSION_NODES {
+        return Err(ConditionError::TooLarge);
+    }
+    if usize::try_from(sh.local + sh.outer).unwrap_or(usize::MAX) > MAX_COMPREHENSIONS {
+        return Err(ConditionError::TooManyComprehensions);
+    }
+    Ok(sh)
+}
+
+fn walk(e: &Expression, comprehension_depth: u8, sh: &mut Shape) -> Result<(), ConditionError> {
+    use cel::common::ast::{EntryExpr, Expr};
+    sh.nodes += 1;
+    if usize::try_from(sh.nodes).unwrap_or(usize::MAX) > MAX_EXPRESSION_NODES {
+        return Err(ConditionError::TooLarge);
+    }
+    match &e.expr {
+        Expr::Call(c) => {
+            if let Some(t) = &c.target {
+                walk(t, comprehension_depth, sh)?;
+            }
+            for a in &c.args {
+                walk(a, comprehension_depth, sh)?;
+            }
+        }
+        Expr::Comprehension(c) => {
+            if comprehension_depth > 0 {
+                return Err(ConditionError::NestedComprehension);
+            }
+            walk(&c.iter_range, 1, sh)?;
+            for part in [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                walk(part, 1, sh)?;
+            }
+            let own = |name: &str| {
+                name == c.iter_var || Some(name) == c.iter_var2.as_deref() || name == c.accu_var
+            };
+            let reads_outer = [&c.loop_cond, &c.loop_step, &c.result].into_iter().any(|part| {
+                part.references()
+                    .variables()
+                    .into_iter()
+                    .any(|v| !own(v))
+            });
+            if reads_outer {
+                sh.outer += 1;
+            } else {
+                sh.local += 1;
+            }
+        }
+        Expr::List(l) => {
+            for x in &l.elements {
+                walk(x, comprehension_depth, sh)?;
+            }
+        }
+        Expr::Map(m) => {
+            for entry in &m.entries {
+                if let EntryExpr::MapEntry(me) = &entry.expr {
+                    walk(&me.key, comprehension_depth, sh)?;
+                    walk(&me.value, comprehension_depth, sh)?;
+                }
+            }
+        }
+        Expr::Struct(st) => {
+            for entry in &st.entries {
+                match &entry.expr {
+                    EntryExpr::StructField(f) => walk(&f.value, comprehension_depth, sh)?,
+                    EntryExpr::MapEntry(me) => {
+                        walk(&me.key, comprehension_depth, sh)?;
+                        walk(&me.value, comprehension_depth, sh)?;
+                    }
+                }
+            }
+        }
+        Expr::Select(s) => walk(&s.operand, comprehension_depth, sh)?,
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+    Ok(())
+}
+
+/// How big a JSON input is for the evaluation budget: one per value, plus one
+/// per 64 bytes of string.
+#[must_use]
+pub fn input_size(v: &Value) -> u64 {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(input_size).sum::<u64>(),
+        Value::Object(m) => {
+            1 + m
+                .iter()
+                .map(|(k, v)| 1 + k.len() as u64 / 64 + input_size(v))
+                .sum::<u64>()
+        }
+        Value::String(s) => 1 + s.len() as u64 / 64,
+        _ => 1,
+    }
 }
 
 /// Parses a CEL expression within the size and depth bounds.
@@ -111,6 +238,7 @@ pub struct CompiledCondition {
     pub expression: String,
     program: Arc<Expression>,
     variables: Vec<String>,
+    shape: Shape,
 }
 
 impl CompiledCondition {
@@ -120,6 +248,7 @@ impl CompiledCondition {
     /// See [`ConditionError`].
     pub fn new(c: &Condition) -> Result<Self, ConditionError> {
         let program = compile(&c.expression)?;
+        let shape = shape(&program)?;
         let variables = program
             .references()
             .variables()
@@ -132,6 +261,7 @@ impl CompiledCondition {
             expression: c.expression.clone(),
             program: Arc::new(program),
             variables,
+            shape,
         })
     }
 
@@ -145,7 +275,33 @@ impl CompiledCondition {
             expression: self.expression.clone(),
             program: Arc::clone(&self.program),
             variables: self.variables.clone(),
+            shape: self.shape,
         }
+    }
+
+    /// Whether the expression iterates (has a comprehension), so that its
+    /// cost depends on the size of its inputs.
+    #[must_use]
+    pub fn iterates(&self) -> bool {
+        self.shape.local + self.shape.outer > 0
+    }
+
+    /// Whether evaluating over inputs of `input` total size (see
+    /// [`input_size`], summed over the variables the expression reads) stays
+    /// within [`MAX_EVALUATION_STEPS`]. Comprehensions cannot nest, so one
+    /// whose body reads only its own variables costs about `nodes × input`,
+    /// and one whose body reads an outer variable about `nodes × input²`.
+    #[must_use]
+    pub fn within_budget(&self, input: u64) -> bool {
+        let sh = self.shape;
+        let per_local = sh.nodes.saturating_mul(input);
+        let per_outer = per_local.saturating_mul(input);
+        let steps = sh
+            .local
+            .saturating_mul(per_local)
+            .saturating_add(sh.outer.saturating_mul(per_outer))
+            .saturating_add(sh.nodes);
+        steps <= MAX_EVALUATION_STEPS
     }
 
     /// The top-level variables the expression reads.
@@ -186,6 +342,9 @@ pub enum FactsError {
     /// Too large.
     #[error("facts: larger than {MAX_FACTS_BYTES} bytes")]
     TooLarge,
+    /// Nested deeper than [`crate::json::MAX_DEPTH`].
+    #[error("facts: nested deeper than {} levels", crate::json::MAX_DEPTH)]
+    TooDeep,
     /// A member cannot be a CEL variable.
     #[error("facts.{0}: not usable as a CEL variable name (reserved, or not an identifier)")]
     BadName(String),
@@ -200,6 +359,7 @@ pub enum FactsError {
 pub struct Facts {
     json: Arc<Value>,
     base: Arc<Context<'static, 'static>>,
+    sizes: Arc<std::collections::HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Facts {
@@ -213,6 +373,7 @@ impl Default for Facts {
         Self {
             json: Arc::new(Value::Object(serde_json::Map::new())),
             base: Arc::new(Context::default()),
+            sizes: Arc::default(),
         }
     }
 }
@@ -235,18 +396,30 @@ impl Facts {
         if json.to_string().len() > MAX_FACTS_BYTES {
             return Err(FactsError::TooLarge);
         }
+        if depth(&json) > crate::json::MAX_DEPTH {
+            return Err(FactsError::TooDeep);
+        }
         let mut base = Context::default();
+        let mut sizes = std::collections::HashMap::new();
         for (name, value) in map {
             if !is_identifier(name) || RESERVED_VARIABLES.contains(&name.as_str()) {
                 return Err(FactsError::BadName(name.clone()));
             }
+            sizes.insert(name.clone(), input_size(value));
             let v = cel::to_value(value).map_err(|_| FactsError::Conversion(name.clone()))?;
             base.add_variable_from_value(name.clone(), v);
         }
         Ok(Self {
             json: Arc::new(json),
             base: Arc::new(base),
+            sizes: Arc::new(sizes),
         })
+    }
+
+    /// The size (see [`input_size`]) of the top-level fact `name`, 0 when absent.
+    #[must_use]
+    pub fn size_of(&self, name: &str) -> u64 {
+        self.sizes.get(name).copied().unwrap_or(0)
     }
 
     /// The facts as JSON.
@@ -259,6 +432,16 @@ impl Facts {
     #[must_use]
     pub fn scope(&self) -> Context<'_, 'static> {
         self.base.new_inner_scope()
+    }
+}
+
+/// The nesting depth of arrays and objects in `v` (a scalar is 0).
+#[must_use]
+pub fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -323,6 +506,64 @@ mod tests {
         // Brackets inside string literals do not count.
         assert!(compile(&format!("'{}' == ''", "(".repeat(100))).is_ok());
         assert!(matches!(compile("a =="), Err(ConditionError::Parse(_))));
+    }
+
+    #[test]
+    fn nested_or_numerous_comprehensions_are_refused_when_the_mandate_is_read() {
+        // The shape of the 274-byte condition that ran for a minute: each
+        // level multiplies the work by the list's length.
+        let l = "[1,2,3,4,5,6,7,8,9,10]";
+        let nested = format!("{l}.all(a, {l}.all(b, {l}.all(c, {l}.all(d, a+b+c+d >= 0))))");
+        assert_eq!(compile(&nested).map(|_| ()), Ok(()));
+        let c = Condition {
+            id: ConditionId::new("c").unwrap(),
+            expression: nested,
+            evaluation: Evaluation::PerAction,
+            on_failure: OnFailure::Deny,
+        };
+        assert_eq!(
+            CompiledCondition::new(&c).unwrap_err(),
+            ConditionError::NestedComprehension
+        );
+        let many = vec![format!("{l}.exists(x, x == 1)"); 5].join(" && ");
+        let c = Condition {
+            expression: many,
+            ..c
+        };
+        assert_eq!(
+            CompiledCondition::new(&c).unwrap_err(),
+            ConditionError::TooManyComprehensions
+        );
+        let long = vec!["1 == 1"; 100].join(" && ");
+        let c = Condition {
+            expression: long,
+            ..c
+        };
+        assert_eq!(CompiledCondition::new(&c).unwrap_err(), ConditionError::TooLarge);
+    }
+
+    #[test]
+    fn a_comprehension_over_a_large_input_is_over_budget() {
+        let local = cond("context.items.all(i, i > 0)");
+        assert!(local.iterates());
+        assert!(local.within_budget(10_000));
+        assert!(!local.within_budget(1_000_000));
+        let outer = cond("context.items.all(i, size(context.items + context.items) > i)");
+        assert!(outer.within_budget(100));
+        assert!(!outer.within_budget(10_000));
+        assert!(!cond("1 == 1").iterates());
+    }
+
+    #[test]
+    fn facts_nested_too_deep_are_refused() {
+        let mut v = json!(1);
+        for _ in 0..40 {
+            v = json!({ "a": v });
+        }
+        assert_eq!(
+            Facts::from_json(json!({ "x": v })).unwrap_err(),
+            FactsError::TooDeep
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! A child keeps every constraint of the parent (narrowed or equal) and may
 //! add new ones.
 
+use std::cmp::Ordering;
+
 use serde_json::Value;
 
 /// A parsed constraint.
@@ -24,10 +26,10 @@ pub enum Constraint {
     OneOf(Vec<Value>),
     /// A number within bounds (inclusive).
     Range {
-        /// Lower bound.
-        min: Option<f64>,
-        /// Upper bound.
-        max: Option<f64>,
+        /// Lower bound (a JSON number, compared exactly).
+        min: Option<Value>,
+        /// Upper bound (a JSON number, compared exactly).
+        max: Option<Value>,
     },
 }
 
@@ -35,10 +37,22 @@ fn is_scalar(v: &Value) -> bool {
     matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
 
+/// Equal, comparing numbers exactly (`5` equals `5.0`; `2^53 + 1` is not `2^53`).
 fn scalar_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => {
+            crate::number::compare(x, y) == Some(std::cmp::Ordering::Equal)
+        }
         _ => a == b,
+    }
+}
+
+/// A range's bound, kept as the JSON number it was written as.
+fn bound_admits(bound: Option<&Value>, v: &serde_json::Number, ok: fn(Ordering) -> bool) -> bool {
+    match bound {
+        None => true,
+        Some(Value::Number(b)) => crate::number::compare(v, b).is_some_and(ok),
+        Some(_) => false,
     }
 }
 
@@ -60,20 +74,18 @@ impl Constraint {
                 if m.is_empty() || m.keys().any(|k| k != "min" && k != "max") {
                     return Err("a range object holds only `min` and/or `max`".into());
                 }
-                let num = |k: &str| -> Result<Option<f64>, String> {
+                let num = |k: &str| -> Result<Option<Value>, String> {
                     match m.get(k) {
                         None => Ok(None),
-                        Some(Value::Number(n)) => n
-                            .as_f64()
-                            .filter(|f| f.is_finite())
-                            .map(Some)
-                            .ok_or_else(|| format!("`{k}` must be a finite number")),
-                        Some(_) => Err(format!("`{k}` must be a number")),
+                        Some(v @ Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {
+                            Ok(Some(v.clone()))
+                        }
+                        Some(_) => Err(format!("`{k}` must be a finite number")),
                     }
                 };
                 let (min, max) = (num("min")?, num("max")?);
-                if let (Some(a), Some(b)) = (min, max)
-                    && a > b
+                if let (Some(Value::Number(a)), Some(Value::Number(b))) = (&min, &max)
+                    && crate::number::compare(a, b) == Some(Ordering::Greater)
                 {
                     return Err("`min` must not exceed `max`".into());
                 }
@@ -87,9 +99,12 @@ impl Constraint {
         match self {
             Constraint::Exact(e) => scalar_eq(e, v),
             Constraint::OneOf(items) => items.iter().any(|i| scalar_eq(i, v)),
-            Constraint::Range { min, max } => match v.as_f64() {
-                Some(x) => min.is_none_or(|m| x >= m) && max.is_none_or(|m| x <= m),
-                None => false,
+            Constraint::Range { min, max } => match v {
+                Value::Number(x) => {
+                    bound_admits(min.as_ref(), x, Ordering::is_ge)
+                        && bound_admits(max.as_ref(), x, Ordering::is_le)
+                }
+                _ => false,
             },
         }
     }
@@ -117,13 +132,17 @@ impl Constraint {
                 } => {
                     let lower = match (pmin, min) {
                         (None, _) => true,
-                        (Some(p), Some(c)) => c >= p,
-                        (Some(_), None) => false,
+                        (Some(_), Some(Value::Number(c))) => {
+                            bound_admits(pmin.as_ref(), c, Ordering::is_ge)
+                        }
+                        (Some(_), _) => false,
                     };
                     let upper = match (pmax, max) {
                         (None, _) => true,
-                        (Some(p), Some(c)) => c <= p,
-                        (Some(_), None) => false,
+                        (Some(_), Some(Value::Number(c))) => {
+                            bound_admits(pmax.as_ref(), c, Ordering::is_le)
+                        }
+                        (Some(_), _) => false,
                     };
                     lower && upper
                 }
@@ -153,6 +172,20 @@ mod tests {
         assert!(!c(json!({"max": 5000})).admits(&json!(5001)));
         assert!(!c(json!({"max": 5000})).admits(&json!("4000")));
         assert!(!c(json!("x")).admits(&json!({"x": 1})));
+    }
+
+    #[test]
+    fn compares_amounts_and_integers_exactly() {
+        let cap = c(json!({"max": 500}));
+        assert!(cap.admits(&json!(500)));
+        assert!(cap.admits(&json!(500.0)));
+        assert!(!cap.admits(&json!(500.5)));
+        let big = 9_007_199_254_740_992_u64;
+        assert!(!c(json!(big)).admits(&json!(big + 1)));
+        assert!(!c(json!([big])).admits(&json!(big + 1)));
+        assert!(!c(json!({"max": big})).admits(&json!(big + 1)));
+        assert!(c(json!({"max": big + 1})).admits(&json!(big + 1)));
+        assert!(!c(json!({"max": big + 1})).within(&c(json!({"max": big}))));
     }
 
     #[test]

@@ -15,10 +15,13 @@
 //! | `action_not_permitted` | `action.name` is not in the detail's actions |
 //! | `resource_not_permitted` | a required resource attribute is missing or different |
 //! | `constraint_not_satisfied:<name>` | a constraint input is missing or outside its bound |
+//! | `not_yet_valid` | also: a chain mandate's `iat` is more than [`IAT_LEEWAY_SECS`] after `now` |
+//! | `agent_instance_missing` | the request has no `context.agent_instance` |
 //! | `agent_instance_mismatch` | `context.agent_instance` is not the leaf's `agent.instance` |
+//! | `agent_mismatch` | the request has a `subject` whose `id` is not the leaf's `agent.id` |
 //! | `token_binding_mismatch`, `token_missing` | see [`crate::binding`] |
 //! | `condition_failed:<id>` | a condition evaluated to `false` |
-//! | `condition_error:<id>` | a condition errored or was not a bool |
+//! | `condition_error:<id>` | a condition errored, was not a bool, or would exceed its evaluation budget |
 //!
 //! Chain verification failures deny with their own codes (see
 //! [`crate::chain::ChainError::codes`]): `signature_invalid`, `alg_none`,
@@ -37,6 +40,11 @@ use crate::model::{AuthorizationDetail, OnFailure};
 use crate::request::EvaluationRequest;
 use crate::state::{MandateState, StateSnapshot};
 use crate::timestamp::UnixTime;
+
+/// How far in the future a mandate's `iat` may be (clock skew between the
+/// issuer and the enforcement point) before the mandate is `not_yet_valid`.
+/// Expiry has no leeway: it fails closed on time.
+pub const IAT_LEEWAY_SECS: i64 = 60;
 
 /// What the enforcement point must do besides allowing or denying.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -128,7 +136,7 @@ pub fn decide(
         if now >= c.lifecycle.hard_expiry || now >= c.exp {
             reasons.add("expired");
         }
-        if now < c.nbf {
+        if now < c.nbf || now.secs().saturating_add(IAT_LEEWAY_SECS) < c.iat.secs() {
             reasons.add("not_yet_valid");
         }
         if let Some(r) = state.state(m.id()).reason() {
@@ -150,10 +158,19 @@ pub fn decide(
 
     scope(&leaf.authorization_details, request, &mut reasons);
 
-    if let Some(instance) = request.agent_instance()
-        && instance != leaf.agent.instance
+    // The acting agent must say who it is, and be the leaf's holder: an
+    // ancestor cut from a longer chain names another agent (or instance).
+    match request.agent_instance() {
+        None => reasons.add("agent_instance_missing"),
+        Some(instance) if instance != leaf.agent.instance => {
+            reasons.add("agent_instance_mismatch");
+        }
+        Some(_) => {}
+    }
+    if let Some(subject) = &request.subject
+        && subject.get("id").and_then(Value::as_str) != Some(leaf.agent.id.as_str())
     {
-        reasons.add("agent_instance_mismatch");
+        reasons.add("agent_mismatch");
     }
     if let Some(r) = binding::check(chain, token) {
         reasons.add(r);
@@ -199,9 +216,45 @@ pub fn decide(
                 })),
             );
         }
+        let mut request_sizes: Option<(u64, u64)> = None;
         for cc in chain.conditions() {
             let c = &cc.condition;
-            match c.evaluate(&scope) {
+            let outcome = if c.iterates() {
+                let (context_size, resource_size) = *request_sizes.get_or_insert_with(|| {
+                    (
+                        request
+                            .context
+                            .values()
+                            .map(crate::condition::input_size)
+                            .sum(),
+                        request
+                            .resource
+                            .properties
+                            .values()
+                            .map(crate::condition::input_size)
+                            .sum::<u64>()
+                            + 2,
+                    )
+                });
+                let input: u64 = c
+                    .variables()
+                    .iter()
+                    .map(|v| match v.as_str() {
+                        "context" => context_size,
+                        "resource" => resource_size,
+                        "action" | "now" | "mandate" => 4,
+                        fact => state.facts().size_of(fact),
+                    })
+                    .sum();
+                if c.within_budget(input) {
+                    c.evaluate(&scope)
+                } else {
+                    Outcome::Error("over the evaluation budget".into())
+                }
+            } else {
+                c.evaluate(&scope)
+            };
+            match outcome {
                 Outcome::True => {}
                 Outcome::Error(_) => reasons.add(format!("condition_error:{}", c.id)),
                 Outcome::False => {

@@ -32,6 +32,11 @@ impl<'de> Deserialize<'de> for NoDuplicates {
 
 struct NoDuplicatesVisitor;
 
+/// Deepest nesting of arrays and objects accepted in untrusted JSON: one
+/// limit for every document that enters (requests, facts, events, mandates),
+/// well inside what any parser on the signal path accepts after wrapping.
+pub const MAX_DEPTH: usize = 32;
+
 /// Marker placed in the error message so the caller can tell a duplicate
 /// member from any other syntax problem.
 const DUPLICATE_MARK: &str = "duplicate member";
@@ -93,7 +98,9 @@ fn path_string(path: &serde_path_to_error::Path) -> String {
     if s.is_empty() { ".".to_owned() } else { s }
 }
 
-/// Checks that `bytes` is one JSON value with no duplicate member names.
+/// Checks that `bytes` is one JSON value with no duplicate member names, no
+/// nesting deeper than [`MAX_DEPTH`], and no number that would lose precision
+/// when read (see [`crate::number`]).
 ///
 /// # Errors
 /// A syntax error or a duplicate member, with its path.
@@ -101,7 +108,7 @@ pub fn check_no_duplicates(bytes: &[u8]) -> Result<(), JsonError> {
     // Fast path without path tracking; on failure, walk again to name the path.
     let mut de = serde_json::Deserializer::from_slice(bytes);
     if NoDuplicates::deserialize(&mut de).is_ok() && de.end().is_ok() {
-        return Ok(());
+        return crate::number::check_exact_numbers(bytes);
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let res: Result<NoDuplicates, _> = serde_path_to_error::deserialize(&mut de);

@@ -28,7 +28,8 @@
 //! let request = EvaluationRequest::new("search", "vendor_portal", "https://vendor-portal.example.com/search",
 //!     serde_json::from_value(serde_json::json!({
 //!         "category": "logistics", "region": "north-america",
-//!         "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}))?);
+//!         "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}))?)
+//!     .with_agent_instance("inst-7f2a-b8c4");
 //! let mut state = StateSnapshot::new();
 //! state.set_facts(Facts::from_json(serde_json::json!(
 //!     {"procurement": {"contingency_program": {"status": "active"}}}))?);
@@ -53,6 +54,7 @@ pub mod jws;
 pub mod keys;
 pub mod location;
 pub mod model;
+pub mod number;
 pub mod request;
 pub mod state;
 pub mod timestamp;

@@ -70,6 +70,15 @@ impl EvaluationRequest {
         }
     }
 
+    /// The same request, sent by this agent instance (`context.agent_instance`).
+    /// Every decision requires it: it must be the leaf mandate's instance.
+    #[must_use]
+    pub fn with_agent_instance(mut self, instance: &str) -> Self {
+        self.context
+            .insert("agent_instance".to_owned(), Value::String(instance.to_owned()));
+        self
+    }
+
     /// The agent instance the caller says is acting (`context.agent_instance`).
     #[must_use]
     pub fn agent_instance(&self) -> Option<&str> {

@@ -171,7 +171,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if n == 3 {
             println!("github: PR #123 merged; webhook delivered to the authority");
             merged.store(true, Ordering::Relaxed);
-            let body = json!({"action": "closed", "number": 123, "pull_request": {"number": 123, "merged": true}, "repository": {"full_name": "acme/app"}}).to_string();
+            let body = json!({"action": "closed", "number": 123, "pull_request": {"number": 123, "merged": true, "merged_at": now_rfc3339()}, "repository": {"full_name": "acme/app"}}).to_string();
             let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes())?;
             mac.update(body.as_bytes());
             let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
@@ -195,4 +195,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     sdk.close();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The current time, RFC 3339: when the merge happened.
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    mandate_core::timestamp::UnixTime::from_secs(i64::try_from(secs).unwrap_or(0))
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }

@@ -89,6 +89,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             upstream: "http://127.0.0.1:9".into(),
             location_base: "https://api.example.com".into(),
             spool_file: Some(dir.join(format!("{delivery:?}.spool"))),
+            agent_instance_header: "mandate-agent-instance".into(),
+            agent_header: "mandate-agent".into(),
             route: Vec::new(),
         };
         let gw = Gateway::start(cfg).map_err(|e| e.to_string())?;

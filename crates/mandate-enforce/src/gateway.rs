@@ -98,6 +98,16 @@ pub struct GatewayConfig {
     /// `gateway-decisions.spool` beside the token file).
     #[serde(default)]
     pub spool_file: Option<std::path::PathBuf>,
+    /// The request header that says which agent instance acts
+    /// (`context.agent_instance`); it must name the leaf mandate's
+    /// `agent.instance`, and a request without it is denied
+    /// `agent_instance_missing`. Removed before the request goes upstream.
+    #[serde(default = "default_instance_header")]
+    pub agent_instance_header: String,
+    /// The request header that names the acting agent (`subject.id`); when
+    /// present it must be the leaf's `agent.id`.
+    #[serde(default = "default_agent_header")]
+    pub agent_header: String,
     /// The routes.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -105,6 +115,12 @@ pub struct GatewayConfig {
 
 fn default_staleness() -> u64 {
     3000
+}
+fn default_instance_header() -> String {
+    "mandate-agent-instance".into()
+}
+fn default_agent_header() -> String {
+    "mandate-agent".into()
 }
 
 /// A setting that is wrong.
@@ -453,8 +469,21 @@ impl Gateway {
         let mut location = String::with_capacity(route.base.len() + path.len());
         location.push_str(&route.base);
         location.push_str(path);
-        let request =
+        let mut request =
             EvaluationRequest::new(&route.config.action, &route.config.type_, &location, props);
+        // Who acts, as the proxied request says; the decision requires it.
+        if let Some(instance) = headers
+            .get(self.config.agent_instance_header.as_str())
+            .and_then(|v| v.to_str().ok())
+        {
+            request = request.with_agent_instance(instance);
+        }
+        if let Some(agent) = headers
+            .get(self.config.agent_header.as_str())
+            .and_then(|v| v.to_str().ok())
+        {
+            request.subject = Some(serde_json::json!({"type": "agent", "id": agent}));
+        }
         let now = UnixTime::from_secs(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -554,6 +583,9 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     };
     parts.uri = uri;
     parts.headers.remove("mandate");
+    parts
+        .headers
+        .remove(gw.config.agent_instance_header.as_str());
     parts.headers.remove(header::HOST);
     match gw.upstream.request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp.map(Body::new).into_response(),

@@ -117,16 +117,23 @@ impl AgentRuntime {
     }
 
     /// Decides a tool call before it is made. Call it before every one.
+    ///
+    /// The runtime acts as its own mandate's leaf holder: a request that
+    /// does not say which agent instance acts is sent as that instance.
     #[must_use]
     pub fn check(&self, request: &EvaluationRequest) -> Decision {
-        decide_with(
-            &self.verifier,
-            &self.replica,
-            &self.mandate(),
-            request,
-            None,
-            now(),
-        )
+        let mandate = self.mandate();
+        let own;
+        let request = match (request.agent_instance(), self.verifier.verify(&mandate)) {
+            (None, Ok(chain)) => {
+                own = request
+                    .clone()
+                    .with_agent_instance(&chain.leaf().claims().agent.instance);
+                &own
+            }
+            _ => request,
+        };
+        decide_with(&self.verifier, &self.replica, &mandate, request, None, now())
     }
 
     /// Derives a child for a sub-agent, offline, signed with the holder key,

@@ -130,6 +130,15 @@ fn start_authority(
     )
 }
 
+/// The header that says which agent instance acts (the gateway's default).
+const INSTANCE: &str = "Mandate-Agent-Instance";
+
+/// The presented chain's leaf instance, read without verifying.
+fn leaf_instance(mandate: &str) -> Option<String> {
+    let chain = mandate_core::chain::parse_unverified(mandate).ok()?;
+    Some(chain.last()?.claims.agent.instance.clone())
+}
+
 fn http(
     addr: SocketAddr,
     method: &str,
@@ -144,6 +153,17 @@ fn http(
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    // As an agent sends it: which instance acts, the presented leaf's holder
+    // (unless the test says otherwise, or sends no mandate).
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(INSTANCE)) {
+        if let Some(instance) = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("mandate"))
+            .and_then(|(_, m)| leaf_instance(m))
+        {
+            req.push_str(&format!("{INSTANCE}: {instance}\r\n"));
+        }
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -207,6 +227,8 @@ fn start_gateway(
         upstream: format!("http://{upstream}"),
         location_base: location_base.into(),
         spool_file: Some(dir.join("gateway.spool")),
+        agent_instance_header: "mandate-agent-instance".into(),
+        agent_header: "mandate-agent".into(),
         route: vec![
             RouteConfig {
                 method: "GET".into(),
@@ -285,7 +307,7 @@ fn grant(dir: &std::path::Path, authority: SocketAddr, request: &Value) -> (Stri
 }
 
 fn merge(authority: SocketAddr, pr: u32, delivery: &str) {
-    let body = json!({"action": "closed", "number": pr, "pull_request": {"number": pr, "merged": true}, "repository": {"full_name": "acme/app"}}).to_string();
+    let body = json!({"action": "closed", "number": pr, "pull_request": {"number": pr, "merged": true, "merged_at": now_rfc3339()}, "repository": {"full_name": "acme/app"}}).to_string();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(body.as_bytes());
     let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
@@ -385,9 +407,17 @@ fn ghost_execution(delivery: Delivery) {
     let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
     let (ended, later) = mandate_store::audit::after_end(&conn, &id).unwrap();
     let ended = ended.unwrap();
+    assert_eq!(ended.kind.as_str(), "completed");
+    assert!(
+        ended.body["by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("event:github:merge:acme/app#123@")),
+        "{}",
+        ended.body
+    );
     assert_eq!(
-        (ended.kind.as_str(), ended.body["by"].as_str()),
-        ("completed", Some("event:github:delivery-1"))
+        (ended.kind.as_str(), ended.body["by"].is_string()),
+        ("completed", true)
     );
     // Decisions made at the gateway are placed by when they were made; an
     // allow can only appear inside the propagation window.
@@ -744,4 +774,14 @@ fn the_sdk_checks_delegates_discovers_and_is_told_when_the_mission_ends() {
         sdk.ended().unwrap().state,
         mandate_core::state::MandateState::Revoked
     );
+}
+
+/// The current time, RFC 3339: when the merge happened.
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    mandate_core::timestamp::UnixTime::from_secs(i64::try_from(secs).unwrap_or(0))
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }

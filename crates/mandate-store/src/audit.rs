@@ -515,9 +515,13 @@ pub fn records_for_tree(
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM audit WHERE seq IN
            (SELECT seq FROM audit_refs WHERE mandate_id IN (SELECT value FROM json_each(?1)))
+           AND (tenant IS (SELECT tenant FROM mandates WHERE id = ?2)
+                OR NOT EXISTS (SELECT 1 FROM mandates WHERE id = ?2))
          ORDER BY seq"
     ))?;
-    let rows = stmt.query_map(params![ids], row_to_record)?;
+    // Only the mandate's own tenant's records: another tenant's enforcer
+    // cannot write into this timeline by naming the id.
+    let rows = stmt.query_map(params![ids, mandate_id], row_to_record)?;
     let mut out = Vec::new();
     for r in rows {
         let r = r?;

@@ -44,14 +44,22 @@ async fn evaluate_one(
 ) -> Result<Value, ApiError> {
     let started = Instant::now();
     let props = subject_props(req);
-    let Some(presented) = props.and_then(|p| p.get("mandate")).and_then(Value::as_str) else {
-        return Ok(json!({"decision": false, "context": {"reasons": ["mandate_missing"]}}));
-    };
+    // A request without a mandate is answered (deny) and audited like any other.
+    let presented = props
+        .and_then(|p| p.get("mandate"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let token = props
         .and_then(|p| p.get("access_token"))
         .and_then(Value::as_str);
     let now = UnixTime::from_secs(crate::auth::now_secs()).map_err(ApiError::internal)?;
     let mut decision = match s.verifier.verify(presented) {
+        _ if presented.is_empty() => Decision {
+            allow: false,
+            reasons: vec!["mandate_missing".into()],
+            chain: Vec::new(),
+            obligations: Vec::new(),
+        },
         Ok(chain) => {
             // The root must be one this authority issued to the caller's tenant.
             let snapshot = s.with_registry(|r| {
@@ -154,7 +162,24 @@ pub async fn evaluation(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Enforcer])?;
     let req: EvaluationRequest = parse_body(&body)?;
+    check_subject(&req).map_err(ApiError::bad_request)?;
     evaluate_one(&s, &caller, &req).await.map(Json)
+}
+
+/// AuthZEN 1.0 requires a subject with a `type` and an `id` (strings): a
+/// request without them is malformed (400), never a decision.
+fn check_subject(req: &EvaluationRequest) -> Result<(), String> {
+    let Some(subject) = req.subject.as_ref() else {
+        return Err("subject: missing (AuthZEN requires subject.type and subject.id)".into());
+    };
+    for member in ["type", "id"] {
+        match subject.get(member) {
+            Some(Value::String(v)) if !v.is_empty() => {}
+            Some(_) => return Err(format!("subject.{member}: must be a non-empty string")),
+            None => return Err(format!("subject.{member}: missing")),
+        }
+    }
+    Ok(())
 }
 
 /// The batch request: defaults at the top level, `evaluations` override them.
@@ -220,10 +245,14 @@ pub async fn evaluations(
         if let Some(obj) = merged.as_object_mut() {
             obj.retain(|_, v| !v.is_null());
         }
-        let result = match serde_json::from_value::<EvaluationRequest>(merged) {
+        let result = match serde_json::from_value::<EvaluationRequest>(merged)
+            .map_err(|e| e.to_string())
+            .and_then(|req| check_subject(&req).map(|()| req))
+        {
             Ok(req) => evaluate_one(&s, &caller, &req).await?,
             Err(e) => {
-                json!({"decision": false, "context": {"reasons": ["invalid_request"], "error": format!("evaluations[{i}]: {e}")}})
+                s.metrics.decision(false, &["invalid_request".to_owned()], 0.0);
+                json!({"decision": false, "context": {"reasons": ["invalid_request"], "error": {"status": 400, "message": format!("evaluations[{i}]: {e}")}}})
             }
         };
         let decision = result.get("decision") == Some(&Value::Bool(true));
@@ -336,6 +365,23 @@ pub async fn ship(
         first,
         mut records,
     } = parse_shipment(&body)?;
+    // An enforcer ships decisions about its own tenant's mandates only: a
+    // chain id that names another tenant's mandate is refused (it would
+    // write history into that tenant's timeline).
+    s.with_registry(|r| {
+        for (i, rec) in records.iter().enumerate() {
+            let ids = rec.get("chain").and_then(Value::as_array).into_iter().flatten();
+            for (j, id) in ids.enumerate() {
+                let id = id.as_str().unwrap_or_default();
+                if r.tenant_of(id).is_some_and(|t| t != caller.tenant) {
+                    return Err(ApiError::forbidden(format!(
+                        "records[{i}].chain[{j}]: not a mandate of this tenant"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    })??;
     let end = first.saturating_add(records.len() as u64);
     let (tenant, enforcer) = (caller.tenant.clone(), caller.sub.clone());
     let (accepted, duplicates, next) = s

@@ -55,11 +55,19 @@ pub async fn apply(
             "id and type: must be 1 to 256 characters",
         ));
     }
+    // When it happened: from the event (for a webhook, its signed payload),
+    // else when it arrived. It ends only mandates issued at or before then
+    // (the decision's rule too), so a replay cannot end later missions.
+    let occurred_ms = ev
+        .occurred_at
+        .map_or_else(|| crate::auth::now_secs() * 1000, |t| t.secs() * 1000);
+    let digest = event_digest(source, &ev);
     // Which live mandates name this event (decided against the registry,
     // re-checked in the transaction).
     let candidates: Vec<String> = s.with_registry(|r| {
         r.in_tenant(tenant)
             .filter(|m| !db::is_terminal(m.state))
+            .filter(|m| m.claims.iat.secs() * 1000 <= occurred_ms)
             .filter(|m| {
                 m.claims
                     .lifecycle
@@ -75,12 +83,31 @@ pub async fn apply(
         .store
         .write(move |tx| {
             let now = tx.now_ms();
-            let occurred = ev2.occurred_at.map_or(now, |t| t.secs() * 1000);
+            let occurred = occurred_ms;
             let inserted = tx.conn().execute(
                 "INSERT OR IGNORE INTO events (tenant, idempotency_id, type, subject, occurred_ms, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![tenant2, ev2.id, ev2.type_, ev2.subject, occurred, now, json!({"source": source2, "facts": ev2.facts}).to_string()],
+                params![tenant2, ev2.id, ev2.type_, ev2.subject, occurred, now, json!({"source": source2, "facts": ev2.facts, "digest": digest}).to_string()],
             )?;
             if inserted == 0 {
+                // The same id again: a replay when it is the same event,
+                // a conflict when it is another one under a used id.
+                let body: String = tx.conn().query_row(
+                    "SELECT body FROM events WHERE tenant = ?1 AND idempotency_id = ?2",
+                    params![tenant2, ev2.id],
+                    |r| r.get(0),
+                )?;
+                let stored = serde_json::from_str::<Value>(&body).ok();
+                let same = stored
+                    .as_ref()
+                    .and_then(|b| b.get("digest"))
+                    .and_then(Value::as_str)
+                    .is_none_or(|d| d == digest);
+                if !same {
+                    return Err(mandate_store::StoreError::Rejected(format!(
+                        "409 id: `{}` was already used for a different event",
+                        ev2.id
+                    )));
+                }
                 return Ok((true, Vec::new(), None));
             }
             tx.audit(Some(&tenant2), "event", None, json!({"id": ev2.id, "type": ev2.type_, "subject": ev2.subject, "occurred_ms": occurred, "source": source2}))?;
@@ -111,6 +138,7 @@ pub async fn apply(
         .await
         .map_err(|e| match e {
             mandate_store::StoreError::Rejected(m) if m.starts_with("422 ") => ApiError::unprocessable("invalid_facts", m.trim_start_matches("422 ")),
+            mandate_store::StoreError::Rejected(m) if m.starts_with("409 ") => ApiError::conflict("event_id_reused", m.trim_start_matches("409 ")),
             other => other.into(),
         })?;
     let (replayed, ended, facts) = outcome;
@@ -121,11 +149,8 @@ pub async fn apply(
     for _ in &ended {
         s.metrics.transition("completed");
     }
-    let at_ms = ev
-        .occurred_at
-        .map_or_else(|| crate::auth::now_secs() * 1000, |t| t.secs() * 1000);
     s.with_registry_mut(|r| {
-        crate::registry::add_event(r, tenant, &ev.type_, ev.subject.as_deref(), at_ms)
+        crate::registry::add_event(r, tenant, &ev.type_, ev.subject.as_deref(), occurred_ms)
     })?;
     s.refresh(&ended)?;
     let mut all = ended;
@@ -137,6 +162,46 @@ pub async fn apply(
     Ok((false, all))
 }
 
+/// The first place a merge patch changes (sets or deletes) that `allowed`
+/// does not cover, as a dotted path.
+fn first_change_outside<'a>(
+    patch: &'a Value,
+    path: &mut Vec<&'a str>,
+    allowed: &dyn Fn(&[&str]) -> bool,
+) -> Option<String> {
+    if !path.is_empty() && allowed(path) {
+        return None;
+    }
+    match patch {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, v) in m {
+                path.push(k);
+                let found = first_change_outside(v, path, allowed);
+                path.pop();
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        // A scalar, array, null (delete) or `{}` replaces what is here.
+        _ if path.is_empty() => Some(".".into()),
+        _ => Some(path.join(".")),
+    }
+}
+
+/// What makes two deliveries the same event: everything but the arrival time.
+fn event_digest(source: &str, ev: &Event) -> String {
+    let canonical = json!({
+        "source": source,
+        "type": ev.type_,
+        "subject": ev.subject,
+        "occurred_at": ev.occurred_at.map(|t| t.secs()),
+        "facts": ev.facts,
+    });
+    mandate_core::hash::sha256_b64(canonical.to_string().as_bytes())
+}
+
 /// `POST /v1/events` (event source or admin).
 pub async fn create(
     State(s): State<Arc<AppState>>,
@@ -145,6 +210,22 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(&[Role::EventSource, Role::Admin])?;
     let ev: Event = parse_body(&body)?;
+    if caller.role == Role::EventSource
+        && let Some(patch) = &ev.facts
+    {
+        let grant = s
+            .config
+            .event_source
+            .iter()
+            .find(|e| e.sub == caller.sub && e.tenant == caller.tenant);
+        if let Some(path) = first_change_outside(patch, &mut Vec::new(), &|p| {
+            grant.is_some_and(|g| g.allows(p))
+        }) {
+            return Err(ApiError::forbidden(format!(
+                "facts.{path}: this event source may not change it (see `event_source` in the configuration)"
+            )));
+        }
+    }
     let id = ev.id.clone();
     let (replayed, changed) = apply(&s, &caller.tenant, &caller.sub, ev).await?;
     let status = if replayed {
@@ -179,30 +260,43 @@ pub fn github_signature_ok(secret: &[u8], body: &[u8], header: Option<&str>) -> 
 /// `merged: true` becomes `pull_request.merged` about `github:OWNER/REPO#N`,
 /// with the fact `github.pulls["OWNER/REPO#N"].state = "merged"`. Other
 /// deliveries are acknowledged and ignored.
-pub fn github_event(kind: &str, delivery: &str, payload: &Value) -> Option<Event> {
+///
+/// # Errors
+/// A merged pull request without a readable `merged_at`: without the time
+/// of the merge the event cannot say which mandates it ends.
+pub fn github_event(kind: &str, payload: &Value) -> Result<Option<Event>, String> {
     let at = |p: &str| payload.pointer(p);
     if kind != "pull_request"
         || at("/action") != Some(&json!("closed"))
         || at("/pull_request/merged") != Some(&json!(true))
     {
-        return None;
+        return Ok(None);
     }
-    let repo = at("/repository/full_name")?.as_str()?;
+    let repo = at("/repository/full_name")
+        .and_then(Value::as_str)
+        .ok_or("repository.full_name: missing")?;
     let number = at("/pull_request/number")
         .and_then(Value::as_u64)
-        .or_else(|| at("/number").and_then(Value::as_u64))?;
+        .or_else(|| at("/number").and_then(Value::as_u64))
+        .ok_or("pull_request.number: missing")?;
     let key = format!("{repo}#{number}");
-    let occurred = at("/pull_request/merged_at")
+    // When the merge happened, from the signed payload; GitHub always sends
+    // it for a merged pull request, and without it there is no event.
+    let merged_at = at("/pull_request/merged_at")
         .and_then(Value::as_str)
-        .and_then(|t| UnixTime::parse_rfc3339(t).ok());
+        .and_then(|t| UnixTime::parse_rfc3339(t).ok())
+        .ok_or("pull_request.merged_at: missing or not an RFC 3339 time")?;
 
-    Some(Event {
-        id: format!("github:{delivery}"),
+    Ok(Some(Event {
+        // The merge is the event, whichever delivery carries it: a delivery
+        // replayed under a new `X-GitHub-Delivery` id (which the HMAC does
+        // not cover) is the same event, answered `replayed`.
+        id: format!("github:merge:{key}@{}", merged_at.secs()),
         type_: "pull_request.merged".into(),
         subject: Some(format!("github:{key}")),
-        occurred_at: occurred,
+        occurred_at: Some(merged_at),
         facts: Some(json!({"github": {"pulls": {key: {"state": "merged"}}}})),
-    })
+    }))
 }
 
 /// `POST /v1/webhooks/github/{source}`: HMAC-authenticated; an unsigned or
@@ -229,12 +323,11 @@ pub async fn github(
         .get("x-github-event")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let delivery = headers
-        .get("x-github-delivery")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::bad_request("X-GitHub-Delivery: missing"))?;
+    if headers.get("x-github-delivery").is_none() {
+        return Err(ApiError::bad_request("X-GitHub-Delivery: missing"));
+    }
     let payload: Value = parse_body(&body)?;
-    let Some(ev) = github_event(kind, delivery, &payload) else {
+    let Some(ev) = github_event(kind, &payload).map_err(ApiError::bad_request)? else {
         return Ok((StatusCode::OK, Json(json!({"ignored": true}))));
     };
     let (replayed, changed) =
@@ -259,11 +352,14 @@ mod tests {
     #[test]
     fn a_merged_pull_request_becomes_an_event_about_that_pr() {
         let p = json!({"action": "closed", "number": 123, "pull_request": {"number": 123, "merged": true, "merged_at": "2025-12-01T14:00:00Z"}, "repository": {"full_name": "acme/app"}});
-        let ev = github_event("pull_request", "d-1", &p).unwrap();
+        let ev = github_event("pull_request", &p).unwrap().unwrap();
         assert_eq!(ev.type_, "pull_request.merged");
         assert_eq!(ev.subject.as_deref(), Some("github:acme/app#123"));
+        assert_eq!(ev.id, "github:merge:acme/app#123@1764597600");
         let closed = json!({"action": "closed", "pull_request": {"number": 1, "merged": false}, "repository": {"full_name": "acme/app"}});
-        assert!(github_event("pull_request", "d-2", &closed).is_none());
+        assert!(github_event("pull_request", &closed).unwrap().is_none());
+        let no_time = json!({"action": "closed", "pull_request": {"number": 1, "merged": true}, "repository": {"full_name": "acme/app"}});
+        assert!(github_event("pull_request", &no_time).unwrap_err().contains("merged_at"));
     }
 
     #[test]

@@ -265,6 +265,18 @@ pub async fn amend(
     let mut changed = s
         .store
         .write(move |tx| {
+            // Only an active mandate is amended: amending a suspended one
+            // would resume it without a resume; an ended one stays ended.
+            let current: String = tx.conn().query_row(
+                "SELECT state FROM mandates WHERE id = ?1",
+                params![old],
+                |r| r.get(0),
+            )?;
+            if current != "active" {
+                return Err(StoreError::Rejected(format!(
+                    "409 mandate `{old}` is {current}: only an active mandate is amended (resume it first)"
+                )));
+            }
             let changed = db::transition(tx, &old, MandateState::Superseded, &by, &reason)?;
             tx.conn().execute(
                 "UPDATE mandates SET superseded_by = ?2 WHERE id = ?1",
@@ -337,6 +349,13 @@ pub async fn register_child(
     );
     s.store
         .write(move |tx| {
+            // Under an ended (or suspended) parent, a child is not recorded
+            // as active: it is refused.
+            if let Some((which, state)) = db::first_inactive_in_lineage(tx.conn(), &parent)? {
+                return Err(StoreError::Rejected(format!(
+                    "409 mandate `{which}` is {state}: no child can be registered under it"
+                )));
+            }
             db::insert_mandate(
                 tx,
                 &NewMandate {
@@ -355,6 +374,9 @@ pub async fn register_child(
         .map_err(|e| match e {
             StoreError::Sqlite(_) => {
                 ApiError::conflict("conflict", "a mandate with this id is already registered")
+            }
+            StoreError::Rejected(m) if m.starts_with("409 ") => {
+                ApiError::conflict("not_active", m.trim_start_matches("409 "))
             }
             other => other.into(),
         })?;
@@ -462,6 +484,13 @@ pub async fn discovery(
     );
     s.store
         .write(move |tx| {
+            // Under an ended (or suspended) parent, a child is not recorded
+            // as active: it is refused.
+            if let Some((which, state)) = db::first_inactive_in_lineage(tx.conn(), &parent)? {
+                return Err(StoreError::Rejected(format!(
+                    "409 mandate `{which}` is {state}: no child can be registered under it"
+                )));
+            }
             db::insert_mandate(
                 tx,
                 &NewMandate {
@@ -492,6 +521,11 @@ pub fn consume_in(
     id: &str,
     by: &str,
 ) -> Result<bool, StoreError> {
+    // A one-time grant whose lineage ended (revoked with its parent, say)
+    // is not consumed: it is over, not used.
+    if db::first_inactive_in_lineage(tx.conn(), id)?.is_some() {
+        return Ok(false);
+    }
     let now = tx.now_ms();
     let n = tx.conn().execute(
         "UPDATE mandates SET consumed_ms = ?2 WHERE id = ?1 AND tenant = ?3 AND one_time = 1 AND consumed_ms IS NULL",
@@ -522,7 +556,14 @@ pub async fn consume(
     let (tenant, by, id2) = (caller.tenant.clone(), caller.sub.clone(), id.clone());
     let consumed = s
         .store
-        .write(move |tx| consume_in(tx, &tenant, &id2, &by))
+        .write(move |tx| {
+            if let Some((which, state)) = db::first_inactive_in_lineage(tx.conn(), &id2)? {
+                return Err(StoreError::Rejected(format!(
+                    "409 mandate `{which}` is {state}: nothing under it can be consumed"
+                )));
+            }
+            consume_in(tx, &tenant, &id2, &by)
+        })
         .await?;
     s.refresh(std::slice::from_ref(&m.id))?;
     if consumed {

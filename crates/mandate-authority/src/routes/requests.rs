@@ -412,10 +412,17 @@ pub async fn deny(
     s.store
         .write(move |tx| {
             let now = tx.now_ms();
-            tx.conn().execute(
+            let n = tx.conn().execute(
                 "UPDATE requests SET state = 'denied', decided_by = ?2, decided_ms = ?3, reason = ?4 WHERE id = ?1 AND state = 'pending'",
                 params![id2, who, now, reason],
             )?;
+            // Approved (or denied) by someone else meanwhile: exactly one
+            // outcome, and this one is not it.
+            if n != 1 {
+                return Err(mandate_store::StoreError::Rejected(
+                    "409 the request was decided meanwhile".into(),
+                ));
+            }
             tx.audit(Some(&tenant), "request_denied", None, json!({"request": id2, "by": who, "reason": reason}))?;
             Ok(())
         })

@@ -615,7 +615,7 @@ fn a_batch_of_evaluations_follows_its_semantics() {
     let base = search_request(&mandate);
     let batch = |semantic: &str| {
         json!({
-            "subject": base["subject"], "resource": base["resource"],
+            "subject": base["subject"], "resource": base["resource"], "context": base["context"],
             "evaluations": [{"action": {"name": "delete_vendor"}}, {"action": {"name": "search"}}, {"action": {"name": "view_profile"}}],
             "options": {"evaluations_semantic": semantic}
         })

@@ -59,6 +59,12 @@ impl Server {
                 tenant: "acme".into(),
                 secret_file: secret,
             }],
+            // The CRM changes the procurement program's facts, nothing else.
+            event_source: vec![mandate_authority::config::EventSourceFacts {
+                sub: "crm".into(),
+                tenant: "acme".into(),
+                facts: vec!["procurement".into()],
+            }],
             ..Config::default()
         };
         edit(&mut config);
@@ -208,9 +214,58 @@ pub fn pr_request(principal: &str, pr: u32) -> Value {
     })
 }
 
+/// The presented chain's leaf `agent.instance`, read without verifying
+/// (what the acting agent says about itself).
+pub fn leaf_instance(mandate: &str) -> String {
+    mandate_core::chain::parse_unverified(mandate)
+        .ok()
+        .and_then(|c| c.last().map(|l| l.claims.agent.instance.clone()))
+        .unwrap_or_default()
+}
+
+/// `req` as the presented leaf's holder sends it: its `subject.id` and
+/// `context.agent_instance` (unless the request already says).
+pub fn as_leaf(mut req: Value) -> Value {
+    let mandate = req["subject"]["properties"]["mandate"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if let Ok(chain) = mandate_core::chain::parse_unverified(&mandate)
+        && let Some(leaf) = chain.last()
+    {
+        if req["subject"]["id"] == "a" {
+            req["subject"]["id"] = json!(leaf.claims.agent.id);
+        }
+        if req["context"]["agent_instance"].is_null() {
+            req["context"]["agent_instance"] = json!(leaf.claims.agent.instance);
+        }
+    }
+    req
+}
+
+/// The current time, RFC 3339 (events that happen now).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    mandate_core::timestamp::UnixTime::from_secs(secs as i64)
+        .unwrap()
+        .to_string()
+}
+
+/// The presented chain's leaf `agent.id`, read without verifying.
+pub fn leaf_agent(mandate: &str) -> String {
+    mandate_core::chain::parse_unverified(mandate)
+        .ok()
+        .and_then(|c| c.last().map(|l| l.claims.agent.id.to_string()))
+        .unwrap_or_else(|| "urn:agent:procurement/vendor-sourcing@3.2".into())
+}
+
 pub fn search_request(mandate: &str) -> Value {
     json!({
-        "subject": {"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2", "properties": {"mandate": mandate}},
+        "context": {"agent_instance": leaf_instance(mandate)},
+        "subject": {"type": "agent", "id": leaf_agent(mandate), "properties": {"mandate": mandate}},
         "action": {"name": "search"},
         "resource": {"type": "vendor_portal", "id": "https://vendor-portal.example.com/search",
             "properties": {"category": "logistics", "region": "north-america",
@@ -220,6 +275,7 @@ pub fn search_request(mandate: &str) -> Value {
 
 pub fn read_pr(mandate: &str, pr: u32) -> Value {
     json!({
+        "context": {"agent_instance": leaf_instance(mandate)},
         "subject": {"type": "agent", "id": "urn:agent:code/pr-watcher@1.0", "properties": {"mandate": mandate, "access_token": "gho_still_valid"}},
         "action": {"name": "read"},
         "resource": {"type": "github_pull_request", "id": format!("https://api.github.com/repos/acme/app/pulls/{pr}"),
@@ -276,7 +332,7 @@ pub fn decide(s: &Server, c: &Cast, req: &Value) -> Value {
         "POST",
         "/access/v1/evaluation",
         Some(&c.enforcer),
-        Some(req),
+        Some(&as_leaf(req.clone())),
     );
     assert_eq!(st, 200, "{r}");
     r
@@ -316,6 +372,6 @@ pub fn github_delivery(
 
 pub fn merged(pr: u32) -> Value {
     json!({"action": "closed", "number": pr,
-        "pull_request": {"number": pr, "merged": true, "merged_at": "2025-12-01T14:00:00Z"},
+        "pull_request": {"number": pr, "merged": true, "merged_at": now_rfc3339()},
         "repository": {"full_name": "acme/app"}})
 }

@@ -1,6 +1,7 @@
 //! `mandate verify --jwks JWKS.json JWS`
 
 use mandate_core::chain::Verifier;
+use mandate_core::decision::IAT_LEEWAY_SECS;
 use mandate_core::keys::Algorithm;
 
 use crate::command::{chain_invalid, print_json};
@@ -11,7 +12,8 @@ use crate::{CliError, Output, io};
 pub struct Args {
     #[command(flatten)]
     trust: Trust,
-    /// Also check that every mandate is within its validity window at this time (RFC 3339).
+    /// Check every mandate's validity window at this time (RFC 3339) instead
+    /// of now. `iat` may be up to 60 s ahead (clock skew); expiry has no leeway.
     #[arg(long)]
     at: Option<String>,
     /// The mandate: the compact chain, `@FILE`, or `-` for stdin.
@@ -52,15 +54,15 @@ pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
         .verify_uncached(&presented)
         .map_err(|e| chain_invalid(&e))?;
     let mut window = Vec::new();
-    if let Some(at) = a.at.as_deref() {
-        let now = io::time_arg(Some(at))?;
-        for m in chain.mandates() {
-            let c = m.claims();
-            if now >= c.exp {
-                window.push(format!("{} expired at {}", c.mandate_id, c.exp));
-            } else if now < c.nbf {
-                window.push(format!("{} not valid before {}", c.mandate_id, c.nbf));
-            }
+    let now = io::time_arg(a.at.as_deref())?;
+    for m in chain.mandates() {
+        let c = m.claims();
+        if now >= c.exp || now >= c.lifecycle.hard_expiry {
+            window.push(format!("{} expired at {}", c.mandate_id, c.exp));
+        } else if now < c.nbf {
+            window.push(format!("{} not valid before {}", c.mandate_id, c.nbf));
+        } else if now.secs().saturating_add(IAT_LEEWAY_SECS) < c.iat.secs() {
+            window.push(format!("{} issued in the future ({})", c.mandate_id, c.iat));
         }
     }
     let ids: Vec<String> = chain.ids().iter().map(ToString::to_string).collect();

@@ -21,12 +21,12 @@ fn with(f: impl FnOnce(&mut EvaluationRequest)) -> EvaluationRequest {
 }
 
 fn reasons(r: &EvaluationRequest) -> Vec<String> {
-    decide(&chain(), r, None, &active_facts(), during()).reasons
+    decide_as_leaf(&chain(), r, None, &active_facts(), during()).reasons
 }
 
 #[test]
 fn allows_an_action_within_scope() {
-    let d = decide(&chain(), &search(), None, &active_facts(), during());
+    let d = decide_as_leaf(&chain(), &search(), None, &active_facts(), during());
     assert!(d.allow, "{:?}", d.reasons);
     assert_eq!(d.chain[0].as_str(), "mnd-logistics-sourcing-7f2a");
 }
@@ -103,7 +103,7 @@ fn reports_every_reason_that_applies() {
         r.action.name = "delete_vendor".into();
         r.resource.id = "https://erp.example.com".into();
     });
-    let d = decide(
+    let d = decide_as_leaf(
         &chain(),
         &r,
         None,
@@ -124,13 +124,13 @@ fn reports_every_reason_that_applies() {
 #[test]
 fn allows_before_hard_expiry_and_denies_from_it() {
     let s = active_facts();
-    assert!(decide(&chain(), &search(), None, &s, t("2025-10-15T16:59:59Z")).allow);
+    assert!(decide_as_leaf(&chain(), &search(), None, &s, t("2025-10-15T16:59:59Z")).allow);
     assert_eq!(
-        decide(&chain(), &search(), None, &s, t("2025-10-15T17:00:00Z")).reasons,
+        decide_as_leaf(&chain(), &search(), None, &s, t("2025-10-15T17:00:00Z")).reasons,
         ["expired"]
     );
     assert_eq!(
-        decide(&chain(), &search(), None, &s, t("2025-09-30T00:00:00Z")).reasons,
+        decide_as_leaf(&chain(), &search(), None, &s, t("2025-09-30T00:00:00Z")).reasons,
         ["not_yet_valid"]
     );
 }
@@ -152,7 +152,7 @@ fn denies_in_every_non_active_state_and_unknown_states() {
             state,
         );
         assert_eq!(
-            decide(&chain(), &search(), None, &s, during()).reasons,
+            decide_as_leaf(&chain(), &search(), None, &s, during()).reasons,
             [code]
         );
     }
@@ -160,7 +160,7 @@ fn denies_in_every_non_active_state_and_unknown_states() {
 
 #[test]
 fn a_condition_that_turns_false_denies_with_its_on_failure() {
-    let d = decide(
+    let d = decide_as_leaf(
         &chain(),
         &search(),
         None,
@@ -181,7 +181,7 @@ fn a_condition_that_turns_false_denies_with_its_on_failure() {
 #[test]
 fn a_condition_that_cannot_be_evaluated_denies() {
     // No facts at all: `procurement` is undeclared.
-    let d = decide(&chain(), &search(), None, &StateSnapshot::new(), during());
+    let d = decide_as_leaf(&chain(), &search(), None, &StateSnapshot::new(), during());
     assert_eq!(d.reasons, ["condition_error:program-active"]);
     // A non-boolean result.
     let mut c = procurement_claims(1);
@@ -190,7 +190,7 @@ fn a_condition_that_cannot_be_evaluated_denies() {
         .verify(&issue_root(&authority(), &c).unwrap())
         .unwrap();
     assert_eq!(
-        decide(&chain, &search(), None, &active_facts(), during()).reasons,
+        decide_as_leaf(&chain, &search(), None, &active_facts(), during()).reasons,
         ["condition_error:program-active"]
     );
 }
@@ -211,12 +211,12 @@ fn conditions_read_the_action_resource_context_and_mandate() {
             r.context.insert("order_total".into(), json!(total));
         })
     };
-    assert!(decide(&chain, &onboard(4000), None, &active_facts(), during()).allow);
+    assert!(decide_as_leaf(&chain, &onboard(4000), None, &active_facts(), during()).allow);
     assert_eq!(
-        decide(&chain, &onboard(9000), None, &active_facts(), during()).reasons,
+        decide_as_leaf(&chain, &onboard(9000), None, &active_facts(), during()).reasons,
         ["condition_failed:small-orders"]
     );
-    assert!(decide(&chain, &search(), None, &active_facts(), during()).allow);
+    assert!(decide_as_leaf(&chain, &search(), None, &active_facts(), during()).allow);
 }
 
 #[test]
@@ -231,13 +231,13 @@ fn a_token_bound_by_hash_is_accepted_and_an_unrelated_one_denied() {
         .verify(&issue_root(&authority(), &c).unwrap())
         .unwrap();
     let s = active_facts();
-    assert!(decide(&chain, &search(), Some(token), &s, during()).allow);
+    assert!(decide_as_leaf(&chain, &search(), Some(token), &s, during()).allow);
     assert_eq!(
-        decide(&chain, &search(), Some("another-token"), &s, during()).reasons,
+        decide_as_leaf(&chain, &search(), Some("another-token"), &s, during()).reasons,
         ["token_binding_mismatch"]
     );
     assert_eq!(
-        decide(&chain, &search(), None, &s, during()).reasons,
+        decide_as_leaf(&chain, &search(), None, &s, during()).reasons,
         ["token_missing"]
     );
 }
@@ -255,7 +255,7 @@ fn a_token_naming_the_mandate_is_accepted_and_one_naming_another_denied() {
     };
     let s = active_facts();
     assert!(
-        decide(
+        decide_as_leaf(
             &chain(),
             &search(),
             Some(&token_for("mnd-logistics-sourcing-7f2a")),
@@ -265,7 +265,7 @@ fn a_token_naming_the_mandate_is_accepted_and_one_naming_another_denied() {
         .allow
     );
     assert_eq!(
-        decide(
+        decide_as_leaf(
             &chain(),
             &search(),
             Some(&token_for("mnd-other")),
@@ -276,7 +276,7 @@ fn a_token_naming_the_mandate_is_accepted_and_one_naming_another_denied() {
         ["token_binding_mismatch"]
     );
     assert_eq!(
-        decide(&chain(), &search(), Some("opaque-token"), &s, during()).reasons,
+        decide_as_leaf(&chain(), &search(), Some("opaque-token"), &s, during()).reasons,
         ["token_binding_mismatch"]
     );
 }
@@ -301,13 +301,13 @@ fn revoking_an_ancestor_ends_every_descendant() {
         .verify(&child_of(&root(1), &agent_key(), &search_only_spec(0), "mnd-child").unwrap())
         .unwrap();
     let mut s = active_facts();
-    assert!(decide(&child, &search(), None, &s, during()).allow);
+    assert!(decide_as_leaf(&child, &search(), None, &s, during()).allow);
     s.set_state(
         MandateId::new("mnd-logistics-sourcing-7f2a").unwrap(),
         MandateState::Revoked,
     );
     assert_eq!(
-        decide(&child, &search(), None, &s, during()).reasons,
+        decide_as_leaf(&child, &search(), None, &s, during()).reasons,
         ["revoked"]
     );
 }
@@ -352,4 +352,63 @@ fn a_cached_chain_is_not_reused_for_a_tampered_copy_with_the_same_signatures() {
         payload.replace("\"search\"", "\"purge\""),
     );
     assert_eq!(codes(v.verify(&parts.join("."))), ["signature_invalid"]);
+}
+
+#[test]
+fn a_request_that_does_not_say_which_agent_acts_is_denied() {
+    let d = decide(&chain(), &search(), None, &active_facts(), during());
+    assert!(!d.allow);
+    assert_eq!(d.reasons, ["agent_instance_missing"]);
+}
+
+#[test]
+fn a_subject_that_is_not_the_leafs_agent_is_denied() {
+    let r = with(|r| {
+        r.subject = Some(json!({"type": "agent", "id": "urn:agent:someone-else"}));
+    });
+    assert_eq!(reasons(&r), ["agent_mismatch"]);
+    let r = with(|r| {
+        r.subject = Some(json!({"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2"}));
+    });
+    assert!(reasons(&r).is_empty());
+}
+
+#[test]
+fn an_ancestor_cut_from_a_longer_chain_does_not_act_for_its_sub_agent() {
+    // The sub-agent holds root~child; it presents `root` alone, saying who it is.
+    let root_jws = root(1);
+    let child = child_of(&root_jws, &agent_key(), &search_only_spec(0), "mnd-c").unwrap();
+    let sub_agent = search().with_agent_instance("inst-search-01");
+    let full = verifier().verify(&child).unwrap();
+    assert!(decide(&full, &sub_agent, None, &active_facts(), during()).allow);
+    let cut = verifier().verify(&root_jws).unwrap();
+    let d = decide(&cut, &sub_agent, None, &active_facts(), during());
+    assert!(!d.allow);
+    assert_eq!(d.reasons, ["agent_instance_mismatch"]);
+    // Saying nothing about who acts is no way around it.
+    let d = decide(&cut, &search(), None, &active_facts(), during());
+    assert_eq!(d.reasons, ["agent_instance_missing"]);
+}
+
+#[test]
+fn a_mandate_issued_in_the_future_is_not_yet_valid() {
+    let mut claims = procurement_claims(1);
+    let issued = t("2025-10-02T10:00:00Z");
+    claims.iat = issued;
+    let jws = mandate_core::chain::issue_root(&authority(), &claims).unwrap();
+    let c = verifier().verify(&jws).unwrap();
+    let an_hour_before = t("2025-10-02T09:00:00Z");
+    let d = decide_as_leaf(&c, &search(), None, &active_facts(), an_hour_before);
+    assert_eq!(d.reasons, ["not_yet_valid"]);
+    // Within the documented leeway for clock skew.
+    let skewed = t("2025-10-02T09:59:30Z");
+    assert!(decide_as_leaf(&c, &search(), None, &active_facts(), skewed).allow);
+}
+
+#[test]
+fn an_amount_just_above_the_cap_is_not_rounded_into_it() {
+    let text = r#"{"action":{"name":"search"},"resource":{"type":"vendor_portal","id":"https://vendor-portal.example.com/search","properties":{"amount":500.00000000000001}}}"#;
+    let err = mandate_core::json::from_slice_strict::<EvaluationRequest>(text.as_bytes())
+        .unwrap_err();
+    assert_eq!(err.path, "resource.properties.amount");
 }

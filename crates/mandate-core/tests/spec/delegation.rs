@@ -250,10 +250,10 @@ fn a_child_may_add_conditions_and_terminal_events_and_they_apply() {
     let chain = verifier()
         .verify(&child_of(&root(1), &agent_key(), &spec, "mnd-child").unwrap())
         .unwrap();
-    assert!(decide(&chain, &search(), None, &active_facts(), during()).allow);
+    assert!(decide_as_leaf(&chain, &search(), None, &active_facts(), during()).allow);
     let night = t("2025-10-02T23:00:00Z");
     assert_eq!(
-        decide(&chain, &search(), None, &active_facts(), night).reasons,
+        decide_as_leaf(&chain, &search(), None, &active_facts(), night).reasons,
         ["condition_failed:business-hours"]
     );
 }
@@ -316,7 +316,7 @@ fn the_authority_grants_a_discovered_tool_within_the_principals_allowance() {
         "https://screening.example.net/v2/screen",
         Default::default(),
     );
-    let d = decide(&v, &req, None, &active_facts(), during());
+    let d = decide_as_leaf(&v, &req, None, &active_facts(), during());
     assert!(d.allow, "{:?}", d.reasons);
 }
 

@@ -53,21 +53,21 @@ fn ghost_execution_ends_when_the_pr_merges_although_the_token_is_valid() {
     let at = t("2025-12-01T14:00:00Z");
     let mut state = StateSnapshot::new();
     state.set_facts(github_facts("open"));
-    assert!(decide(&chain, &read_pr(123), None, &state, at).allow);
+    assert!(decide_as_leaf(&chain, &read_pr(123), None, &state, at).allow);
     // Another PR is out of scope even while the mission runs.
     assert_eq!(
-        decide(&chain, &read_pr(124), None, &state, at).reasons,
+        decide_as_leaf(&chain, &read_pr(124), None, &state, at).reasons,
         ["resource_not_permitted"]
     );
 
     // The merge of PR #124 does not end a mandate bound to PR #123.
     state.add_event("pull_request.merged", Some("github:acme/app#124"));
-    assert!(decide(&chain, &read_pr(123), None, &state, at).allow);
+    assert!(decide_as_leaf(&chain, &read_pr(123), None, &state, at).allow);
 
     // The merge of PR #123 does, at once, with the fact change.
     state.add_event("pull_request.merged", Some("github:acme/app#123"));
     state.set_facts(github_facts("merged"));
-    let d = decide(
+    let d = decide_as_leaf(
         &chain,
         &read_pr(123),
         None,
@@ -109,7 +109,7 @@ fn the_taxi_gets_a_one_time_mandate_for_one_endpoint() {
     );
     let mut state = active_facts();
 
-    let first = decide(&chain, &screen, None, &state, during());
+    let first = decide_as_leaf(&chain, &screen, None, &state, during());
     assert!(first.allow);
     assert_eq!(
         serde_json::to_value(&first.obligations).unwrap(),
@@ -117,7 +117,7 @@ fn the_taxi_gets_a_one_time_mandate_for_one_endpoint() {
     );
     state.consume(MandateId::new("mnd-screen-once").unwrap());
     assert_eq!(
-        decide(&chain, &screen, None, &state, during()).reasons,
+        decide_as_leaf(&chain, &screen, None, &state, during()).reasons,
         ["one_time_used"]
     );
 
@@ -129,17 +129,17 @@ fn the_taxi_gets_a_one_time_mandate_for_one_endpoint() {
         Default::default(),
     );
     assert!(
-        decide(&chain, &other, None, &active_facts(), during())
+        decide_as_leaf(&chain, &other, None, &active_facts(), during())
             .reasons
             .contains(&"location_not_permitted".to_owned())
     );
     assert!(
-        decide(&chain, &search(), None, &active_facts(), during())
+        decide_as_leaf(&chain, &search(), None, &active_facts(), during())
             .reasons
             .contains(&"resource_type_not_permitted".to_owned())
     );
     assert_eq!(
-        decide(
+        decide_as_leaf(
             &chain,
             &screen,
             None,
@@ -160,7 +160,7 @@ fn the_taxi_gets_a_one_time_mandate_for_one_endpoint() {
         "contingency_program.cancelled",
         Some("program:contingency-q4-2025"),
     );
-    let d = decide(&chain, &screen, None, &cancelled, during());
+    let d = decide_as_leaf(&chain, &screen, None, &cancelled, during());
     assert_eq!(d.reasons, ["completed", "condition_failed:program-active"]);
 }
 
@@ -178,10 +178,10 @@ fn a_board_approval_ends_the_research_mandate_while_every_identity_control_passe
         .verify(&issue_root(&authority(), &c).unwrap())
         .unwrap();
     let mut state = StateSnapshot::new();
-    assert!(decide(&chain, &search(), None, &state, t("2025-10-02T13:59:00Z")).allow);
+    assert!(decide_as_leaf(&chain, &search(), None, &state, t("2025-10-02T13:59:00Z")).allow);
     state.add_event("board.approved", Some("deck:pre-ipo-exposure"));
     assert_eq!(
-        decide(&chain, &search(), None, &state, t("2025-10-02T14:05:00Z")).reasons,
+        decide_as_leaf(&chain, &search(), None, &state, t("2025-10-02T14:05:00Z")).reasons,
         ["completed"]
     );
 }

@@ -175,3 +175,25 @@ pub fn lifecycle(expiry: &str) -> ChildLifecycle {
 pub fn codes(r: Result<std::sync::Arc<VerifiedChain>, ChainError>) -> Vec<String> {
     r.map(|_| Vec::new()).unwrap_or_else(|e| e.codes())
 }
+
+/// `request` as the leaf's holder sends it: `context.agent_instance` is the
+/// leaf's instance unless the test set one. (Requests without it are denied
+/// `agent_instance_missing`; tests of that build the request themselves.)
+pub fn as_leaf_of(chain: &VerifiedChain, request: &EvaluationRequest) -> EvaluationRequest {
+    let mut r = request.clone();
+    r.context
+        .entry("agent_instance")
+        .or_insert_with(|| json!(chain.leaf().claims().agent.instance));
+    r
+}
+
+/// [`decide`] for a request sent by the leaf's holder (see [`as_leaf_of`]).
+pub fn decide_as_leaf(
+    chain: &VerifiedChain,
+    request: &EvaluationRequest,
+    token: Option<&str>,
+    state: &StateSnapshot,
+    now: UnixTime,
+) -> Decision {
+    decide(chain, &as_leaf_of(chain, request), token, state, now)
+}

@@ -30,11 +30,25 @@ fn vector(
         "about": about,
         "algorithms": algorithms,
         "mandate": mandate,
-        "request": request,
+        "request": sent_by_leaf(mandate, request),
         "state": state,
         "token": token,
         "at": at,
     })
+}
+
+/// The request as the presented chain's leaf holder sends it (its
+/// `context.agent_instance`), read from the unverified leaf when it parses.
+fn sent_by_leaf(mandate: &str, request: &EvaluationRequest) -> EvaluationRequest {
+    let mut r = request.clone();
+    if let Ok(chain) = mandate_core::chain::parse_unverified(mandate)
+        && let Some(leaf) = chain.last()
+    {
+        r.context
+            .entry("agent_instance")
+            .or_insert_with(|| json!(leaf.claims.agent.instance));
+    }
+    r
 }
 
 fn generate() -> (Value, Value) {
