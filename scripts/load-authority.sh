@@ -26,7 +26,7 @@ api PUT /v1/facts "$admin" "$root/testdata/examples/facts-active.json" > /dev/nu
 python3 - "$enforcer" <<'PY'
 import json, sys
 a = json.load(open("approved.json"))
-body = json.dumps({"subject": {"type": "agent", "id": "a", "properties": {"mandate": a["mandate"]}},
+body = json.dumps({"subject": {"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2", "properties": {"mandate": a["mandate"]}}, "context": {"agent_instance": "inst-7f2a-b8c4"},
   "action": {"name": "search"}, "resource": {"type": "vendor_portal", "id": "https://vendor-portal.example.com/search",
   "properties": {"category": "logistics", "region": "north-america", "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}})
 open("decide.lua", "w").write(

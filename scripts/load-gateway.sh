@@ -60,7 +60,7 @@ sed -e "s|127.0.0.1:9000|127.0.0.1:$U|; s|127.0.0.1:8081|127.0.0.1:$G|; s|127.0.
 nginx -p "$work/nginx" -c auth.conf -g 'daemon off;' & pids+=($!)
 sleep 0.5
 for url in "http://127.0.0.1:$G" "http://127.0.0.1:$A"; do
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Mandate: $mandate" "$url/repos/acme/app/pulls/123")
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" "$url/repos/acme/app/pulls/123")
   [ "$code" = 200 ] || { echo "setup failed: $url answered $code"; cat gateway.log; exit 1; }
 done
 
@@ -68,7 +68,7 @@ decided=2  # the two set-up requests above
 results="$work/results.csv"
 run() { # NAME URL CONNECTIONS ROUND
   local out threads=2; [ "$3" -lt 2 ] && threads=1
-  out=$(wrk -t"$threads" -c"$3" -d"${duration}s" --latency -H "Mandate: $mandate" "$2/repos/acme/app/pulls/123")
+  out=$(wrk -t"$threads" -c"$3" -d"${duration}s" --latency -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" "$2/repos/acme/app/pulls/123")
   case "$2" in *":$G"|*":$A") decided=$((decided + $(echo "$out" | awk '/requests in/ {print $1}'))) ;; esac
   local non2xx; non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
   [ -z "$non2xx" ] || { echo "FAIL: $1 answered $non2xx non-2xx"; exit 1; }

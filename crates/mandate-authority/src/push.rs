@@ -18,7 +18,18 @@ use crate::state::AppState;
 /// How often an idle push stream sends a heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
-fn post(agent: &ureq::Agent, url: &str, auth: Option<&str>, set: &str) -> Result<(), String> {
+/// What a receiver made of one SET.
+enum Delivery {
+    /// Accepted (202 or 200).
+    Accepted,
+    /// Refused as malformed or unusable (400, RFC 8935 §2.3): not sent
+    /// again; the receiver's gap detection and snapshot recover it.
+    Rejected(String),
+    /// Not delivered (network, 401, 5xx): retried with backoff.
+    Failed(String),
+}
+
+fn post(agent: &ureq::Agent, url: &str, auth: Option<&str>, set: &str) -> Delivery {
     let mut req = agent
         .post(url)
         .header("Content-Type", "application/secevent+jwt")
@@ -27,9 +38,12 @@ fn post(agent: &ureq::Agent, url: &str, auth: Option<&str>, set: &str) -> Result
         req = req.header("Authorization", a);
     }
     match req.send(set) {
-        Ok(r) if matches!(r.status().as_u16(), 200 | 202) => Ok(()),
-        Ok(r) => Err(format!("receiver answered {}", r.status())),
-        Err(e) => Err(e.to_string()),
+        Ok(r) if matches!(r.status().as_u16(), 200 | 202) => Delivery::Accepted,
+        Ok(r) if r.status().as_u16() == 400 => {
+            Delivery::Rejected(format!("receiver answered {}", r.status()))
+        }
+        Ok(r) => Delivery::Failed(format!("receiver answered {}", r.status())),
+        Err(e) => Delivery::Failed(e.to_string()),
     }
 }
 
@@ -42,6 +56,12 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
             .build()
             .into();
         let mut backoff = Duration::from_millis(100);
+        // Each heartbeat's `beat` is higher than the last (milliseconds of
+        // the authority's clock, and at least one more): a receiver counts
+        // only a beat it has not seen, so a replayed heartbeat is no news.
+        let mut beat: i64 = 0;
+        // The status the receiver was last told of.
+        let mut told = String::from("enabled");
         loop {
             let notified = s.signals.notified();
             tokio::pin!(notified);
@@ -74,6 +94,30 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
+            if st.status != told {
+                // Tell the receiver the stream stopped (or resumed) delivering:
+                // it treats a paused stream's silence as staleness.
+                let head = s
+                    .store
+                    .read(|c| Ok(signals::head(c, &tenant)?))
+                    .unwrap_or(0);
+                let update = Signal {
+                    seq: head,
+                    kind: "stream-updated".into(),
+                    mandate_id: None,
+                    body: json!({"status": st.status, "reason": st.reason}),
+                    at_ms: crate::auth::now_secs() * 1000,
+                };
+                let set = signals::to_set(&s.authority, &s.issuer, &aud, &tenant, &update);
+                let (a, u, au) = (agent.clone(), url.clone(), auth.clone());
+                let told_ok = matches!(
+                    tokio::task::spawn_blocking(move || post(&a, &u, au.as_deref(), &set)).await,
+                    Ok(Delivery::Accepted | Delivery::Rejected(_))
+                );
+                if told_ok {
+                    told.clone_from(&st.status);
+                }
+            }
             if st.status != "enabled" {
                 let _ = tokio::time::timeout(HEARTBEAT, notified).await;
                 continue;
@@ -86,11 +130,12 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
             if found.is_empty() {
                 // Idle: a heartbeat with the head sequence, then wait.
                 let head = s.store.read(|c| Ok(signals::head(c, &t)?)).unwrap_or(0);
+                beat = crate::auth::now_ms().max(beat + 1);
                 let hb = Signal {
                     seq: head,
                     kind: "heartbeat".into(),
                     mandate_id: None,
-                    body: json!({"head": head}),
+                    body: json!({"head": head, "beat": beat}),
                     at_ms: crate::auth::now_secs() * 1000,
                 };
                 let set = signals::to_set(&s.authority, &s.issuer, &aud, &tenant, &hb);
@@ -106,13 +151,19 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                 let (a, u, au) = (agent.clone(), url.clone(), auth.clone());
                 let result = tokio::task::spawn_blocking(move || post(&a, &u, au.as_deref(), &set))
                     .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+                    .unwrap_or_else(|e| Delivery::Failed(e.to_string()));
                 match result {
-                    Ok(()) => {
+                    Delivery::Accepted => {
                         delivered = sig.seq;
                         backoff = Duration::from_millis(100);
                     }
-                    Err(e) => {
+                    Delivery::Rejected(e) => {
+                        // Not retried forever, and not in the way of later
+                        // SETs: the receiver sees the gap and resynchronises.
+                        tracing::warn!(stream = %stream_id, seq = sig.seq, error = %e, "receiver rejected a SET; moving on");
+                        delivered = sig.seq;
+                    }
+                    Delivery::Failed(e) => {
                         tracing::warn!(stream = %stream_id, error = %e, "push delivery failed; retrying");
                         break;
                     }

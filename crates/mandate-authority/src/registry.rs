@@ -73,7 +73,9 @@ impl Registry {
             .prepare("SELECT tenant, type, subject, occurred_ms FROM events ORDER BY received_ms")
             .map_err(|e| e.to_string())?;
         let events: Vec<(String, String, Option<String>, i64)> = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
             .and_then(Iterator::collect)
             .map_err(|e| e.to_string())?;
         for (tenant, ty, subject, occurred_ms) in events {

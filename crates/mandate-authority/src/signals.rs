@@ -23,7 +23,7 @@ pub const EVENT_PREFIX: &str = "https://schemas.mandate.dev/secevent/v1/";
 /// `suspended`, `resumed`, `expired`, `completed`, `superseded`), `issued`,
 /// `consumed` (a one-time mandate was used), `facts-changed`,
 /// `business-event`, and `verification` (a stream's verification event).
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 13] = [
     "issued",
     "suspended",
     "resumed",
@@ -36,6 +36,7 @@ pub const EVENT_TYPES: [&str; 12] = [
     "business-event",
     "verification",
     "heartbeat",
+    "stream-updated",
 ];
 
 /// The URI of an event type.

@@ -30,6 +30,10 @@ pub const MAX_EXPRESSION_BYTES: usize = 2048;
 pub const MAX_EXPRESSION_DEPTH: u16 = 16;
 /// Most conditions in one mandate (ancestors' included).
 pub const MAX_CONDITIONS: usize = 32;
+/// Deepest nesting of a facts document: below [`crate::json::MAX_DEPTH`], so
+/// that a facts document wrapped in a signal (a SET's `events`, its type,
+/// `facts`) still reads everywhere it travels.
+pub const MAX_FACTS_DEPTH: usize = 24;
 /// Largest facts document, in bytes of JSON.
 pub const MAX_FACTS_BYTES: usize = 1 << 20;
 
@@ -118,12 +122,9 @@ fn walk(e: &Expression, comprehension_depth: u8, sh: &mut Shape) -> Result<(), C
             let own = |name: &str| {
                 name == c.iter_var || Some(name) == c.iter_var2.as_deref() || name == c.accu_var
             };
-            let reads_outer = [&c.loop_cond, &c.loop_step, &c.result].into_iter().any(|part| {
-                part.references()
-                    .variables()
-                    .into_iter()
-                    .any(|v| !own(v))
-            });
+            let reads_outer = [&c.loop_cond, &c.loop_step, &c.result]
+                .into_iter()
+                .any(|part| part.references().variables().into_iter().any(|v| !own(v)));
             if reads_outer {
                 sh.outer += 1;
             } else {
@@ -342,8 +343,8 @@ pub enum FactsError {
     /// Too large.
     #[error("facts: larger than {MAX_FACTS_BYTES} bytes")]
     TooLarge,
-    /// Nested deeper than [`crate::json::MAX_DEPTH`].
-    #[error("facts: nested deeper than {} levels", crate::json::MAX_DEPTH)]
+    /// Nested deeper than [`MAX_FACTS_DEPTH`].
+    #[error("facts: nested deeper than {MAX_FACTS_DEPTH} levels")]
     TooDeep,
     /// A member cannot be a CEL variable.
     #[error("facts.{0}: not usable as a CEL variable name (reserved, or not an identifier)")]
@@ -396,7 +397,7 @@ impl Facts {
         if json.to_string().len() > MAX_FACTS_BYTES {
             return Err(FactsError::TooLarge);
         }
-        if depth(&json) > crate::json::MAX_DEPTH {
+        if depth(&json) > MAX_FACTS_DEPTH {
             return Err(FactsError::TooDeep);
         }
         let mut base = Context::default();
@@ -539,7 +540,10 @@ mod tests {
             expression: long,
             ..c
         };
-        assert_eq!(CompiledCondition::new(&c).unwrap_err(), ConditionError::TooLarge);
+        assert_eq!(
+            CompiledCondition::new(&c).unwrap_err(),
+            ConditionError::TooLarge
+        );
     }
 
     #[test]

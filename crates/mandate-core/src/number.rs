@@ -214,7 +214,10 @@ fn decimal(text: &str) -> Option<(bool, String, i64)> {
     let (mantissa, exp) = match rest.find(['e', 'E']) {
         Some(at) => (
             rest.get(..at)?,
-            rest.get(at + 1..)?.trim_start_matches('+').parse::<i64>().ok()?,
+            rest.get(at + 1..)?
+                .trim_start_matches('+')
+                .parse::<i64>()
+                .ok()?,
         ),
         None => (rest, 0),
     };
@@ -293,9 +296,21 @@ mod tests {
         let a = n(json!(9_007_199_254_740_993_u64));
         let b = n(json!(9_007_199_254_740_992_u64));
         assert_eq!(compare(&a, &b), Some(Ordering::Greater));
-        assert_eq!(compare_f64(&a, 9_007_199_254_740_992.0), Some(Ordering::Greater));
-        assert_eq!(compare(&n(json!(500)), &n(json!(500.0))), Some(Ordering::Equal));
-        assert_eq!(compare(&n(json!(500)), &n(json!(500.5))), Some(Ordering::Less));
-        assert_eq!(compare(&n(json!(-3)), &n(json!(-3.5))), Some(Ordering::Greater));
+        assert_eq!(
+            compare_f64(&a, 9_007_199_254_740_992.0),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(
+            compare(&n(json!(500)), &n(json!(500.0))),
+            Some(Ordering::Equal)
+        );
+        assert_eq!(
+            compare(&n(json!(500)), &n(json!(500.5))),
+            Some(Ordering::Less)
+        );
+        assert_eq!(
+            compare(&n(json!(-3)), &n(json!(-3.5))),
+            Some(Ordering::Greater)
+        );
     }
 }

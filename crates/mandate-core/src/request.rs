@@ -74,8 +74,10 @@ impl EvaluationRequest {
     /// Every decision requires it: it must be the leaf mandate's instance.
     #[must_use]
     pub fn with_agent_instance(mut self, instance: &str) -> Self {
-        self.context
-            .insert("agent_instance".to_owned(), Value::String(instance.to_owned()));
+        self.context.insert(
+            "agent_instance".to_owned(),
+            Value::String(instance.to_owned()),
+        );
         self
     }
 

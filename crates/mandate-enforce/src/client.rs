@@ -121,9 +121,16 @@ impl AuthorityClient {
     ///
     /// # Errors
     /// When the authority refuses.
-    pub fn create_stream(&self, push_url: Option<&str>) -> Result<(String, String), ClientError> {
-        let delivery = match push_url {
-            Some(u) => json!({"method": "urn:ietf:rfc:8935", "endpoint_url": u}),
+    /// `push` is the receiver's URL and the `Authorization` value the
+    /// transmitter must send with each SET; `None` for poll delivery.
+    pub fn create_stream(
+        &self,
+        push: Option<(&str, &str)>,
+    ) -> Result<(String, String), ClientError> {
+        let delivery = match push {
+            Some((u, auth)) => {
+                json!({"method": "urn:ietf:rfc:8935", "endpoint_url": u, "authorization_header": auth})
+            }
             None => json!({"method": "urn:ietf:rfc:8936"}),
         };
         let (st, v) = self.call(
@@ -178,7 +185,7 @@ impl AuthorityClient {
         let body = json!({"ack": ack, "maxEvents": 500, "timeout_secs": timeout.as_secs_f64()});
         let (st, v) = self.call("POST", &format!("/ssf/poll/{stream}"), Some(&body))?;
         if st != 200 {
-            return Err(ClientError(format!("poll: {st}")));
+            return Err(ClientError(format!("poll: {st} {v}")));
         }
         let mut sets: Vec<(i64, String)> = v
             .get("sets")
@@ -246,12 +253,20 @@ pub fn run_poller(
                 replica.touch();
                 for set in sets {
                     if let Err(e) = replica.apply_set(&set) {
-                        tracing::warn!(error = %e, "SET refused");
+                        // The authority's answer to our own request: a SET
+                        // in it that cannot be applied is a missed signal.
+                        replica.mark_gap();
+                        tracing::warn!(error = %e, "SET refused; resynchronising");
+                        break;
                     }
                 }
                 ack = Some(replica.cursor());
             }
             Err(e) => {
+                if e.to_string().contains("stream_not_enabled") {
+                    // The stream was paused or disabled: told so, stale now.
+                    replica.mark_paused();
+                }
                 tracing::warn!(error = %e, "poll failed");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));

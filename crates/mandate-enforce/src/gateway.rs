@@ -321,6 +321,9 @@ pub struct Gateway {
     stop: Arc<AtomicBool>,
     /// Ships every decision to the authority's audit log.
     pub shipper: crate::shipper::Shipper,
+    /// The `Authorization` value the transmitter presents on each push
+    /// (never logged: `Debug` leaves it out).
+    push_authorization: String,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -354,8 +357,18 @@ impl Gateway {
             ),
             Delivery::Poll => None,
         };
+        // The secret the transmitter must present on every push: 256 random bits.
+        let push_authorization = {
+            let mut bytes = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+            format!("Bearer {}", hex_string(&bytes))
+        };
         let (stream, aud) = client
-            .create_stream(push_url.as_deref())
+            .create_stream(
+                push_url
+                    .as_deref()
+                    .map(|u| (u, push_authorization.as_str())),
+            )
             .map_err(|e| e.to_string())?;
         replica.set_audience(&aud);
         let spool = config.spool_file.clone().unwrap_or_else(|| {
@@ -385,6 +398,7 @@ impl Gateway {
             stop: Arc::clone(&stop),
             shipper,
             config,
+            push_authorization,
         });
         // Poll: the poller is the feed. Push: it resynchronises from snapshots
         // and keeps contact by polling nothing, while SETs arrive by push.
@@ -516,6 +530,14 @@ impl Gateway {
     }
 }
 
+fn hex_string(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 fn deny(d: &mut Decision, reason: &str) {
     d.allow = false;
     d.reasons = vec![reason.to_owned()];
@@ -621,7 +643,22 @@ async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     res
 }
 
-async fn receive_set(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
+async fn receive_set(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    // Only the transmitter holds the stream's push authorization: anything
+    // else posted here (a proxied client, a replay from a log) is refused
+    // before it is read.
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .map(axum::http::HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let expected = gw.push_authorization.as_bytes();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(presented, expected)) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"err": "authentication_failed", "description": "push authorization missing or wrong"})),
+        )
+            .into_response();
+    }
     let Ok(text) = std::str::from_utf8(&body) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -630,14 +667,24 @@ async fn receive_set(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
             .into_response();
     };
     match gw.replica.apply_set(text) {
-        Ok(Applied::Applied | Applied::Duplicate | Applied::Gap | Applied::Heartbeat) => {
-            StatusCode::ACCEPTED.into_response()
+        Ok(
+            Applied::Applied
+            | Applied::Duplicate
+            | Applied::Gap
+            | Applied::Heartbeat
+            | Applied::Paused,
+        ) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => {
+            // Sent by the transmitter (it held the push authorization), yet
+            // not applicable here: a missed signal. Stale until a snapshot;
+            // the 400 tells the transmitter not to send it again.
+            gw.replica.mark_gap();
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"err": "invalid_request", "description": e.to_string()})),
+            )
+                .into_response()
         }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"err": "invalid_key", "description": e.to_string()})),
-        )
-            .into_response(),
     }
 }
 

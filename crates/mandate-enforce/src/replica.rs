@@ -8,8 +8,17 @@
 //!   a snapshot.
 //! - Terminal states are sticky: no replayed, reordered or forged SET, and
 //!   no snapshot, revives a revoked, expired, completed or superseded mandate.
-//! - When nothing (not even a heartbeat or an empty poll) has arrived for
-//!   longer than the staleness bound, every decision denies `state_stale`.
+//! - When nothing *new* (the next SET, a fresh heartbeat, or an empty poll
+//!   answered by the authority) has arrived for longer than the staleness
+//!   bound, every decision denies `state_stale`. A replayed SET or heartbeat
+//!   is not news: it never refreshes liveness. A heartbeat counts only when
+//!   its `beat` is higher than any seen and its `iat` is recent.
+//! - A SET's `iat` may not be in the future (beyond [`IAT_LEEWAY`]).
+//! - A signal that verifies but cannot be applied (facts this replica cannot
+//!   convert, say) makes the replica stale until a snapshot: it is never
+//!   skipped while the cursor moves on.
+//! - A `stream-updated` SET saying the stream is paused or disabled makes
+//!   the replica stale at once: silence by pause is not freshness.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -26,6 +35,15 @@ use serde_json::Value;
 
 /// The prefix of the authority's event type URIs.
 pub const EVENT_PREFIX: &str = "https://schemas.mandate.dev/secevent/v1/";
+
+/// How far in the future a SET's `iat` may be (clock skew).
+pub const IAT_LEEWAY: Duration = Duration::from_secs(60);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 
 /// Why a SET was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,8 +62,10 @@ pub enum Applied {
     Duplicate,
     /// A sequence number was skipped: the replica is stale until resynced.
     Gap,
-    /// A heartbeat: contact, nothing to apply.
+    /// A fresh heartbeat: contact, nothing to apply.
     Heartbeat,
+    /// The transmitter paused or disabled the stream: stale until it resumes.
+    Paused,
 }
 
 fn is_terminal(s: MandateState) -> bool {
@@ -65,6 +85,10 @@ struct Inner {
     synced: bool,
     gap: bool,
     last_contact: Option<Instant>,
+    /// The highest heartbeat `beat` seen: a heartbeat at or below it is a replay.
+    last_beat: i64,
+    /// The stream was paused or disabled by the transmitter.
+    paused: bool,
     terminal: std::collections::HashMap<MandateId, MandateState>,
 }
 
@@ -79,7 +103,10 @@ pub struct Replica {
 }
 
 fn is_fresh(inner: &Inner, staleness: Duration) -> bool {
-    inner.synced && !inner.gap && inner.last_contact.is_some_and(|t| t.elapsed() <= staleness)
+    inner.synced
+        && !inner.gap
+        && !inner.paused
+        && inner.last_contact.is_some_and(|t| t.elapsed() <= staleness)
 }
 
 impl Replica {
@@ -98,6 +125,8 @@ impl Replica {
                 synced: false,
                 gap: false,
                 last_contact: None,
+                last_beat: 0,
+                paused: false,
                 terminal: std::collections::HashMap::new(),
             }),
         }
@@ -134,10 +163,21 @@ impl Replica {
             .unwrap_or(true)
     }
 
-    /// Records contact with the authority (an empty poll, a heartbeat).
+    /// Records contact with the authority: an answer to a request this
+    /// replica made (an empty poll). Never call it for something a third
+    /// party could have sent.
     pub fn touch(&self) {
         if let Ok(mut i) = self.inner.write() {
             i.last_contact = Some(Instant::now());
+            i.paused = false;
+        }
+    }
+
+    /// Marks the stream as not delivering (paused, disabled, or refused by
+    /// the authority): stale until contact resumes.
+    pub fn mark_paused(&self) {
+        if let Ok(mut i) = self.inner.write() {
+            i.paused = true;
         }
     }
 
@@ -179,8 +219,15 @@ impl Replica {
         if key.algorithm() != d.alg || !key.verify(d.signing_input.as_bytes(), &d.signature) {
             return Err(SetError::Invalid("signature does not verify".into()));
         }
-        let claims: Value =
-            serde_json::from_slice(&d.payload).map_err(|e| SetError::Invalid(e.to_string()))?;
+        let claims: Value = match serde_json::from_slice(&d.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                // Signed by the authority yet unreadable here: a signal this
+                // replica cannot apply. Stale until a snapshot, never skipped.
+                self.mark_gap();
+                return Err(SetError::Invalid(e.to_string()));
+            }
+        };
         if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(SetError::Invalid("iss".into()));
         }
@@ -198,6 +245,15 @@ impl Replica {
         let kind = uri
             .strip_prefix(EVENT_PREFIX)
             .ok_or_else(|| SetError::Invalid(format!("unknown event type `{uri}`")))?;
+        let iat = claims
+            .get("iat")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| SetError::Invalid("iat: missing".into()))?;
+        let now = unix_now();
+        let leeway = i64::try_from(IAT_LEEWAY.as_secs()).unwrap_or(60);
+        if iat > now.saturating_add(leeway) {
+            return Err(SetError::Invalid("iat: in the future".into()));
+        }
         let seq = event
             .get("seq")
             .and_then(Value::as_i64)
@@ -206,16 +262,39 @@ impl Replica {
             .inner
             .write()
             .map_err(|_| SetError::Invalid("replica lock poisoned".into()))?;
-        inner.last_contact = Some(Instant::now());
+        if kind == "stream-updated" {
+            let status = event.get("status").and_then(Value::as_str);
+            if status != Some("enabled") {
+                inner.paused = true;
+                return Ok(Applied::Paused);
+            }
+            return Ok(Applied::Duplicate);
+        }
         if kind == "heartbeat" {
+            // Liveness only from a heartbeat that is itself new: a higher
+            // beat than any seen, issued within the staleness bound.
+            let beat = event.get("beat").and_then(Value::as_i64).unwrap_or(0);
+            let recent = iat
+                >= now
+                    .saturating_sub(i64::try_from(self.staleness.as_secs()).unwrap_or(0))
+                    .saturating_sub(leeway.min(5));
+            // A missed signal is revealed by any verified heartbeat, old or
+            // new: restricting needs no freshness.
             let head = event.get("head").and_then(Value::as_i64).unwrap_or(seq);
             if head > inner.cursor {
                 inner.gap = true;
                 return Ok(Applied::Gap);
             }
+            if beat <= inner.last_beat || !recent {
+                return Ok(Applied::Duplicate);
+            }
+            inner.last_beat = beat;
+            inner.last_contact = Some(Instant::now());
+            inner.paused = false;
             return Ok(Applied::Heartbeat);
         }
         if seq <= inner.cursor {
+            // A replay: not news, no contact.
             return Ok(Applied::Duplicate);
         }
         let next = seq == inner.cursor + 1;
@@ -250,12 +329,14 @@ impl Replica {
             }
             ("consumed", Some(id)) => snap.consume(id),
             ("facts-changed", _) => {
-                if let Some(f) = event
-                    .get("facts")
-                    .cloned()
-                    .and_then(|f| Facts::from_json(f).ok())
-                {
-                    snap.set_facts(f);
+                match event.get("facts").cloned().map(Facts::from_json) {
+                    Some(Ok(f)) => snap.set_facts(f),
+                    _ => {
+                        // Facts this replica cannot hold: deciding on the old
+                        // ones would allow what the authority denies.
+                        inner.gap = true;
+                        return Ok(Applied::Gap);
+                    }
                 }
             }
             ("business-event", _) => {
@@ -276,7 +357,17 @@ impl Replica {
             inner.terminal.insert(id, st);
         }
         inner.cursor = seq;
+        inner.last_contact = Some(Instant::now());
+        inner.paused = false;
         Ok(Applied::Applied)
+    }
+
+    /// Marks a signal from the authority's own channel as unusable here:
+    /// stale until resynchronised from a snapshot.
+    pub fn mark_gap(&self) {
+        if let Ok(mut i) = self.inner.write() {
+            i.gap = true;
+        }
     }
 
     /// A mandate's state, or `None` when the replica is stale.
@@ -471,6 +562,135 @@ mod tests {
             .unwrap(),
             Applied::Gap
         );
+        assert!(!r.is_fresh());
+    }
+
+    fn now_ms() -> i64 {
+        unix_now() * 1000
+    }
+
+    fn heartbeat(beat: i64, at_ms: i64) -> String {
+        let hb = Signal {
+            seq: 0,
+            kind: "heartbeat".into(),
+            mandate_id: None,
+            body: json!({"head": 0, "beat": beat}),
+            at_ms,
+        };
+        to_set(
+            &authority(),
+            "https://mandate.test",
+            "stream:s1",
+            "acme",
+            &hb,
+        )
+    }
+
+    fn short_lived() -> Replica {
+        let mut keys = KeySet::new();
+        keys.insert(authority().verifying_key().unwrap());
+        let r = Replica::new(keys, "https://mandate.test", Duration::from_millis(300));
+        r.set_audience("stream:s1");
+        r.install(0, StateDocument::default()).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_replayed_set_or_heartbeat_does_not_keep_a_cut_off_replica_fresh() {
+        let r = short_lived();
+        let old_set = set(1, "suspended", "m1");
+        assert_eq!(r.apply_set(&old_set).unwrap(), Applied::Applied);
+        let old_beat = heartbeat(now_ms(), now_ms());
+        assert_eq!(r.apply_set(&old_beat).unwrap(), Applied::Heartbeat);
+        // Cut off from the authority, an attacker replays what it captured.
+        for _ in 0..8 {
+            std::thread::sleep(Duration::from_millis(60));
+            assert_eq!(r.apply_set(&old_set).unwrap(), Applied::Duplicate);
+            assert_eq!(r.apply_set(&old_beat).unwrap(), Applied::Duplicate);
+        }
+        assert!(!r.is_fresh(), "replays kept the replica fresh");
+        // A new heartbeat is news.
+        assert_eq!(
+            r.apply_set(&heartbeat(now_ms() + 1_000, now_ms())).unwrap(),
+            Applied::Heartbeat
+        );
+        assert!(r.is_fresh());
+    }
+
+    #[test]
+    fn a_heartbeat_issued_long_ago_or_a_set_from_the_future_is_no_news() {
+        let r = short_lived();
+        std::thread::sleep(Duration::from_millis(400));
+        let an_hour_ago = now_ms() - 3_600_000;
+        assert_eq!(
+            r.apply_set(&heartbeat(i64::MAX - 1, an_hour_ago)).unwrap(),
+            Applied::Duplicate
+        );
+        assert!(!r.is_fresh());
+        let future = Signal {
+            seq: 1,
+            kind: "suspended".into(),
+            mandate_id: Some("m1".into()),
+            body: json!({"mandate_id": "m1"}),
+            at_ms: now_ms() + 3_600_000,
+        };
+        let set = to_set(
+            &authority(),
+            "https://mandate.test",
+            "stream:s1",
+            "acme",
+            &future,
+        );
+        assert!(r.apply_set(&set).is_err());
+        assert_eq!(r.cursor(), 0);
+    }
+
+    #[test]
+    fn facts_the_replica_cannot_hold_make_it_stale_instead_of_being_skipped() {
+        let r = replica();
+        let mut deep = json!(1);
+        // Deeper than facts may be, yet within what a SET may carry.
+        for _ in 0..26 {
+            deep = json!({ "a": deep });
+        }
+        let s = Signal {
+            seq: 1,
+            kind: "facts-changed".into(),
+            mandate_id: None,
+            body: json!({"facts": {"x": deep}}),
+            at_ms: now_ms(),
+        };
+        let set = to_set(
+            &authority(),
+            "https://mandate.test",
+            "stream:s1",
+            "acme",
+            &s,
+        );
+        assert_eq!(r.apply_set(&set).unwrap(), Applied::Gap);
+        assert!(!r.is_fresh());
+        assert!(r.needs_snapshot());
+        assert_eq!(r.cursor(), 0);
+    }
+
+    #[test]
+    fn a_paused_stream_makes_the_replica_stale_at_once() {
+        let r = replica();
+        let s = Signal {
+            seq: 0,
+            kind: "stream-updated".into(),
+            mandate_id: None,
+            body: json!({"status": "paused", "reason": "maintenance"}),
+            at_ms: now_ms(),
+        };
+        let set = to_set(
+            &authority(),
+            "https://mandate.test",
+            "stream:s1",
+            "acme",
+            &s,
+        );
+        assert_eq!(r.apply_set(&set).unwrap(), Applied::Paused);
         assert!(!r.is_fresh());
     }
 

@@ -133,7 +133,14 @@ impl AgentRuntime {
             }
             _ => request,
         };
-        decide_with(&self.verifier, &self.replica, &mandate, request, None, now())
+        decide_with(
+            &self.verifier,
+            &self.replica,
+            &mandate,
+            request,
+            None,
+            now(),
+        )
     }
 
     /// Derives a child for a sub-agent, offline, signed with the holder key,

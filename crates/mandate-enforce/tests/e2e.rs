@@ -156,14 +156,15 @@ fn http(
     }
     // As an agent sends it: which instance acts, the presented leaf's holder
     // (unless the test says otherwise, or sends no mandate).
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(INSTANCE)) {
-        if let Some(instance) = headers
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(INSTANCE))
+        && let Some(instance) = headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("mandate"))
             .and_then(|(_, m)| leaf_instance(m))
-        {
-            req.push_str(&format!("{INSTANCE}: {instance}\r\n"));
-        }
+    {
+        req.push_str(&format!("{INSTANCE}: {instance}\r\n"));
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -785,3 +786,6 @@ fn now_rfc3339() -> String {
         .map(|t| t.to_string())
         .unwrap_or_default()
 }
+
+#[path = "e2e/insider.rs"]
+mod insider;

@@ -251,7 +251,8 @@ pub async fn evaluations(
         {
             Ok(req) => evaluate_one(&s, &caller, &req).await?,
             Err(e) => {
-                s.metrics.decision(false, &["invalid_request".to_owned()], 0.0);
+                s.metrics
+                    .decision(false, &["invalid_request".to_owned()], 0.0);
                 json!({"decision": false, "context": {"reasons": ["invalid_request"], "error": {"status": 400, "message": format!("evaluations[{i}]: {e}")}}})
             }
         };
@@ -370,7 +371,11 @@ pub async fn ship(
     // write history into that tenant's timeline).
     s.with_registry(|r| {
         for (i, rec) in records.iter().enumerate() {
-            let ids = rec.get("chain").and_then(Value::as_array).into_iter().flatten();
+            let ids = rec
+                .get("chain")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
             for (j, id) in ids.enumerate() {
                 let id = id.as_str().unwrap_or_default();
                 if r.tenant_of(id).is_some_and(|t| t != caller.tenant) {

@@ -359,7 +359,11 @@ mod tests {
         let closed = json!({"action": "closed", "pull_request": {"number": 1, "merged": false}, "repository": {"full_name": "acme/app"}});
         assert!(github_event("pull_request", &closed).unwrap().is_none());
         let no_time = json!({"action": "closed", "pull_request": {"number": 1, "merged": true}, "repository": {"full_name": "acme/app"}});
-        assert!(github_event("pull_request", &no_time).unwrap_err().contains("merged_at"));
+        assert!(
+            github_event("pull_request", &no_time)
+                .unwrap_err()
+                .contains("merged_at")
+        );
     }
 
     #[test]

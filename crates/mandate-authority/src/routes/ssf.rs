@@ -62,21 +62,32 @@ pub struct Stream {
     pub status: String,
     /// The last acknowledged (or pushed) sequence number.
     pub cursor: i64,
+    /// Who created it: with admins, the only caller that may manage it.
+    pub owner: String,
+    /// Why its status was last changed, as the caller said.
+    pub reason: Option<String>,
 }
 
 /// Loads a stream of the caller's tenant.
 pub fn load(s: &AppState, tenant: &str, id: &str) -> Result<Stream, ApiError> {
     let row = s.store.read(|c| {
         Ok(c.query_row(
-            "SELECT id, tenant, config, status, cursor FROM streams WHERE id = ?1",
+            "SELECT id, tenant, config, status, cursor, owner FROM streams WHERE id = ?1",
             params![id],
             |r| {
+                let config: Value =
+                    serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or(Value::Null);
                 Ok(Stream {
                     id: r.get(0)?,
                     tenant: r.get(1)?,
-                    config: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or(Value::Null),
+                    reason: config
+                        .get("status_reason")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    config,
                     status: r.get(3)?,
                     cursor: r.get(4)?,
+                    owner: r.get(5)?,
                 })
             },
         )
@@ -84,6 +95,19 @@ pub fn load(s: &AppState, tenant: &str, id: &str) -> Result<Stream, ApiError> {
     })?;
     row.filter(|st| st.tenant == tenant)
         .ok_or_else(|| ApiError::not_found("stream"))
+}
+
+/// Loads a stream the caller may manage: its creator, or an admin of the
+/// tenant. Another enforcer's stream is as unknown as a missing one: an
+/// enforcer token handed to an agent runtime cannot pause, re-point or
+/// acknowledge a gateway's stream.
+pub fn load_managed(s: &AppState, caller: &Caller, id: &str) -> Result<Stream, ApiError> {
+    let st = load(s, &caller.tenant, id)?;
+    if caller.role == Role::Admin || st.owner == caller.sub {
+        Ok(st)
+    } else {
+        Err(ApiError::not_found("stream"))
+    }
 }
 
 fn view(st: &Stream) -> Value {
@@ -211,9 +235,9 @@ pub async fn read(
     caller: Caller,
     Query(q): Query<StreamQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(&[Role::Enforcer])?;
+    caller.require(&[Role::Enforcer, Role::Admin])?;
     if let Some(id) = q.stream_id {
-        return Ok(Json(view(&load(&s, &caller.tenant, &id)?)));
+        return Ok(Json(view(&load_managed(&s, &caller, &id)?)));
     }
     let tenant = caller.tenant.clone();
     let ids: Vec<String> = s.store.read(|c| {
@@ -221,11 +245,12 @@ pub async fn read(
         let rows = st.query_map(params![tenant], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     })?;
-    let all: Result<Vec<Value>, ApiError> = ids
+    // The caller's own streams (every stream of the tenant for an admin).
+    let all: Vec<Value> = ids
         .iter()
-        .map(|id| load(&s, &caller.tenant, id).map(|st| view(&st)))
+        .filter_map(|id| load_managed(&s, &caller, id).ok().map(|st| view(&st)))
         .collect();
-    Ok(Json(Value::Array(all?)))
+    Ok(Json(Value::Array(all)))
 }
 
 async fn save_config(s: &AppState, st: &Stream, config: Value) -> Result<(), ApiError> {
@@ -266,13 +291,13 @@ async fn replace_or_update(
     body: Bytes,
     replace: bool,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(&[Role::Enforcer])?;
+    caller.require(&[Role::Enforcer, Role::Admin])?;
     let req: StreamRequest = parse_body(&body)?;
     let id = req
         .stream_id
         .clone()
         .ok_or_else(|| ApiError::bad_request("stream_id: required"))?;
-    let st = load(&s, &caller.tenant, &id)?;
+    let st = load_managed(&s, &caller, &id)?;
     let mut merged = StreamRequest {
         delivery: req.delivery.clone().or_else(|| {
             if replace {
@@ -296,7 +321,7 @@ async fn replace_or_update(
     }
     let config = build_config(&s, &id, &merged)?;
     save_config(&s, &st, config).await?;
-    Ok(Json(view(&load(&s, &caller.tenant, &id)?)))
+    Ok(Json(view(&load_managed(&s, &caller, &id)?)))
 }
 
 /// `DELETE /ssf/streams?stream_id=` (enforcer).
@@ -305,11 +330,11 @@ pub async fn delete(
     caller: Caller,
     Query(q): Query<StreamQuery>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(&[Role::Enforcer])?;
+    caller.require(&[Role::Enforcer, Role::Admin])?;
     let id = q
         .stream_id
         .ok_or_else(|| ApiError::bad_request("stream_id: required"))?;
-    let st = load(&s, &caller.tenant, &id)?;
+    let st = load_managed(&s, &caller, &id)?;
     let tenant = st.tenant.clone();
     s.store
         .write(move |tx| {
@@ -334,13 +359,13 @@ pub async fn status(
     caller: Caller,
     Query(q): Query<StreamQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(&[Role::Enforcer])?;
-    let st = load(
-        &s,
-        &caller.tenant,
-        q.stream_id.as_deref().unwrap_or_default(),
-    )?;
-    Ok(Json(json!({"stream_id": st.id, "status": st.status})))
+    caller.require(&[Role::Enforcer, Role::Admin])?;
+    let st = load_managed(&s, &caller, q.stream_id.as_deref().unwrap_or_default())?;
+    let mut v = json!({"stream_id": st.id, "status": st.status});
+    if let (Some(o), Some(r)) = (v.as_object_mut(), &st.reason) {
+        o.insert("reason".into(), json!(r));
+    }
+    Ok(Json(v))
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,25 +384,33 @@ pub async fn set_status(
     caller: Caller,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(&[Role::Enforcer])?;
+    caller.require(&[Role::Enforcer, Role::Admin])?;
     let u: StatusUpdate = parse_body(&body)?;
     if !matches!(u.status.as_str(), "enabled" | "paused" | "disabled") {
         return Err(ApiError::bad_request(
             "status: must be enabled, paused or disabled",
         ));
     }
-    let st = load(&s, &caller.tenant, &u.stream_id)?;
-    let (id, status, tenant, reason) = (
+    let st = load_managed(&s, &caller, &u.stream_id)?;
+    let mut config = st.config.clone();
+    if let Some(o) = config.as_object_mut() {
+        match &u.reason {
+            Some(r) => o.insert("status_reason".into(), json!(r)),
+            None => o.remove("status_reason"),
+        };
+    }
+    let (id, status, tenant, reason, cfg) = (
         st.id.clone(),
         u.status.clone(),
         st.tenant.clone(),
         u.reason.clone(),
+        config.to_string(),
     );
     s.store
         .write(move |tx| {
             tx.conn().execute(
-                "UPDATE streams SET status = ?2 WHERE id = ?1",
-                params![id, status],
+                "UPDATE streams SET status = ?2, config = ?3 WHERE id = ?1",
+                params![id, status, cfg],
             )?;
             tx.audit(
                 Some(&tenant),
@@ -407,10 +440,10 @@ async fn change_subjects(
     body: Bytes,
     add: bool,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(&[Role::Enforcer])?;
+    caller.require(&[Role::Enforcer, Role::Admin])?;
     let c: SubjectChange = parse_body(&body)?;
     let _ = c.verified;
-    let st = load(&s, &caller.tenant, &c.stream_id)?;
+    let st = load_managed(&s, &caller, &c.stream_id)?;
     let mut config = st.config.clone();
     let mut subjects: Vec<Value> = config
         .get("subjects")
@@ -466,9 +499,9 @@ pub async fn verify(
     caller: Caller,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(&[Role::Enforcer])?;
+    caller.require(&[Role::Enforcer, Role::Admin])?;
     let v: Verify = parse_body(&body)?;
-    let st = load(&s, &caller.tenant, &v.stream_id)?;
+    let st = load_managed(&s, &caller, &v.stream_id)?;
     let tenant = st.tenant.clone();
     s.store
         .write(move |tx| {
@@ -516,7 +549,15 @@ pub async fn poll(
     } else {
         parse_body(&body)?
     };
-    let st = load(&s, &caller.tenant, &id)?;
+    let st = load_managed(&s, &caller, &id)?;
+    if st.status != "enabled" {
+        // A paused or disabled stream delivers nothing: the answer says so
+        // (an empty answer would count as contact and keep the poller fresh).
+        return Err(ApiError::conflict(
+            "stream_not_enabled",
+            format!("the stream is {}", st.status),
+        ));
+    }
     if st
         .config
         .pointer("/delivery/method")
@@ -536,6 +577,19 @@ pub async fn poll(
     }
     let acked = p.ack.iter().filter_map(|j| signals::seq_of(j)).max();
     let mut cursor = st.cursor;
+    if let Some(a) = acked {
+        // Nothing beyond what exists can have been delivered: acknowledging
+        // ahead would make the stream skip signals it never sent.
+        let tenant = st.tenant.clone();
+        let head = s.store.read(|c| Ok(signals::head(c, &tenant)?))?;
+        if a > head {
+            return Err(ApiError::bad_request(format!(
+                "ack: `{}` is beyond the last signal delivered (`{}`)",
+                signals::jti(a),
+                signals::jti(head)
+            )));
+        }
+    }
     if let Some(a) = acked.filter(|a| *a > cursor) {
         let sid = st.id.clone();
         s.store
@@ -609,7 +663,7 @@ pub async fn snapshot(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Enforcer])?;
-    let st = load(&s, &caller.tenant, &id)?;
+    let st = load_managed(&s, &caller, &id)?;
     let tenant = st.tenant.clone();
     let snap = s.store.read(|c| {
         c.execute_batch("BEGIN")?;

@@ -126,7 +126,12 @@ fn a_request_without_a_mandate_is_denied_and_audited() {
     let c = Cast::new(&s);
     let req = json!({"subject": {"type": "agent", "id": "urn:agent:x"},
         "action": {"name": "search"}, "resource": {"type": "vendor_portal", "id": "https://vendor-portal.example.com/search"}});
-    let (st, d) = s.call("POST", "/access/v1/evaluation", Some(&c.enforcer), Some(&req));
+    let (st, d) = s.call(
+        "POST",
+        "/access/v1/evaluation",
+        Some(&c.enforcer),
+        Some(&req),
+    );
     assert_eq!(st, 200);
     assert_eq!(reasons(&d), ["mandate_missing"]);
     assert!(d["context"]["audit_seq"].as_i64().is_some(), "{d}");
@@ -165,14 +170,20 @@ fn a_business_event_ends_only_mandates_issued_before_it_happened_even_after_a_re
 fn an_event_id_reused_for_another_event_is_a_conflict() {
     let s = Server::start("event-id");
     let c = Cast::new(&s);
-    let ev = json!({"id": "crm-1", "type": "contingency_program.cancelled", "subject": "program:a"});
+    let ev =
+        json!({"id": "crm-1", "type": "contingency_program.cancelled", "subject": "program:a"});
     let (st, _) = s.call("POST", "/v1/events", Some(&c.events), Some(&ev));
     assert_eq!(st, 202);
     let (st, r) = s.call("POST", "/v1/events", Some(&c.events), Some(&ev));
     assert_eq!((st, &r["replayed"]), (200, &json!(true)));
-    let other = json!({"id": "crm-1", "type": "contingency_program.cancelled", "subject": "program:b"});
+    let other =
+        json!({"id": "crm-1", "type": "contingency_program.cancelled", "subject": "program:b"});
     let (st, e) = s.call("POST", "/v1/events", Some(&c.events), Some(&other));
-    assert_eq!((st, e["code"].as_str()), (409, Some("event_id_reused")), "{e}");
+    assert_eq!(
+        (st, e["code"].as_str()),
+        (409, Some("event_id_reused")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -185,9 +196,15 @@ fn an_event_source_changes_only_the_facts_its_configuration_names() {
         &json!({"procurement": {"contingency_program": {"status": "active"}}, "github": {"pulls": {}}}),
     );
     for (id, patch) in [
-        ("e1", json!({"github": {"pulls": {"acme/app#1": {"state": "merged"}}}})),
+        (
+            "e1",
+            json!({"github": {"pulls": {"acme/app#1": {"state": "merged"}}}}),
+        ),
         ("e2", json!({"github": null})),
-        ("e3", json!({"procurement": {"contingency_program": {"status": "x"}}, "github": {}})),
+        (
+            "e3",
+            json!({"procurement": {"contingency_program": {"status": "x"}}, "github": {}}),
+        ),
     ] {
         let (st, e) = s.call(
             "POST",
@@ -219,7 +236,12 @@ fn what_ended_stays_ended() {
     assert_eq!(st, 200, "{g}");
     let gid = g["mandate_id"].as_str().unwrap().to_owned();
     let child = derive(&root, "mnd-late-child");
-    let (st, _) = s.call("POST", &format!("/v1/mandates/{id}/suspend"), Some(&c.admin), None);
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/suspend"),
+        Some(&c.admin),
+        None,
+    );
     assert_eq!(st, 200);
     // Amending a suspended mandate would resume it without a resume.
     let (st, e) = s.call(
@@ -229,9 +251,19 @@ fn what_ended_stays_ended() {
         Some(&json!({"hard_expiry": "2097-01-01T00:00:00Z"})),
     );
     assert_eq!(st, 409, "{e}");
-    let (st, _) = s.call("POST", &format!("/v1/mandates/{id}/revoke"), Some(&c.admin), None);
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/revoke"),
+        Some(&c.admin),
+        None,
+    );
     assert_eq!(st, 200);
-    let (st, e) = s.call("POST", &format!("/v1/mandates/{gid}/consume"), Some(&c.enforcer), None);
+    let (st, e) = s.call(
+        "POST",
+        &format!("/v1/mandates/{gid}/consume"),
+        Some(&c.enforcer),
+        None,
+    );
     assert_eq!(st, 409, "{e}");
     assert_ne!(e["consumed"], true);
     // A child registered under the revoked parent is refused, not recorded active.
@@ -281,7 +313,12 @@ fn approve_and_deny_of_one_request_race_to_exactly_one_outcome() {
         });
         let wins = [a.0, d.0].iter().filter(|st| **st == 200).count();
         assert_eq!(wins, 1, "round {round}: approve {a:?}, deny {d:?}");
-        let (_, shown) = s.call("GET", &format!("/v1/requests/{id}"), Some(&c.principal), None);
+        let (_, shown) = s.call(
+            "GET",
+            &format!("/v1/requests/{id}"),
+            Some(&c.principal),
+            None,
+        );
         let expected = if a.0 == 200 { "approved" } else { "denied" };
         assert_eq!(shown["state"], expected, "{shown}");
     }
@@ -292,11 +329,20 @@ fn an_enforcer_cannot_write_decisions_into_another_tenants_timeline() {
     let s = Server::start("ship-cross-tenant");
     let c = Cast::new(&s);
     let (victim, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
-    let intruder = s.token("gateway-evil", mandate_authority::auth::Role::Enforcer, "other");
+    let intruder = s.token(
+        "gateway-evil",
+        mandate_authority::auth::Role::Enforcer,
+        "other",
+    );
     let forged: Value = json!({"source": "s1", "first": 0, "records": [
         {"decision": "allow", "at_ms": 1, "chain": [victim], "reasons": []}
     ]});
-    let (st, e) = s.call("POST", "/v1/audit/decisions", Some(&intruder), Some(&forged));
+    let (st, e) = s.call(
+        "POST",
+        "/v1/audit/decisions",
+        Some(&intruder),
+        Some(&forged),
+    );
     assert_eq!(st, 403, "{e}");
     let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
     let tree = mandate_store::audit::records_for_tree(&conn, &victim).unwrap();

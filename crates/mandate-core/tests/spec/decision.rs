@@ -368,7 +368,8 @@ fn a_subject_that_is_not_the_leafs_agent_is_denied() {
     });
     assert_eq!(reasons(&r), ["agent_mismatch"]);
     let r = with(|r| {
-        r.subject = Some(json!({"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2"}));
+        r.subject =
+            Some(json!({"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2"}));
     });
     assert!(reasons(&r).is_empty());
 }
@@ -408,7 +409,7 @@ fn a_mandate_issued_in_the_future_is_not_yet_valid() {
 #[test]
 fn an_amount_just_above_the_cap_is_not_rounded_into_it() {
     let text = r#"{"action":{"name":"search"},"resource":{"type":"vendor_portal","id":"https://vendor-portal.example.com/search","properties":{"amount":500.00000000000001}}}"#;
-    let err = mandate_core::json::from_slice_strict::<EvaluationRequest>(text.as_bytes())
-        .unwrap_err();
+    let err =
+        mandate_core::json::from_slice_strict::<EvaluationRequest>(text.as_bytes()).unwrap_err();
     assert_eq!(err.path, "resource.properties.amount");
 }

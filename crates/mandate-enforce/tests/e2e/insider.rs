@@ -1,0 +1,254 @@
+//! The signal path and the gateway, attacked with one credential at a time
+//! over real sockets.
+
+use super::*;
+
+/// A stream id of the gateway (`gateway-1`), as an admin of the tenant sees it.
+fn gateway_stream(dir: &std::path::Path, authority: SocketAddr) -> String {
+    let admin = token(dir, "admin@acme.example", Role::Admin);
+    let (st, streams) = http(
+        authority,
+        "GET",
+        "/ssf/streams",
+        &[("Authorization", format!("Bearer {admin}"))],
+        "",
+    );
+    assert_eq!(st, 200, "{streams}");
+    streams[0]["stream_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_genuine_set_replayed_to_the_push_receiver_without_the_streams_authorization_is_refused() {
+    let dir = temp("replayed-set");
+    let (authority, state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Push,
+        "https://api.github.com",
+    );
+    let stream = gateway_stream(&dir, authority.addr);
+    // A heartbeat signed by the authority for this very stream, as a log or
+    // a proxied client could have captured it.
+    let hb = mandate_authority::signals::Signal {
+        seq: 0,
+        kind: "heartbeat".into(),
+        mandate_id: None,
+        body: json!({"head": 0, "beat": i64::MAX - 1}),
+        at_ms: mandate_authority::auth::now_ms(),
+    };
+    let set = mandate_authority::signals::to_set(
+        &state.authority,
+        &state.issuer,
+        &format!("stream:{stream}"),
+        "acme",
+        &hb,
+    );
+    for auth in [None, Some("Bearer guess")] {
+        let mut headers = vec![("Content-Type", "application/secevent+jwt".to_owned())];
+        if let Some(a) = auth {
+            headers.push(("Authorization", a.to_owned()));
+        }
+        let (st, body) = http(gateway.addr, "POST", "/_mandate/ssf", &headers, &set);
+        assert_eq!(st, 401, "{body}");
+    }
+    gw.stop();
+}
+
+#[test]
+fn another_enforcer_of_the_tenant_cannot_pause_or_fast_forward_the_gateways_stream() {
+    let dir = temp("stream-owner");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let (_gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Poll,
+        "https://api.github.com",
+    );
+    let stream = gateway_stream(&dir, authority.addr);
+    // The enforcer token an agent runtime was handed.
+    let runtime = format!("Bearer {}", token(&dir, "agent-runtime-9", Role::Enforcer));
+    let attempts = [
+        (
+            "POST",
+            "/ssf/status".to_owned(),
+            json!({"stream_id": stream, "status": "paused"}).to_string(),
+        ),
+        (
+            "POST",
+            "/ssf/status".to_owned(),
+            json!({"stream_id": stream, "status": "disabled"}).to_string(),
+        ),
+        (
+            "POST",
+            format!("/ssf/poll/{stream}"),
+            json!({"ack": ["sig-1000000"], "returnImmediately": true}).to_string(),
+        ),
+        (
+            "DELETE",
+            format!("/ssf/streams?stream_id={stream}"),
+            String::new(),
+        ),
+        (
+            "PATCH",
+            "/ssf/streams".to_owned(),
+            json!({"stream_id": stream, "description": "mine now"}).to_string(),
+        ),
+    ];
+    for (method, path, body) in &attempts {
+        let (st, r) = http(
+            authority.addr,
+            method,
+            path,
+            &[("Authorization", runtime.clone())],
+            body,
+        );
+        assert_eq!(st, 404, "{method} {path}: {r}");
+    }
+    let (st, status) = http(
+        authority.addr,
+        "GET",
+        &format!("/ssf/status?stream_id={stream}"),
+        &[(
+            "Authorization",
+            format!("Bearer {}", token(&dir, "admin@acme.example", Role::Admin)),
+        )],
+        "",
+    );
+    assert_eq!((st, &status["status"]), (200, &json!("enabled")));
+    // Even its owner cannot acknowledge what was never delivered.
+    let owner = format!("Bearer {}", token(&dir, "gateway-1", Role::Enforcer));
+    let (st, r) = http(
+        authority.addr,
+        "POST",
+        &format!("/ssf/poll/{stream}"),
+        &[("Authorization", owner)],
+        &json!({"ack": ["sig-1000000"], "returnImmediately": true}).to_string(),
+    );
+    assert_eq!(st, 400, "{r}");
+    assert!(gw.replica.is_fresh());
+    gw.stop();
+}
+
+#[test]
+fn a_paused_stream_makes_its_gateway_deny_as_stale_instead_of_going_quiet() {
+    for delivery in [Delivery::Push, Delivery::Poll] {
+        let dir = temp(&format!("paused-{delivery:?}"));
+        let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+        let upstream = stub_github();
+        let (_, mandate) = grant(&dir, authority.addr, &pr_request(123));
+        let (gateway, gw) = start_gateway(
+            &dir,
+            authority.addr,
+            upstream.addr,
+            delivery,
+            "https://api.github.com",
+        );
+        assert_eq!(read_pr(gateway.addr, &mandate, 123).0, 200);
+        let stream = gateway_stream(&dir, authority.addr);
+        let admin = format!("Bearer {}", token(&dir, "admin@acme.example", Role::Admin));
+        let (st, r) = http(
+            authority.addr,
+            "POST",
+            "/ssf/status",
+            &[("Authorization", admin)],
+            &json!({"stream_id": stream, "status": "paused", "reason": "maintenance"}).to_string(),
+        );
+        assert_eq!(st, 200, "{r}");
+        let start = Instant::now();
+        loop {
+            let (st, body) = read_pr(gateway.addr, &mandate, 123);
+            if st == 403 {
+                assert_eq!(
+                    body["reasons"],
+                    json!(["state_stale"]),
+                    "{delivery:?}: {body}"
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{delivery:?}: still allowed while paused"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gw.stop();
+    }
+}
+
+#[test]
+fn the_gateway_requires_the_acting_agent_and_it_must_be_the_leaf() {
+    let dir = temp("gateway-agent");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let (_, mandate) = grant(&dir, authority.addr, &pr_request(123));
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Poll,
+        "https://api.github.com",
+    );
+    let path = "/repos/acme/app/pulls/123";
+    let bearer = ("Authorization", "Bearer gho_still_valid".to_owned());
+    let (st, body) = http(
+        gateway.addr,
+        "GET",
+        path,
+        &[
+            ("Mandate", mandate.clone()),
+            bearer.clone(),
+            (INSTANCE, String::new()),
+        ],
+        "",
+    );
+    assert_eq!(
+        (st, &body["reasons"]),
+        (403, &json!(["agent_instance_mismatch"])),
+        "{body}"
+    );
+    let (st, body) = http(
+        gateway.addr,
+        "GET",
+        path,
+        &[
+            ("Mandate", mandate.clone()),
+            bearer.clone(),
+            (INSTANCE, "inst-someone-else".into()),
+        ],
+        "",
+    );
+    assert_eq!(
+        (st, &body["reasons"]),
+        (403, &json!(["agent_instance_mismatch"])),
+        "{body}"
+    );
+    let (st, body) = http(
+        gateway.addr,
+        "GET",
+        path,
+        &[
+            ("Mandate", mandate.clone()),
+            bearer.clone(),
+            ("Mandate-Agent", "urn:agent:other".into()),
+        ],
+        "",
+    );
+    assert_eq!(
+        (st, &body["reasons"]),
+        (403, &json!(["agent_mismatch"])),
+        "{body}"
+    );
+    // Without the header at all (a raw client, not this test's helper).
+    let mut s = TcpStream::connect(gateway.addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nMandate: {mandate}\r\nAuthorization: Bearer gho_still_valid\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("agent_instance_missing"), "{out}");
+    gw.stop();
+}
