@@ -74,37 +74,56 @@ pub fn issuer_key_path(dir: &Path) -> std::path::PathBuf {
 
 /// Reads a private JWK, creating it (mode 0600) when absent.
 ///
+/// The new key is written to a temporary file, synced, and renamed into
+/// place (then the directory is synced): an interrupted first start (a kill,
+/// a full disk) leaves either no key file or a whole one. An empty file, which
+/// only an interrupted start of an older version leaves, is replaced.
+///
 /// # Errors
 /// When the file cannot be read, written or parsed.
 pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
+    let named = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     match std::fs::read(path) {
-        Ok(bytes) => {
-            let jwk: PrivateJwk = mandate_core::json::from_slice_strict(&bytes)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            SigningKey::from_private_jwk(&jwk).map_err(|e| format!("{}: {e}", path.display()))
+        Ok(bytes) if !bytes.is_empty() => {
+            let jwk: PrivateJwk =
+                mandate_core::json::from_slice_strict(&bytes).map_err(|e| named(&e))?;
+            SigningKey::from_private_jwk(&jwk).map_err(|e| named(&e))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SigningKey::generate(Algorithm::EdDSA, &mut rand_core::OsRng);
-            let text =
-                serde_json::to_vec_pretty(&key.to_private_jwk()).map_err(|e| e.to_string())?;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                opts.mode(0o600);
-            }
-            let mut f = opts
-                .open(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            std::io::Write::write_all(&mut f, &text)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            f.sync_all()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(key)
-        }
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(_) => create_key(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(path),
+        Err(e) => Err(named(&e)),
     }
+}
+
+fn create_key(path: &Path) -> Result<SigningKey, String> {
+    let named = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let key = SigningKey::generate(Algorithm::EdDSA, &mut rand_core::OsRng);
+    let text = serde_json::to_vec_pretty(&key.to_private_jwk()).map_err(|e| e.to_string())?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let written = (|| -> std::io::Result<()> {
+        let mut f = opts.open(&tmp)?;
+        std::io::Write::write_all(&mut f, &text)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(named(&e));
+    }
+    Ok(key)
 }
 
 impl AppState {
@@ -116,7 +135,8 @@ impl AppState {
     pub fn open(config: Config) -> Result<Arc<Self>, String> {
         config.validate().map_err(|e| e.to_string())?;
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| format!("data_dir: {}: {e}", dir.display()))?;
+        mandate_store::create_private_dir(&dir)
+            .map_err(|e| format!("data_dir: {}: {e}", dir.display()))?;
         let authority = load_or_create_key(&authority_key_path(&dir))?;
         let checkpoint_key =
             SigningKey::from_private_jwk(&authority.to_private_jwk()).map_err(|e| e.to_string())?;

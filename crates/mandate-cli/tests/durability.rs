@@ -234,3 +234,104 @@ fn a_bad_configuration_exits_non_zero_naming_the_setting_before_binding() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("lissen"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[test]
+fn the_data_directory_and_everything_in_it_are_readable_by_the_owner_only() {
+    let data = temp().join("data");
+    let port = free_port();
+    let child = start(&data, port);
+    let admin = token(&data, "admin@acme.example", "admin");
+    let (st, _) = call(port, "PUT", "/v1/facts", &admin, &json!({"x": 1}));
+    assert_eq!(st, 200);
+    assert_eq!(mode(&data), 0o700, "data dir");
+    for f in [
+        "mandate.sqlite3",
+        "mandate.sqlite3-wal",
+        "mandate.sqlite3-shm",
+        "authority.jwk",
+        "local-issuer.jwk",
+    ] {
+        let p = data.join(f);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        } else {
+            assert_ne!(f, "mandate.sqlite3", "the database is where it should be");
+        }
+    }
+    stop(child);
+}
+
+#[test]
+fn an_empty_key_file_left_by_an_interrupted_first_start_does_not_wedge_the_next() {
+    let data = temp().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("authority.jwk"), b"").unwrap();
+    let port = free_port();
+    let child = start(&data, port);
+    let (st, jwks) = call(port, "GET", "/.well-known/jwks.json", "", &json!(null));
+    assert_eq!(st, 200);
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    assert!(std::fs::metadata(data.join("authority.jwk")).unwrap().len() > 0);
+    stop(child);
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_does_not_wedge_the_writer() {
+    let data = temp().join("data");
+    let port = free_port();
+    let child = start(&data, port);
+    let admin = token(&data, "admin@acme.example", "admin");
+    let (st, _) = call(port, "PUT", "/v1/facts", &admin, &json!({"n": 0}));
+    assert_eq!(st, 200);
+    // The checkpoint's temporary file cannot be created (as on a full disk).
+    let blocker = data.join("audit-checkpoint.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    for n in 1..=3 {
+        let (st, r) = call(port, "PUT", "/v1/facts", &admin, &json!({"n": n}));
+        assert_eq!(st, 200, "a committed change is answered as committed: {r}");
+    }
+    let (st, h) = call(port, "GET", "/healthz", "", &json!(null));
+    assert_eq!(st, 503, "{h}");
+    assert!(
+        h["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("checkpoint")),
+        "{h}"
+    );
+    // Space returns: the writer catches up without a restart.
+    std::fs::remove_dir(&blocker).unwrap();
+    let (st, _) = call(port, "PUT", "/v1/facts", &admin, &json!({"n": 4}));
+    assert_eq!(st, 200);
+    let (st, h) = call(port, "GET", "/healthz", "", &json!(null));
+    assert_eq!(st, 200, "{h}");
+    let (st, facts) = call(port, "GET", "/v1/facts", &admin, &json!(null));
+    assert_eq!((st, &facts["facts"]["n"]), (200, &json!(4)));
+    stop(child);
+    let out = Command::new(bin())
+        .args(["--output", "json", "audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["intact"], true, "{report}");
+}

@@ -11,7 +11,7 @@
 //! Reads use a separate connection (WAL readers do not block the writer).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use mandate_core::keys::SigningKey;
@@ -119,6 +119,77 @@ pub struct Store {
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     reader: Mutex<Connection>,
     dir: PathBuf,
+    health: Arc<WriterHealth>,
+}
+
+/// What the writer last managed to do, for `/healthz`.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    /// The last commit failed.
+    commit_failing: std::sync::atomic::AtomicBool,
+    /// The signed checkpoint lags the log (its write failed after a commit).
+    checkpoint_failing: std::sync::atomic::AtomicBool,
+}
+
+impl WriterHealth {
+    /// Whether the writer commits and checkpoints: `None` when healthy, else
+    /// what is failing.
+    #[must_use]
+    pub fn problem(&self) -> Option<&'static str> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.commit_failing.load(Relaxed) {
+            Some("the store cannot commit")
+        } else if self.checkpoint_failing.load(Relaxed) {
+            Some("the audit checkpoint cannot be written")
+        } else {
+            None
+        }
+    }
+}
+
+/// Creates `dir` (and its parents) readable by its owner only (0700 on
+/// Unix): it holds every mandate chain and the signing keys.
+///
+/// # Errors
+/// When the directory cannot be created or its mode set.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, &e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| StoreError::io(dir, &e))?;
+    }
+    Ok(())
+}
+
+/// Makes the database and its WAL and shared-memory files (when present)
+/// readable by their owner only. SQLite creates the WAL and `-shm` files
+/// with the database file's mode, so creating that one 0600 first covers
+/// them; this also tightens files left 0644 by an older version.
+fn restrict_database_files(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StoreError::io(path, &e))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = PathBuf::from(p);
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| StoreError::io(&p, &e))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 impl std::fmt::Debug for Store {
@@ -161,23 +232,28 @@ impl Store {
     /// When the directory or database cannot be opened, or the audit log's
     /// head cannot be read.
     pub fn open(dir: &Path, checkpoint_key: SigningKey) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, &e))?;
+        create_private_dir(dir)?;
         let path = database_path(dir);
+        restrict_database_files(&path)?;
         let mut wconn = open_connection(&path)?;
         schema::migrate(&wconn)?;
         let head = audit::head(&wconn)?;
         let reader = open_connection(&path)?;
+        restrict_database_files(&path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let checkpoint = checkpoint_path(dir);
+        let health = Arc::new(WriterHealth::default());
+        let h = Arc::clone(&health);
         let writer = thread::Builder::new()
             .name("mandate-store-writer".into())
-            .spawn(move || writer_loop(&mut wconn, head, &rx, &checkpoint, &checkpoint_key))
+            .spawn(move || writer_loop(&mut wconn, head, &rx, &checkpoint, &checkpoint_key, &h))
             .map_err(|e| StoreError::io(dir, &e))?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             reader: Mutex::new(reader),
             dir: dir.to_owned(),
+            health,
         })
     }
 
@@ -185,6 +261,12 @@ impl Store {
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the writer can write (see [`WriterHealth::problem`]).
+    #[must_use]
+    pub fn health(&self) -> &WriterHealth {
+        &self.health
     }
 
     /// Runs `f` in the next group commit and returns its result once the
@@ -261,8 +343,24 @@ fn writer_loop(
     rx: &mpsc::Receiver<Job>,
     checkpoint: &Path,
     key: &SigningKey,
+    health: &WriterHealth,
 ) {
-    while let Ok(first) = rx.recv() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // The checkpoint lags the log: written again until it succeeds (on the
+    // next batch, or every second while idle).
+    let mut checkpoint_behind = false;
+    loop {
+        let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if checkpoint_behind {
+                    checkpoint_behind = audit::write_checkpoint(checkpoint, &head, key).is_err();
+                    health.checkpoint_failing.store(checkpoint_behind, Relaxed);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -301,19 +399,33 @@ fn writer_loop(
                 }
             }
             tx.commit()?;
-            if head.seq != before.seq {
-                audit::write_checkpoint(checkpoint, &head, key)?;
-            }
             Ok(())
         })();
         match committed {
             Ok(()) => {
+                health.commit_failing.store(false, Relaxed);
+                // Committed is durable: the answer is success whatever
+                // happens to the checkpoint, and the head stays where the
+                // log is. A checkpoint that cannot be written is retried and
+                // reported by health, never turned into a failed write.
+                if head.seq != before.seq || checkpoint_behind {
+                    checkpoint_behind = match audit::write_checkpoint(checkpoint, &head, key) {
+                        Ok(()) => false,
+                        Err(e) => {
+                            tracing::error!(error = %e, "audit checkpoint not written; retrying");
+                            true
+                        }
+                    };
+                    health.checkpoint_failing.store(checkpoint_behind, Relaxed);
+                }
                 for (job, r) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(r);
                 }
             }
             Err(e) => {
-                head = before;
+                health.commit_failing.store(true, Relaxed);
+                // Whatever the failure, the writer's head is what is on disk.
+                head = audit::head(conn).unwrap_or(before);
                 let msg = e.to_string();
                 for job in batch {
                     let _ = job

@@ -4,19 +4,38 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use crate::state::AppState;
 
-/// `GET /healthz`.
-pub async fn healthz(State(s): State<Arc<AppState>>) -> Json<Value> {
+/// `GET /healthz`: 200 when the store reads, commits and checkpoints; 503
+/// with what is failing otherwise (a writer that cannot write is not healthy
+/// even while reads still work).
+pub async fn healthz(State(s): State<Arc<AppState>>) -> axum::response::Response {
     let head = s
         .store
         .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0))?))
         .ok();
-    Json(json!({"status": if head.is_some() { "ok" } else { "degraded" }, "audit_records": head}))
+    let problem = s
+        .store
+        .health()
+        .problem()
+        .or(head.is_none().then_some("the store cannot be read"));
+    match problem {
+        None => Json(json!({"status": "ok", "audit_records": head})).into_response(),
+        Some(p) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            Json(json!({
+                "type": "urn:mandate:problem:degraded", "title": "Service Unavailable",
+                "status": 503, "code": "degraded", "detail": p,
+                "status_text": "degraded", "problem": p, "audit_records": head,
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /metrics` (Prometheus text).
