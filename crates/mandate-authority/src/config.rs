@@ -43,18 +43,53 @@ impl TrustedIssuer {
     }
 }
 
-/// Whether a JWKS URL may be used: https, or http to a loopback host.
+/// Whether a URL the authority fetches or pushes to may be used: parsed as
+/// a URL first (so `http://127.0.0.1:80@evil.example/` is seen as the host
+/// `evil.example`), no user information, and either `https`, or `http` to a
+/// loopback address (`127.0.0.0/8`, `::1`, `localhost`).
 #[must_use]
 pub fn acceptable_jwks_url(u: &str) -> bool {
-    if u.starts_with("https://") {
-        return true;
-    }
-    let Some(rest) = u.strip_prefix("http://") else {
+    let Ok(url) = url::Url::parse(u) else {
         return false;
     };
-    let host = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+    if !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => is_loopback(&url),
+        _ => false,
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Whether a push destination may be used: an [acceptable
+/// URL](acceptable_jwks_url), and, when the operator configured
+/// `push_destinations`, one whose `host:port` is listed there.
+#[must_use]
+pub fn acceptable_push_url(u: &str, allowed: &[String]) -> bool {
+    if !acceptable_jwks_url(u) {
+        return false;
+    }
+    if allowed.is_empty() {
+        return true;
+    }
+    let Ok(url) = url::Url::parse(u) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return false;
+    };
+    let here = format!("{host}:{port}");
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(&here))
 }
 
 fn fetch(url: &str) -> Result<Vec<u8>, String> {
@@ -132,6 +167,11 @@ pub struct Config {
     /// Webhook sources.
     #[serde(default)]
     pub webhook: Vec<WebhookSource>,
+    /// Where push streams may deliver, as `host:port` (`gw1.internal:443`,
+    /// `127.0.0.1:8081`). Empty: any https destination, and http on
+    /// loopback only.
+    #[serde(default)]
+    pub push_destinations: Vec<String>,
     /// Event sources (callers with the `event_source` role) and the facts
     /// each may change through `POST /v1/events`. An event source without an
     /// entry here changes no facts.
@@ -144,6 +184,28 @@ pub struct Config {
     /// (`POST /v1/audit/decisions`), in bytes.
     #[serde(default = "default_shipment_limit")]
     pub shipment_limit: usize,
+    /// Seconds a client has to send a request's headers.
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a whole request may take (reading its body included); longer
+    /// is answered 408. Above the longest poll wait (10 s).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Most connections served at once; more are closed when accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds in-flight requests get to finish on shutdown.
+    #[serde(default = "default_shutdown_deadline")]
+    pub shutdown_deadline_secs: u64,
+    /// Most console sessions at once (oldest dropped first), and most
+    /// sign-ins started per minute.
+    #[serde(default = "default_max_sessions")]
+    pub max_console_sessions: usize,
+    /// Whether the configured local console identities may sign in when the
+    /// authority listens on a non-loopback address (they need no credential:
+    /// off by default).
+    #[serde(default)]
+    pub console_identity_on_any_address: bool,
     /// How often JWKS URLs are fetched again, in seconds.
     #[serde(default = "default_refresh")]
     pub jwks_refresh_secs: u64,
@@ -206,6 +268,22 @@ fn default_tenant_claim() -> String {
     "tenant".into()
 }
 
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_shutdown_deadline() -> u64 {
+    10
+}
+fn default_max_sessions() -> usize {
+    10_000
+}
+
 fn default_refresh() -> u64 {
     300
 }
@@ -235,10 +313,17 @@ impl Default for Config {
             trusted_issuer: Vec::new(),
             local_issuer: true,
             webhook: Vec::new(),
+            push_destinations: Vec::new(),
             event_source: Vec::new(),
             body_limit: default_body_limit(),
             shipment_limit: default_shipment_limit(),
             jwks_refresh_secs: default_refresh(),
+            header_read_timeout_secs: default_header_timeout(),
+            request_timeout_secs: default_request_timeout(),
+            max_connections: default_max_connections(),
+            shutdown_deadline_secs: default_shutdown_deadline(),
+            max_console_sessions: default_max_sessions(),
+            console_identity_on_any_address: false,
             console_identity: Vec::new(),
             console_oidc: None,
         }
@@ -311,6 +396,36 @@ impl Config {
             return Err(err(
                 "shipment_limit",
                 "must be between 65536 and 67108864 bytes",
+            ));
+        }
+        if !(1..=600).contains(&self.header_read_timeout_secs) {
+            return Err(err("header_read_timeout_secs", "must be between 1 and 600"));
+        }
+        if !(11..=3600).contains(&self.request_timeout_secs) {
+            return Err(err(
+                "request_timeout_secs",
+                "must be between 11 and 3600 (above the 10 s poll wait)",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(err("max_connections", "must be between 1 and 1000000"));
+        }
+        if self.shutdown_deadline_secs > 3600 {
+            return Err(err("shutdown_deadline_secs", "must be at most 3600"));
+        }
+        if !(1..=10_000_000).contains(&self.max_console_sessions) {
+            return Err(err(
+                "max_console_sessions",
+                "must be between 1 and 10000000",
+            ));
+        }
+        if !self.console_identity.is_empty()
+            && !self.console_identity_on_any_address
+            && !self.listen_addr()?.ip().is_loopback()
+        {
+            return Err(err(
+                "console_identity",
+                "local console identities sign in with no credential: listen on a loopback address, or set console_identity_on_any_address = true",
             ));
         }
         if !self.local_issuer && self.trusted_issuer.is_empty() {

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod push;
 pub mod registry;
 pub mod routes;
+pub mod server;
 pub mod signals;
 pub mod state;
 
@@ -123,9 +124,7 @@ pub async fn serve(
             refresh_issuer_keys(&refresh_state).await;
         }
     });
-    let result = axum::serve(listener, app(Arc::clone(&state)))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = server::run(listener, app(Arc::clone(&state)), &state.config, shutdown).await;
     clock.abort();
     refresher.abort();
     state.store.close();

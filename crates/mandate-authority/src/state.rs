@@ -133,6 +133,7 @@ impl AppState {
     /// # Errors
     /// A message naming the file or setting that failed.
     pub fn open(config: Config) -> Result<Arc<Self>, String> {
+        let max_sessions = config.max_console_sessions;
         config.validate().map_err(|e| e.to_string())?;
         let dir = config.data_dir.clone();
         mandate_store::create_private_dir(&dir)
@@ -191,7 +192,7 @@ impl AppState {
             registry: RwLock::new(registry),
             metrics: Metrics::default(),
             signals: tokio::sync::Notify::new(),
-            sessions: crate::console::Sessions::default(),
+            sessions: crate::console::Sessions::new(max_sessions),
             oidc: crate::console::oidc::PendingLogins::default(),
         }))
     }

@@ -335,3 +335,121 @@ fn a_checkpoint_that_cannot_be_written_does_not_wedge_the_writer() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["intact"], true, "{report}");
 }
+
+fn start_with_config(dir: &Path, port: u16, toml: &str) -> Child {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = dir.with_extension("toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Whether the server closed this connection (EOF, or reset) within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn half_sent_requests_are_cut_off_and_cannot_hold_the_service_or_its_shutdown() {
+    let data = temp().join("data");
+    let port = free_port();
+    let child = start_with_config(
+        &data,
+        port,
+        "header_read_timeout_secs = 1\nmax_connections = 16\nshutdown_deadline_secs = 2\n",
+    );
+    // Slowloris: connections that never finish their headers.
+    let mut slow: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Past the connection limit, one more is closed at once.
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(1)),
+        "over the limit, served anyway"
+    );
+    // The header timeout closes every half-sent request.
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(3)),
+            "a half-sent request was held"
+        );
+    }
+    // And the service answers again.
+    let (st, _) = call(port, "GET", "/healthz", "", &json!(null));
+    assert_eq!(st, 200);
+    // A client holding a request open cannot keep SIGTERM from stopping it.
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.write_all(b"POST /v1/facts HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let mut child = child;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "SIGTERM did not stop the authority"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn local_console_identities_need_a_loopback_listen_address() {
+    let data = temp().join("data");
+    let cfg = data.with_extension("toml");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        &cfg,
+        "[[console_identity]]\nsub = \"admin@example.com\"\nrole = \"admin\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--data-dir"])
+        .arg(&data)
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("console_identity"));
+}

@@ -42,10 +42,24 @@ pub struct Session {
     expires: Instant,
 }
 
-/// Console sessions, in memory (signing in again after a restart).
-#[derive(Debug, Default)]
+/// Console sessions, in memory (signing in again after a restart). At most
+/// `max` live at once (the oldest is dropped for a new one), and at most
+/// [`SIGN_INS_PER_MINUTE`] started per minute: signing in in a loop neither
+/// grows memory without bound nor crowds out everyone else for long.
+#[derive(Debug)]
 pub struct Sessions {
     inner: Mutex<HashMap<String, Session>>,
+    max: usize,
+    window: Mutex<(Instant, usize)>,
+}
+
+/// Most console sign-ins started per minute.
+pub const SIGN_INS_PER_MINUTE: usize = 120;
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new(10_000)
+    }
 }
 
 fn random_token() -> String {
@@ -56,11 +70,54 @@ fn random_token() -> String {
 }
 
 impl Sessions {
-    /// Starts a session; returns its id.
-    pub fn start(&self, caller: Caller) -> String {
+    /// Sessions, at most `max` at once.
+    #[must_use]
+    pub fn new(max: usize) -> Self {
+        Self {
+            inner: Mutex::new(HashMap::new()),
+            max: max.max(1),
+            window: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// How many sessions are live.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Whether no session is live.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts a session; returns its id, or `None` when too many sign-ins
+    /// were started in the last minute.
+    pub fn start(&self, caller: Caller) -> Option<String> {
+        {
+            let mut w = self.window.lock().ok()?;
+            if w.0.elapsed() >= Duration::from_secs(60) {
+                *w = (Instant::now(), 0);
+            }
+            if w.1 >= SIGN_INS_PER_MINUTE {
+                return None;
+            }
+            w.1 += 1;
+        }
         let id = random_token();
         if let Ok(mut s) = self.inner.lock() {
             s.retain(|_, v| v.expires > Instant::now());
+            while s.len() >= self.max {
+                let Some(oldest) = s
+                    .iter()
+                    .min_by_key(|(_, v)| v.expires)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                s.remove(&oldest);
+            }
             s.insert(
                 id.clone(),
                 Session {
@@ -70,7 +127,7 @@ impl Sessions {
                 },
             );
         }
-        id
+        Some(id)
     }
 
     /// The live session with this id.
@@ -190,4 +247,35 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/console/audit", get(pages::audit))
         .route("/console/audit/export", get(pages::export))
         .route("/console/facts", get(pages::facts))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::auth::Role;
+
+    fn caller(n: usize) -> Caller {
+        Caller {
+            sub: format!("u{n}"),
+            iss: "mandate-local".into(),
+            role: Role::Principal,
+            tenant: "t".into(),
+        }
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_sign_ins_rate_limited() {
+        let s = Sessions::new(10);
+        let mut first = None;
+        for n in 0..SIGN_INS_PER_MINUTE {
+            let id = s.start(caller(n)).unwrap();
+            first.get_or_insert(id);
+            assert!(s.len() <= 10);
+        }
+        // The oldest session made room for the newer ones.
+        assert!(s.get(&first.unwrap()).is_none());
+        // One more sign-in this minute is refused.
+        assert!(s.start(caller(0)).is_none());
+    }
 }

@@ -272,7 +272,12 @@ pub async fn callback(State(s): State<Arc<AppState>>, Query(q): Query<Callback>)
     };
     match verify_id_token(&s, &o, &token, &pending.nonce) {
         Ok(caller) => {
-            let sid = s.sessions.start(caller);
+            let Some(sid) = s.sessions.start(caller) else {
+                return refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many sign-ins; try again in a minute",
+                );
+            };
             let mut r = Redirect::to("/console/requests").into_response();
             if let Ok(v) = header::HeaderValue::from_str(&super::cookie(
                 &s,

@@ -109,7 +109,13 @@ pub struct PickForm {
 }
 
 fn start_session(s: &AppState, caller: crate::auth::Caller) -> Response {
-    let sid = s.sessions.start(caller);
+    let Some(sid) = s.sessions.start(caller) else {
+        return fail(
+            None,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-ins; try again in a minute",
+        );
+    };
     let mut r = Redirect::to("/console/requests").into_response();
     if let Ok(v) = header::HeaderValue::from_str(&cookie(s, &sid, super::SESSION_TTL.as_secs())) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -146,16 +152,7 @@ pub async fn pick(State(s): State<Arc<AppState>>, Form(f): Form<PickForm>) -> Re
 /// `POST /console/login`: agents, enforcers and event sources are refused.
 pub async fn login(State(s): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> Response {
     match s.issuers.verify(f.token.trim(), crate::auth::now_secs()) {
-        Ok(c) if matches!(c.role, Role::Principal | Role::Admin) => {
-            let sid = s.sessions.start(c);
-            let mut r = Redirect::to("/console/requests").into_response();
-            if let Ok(v) =
-                header::HeaderValue::from_str(&cookie(&s, &sid, super::SESSION_TTL.as_secs()))
-            {
-                r.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            r
-        }
+        Ok(c) if matches!(c.role, Role::Principal | Role::Admin) => start_session(&s, c),
         Ok(c) => fail(
             None,
             StatusCode::FORBIDDEN,

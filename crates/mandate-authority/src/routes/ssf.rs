@@ -153,9 +153,9 @@ fn build_config(s: &AppState, id: &str, req: &StreamRequest) -> Result<Value, Ap
                 .and_then(|d| d.get("endpoint_url"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::bad_request("delivery.endpoint_url: required for push"))?;
-            if !crate::config::acceptable_jwks_url(url) {
+            if !crate::config::acceptable_push_url(url, &s.config.push_destinations) {
                 return Err(ApiError::bad_request(
-                    "delivery.endpoint_url: must be https (or http on loopback)",
+                    "delivery.endpoint_url: must be https, or http to a loopback address, with no user information, and a destination the operator allows (push_destinations)",
                 ));
             }
             let auth = req

@@ -348,3 +348,49 @@ fn an_enforcer_cannot_write_decisions_into_another_tenants_timeline() {
     let tree = mandate_store::audit::records_for_tree(&conn, &victim).unwrap();
     assert!(tree.iter().all(|r| r.kind != "decision"), "{tree:?}");
 }
+
+#[test]
+fn a_push_destination_is_parsed_before_its_host_is_judged() {
+    let s = Server::start("push-dest");
+    let c = Cast::new(&s);
+    let create = |s: &Server, url: &str| {
+        s.call(
+            "POST",
+            "/ssf/streams",
+            Some(&c.enforcer),
+            Some(&json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": url}})),
+        )
+        .0
+    };
+    for bad in [
+        "http://127.0.0.1:80@evil.example/",
+        "http://localhost@evil.example:8080/ssf",
+        "http://user:pw@127.0.0.1/ssf",
+        "http://10.0.0.8/ssf",
+        "http://evil.example/ssf",
+        "ftp://127.0.0.1/ssf",
+        "not a url",
+    ] {
+        assert_eq!(create(&s, bad), 400, "{bad}");
+    }
+    assert_eq!(create(&s, "http://127.0.0.1:9/ssf"), 201);
+    assert_eq!(create(&s, "https://gw.example.net/ssf"), 201);
+    drop(s);
+    // An operator allow-list narrows https too.
+    let s = Server::start_configured(temp_dir("push-allow"), |cfg| {
+        cfg.push_destinations = vec!["gw1.internal:443".into()];
+    });
+    let c2 = Cast::new(&s);
+    let create = |url: &str| {
+        s.call(
+            "POST",
+            "/ssf/streams",
+            Some(&c2.enforcer),
+            Some(&json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": url}})),
+        )
+        .0
+    };
+    assert_eq!(create("https://gw1.internal/ssf"), 201);
+    assert_eq!(create("https://gw1.internal:8443/ssf"), 400);
+    assert_eq!(create("https://internal-db.example:5432/"), 400);
+}
