@@ -5,12 +5,13 @@
 //! enforcement point opened). The authority keeps, per series, the number
 //! of the next record it expects, so a batch sent twice (after a timeout,
 //! say) is not recorded twice, and records that never arrive show as
-//! `missing` in the log. When the authority cannot be reached the pending
-//! records are written to a spool file (atomically: temporary file, fsync,
-//! rename) and sent, oldest first, once it answers again; the spool is also
-//! written on shutdown. What is lost on a crash is at most the last batch
-//! interval (50 ms) of records not yet spooled (the end of that run's
-//! series, so the authority cannot count them as missing).
+//! `missing` in the log. Every record goes through an append-only spool
+//! file (see [`Spool`]): appended once per batch interval, shipped from
+//! there, oldest first, and the file emptied once all of it was taken.
+//! During an outage nothing is rewritten and memory stays bounded; a stop
+//! (SIGTERM) makes the spool durable before the process ends, and the next
+//! run ships it. What a crash can lose is at most the last batch interval
+//! (50 ms) of records not yet appended.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,51 +96,183 @@ impl std::fmt::Debug for Msg {
 #[derive(Debug)]
 pub struct Shipper {
     tx: mpsc::Sender<Msg>,
+    spool: Arc<std::sync::Mutex<Spool>>,
+    wake: Arc<Wake>,
 }
 
-fn read_spool(path: &Path) -> Vec<Pending> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+fn spool_line(p: &Pending) -> String {
+    format!(
+        "{{\"source\":{},\"n\":{},\"record\":{}}}\n",
+        serde_json::Value::from(&*p.source),
+        p.n,
+        p.record
+    )
+}
+
+/// Parses spool lines (complete lines only); an unreadable one is logged
+/// and skipped. Each record comes with the bytes it stands for in the file
+/// (its line, and any unreadable lines just before it); the second value is
+/// the bytes of unreadable lines at the end.
+fn parse_spool(text: &str, path: &Path) -> (Vec<(Pending, u64)>, u64) {
     let mut out = Vec::new();
-    for (i, l) in text.lines().enumerate() {
-        match serde_json::from_str::<SpoolLine<'_>>(l) {
-            Ok(l) => out.push(Pending {
-                source: Arc::from(l.source),
-                n: l.n,
-                record: l.record.get().to_owned(),
-            }),
+    let mut carry = 0u64;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        carry += l.len() as u64;
+        match serde_json::from_str::<SpoolLine<'_>>(l.trim_end_matches('\n')) {
+            Ok(line) => {
+                out.push((
+                    Pending {
+                        source: Arc::from(line.source),
+                        n: line.n,
+                        record: line.record.get().to_owned(),
+                    },
+                    carry,
+                ));
+                carry = 0;
+            }
             Err(e) => {
                 tracing::error!(path = %path.display(), line = i + 1, error = %e, "an unreadable line of the decision spool is skipped");
             }
         }
     }
-    out
+    (out, carry)
 }
 
-fn write_spool(path: &Path, pending: &[Pending]) {
-    if pending.is_empty() {
-        let _ = std::fs::remove_file(path);
-        return;
+#[cfg(test)]
+fn read_spool(path: &Path) -> Vec<Pending> {
+    parse_spool(&std::fs::read_to_string(path).unwrap_or_default(), path)
+        .0
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The spool: an append-only file of records not yet shipped. The collector
+/// appends each interval's records (one write); the sender reads them back
+/// from `shipped` on, a bounded chunk at a time, and moves `shipped` on as
+/// the authority takes them; once everything is shipped the file is cut to
+/// nothing. Nothing is ever rewritten, and memory holds one chunk, however
+/// long the authority is away.
+#[derive(Debug)]
+struct Spool {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    /// Bytes in the file.
+    len: u64,
+    /// Bytes from the start already shipped.
+    shipped: u64,
+    /// Whether bytes were appended since the last fsync.
+    dirty: bool,
+}
+
+/// Most bytes of spool read back at once.
+const CHUNK: usize = 8 << 20;
+
+impl Spool {
+    fn open(path: PathBuf) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path);
+        let (file, len) = match file {
+            Ok(f) => {
+                let len = f.metadata().map_or(0, |m| m.len());
+                (Some(f), len)
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot open the decision spool; decisions are kept in memory only");
+                (None, 0)
+            }
+        };
+        Self {
+            path,
+            file,
+            len,
+            shipped: 0,
+            dirty: false,
+        }
     }
-    let tmp = path.with_extension("tmp");
-    // The records are JSON already: each line is written as a `SpoolLine`.
-    let mut text = String::new();
-    for p in pending {
-        text.push_str(&format!(
-            "{{\"source\":{},\"n\":{},\"record\":{}}}\n",
-            serde_json::Value::from(&*p.source),
-            p.n,
-            p.record
-        ));
+
+    fn append(&mut self, text: &str) -> bool {
+        let Some(f) = self.file.as_mut() else {
+            return false;
+        };
+        match std::io::Write::write_all(f, text.as_bytes()) {
+            Ok(()) => {
+                self.len += text.len() as u64;
+                self.dirty = true;
+                true
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "could not append to the decision spool");
+                false
+            }
+        }
     }
-    let ok = std::fs::File::create(&tmp).and_then(|mut f| {
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.sync_all()
-    });
-    if ok.is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    } else {
-        tracing::error!(path = %path.display(), "could not write the decision spool");
+
+    fn sync(&mut self) {
+        if let (true, Some(f)) = (self.dirty, self.file.as_ref()) {
+            let _ = f.sync_data();
+            self.dirty = false;
+        }
     }
+
+    /// The next unshipped records (at most about [`CHUNK`] bytes), each with
+    /// the bytes it stands for, and the bytes of unreadable lines after them.
+    fn next_chunk(&self) -> (Vec<(Pending, u64)>, u64) {
+        let Some(f) = self.file.as_ref() else {
+            return (Vec::new(), 0);
+        };
+        let want = usize::try_from(self.len.saturating_sub(self.shipped))
+            .unwrap_or(CHUNK)
+            .min(CHUNK);
+        let mut buf = vec![0u8; want];
+        let read = read_at(f, &mut buf, self.shipped);
+        buf.truncate(read);
+        // Whole lines only.
+        let end = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        buf.truncate(end);
+        parse_spool(&String::from_utf8_lossy(&buf), &self.path)
+    }
+
+    /// `bytes` more were shipped; the file is emptied once all of it was.
+    fn shipped(&mut self, bytes: u64) {
+        self.shipped += bytes;
+        if self.shipped >= self.len
+            && let Some(f) = self.file.as_ref()
+            && f.set_len(0).is_ok()
+        {
+            self.len = 0;
+            self.shipped = 0;
+        }
+    }
+}
+
+#[cfg(unix)]
+fn read_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> usize {
+    use std::os::unix::fs::FileExt as _;
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(
+            buf.get_mut(done..).unwrap_or_default(),
+            offset + done as u64,
+        ) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => done += n,
+        }
+    }
+    done
+}
+
+#[cfg(not(unix))]
+fn read_at(f: &std::fs::File, buf: &mut [u8], offset: u64) -> usize {
+    use std::io::{Read as _, Seek as _};
+    let Ok(mut f) = f.try_clone() else { return 0 };
+    if f.seek(std::io::SeekFrom::Start(offset)).is_err() {
+        return 0;
+    }
+    f.read(buf).unwrap_or(0)
 }
 
 /// How many records from the front of `pending` go in one batch: the same
@@ -178,9 +311,10 @@ fn shipment(batch: &[Pending]) -> String {
     body
 }
 
-/// Ships what it can, oldest first; stops at the first failure. `budget` is
-/// the batch byte budget, halved when the authority finds a batch too large.
-fn ship_pending(client: &AuthorityClient, pending: &mut Vec<Pending>, budget: &mut usize) {
+/// Ships what it can of `pending`, oldest first; stops at the first
+/// failure. Returns how many records went. `budget` is the batch byte
+/// budget, halved when the authority finds a batch too large.
+fn ship_some(client: &AuthorityClient, pending: &[Pending], budget: &mut usize) -> usize {
     let mut shipped = 0;
     while shipped < pending.len() {
         let rest = pending.get(shipped..).unwrap_or_default();
@@ -204,68 +338,38 @@ fn ship_pending(client: &AuthorityClient, pending: &mut Vec<Pending>, budget: &m
             }
         }
     }
-    pending.drain(..shipped);
+    shipped
+}
+
+/// Bytes the first `n` records of a chunk stand for.
+fn bytes_of(chunk: &[(Pending, u64)], n: usize) -> u64 {
+    chunk.iter().take(n).map(|(_, b)| b).sum()
 }
 
 impl Shipper {
-    /// Starts the shipping thread for the series `source`; records left in
-    /// `spool` by an earlier run are sent first.
+    /// Starts shipping for the series `source`; records left in `spool` by
+    /// an earlier run are sent first.
+    ///
+    /// Two threads: the collector numbers each record, and every
+    /// [`INTERVAL`] appends what arrived to the spool (one write; fsync at
+    /// most once a second, and on [`flush`](Self::flush)); the sender ships
+    /// from the spool. A hanging authority holds up only the sender, never
+    /// the spooling, so stopping while it hangs keeps every decision.
     #[must_use]
     pub fn start(client: AuthorityClient, spool: PathBuf, source: &str) -> Self {
         let (tx, rx) = mpsc::channel::<Msg>();
         let source: Arc<str> = Arc::from(source);
+        let spool = Arc::new(std::sync::Mutex::new(Spool::open(spool)));
+        let wake = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let (spool2, wake2) = (Arc::clone(&spool), Arc::clone(&wake));
         let _ = std::thread::Builder::new()
             .name("mandate-shipper".into())
-            .spawn(move || {
-                let mut pending = read_spool(&spool);
-                let mut spooled = !pending.is_empty();
-                let mut next = 0u64;
-                let mut budget = BATCH_BYTES;
-                let mut take = |pending: &mut Vec<Pending>, record: DecisionRecord| {
-                    let Ok(record) = serde_json::to_string(&record) else {
-                        return;
-                    };
-                    pending.push(Pending {
-                        source: Arc::clone(&source),
-                        n: next,
-                        record,
-                    });
-                    next += 1;
-                };
-                loop {
-                    let mut flush: Option<mpsc::Sender<()>> = None;
-                    let mut closed = false;
-                    match rx.recv_timeout(INTERVAL) {
-                        Ok(Msg::Record(r)) => take(&mut pending, r),
-                        Ok(Msg::Flush(done)) => flush = Some(done),
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
-                    }
-                    while let Ok(m) = rx.try_recv() {
-                        match m {
-                            Msg::Record(r) => take(&mut pending, r),
-                            Msg::Flush(done) => flush = Some(done),
-                        }
-                    }
-                    ship_pending(&client, &mut pending, &mut budget);
-                    if !pending.is_empty() || spooled {
-                        write_spool(&spool, &pending);
-                        spooled = !pending.is_empty();
-                    }
-                    let flushed = flush.is_some();
-                    if let Some(done) = flush {
-                        let _ = done.send(());
-                    }
-                    if closed {
-                        return;
-                    }
-                    // Gather a batch interval's worth before sending again.
-                    if !flushed {
-                        std::thread::sleep(INTERVAL);
-                    }
-                }
-            });
-        Self { tx }
+            .spawn(move || send_loop(&client, &spool2, &wake2));
+        let (spool3, wake3) = (Arc::clone(&spool), Arc::clone(&wake));
+        let _ = std::thread::Builder::new()
+            .name("mandate-spooler".into())
+            .spawn(move || collect_loop(&rx, &source, &spool3, &wake3));
+        Self { tx, spool, wake }
     }
 
     /// Queues a decision record.
@@ -273,11 +377,132 @@ impl Shipper {
         let _ = self.tx.send(Msg::Record(record));
     }
 
-    /// Sends (or spools) everything queued so far, waiting up to `timeout`.
+    /// Makes everything queued so far durable in the spool, then waits
+    /// (up to `timeout` in all) for the sender to ship it. What is not
+    /// shipped by then stays in the spool for the next run.
     pub fn flush(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
         let (done, wait) = mpsc::channel();
-        if self.tx.send(Msg::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(timeout);
+        if self.tx.send(Msg::Flush(done)).is_err() || wait.recv_timeout(timeout).is_err() {
+            return;
+        }
+        let target = self.spool.lock().map_or(0, |sp| sp.len);
+        notify(&self.wake);
+        while std::time::Instant::now() < deadline {
+            let drained = self
+                .spool
+                .lock()
+                .map_or(true, |sp| sp.len == 0 || sp.shipped >= target);
+            if drained {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+type Wake = (std::sync::Mutex<bool>, std::sync::Condvar);
+
+fn notify(wake: &Wake) {
+    if let Ok(mut w) = wake.0.lock() {
+        *w = true;
+        wake.1.notify_one();
+    }
+}
+
+fn collect_loop(
+    rx: &mpsc::Receiver<Msg>,
+    source: &Arc<str>,
+    spool: &std::sync::Mutex<Spool>,
+    wake: &Wake,
+) {
+    let mut next = 0u64;
+    let mut last_sync = std::time::Instant::now();
+    loop {
+        let mut text = String::new();
+        let mut flushes = Vec::new();
+        let mut closed = false;
+        let mut take = |m: Msg, text: &mut String, flushes: &mut Vec<mpsc::Sender<()>>| match m {
+            Msg::Record(r) => {
+                if let Ok(record) = serde_json::to_string(&r) {
+                    text.push_str(&spool_line(&Pending {
+                        source: Arc::clone(source),
+                        n: next,
+                        record,
+                    }));
+                    next += 1;
+                }
+            }
+            Msg::Flush(done) => flushes.push(done),
+        };
+        match rx.recv_timeout(INTERVAL) {
+            Ok(m) => take(m, &mut text, &mut flushes),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
+        }
+        while let Ok(m) = rx.try_recv() {
+            take(m, &mut text, &mut flushes);
+        }
+        if let Ok(mut sp) = spool.lock() {
+            if !text.is_empty() {
+                sp.append(&text);
+            }
+            if !flushes.is_empty() || closed || last_sync.elapsed() >= Duration::from_secs(1) {
+                sp.sync();
+                last_sync = std::time::Instant::now();
+            }
+        }
+        if !text.is_empty() {
+            notify(wake);
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        if closed {
+            return;
+        }
+        if text.is_empty() {
+            continue;
+        }
+        // Gather a batch interval's worth before spooling again.
+        std::thread::sleep(INTERVAL);
+    }
+}
+
+fn send_loop(client: &AuthorityClient, spool: &std::sync::Mutex<Spool>, wake: &Wake) {
+    let mut budget = BATCH_BYTES;
+    let mut backoff = INTERVAL;
+    loop {
+        let (chunk, unreadable) = spool.lock().map(|sp| sp.next_chunk()).unwrap_or_default();
+        if chunk.is_empty() && unreadable > 0 {
+            if let Ok(mut sp) = spool.lock() {
+                sp.shipped(unreadable);
+            }
+            continue;
+        }
+        let pending: Vec<Pending> = chunk.iter().map(|(p, _)| p.clone()).collect();
+        if pending.is_empty() {
+            // Nothing to send: wait to be woken (or look again shortly).
+            if let Ok(w) = wake.0.lock()
+                && let Ok((mut w, _)) = wake
+                    .1
+                    .wait_timeout_while(w, Duration::from_secs(1), |w| !*w)
+            {
+                *w = false;
+            }
+            continue;
+        }
+        let sent = ship_some(client, &pending, &mut budget);
+        if sent > 0
+            && let Ok(mut sp) = spool.lock()
+        {
+            sp.shipped(bytes_of(&chunk, sent));
+        }
+        if sent < pending.len() {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = INTERVAL;
         }
     }
 }
@@ -337,15 +562,83 @@ mod tests {
     }
 
     #[test]
-    fn the_spool_keeps_series_numbers_and_records() {
+    fn the_spool_keeps_series_numbers_and_records_and_only_appends() {
         let dir = std::env::temp_dir().join(format!("spool-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("d.spool");
-        let pending = vec![p("a", 7), p("b", 0)];
-        write_spool(&path, &pending);
-        assert_eq!(read_spool(&path), pending);
-        write_spool(&path, &[]);
-        assert!(!path.exists(), "an empty spool is removed");
+        let _ = std::fs::remove_file(&path);
+        let mut sp = Spool::open(path.clone());
+        let first = vec![p("a", 7), p("b", 0)];
+        let text: String = first.iter().map(spool_line).collect();
+        sp.append(&text);
+        assert_eq!(read_spool(&path), first);
+        // More records are appended after what is there, never rewritten.
+        let before = std::fs::read(&path).unwrap();
+        sp.append(&spool_line(&p("b", 1)));
+        let after = std::fs::read(&path).unwrap();
+        assert!(after.starts_with(&before));
+        let (chunk, trailing) = sp.next_chunk();
+        assert_eq!(chunk.len(), 3);
+        assert_eq!((bytes_of(&chunk, 3), trailing), (after.len() as u64, 0));
+        // Shipping part of it moves the read position, not the file.
+        sp.shipped(bytes_of(&chunk, 2));
+        assert_eq!(sp.next_chunk().0, vec![(p("b", 1), chunk[2].1)]);
+        assert_eq!(std::fs::read(&path).unwrap(), after);
+        // Once all of it is shipped the file is emptied.
+        sp.shipped(bytes_of(&chunk[2..], 1));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // A reopened spool (a restart) reads what an earlier run left, past
+        // a line it cannot read.
+        sp.append("not json\n");
+        sp.append(&spool_line(&p("c", 0)));
+        drop(sp);
+        let (chunk, _) = Spool::open(path.clone()).next_chunk();
+        assert_eq!(chunk.len(), 1);
+        assert_eq!(chunk[0].0, p("c", 0));
+        assert_eq!(chunk[0].1, std::fs::metadata(&path).unwrap().len());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stopping_while_the_authority_hangs_keeps_every_decision_in_the_spool() {
+        // An "authority" that accepts connections and never answers.
+        let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = hang.local_addr().unwrap();
+        let held = std::thread::spawn(move || {
+            let conns: Vec<_> = hang.incoming().take(4).collect();
+            std::thread::sleep(Duration::from_secs(3));
+            drop(conns);
+        });
+        let dir = std::env::temp_dir().join(format!("spool-hang-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.spool");
+        let _ = std::fs::remove_file(&path);
+        let client = AuthorityClient::new(&format!("http://{addr}"), "token");
+        let shipper = Shipper::start(client, path.clone(), "run-1");
+        for i in 0..2_000u64 {
+            shipper.record(DecisionRecord {
+                at_ms: i,
+                gateway: "g".into(),
+                method: "GET".into(),
+                path: "/".into(),
+                chain: vec![MandateId::new("mnd-1").unwrap()],
+                decision: Outcome::Allow,
+                reasons: Vec::new(),
+            });
+            if i == 1_000 {
+                // The first batch is on its way to the hanging authority.
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        }
+        shipper.flush(Duration::from_millis(300));
+        let kept = read_spool(&path);
+        assert_eq!(kept.len(), 2_000, "decisions lost while the authority hung");
+        assert!(
+            kept.iter()
+                .zip(0..)
+                .all(|(p, n)| p.n == n && &*p.source == "run-1")
+        );
+        drop(held);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

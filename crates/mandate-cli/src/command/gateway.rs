@@ -55,15 +55,16 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             let _ = tcp.set_nodelay(true);
         });
         axum::serve(listener, gw.router())
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+            .with_graceful_shutdown(crate::command::serve::shutdown_signal())
             .await
             .map_err(|e| CliError::Io {
                 path: "serve".into(),
                 message: e.to_string(),
             })?;
-        gw.stop();
+        // SIGTERM or SIGINT: every decision made is shipped, or kept in the
+        // spool for the next run, before the process ends.
+        let _ = tokio::task::spawn_blocking(move || gw.stop()).await;
+        eprintln!("mandate gateway stopped; decisions shipped or spooled");
         Ok(0)
     })
 }

@@ -89,7 +89,8 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
