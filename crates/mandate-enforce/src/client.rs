@@ -210,14 +210,28 @@ impl AuthorityClient {
     ///
     /// # Errors
     /// When the authority cannot be reached or answers otherwise.
-    pub fn consume(&self, mandate_id: &str) -> Result<bool, ClientError> {
+    pub fn consume(&self, mandate_id: &str) -> Result<Consumed, ClientError> {
         let (st, v) = self.call("POST", &format!("/v1/mandates/{mandate_id}/consume"), None)?;
-        match st {
-            200 => Ok(true),
-            409 => Ok(false),
-            other => Err(ClientError(format!("consume: {other} {v}"))),
+        match (st, v.get("code").and_then(Value::as_str)) {
+            (200, _) => Ok(Consumed::Now),
+            (409, Some("one_time_used")) => Ok(Consumed::Already),
+            // The lineage ended (the authority knows before this replica).
+            (409, Some(state)) => Ok(Consumed::Ended(state.to_owned())),
+            (other, _) => Err(ClientError(format!("consume: {other} {v}"))),
         }
     }
+}
+
+/// What the authority said to consuming a one-time mandate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// Consumed by this call: act.
+    Now,
+    /// Used already: deny `one_time_used`.
+    Already,
+    /// It, or an ancestor, is no longer active: deny with that state
+    /// (`revoked`, `completed`, ...).
+    Ended(String),
 }
 
 /// Keeps a replica current by polling, resynchronising from a snapshot at

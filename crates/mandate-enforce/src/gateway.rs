@@ -35,7 +35,7 @@ use mandate_core::timestamp::UnixTime;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::client::{AuthorityClient, run_poller};
+use crate::client::{AuthorityClient, Consumed, run_poller};
 use crate::replica::{Applied, Replica, decide_with};
 use crate::shipper::{DecisionRecord, Outcome};
 
@@ -519,10 +519,17 @@ impl Gateway {
             let client = self.client.clone();
             let consumed = tokio::task::spawn_blocking(move || client.consume(&id)).await;
             match consumed {
-                Ok(Ok(true)) => d
+                Ok(Ok(Consumed::Now)) => d
                     .obligations
                     .retain(|o| !matches!(o, Obligation::ConsumeOneTime { .. })),
-                Ok(Ok(false)) => deny(&mut d, "one_time_used"),
+                Ok(Ok(Consumed::Already)) => deny(&mut d, "one_time_used"),
+                Ok(Ok(Consumed::Ended(state))) => {
+                    let reason = match state.as_str() {
+                        "revoked" | "expired" | "completed" | "superseded" | "suspended" => state,
+                        _ => "state_unknown".to_owned(),
+                    };
+                    deny(&mut d, &reason);
+                }
                 _ => deny(&mut d, "state_stale"),
             }
         }

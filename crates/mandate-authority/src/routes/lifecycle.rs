@@ -559,12 +559,21 @@ pub async fn consume(
         .write(move |tx| {
             if let Some((which, state)) = db::first_inactive_in_lineage(tx.conn(), &id2)? {
                 return Err(StoreError::Rejected(format!(
-                    "409 mandate `{which}` is {state}: nothing under it can be consumed"
+                    "409 {state} mandate `{which}` is {state}: nothing under it can be consumed"
                 )));
             }
             consume_in(tx, &tenant, &id2, &by)
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // The code is the state that ended it (`completed`, `revoked`, ...).
+            StoreError::Rejected(m) if m.starts_with("409 ") => {
+                let rest = m.trim_start_matches("409 ");
+                let (state, detail) = rest.split_once(' ').unwrap_or(("not_active", rest));
+                ApiError::conflict(state, detail)
+            }
+            other => other.into(),
+        })?;
     s.refresh(std::slice::from_ref(&m.id))?;
     if consumed {
         Ok(Json(json!({"mandate_id": id, "consumed": true})))

@@ -264,7 +264,7 @@ fn what_ended_stays_ended() {
         Some(&c.enforcer),
         None,
     );
-    assert_eq!(st, 409, "{e}");
+    assert_eq!((st, e["code"].as_str()), (409, Some("revoked")), "{e}");
     assert_ne!(e["consumed"], true);
     // A child registered under the revoked parent is refused, not recorded active.
     let (st, e) = s.call(
