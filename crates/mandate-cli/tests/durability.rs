@@ -334,6 +334,18 @@ fn a_checkpoint_that_cannot_be_written_does_not_wedge_the_writer() {
         .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["intact"], true, "{report}");
+    // Checked against a checkpoint kept elsewhere (this one), too.
+    let kept = data.with_extension("kept.jws");
+    std::fs::copy(data.join("audit-checkpoint.jws"), &kept).unwrap();
+    let out = Command::new(bin())
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .arg("--against")
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("INTACT"));
 }
 
 fn start_with_config(dir: &Path, port: u16, toml: &str) -> Child {

@@ -307,12 +307,48 @@ pub(crate) fn backfill_refs(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A signed checkpoint's payload: the log's head, how many records it has,
+/// and the SHA-256 of the previous checkpoint (its JWS text), so that
+/// checkpoints form a chain and an older one restored in place of a newer
+/// one is detected by anyone holding the newer one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The last record's sequence number.
+    pub seq: i64,
+    /// The last record's hash.
+    pub hash: String,
+    /// Records in the log (equal to `seq`).
+    #[serde(default)]
+    pub records: i64,
+    /// SHA-256 (hex) of the previous checkpoint's JWS; [`GENESIS`] for the first.
+    #[serde(default)]
+    pub prev: String,
+}
+
+/// The SHA-256 (hex) of a checkpoint's JWS text.
+#[must_use]
+pub fn checkpoint_digest(jws: &str) -> String {
+    hex::encode(Sha256::digest(jws.trim().as_bytes()))
+}
+
+/// The digest of the checkpoint now in `path` ([`GENESIS`] when none).
+pub(crate) fn current_checkpoint_digest(path: &Path) -> String {
+    std::fs::read_to_string(path).map_or_else(|_| GENESIS.to_owned(), |t| checkpoint_digest(&t))
+}
+
 pub(crate) fn write_checkpoint(
     path: &Path,
     head: &AuditHead,
     key: &SigningKey,
+    prev: &mut String,
 ) -> Result<(), StoreError> {
-    let payload = serde_json::to_vec(head).map_err(|e| StoreError::Rejected(e.to_string()))?;
+    let cp = Checkpoint {
+        seq: head.seq,
+        hash: head.hash.clone(),
+        records: head.seq,
+        prev: prev.clone(),
+    };
+    let payload = serde_json::to_vec(&cp).map_err(|e| StoreError::Rejected(e.to_string()))?;
     let jws = mandate_core::jws::sign(key, CHECKPOINT_TYP, &payload);
     let tmp = path.with_extension("tmp");
     let io = |e: std::io::Error| StoreError::io(path, &e);
@@ -325,6 +361,7 @@ pub(crate) fn write_checkpoint(
     {
         let _ = d.sync_all();
     }
+    *prev = checkpoint_digest(&jws);
     Ok(())
 }
 
@@ -349,15 +386,66 @@ fn read_checkpoint(path: &Path, key: &VerifyingKey) -> Result<Option<AuditHead>,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("checkpoint unreadable: {e}")),
     };
+    decode_checkpoint(&text, key).map(|cp| {
+        Some(AuditHead {
+            seq: cp.seq,
+            hash: cp.hash,
+        })
+    })
+}
+
+/// Verifies a checkpoint's signature with the authority's key and reads it.
+///
+/// # Errors
+/// When it is not a checkpoint signed by `key`.
+pub fn decode_checkpoint(text: &str, key: &VerifyingKey) -> Result<Checkpoint, String> {
     let algs = [Algorithm::EdDSA, Algorithm::ES256].into();
     let d = mandate_core::jws::decode(text.trim(), &algs, CHECKPOINT_TYP)
         .map_err(|e| format!("checkpoint: {e}"))?;
     if d.alg != key.algorithm() || !key.verify(d.signing_input.as_bytes(), &d.signature) {
         return Err("checkpoint: signature does not verify".into());
     }
-    serde_json::from_slice(&d.payload)
-        .map(Some)
-        .map_err(|e| format!("checkpoint: {e}"))
+    serde_json::from_slice(&d.payload).map_err(|e| format!("checkpoint: {e}"))
+}
+
+/// Checks the log against a checkpoint someone kept (a copy fetched from
+/// `/v1/audit/checkpoint` earlier, or from a signal): the log must still
+/// hold the record it names, with that hash. A log truncated and rolled back
+/// to an older checkpoint verifies against its own (older) checkpoint, but
+/// not against the newer one kept elsewhere.
+///
+/// # Errors
+/// When the database cannot be read.
+pub fn verify_against(
+    conn: &Connection,
+    kept: &str,
+    key: &VerifyingKey,
+) -> Result<Option<String>, StoreError> {
+    let cp = match decode_checkpoint(kept, key) {
+        Ok(cp) => cp,
+        Err(e) => return Ok(Some(format!("the kept checkpoint: {e}"))),
+    };
+    if cp.seq == 0 {
+        return Ok(None);
+    }
+    let hash: Option<String> = conn
+        .query_row(
+            "SELECT hash FROM audit WHERE seq = ?1",
+            params![cp.seq],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match hash {
+        None => Some(format!(
+            "the kept checkpoint names record {} but the log does not have it (truncated or rolled back)",
+            cp.seq
+        )),
+        Some(h) if h != cp.hash => Some(format!(
+            "record {} does not match the kept checkpoint (rewritten)",
+            cp.seq
+        )),
+        Some(_) => None,
+    })
 }
 
 /// Checks the whole log: sequence, chaining, each record's hash and columns,

@@ -349,12 +349,16 @@ fn writer_loop(
     // The checkpoint lags the log: written again until it succeeds (on the
     // next batch, or every second while idle).
     let mut checkpoint_behind = false;
+    // Each checkpoint names the one before it.
+    let mut prev_checkpoint = audit::current_checkpoint_digest(checkpoint);
     loop {
         let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if checkpoint_behind {
-                    checkpoint_behind = audit::write_checkpoint(checkpoint, &head, key).is_err();
+                    checkpoint_behind =
+                        audit::write_checkpoint(checkpoint, &head, key, &mut prev_checkpoint)
+                            .is_err();
                     health.checkpoint_failing.store(checkpoint_behind, Relaxed);
                 }
                 continue;
@@ -409,7 +413,12 @@ fn writer_loop(
                 // log is. A checkpoint that cannot be written is retried and
                 // reported by health, never turned into a failed write.
                 if head.seq != before.seq || checkpoint_behind {
-                    checkpoint_behind = match audit::write_checkpoint(checkpoint, &head, key) {
+                    checkpoint_behind = match audit::write_checkpoint(
+                        checkpoint,
+                        &head,
+                        key,
+                        &mut prev_checkpoint,
+                    ) {
                         Ok(()) => false,
                         Err(e) => {
                             tracing::error!(error = %e, "audit checkpoint not written; retrying");

@@ -69,6 +69,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(facts::show).put(facts::replace).patch(facts::patch),
         )
         .route("/v1/events", post(events::create))
+        .route("/v1/audit/checkpoint", get(ops::checkpoint))
         .route("/v1/webhooks/github/{source}", post(events::github))
         .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(limit))

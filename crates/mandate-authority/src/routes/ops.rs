@@ -38,6 +38,20 @@ pub async fn healthz(State(s): State<Arc<AppState>>) -> axum::response::Response
     }
 }
 
+/// `GET /v1/audit/checkpoint` (any authenticated caller): the current signed
+/// checkpoint of the audit log (`application/jwt`: the head's sequence and
+/// hash, the record count, the previous checkpoint's digest). Keep copies:
+/// `mandate audit verify --against` detects a log rolled back behind one.
+pub async fn checkpoint(
+    State(s): State<Arc<AppState>>,
+    _caller: crate::auth::Caller,
+) -> Result<axum::response::Response, crate::error::ApiError> {
+    let path = mandate_store::checkpoint_path(s.store.dir());
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| crate::error::ApiError::not_found("checkpoint"))?;
+    Ok(([(header::CONTENT_TYPE, "application/jwt")], text).into_response())
+}
+
 /// `GET /metrics` (Prometheus text).
 pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     (

@@ -365,3 +365,44 @@ fn an_edited_mandate_index_is_detected() {
     assert!(!r.intact);
     assert!(r.first_problem.unwrap().1.contains("mandate index"));
 }
+
+#[test]
+fn a_log_rolled_back_to_an_older_checkpoint_is_caught_by_a_newer_one_kept_elsewhere() {
+    let s = Server::start("audit-rollback");
+    let c = Cast::new(&s);
+    let fetch = |s: &Server| {
+        let (st, cp) = s.call("GET", "/v1/audit/checkpoint", Some(&c.enforcer), None);
+        assert_eq!(st, 200, "{cp}");
+        cp.as_str().unwrap().to_owned()
+    };
+    set_facts(&s, &c, &json!({"n": 1}));
+    let older = fetch(&s);
+    let older_file = s.data_dir().join("../older-checkpoint.jws");
+    std::fs::write(&older_file, &older).unwrap();
+    traffic(&s);
+    let newer = fetch(&s);
+    // Each checkpoint names the one before it.
+    let key = authority_public(&s.data_dir());
+    let n = audit::decode_checkpoint(&newer, &key).unwrap();
+    let o = audit::decode_checkpoint(&older, &key).unwrap();
+    assert!(n.seq > o.seq && n.records == n.seq);
+    assert_eq!(o.prev.len(), 64);
+    let dir = s.stop();
+    // The insider cuts the log back to the older checkpoint and restores it.
+    tamper(
+        &dir,
+        &format!(
+            "DROP TRIGGER audit_refs_no_delete; DELETE FROM audit WHERE seq > {}; DELETE FROM audit_refs WHERE seq > {}",
+            o.seq, o.seq
+        ),
+    );
+    std::fs::write(mandate_store::checkpoint_path(&dir.join("data")), &older).unwrap();
+    assert!(
+        verify(&dir).intact,
+        "the log agrees with the checkpoint it holds"
+    );
+    let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
+    let caught = audit::verify_against(&conn, &newer, &key).unwrap();
+    assert!(caught.unwrap().contains("rolled back"));
+    assert_eq!(audit::verify_against(&conn, &older, &key).unwrap(), None);
+}

@@ -17,6 +17,11 @@ pub enum Command {
         /// The authority's data directory.
         #[arg(long, default_value = "mandate-data")]
         data_dir: PathBuf,
+        /// Also check against a checkpoint kept elsewhere (a copy of
+        /// `GET /v1/audit/checkpoint` taken earlier): a log rolled back to an
+        /// older checkpoint no longer holds the record this one names.
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
     },
     /// Everything under a mandate and its descendants, in order (JSON lines).
     Query {
@@ -58,15 +63,28 @@ fn print_lines(records: &[audit::AuditRecord]) {
 /// Runs the command.
 pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
     match c {
-        Command::Verify { data_dir } => {
+        Command::Verify { data_dir, against } => {
             let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
             let jwk: PrivateJwk =
                 io::read_json(&authority_key_path(&data_dir).display().to_string())?;
             let key = SigningKey::from_private_jwk(&jwk)
                 .and_then(|k| k.verifying_key())
                 .map_err(|e| CliError::input("invalid_key", e.to_string()))?;
-            let report = audit::verify(&conn, &mandate_store::checkpoint_path(&data_dir), &key)
+            let mut report = audit::verify(&conn, &mandate_store::checkpoint_path(&data_dir), &key)
                 .map_err(store_err)?;
+            if let Some(path) = against {
+                let kept = std::fs::read_to_string(&path).map_err(|e| CliError::Io {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                if let Some(problem) =
+                    audit::verify_against(&conn, &kept, &key).map_err(store_err)?
+                    && report.first_problem.is_none()
+                {
+                    report.first_problem = Some((report.records, problem));
+                    report.intact = false;
+                }
+            }
             match out {
                 Output::Json => print_json(&serde_json::to_value(&report).unwrap_or_default()),
                 Output::Text => match &report.first_problem {
