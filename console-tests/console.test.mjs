@@ -125,7 +125,9 @@ test('a principal approves a pending request, watches it, revokes it with its ca
   await api('PUT', '/v1/facts', admin, { procurement: { contingency_program: { status: 'active' } } });
   const issued = await api('GET', `/v1/mandates/${mid}`, admin);
   const decide = () => api('POST', '/access/v1/evaluation', enforcer, {
-    subject: { type: 'agent', id: 'a', properties: { mandate: issued.body.mandate } },
+    // The acting agent is the mandate's holder (testdata/procurement-mandate.json).
+    subject: { type: 'agent', id: 'urn:agent:procurement/vendor-sourcing@3.2', properties: { mandate: issued.body.mandate } },
+    context: { agent_instance: 'inst-7f2a-b8c4' },
     action: { name: 'search' },
     resource: { type: 'vendor_portal', id: 'https://vendor-portal.example.com/search',
       properties: { category: 'logistics', region: 'north-america', contract_template: 'standard-logistics-v3', spend_tier: 'pre-approved' } },

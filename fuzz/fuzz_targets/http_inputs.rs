@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!github_signature_ok(b"a-webhook-secret-of-some-length", data, Some(text)));
     }
     if let Ok(payload) = from_slice_strict::<serde_json::Value>(data) {
-        let _ = github_event("pull_request", "fuzz", &payload);
+        let _ = github_event("pull_request", &payload);
     }
     let _ = from_slice_strict::<MandateRequest>(data);
     let _ = from_slice_strict::<Event>(data);
