@@ -120,7 +120,9 @@ pub fn mandate_fixture() -> MandateFixture {
             "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"
         }))
         .unwrap(),
-    );
+    )
+    // Sent by the leaf's holder, as every decision requires.
+    .with_agent_instance("inst-1");
     MandateFixture {
         verifier: Verifier::new(keys.clone()),
         keys,

@@ -242,8 +242,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let allowed = chains
         .iter()
         .filter(|c| {
-            mandate_enforce::replica::decide_with(&verifier, &push_gw.replica, c, &read, None, t)
-                .allow
+            mandate_enforce::replica::decide_with(
+                &verifier,
+                &push_gw.replica,
+                c,
+                &for_leaf(&read, c),
+                None,
+                t,
+            )
+            .allow
         })
         .count();
     println!(
@@ -265,7 +272,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     &verifier,
                     &push_gw.replica,
                     c,
-                    &read,
+                    &for_leaf(&read, c),
                     None,
                     t,
                 )
@@ -289,4 +296,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// `request` as the chain's leaf holder sends it (its agent instance).
+fn for_leaf(request: &EvaluationRequest, chain: &str) -> EvaluationRequest {
+    let instance = mandate_core::chain::parse_unverified(chain)
+        .ok()
+        .and_then(|c| c.last().map(|l| l.claims.agent.instance.clone()))
+        .unwrap_or_default();
+    request.clone().with_agent_instance(&instance)
 }
