@@ -124,7 +124,13 @@ pub async fn serve(
             refresh_issuer_keys(&refresh_state).await;
         }
     });
-    let result = server::run(listener, app(Arc::clone(&state)), &state.config, shutdown).await;
+    let result = server::run(
+        listener,
+        app(Arc::clone(&state)),
+        server::Limits::of(&state.config),
+        shutdown,
+    )
+    .await;
     clock.abort();
     refresher.abort();
     state.store.close();

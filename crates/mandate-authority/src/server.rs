@@ -1,17 +1,19 @@
 //! The HTTP server loop, with the limits a service facing untrusted clients
 //! needs (none of which `axum::serve` sets):
 //!
-//! - a client has [`Config::header_read_timeout_secs`] to send a request's
-//!   headers, and [`Config::request_timeout_secs`] for the whole request;
-//!   a half-sent request does not hold a connection (or a file descriptor)
+//! - a client has [`Limits::header_read_timeout`] to send a request's
+//!   headers, and [`Limits::request_timeout`] for the whole request; a
+//!   half-sent request does not hold a connection (or a file descriptor)
 //!   for longer;
-//! - at most [`Config::max_connections`] connections are served at once;
+//! - at most [`Limits::max_connections`] connections are served at once;
 //!   one more is closed as soon as it is accepted, so file descriptors run
 //!   out for nobody;
 //! - on shutdown the listener closes at once, in-flight requests get
-//!   [`Config::shutdown_deadline_secs`] to finish, and whatever is still
-//!   open then is dropped: no client can keep SIGTERM from stopping the
-//!   service.
+//!   [`Limits::shutdown_deadline`] to finish, and whatever is still open
+//!   then is dropped: no client can keep SIGTERM from stopping the service.
+//!
+//! The authority takes its limits from its configuration; the gateway
+//! serves through the same loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,44 @@ use hyper_util::service::TowerToHyperService;
 
 use crate::config::Config;
 
+/// The limits of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A client's time to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// A whole request's time (reading its body included); then 408. `None`
+    /// for no limit (a proxy whose upstream sets its own).
+    pub request_timeout: Option<Duration>,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// In-flight requests' time to finish on shutdown.
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Some(Duration::from_secs(30)),
+            max_connections: 1024,
+            shutdown_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// The authority's limits, from its configuration.
+    #[must_use]
+    pub fn of(config: &Config) -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+            request_timeout: Some(Duration::from_secs(config.request_timeout_secs)),
+            max_connections: config.max_connections,
+            shutdown_deadline: Duration::from_secs(config.shutdown_deadline_secs),
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves (see the module docs).
 ///
 /// # Errors
@@ -30,16 +70,18 @@ use crate::config::Config;
 pub async fn run(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    config: &Config,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let header_timeout = Duration::from_secs(config.header_read_timeout_secs);
-    let request_timeout = Duration::from_secs(config.request_timeout_secs);
-    let deadline = Duration::from_secs(config.shutdown_deadline_secs);
-    let app = app.layer(axum::middleware::from_fn(move |req, next| {
-        within(request_timeout, req, next)
-    }));
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let header_timeout = limits.header_read_timeout;
+    let deadline = limits.shutdown_deadline;
+    let app = match limits.request_timeout {
+        Some(t) => app.layer(axum::middleware::from_fn(move |req, next| {
+            within(t, req, next)
+        })),
+        None => app,
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

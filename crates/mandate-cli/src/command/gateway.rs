@@ -50,17 +50,24 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
                 message: e,
             })?;
         eprintln!("mandate gateway listening on http://{listen}");
-        use axum::serve::ListenerExt as _;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, gw.router())
-            .with_graceful_shutdown(crate::command::serve::shutdown_signal())
-            .await
-            .map_err(|e| CliError::Io {
-                path: "serve".into(),
-                message: e.to_string(),
-            })?;
+        // The authority's server loop: header-read timeout, a connection
+        // limit and a shutdown deadline. No whole-request limit: proxied
+        // requests take as long as their upstream does.
+        let limits = mandate_authority::server::Limits {
+            request_timeout: None,
+            ..mandate_authority::server::Limits::default()
+        };
+        mandate_authority::server::run(
+            listener,
+            gw.router(),
+            limits,
+            crate::command::serve::shutdown_signal(),
+        )
+        .await
+        .map_err(|e| CliError::Io {
+            path: "serve".into(),
+            message: e.to_string(),
+        })?;
         // SIGTERM or SIGINT: every decision made is shipped, or kept in the
         // spool for the next run, before the process ends.
         let _ = tokio::task::spawn_blocking(move || gw.stop()).await;
