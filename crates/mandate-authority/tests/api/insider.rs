@@ -394,3 +394,43 @@ fn a_push_destination_is_parsed_before_its_host_is_judged() {
     assert_eq!(create("https://gw1.internal:8443/ssf"), 400);
     assert_eq!(create("https://internal-db.example:5432/"), 400);
 }
+
+#[test]
+fn facts_too_deep_for_a_signal_are_refused_where_they_enter() {
+    let s = Server::start("facts-depth");
+    let c = Cast::new(&s);
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let deep = |n: usize| {
+        let mut v = json!("x");
+        for _ in 0..n {
+            v = json!({ "a": v });
+        }
+        v
+    };
+    // Through an event (its patch) and through the facts API, deeper than
+    // facts may be: refused, naming the problem, and nothing changes.
+    let (st, e) = s.call(
+        "POST",
+        "/v1/events",
+        Some(&c.admin),
+        Some(&json!({"id": "deep-1", "type": "x", "facts": {"procurement": deep(26)}})),
+    );
+    assert!(st == 400 || st == 422, "{st} {e}");
+    assert!(e["detail"].as_str().unwrap().contains("deeper"), "{e}");
+    let (st, e) = s.call(
+        "PUT",
+        "/v1/facts",
+        Some(&c.admin),
+        Some(&json!({"x": deep(125)})),
+    );
+    assert_eq!(st, 400, "{e}");
+    let (_, facts) = s.call("GET", "/v1/facts", Some(&c.admin), None);
+    assert_eq!(
+        facts["facts"]["procurement"]["contingency_program"]["status"], "active",
+        "{facts}"
+    );
+}
