@@ -235,7 +235,22 @@ fn a_bad_configuration_exits_non_zero_naming_the_setting_before_binding() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn stop(mut child: Child) {
+/// A server process that is stopped (SIGKILL, then reaped) if the test
+/// ends without stopping it, a failed assertion included.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Stops a server gracefully (SIGTERM) and waits for it.
+fn stop(mut guard: Guard) {
+    let child = &mut guard.0;
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -259,7 +274,7 @@ fn mode(p: &Path) -> u32 {
 fn the_data_directory_and_everything_in_it_are_readable_by_the_owner_only() {
     let data = temp().join("data");
     let port = free_port();
-    let child = start(&data, port);
+    let child = Guard(start(&data, port));
     let admin = token(&data, "admin@acme.example", "admin");
     let (st, _) = call(port, "PUT", "/v1/facts", &admin, &json!({"x": 1}));
     assert_eq!(st, 200);
@@ -287,7 +302,7 @@ fn an_empty_key_file_left_by_an_interrupted_first_start_does_not_wedge_the_next(
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("authority.jwk"), b"").unwrap();
     let port = free_port();
-    let child = start(&data, port);
+    let child = Guard(start(&data, port));
     let (st, jwks) = call(port, "GET", "/.well-known/jwks.json", "", &json!(null));
     assert_eq!(st, 200);
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
@@ -299,7 +314,7 @@ fn an_empty_key_file_left_by_an_interrupted_first_start_does_not_wedge_the_next(
 fn a_checkpoint_that_cannot_be_written_does_not_wedge_the_writer() {
     let data = temp().join("data");
     let port = free_port();
-    let child = start(&data, port);
+    let child = Guard(start(&data, port));
     let admin = token(&data, "admin@acme.example", "admin");
     let (st, _) = call(port, "PUT", "/v1/facts", &admin, &json!({"n": 0}));
     assert_eq!(st, 200);
@@ -393,11 +408,11 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 fn half_sent_requests_are_cut_off_and_cannot_hold_the_service_or_its_shutdown() {
     let data = temp().join("data");
     let port = free_port();
-    let child = start_with_config(
+    let mut child = Guard(start_with_config(
         &data,
         port,
         "header_read_timeout_secs = 1\nmax_connections = 16\nshutdown_deadline_secs = 2\n",
-    );
+    ));
     // Slowloris: connections that never finish their headers.
     let mut slow: Vec<TcpStream> = (0..16)
         .map(|_| {
@@ -431,11 +446,10 @@ fn half_sent_requests_are_cut_off_and_cannot_hold_the_service_or_its_shutdown() 
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
-    let mut child = child;
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    while child.try_wait().unwrap().is_none() {
+    while child.0.try_wait().unwrap().is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(8),
             "SIGTERM did not stop the authority"

@@ -252,3 +252,144 @@ fn the_gateway_requires_the_acting_agent_and_it_must_be_the_leaf() {
     assert!(out.contains("agent_instance_missing"), "{out}");
     gw.stop();
 }
+
+/// A small deterministic generator (xorshift), so a failing history can be
+/// replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The authority's answer for one mandate reading its PR.
+fn authority_reasons(
+    authority: SocketAddr,
+    dir: &std::path::Path,
+    mandate: &str,
+    pr: u32,
+) -> Value {
+    let enforcer = format!("Bearer {}", token(dir, "gateway-2", Role::Enforcer));
+    let req = json!({
+        "subject": {"type": "agent", "id": "urn:agent:code/pr-watcher@1.0", "properties": {"mandate": mandate, "access_token": "gho_still_valid"}},
+        "context": {"agent_instance": "inst-1"},
+        "action": {"name": "read"},
+        "resource": {"type": "github_pull_request", "id": format!("https://api.github.com/repos/acme/app/pulls/{pr}"),
+            "properties": {"repo": "acme/app", "number": pr}}
+    });
+    let (st, d) = http(
+        authority,
+        "POST",
+        "/access/v1/evaluation",
+        &[("Authorization", enforcer)],
+        &req.to_string(),
+    );
+    assert_eq!(st, 200, "{d}");
+    d["context"]["reasons"].clone()
+}
+
+#[test]
+fn for_random_histories_every_decision_is_the_same_after_a_restart_and_at_a_gateway() {
+    for seed in [0x9e37_79b9_7f4a_7c15_u64, 0xdead_beef_1234_5678, 42] {
+        let mut rng = Rng(seed);
+        let dir = temp(&format!("history-{seed:x}"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fixed = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let (authority, state) = start_authority(&dir, &fixed);
+        let upstream = stub_github();
+        let admin = format!("Bearer {}", token(&dir, "admin@acme.example", Role::Admin));
+        let mut mandates: Vec<(String, String, u32)> = Vec::new();
+        for step in 0..14u32 {
+            if step == 7 {
+                // A second epoch: events from here on can come after, or
+                // (dated back) before, the mandates issued so far.
+                std::thread::sleep(Duration::from_millis(1100));
+            }
+            let pr = u32::try_from(rng.below(3)).unwrap() + 1;
+            match rng.below(5) {
+                0 | 1 => {
+                    let (id, m) = grant(&dir, authority.addr, &pr_request(pr));
+                    mandates.push((id, m, pr));
+                }
+                2 => {
+                    let at = match rng.below(3) {
+                        0 => None,
+                        1 => Some(now_secs()),
+                        _ => Some(now_secs() - 30),
+                    };
+                    let mut ev = json!({"id": format!("ev-{step}"), "type": "pull_request.merged", "subject": format!("github:acme/app#{pr}")});
+                    if let Some(t) = at {
+                        ev["occurred_at"] = json!(
+                            mandate_core::timestamp::UnixTime::from_secs(t)
+                                .unwrap()
+                                .to_string()
+                        );
+                    }
+                    let (st, r) = http(
+                        authority.addr,
+                        "POST",
+                        "/v1/events",
+                        &[("Authorization", admin.clone())],
+                        &ev.to_string(),
+                    );
+                    assert!(st == 202 || st == 200, "{r}");
+                }
+                3 if !mandates.is_empty() => {
+                    let (id, _, _) =
+                        &mandates[usize::try_from(rng.below(mandates.len() as u64)).unwrap()];
+                    let op =
+                        ["suspend", "resume", "revoke"][usize::try_from(rng.below(3)).unwrap()];
+                    let _ = http(
+                        authority.addr,
+                        "POST",
+                        &format!("/v1/mandates/{id}/{op}"),
+                        &[("Authorization", admin.clone())],
+                        "",
+                    );
+                }
+                _ => {}
+            }
+        }
+        let before: Vec<Value> = mandates
+            .iter()
+            .map(|(_, m, pr)| authority_reasons(authority.addr, &dir, m, *pr))
+            .collect();
+        // A gateway fed by signals agrees with the authority.
+        let (gateway, gw) = start_gateway(
+            &dir,
+            authority.addr,
+            upstream.addr,
+            Delivery::Poll,
+            "https://api.github.com",
+        );
+        for ((_, m, pr), want) in mandates.iter().zip(&before) {
+            let (st, body) = read_pr(gateway.addr, m, *pr);
+            let got = if st == 200 {
+                json!([])
+            } else {
+                body["reasons"].clone()
+            };
+            assert_eq!(
+                &got, want,
+                "seed {seed:x}: the gateway disagrees with the authority"
+            );
+        }
+        gw.stop();
+        drop(gateway);
+        // And a restart changes nothing.
+        drop(authority);
+        drop(state);
+        let (authority, _state) = start_authority(&dir, &fixed);
+        let after: Vec<Value> = mandates
+            .iter()
+            .map(|(_, m, pr)| authority_reasons(authority.addr, &dir, m, *pr))
+            .collect();
+        assert_eq!(before, after, "seed {seed:x}: a restart changed decisions");
+        assert!(!mandates.is_empty());
+    }
+}
