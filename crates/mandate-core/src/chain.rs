@@ -268,6 +268,14 @@ impl VerifiedChain {
         &self.conditions
     }
 
+    /// Whether any condition iterates (has a comprehension), so that a
+    /// decision may take up to the evaluation budget rather than
+    /// microseconds: an async caller runs such a decision off its worker.
+    #[must_use]
+    pub fn iterates(&self) -> bool {
+        self.conditions.iter().any(|c| c.condition.iterates())
+    }
+
     pub(crate) fn reads(&self) -> Reads {
         self.reads
     }

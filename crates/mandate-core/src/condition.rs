@@ -189,13 +189,16 @@ pub fn compile(source: &str) -> Result<Expression, ConditionError> {
     if bracket_depth(source) > usize::from(MAX_EXPRESSION_DEPTH) {
         return Err(ConditionError::TooDeep);
     }
-    Parser::new()
+    let program = Parser::new()
         .max_recursion_depth(MAX_EXPRESSION_DEPTH)
         .parse(source)
         .map_err(|e| {
             let msg = e.to_string();
             ConditionError::Parse(msg.lines().next().unwrap_or("syntax error").to_owned())
-        })
+        })?;
+    // Size and comprehension bounds, wherever an expression is accepted.
+    shape(&program)?;
+    Ok(program)
 }
 
 /// The deepest nesting of `(`, `[` and `{` outside string literals: checked
@@ -515,7 +518,10 @@ mod tests {
         // level multiplies the work by the list's length.
         let l = "[1,2,3,4,5,6,7,8,9,10]";
         let nested = format!("{l}.all(a, {l}.all(b, {l}.all(c, {l}.all(d, a+b+c+d >= 0))))");
-        assert_eq!(compile(&nested).map(|_| ()), Ok(()));
+        assert_eq!(
+            compile(&nested).map(|_| ()),
+            Err(ConditionError::NestedComprehension)
+        );
         let c = Condition {
             id: ConditionId::new("c").unwrap(),
             expression: nested,

@@ -384,6 +384,20 @@ impl Replica {
     }
 }
 
+/// Runs `f` — a decision whose conditions iterate, so it may take up to the
+/// evaluation budget — without holding up the async worker it was called
+/// on (`block_in_place` on a multi-threaded runtime); anything else runs
+/// inline.
+pub fn off_worker<T>(expensive: bool, f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if expensive && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// Decides with the replica: a stale replica denies `state_stale`.
 #[must_use]
 pub fn decide_with(
@@ -399,7 +413,9 @@ pub fn decide_with(
         Err(e) => return Decision::from_chain_error(&e),
     };
     match replica.fresh_snapshot() {
-        Some(snap) => decide(&chain, request, token, &snap, now),
+        Some(snap) => off_worker(chain.iterates(), || {
+            decide(&chain, request, token, &snap, now)
+        }),
         None => Decision {
             allow: false,
             reasons: vec!["state_stale".into()],

@@ -36,6 +36,13 @@ fn subject_props(req: &EvaluationRequest) -> Option<&Map<String, Value>> {
     req.subject.as_ref()?.get("properties")?.as_object()
 }
 
+/// Whether this task runs on a multi-threaded runtime (where
+/// `block_in_place` may hand the worker's other tasks to another thread).
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// Decides one request for the caller's tenant and audits it.
 async fn evaluate_one(
     s: &AppState,
@@ -67,6 +74,11 @@ async fn evaluate_one(
                     .map(|_| r.snapshot(&caller.tenant))
             })?;
             match snapshot {
+                // A decision whose conditions iterate may take up to the
+                // evaluation budget: not on an async worker.
+                Some(snap) if chain.iterates() && multi_threaded() => {
+                    tokio::task::block_in_place(|| decide(&chain, req, token, &snap, now))
+                }
                 Some(snap) => decide(&chain, req, token, &snap, now),
                 None => Decision {
                     allow: false,
@@ -251,9 +263,25 @@ pub async fn evaluations(
         {
             Ok(req) => evaluate_one(&s, &caller, &req).await?,
             Err(e) => {
+                // Answered with a deny, so audited and counted like one.
+                let message = format!("evaluations[{i}]: {e}");
+                let (tenant, enforcer, m) =
+                    (caller.tenant.clone(), caller.sub.clone(), message.clone());
+                let seq = s
+                    .store
+                    .write(move |tx| {
+                        let rec = tx.audit(
+                            Some(&tenant),
+                            "decision",
+                            None,
+                            json!({"decision": "deny", "reasons": ["invalid_request"], "error": m, "enforcer": enforcer, "chain": []}),
+                        )?;
+                        Ok(rec.seq)
+                    })
+                    .await?;
                 s.metrics
                     .decision(false, &["invalid_request".to_owned()], 0.0);
-                json!({"decision": false, "context": {"reasons": ["invalid_request"], "error": {"status": 400, "message": format!("evaluations[{i}]: {e}")}}})
+                json!({"decision": false, "context": {"reasons": ["invalid_request"], "audit_seq": seq, "error": {"status": 400, "message": message}}})
             }
         };
         let decision = result.get("decision") == Some(&Value::Bool(true));

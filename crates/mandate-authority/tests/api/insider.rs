@@ -118,6 +118,8 @@ fn an_authzen_request_without_a_proper_subject_is_malformed_not_a_decision() {
     let item = &r["evaluations"][0];
     assert_eq!(item["decision"], false);
     assert_eq!(item["context"]["error"]["status"], 400);
+    // Answered with a deny, so audited like one.
+    assert!(item["context"]["audit_seq"].as_i64().is_some(), "{item}");
 }
 
 #[test]
@@ -432,5 +434,40 @@ fn facts_too_deep_for_a_signal_are_refused_where_they_enter() {
     assert_eq!(
         facts["facts"]["procurement"]["contingency_program"]["status"], "active",
         "{facts}"
+    );
+}
+
+#[test]
+fn a_condition_that_would_run_long_denies_instead_of_stalling_the_authority() {
+    let s = Server::start("condition-budget");
+    let c = Cast::new(&s);
+    active(&s, &c);
+    let mut req = procurement_request("vp@acme.example");
+    req["conditions"].as_array_mut().unwrap().push(
+        json!({"id": "items-checked", "evaluation": "per_action", "on_failure": "deny",
+            "expression": "context.items.all(i, size(context.items) > i)"}),
+    );
+    let (_, mandate) = grant(&s, &c, &req);
+    let ask = |items: Vec<u32>| {
+        let mut r = search_request(&mandate);
+        r["context"]["items"] = json!(items);
+        reasons(&decide(&s, &c, &r))
+    };
+    assert!(ask(vec![0, 1, 2]).is_empty(), "a small input is evaluated");
+    // Each iteration reads the whole list again: quadratic, over budget, so
+    // refused before it runs.
+    assert_eq!(
+        ask((0..20_000).collect()),
+        ["condition_error:items-checked"]
+    );
+    // Nested comprehensions are refused when the mandate is requested.
+    let mut nested = procurement_request("vp@acme.example");
+    nested["conditions"] = json!([{"id": "n", "evaluation": "per_action", "on_failure": "deny",
+        "expression": "[1,2,3].all(a, [1,2,3].all(b, a + b > 0))"}]);
+    let (st, e) = s.call("POST", "/v1/requests", Some(&c.agent), Some(&nested));
+    assert!(st == 400 || st == 422, "{st} {e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("comprehension"),
+        "{e}"
     );
 }
