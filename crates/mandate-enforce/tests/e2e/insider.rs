@@ -393,3 +393,87 @@ fn for_random_histories_every_decision_is_the_same_after_a_restart_and_at_a_gate
         assert!(!mandates.is_empty());
     }
 }
+
+#[test]
+fn a_set_the_receiver_rejects_is_not_sent_forever_and_does_not_stall_the_ones_after() {
+    let dir = temp("push-400");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    // A receiver that refuses the first data SET (400) and takes the rest.
+    let seen: Arc<std::sync::Mutex<Vec<(u16, i64)>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let receiver = run_router("127.0.0.1:0", move || {
+        axum::Router::new().route(
+            "/ssf",
+            post(move |body: String| {
+                let log = Arc::clone(&log);
+                async move {
+                    let claims: Value =
+                        mandate_core::jws::unverified_payload(body.trim()).unwrap_or_default();
+                    let heartbeat = claims["events"].as_object().is_some_and(|e| {
+                        e.keys()
+                            .any(|k| k.ends_with("/heartbeat") || k.ends_with("/stream-updated"))
+                    });
+                    let seq: i64 = claims["txn"].as_str().unwrap_or("0").parse().unwrap_or(0);
+                    let mut log = log.lock().unwrap();
+                    let status = if !heartbeat && !log.iter().any(|(st, _)| *st == 400) {
+                        400
+                    } else {
+                        202
+                    };
+                    if !heartbeat {
+                        log.push((status, seq));
+                    }
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        )
+    });
+    let enforcer = format!("Bearer {}", token(&dir, "gateway-9", Role::Enforcer));
+    let (st, r) = http(
+        authority.addr,
+        "POST",
+        "/ssf/streams",
+        &[("Authorization", enforcer)],
+        &json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": format!("http://{}/ssf", receiver.addr)}}).to_string(),
+    );
+    assert_eq!(st, 201, "{r}");
+    let admin = format!("Bearer {}", token(&dir, "admin@acme.example", Role::Admin));
+    for n in 0..3 {
+        let (st, _) = http(
+            authority.addr,
+            "PUT",
+            "/v1/facts",
+            &[("Authorization", admin.clone())],
+            &json!({"n": n}).to_string(),
+        );
+        assert_eq!(st, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = seen.lock().unwrap().clone();
+        let accepted: Vec<i64> = log
+            .iter()
+            .filter(|(st, _)| *st == 202)
+            .map(|(_, s)| *s)
+            .collect();
+        if accepted.len() >= 2 {
+            // The rejected one was sent once, and the later ones went through.
+            assert_eq!(
+                log.iter().filter(|(st, _)| *st == 400).count(),
+                1,
+                "{log:?}"
+            );
+            let rejected = log.iter().find(|(st, _)| *st == 400).unwrap().1;
+            assert!(
+                !accepted.contains(&rejected),
+                "the rejected SET was sent again: {log:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream stalled on a rejected SET: {log:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
