@@ -173,10 +173,7 @@ pub fn mint(
 /// Seconds since the epoch.
 #[must_use]
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    now_ms().div_euclid(1000)
 }
 
 /// Milliseconds since the epoch.

@@ -47,8 +47,19 @@ fn call(port: u16, method: &str, path: &str, token: &str, body: &Value) -> (u16,
 }
 
 fn start(dir: &Path, port: u16) -> Child {
-    let child = Command::new(bin())
-        .args(["serve", "--data-dir"])
+    serve(dir, port, None)
+}
+
+/// `mandate serve` on `port` with `dir` (and a configuration file), once it
+/// accepts connections.
+fn serve(dir: &Path, port: u16, config: Option<&Path>) -> Child {
+    let mut cmd = Command::new(bin());
+    cmd.arg("serve");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let child = cmd
+        .arg("--data-dir")
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
@@ -367,22 +378,7 @@ fn start_with_config(dir: &Path, port: u16, toml: &str) -> Child {
     std::fs::create_dir_all(dir).unwrap();
     let cfg = dir.with_extension("toml");
     std::fs::write(&cfg, toml).unwrap();
-    let child = Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .args(["--data-dir"])
-        .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+    serve(dir, port, Some(&cfg))
 }
 
 /// Whether the server closed this connection (EOF, or reset) within `within`.
