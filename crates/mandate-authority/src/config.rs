@@ -197,6 +197,11 @@ pub struct Config {
     /// Seconds in-flight requests get to finish on shutdown.
     #[serde(default = "default_shutdown_deadline")]
     pub shutdown_deadline_secs: u64,
+    /// How often the audit log's signed checkpoint goes out on every
+    /// tenant's signal stream when it changed, in seconds (0: never). Every
+    /// receiver then holds a recent checkpoint to check the log against.
+    #[serde(default = "default_checkpoint_signal")]
+    pub checkpoint_signal_secs: u64,
     /// Most console sessions at once (oldest dropped first), and most
     /// sign-ins started per minute.
     #[serde(default = "default_max_sessions")]
@@ -280,6 +285,9 @@ fn default_max_connections() -> usize {
 fn default_shutdown_deadline() -> u64 {
     10
 }
+fn default_checkpoint_signal() -> u64 {
+    60
+}
 fn default_max_sessions() -> usize {
     10_000
 }
@@ -323,6 +331,7 @@ impl Default for Config {
             max_connections: default_max_connections(),
             shutdown_deadline_secs: default_shutdown_deadline(),
             max_console_sessions: default_max_sessions(),
+            checkpoint_signal_secs: default_checkpoint_signal(),
             console_identity_on_any_address: false,
             console_identity: Vec::new(),
             console_oidc: None,

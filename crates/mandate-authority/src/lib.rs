@@ -94,6 +94,48 @@ pub async fn refresh_issuer_keys(state: &Arc<AppState>) {
     }
 }
 
+/// Every `checkpoint_signal_secs`, when the audit log's signed checkpoint
+/// changed, sends it as an `audit-checkpoint` signal on the stream of every
+/// tenant that has one: receivers keep the latest, and any of them can later
+/// catch a log rolled back behind it (`mandate audit verify --against`).
+async fn publish_checkpoints(state: &Arc<AppState>) {
+    let every = Duration::from_secs(state.config.checkpoint_signal_secs);
+    let path = mandate_store::checkpoint_path(state.store.dir());
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(jws) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let jws = jws.trim().to_owned();
+        if jws == last {
+            continue;
+        }
+        let body = serde_json::json!({"checkpoint": jws});
+        let sent = state
+            .store
+            .write(move |tx| {
+                let mut stmt = tx.conn().prepare("SELECT DISTINCT tenant FROM streams")?;
+                let tenants: Vec<String> = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                drop(stmt);
+                for t in &tenants {
+                    signals::emit(tx, t, "audit-checkpoint", None, &body)?;
+                }
+                Ok(())
+            })
+            .await;
+        match sent {
+            Ok(()) => {
+                last = jws;
+                state.signals.notify_waiters();
+            }
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint not published"),
+        }
+    }
+}
+
 /// Serves on an already-bound listener until `shutdown` resolves, then
 /// stops accepting, finishes in-flight requests, and closes the store after
 /// every queued write is committed.
@@ -124,6 +166,10 @@ pub async fn serve(
             refresh_issuer_keys(&refresh_state).await;
         }
     });
+    let publisher = (state.config.checkpoint_signal_secs > 0).then(|| {
+        let st = Arc::clone(&state);
+        tokio::spawn(async move { publish_checkpoints(&st).await })
+    });
     let result = server::run(
         listener,
         app(Arc::clone(&state)),
@@ -133,6 +179,9 @@ pub async fn serve(
     .await;
     clock.abort();
     refresher.abort();
+    if let Some(p) = publisher {
+        p.abort();
+    }
     state.store.close();
     result
 }

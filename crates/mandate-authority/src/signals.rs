@@ -23,7 +23,7 @@ pub const EVENT_PREFIX: &str = "https://schemas.mandate.dev/secevent/v1/";
 /// `suspended`, `resumed`, `expired`, `completed`, `superseded`), `issued`,
 /// `consumed` (a one-time mandate was used), `facts-changed`,
 /// `business-event`, and `verification` (a stream's verification event).
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 14] = [
     "issued",
     "suspended",
     "resumed",
@@ -37,6 +37,7 @@ pub const EVENT_TYPES: [&str; 13] = [
     "verification",
     "heartbeat",
     "stream-updated",
+    "audit-checkpoint",
 ];
 
 /// The URI of an event type.

@@ -696,8 +696,12 @@ async fn receive_set(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
 }
 
 async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
-    axum::Json(json!({"fresh": gw.replica.is_fresh(), "cursor": gw.replica.cursor()}))
-        .into_response()
+    axum::Json(json!({
+        "fresh": gw.replica.is_fresh(),
+        "cursor": gw.replica.cursor(),
+        "audit_checkpoint": gw.replica.audit_checkpoint(),
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

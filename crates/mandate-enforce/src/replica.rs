@@ -89,6 +89,8 @@ struct Inner {
     last_beat: i64,
     /// The stream was paused or disabled by the transmitter.
     paused: bool,
+    /// The latest audit checkpoint the authority published (a JWS).
+    checkpoint: Option<String>,
     terminal: std::collections::HashMap<MandateId, MandateState>,
 }
 
@@ -127,6 +129,7 @@ impl Replica {
                 last_contact: None,
                 last_beat: 0,
                 paused: false,
+                checkpoint: None,
                 terminal: std::collections::HashMap::new(),
             }),
         }
@@ -171,6 +174,14 @@ impl Replica {
             i.last_contact = Some(Instant::now());
             i.paused = false;
         }
+    }
+
+    /// The latest signed audit checkpoint the authority published on this
+    /// stream, to keep: `mandate audit verify --against` checks a log
+    /// against it.
+    #[must_use]
+    pub fn audit_checkpoint(&self) -> Option<String> {
+        self.inner.read().ok().and_then(|i| i.checkpoint.clone())
     }
 
     /// Marks the stream as not delivering (paused, disabled, or refused by
@@ -315,6 +326,7 @@ impl Replica {
         }
         let snap = Arc::make_mut(&mut inner.snapshot);
         let mut record_terminal = None;
+        let mut record_checkpoint = None;
         match (kind, mandate) {
             // Terminal is sticky: nothing after it revives a mandate.
             ("issued" | "resumed", Some(id)) if !is_terminal(snap.state(&id)) => {
@@ -328,6 +340,12 @@ impl Replica {
                 record_terminal = Some((id, state));
             }
             ("consumed", Some(id)) => snap.consume(id),
+            ("audit-checkpoint", _) => {
+                record_checkpoint = event
+                    .get("checkpoint")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
             ("facts-changed", _) => {
                 match event.get("facts").cloned().map(Facts::from_json) {
                     Some(Ok(f)) => snap.set_facts(f),
@@ -355,6 +373,9 @@ impl Replica {
         }
         if let Some((id, st)) = record_terminal {
             inner.terminal.insert(id, st);
+        }
+        if record_checkpoint.is_some() {
+            inner.checkpoint = record_checkpoint;
         }
         inner.cursor = seq;
         inner.last_contact = Some(Instant::now());

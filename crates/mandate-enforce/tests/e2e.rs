@@ -87,8 +87,16 @@ fn start_authority(
     dir: &std::path::Path,
     addr: &str,
 ) -> (Running, Arc<mandate_authority::AppState>) {
+    start_authority_with(dir, addr, |_| {})
+}
+
+fn start_authority_with(
+    dir: &std::path::Path,
+    addr: &str,
+    edit: impl FnOnce(&mut mandate_authority::Config),
+) -> (Running, Arc<mandate_authority::AppState>) {
     std::fs::write(dir.join("github.secret"), SECRET).unwrap();
-    let config = mandate_authority::Config {
+    let mut config = mandate_authority::Config {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.join("data"),
         issuer: Some("https://mandate.test".into()),
@@ -99,6 +107,7 @@ fn start_authority(
         }],
         ..mandate_authority::Config::default()
     };
+    edit(&mut config);
     let state = mandate_authority::AppState::open(config).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

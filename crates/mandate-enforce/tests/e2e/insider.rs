@@ -477,3 +477,43 @@ fn a_set_the_receiver_rejects_is_not_sent_forever_and_does_not_stall_the_ones_af
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn every_gateway_receives_the_audit_checkpoint_to_keep() {
+    let dir = temp("checkpoint-signal");
+    let (authority, state) =
+        start_authority_with(&dir, "127.0.0.1:0", |c| c.checkpoint_signal_secs = 1);
+    let upstream = stub_github();
+    let (_, mandate) = grant(&dir, authority.addr, &pr_request(7));
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Push,
+        "https://api.github.com",
+    );
+    assert_eq!(read_pr(gateway.addr, &mandate, 7).0, 200);
+    let key = state.authority.verifying_key().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        if let Some(cp) = gw.replica.audit_checkpoint() {
+            break cp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint reached the gateway"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Signed by the authority, naming a record the log has.
+    let cp = mandate_store::audit::decode_checkpoint(&kept, &key).unwrap();
+    assert!(cp.seq > 0);
+    let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
+    assert_eq!(
+        mandate_store::audit::verify_against(&conn, &kept, &key).unwrap(),
+        None
+    );
+    let (_, health) = http(gateway.addr, "GET", "/_mandate/healthz", &[], "");
+    assert!(health["audit_checkpoint"].is_string(), "{health}");
+    gw.stop();
+}
