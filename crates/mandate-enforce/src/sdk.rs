@@ -150,7 +150,9 @@ impl AgentRuntime {
     /// # Errors
     /// When the child would exceed the mandate (naming the dimension) or the
     /// authority refuses the registration.
-    pub fn delegate(&self, spec: &ChildSpec, id: MandateId) -> Result<String, ClientError> {
+    /// The child's id is `<this mandate's id>.<name>`: a registered child's
+    /// id lives under its parent's.
+    pub fn delegate(&self, spec: &ChildSpec, name: &str) -> Result<String, ClientError> {
         let parent = self.mandate();
         let parent_id = self
             .verifier
@@ -159,6 +161,8 @@ impl AgentRuntime {
             .leaf()
             .id()
             .to_string();
+        let id = MandateId::new(format!("{parent_id}.{name}"))
+            .map_err(|e| ClientError(format!("child name `{name}`: {e}")))?;
         let child = derive_child(&parent, &self.holder, spec, id, now())
             .map_err(|e| ClientError(e.to_string()))?;
         let (st, v) = self.agent.post(

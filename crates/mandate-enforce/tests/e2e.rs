@@ -722,23 +722,13 @@ fn the_sdk_checks_delegates_discovers_and_is_told_when_the_mission_ends() {
         "lifecycle": {"hard_expiry": "2098-01-01T00:00:00Z"},
         "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
     })).unwrap();
-    let child = sdk
-        .delegate(
-            &spec,
-            mandate_core::id::MandateId::new("mnd-sdk-child").unwrap(),
-        )
-        .unwrap();
+    let child = sdk.delegate(&spec, "sdk-child").unwrap();
     assert!(child.starts_with(&mandate));
     let mut wide = spec.clone();
     wide.authorization_details[0]
         .actions
         .push("initiate_payment".into());
-    let err = sdk
-        .delegate(
-            &wide,
-            mandate_core::id::MandateId::new("mnd-sdk-wide").unwrap(),
-        )
-        .unwrap_err();
+    let err = sdk.delegate(&wide, "sdk-wide").unwrap_err();
     assert!(
         err.to_string().contains("attenuation_violation:actions"),
         "{err}"

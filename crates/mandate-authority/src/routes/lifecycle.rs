@@ -340,6 +340,23 @@ pub async fn register_child(
     }
     let claims = chain.leaf().claims().clone();
     let child_id = claims.mandate_id.clone();
+    // A registered child's id lives under its parent's: `<parent id>.<name>`.
+    // Parent ids are the tenant's own (roots are random ids the authority
+    // drew), so no tenant can squat another's ids, and a taken id can only
+    // be one of the caller's own lineage: no answer tells anything about
+    // another tenant.
+    if !child_id
+        .as_str()
+        .strip_prefix(id.as_str())
+        .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+    {
+        return Err(ApiError::unprocessable(
+            "child_id_not_namespaced",
+            format!(
+                "mandate_id: `{child_id}` must be `{id}.<name>` (a child's id lives under its parent's)"
+            ),
+        ));
+    }
     let (tenant, principal, sub, presented, parent) = (
         caller.tenant.clone(),
         m.principal.clone(),

@@ -313,7 +313,7 @@ fn a_revocation_cascades_to_a_child_derived_offline_and_registered() {
         &root,
         &agent_key(),
         &spec,
-        mandate_core::id::MandateId::new("mnd-child-1").unwrap(),
+        mandate_core::id::MandateId::new(format!("{id}.child-1")).unwrap(),
         now,
     )
     .unwrap();
@@ -331,8 +331,14 @@ fn a_revocation_cascades_to_a_child_derived_offline_and_registered() {
         Some(&c.principal),
         None,
     );
-    assert_eq!(rv["changed"], json!([id, "mnd-child-1"]));
-    let (_, m) = s.call("GET", "/v1/mandates/mnd-child-1", Some(&c.admin), None);
+    let child_id = format!("{id}.child-1");
+    assert_eq!(rv["changed"], json!([id, child_id]));
+    let (_, m) = s.call(
+        "GET",
+        &format!("/v1/mandates/{child_id}"),
+        Some(&c.admin),
+        None,
+    );
     assert_eq!(m["state"], "revoked");
     assert_eq!(
         reasons(&decide(&s, &c, &search_request(&child))),

@@ -237,7 +237,7 @@ fn what_ended_stays_ended() {
     let (st, g) = s.call("POST", &format!("/v1/mandates/{id}/discovery"), Some(&c.agent), Some(&json!({"type": "sanctions_screening", "location": "https://screening.example.net/v2/screen", "action": "screen_entity"})));
     assert_eq!(st, 200, "{g}");
     let gid = g["mandate_id"].as_str().unwrap().to_owned();
-    let child = derive(&root, "mnd-late-child");
+    let child = derive(&root, &format!("{id}.late-child"));
     let (st, _) = s.call(
         "POST",
         &format!("/v1/mandates/{id}/suspend"),
@@ -276,7 +276,12 @@ fn what_ended_stays_ended() {
         Some(&json!({"mandate": child})),
     );
     assert_eq!(st, 409, "{e}");
-    let (st, _) = s.call("GET", "/v1/mandates/mnd-late-child", Some(&c.admin), None);
+    let (st, _) = s.call(
+        "GET",
+        &format!("/v1/mandates/{id}.late-child"),
+        Some(&c.admin),
+        None,
+    );
     assert_eq!(st, 404);
 }
 
@@ -470,4 +475,58 @@ fn a_condition_that_would_run_long_denies_instead_of_stalling_the_authority() {
         e["detail"].as_str().unwrap().contains("comprehension"),
         "{e}"
     );
+}
+
+#[test]
+fn a_child_id_lives_under_its_parent_so_no_tenant_can_squat_or_probe_anothers() {
+    let s = Server::start("child-ids");
+    let c = Cast::new(&s);
+    let (victim_id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    // An agent of another tenant, with a mandate of its own there.
+    let other_agent = s.token("agent-7", mandate_authority::auth::Role::Agent, "other");
+    let other_principal = s.token(
+        "vp@acme.example",
+        mandate_authority::auth::Role::Principal,
+        "other",
+    );
+    let (st, r) = s.call(
+        "POST",
+        "/v1/requests",
+        Some(&other_agent),
+        Some(&procurement_request("vp@acme.example")),
+    );
+    assert_eq!(st, 201, "{r}");
+    let (st, a) = s.call(
+        "POST",
+        &format!("/v1/requests/{}/approve", r["id"].as_str().unwrap()),
+        Some(&other_principal),
+        None,
+    );
+    assert_eq!(st, 200, "{a}");
+    let (own_id, own) = (
+        a["mandate_id"].as_str().unwrap(),
+        a["mandate"].as_str().unwrap(),
+    );
+    let register = |child: &str| {
+        s.call(
+            "POST",
+            &format!("/v1/mandates/{own_id}/children"),
+            Some(&other_agent),
+            Some(&json!({"mandate": child})),
+        )
+    };
+    // Naming the victim's id (or anything outside its own lineage) is refused
+    // the same way whether or not the id exists anywhere.
+    let squat = register(&derive(own, &victim_id));
+    let free = register(&derive(own, "mnd-nobody-has-this"));
+    assert_eq!(
+        (squat.0, &squat.1["code"]),
+        (422, &json!("child_id_not_namespaced")),
+        "{:?}",
+        squat.1
+    );
+    assert_eq!((free.0, &free.1["code"]), (squat.0, &squat.1["code"]));
+    // Under its own parent, it registers.
+    let (st, r) = register(&derive(own, &format!("{own_id}.search-1")));
+    assert_eq!(st, 200, "{r}");
 }
