@@ -359,28 +359,30 @@ fn for_random_histories_every_decision_is_the_same_after_a_restart_and_at_a_gate
             .iter()
             .map(|(_, m, pr)| authority_reasons(authority.addr, &dir, m, *pr))
             .collect();
-        // A gateway fed by signals agrees with the authority.
-        let (gateway, gw) = start_gateway(
-            &dir,
-            authority.addr,
-            upstream.addr,
-            Delivery::Poll,
-            "https://api.github.com",
-        );
-        for ((_, m, pr), want) in mandates.iter().zip(&before) {
-            let (st, body) = read_pr(gateway.addr, m, *pr);
-            let got = if st == 200 {
-                json!([])
-            } else {
-                body["reasons"].clone()
-            };
-            assert_eq!(
-                &got, want,
-                "seed {seed:x}: the gateway disagrees with the authority"
+        // A gateway fed by signals, by poll or by push, agrees with the authority.
+        for delivery in [Delivery::Poll, Delivery::Push] {
+            let (gateway, gw) = start_gateway(
+                &dir,
+                authority.addr,
+                upstream.addr,
+                delivery,
+                "https://api.github.com",
             );
+            for ((_, m, pr), want) in mandates.iter().zip(&before) {
+                let (st, body) = read_pr(gateway.addr, m, *pr);
+                let got = if st == 200 {
+                    json!([])
+                } else {
+                    body["reasons"].clone()
+                };
+                assert_eq!(
+                    &got, want,
+                    "seed {seed:x}: the {delivery:?} gateway disagrees with the authority"
+                );
+            }
+            gw.stop();
+            drop(gateway);
         }
-        gw.stop();
-        drop(gateway);
         // And a restart changes nothing.
         drop(authority);
         drop(state);
