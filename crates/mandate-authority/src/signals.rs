@@ -123,16 +123,32 @@ pub fn head(conn: &rusqlite::Connection, tenant: &str) -> rusqlite::Result<i64> 
     )
 }
 
-/// The SET's `jti` for a sequence number.
+/// The `jti` of a tenant's stored signal: `sig-<seq>.<tenant tag>`, unique
+/// per issuer (two tenants' signal 1 differ), the sequence number first so
+/// that receivers can read it.
 #[must_use]
-pub fn jti(seq: i64) -> String {
-    format!("sig-{seq}")
+pub fn jti(tenant: &str, seq: i64) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(tenant.as_bytes());
+    let tag = hex::encode(digest.get(..6).unwrap_or_default());
+    format!("sig-{seq}.{tag}")
 }
 
-/// Parses a `jti` back to its sequence number.
+/// Parses a `jti` back to its sequence number (`sig-<seq>.<tag>`, or the
+/// bare `sig-<seq>` that receivers may acknowledge with).
 #[must_use]
 pub fn seq_of(jti: &str) -> Option<i64> {
-    jti.strip_prefix("sig-")?.parse().ok()
+    let rest = jti.strip_prefix("sig-")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// A fresh `jti` for a SET that is not stored (heartbeat, stream update):
+/// 128 random bits, never the `jti` of another SET.
+fn fresh_jti(kind: &str) -> String {
+    use rand_core::RngCore as _;
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    format!("{kind}-{}", hex::encode(b))
 }
 
 /// Signs a signal as a SET for a stream's audience.
@@ -155,11 +171,50 @@ pub fn to_set(
     let claims = json!({
         "iss": issuer,
         "iat": s.at_ms.div_euclid(1000),
-        "jti": jti(s.seq),
+        "jti": if matches!(s.kind.as_str(), "heartbeat" | "stream-updated") {
+            fresh_jti(&s.kind)
+        } else {
+            jti(tenant, s.seq)
+        },
         "aud": aud,
         "txn": s.seq.to_string(),
         "sub_id": sub_id,
         "events": { event_uri(&s.kind): event },
     });
     mandate_core::jws::sign(key, "secevent+jwt", claims.to_string().as_bytes())
+}
+
+#[cfg(test)]
+mod jti_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn claims(set: &str) -> Value {
+        mandate_core::jws::unverified_payload(set).unwrap()
+    }
+
+    #[test]
+    fn every_set_has_a_jti_of_its_own() {
+        let key = mandate_core::keys::SigningKey::from_seed(
+            mandate_core::keys::Algorithm::EdDSA,
+            [1; 32],
+        );
+        let sig = |kind: &str| Signal {
+            seq: 1,
+            kind: kind.into(),
+            mandate_id: None,
+            body: json!({}),
+            at_ms: 0,
+        };
+        let a = claims(&to_set(&key, "iss", "stream:a", "acme", &sig("revoked")));
+        let b = claims(&to_set(&key, "iss", "stream:b", "globex", &sig("revoked")));
+        assert_ne!(a["jti"], b["jti"], "two tenants' signal 1");
+        let h1 = claims(&to_set(&key, "iss", "stream:a", "acme", &sig("heartbeat")));
+        let h2 = claims(&to_set(&key, "iss", "stream:a", "acme", &sig("heartbeat")));
+        assert_ne!(h1["jti"], a["jti"], "a heartbeat reuses the last SET's jti");
+        assert_ne!(h1["jti"], h2["jti"]);
+        assert_eq!(seq_of(a["jti"].as_str().unwrap()), Some(1));
+        assert_eq!(seq_of("sig-7"), Some(7));
+        assert_eq!(seq_of("heartbeat-00"), None);
+    }
 }

@@ -194,7 +194,8 @@ impl AuthorityClient {
                 m.iter()
                     .filter_map(|(jti, set)| {
                         Some((
-                            jti.strip_prefix("sig-")?.parse().ok()?,
+                            // `sig-<seq>.<tenant tag>`: the sequence first.
+                            jti.strip_prefix("sig-")?.split('.').next()?.parse().ok()?,
                             set.as_str()?.to_owned(),
                         ))
                     })

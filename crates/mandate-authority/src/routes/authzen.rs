@@ -242,12 +242,17 @@ pub async fn evaluations(
             "options.evaluations_semantic: `{semantic}` is not supported"
         )));
     }
+    // Without `evaluations`, the request is a single evaluation and is
+    // answered as one (AuthZEN 1.0 §7.1).
+    if batch.evaluations.is_empty() {
+        let single = json!({"subject": batch.subject, "action": batch.action, "resource": batch.resource, "context": batch.context.unwrap_or_else(|| json!({}))});
+        let req: EvaluationRequest =
+            serde_json::from_value(single).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        check_subject(&req).map_err(ApiError::bad_request)?;
+        return evaluate_one(&s, &caller, &req).await.map(Json);
+    }
     let defaults = json!({"subject": batch.subject, "action": batch.action, "resource": batch.resource, "context": batch.context});
-    let items = if batch.evaluations.is_empty() {
-        vec![Map::new()]
-    } else {
-        batch.evaluations
-    };
+    let items = batch.evaluations;
     let mut out = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let mut merged = defaults.clone();

@@ -74,7 +74,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(problem_for_plain_errors))
+        .layer(axum::middleware::from_fn(echo_request_id))
         .with_state(state)
+}
+
+/// Echoes the caller's `X-Request-ID` on every answer (AuthZEN 1.0 makes it
+/// a MUST for the decision endpoints; every route does it). A value that is
+/// not a valid header value is not echoed.
+async fn echo_request_id(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let id = req.headers().get("x-request-id").cloned();
+    let mut res = next.run(req).await;
+    if let Some(id) = id.filter(|v| v.len() <= 256) {
+        res.headers_mut().insert("x-request-id", id);
+    }
+    res
 }
 
 /// Rejections produced by axum itself (413 body too large, 405, 415, ...)

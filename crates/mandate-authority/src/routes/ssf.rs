@@ -585,8 +585,8 @@ pub async fn poll(
         if a > head {
             return Err(ApiError::bad_request(format!(
                 "ack: `{}` is beyond the last signal delivered (`{}`)",
-                signals::jti(a),
-                signals::jti(head)
+                signals::jti(&st.tenant, a),
+                signals::jti(&st.tenant, head)
             )));
         }
     }
@@ -634,7 +634,7 @@ pub async fn poll(
                 let mut sets = Map::new();
                 for sig in found.iter().take(usize::try_from(max).unwrap_or(0)) {
                     sets.insert(
-                        signals::jti(sig.seq),
+                        signals::jti(&st.tenant, sig.seq),
                         json!(signals::to_set(
                             &s.authority,
                             &s.issuer,

@@ -530,3 +530,35 @@ fn a_child_id_lives_under_its_parent_so_no_tenant_can_squat_or_probe_anothers() 
     let (st, r) = register(&derive(own, &format!("{own_id}.search-1")));
     assert_eq!(st, 200, "{r}");
 }
+
+#[test]
+fn authzen_answers_echo_the_request_id_and_a_batch_without_items_is_one_evaluation() {
+    use std::io::{Read as _, Write as _};
+    let s = Server::start("authzen-conformance");
+    let c = Cast::new(&s);
+    active(&s, &c);
+    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let body = search_request(&mandate).to_string();
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    write!(
+        conn,
+        "POST /access/v1/evaluation HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nX-Request-ID: req-7f3a\r\nContent-Length: {}\r\n\r\n{body}",
+        c.enforcer,
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    let head = out.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(head.contains("x-request-id: req-7f3a"), "{head}");
+    // No `evaluations`: answered as the single evaluation, not as a list.
+    let (st, d) = s.call(
+        "POST",
+        "/access/v1/evaluations",
+        Some(&c.enforcer),
+        Some(&search_request(&mandate)),
+    );
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(d["decision"], true, "{d}");
+    assert!(d.get("evaluations").is_none(), "{d}");
+}

@@ -5,10 +5,29 @@ use std::process::{Child, Command, Stdio};
 
 use super::*;
 
+/// nginx in a process group of its own: stopped gracefully (SIGQUIT to the
+/// master, which stops its workers), waited for, and then the whole group is
+/// killed, so no worker outlives the test holding a listening socket.
 struct Nginx(Child);
+
+fn signal_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
+}
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        let pgid = self.0.id();
+        let _ = Command::new("kill")
+            .args(["-QUIT", &pgid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal_group(pgid, "-KILL");
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -45,14 +64,18 @@ fn start_nginx(
     std::fs::create_dir_all(prefix.join("tmp")).unwrap();
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     std::fs::write(prefix.join("mandate.conf"), conf).unwrap();
-    let child = Command::new(nginx_binary())
-        .arg("-p")
-        .arg(&prefix)
-        .args(["-c", "mandate.conf", "-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = {
+        use std::os::unix::process::CommandExt as _;
+        Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&prefix)
+            .args(["-c", "mandate.conf", "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(port).is_err() {
         assert!(Instant::now() < deadline, "nginx did not start");
