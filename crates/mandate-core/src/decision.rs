@@ -216,6 +216,15 @@ pub fn decide(
                 })),
             );
         }
+        // A chain that already ended is not suspended or revoked again by a
+        // failing condition: the deny says why it ended, and the principal
+        // is still told of the condition.
+        let ended = reasons.0.iter().any(|r| {
+            matches!(
+                r.as_str(),
+                "expired" | "revoked" | "completed" | "superseded"
+            )
+        });
         let mut request_sizes: Option<(u64, u64)> = None;
         for cc in chain.conditions() {
             let c = &cc.condition;
@@ -267,10 +276,12 @@ pub fn decide(
                     match c.on_failure {
                         OnFailure::Deny => {}
                         OnFailure::SuspendAndNotify => {
-                            obligations.push(Obligation::SuspendMandate {
-                                mandate_id: mandate_id.clone(),
-                                condition: c.id.clone(),
-                            });
+                            if !ended {
+                                obligations.push(Obligation::SuspendMandate {
+                                    mandate_id: mandate_id.clone(),
+                                    condition: c.id.clone(),
+                                });
+                            }
                             obligations.push(Obligation::NotifyPrincipal {
                                 mandate_id,
                                 principal: leaf.principal.sub.clone(),
@@ -278,10 +289,12 @@ pub fn decide(
                             });
                         }
                         OnFailure::Revoke => {
-                            obligations.push(Obligation::RevokeMandate {
-                                mandate_id: mandate_id.clone(),
-                                condition: c.id.clone(),
-                            });
+                            if !ended {
+                                obligations.push(Obligation::RevokeMandate {
+                                    mandate_id: mandate_id.clone(),
+                                    condition: c.id.clone(),
+                                });
+                            }
                             obligations.push(Obligation::NotifyPrincipal {
                                 mandate_id,
                                 principal: leaf.principal.sub.clone(),

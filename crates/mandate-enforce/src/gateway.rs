@@ -171,7 +171,7 @@ impl GatewayConfig {
         mandate_core::location::Location::parse_grant(&self.location_base)
             .map_err(|e| cerr("location_base", e.to_string()))?;
         for (i, r) in self.route.iter().enumerate() {
-            if r.method.parse::<Method>().is_err() {
+            if r.method.is_empty() || r.method.to_ascii_uppercase().parse::<Method>().is_err() {
                 return Err(cerr(
                     format!("route[{i}].method"),
                     format!("`{}` is not a method", r.method),
@@ -270,7 +270,12 @@ impl Route {
             .map(str::to_owned)
             .collect();
         Self {
-            method: config.method.parse().unwrap_or(Method::GET),
+            // Methods are case-insensitive in the configuration (`get` is GET).
+            method: config
+                .method
+                .to_ascii_uppercase()
+                .parse()
+                .unwrap_or(Method::GET),
             resource: config
                 .resource
                 .iter()
@@ -781,5 +786,22 @@ mod tests {
             r.matches(&Method::GET, "//repos/acme/app/pulls/7/")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_route_method_written_in_lower_case_still_matches() {
+        let r = Route::new(
+            &RouteConfig {
+                method: "get".into(),
+                path: "/repos/{owner}".into(),
+                type_: "t".into(),
+                action: "read".into(),
+                resource: std::collections::BTreeMap::new(),
+                location_base: None,
+            },
+            "https://api.github.com/",
+        );
+        assert!(r.matches(&Method::GET, "/repos/acme").is_some());
+        assert!(r.matches(&Method::POST, "/repos/acme").is_none());
     }
 }

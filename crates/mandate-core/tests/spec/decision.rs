@@ -179,6 +179,22 @@ fn a_condition_that_turns_false_denies_with_its_on_failure() {
 }
 
 #[test]
+fn a_mandate_that_already_ended_is_not_also_asked_to_be_suspended() {
+    let mut state = state_with_status("cancelled");
+    state.set_state(
+        mandate_core::id::MandateId::new("mnd-logistics-sourcing-7f2a").unwrap(),
+        MandateState::Completed,
+    );
+    let d = decide_as_leaf(&chain(), &search(), None, &state, during());
+    assert_eq!(d.reasons, ["completed", "condition_failed:program-active"]);
+    assert_eq!(
+        serde_json::to_value(&d.obligations).unwrap(),
+        json!([{"type": "notify_principal", "mandate_id": "mnd-logistics-sourcing-7f2a",
+             "principal": "vp-supply-chain@example.com", "condition": "program-active"}])
+    );
+}
+
+#[test]
 fn a_condition_that_cannot_be_evaluated_denies() {
     // No facts at all: `procurement` is undeclared.
     let d = decide_as_leaf(&chain(), &search(), None, &StateSnapshot::new(), during());
