@@ -370,8 +370,16 @@ pub fn github_delivery(
     s.raw("POST", "/v1/webhooks/github/github", &headers, &body)
 }
 
+/// A merged pull request's delivery. The merge happened when this test
+/// (its thread) first asked for one, after its mandates were issued; every
+/// delivery of it in the test names that same time, so a redelivery is the
+/// same event even when the clock has moved on to the next second.
 pub fn merged(pr: u32) -> Value {
+    thread_local! {
+        static MERGED_AT: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
+    }
+    let merged_at = MERGED_AT.with(|m| m.get_or_init(now_rfc3339).clone());
     json!({"action": "closed", "number": pr,
-        "pull_request": {"number": pr, "merged": true, "merged_at": now_rfc3339()},
+        "pull_request": {"number": pr, "merged": true, "merged_at": merged_at},
         "repository": {"full_name": "acme/app"}})
 }
