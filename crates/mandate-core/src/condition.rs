@@ -183,6 +183,10 @@ pub fn input_size(v: &Value) -> u64 {
 /// # Errors
 /// See [`ConditionError`].
 pub fn compile(source: &str) -> Result<Expression, ConditionError> {
+    compile_with_shape(source).map(|(program, _)| program)
+}
+
+fn compile_with_shape(source: &str) -> Result<(Expression, Shape), ConditionError> {
     if source.len() > MAX_EXPRESSION_BYTES {
         return Err(ConditionError::TooLong);
     }
@@ -197,8 +201,8 @@ pub fn compile(source: &str) -> Result<Expression, ConditionError> {
             ConditionError::Parse(msg.lines().next().unwrap_or("syntax error").to_owned())
         })?;
     // Size and comprehension bounds, wherever an expression is accepted.
-    shape(&program)?;
-    Ok(program)
+    let shape = shape(&program)?;
+    Ok((program, shape))
 }
 
 /// The deepest nesting of `(`, `[` and `{` outside string literals: checked
@@ -251,8 +255,7 @@ impl CompiledCondition {
     /// # Errors
     /// See [`ConditionError`].
     pub fn new(c: &Condition) -> Result<Self, ConditionError> {
-        let program = compile(&c.expression)?;
-        let shape = shape(&program)?;
+        let (program, shape) = compile_with_shape(&c.expression)?;
         let variables = program
             .references()
             .variables()

@@ -366,7 +366,7 @@ impl Gateway {
         let push_authorization = {
             let mut bytes = [0u8; 32];
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
-            format!("Bearer {}", hex_string(&bytes))
+            format!("Bearer {}", hex::encode(bytes))
         };
         let (stream, aud) = client
             .create_stream(
@@ -540,14 +540,6 @@ impl Gateway {
         }
         d
     }
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn deny(d: &mut Decision, reason: &str) {

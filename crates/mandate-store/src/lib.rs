@@ -239,7 +239,6 @@ impl Store {
         schema::migrate(&wconn)?;
         let head = audit::head(&wconn)?;
         let reader = open_connection(&path)?;
-        restrict_database_files(&path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let checkpoint = checkpoint_path(dir);
         let health = Arc::new(WriterHealth::default());

@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, parse_body};
-use crate::routes::lifecycle::consume_in;
+use crate::routes::lifecycle::{Consumption, consume_in};
 use crate::state::AppState;
 
 /// `GET /.well-known/authzen-configuration`.
@@ -117,7 +117,7 @@ async fn evaluate_one(
         .write(move |tx| {
             // A one-time mandate is consumed in the same commit as the allow.
             let (allow, reasons) = match (&one_time, allow) {
-                (Some(id), true) if !consume_in(tx, &tenant, id, &enforcer)? => {
+                (Some(id), true) if consume_in(tx, &tenant, id, &enforcer)? != Consumption::Now => {
                     (false, vec!["one_time_used".to_owned()])
                 }
                 _ => (allow, reasons),

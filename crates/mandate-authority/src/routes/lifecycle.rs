@@ -501,11 +501,10 @@ pub async fn discovery(
     );
     s.store
         .write(move |tx| {
-            // Under an ended (or suspended) parent, a child is not recorded
-            // as active: it is refused.
+            // Under an ended (or suspended) parent, no grant is issued.
             if let Some((which, state)) = db::first_inactive_in_lineage(tx.conn(), &parent)? {
                 return Err(StoreError::Rejected(format!(
-                    "409 mandate `{which}` is {state}: no child can be registered under it"
+                    "409 mandate `{which}` is {state}: no discovery grant can be issued under it"
                 )));
             }
             db::insert_mandate(
@@ -530,18 +529,27 @@ pub async fn discovery(
     ))
 }
 
-/// Consumes a one-time mandate exactly once, in a write job. Returns
-/// whether this call consumed it.
+/// What consuming a one-time mandate did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumption {
+    /// This call consumed it.
+    Now,
+    /// It was consumed before.
+    Already,
+    /// It, or an ancestor, is no longer active (`which`, `state`): over,
+    /// not used, so nothing is consumed.
+    Ended(String, String),
+}
+
+/// Consumes a one-time mandate exactly once, in a write job.
 pub fn consume_in(
     tx: &mut mandate_store::Tx<'_>,
     tenant: &str,
     id: &str,
     by: &str,
-) -> Result<bool, StoreError> {
-    // A one-time grant whose lineage ended (revoked with its parent, say)
-    // is not consumed: it is over, not used.
-    if db::first_inactive_in_lineage(tx.conn(), id)?.is_some() {
-        return Ok(false);
+) -> Result<Consumption, StoreError> {
+    if let Some((which, state)) = db::first_inactive_in_lineage(tx.conn(), id)? {
+        return Ok(Consumption::Ended(which, state));
     }
     let now = tx.now_ms();
     let n = tx.conn().execute(
@@ -551,8 +559,10 @@ pub fn consume_in(
     if n == 1 {
         tx.audit(Some(tenant), "consumed", Some(id), json!({"by": by}))?;
         crate::signals::emit(tx, tenant, "consumed", Some(id), &json!({"mandate_id": id}))?;
+        Ok(Consumption::Now)
+    } else {
+        Ok(Consumption::Already)
     }
-    Ok(n == 1)
 }
 
 /// `POST /v1/mandates/{id}/consume` (enforcer): 200 the first time, 409
@@ -573,31 +583,19 @@ pub async fn consume(
     let (tenant, by, id2) = (caller.tenant.clone(), caller.sub.clone(), id.clone());
     let consumed = s
         .store
-        .write(move |tx| {
-            if let Some((which, state)) = db::first_inactive_in_lineage(tx.conn(), &id2)? {
-                return Err(StoreError::Rejected(format!(
-                    "409 {state} mandate `{which}` is {state}: nothing under it can be consumed"
-                )));
-            }
-            consume_in(tx, &tenant, &id2, &by)
-        })
-        .await
-        .map_err(|e| match e {
-            // The code is the state that ended it (`completed`, `revoked`, ...).
-            StoreError::Rejected(m) if m.starts_with("409 ") => {
-                let rest = m.trim_start_matches("409 ");
-                let (state, detail) = rest.split_once(' ').unwrap_or(("not_active", rest));
-                ApiError::conflict(state, detail)
-            }
-            other => other.into(),
-        })?;
+        .write(move |tx| consume_in(tx, &tenant, &id2, &by))
+        .await?;
     s.refresh(std::slice::from_ref(&m.id))?;
-    if consumed {
-        Ok(Json(json!({"mandate_id": id, "consumed": true})))
-    } else {
-        Err(ApiError::conflict(
+    match consumed {
+        Consumption::Now => Ok(Json(json!({"mandate_id": id, "consumed": true}))),
+        Consumption::Already => Err(ApiError::conflict(
             "one_time_used",
             "the one-time mandate was already used",
-        ))
+        )),
+        // The code is the state that ended it (`completed`, `revoked`, ...).
+        Consumption::Ended(which, state) => Err(ApiError::conflict(
+            &state,
+            format!("mandate `{which}` is {state}: nothing under it can be consumed"),
+        )),
     }
 }
