@@ -41,21 +41,31 @@ admin=$(mandate token --data-dir data --sub admin@example.com --role admin)
 enforcer=$(mandate token --data-dir data --sub gateway-1 --role enforcer)
 events=$(mandate token --data-dir data --sub crm --role event_source)
 
-echo '$ curl -X POST /v1/requests            # agent asks for the procurement mandate'
-r=$(api POST /v1/requests "$agent" authority-request.json)
+echo '$ mandate keygen --out agent.jwk > agent.pub.jwk   # the key the agent proves possession with'
+mandate keygen --out agent.jwk > agent.pub.jwk
+python3 -c 'import json; r=json.load(open("authority-request.json")); r["agent"]["cnf"]={"jwk": json.load(open("agent.pub.jwk"))}; json.dump(r, open("request.json","w"))'
+echo '$ curl -X POST /v1/requests            # agent asks for the procurement mandate, binding that key'
+r=$(api POST /v1/requests "$agent" request.json)
 echo "$r" | field '"state: " + d["state"]'
 rid=$(echo "$r" | field 'd["id"]')
 echo '$ curl -X POST /v1/requests/$ID/approve # principal approves what was shown'
 a=$(api POST "/v1/requests/$rid/approve" "$principal")
 echo "$a" | field '"state: " + d["state"] + ", mandate signed: " + str(d["mandate"].count(".") == 2)'
-python3 -c 'import json,sys; a=json.loads(sys.argv[1]); json.dump({"subject":{"type":"agent","id":"urn:agent:procurement/vendor-sourcing@3.2","properties":{"mandate":a["mandate"]}},"action":{"name":"search"},"context":{"agent_instance":"inst-7f2a-b8c4"},"resource":{"type":"vendor_portal","id":"https://vendor-portal.example.com/search","properties":{"category":"logistics","region":"north-america","contract_template":"standard-logistics-v3","spend_tier":"pre-approved"}}}, open("decide.json","w"))' "$a"
+# The enforcement point's question: the agent's mandate, and the DPoP proof
+# the agent sent with its call (fresh for every call), for that call's method and URL.
+decide_json() {
+  mandate dpop --key agent.jwk --method POST --url https://vendor-portal.example.com/search > proof.jwt
+  python3 -c 'import json,sys; a=json.loads(sys.argv[1]); json.dump({"subject":{"type":"agent","id":"urn:agent:procurement/vendor-sourcing@3.2","properties":{"mandate":a["mandate"]}},"action":{"name":"search"},"context":{"agent_instance":"inst-7f2a-b8c4","dpop":open("proof.jwt").read().strip(),"htm":"POST","htu":"https://vendor-portal.example.com/search"},"resource":{"type":"vendor_portal","id":"https://vendor-portal.example.com/search","properties":{"category":"logistics","region":"north-america","contract_template":"standard-logistics-v3","spend_tier":"pre-approved"}}}, open("decide.json","w"))' "$a"
+}
 echo '$ curl -X PUT /v1/facts                 # admin: the contingency program is active'
 api PUT /v1/facts "$admin" facts-active.json | field '"facts version: " + str(d["version"])'
-echo '$ curl -X POST /access/v1/evaluation    # enforcer asks before the agent searches'
+echo '$ curl -X POST /access/v1/evaluation    # enforcer asks before the agent searches (with its proof)'
+decide_json
 api POST /access/v1/evaluation "$enforcer" decide.json | field '(("ALLOW" if d["decision"] else "DENY") + " " + ", ".join(d["context"]["reasons"])).strip()'
 echo '$ curl -X POST /v1/events               # the CRM reports the program was cancelled'
 api POST /v1/events "$events" event-cancelled.json | field '"mandates ended: " + str(len(d["changed"]))'
-echo '$ curl -X POST /access/v1/evaluation    # the same request, a moment later'
+echo '$ curl -X POST /access/v1/evaluation    # the same request, a moment later (a fresh proof)'
+decide_json
 api POST /access/v1/evaluation "$enforcer" decide.json | field '(("ALLOW" if d["decision"] else "DENY") + " " + ", ".join(d["context"]["reasons"])).strip()'
 kill "$server"; wait "$server" 2>/dev/null || true; server=""
 echo '$ mandate audit verify --data-dir data'

@@ -32,16 +32,24 @@ run_to() {
 
 run_to authority.pub.jwk mandate keygen --out authority.jwk
 run_to agent.pub.jwk mandate keygen --out agent.jwk
+run_to search-agent.pub.jwk mandate keygen --out search-agent.jwk
 run_to jwks.json mandate jwks authority.jwk
 run_to root.jws mandate issue --key authority.jwk --holder agent.pub.jwk --claims procurement-mandate.json
 run mandate verify --jwks jwks.json @root.jws --at 2025-10-02T09:00:00Z
 run_to child.jws mandate attenuate --parent @root.jws --holder-key agent.jwk \
-  --claims examples/child-search-only.json --at 2025-10-02T08:00:00Z
+  --child-holder search-agent.pub.jwk --claims examples/child-search-only.json --at 2025-10-02T08:00:00Z
 run mandate attenuate --parent @root.jws --holder-key agent.jwk \
   --claims examples/child-widened.json --at 2025-10-02T08:00:00Z
 run mandate evaluate --jwks jwks.json --mandate @child.jws --request examples/request-search.json \
   --state examples/state-active.json --at 2025-10-02T09:00:00Z
+proof() { run_to "$1" mandate dpop --key search-agent.jwk --method POST \
+  --url https://vendor-portal.example.com/search --at "$2"; }
+proof proof.jwt 2025-10-02T09:00:00Z
 run mandate evaluate --jwks jwks.json --mandate @child.jws --request examples/request-search.json \
-  --state examples/state-active.json --at 2025-10-09T09:00:00Z
+  --state examples/state-active.json --dpop @proof.jwt --at 2025-10-02T09:00:00Z
+proof later.jwt 2025-10-09T09:00:00Z
 run mandate evaluate --jwks jwks.json --mandate @child.jws --request examples/request-search.json \
-  --state examples/state-cancelled.json --at 2025-10-02T09:00:00Z
+  --state examples/state-active.json --dpop @later.jwt --at 2025-10-09T09:00:00Z
+proof again.jwt 2025-10-02T09:00:00Z
+run mandate evaluate --jwks jwks.json --mandate @child.jws --request examples/request-search.json \
+  --state examples/state-cancelled.json --dpop @again.jwt --at 2025-10-02T09:00:00Z

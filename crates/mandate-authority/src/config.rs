@@ -221,6 +221,11 @@ pub struct Config {
     /// OpenID Connect sign-in to the console (authorization code with PKCE).
     #[serde(default)]
     pub console_oidc: Option<ConsoleOidc>,
+    /// Whether a decision requires a DPoP proof by the leaf's holder key
+    /// (`required`, the default) or accepts the mandate alone (`bearer`,
+    /// for development only: logged loudly at start).
+    #[serde(default)]
+    pub proof_of_possession: mandate_core::pop::Mode,
 }
 
 /// A local identity offered on the console's sign-in page.
@@ -335,6 +340,7 @@ impl Default for Config {
             console_identity_on_any_address: false,
             console_identity: Vec::new(),
             console_oidc: None,
+            proof_of_possession: mandate_core::pop::Mode::Required,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct AppState {
     pub signals: tokio::sync::Notify,
     /// Console sessions.
     pub sessions: crate::console::Sessions,
+    /// DPoP proofs seen, so each is accepted once.
+    pub replay: mandate_core::pop::ReplayCache,
     /// Console sign-ins waiting for the IdP's callback.
     pub oidc: crate::console::oidc::PendingLogins,
 }
@@ -193,6 +195,7 @@ impl AppState {
             metrics: Metrics::default(),
             signals: tokio::sync::Notify::new(),
             sessions: crate::console::Sessions::new(max_sessions),
+            replay: mandate_core::pop::ReplayCache::default(),
             oidc: crate::console::oidc::PendingLogins::default(),
         }))
     }

@@ -26,3 +26,6 @@ mod console;
 
 #[path = "api/insider.rs"]
 mod insider;
+
+#[path = "api/pop.rs"]
+mod pop;

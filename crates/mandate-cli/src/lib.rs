@@ -52,6 +52,8 @@ enum Command {
     Attenuate(command::attenuate::Args),
     /// Decides one proposed action (an AuthZEN evaluation request).
     Evaluate(command::evaluate::Args),
+    /// Makes a DPoP proof for one request with the holder key (proof of possession).
+    Dpop(command::dpop::Args),
     /// Runs the authority service (embedded SQLite; keys created on first start).
     Serve(command::serve::Args),
     /// Runs the gateway: a reverse proxy (and nginx `auth_request` endpoint) deciding locally.
@@ -87,6 +89,7 @@ where
         Command::Verify(a) => command::verify::run(a, out),
         Command::Attenuate(a) => command::attenuate::run(a, out),
         Command::Evaluate(a) => command::evaluate::run(a, out),
+        Command::Dpop(a) => command::dpop::run(a, out),
         Command::Serve(a) => command::serve::run(a, out),
         Command::Token(a) => command::token::run(a, out),
         Command::Gateway(a) => command::gateway::run(a, out),

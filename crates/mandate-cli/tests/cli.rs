@@ -170,19 +170,37 @@ fn issue_inspect_verify_attenuate_evaluate() {
         .starts_with("VALID")
     );
 
+    let sub_pub = d.ok(&["keygen", "--out", "sub.jwk"]);
+    d.write("sub.pub.jwk", &sub_pub);
     let child = d.ok(&[
         "attenuate",
         "--parent",
         "@root.jws",
         "--holder-key",
         "agent.jwk",
+        "--child-holder",
+        "sub.pub.jwk",
         "--claims",
         "child-search-only.json",
         "--at",
         "2025-10-02T08:00:00Z",
     ]);
     d.write("child.jws", &child);
-    let eval = |state: &str, at: &str| {
+    // Each evaluation carries a fresh proof by the sub-agent's key, made at
+    // the decision's time for the request's method and URL.
+    let eval_with = |state: &str, at: &str, key: &str| {
+        let proof = d.ok(&[
+            "dpop",
+            "--key",
+            key,
+            "--method",
+            "POST",
+            "--url",
+            "https://vendor-portal.example.com/search",
+            "--at",
+            at,
+        ]);
+        d.write("proof.jwt", &proof);
         d.run(&[
             "evaluate",
             "--jwks",
@@ -193,10 +211,40 @@ fn issue_inspect_verify_attenuate_evaluate() {
             "request-search.json",
             "--state",
             state,
+            "--dpop",
+            "@proof.jwt",
             "--at",
             at,
         ])
     };
+    let eval = |state: &str, at: &str| eval_with(state, at, "sub.jwk");
+    // The parent's holder key is not the child's: its proof proves nothing.
+    let stolen = eval_with("state-active.json", "2025-10-02T09:00:00Z", "agent.jwk");
+    assert_eq!(code(&stolen), Some(2));
+    assert!(
+        stdout(&stolen).starts_with("DENY   pop_invalid"),
+        "{}",
+        stdout(&stolen)
+    );
+    // No proof at all.
+    let bare = d.run(&[
+        "evaluate",
+        "--jwks",
+        "jwks.json",
+        "--mandate",
+        "@child.jws",
+        "--request",
+        "request-search.json",
+        "--state",
+        "state-active.json",
+        "--at",
+        "2025-10-02T09:00:00Z",
+    ]);
+    assert!(
+        stdout(&bare).starts_with("DENY   pop_missing"),
+        "{}",
+        stdout(&bare)
+    );
     let allow = eval("state-active.json", "2025-10-02T09:00:00Z");
     assert_eq!(code(&allow), Some(0));
     assert!(stdout(&allow).starts_with("ALLOW"));

@@ -109,7 +109,7 @@ fn temp() -> PathBuf {
 fn request(i: usize) -> Value {
     json!({
         "principal": "vp@acme.example",
-        "agent": {"id": "urn:agent:test@1", "instance": format!("inst-{i}")},
+        "agent": {"id": "urn:agent:test@1", "instance": format!("inst-{i}"), "cnf": {"jwk": mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [5; 32]).public_jwk()}},
         "purpose": {"objective": "Durability", "business_context": "Test"},
         "authorization_details": [{"type": "api", "locations": ["https://api.example.com"], "actions": ["read"]}],
         "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z", "terminal_events": [{"type": "job.done", "subject": format!("job:{i}")}]},

@@ -220,6 +220,7 @@ pub struct VerifiedChain {
     mandates: Vec<VerifiedMandate>,
     conditions: Vec<ChainCondition>,
     reads: Reads,
+    holder: std::sync::OnceLock<Option<VerifyingKey>>,
 }
 
 /// Which reserved variables the leaf's conditions read, so a decision binds
@@ -274,6 +275,18 @@ impl VerifiedChain {
     #[must_use]
     pub fn iterates(&self) -> bool {
         self.conditions.iter().any(|c| c.condition.iterates())
+    }
+
+    /// The leaf's holder key (`agent.cnf.jwk`), decoded once per chain:
+    /// the key every proof of possession must be signed with.
+    #[must_use]
+    pub fn holder_key(&self) -> Option<&VerifyingKey> {
+        self.holder
+            .get_or_init(|| {
+                let cnf = self.leaf().claims().agent.cnf.as_ref()?;
+                VerifyingKey::from_jwk(&cnf.jwk).ok()
+            })
+            .as_ref()
     }
 
     pub(crate) fn reads(&self) -> Reads {
@@ -515,6 +528,7 @@ impl Verifier {
             mandates,
             conditions,
             reads,
+            holder: std::sync::OnceLock::new(),
         })
     }
 }

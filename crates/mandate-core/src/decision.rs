@@ -95,6 +95,19 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Adds a reason found outside [`decide`] (a failed proof of possession,
+    /// a consumption refused): the decision becomes a deny, and the
+    /// obligation to consume a one-time mandate, which only an allow
+    /// carries, goes.
+    pub fn deny_also(&mut self, code: &str) {
+        self.allow = false;
+        if !self.reasons.iter().any(|r| r == code) {
+            self.reasons.push(code.to_owned());
+        }
+        self.obligations
+            .retain(|o| !matches!(o, Obligation::ConsumeOneTime { .. }));
+    }
+
     /// A deny for a chain that did not verify.
     #[must_use]
     pub fn from_chain_error(e: &ChainError) -> Self {

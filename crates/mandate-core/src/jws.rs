@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Map, Value};
 
 use crate::json::check_no_duplicates;
-use crate::keys::{Algorithm, SigningKey};
+use crate::keys::{Algorithm, PublicJwk, SigningKey};
 
 /// Largest accepted compact JWS, in bytes.
 pub const MAX_JWS_BYTES: usize = 64 * 1024;
@@ -109,6 +109,9 @@ pub struct DecodedJws<'a> {
     pub payload: Vec<u8>,
     /// The decoded signature.
     pub signature: Vec<u8>,
+    /// The header's `jwk`: only a DPoP proof (see [`decode_dpop`]) may carry
+    /// one, and its verifier compares it with the key it already trusts.
+    pub jwk: Option<PublicJwk>,
 }
 
 fn b64(segment: &str, what: &str) -> Result<Vec<u8>, JwsError> {
@@ -128,7 +131,31 @@ pub fn decode<'a>(
     allowed: &BTreeSet<Algorithm>,
     expected_typ: &'static str,
 ) -> Result<DecodedJws<'a>, JwsError> {
-    decode_with(compact, allowed, expected_typ, false)
+    decode_with(compact, allowed, expected_typ, Rules::Strict)
+}
+
+/// The `typ` of a DPoP proof (RFC 9449 §4.2).
+pub const DPOP_TYP: &str = "dpop+jwt";
+
+/// As [`decode`] for a DPoP proof (RFC 9449 §4.2): `typ` is `dpop+jwt` and
+/// the header must carry the public `jwk` (no private part) and no other
+/// key-choosing parameter. The `jwk` is returned, never trusted: the caller
+/// compares it with the holder key the mandate binds and verifies with that.
+///
+/// # Errors
+/// See [`JwsError`]; a missing or unreadable `jwk` is `Malformed`.
+pub fn decode_dpop<'a>(
+    compact: &'a str,
+    allowed: &BTreeSet<Algorithm>,
+) -> Result<DecodedJws<'a>, JwsError> {
+    decode_with(compact, allowed, DPOP_TYP, Rules::Dpop)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    Strict,
+    IdToken,
+    Dpop,
 }
 
 /// As [`decode`] for an OpenID Connect ID token: `typ` may be absent or `JWT`.
@@ -139,14 +166,14 @@ pub fn decode_id_token<'a>(
     compact: &'a str,
     allowed: &BTreeSet<Algorithm>,
 ) -> Result<DecodedJws<'a>, JwsError> {
-    decode_with(compact, allowed, "JWT", true)
+    decode_with(compact, allowed, "JWT", Rules::IdToken)
 }
 
 fn decode_with<'a>(
     compact: &'a str,
     allowed: &BTreeSet<Algorithm>,
     expected_typ: &'static str,
-    typ_optional: bool,
+    rules: Rules,
 ) -> Result<DecodedJws<'a>, JwsError> {
     if compact.len() > MAX_JWS_BYTES {
         return Err(JwsError::TooLarge);
@@ -189,7 +216,7 @@ fn decode_with<'a>(
         _ => return Err(JwsError::AlgNotAllowed(alg_name.to_owned())),
     };
     for p in KEY_CHOOSING_PARAMETERS {
-        if header.contains_key(p) {
+        if header.contains_key(p) && !(rules == Rules::Dpop && p == "jwk") {
             return Err(JwsError::KeyParameterInHeader(p.to_owned()));
         }
     }
@@ -211,7 +238,7 @@ fn decode_with<'a>(
         .get(..12)
         .filter(|p| p.eq_ignore_ascii_case("application/"))
         .map_or(typ, |_| typ.get(12..).unwrap_or_default());
-    let absent_ok = typ_optional && header.get("typ").is_none();
+    let absent_ok = rules == Rules::IdToken && header.get("typ").is_none();
     if !absent_ok && !typ_norm.eq_ignore_ascii_case(expected_typ) {
         return Err(JwsError::TypInvalid {
             expected: expected_typ,
@@ -222,6 +249,19 @@ fn decode_with<'a>(
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(JwsError::Malformed("header: `kid` is not a string".into())),
         None => None,
+    };
+
+    let jwk = match (rules, header.get("jwk")) {
+        (Rules::Dpop, Some(v)) => Some(
+            serde_json::from_value::<PublicJwk>(v.clone())
+                .map_err(|e| JwsError::Malformed(format!("header: `jwk`: {e}")))?,
+        ),
+        (Rules::Dpop, None) => {
+            return Err(JwsError::Malformed(
+                "header: `jwk` missing (a DPoP proof names its public key)".into(),
+            ));
+        }
+        _ => None,
     };
 
     let payload = b64(p, "payload")?;
@@ -245,6 +285,7 @@ fn decode_with<'a>(
         signing_input,
         payload,
         signature,
+        jwk,
     })
 }
 

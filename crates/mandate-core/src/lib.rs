@@ -9,7 +9,8 @@
 //! - [`keys`], [`jws`]: JWK keys and the compact JWS codec.
 //! - [`chain`]: issue a root, derive a child offline, verify a chain.
 //! - [`attenuation`], [`location`], [`constraint`]: what "within the parent" means.
-//! - [`binding`]: tying a mandate to its access token.
+//! - [`binding`]: tying a mandate to its access token; [`pop`]: proving
+//!   possession of the holder key on every use (DPoP).
 //! - [`condition`]: CEL conditions; [`state`]: the state snapshot.
 //! - [`decision`]: the decision itself.
 //!
@@ -55,6 +56,7 @@ pub mod keys;
 pub mod location;
 pub mod model;
 pub mod number;
+pub mod pop;
 pub mod request;
 pub mod state;
 pub mod timestamp;

@@ -36,8 +36,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::client::{AuthorityClient, Consumed, run_poller};
-use crate::replica::{Applied, Replica, decide_with};
+use crate::replica::{Applied, Proved, Replica, decide_with};
 use crate::shipper::{DecisionRecord, Outcome};
+use mandate_core::pop::{Possession, ProofTarget};
 
 /// One route.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -108,6 +109,17 @@ pub struct GatewayConfig {
     /// present it must be the leaf's `agent.id`.
     #[serde(default = "default_agent_header")]
     pub agent_header: String,
+    /// Whether every request must carry a DPoP proof (RFC 9449, the `DPoP`
+    /// header) signed by the leaf mandate's holder key (`required`, the
+    /// default), or the mandate alone is enough (`bearer`: development
+    /// only, logged loudly at start).
+    #[serde(default)]
+    pub proof_of_possession: mandate_core::pop::Mode,
+    /// The URL agents call this gateway at (`https://gw.example.com`): a
+    /// proof's `htu` must be this plus the request's path. Default
+    /// `http://LISTEN`. Behind nginx, its `X-Original-URL` names it.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// The routes.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -170,6 +182,15 @@ impl GatewayConfig {
         }
         mandate_core::location::Location::parse_grant(&self.location_base)
             .map_err(|e| cerr("location_base", e.to_string()))?;
+        if let Some(u) = &self.public_url {
+            let normal = mandate_core::pop::normalize_htu(u).map_err(|e| cerr("public_url", e))?;
+            if normal.trim_end_matches('/').matches('/').count() > 2 {
+                return Err(cerr(
+                    "public_url",
+                    "must be an origin (scheme://host[:port]) with no path",
+                ));
+            }
+        }
         for (i, r) in self.route.iter().enumerate() {
             if r.method.is_empty() || r.method.to_ascii_uppercase().parse::<Method>().is_err() {
                 return Err(cerr(
@@ -329,6 +350,10 @@ pub struct Gateway {
     /// The `Authorization` value the transmitter presents on each push
     /// (never logged: `Debug` leaves it out).
     push_authorization: String,
+    /// DPoP proofs seen, so each is accepted once.
+    replay: mandate_core::pop::ReplayCache,
+    /// Where agents call this gateway (`public_url`, or `http://LISTEN`).
+    origin: String,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -402,9 +427,20 @@ impl Gateway {
             },
             stop: Arc::clone(&stop),
             shipper,
+            origin: config.public_url.as_deref().map_or_else(
+                || format!("http://{}", config.listen),
+                |u| u.trim_end_matches('/').to_owned(),
+            ),
             config,
             push_authorization,
+            replay: mandate_core::pop::ReplayCache::default(),
         });
+        if gw.config.proof_of_possession == mandate_core::pop::Mode::Bearer {
+            tracing::warn!(
+                "proof_of_possession = \"bearer\": a mandate is accepted without a DPoP proof, so \
+                 whoever copies one can use it. For development only."
+            );
+        }
         // Poll: the poller is the feed. Push: it resynchronises from snapshots
         // and keeps contact by polling nothing, while SETs arrive by push.
         let wait = staleness / 3;
@@ -455,8 +491,9 @@ impl Gateway {
             .with_state(Arc::clone(self))
     }
 
-    /// Decides a request described by method, path, headers.
-    fn decide(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Decision {
+    /// Decides a request described by method, path, headers; `url` is the
+    /// URL the agent called (what its DPoP proof must name).
+    fn decide(&self, method: &Method, uri: &Uri, url: &str, headers: &HeaderMap) -> Decision {
         let path = uri.path();
         let Some((route, props)) = self
             .routes
@@ -484,6 +521,7 @@ impl Gateway {
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
+                    .or_else(|| v.strip_prefix("DPoP "))
             });
         let mut location = String::with_capacity(route.base.len() + path.len());
         location.push_str(&route.base);
@@ -510,7 +548,35 @@ impl Gateway {
                 .unwrap_or(0),
         )
         .unwrap_or(UnixTime::EPOCH);
-        decide_with(&self.verifier, &self.replica, mandate, &request, token, now)
+        let possession = match self.config.proof_of_possession {
+            mandate_core::pop::Mode::Bearer => Possession::Bearer,
+            mandate_core::pop::Mode::Required => Possession::Proof {
+                // One proof, in one `DPoP` header (RFC 9449 §4.3 check 1).
+                proof: match headers.get_all("dpop").iter().count() {
+                    1 => headers.get("dpop").and_then(|v| v.to_str().ok()),
+                    0 => None,
+                    _ => Some(""),
+                },
+                target: ProofTarget {
+                    htm: method.as_str(),
+                    htu: url,
+                    access_token: token,
+                    nonce: None,
+                },
+            },
+        };
+        decide_with(
+            &self.verifier,
+            &self.replica,
+            mandate,
+            &request,
+            token,
+            &Proved {
+                possession,
+                cache: &self.replay,
+            },
+            now,
+        )
     }
 
     /// Applies the obligations that must happen before acting: consuming a
@@ -592,7 +658,8 @@ fn problem(d: &Decision) -> Response {
 }
 
 async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let d = gw.decide(req.method(), req.uri(), req.headers());
+    let url = format!("{}{}", gw.origin, req.uri().path());
+    let d = gw.decide(req.method(), req.uri(), &url, req.headers());
     let d = gw.fulfil(d).await;
     gw.ship(req.method(), req.uri(), &d);
     if !d.allow {
@@ -609,6 +676,8 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     };
     parts.uri = uri;
     parts.headers.remove("mandate");
+    // The proof was for this gateway's URL: of no use upstream.
+    parts.headers.remove("dpop");
     parts
         .headers
         .remove(gw.config.agent_instance_header.as_str());
@@ -633,7 +702,14 @@ async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         .and_then(|v| v.to_str().ok())
         .and_then(|u| u.parse().ok())
         .unwrap_or_else(|| Uri::from_static("/"));
-    let d = gw.fulfil(gw.decide(&method, &uri, &headers)).await;
+    // The URL the agent called: nginx names it (`X-Original-URL`, which the
+    // shipped configuration writes from its public origin); else this
+    // gateway's origin and the original path.
+    let url = match (&gw.config.public_url, headers.get("x-original-url")) {
+        (None, Some(v)) => v.to_str().unwrap_or_default().to_owned(),
+        _ => format!("{}{}", gw.origin, uri.path()),
+    };
+    let d = gw.fulfil(gw.decide(&method, &uri, &url, &headers)).await;
     gw.ship(&method, &uri, &d);
     let status = if d.allow {
         StatusCode::NO_CONTENT

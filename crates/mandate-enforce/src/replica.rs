@@ -28,6 +28,7 @@ use mandate_core::condition::Facts;
 use mandate_core::decision::{Decision, decide};
 use mandate_core::id::MandateId;
 use mandate_core::keys::{Algorithm, KeySet};
+use mandate_core::pop;
 use mandate_core::request::EvaluationRequest;
 use mandate_core::state::{MandateState, StateDocument, StateSnapshot};
 use mandate_core::timestamp::UnixTime;
@@ -427,13 +428,15 @@ pub fn decide_with(
     presented: &str,
     request: &EvaluationRequest,
     token: Option<&str>,
+    proved: &Proved<'_>,
     now: UnixTime,
 ) -> Decision {
     let chain = match verifier.verify(presented) {
         Ok(c) => c,
         Err(e) => return Decision::from_chain_error(&e),
     };
-    match replica.fresh_snapshot() {
+    let pop_failure = pop::check(&chain, &proved.possession, proved.cache, now);
+    let mut d = match replica.fresh_snapshot() {
         Some(snap) => off_worker(chain.iterates(), || {
             decide(&chain, request, token, &snap, now)
         }),
@@ -443,7 +446,21 @@ pub fn decide_with(
             chain: chain.ids(),
             obligations: Vec::new(),
         },
+    };
+    if let Some(e) = pop_failure {
+        d.deny_also(e.code());
     }
+    d
+}
+
+/// How the caller of [`decide_with`] established possession of the leaf's
+/// holder key, and the replay cache its proofs go to.
+#[derive(Debug, Clone, Copy)]
+pub struct Proved<'a> {
+    /// The proof (or why none is needed).
+    pub possession: pop::Possession<'a>,
+    /// Where proofs are remembered.
+    pub cache: &'a pop::ReplayCache,
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use mandate_core::timestamp::UnixTime;
 use serde_json::{Value, json};
 
 use crate::client::{AuthorityClient, ClientError, run_poller};
-use crate::replica::{Replica, decide_with};
+use crate::replica::{Proved, Replica, decide_with};
+use mandate_core::pop::{Possession, ReplayCache, make_proof};
 
 /// Why the mission ended (or paused), as the runtime is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,7 @@ pub struct AgentRuntime {
     replica: Arc<Replica>,
     stop: Arc<AtomicBool>,
     listeners: Arc<Mutex<Vec<Listener>>>,
+    replay: ReplayCache,
 }
 
 impl std::fmt::Debug for AgentRuntime {
@@ -47,6 +49,14 @@ impl std::fmt::Debug for AgentRuntime {
             .field("holder", &self.holder)
             .finish_non_exhaustive()
     }
+}
+
+/// A fresh `jti`: 128 random bits, hex.
+#[must_use]
+pub fn random_jti() -> String {
+    let mut b = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    hex::encode(b)
 }
 
 fn now() -> UnixTime {
@@ -77,9 +87,18 @@ impl AgentRuntime {
         let keys = enforcer.keys()?;
         let issuer = enforcer.issuer()?;
         let verifier = Verifier::new(keys.clone()).with_issuer(issuer.clone());
-        verifier
+        let chain = verifier
             .verify(mandate)
             .map_err(|e| ClientError(format!("mandate: {e}")))?;
+        // The runtime decides its own calls as the holder: it must hold the
+        // key the leaf binds, or it could not prove possession anywhere.
+        let bound = chain.holder_key().map(|k| k.to_jwk().thumbprint());
+        let held = holder.public_jwk().thumbprint();
+        if bound.as_deref() != Some(held.as_str()) {
+            return Err(ClientError(
+                "holder key: not the key the mandate binds (agent.cnf.jwk)".into(),
+            ));
+        }
         let replica = Arc::new(Replica::new(keys, &issuer, staleness));
         let (stream, aud) = enforcer.create_stream(None)?;
         replica.set_audience(&aud);
@@ -105,6 +124,7 @@ impl AgentRuntime {
             replica,
             stop,
             listeners: Arc::new(Mutex::new(Vec::new())),
+            replay: ReplayCache::new(1),
         };
         rt.watch();
         Ok(rt)
@@ -133,12 +153,35 @@ impl AgentRuntime {
             }
             _ => request,
         };
+        // Possession was established at `connect`: this runtime holds the
+        // leaf's key.
         decide_with(
             &self.verifier,
             &self.replica,
             &mandate,
             request,
             None,
+            &Proved {
+                possession: Possession::Held,
+                cache: &self.replay,
+            },
+            now(),
+        )
+    }
+
+    /// A DPoP proof (RFC 9449) for one HTTP request this agent is about to
+    /// make with its mandate (to a gateway, or for the authority's token
+    /// endpoint): signed with the holder key, fresh `jti`, `iat` now. Send it
+    /// as the `DPoP` header beside `Mandate`; `access_token`, when the
+    /// request also carries one, is named by its hash (`ath`).
+    #[must_use]
+    pub fn proof(&self, method: &str, url: &str, access_token: Option<&str>) -> String {
+        make_proof(
+            &self.holder,
+            method,
+            url,
+            access_token,
+            &random_jti(),
             now(),
         )
     }

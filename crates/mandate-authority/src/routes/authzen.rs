@@ -11,6 +11,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use mandate_core::decision::{Decision, Obligation, decide};
+use mandate_core::pop;
 use mandate_core::request::EvaluationRequest;
 use mandate_core::timestamp::UnixTime;
 use rusqlite::OptionalExtension as _;
@@ -43,11 +44,41 @@ fn multi_threaded() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+/// Checks the DPoP proof the enforcement point passed in `context`. The
+/// evaluations of one batch answer one request the enforcement point
+/// received, so they share its proof: admitted to the replay cache once,
+/// at its first use in the batch (`batch` holds what this batch admitted).
+fn check_pop(
+    s: &AppState,
+    chain: &mandate_core::chain::VerifiedChain,
+    req: &EvaluationRequest,
+    token: Option<&str>,
+    now: UnixTime,
+    batch: &mut Vec<String>,
+) -> Option<pop::PopError> {
+    let possession = pop::from_context(req, token);
+    if let pop::Possession::Proof {
+        proof: Some(proof),
+        target,
+    } = &possession
+        && batch.iter().any(|p| p == proof)
+    {
+        let holder = chain.holder_key()?;
+        return pop::verify_proof(holder, proof, target, now).err();
+    }
+    let failure = pop::check(chain, &possession, &s.replay, now);
+    if let (None, pop::Possession::Proof { proof: Some(p), .. }) = (&failure, &possession) {
+        batch.push((*p).to_owned());
+    }
+    failure
+}
+
 /// Decides one request for the caller's tenant and audits it.
 async fn evaluate_one(
     s: &AppState,
     caller: &Caller,
     req: &EvaluationRequest,
+    batch: &mut Vec<String>,
 ) -> Result<Value, ApiError> {
     let started = Instant::now();
     let props = subject_props(req);
@@ -73,7 +104,13 @@ async fn evaluate_one(
                 r.get(&caller.tenant, chain.root().id().as_str())
                     .map(|_| r.snapshot(&caller.tenant))
             })?;
-            match snapshot {
+            // The enforcement point passes the DPoP proof it received, with
+            // the method and URL it was sent for; checked for known roots only.
+            let pop_failure = match (&snapshot, s.config.proof_of_possession) {
+                (Some(_), pop::Mode::Required) => check_pop(s, &chain, req, token, now, batch),
+                _ => None,
+            };
+            let decided = match snapshot {
                 // A decision whose conditions iterate may take up to the
                 // evaluation budget: not on an async worker.
                 Some(snap) if chain.iterates() && multi_threaded() => {
@@ -86,7 +123,12 @@ async fn evaluate_one(
                     chain: chain.ids(),
                     obligations: Vec::new(),
                 },
+            };
+            let mut decided = decided;
+            if let Some(e) = pop_failure {
+                decided.deny_also(e.code());
             }
+            decided
         }
         Err(e) => Decision::from_chain_error(&e),
     };
@@ -175,7 +217,9 @@ pub async fn evaluation(
     caller.require(&[Role::Enforcer])?;
     let req: EvaluationRequest = parse_body(&body)?;
     check_subject(&req).map_err(ApiError::bad_request)?;
-    evaluate_one(&s, &caller, &req).await.map(Json)
+    evaluate_one(&s, &caller, &req, &mut Vec::new())
+        .await
+        .map(Json)
 }
 
 /// AuthZEN 1.0 requires a subject with a `type` and an `id` (strings): a
@@ -249,11 +293,14 @@ pub async fn evaluations(
         let req: EvaluationRequest =
             serde_json::from_value(single).map_err(|e| ApiError::bad_request(e.to_string()))?;
         check_subject(&req).map_err(ApiError::bad_request)?;
-        return evaluate_one(&s, &caller, &req).await.map(Json);
+        return evaluate_one(&s, &caller, &req, &mut Vec::new())
+            .await
+            .map(Json);
     }
     let defaults = json!({"subject": batch.subject, "action": batch.action, "resource": batch.resource, "context": batch.context});
     let items = batch.evaluations;
     let mut out = Vec::new();
+    let mut proofs = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let mut merged = defaults.clone();
         if let Some(obj) = merged.as_object_mut() {
@@ -266,7 +313,7 @@ pub async fn evaluations(
             .map_err(|e| e.to_string())
             .and_then(|req| check_subject(&req).map(|()| req))
         {
-            Ok(req) => evaluate_one(&s, &caller, &req).await?,
+            Ok(req) => evaluate_one(&s, &caller, &req, &mut proofs).await?,
             Err(e) => {
                 // Answered with a deny, so audited and counted like one.
                 let message = format!("evaluations[{i}]: {e}");

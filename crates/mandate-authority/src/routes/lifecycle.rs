@@ -451,7 +451,8 @@ pub async fn discovery(
         agent: mandate_core::model::Agent {
             id: m.claims.agent.id.clone(),
             instance: m.claims.agent.instance.clone(),
-            cnf: None,
+            // The same holder proves possession with the same key.
+            cnf: m.claims.agent.cnf.clone(),
         },
         authorization_details: vec![AuthorizationDetail {
             type_: req.type_.clone(),

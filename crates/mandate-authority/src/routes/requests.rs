@@ -127,6 +127,17 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(&[Role::Agent])?;
     let req: MandateRequest = parse_body(&body)?;
+    // Every use needs a proof by the holder key: a mandate binding none
+    // could never be used, so it is not asked for.
+    if s.config.proof_of_possession == mandate_core::pop::Mode::Required {
+        let cnf = req.agent.cnf.as_ref().ok_or_else(|| {
+            ApiError::bad_request(
+                "agent.cnf.jwk: missing (every use of a mandate is proved with the holder key it binds)",
+            )
+        })?;
+        mandate_core::keys::VerifyingKey::from_jwk(&cnf.jwk)
+            .map_err(|e| ApiError::bad_request(format!("agent.cnf.jwk: {e}")))?;
+    }
     // Validate now, as the mandate it would become: refuse what could never be issued.
     let probe = req.claims(
         &s.issuer,

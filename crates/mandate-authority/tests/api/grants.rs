@@ -300,7 +300,7 @@ fn a_revocation_cascades_to_a_child_derived_offline_and_registered() {
     );
     let (id, root) = grant(&s, &c, &procurement_request("vp@acme.example"));
     let spec: mandate_core::chain::ChildSpec = serde_json::from_value(json!({
-        "agent": {"id": "urn:agent:procurement/search@1", "instance": "inst-s"},
+        "agent": {"id": "urn:agent:procurement/search@1", "instance": "inst-s", "cnf": {"jwk": agent_key().public_jwk()}},
         "authorization_details": [{"type": "vendor_portal", "locations": ["https://vendor-portal.example.com/search"],
             "resource": {"category": "logistics", "region": "north-america"}, "actions": ["search"],
             "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}],
@@ -618,8 +618,9 @@ fn a_batch_of_evaluations_follows_its_semantics() {
         &json!({"procurement": {"contingency_program": {"status": "active"}}}),
     );
     let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
-    let base = search_request(&mandate);
     let batch = |semantic: &str| {
+        // One request at the enforcement point, so one proof for the batch.
+        let base = as_leaf(search_request(&mandate));
         json!({
             "subject": base["subject"], "resource": base["resource"], "context": base["context"],
             "evaluations": [{"action": {"name": "delete_vendor"}}, {"action": {"name": "search"}}, {"action": {"name": "view_profile"}}],

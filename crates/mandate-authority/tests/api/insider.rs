@@ -7,7 +7,7 @@ use crate::support::*;
 
 fn child_spec(id: &str, instance: &str) -> mandate_core::chain::ChildSpec {
     serde_json::from_value(json!({
-        "agent": {"id": id, "instance": instance},
+        "agent": {"id": id, "instance": instance, "cnf": {"jwk": agent_key().public_jwk()}},
         "authorization_details": [{"type": "vendor_portal", "locations": ["https://vendor-portal.example.com/search"],
             "resource": {"category": "logistics", "region": "north-america"}, "actions": ["search"],
             "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}],
@@ -57,7 +57,11 @@ fn a_sub_agent_presenting_its_ancestor_alone_gets_nothing() {
     );
     assert_eq!(st, 200);
     assert_eq!(d["decision"], false);
-    assert_eq!(reasons(&d), ["agent_instance_mismatch", "agent_mismatch"]);
+    // (Nor can it prove it holds the root's key.)
+    assert_eq!(
+        reasons(&d),
+        ["agent_instance_mismatch", "agent_mismatch", "pop_missing"]
+    );
     // Saying nothing about who acts is no way around it.
     let mut anonymous = search_request(&root);
     anonymous["context"] = json!({});
@@ -67,7 +71,7 @@ fn a_sub_agent_presenting_its_ancestor_alone_gets_nothing() {
         Some(&c.enforcer),
         Some(&anonymous),
     );
-    assert_eq!(reasons(&d), ["agent_instance_missing"]);
+    assert_eq!(reasons(&d), ["agent_instance_missing", "pop_missing"]);
     // Its own chain works.
     assert_eq!(decide(&s, &c, &search_request(&child))["decision"], true);
 }
@@ -556,7 +560,7 @@ fn authzen_answers_echo_the_request_id_and_a_batch_without_items_is_one_evaluati
         "POST",
         "/access/v1/evaluations",
         Some(&c.enforcer),
-        Some(&search_request(&mandate)),
+        Some(&as_leaf(search_request(&mandate))),
     );
     assert_eq!(st, 200, "{d}");
     assert_eq!(d["decision"], true, "{d}");

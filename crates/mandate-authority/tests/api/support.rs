@@ -239,8 +239,39 @@ pub fn as_leaf(mut req: Value) -> Value {
         if req["context"]["agent_instance"].is_null() {
             req["context"]["agent_instance"] = json!(leaf.claims.agent.instance);
         }
+        // The enforcement point passes the holder's DPoP proof for the call
+        // it received (here: a GET of the resource's URL), when the leaf's
+        // holder is the test agent.
+        let holds = leaf.claims.agent.cnf.as_ref().map(|c| c.jwk.thumbprint())
+            == Some(agent_key().public_jwk().thumbprint());
+        if holds && req["context"]["dpop"].is_null() {
+            let htu = req["resource"]["id"]
+                .as_str()
+                .unwrap_or("https://pep.example/")
+                .to_owned();
+            let token = req["subject"]["properties"]["access_token"]
+                .as_str()
+                .map(str::to_owned);
+            req["context"]["htm"] = json!("GET");
+            req["context"]["htu"] = json!(htu);
+            req["context"]["dpop"] = json!(proof("GET", &htu, token.as_deref()));
+        }
     }
     req
+}
+
+/// A fresh DPoP proof by the test agent's holder key.
+pub fn proof(htm: &str, htu: &str, token: Option<&str>) -> String {
+    let mut jti = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut jti);
+    let now = mandate_core::timestamp::UnixTime::from_secs(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    )
+    .unwrap();
+    mandate_core::pop::make_proof(&agent_key(), htm, htu, token, &hex::encode(jti), now)
 }
 
 /// The current time, RFC 3339 (events that happen now).

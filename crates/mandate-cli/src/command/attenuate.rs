@@ -20,6 +20,10 @@ pub struct Args {
     /// extra `conditions`, `lifecycle`, `delegation` (and optionally `mandate_id`, `token_binding`).
     #[arg(long)]
     claims: String,
+    /// The child holder's public JWK, bound as the child's `agent.cnf.jwk`
+    /// (the key the sub-agent proves possession with).
+    #[arg(long)]
+    child_holder: Option<String>,
     /// Issue time (RFC 3339; default now).
     #[arg(long)]
     at: Option<String>,
@@ -29,7 +33,13 @@ pub struct Args {
 pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
     let parent = io::mandate_arg(&a.parent)?;
     let key = io::signing_key(&a.holder_key)?;
-    let spec: ChildSpec = io::read_json(&a.claims)?;
+    let mut spec: ChildSpec = io::read_json(&a.claims)?;
+    if let Some(path) = &a.child_holder {
+        let jwk: mandate_core::keys::PublicJwk = io::read_json(path)?;
+        mandate_core::keys::VerifyingKey::from_jwk(&jwk)
+            .map_err(|e| CliError::input("invalid_input", format!("{path}: {e}")))?;
+        spec.agent.cnf = Some(mandate_core::model::Confirmation { jwk });
+    }
     let now = io::time_arg(a.at.as_deref())?;
     let id = match &spec.mandate_id {
         Some(id) => id.clone(),

@@ -2,6 +2,7 @@
 
 pub mod attenuate;
 pub mod audit;
+pub mod dpop;
 pub mod evaluate;
 pub mod gateway;
 pub mod inspect;

@@ -1,0 +1,569 @@
+//! Proof of possession: the agent using a mandate proves, on every use, that
+//! it holds the private key the leaf binds (`agent.cnf.jwk`). The proof is a
+//! DPoP proof JWT (RFC 9449): a fresh JWS over the HTTP method (`htm`) and
+//! URL (`htu`) of the one request it accompanies, with a unique `jti` and an
+//! `iat`, signed with the holder key. Whoever copies the mandate string (a
+//! log line, a prompt-injected tool) cannot use it without the key.
+//!
+//! | code | when |
+//! | --- | --- |
+//! | `pop_missing` | no proof came with the mandate |
+//! | `pop_invalid` | not a DPoP proof, signed by another key than the leaf's, for another method or URL, or naming another access token (`ath`) |
+//! | `pop_stale` | its `iat` is more than [`PROOF_MAX_AGE_SECS`] old or more than [`PROOF_FUTURE_SECS`] ahead |
+//! | `pop_replayed` | its `jti` was already seen for this key (within the window), or the replay cache is full |
+//! | `holder_key_missing` | the leaf binds no holder key, so nothing can be proved |
+//!
+//! The key the proof is verified with is the leaf's, never the header's:
+//! the header's `jwk` must be that same key, and the algorithm is the key's.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::chain::VerifiedChain;
+use crate::hash::{sha256, sha256_b64};
+use crate::jws::{self, DPOP_TYP};
+use crate::keys::{Algorithm, PublicJwk, SigningKey, VerifyingKey};
+use crate::request::EvaluationRequest;
+use crate::timestamp::UnixTime;
+
+/// The oldest a proof may be when it is checked.
+pub const PROOF_MAX_AGE_SECS: i64 = 60;
+/// How far ahead of the checker's clock a proof's `iat` may be (skew).
+pub const PROOF_FUTURE_SECS: i64 = 10;
+/// The longest `jti` accepted.
+pub const MAX_JTI_BYTES: usize = 256;
+/// The default capacity of a [`ReplayCache`].
+pub const DEFAULT_REPLAY_CAPACITY: usize = 200_000;
+
+/// Why a proof of possession was refused. Each has a stable [`code`](PopError::code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PopError {
+    /// No proof.
+    #[error("no DPoP proof came with the mandate")]
+    Missing,
+    /// The leaf binds no key.
+    #[error("the leaf mandate binds no holder key (agent.cnf.jwk)")]
+    NoHolderKey,
+    /// Not a valid proof for this key and request.
+    #[error("DPoP proof: {0}")]
+    Invalid(String),
+    /// Outside the time window.
+    #[error("DPoP proof: iat is outside the accepted window")]
+    Stale,
+    /// Seen before.
+    #[error("DPoP proof: jti was already used")]
+    Replayed,
+}
+
+impl PopError {
+    /// The stable reason code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            PopError::Missing => "pop_missing",
+            PopError::NoHolderKey => "holder_key_missing",
+            PopError::Invalid(_) => "pop_invalid",
+            PopError::Stale => "pop_stale",
+            PopError::Replayed => "pop_replayed",
+        }
+    }
+}
+
+/// The request a proof must be for.
+#[derive(Debug, Clone, Copy)]
+pub struct ProofTarget<'a> {
+    /// The HTTP method (`GET`), compared exactly.
+    pub htm: &'a str,
+    /// The URL, compared without query and fragment, scheme and host in
+    /// lower case, default port removed.
+    pub htu: &'a str,
+    /// The access token presented with it, if any: the proof's `ath` must be
+    /// its SHA-256.
+    pub access_token: Option<&'a str>,
+    /// The server nonce the proof must carry, when the server issued one.
+    pub nonce: Option<&'a str>,
+}
+
+/// What a verified proof said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    /// Its unique id.
+    pub jti: String,
+    /// When it was made.
+    pub iat: i64,
+    /// The RFC 7638 thumbprint of the key that made it.
+    pub jkt: String,
+}
+
+#[derive(Deserialize)]
+struct ProofClaims {
+    jti: String,
+    htm: String,
+    htu: String,
+    iat: Value,
+    #[serde(default)]
+    ath: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+/// Normalises a URL the way RFC 9449 §4.3 compares `htu`: no query, no
+/// fragment; the `url` crate lower-cases scheme and host and drops a
+/// default port.
+///
+/// # Errors
+/// When it is not an absolute http(s) URL.
+pub fn normalize_htu(u: &str) -> Result<String, String> {
+    let mut url = url::Url::parse(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("`{u}` is not an http(s) URL"));
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url.into())
+}
+
+fn same_key(a: &PublicJwk, b: &PublicJwk) -> bool {
+    a.kty == b.kty && a.crv == b.crv && a.x == b.x && a.y == b.y
+}
+
+/// Verifies `proof` against the holder key and the request it must be for,
+/// at `now`. Does not consult a replay cache (see [`ReplayCache`]).
+///
+/// # Errors
+/// See [`PopError`].
+pub fn verify_proof(
+    holder: &VerifyingKey,
+    proof: &str,
+    target: &ProofTarget<'_>,
+    now: UnixTime,
+) -> Result<Proof, PopError> {
+    let allowed = [holder.algorithm()].into();
+    let d = jws::decode_dpop(proof, &allowed).map_err(|e| PopError::Invalid(e.to_string()))?;
+    let holder_jwk = holder.to_jwk();
+    let named = d
+        .jwk
+        .as_ref()
+        .ok_or_else(|| PopError::Invalid("header: `jwk` missing".into()))?;
+    if !same_key(named, &holder_jwk) {
+        return Err(PopError::Invalid(
+            "signed by a key other than the one the mandate binds (agent.cnf.jwk)".into(),
+        ));
+    }
+    if !holder.verify(d.signing_input.as_bytes(), &d.signature) {
+        return Err(PopError::Invalid("signature does not verify".into()));
+    }
+    let claims: ProofClaims = serde_json::from_slice(&d.payload)
+        .map_err(|e| PopError::Invalid(format!("claims: {e}")))?;
+    if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_BYTES {
+        return Err(PopError::Invalid(format!(
+            "jti: must be 1 to {MAX_JTI_BYTES} bytes"
+        )));
+    }
+    if claims.htm != target.htm {
+        return Err(PopError::Invalid(format!(
+            "htm: `{}` is not this request's method `{}`",
+            claims.htm, target.htm
+        )));
+    }
+    let expected = normalize_htu(target.htu).map_err(|e| PopError::Invalid(format!("htu: {e}")))?;
+    let proved = normalize_htu(&claims.htu).map_err(|e| PopError::Invalid(format!("htu: {e}")))?;
+    if proved != expected {
+        return Err(PopError::Invalid(format!(
+            "htu: `{proved}` is not this request's URL `{expected}`"
+        )));
+    }
+    match (target.access_token, &claims.ath) {
+        (Some(token), Some(ath)) => {
+            let digest = sha256(token.as_bytes());
+            let named = crate::hash::b64_decode_32(ath).unwrap_or([0; 32]);
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &named[..])) {
+                return Err(PopError::Invalid(
+                    "ath: not the hash of the access token presented".into(),
+                ));
+            }
+        }
+        (Some(_), None) => {
+            return Err(PopError::Invalid(
+                "ath: missing (a proof sent with an access token names it)".into(),
+            ));
+        }
+        (None, _) => {}
+    }
+    if let Some(nonce) = target.nonce
+        && claims.nonce.as_deref() != Some(nonce)
+    {
+        return Err(PopError::Invalid(
+            "nonce: missing or not the server's".into(),
+        ));
+    }
+    let iat = match &claims.iat {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            .ok_or_else(|| PopError::Invalid("iat: not a NumericDate".into()))?,
+        _ => return Err(PopError::Invalid("iat: missing or not a number".into())),
+    };
+    let now = now.secs();
+    if iat < now.saturating_sub(PROOF_MAX_AGE_SECS) || iat > now.saturating_add(PROOF_FUTURE_SECS) {
+        return Err(PopError::Stale);
+    }
+    Ok(Proof {
+        jti: claims.jti,
+        iat,
+        jkt: holder_jwk.thumbprint(),
+    })
+}
+
+/// Seen proofs, so each is accepted once. Bounded: an entry lives only as
+/// long as its proof could still be accepted; when the cache is full of live
+/// entries a new proof is refused (`pop_replayed`), never admitted unchecked.
+#[derive(Debug)]
+pub struct ReplayCache {
+    inner: Mutex<Seen>,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    keys: HashSet<[u8; 32]>,
+    order: VecDeque<(i64, [u8; 32])>,
+}
+
+impl Default for ReplayCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_REPLAY_CAPACITY)
+    }
+}
+
+impl ReplayCache {
+    /// A cache for at most `capacity` live proofs.
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Seen::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Records the proof; `Err(Replayed)` when its `jti` was seen for this
+    /// key within the window (or the cache is full of live proofs).
+    ///
+    /// # Errors
+    /// [`PopError::Replayed`].
+    pub fn admit(&self, proof: &Proof, now: UnixTime) -> Result<(), PopError> {
+        let mut material = Vec::with_capacity(proof.jkt.len() + 1 + proof.jti.len());
+        material.extend_from_slice(proof.jkt.as_bytes());
+        material.push(0);
+        material.extend_from_slice(proof.jti.as_bytes());
+        let key = sha256(&material);
+        let now = now.secs();
+        let mut seen = self.inner.lock().map_err(|_| PopError::Replayed)?;
+        while let Some(&(expires, k)) = seen.order.front() {
+            if expires >= now {
+                break;
+            }
+            seen.order.pop_front();
+            seen.keys.remove(&k);
+        }
+        if seen.keys.contains(&key) {
+            return Err(PopError::Replayed);
+        }
+        if seen.keys.len() >= self.capacity {
+            return Err(PopError::Replayed);
+        }
+        seen.keys.insert(key);
+        // Kept until the proof could no longer be accepted, whatever its iat.
+        let expires = now
+            .max(proof.iat)
+            .saturating_add(PROOF_MAX_AGE_SECS + PROOF_FUTURE_SECS);
+        seen.order.push_back((expires, key));
+        Ok(())
+    }
+
+    /// How many proofs are remembered.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|s| s.keys.len()).unwrap_or(0)
+    }
+
+    /// Whether none is.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether an enforcement point requires proof of possession (a setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every use of a mandate carries a DPoP proof by the leaf's holder key.
+    #[default]
+    Required,
+    /// Development only: the mandate alone is enough, so whoever copies it
+    /// can use it. Logged loudly at start.
+    Bearer,
+}
+
+/// How an enforcement point establishes that the caller holds the leaf's key.
+#[derive(Debug, Clone, Copy)]
+pub enum Possession<'a> {
+    /// A DPoP proof (or none, which denies `pop_missing`) for this request.
+    Proof {
+        /// The proof as received.
+        proof: Option<&'a str>,
+        /// What it must be for.
+        target: ProofTarget<'a>,
+    },
+    /// The checker is the holder itself (the SDK deciding its own calls,
+    /// having checked at start that its key is the one the leaf binds).
+    Held,
+    /// Development only, loudly logged by whoever chooses it: no proof.
+    Bearer,
+}
+
+/// Checks possession for `chain`'s leaf: verifies the proof and admits it
+/// to the replay cache. The reason code when it fails.
+#[must_use]
+pub fn check(
+    chain: &VerifiedChain,
+    possession: &Possession<'_>,
+    cache: &ReplayCache,
+    now: UnixTime,
+) -> Option<PopError> {
+    let (proof, target) = match possession {
+        Possession::Held | Possession::Bearer => return None,
+        Possession::Proof { proof, target } => (proof, target),
+    };
+    let Some(holder) = chain.holder_key() else {
+        return Some(PopError::NoHolderKey);
+    };
+    let Some(proof) = proof else {
+        return Some(PopError::Missing);
+    };
+    match verify_proof(holder, proof, target, now) {
+        Ok(p) => cache.admit(&p, now).err(),
+        Err(e) => Some(e),
+    }
+}
+
+/// The proof an AuthZEN request carries for its enforcement point:
+/// `context.dpop`, with the method and URL it was checked against
+/// (`context.htm`, `context.htu`).
+#[must_use]
+pub fn from_context<'a>(request: &'a EvaluationRequest, token: Option<&'a str>) -> Possession<'a> {
+    let get = |k: &str| request.context.get(k).and_then(Value::as_str);
+    Possession::Proof {
+        proof: get("dpop"),
+        target: ProofTarget {
+            htm: get("htm").unwrap_or_default(),
+            htu: get("htu").unwrap_or_default(),
+            access_token: token,
+            nonce: None,
+        },
+    }
+}
+
+/// Makes a DPoP proof with the holder key for one request (what an agent
+/// runtime does before each call). `jti` must be unique (random);
+/// `access_token` adds `ath`.
+#[must_use]
+pub fn make_proof(
+    holder: &SigningKey,
+    htm: &str,
+    htu: &str,
+    access_token: Option<&str>,
+    jti: &str,
+    now: UnixTime,
+) -> String {
+    let mut jwk = serde_json::to_value(holder.public_jwk()).unwrap_or_default();
+    if let Some(o) = jwk.as_object_mut() {
+        // The key is named by its value; `kid`, `alg` and `use` add nothing.
+        o.remove("kid");
+        o.remove("alg");
+        o.remove("use");
+    }
+    let header = serde_json::json!({
+        "typ": DPOP_TYP,
+        "alg": holder.algorithm().as_str(),
+        "jwk": jwk,
+    });
+    let mut claims = serde_json::json!({
+        "jti": jti, "htm": htm, "htu": htu, "iat": now.secs(),
+    });
+    if let (Some(t), Some(o)) = (access_token, claims.as_object_mut()) {
+        o.insert("ath".into(), Value::String(sha256_b64(t.as_bytes())));
+    }
+    let mut out = B64.encode(header.to_string());
+    out.push('.');
+    out.push_str(&B64.encode(claims.to_string()));
+    let sig = holder.sign(out.as_bytes());
+    out.push('.');
+    out.push_str(&B64.encode(sig));
+    out
+}
+
+/// The algorithms a DPoP proof may use here.
+pub const DPOP_ALGORITHMS: [Algorithm; 2] = [Algorithm::EdDSA, Algorithm::ES256];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_seed(Algorithm::EdDSA, [seed; 32])
+    }
+
+    fn at(secs: i64) -> UnixTime {
+        UnixTime::from_secs(secs).unwrap_or(UnixTime::EPOCH)
+    }
+
+    fn target(htm: &'static str, htu: &'static str) -> ProofTarget<'static> {
+        ProofTarget {
+            htm,
+            htu,
+            access_token: None,
+            nonce: None,
+        }
+    }
+
+    fn holder(k: &SigningKey) -> VerifyingKey {
+        k.verifying_key().unwrap_or_else(|_| unreachable!())
+    }
+
+    #[test]
+    fn a_proof_by_the_holder_for_this_request_is_accepted_once() {
+        let k = key(1);
+        let p = make_proof(&k, "GET", "https://gw.example/a?q=1", None, "j1", at(1000));
+        let got = verify_proof(
+            &holder(&k),
+            &p,
+            &target("GET", "https://GW.example:443/a"),
+            at(1010),
+        );
+        let proof = got.unwrap_or_else(|e| panic!("{e}"));
+        let cache = ReplayCache::new(10);
+        assert_eq!(cache.admit(&proof, at(1010)), Ok(()));
+        assert_eq!(cache.admit(&proof, at(1011)), Err(PopError::Replayed));
+    }
+
+    #[test]
+    fn a_proof_for_another_method_url_key_or_time_is_refused() {
+        let k = key(1);
+        let p = make_proof(&k, "GET", "https://gw.example/a", None, "j", at(1000));
+        let h = holder(&k);
+        let code = |r: Result<Proof, PopError>| r.err().map(|e| e.code());
+        assert_eq!(
+            code(verify_proof(
+                &h,
+                &p,
+                &target("POST", "https://gw.example/a"),
+                at(1000)
+            )),
+            Some("pop_invalid")
+        );
+        assert_eq!(
+            code(verify_proof(
+                &h,
+                &p,
+                &target("GET", "https://gw.example/b"),
+                at(1000)
+            )),
+            Some("pop_invalid")
+        );
+        assert_eq!(
+            code(verify_proof(
+                &holder(&key(2)),
+                &p,
+                &target("GET", "https://gw.example/a"),
+                at(1000)
+            )),
+            Some("pop_invalid")
+        );
+        assert_eq!(
+            code(verify_proof(
+                &h,
+                &p,
+                &target("GET", "https://gw.example/a"),
+                at(1061)
+            )),
+            Some("pop_stale")
+        );
+        assert_eq!(
+            code(verify_proof(
+                &h,
+                &p,
+                &target("GET", "https://gw.example/a"),
+                at(989)
+            )),
+            Some("pop_stale")
+        );
+        let with_token = ProofTarget {
+            access_token: Some("tok"),
+            ..target("GET", "https://gw.example/a")
+        };
+        assert_eq!(
+            code(verify_proof(&h, &p, &with_token, at(1000))),
+            Some("pop_invalid")
+        );
+        let bound = make_proof(
+            &k,
+            "GET",
+            "https://gw.example/a",
+            Some("tok"),
+            "j",
+            at(1000),
+        );
+        assert_eq!(code(verify_proof(&h, &bound, &with_token, at(1000))), None);
+    }
+
+    #[test]
+    fn a_proof_whose_header_names_the_holder_key_but_is_signed_by_another_is_refused() {
+        let (holder_key, thief) = (key(1), key(2));
+        let honest = make_proof(
+            &holder_key,
+            "GET",
+            "https://gw.example/a",
+            None,
+            "j",
+            at(1000),
+        );
+        let forged = make_proof(&thief, "GET", "https://gw.example/a", None, "j", at(1000));
+        // The holder's header on the thief's payload and signature.
+        let mut parts = forged.splitn(2, '.');
+        let _ = parts.next();
+        let rest = parts.next().unwrap_or_default();
+        let head = honest.split('.').next().unwrap_or_default();
+        let spliced = format!("{head}.{rest}");
+        let r = verify_proof(
+            &holder(&holder_key),
+            &spliced,
+            &target("GET", "https://gw.example/a"),
+            at(1000),
+        );
+        assert_eq!(r.err().map(|e| e.code()), Some("pop_invalid"));
+    }
+
+    #[test]
+    fn the_replay_cache_forgets_only_what_could_no_longer_be_accepted_and_fails_closed_when_full() {
+        let cache = ReplayCache::new(2);
+        let p = |jti: &str, iat: i64| Proof {
+            jti: jti.into(),
+            iat,
+            jkt: "k".into(),
+        };
+        assert_eq!(cache.admit(&p("a", 100), at(100)), Ok(()));
+        assert_eq!(cache.admit(&p("b", 100), at(100)), Ok(()));
+        assert_eq!(cache.admit(&p("c", 100), at(100)), Err(PopError::Replayed));
+        // Past the window both are gone; "a" again is a new proof's jti but
+        // any proof carrying it would be stale by then anyway.
+        assert_eq!(cache.admit(&p("c", 171), at(171)), Ok(()));
+        assert_eq!(cache.len(), 1);
+    }
+}
