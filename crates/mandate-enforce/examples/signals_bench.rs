@@ -91,6 +91,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             spool_file: Some(dir.join(format!("{delivery:?}.spool"))),
             agent_instance_header: "mandate-agent-instance".into(),
             agent_header: "mandate-agent".into(),
+            proof_of_possession: mandate_core::pop::Mode::Required,
+            public_url: None,
             route: Vec::new(),
         };
         let gw = Gateway::start(cfg).map_err(|e| e.to_string())?;
@@ -239,6 +241,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|(_, e)| e.to_string())?,
     );
     let t = mandate_core::timestamp::UnixTime::from_secs(now_secs())?;
+    // Propagation is measured here, not possession: decided as the holder.
+    let cache = mandate_core::pop::ReplayCache::new(1);
+    let held = mandate_enforce::replica::Proved {
+        possession: mandate_core::pop::Possession::Held,
+        cache: &cache,
+    };
     let allowed = chains
         .iter()
         .filter(|c| {
@@ -248,6 +256,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 c,
                 &for_leaf(&read, c),
                 None,
+                &held,
                 t,
             )
             .allow
@@ -274,6 +283,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     c,
                     &for_leaf(&read, c),
                     None,
+                    &held,
                     t,
                 )
                 .allow

@@ -148,6 +148,22 @@ fn leaf_instance(mandate: &str) -> Option<String> {
     Some(chain.last()?.claims.agent.instance.clone())
 }
 
+/// The test agent's holder key (the one its requests bind).
+fn holder() -> mandate_core::keys::SigningKey {
+    mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [2; 32])
+}
+
+/// A header that keeps `http` from adding the agent's proof.
+const NO_PROOF: &str = "x-test-no-proof";
+
+/// A fresh DPoP proof by the test agent for `method url`.
+fn proof(method: &str, url: &str, token: Option<&str>) -> String {
+    let mut jti = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut jti);
+    let now = mandate_core::timestamp::UnixTime::from_secs(now_secs()).unwrap();
+    mandate_core::pop::make_proof(&holder(), method, url, token, &hex::encode(jti), now)
+}
+
 fn http(
     addr: SocketAddr,
     method: &str,
@@ -174,6 +190,37 @@ fn http(
             .and_then(|(_, m)| leaf_instance(m))
     {
         req.push_str(&format!("{INSTANCE}: {instance}\r\n"));
+    }
+    // ... and the holder's proof for this call, when the leaf binds the test
+    // agent's key (unless the test sends its own, or none).
+    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    let holds = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("mandate"))
+        .and_then(|(_, m)| mandate_core::chain::parse_unverified(m).ok())
+        .and_then(|c| c.last().and_then(|l| l.claims.agent.cnf.clone()))
+        .is_some_and(|cnf| cnf.jwk.thumbprint() == holder().public_jwk().thumbprint());
+    if holds && !has("dpop") && !has(NO_PROOF) {
+        let token = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| v.strip_prefix("Bearer "));
+        let (m, p) = match (
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("x-original-method")),
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("x-original-uri")),
+        ) {
+            (Some((_, m)), Some((_, u))) => (m.clone(), u.clone()),
+            _ => (method.to_owned(), path.to_owned()),
+        };
+        let p = p.split('?').next().unwrap_or_default();
+        req.push_str(&format!(
+            "DPoP: {}\r\n",
+            proof(&m, &format!("http://{addr}{p}"), token)
+        ));
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -239,6 +286,8 @@ fn start_gateway(
         spool_file: Some(dir.join("gateway.spool")),
         agent_instance_header: "mandate-agent-instance".into(),
         agent_header: "mandate-agent".into(),
+        proof_of_possession: mandate_core::pop::Mode::Required,
+        public_url: None,
         route: vec![
             RouteConfig {
                 method: "GET".into(),
@@ -277,7 +326,7 @@ fn start_gateway(
 fn pr_request(pr: u32) -> Value {
     json!({
         "principal": "vp@acme.example",
-        "agent": {"id": "urn:agent:code/pr-watcher@1.0", "instance": "inst-1"},
+        "agent": {"id": "urn:agent:code/pr-watcher@1.0", "instance": "inst-1", "cnf": {"jwk": holder().public_jwk()}},
         "purpose": {"objective": format!("Watch PR #{pr} and announce its merge"), "business_context": "Release 4.2"},
         "authorization_details": [{"type": "github_pull_request", "locations": ["https://api.github.com/repos/acme/app"],
             "resource": {"repo": "acme/app", "number": pr}, "actions": ["read"]}],
@@ -715,7 +764,7 @@ fn the_sdk_checks_delegates_discovers_and_is_told_when_the_mission_ends() {
 
     // Delegation: within the mandate it is derived and registered; beyond it, refused naming the dimension.
     let spec: mandate_core::chain::ChildSpec = serde_json::from_value(json!({
-        "agent": {"id": "urn:agent:procurement/search@1", "instance": "inst-s"},
+        "agent": {"id": "urn:agent:procurement/search@1", "instance": "inst-s", "cnf": {"jwk": self::holder().public_jwk()}},
         "authorization_details": [{"type": "vendor_portal", "locations": ["https://vendor-portal.example.com/search"],
             "resource": {"category": "logistics", "region": "north-america"}, "actions": ["search"],
             "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}],
@@ -788,3 +837,6 @@ fn now_rfc3339() -> String {
 
 #[path = "e2e/insider.rs"]
 mod insider;
+
+#[path = "e2e/pop.rs"]
+mod pop;

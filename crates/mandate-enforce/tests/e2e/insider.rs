@@ -274,9 +274,13 @@ fn authority_reasons(
     pr: u32,
 ) -> Value {
     let enforcer = format!("Bearer {}", token(dir, "gateway-2", Role::Enforcer));
+    // As an enforcement point forwards it: with the agent's proof for the
+    // call it received.
+    let url = format!("https://pep.example/repos/acme/app/pulls/{pr}");
     let req = json!({
         "subject": {"type": "agent", "id": "urn:agent:code/pr-watcher@1.0", "properties": {"mandate": mandate, "access_token": "gho_still_valid"}},
-        "context": {"agent_instance": "inst-1"},
+        "context": {"agent_instance": "inst-1", "htm": "GET", "htu": url,
+            "dpop": proof("GET", &url, Some("gho_still_valid"))},
         "action": {"name": "read"},
         "resource": {"type": "github_pull_request", "id": format!("https://api.github.com/repos/acme/app/pulls/{pr}"),
             "properties": {"repo": "acme/app", "number": pr}}
