@@ -31,12 +31,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::binding;
-use crate::chain::{ChainError, VerifiedChain, Verifier};
+use crate::chain::{ChainError, VerifiedChain, VerifiedMandate, Verifier};
 use crate::condition::{Outcome, json_to_cel};
 use crate::constraint::Constraint;
 use crate::id::{ConditionId, MandateId};
 use crate::location::{Location, any_covers};
-use crate::model::{AuthorizationDetail, OnFailure};
+use crate::model::{AuthorizationDetail, MandateClaims, OnFailure};
 use crate::request::EvaluationRequest;
 use crate::state::{MandateState, StateSnapshot};
 use crate::timestamp::UnixTime;
@@ -131,6 +131,49 @@ impl Reasons {
     }
 }
 
+fn lifecycle<'a>(
+    mandates: impl IntoIterator<Item = &'a MandateClaims>,
+    state: &StateSnapshot,
+    now: UnixTime,
+    reasons: &mut Reasons,
+) {
+    for c in mandates {
+        if now >= c.lifecycle.hard_expiry || now >= c.exp {
+            reasons.add("expired");
+        }
+        if now < c.nbf || now.secs().saturating_add(IAT_LEEWAY_SECS) < c.iat.secs() {
+            reasons.add("not_yet_valid");
+        }
+        if let Some(r) = state.state(&c.mandate_id).reason() {
+            reasons.add(r);
+        }
+        if state.events().iter().any(|e| {
+            e.occurred_at.is_none_or(|at| at >= c.iat)
+                && c.lifecycle
+                    .terminal_events
+                    .iter()
+                    .any(|t| t.matches(&e.type_, e.subject.as_deref()))
+        }) {
+            reasons.add(MandateState::Completed.reason().unwrap_or("completed"));
+        }
+    }
+}
+
+/// Why these mandates (a chain, root first) are not all in force at `now`:
+/// expiry, validity time, recorded state, a terminal business event. Empty
+/// when every one is active. The part of [`decide`] that does not depend on
+/// the proposed action (what a token exchange or an introspection asks).
+#[must_use]
+pub fn not_in_force<'a>(
+    mandates: impl IntoIterator<Item = &'a MandateClaims>,
+    state: &StateSnapshot,
+    now: UnixTime,
+) -> Vec<String> {
+    let mut reasons = Reasons(Vec::new());
+    lifecycle(mandates, state, now, &mut reasons);
+    reasons.0
+}
+
 /// Decides one proposed action under a verified chain.
 #[must_use]
 pub fn decide(
@@ -144,27 +187,12 @@ pub fn decide(
     let mut obligations = Vec::new();
     let leaf = chain.leaf().claims();
 
-    for m in chain.mandates() {
-        let c = m.claims();
-        if now >= c.lifecycle.hard_expiry || now >= c.exp {
-            reasons.add("expired");
-        }
-        if now < c.nbf || now.secs().saturating_add(IAT_LEEWAY_SECS) < c.iat.secs() {
-            reasons.add("not_yet_valid");
-        }
-        if let Some(r) = state.state(m.id()).reason() {
-            reasons.add(r);
-        }
-        if state.events().iter().any(|e| {
-            e.occurred_at.is_none_or(|at| at >= c.iat)
-                && c.lifecycle
-                    .terminal_events
-                    .iter()
-                    .any(|t| t.matches(&e.type_, e.subject.as_deref()))
-        }) {
-            reasons.add(MandateState::Completed.reason().unwrap_or("completed"));
-        }
-    }
+    lifecycle(
+        chain.mandates().iter().map(VerifiedMandate::claims),
+        state,
+        now,
+        &mut reasons,
+    );
     if leaf.lifecycle.one_time && state.is_consumed(&leaf.mandate_id) {
         reasons.add("one_time_used");
     }

@@ -12,6 +12,7 @@ pub mod authzen;
 pub mod events;
 pub mod facts;
 pub mod lifecycle;
+pub mod oauth;
 pub mod ops;
 pub mod requests;
 pub mod ssf;
@@ -28,6 +29,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/.well-known/authzen-configuration",
             get(authzen::configuration),
         )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
+        .route("/oauth/token", post(oauth::token))
+        .route("/oauth/introspect", post(oauth::introspect))
         .route("/access/v1/evaluation", post(authzen::evaluation))
         .route("/access/v1/evaluations", post(authzen::evaluations))
         .route("/.well-known/ssf-configuration", get(ssf::configuration))
@@ -94,7 +101,9 @@ async fn echo_request_id(
 }
 
 /// Rejections produced by axum itself (413 body too large, 405, 415, ...)
-/// come as plain text; every error of this API is problem+json.
+/// come as plain text; every error of this API is problem+json, except the
+/// protocols' own JSON error shapes (OAuth's `{error, error_description}`,
+/// RFC 8935's `{err, description}`), which pass as they are.
 async fn problem_for_plain_errors(res: axum::response::Response) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     let status = res.status();
@@ -102,7 +111,11 @@ async fn problem_for_plain_errors(res: axum::response::Response) -> axum::respon
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/problem+json") || v.starts_with("text/html"));
+        .is_some_and(|v| {
+            v.starts_with("application/problem+json")
+                || v.starts_with("application/json")
+                || v.starts_with("text/html")
+        });
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return res;
     }

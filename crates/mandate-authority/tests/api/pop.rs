@@ -148,3 +148,281 @@ fn bearer_mode_is_an_explicit_setting_and_then_the_mandate_alone_is_enough() {
     let d = evaluate(&s, &c, &with_proof(&mandate, None));
     assert_eq!(d["decision"], true, "{d}");
 }
+
+// ---------------------------------------------------------------------------
+// Token exchange (RFC 8693) and introspection (RFC 7662).
+
+const TOKEN_URL: &str = "https://mandate.test/oauth/token";
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut f = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        f.append_pair(k, v);
+    }
+    f.finish()
+}
+
+/// Exchanges `mandate` with a proof by `dpop` (the holder's when `None`).
+fn exchange(
+    s: &Server,
+    mandate: &str,
+    extra: &[(&str, &str)],
+    dpop: Option<String>,
+) -> (u16, Value) {
+    let ty = if mandate.contains('~') {
+        "urn:mandate:params:oauth:token-type:mandate-chain"
+    } else {
+        "urn:ietf:params:oauth:token-type:jwt"
+    };
+    let mut pairs = vec![
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", mandate),
+        ("subject_token_type", ty),
+    ];
+    pairs.extend_from_slice(extra);
+    let proof = dpop.unwrap_or_else(|| proof("POST", TOKEN_URL, None));
+    s.raw(
+        "POST",
+        "/oauth/token",
+        &[("DPoP".into(), proof)],
+        &form(&pairs),
+    )
+}
+
+fn introspect(s: &Server, c: &Cast, token: &str) -> Value {
+    let (st, r) = s.raw(
+        "POST",
+        "/oauth/introspect",
+        &[("Authorization".into(), format!("Bearer {}", c.enforcer))],
+        &form(&[("token", token)]),
+    );
+    assert_eq!(st, 200, "{r}");
+    r
+}
+
+fn payload(jwt: &str) -> Value {
+    mandate_core::jws::unverified_payload(jwt).unwrap()
+}
+
+#[test]
+fn the_metadata_lists_the_token_and_introspection_endpoints() {
+    let s = Server::start("oauth-meta");
+    let (st, m) = s.call("GET", "/.well-known/oauth-authorization-server", None, None);
+    assert_eq!(st, 200);
+    assert_eq!(m["issuer"], "https://mandate.test");
+    assert_eq!(m["token_endpoint"], TOKEN_URL);
+    assert_eq!(
+        m["introspection_endpoint"],
+        "https://mandate.test/oauth/introspect"
+    );
+    assert_eq!(
+        m["grant_types_supported"],
+        json!(["urn:ietf:params:oauth:grant-type:token-exchange"])
+    );
+    assert_eq!(
+        m["dpop_signing_alg_values_supported"],
+        json!(["EdDSA", "ES256"])
+    );
+}
+
+#[test]
+fn a_mandate_is_exchanged_for_a_short_dpop_bound_token_that_dies_with_the_mission() {
+    let s = Server::start("oauth-exchange");
+    let c = Cast::new(&s);
+    let (id, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+
+    // Without a proof, or with another key's: refused.
+    let (st, e) = exchange(&s, &mandate, &[], Some(String::new()));
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_dpop_proof")),
+        "{e}"
+    );
+    let thief = SigningKey::from_seed(Algorithm::EdDSA, [9; 32]);
+    let forged = mandate_core::pop::make_proof(&thief, "POST", TOKEN_URL, None, "t", now());
+    let (st, e) = exchange(&s, &mandate, &[], Some(forged));
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_dpop_proof")),
+        "{e}"
+    );
+
+    let (st, t) = exchange(&s, &mandate, &[], None);
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(t["token_type"], "DPoP");
+    assert_eq!(
+        t["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    let token = t["access_token"].as_str().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["typ"], "at+jwt");
+    let claims = payload(token);
+    assert_eq!(claims["mandate_id"], json!(id));
+    assert_eq!(
+        claims["cnf"]["jkt"],
+        json!(agent_key().public_jwk().thumbprint())
+    );
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
+    assert!(exp > iat && exp - iat <= 300, "{claims}");
+    assert_eq!(claims["authorization_details"][0]["type"], "vendor_portal");
+
+    let active = introspect(&s, &c, token);
+    assert_eq!(active["active"], true, "{active}");
+    assert_eq!(active["mandate_id"], json!(id));
+
+    // Suspended: inactive at once, and no new token.
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/suspend"),
+        Some(&c.principal),
+        Some(&json!({})),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(introspect(&s, &c, token), json!({"active": false}));
+    let (st, e) = exchange(&s, &mandate, &[], None);
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+    assert!(
+        e["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("suspended"),
+        "{e}"
+    );
+    // Resumed: active again (its exp still bounds it).
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/resume"),
+        Some(&c.principal),
+        Some(&json!({})),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(introspect(&s, &c, token)["active"], true);
+    // The mission's terminal event: inactive, and no new token.
+    let (st, _) = s.call("POST", "/v1/events", Some(&c.events), Some(&json!({
+        "id": "crm-oauth-1", "type": "contingency_program.cancelled", "subject": "program:contingency-q4"
+    })));
+    assert_eq!(st, 202);
+    assert_eq!(introspect(&s, &c, token), json!({"active": false}));
+    let (st, e) = exchange(&s, &mandate, &[], None);
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+
+    // Another tenant's enforcer learns nothing about it.
+    let other = s.token(
+        "gateway-9",
+        mandate_authority::auth::Role::Enforcer,
+        "globex",
+    );
+    let (_, r) = s.raw(
+        "POST",
+        "/oauth/introspect",
+        &[("Authorization".into(), format!("Bearer {other}"))],
+        &form(&[("token", token)]),
+    );
+    assert_eq!(r, json!({"active": false}));
+}
+
+#[test]
+fn a_token_exchange_may_narrow_but_never_widen_and_a_revoked_mandate_gets_nothing() {
+    let s = Server::start("oauth-narrow");
+    let c = Cast::new(&s);
+    let (id, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let narrow = json!([{"type": "vendor_portal", "locations": ["https://vendor-portal.example.com/search"],
+        "resource": {"category": "logistics", "region": "north-america"}, "actions": ["search"],
+        "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}]).to_string();
+    let (st, t) = exchange(
+        &s,
+        &mandate,
+        &[
+            ("authorization_details", &narrow),
+            ("resource", "https://vendor-portal.example.com/search"),
+        ],
+        None,
+    );
+    assert_eq!(st, 200, "{t}");
+    let claims = payload(t["access_token"].as_str().unwrap());
+    assert_eq!(
+        claims["authorization_details"][0]["actions"],
+        json!(["search"])
+    );
+    assert_eq!(
+        claims["aud"],
+        json!(["https://vendor-portal.example.com/search"])
+    );
+
+    let wide = json!([{"type": "vendor_portal", "locations": ["https://vendor-portal.example.com"],
+        "resource": {"category": "logistics", "region": "north-america"}, "actions": ["search", "delete_vendor"],
+        "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}]).to_string();
+    let (st, e) = exchange(&s, &mandate, &[("authorization_details", &wide)], None);
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_authorization_details")),
+        "{e}"
+    );
+    let (st, e) = exchange(
+        &s,
+        &mandate,
+        &[("resource", "https://bank.example.com/")],
+        None,
+    );
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{e}"
+    );
+
+    // A parameter twice is malformed (RFC 6749 §3.2).
+    let (st, e) = exchange(
+        &s,
+        &mandate,
+        &[
+            ("resource", "https://vendor-portal.example.com/search"),
+            ("resource", "https://vendor-portal.example.com/search"),
+        ],
+        None,
+    );
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{e}"
+    );
+
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/revoke"),
+        Some(&c.principal),
+        Some(&json!({})),
+    );
+    assert_eq!(st, 200);
+    let (st, e) = exchange(&s, &mandate, &[], None);
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+    assert!(
+        e["error_description"].as_str().unwrap().contains("revoked"),
+        "{e}"
+    );
+}

@@ -54,6 +54,9 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
         .with_writer(std::io::stderr)
         .try_init();
     let config = config(&a)?;
+    config
+        .validate()
+        .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
     let addr = config
         .listen_addr()
         .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
@@ -65,8 +68,8 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             message: e.to_string(),
         })?;
     rt.block_on(async move {
+        let mut config = config;
         let data_dir = config.data_dir.display().to_string();
-        let state = AppState::open(config).map_err(|e| CliError::input("invalid_config", e))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| CliError::Io {
@@ -77,6 +80,14 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        // Without `issuer`, the metadata and every mandate name the address
+        // actually bound (with `--listen 127.0.0.1:0`, not port 0). Set
+        // `issuer` to the public https URL in any real deployment: it must
+        // stay the same across restarts for mandates to keep verifying.
+        if config.issuer.is_none() {
+            config.issuer = Some(format!("http://{local}"));
+        }
+        let state = AppState::open(config).map_err(|e| CliError::input("invalid_config", e))?;
         eprintln!("mandate authority listening on http://{local} (data in {data_dir})");
         mandate_authority::serve(state, listener, shutdown_signal())
             .await
