@@ -140,6 +140,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s.store(true, Ordering::Relaxed);
     });
 
+    // For APIs that take OAuth tokens rather than mandates: a token bound to
+    // the holder key, short-lived, and dead with the mission.
+    let at = sdk.exchange_token(Some("https://api.github.com/repos/acme/app"))?;
+    println!(
+        "agent: exchanged its mandate for a DPoP-bound access token (expires in {} s)",
+        at.expires_in
+    );
+
     let read = EvaluationRequest::new(
         "read",
         "github_pull_request",
@@ -191,6 +199,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         stopped.load(Ordering::Relaxed),
         "the runtime was told the mission ended"
     );
+    match sdk.exchange_token(None) {
+        Ok(_) => return Err("a token came out of an ended mandate".into()),
+        Err(e) => println!("agent: {e}"),
+    }
     println!("done: the access token was never revoked; the mandate ended the mission");
     sdk.close();
     let _ = std::fs::remove_dir_all(&dir);

@@ -50,6 +50,40 @@ impl AuthorityClient {
         self.call("POST", path, Some(body))
     }
 
+    /// A POST of a form (`application/x-www-form-urlencoded`) with extra
+    /// headers and no caller token (an OAuth endpoint authenticated by what
+    /// the form and headers carry); the status and the JSON answer.
+    ///
+    /// # Errors
+    /// When the authority cannot be reached.
+    pub fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value), ClientError> {
+        let mut body = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in form {
+            body.append_pair(k, v);
+        }
+        let mut req = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .header("Content-Type", "application/x-www-form-urlencoded");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req
+            .send(body.finish())
+            .map_err(|e| ClientError(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| ClientError(e.to_string()))?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
     fn call(
         &self,
         method: &str,

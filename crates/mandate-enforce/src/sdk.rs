@@ -31,6 +31,23 @@ pub struct Ended {
 
 type Listener = Box<dyn Fn(&Ended) + Send + Sync>;
 
+/// A mandate-bound access token from [`AgentRuntime::exchange_token`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    /// The `at+jwt` (never printed by `Debug`).
+    pub token: String,
+    /// Seconds it lives.
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An agent runtime's handle on its mandate.
 pub struct AgentRuntime {
     agent: AuthorityClient,
@@ -41,6 +58,7 @@ pub struct AgentRuntime {
     stop: Arc<AtomicBool>,
     listeners: Arc<Mutex<Vec<Listener>>>,
     replay: ReplayCache,
+    issuer: String,
 }
 
 impl std::fmt::Debug for AgentRuntime {
@@ -87,6 +105,7 @@ impl AgentRuntime {
         let keys = enforcer.keys()?;
         let issuer = enforcer.issuer()?;
         let verifier = Verifier::new(keys.clone()).with_issuer(issuer.clone());
+        let issuer_for_tokens = issuer.clone();
         let chain = verifier
             .verify(mandate)
             .map_err(|e| ClientError(format!("mandate: {e}")))?;
@@ -125,6 +144,7 @@ impl AgentRuntime {
             stop,
             listeners: Arc::new(Mutex::new(Vec::new())),
             replay: ReplayCache::new(1),
+            issuer: issuer_for_tokens,
         };
         rt.watch();
         Ok(rt)
@@ -184,6 +204,53 @@ impl AgentRuntime {
             &random_jti(),
             now(),
         )
+    }
+
+    /// Exchanges the mandate for a short-lived access token bound to the
+    /// holder key (RFC 8693 token exchange with a DPoP proof): for resource
+    /// servers that take OAuth tokens rather than mandates. `resource`
+    /// narrows its audience. Present it as `Authorization: DPoP <token>`
+    /// with a fresh [`proof`](Self::proof) naming it. It dies with the
+    /// mission (introspection answers inactive) and within minutes anyway.
+    ///
+    /// # Errors
+    /// When the authority refuses (`invalid_grant` once the mission ended).
+    pub fn exchange_token(&self, resource: Option<&str>) -> Result<AccessToken, ClientError> {
+        let mandate = self.mandate();
+        let token_url = format!("{}/oauth/token", self.issuer.trim_end_matches('/'));
+        let proof = self.proof("POST", &token_url, None);
+        let ty = if mandate.contains(mandate_core::chain::CHAIN_SEPARATOR) {
+            "urn:mandate:params:oauth:token-type:mandate-chain"
+        } else {
+            "urn:ietf:params:oauth:token-type:jwt"
+        };
+        let mut form = vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", mandate.as_str()),
+            ("subject_token_type", ty),
+        ];
+        if let Some(r) = resource {
+            form.push(("resource", r));
+        }
+        let (st, v) = self
+            .agent
+            .post_form("/oauth/token", &form, &[("DPoP", &proof)])?;
+        match (st, v.get("access_token").and_then(Value::as_str)) {
+            (200, Some(t)) => Ok(AccessToken {
+                token: t.to_owned(),
+                expires_in: v.get("expires_in").and_then(Value::as_u64).unwrap_or(0),
+            }),
+            _ => Err(ClientError(format!(
+                "token exchange refused: {} ({})",
+                v.get("error").and_then(Value::as_str).unwrap_or("unknown"),
+                v.get("error_description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            ))),
+        }
     }
 
     /// Derives a child for a sub-agent, offline, signed with the holder key,

@@ -797,6 +797,21 @@ fn the_sdk_checks_delegates_discovers_and_is_told_when_the_mission_ends() {
             .is_err()
     );
 
+    // A mandate-bound access token for a resource server that takes OAuth.
+    let at = sdk
+        .exchange_token(Some("https://vendor-portal.example.com/search"))
+        .unwrap();
+    assert!(at.expires_in > 0 && at.expires_in <= 300, "{at:?}");
+    let claims = mandate_core::jws::unverified_payload(&at.token).unwrap();
+    assert_eq!(
+        claims["cnf"]["jkt"],
+        json!(self::holder().public_jwk().thumbprint())
+    );
+    assert!(
+        !format!("{at:?}").contains(&at.token),
+        "Debug never shows the token"
+    );
+
     // The principal revokes: the runtime is told and every check denies.
     let (st, _) = http(
         authority.addr,
@@ -822,6 +837,12 @@ fn the_sdk_checks_delegates_discovers_and_is_told_when_the_mission_ends() {
     assert_eq!(
         sdk.ended().unwrap().state,
         mandate_core::state::MandateState::Revoked
+    );
+    // ... and no new token comes out of an ended mandate.
+    let refused = sdk.exchange_token(None).unwrap_err().to_string();
+    assert!(
+        refused.contains("invalid_grant") && refused.contains("revoked"),
+        "{refused}"
     );
 }
 
