@@ -42,8 +42,11 @@ addr="$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' serve.log)"
 tok() { "$bin" token --data-dir data --sub "$1" --role "$2" --ttl 7200; }
 tok gateway-1 enforcer > enforcer.token
 agent=$(tok agent-7 agent); principal=$(tok vp@acme.example principal)
+# The agent's holder key: every request through the gateway carries a fresh
+# DPoP proof by it (proofs are made ahead of each run, one per request).
+"$bin" keygen --out holder.jwk > holder.pub.jwk
 cat > req.json <<JSON
-{"principal": "vp@acme.example", "agent": {"id": "urn:agent:code/pr-watcher@1.0", "instance": "inst-1"},
+{"principal": "vp@acme.example", "agent": {"id": "urn:agent:code/pr-watcher@1.0", "instance": "inst-1", "cnf": {"jwk": $(cat holder.pub.jwk)}},
  "purpose": {"objective": "Watch PR #123", "business_context": "Load test"},
  "authorization_details": [{"type": "github_pull_request", "locations": ["https://api.github.com/repos/acme/app"],
    "resource": {"repo": "acme/app", "number": 123}, "actions": ["read"]}],
@@ -59,16 +62,37 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$G/_mandate/healthz" | grep -
 sed -e "s|127.0.0.1:9000|127.0.0.1:$U|; s|127.0.0.1:8081|127.0.0.1:$G|; s|127.0.0.1:8088|127.0.0.1:$A|" "$root/deploy/nginx/mandate.conf" > nginx/auth.conf
 nginx -p "$work/nginx" -c auth.conf -g 'daemon off;' & pids+=($!)
 sleep 0.5
+proof() { "$bin" dpop --key holder.jwk --method GET --url "$1/repos/acme/app/pulls/123" "${@:2}"; }
 for url in "http://127.0.0.1:$G" "http://127.0.0.1:$A"; do
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" "$url/repos/acme/app/pulls/123")
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" -H "DPoP: $(proof "$url")" "$url/repos/acme/app/pulls/123")
   [ "$code" = 200 ] || { echo "setup failed: $url answered $code"; cat gateway.log; exit 1; }
 done
 
 decided=2  # the two set-up requests above
 results="$work/results.csv"
+# Each wrk thread sends the proofs of its own file, one per request.
+cat > proofs.lua <<'LUA'
+local n = 0
+function setup(thread) n = n + 1; thread:set("id", n) end
+local proofs, i = {}, 0
+function init(args)
+  for line in io.lines("proofs." .. id) do proofs[#proofs + 1] = line end
+end
+function request()
+  i = i + 1
+  local h = {}
+  for k, v in pairs(wrk.headers) do h[k] = v end
+  h["DPoP"] = proofs[i]
+  return wrk.format(nil, nil, h)
+end
+LUA
 run() { # NAME URL CONNECTIONS ROUND
-  local out threads=2; [ "$3" -lt 2 ] && threads=1
-  out=$(wrk -t"$threads" -c"$3" -d"${duration}s" --latency -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" "$2/repos/acme/app/pulls/123")
+  local out threads=2 lua=(); [ "$3" -lt 2 ] && threads=1
+  case "$2" in *":$G"|*":$A")
+    for t in $(seq "$threads"); do proof "$2" --count $((duration * 25000)) > "proofs.$t"; done
+    lua=(-s proofs.lua) ;;
+  esac
+  out=$(wrk -t"$threads" -c"$3" -d"${duration}s" --latency "${lua[@]}" -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" "$2/repos/acme/app/pulls/123")
   case "$2" in *":$G"|*":$A") decided=$((decided + $(echo "$out" | awk '/requests in/ {print $1}'))) ;; esac
   local non2xx; non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
   [ -z "$non2xx" ] || { echo "FAIL: $1 answered $non2xx non-2xx"; exit 1; }

@@ -1,5 +1,5 @@
 //! The authority's other untrusted inputs: caller tokens, GitHub webhook
-//! deliveries (signature and payload), mandate requests, events and
+//! deliveries (signature and payload), mandate requests, OAuth forms, events and
 //! shipments of decisions. None may panic; a token or signature made of
 //! fuzz bytes never verifies.
 #![no_main]
@@ -26,6 +26,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = github_event("pull_request", &payload);
     }
     let _ = from_slice_strict::<MandateRequest>(data);
+    // The token endpoint's and introspection's form bodies.
+    if let Ok(pairs) = mandate_authority::routes::oauth::form(data) {
+        let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        names.sort_unstable();
+        assert!(names.windows(2).all(|w| w[0] != w[1]), "a parameter given twice is refused");
+    }
     let _ = from_slice_strict::<Event>(data);
     if let Ok(shipment) = mandate_authority::routes::authzen::parse_shipment(data) {
         assert!(!shipment.source.is_empty() && shipment.records.len() <= 10_000);

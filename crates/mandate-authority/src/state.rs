@@ -136,6 +136,12 @@ impl AppState {
     /// A message naming the file or setting that failed.
     pub fn open(config: Config) -> Result<Arc<Self>, String> {
         let max_sessions = config.max_console_sessions;
+        if config.proof_of_possession == mandate_core::pop::Mode::Bearer {
+            tracing::warn!(
+                "proof_of_possession = \"bearer\": decisions accept a mandate without a DPoP proof, \
+                 so whoever copies one can use it. For development only."
+            );
+        }
         config.validate().map_err(|e| e.to_string())?;
         let dir = config.data_dir.clone();
         mandate_store::create_private_dir(&dir)

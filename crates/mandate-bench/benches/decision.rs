@@ -9,6 +9,9 @@
 //!   `check_chain` (with its proof-of-possession). Biscuit: parse + verify the
 //!   authority block and two attenuation blocks + authorize.
 //! - `attenuate/*`: derive, sign and encode one child.
+//! - `pop/*`: proof of possession on a cached chain: a fresh DPoP proof by
+//!   the leaf's holder key verified and admitted to the replay cache; and the
+//!   whole warm decision with it (what the gateway does per request).
 //!
 //! The figures go in BENCHMARKS.md; see it for how to run and read them.
 
@@ -369,9 +372,86 @@ fn bench_attenuate(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_pop(c: &mut Criterion) {
+    use mandate_core::pop::{self, Possession, ProofTarget, ReplayCache};
+    let m = mandate_fixture();
+    let leaf_key = SigningKey::from_seed(Algorithm::EdDSA, [4; 32]);
+    let url = "https://gw.example.com/search";
+    let cache = ReplayCache::new(50_000_000);
+    let counter = std::cell::Cell::new(0u64);
+    let fresh = || {
+        counter.set(counter.get() + 1);
+        pop::make_proof(
+            &leaf_key,
+            "POST",
+            url,
+            None,
+            &format!("j{}", counter.get()),
+            m.now,
+        )
+    };
+    let target = ProofTarget {
+        htm: "POST",
+        htu: url,
+        access_token: None,
+        nonce: None,
+    };
+    let chain = m.verifier.verify(&m.three_hop).unwrap();
+    let first = fresh();
+    let possession = Possession::Proof {
+        proof: Some(&first),
+        target,
+    };
+    assert!(pop::check(&chain, &possession, &cache, m.now).is_none());
+
+    let mut g = c.benchmark_group("pop");
+    // The floor: the one Ed25519 verification a proof costs (strict, as the
+    // proof check does), in the same run.
+    let holder = chain.holder_key().unwrap().clone();
+    let msg = first.rsplit_once('.').unwrap().0.to_owned();
+    let sig = leaf_key.sign(msg.as_bytes());
+    assert!(holder.verify(msg.as_bytes(), &sig));
+    g.bench_function("floor/ed25519_verify_strict", |b| {
+        b.iter(|| holder.verify(black_box(msg.as_bytes()), black_box(&sig)))
+    });
+    g.bench_function("mandate/check_dpop_proof_cached_chain", |b| {
+        b.iter_batched(
+            fresh,
+            |proof| {
+                let possession = Possession::Proof {
+                    proof: Some(&proof),
+                    target,
+                };
+                pop::check(black_box(&chain), &possession, &cache, m.now)
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("mandate/decide_presented_cached_with_proof", |b| {
+        b.iter_batched(
+            fresh,
+            |proof| {
+                let chain = m.verifier.verify(black_box(&m.three_hop)).unwrap();
+                let possession = Possession::Proof {
+                    proof: Some(&proof),
+                    target,
+                };
+                let failure = pop::check(&chain, &possession, &cache, m.now);
+                let mut d = decide(&chain, black_box(&m.request), None, &m.state, m.now);
+                if let Some(e) = failure {
+                    d.deny_also(e.code());
+                }
+                d
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench_warm, bench_cold, bench_attenuate
+    targets = bench_warm, bench_cold, bench_attenuate, bench_pop
 }
 criterion_main!(benches);

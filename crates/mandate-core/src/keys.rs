@@ -290,6 +290,12 @@ impl VerifyingKey {
         self.jwk.clone()
     }
 
+    /// The key as a public JWK, borrowed.
+    #[must_use]
+    pub fn jwk(&self) -> &PublicJwk {
+        &self.jwk
+    }
+
     /// The Ed25519 key, for batch verification.
     pub(crate) fn ed25519(&self) -> Option<&ed25519_dalek::VerifyingKey> {
         match &self.inner {

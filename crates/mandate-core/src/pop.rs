@@ -96,8 +96,9 @@ pub struct Proof {
     pub jti: String,
     /// When it was made.
     pub iat: i64,
-    /// The RFC 7638 thumbprint of the key that made it.
-    pub jkt: String,
+    /// The public key that made it (its coordinates), which with `jti`
+    /// identifies the proof for the replay cache.
+    pub key: String,
 }
 
 #[derive(Deserialize)]
@@ -145,12 +146,12 @@ pub fn verify_proof(
 ) -> Result<Proof, PopError> {
     let allowed = [holder.algorithm()].into();
     let d = jws::decode_dpop(proof, &allowed).map_err(|e| PopError::Invalid(e.to_string()))?;
-    let holder_jwk = holder.to_jwk();
+    let holder_jwk = holder.jwk();
     let named = d
         .jwk
         .as_ref()
         .ok_or_else(|| PopError::Invalid("header: `jwk` missing".into()))?;
-    if !same_key(named, &holder_jwk) {
+    if !same_key(named, holder_jwk) {
         return Err(PopError::Invalid(
             "signed by a key other than the one the mandate binds (agent.cnf.jwk)".into(),
         ));
@@ -165,18 +166,36 @@ pub fn verify_proof(
             "jti: must be 1 to {MAX_JTI_BYTES} bytes"
         )));
     }
+    if target.htm.is_empty() {
+        return Err(PopError::Invalid(
+            "htm: the enforcement point did not say which method the proof is for".into(),
+        ));
+    }
     if claims.htm != target.htm {
         return Err(PopError::Invalid(format!(
             "htm: `{}` is not this request's method `{}`",
             claims.htm, target.htm
         )));
     }
-    let expected = normalize_htu(target.htu).map_err(|e| PopError::Invalid(format!("htu: {e}")))?;
-    let proved = normalize_htu(&claims.htu).map_err(|e| PopError::Invalid(format!("htu: {e}")))?;
-    if proved != expected {
-        return Err(PopError::Invalid(format!(
-            "htu: `{proved}` is not this request's URL `{expected}`"
-        )));
+    // The same text (query and fragment aside) is the same URL; otherwise
+    // both are normalised and compared.
+    let bare = |u: &str| u.split(['?', '#']).next().unwrap_or_default().to_owned();
+    let plain_http = ["https://", "http://"].iter().any(|p| {
+        target
+            .htu
+            .strip_prefix(p)
+            .is_some_and(|rest| !rest.is_empty())
+    });
+    if !plain_http || bare(&claims.htu) != bare(target.htu) {
+        let expected =
+            normalize_htu(target.htu).map_err(|e| PopError::Invalid(format!("htu: {e}")))?;
+        let proved =
+            normalize_htu(&claims.htu).map_err(|e| PopError::Invalid(format!("htu: {e}")))?;
+        if proved != expected {
+            return Err(PopError::Invalid(format!(
+                "htu: `{proved}` is not this request's URL `{expected}`"
+            )));
+        }
     }
     match (target.access_token, &claims.ath) {
         (Some(token), Some(ath)) => {
@@ -216,7 +235,11 @@ pub fn verify_proof(
     Ok(Proof {
         jti: claims.jti,
         iat,
-        jkt: holder_jwk.thumbprint(),
+        key: format!(
+            "{}.{}",
+            holder_jwk.x,
+            holder_jwk.y.as_deref().unwrap_or_default()
+        ),
     })
 }
 
@@ -257,8 +280,8 @@ impl ReplayCache {
     /// # Errors
     /// [`PopError::Replayed`].
     pub fn admit(&self, proof: &Proof, now: UnixTime) -> Result<(), PopError> {
-        let mut material = Vec::with_capacity(proof.jkt.len() + 1 + proof.jti.len());
-        material.extend_from_slice(proof.jkt.as_bytes());
+        let mut material = Vec::with_capacity(proof.key.len() + 1 + proof.jti.len());
+        material.extend_from_slice(proof.key.as_bytes());
         material.push(0);
         material.extend_from_slice(proof.jti.as_bytes());
         let key = sha256(&material);
@@ -524,6 +547,17 @@ mod tests {
     }
 
     #[test]
+    fn an_enforcement_point_that_names_no_method_or_url_accepts_no_proof() {
+        let k = key(1);
+        let p = make_proof(&k, "", "", None, "j", at(1000));
+        let r = verify_proof(&holder(&k), &p, &target("", ""), at(1000));
+        assert_eq!(r.err().map(|e| e.code()), Some("pop_invalid"));
+        let p = make_proof(&k, "GET", "", None, "j", at(1000));
+        let r = verify_proof(&holder(&k), &p, &target("GET", ""), at(1000));
+        assert_eq!(r.err().map(|e| e.code()), Some("pop_invalid"));
+    }
+
+    #[test]
     fn a_proof_whose_header_names_the_holder_key_but_is_signed_by_another_is_refused() {
         let (holder_key, thief) = (key(1), key(2));
         let honest = make_proof(
@@ -556,7 +590,7 @@ mod tests {
         let p = |jti: &str, iat: i64| Proof {
             jti: jti.into(),
             iat,
-            jkt: "k".into(),
+            key: "k".into(),
         };
         assert_eq!(cache.admit(&p("a", 100), at(100)), Ok(()));
         assert_eq!(cache.admit(&p("b", 100), at(100)), Ok(()));

@@ -91,7 +91,10 @@ fn invalid_grant(description: impl Into<String>) -> Response {
 
 /// Reads an `application/x-www-form-urlencoded` body: each parameter at most
 /// once (RFC 6749 §3.2), names and values as text.
-fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+///
+/// # Errors
+/// The parameter given twice.
+pub fn form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         if out.iter().any(|(seen, _)| *seen == k) {

@@ -26,6 +26,10 @@ pub struct Args {
     /// The proof's time (RFC 3339; default now).
     #[arg(long)]
     at: Option<String>,
+    /// How many proofs to print, one per line, each with its own `jti`
+    /// (load tests: every request needs a fresh one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    count: u32,
 }
 
 /// Runs the command.
@@ -40,16 +44,34 @@ pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
     mandate_core::pop::normalize_htu(&a.url)
         .map_err(|e| CliError::input("invalid_input", format!("--url: {e}")))?;
     let now = io::time_arg(a.at.as_deref())?;
-    let mut jti = [0u8; 16];
-    rand_core::OsRng.fill_bytes(&mut jti);
-    let proof = make_proof(
-        &key,
-        &a.method,
-        &a.url,
-        a.token.as_deref(),
-        &hex::encode(jti),
-        now,
-    );
+    let make = || {
+        let mut jti = [0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut jti);
+        make_proof(
+            &key,
+            &a.method,
+            &a.url,
+            a.token.as_deref(),
+            &hex::encode(jti),
+            now,
+        )
+    };
+    if a.count > 1 {
+        use std::io::Write as _;
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        for _ in 0..a.count {
+            writeln!(w, "{}", make()).map_err(|e| CliError::Io {
+                path: "stdout".into(),
+                message: e.to_string(),
+            })?;
+        }
+        w.flush().map_err(|e| CliError::Io {
+            path: "stdout".into(),
+            message: e.to_string(),
+        })?;
+        return Ok(0);
+    }
+    let proof = make();
     match out {
         Output::Text => println!("{proof}"),
         Output::Json => print_json(&serde_json::json!({"dpop": proof})),
