@@ -20,25 +20,39 @@ tok() { "$bin" token --data-dir data --sub "$1" --role "$2" --ttl 3600; }
 agent=$(tok agent-7 agent); principal=$(tok vp-supply-chain@example.com principal)
 admin=$(tok admin@example.com admin); enforcer=$(tok gateway-1 enforcer)
 api() { curl -s -X "$1" "http://$addr$2" -H "Authorization: Bearer $3" -H 'content-type: application/json' ${4:+--data "@$4"}; }
-rid=$(api POST /v1/requests "$agent" "$root/testdata/examples/authority-request.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+# The agent binds its holder key; every decision carries a fresh DPoP proof
+# by it (made ahead of the run, one per request, a file per wrk thread).
+"$bin" keygen --out holder.jwk > holder.pub.jwk
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["agent"]["cnf"]={"jwk": json.load(open("holder.pub.jwk"))}; json.dump(r, open("request.json","w"))' "$root/testdata/examples/authority-request.json"
+rid=$(api POST /v1/requests "$agent" request.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 api POST "/v1/requests/$rid/approve" "$principal" > approved.json
 api PUT /v1/facts "$admin" "$root/testdata/examples/facts-active.json" > /dev/null
 python3 - "$enforcer" <<'PY'
 import json, sys
 a = json.load(open("approved.json"))
-body = json.dumps({"subject": {"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2", "properties": {"mandate": a["mandate"]}}, "context": {"agent_instance": "inst-7f2a-b8c4"},
+body = json.dumps({"subject": {"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2", "properties": {"mandate": a["mandate"]}},
+  "context": {"agent_instance": "inst-7f2a-b8c4", "htm": "POST", "htu": "https://pep.example/search", "dpop": "@PROOF@"},
   "action": {"name": "search"}, "resource": {"type": "vendor_portal", "id": "https://vendor-portal.example.com/search",
   "properties": {"category": "logistics", "region": "north-america", "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}})
+head, tail = body.split("@PROOF@")
 open("decide.lua", "w").write(
   'wrk.method = "POST"\n'
-  f'wrk.body = {json.dumps(body)}\n'
   f'wrk.headers["Content-Type"] = "application/json"\n'
   f'wrk.headers["Authorization"] = "Bearer {sys.argv[1]}"\n'
+  'local n = 0\n'
+  'function setup(thread) n = n + 1; thread:set("id", n) end\n'
+  'local proofs, i = {}, 0\n'
+  'function init(args) for line in io.lines("proofs." .. id) do proofs[#proofs + 1] = line end end\n'
+  f'local head, tail = {json.dumps(head)}, {json.dumps(tail)}\n'
+  'function request() i = i + 1; return wrk.format(nil, nil, nil, head .. proofs[i] .. tail) end\n'
   'response = function(status, headers, body)\n'
   '  if status ~= 200 or not string.find(body, \'"decision":true\', 1, true) then wrk.thread:stop() end\n'
   'end\n')
 PY
-echo "== ${duration}s of POST /access/v1/evaluation, $conns connections, durable audit on"
+for t in 1 2; do
+  "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 25000)) > "proofs.$t"
+done
+echo "== ${duration}s of POST /access/v1/evaluation, $conns connections, durable audit on, a DPoP proof checked per decision"
 wrk -t2 -c"$conns" -d"${duration}s" --latency -s decide.lua "http://$addr/access/v1/evaluation" | sed -n '1,20p'
 kill "$server"; wait "$server" 2>/dev/null || true; server=""
 records=$("$bin" --output json audit verify --data-dir data | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["intact"], d; print(d["records"])')
