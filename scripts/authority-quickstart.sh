@@ -62,11 +62,22 @@ api PUT /v1/facts "$admin" facts-active.json | field '"facts version: " + str(d[
 echo '$ curl -X POST /access/v1/evaluation    # enforcer asks before the agent searches (with its proof)'
 decide_json
 api POST /access/v1/evaluation "$enforcer" decide.json | field '(("ALLOW" if d["decision"] else "DENY") + " " + ", ".join(d["context"]["reasons"])).strip()'
+exchange() { # the agent trades its mandate (and a proof) for an OAuth access token
+  local p; p=$(mandate dpop --key agent.jwk --method POST --url "http://$addr/oauth/token")
+  curl -s -X POST "http://$addr/oauth/token" -H "DPoP: $p" \
+    --data-urlencode grant_type=urn:ietf:params:oauth:grant-type:token-exchange \
+    --data-urlencode subject_token_type=urn:ietf:params:oauth:token-type:jwt \
+    --data-urlencode "subject_token=$(echo "$a" | field 'd["mandate"]')"
+}
+echo '$ curl -X POST /oauth/token             # agent: a short token for an OAuth API (RFC 8693, DPoP-bound)'
+exchange | field '"token_type: " + d["token_type"] + ", expires in <= 300 s: " + str(0 < d["expires_in"] <= 300)'
 echo '$ curl -X POST /v1/events               # the CRM reports the program was cancelled'
 api POST /v1/events "$events" event-cancelled.json | field '"mandates ended: " + str(len(d["changed"]))'
 echo '$ curl -X POST /access/v1/evaluation    # the same request, a moment later (a fresh proof)'
 decide_json
 api POST /access/v1/evaluation "$enforcer" decide.json | field '(("ALLOW" if d["decision"] else "DENY") + " " + ", ".join(d["context"]["reasons"])).strip()'
+echo '$ curl -X POST /oauth/token             # and a token for the ended mission?'
+exchange | field 'd["error"]'
 kill "$server"; wait "$server" 2>/dev/null || true; server=""
 echo '$ mandate audit verify --data-dir data'
 mandate --output json audit verify --data-dir data | field '("INTACT" if d["intact"] else "BROKEN") + " " + str(d["records"]) + " records"'
