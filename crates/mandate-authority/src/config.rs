@@ -226,6 +226,10 @@ pub struct Config {
     /// for development only: logged loudly at start).
     #[serde(default)]
     pub proof_of_possession: mandate_core::pop::Mode,
+    /// Whether the token endpoint requires a nonce it issued in every DPoP
+    /// proof (RFC 9449 §8: answered `use_dpop_nonce` with `DPoP-Nonce`).
+    #[serde(default)]
+    pub dpop_nonce: bool,
 }
 
 /// A local identity offered on the console's sign-in page.
@@ -341,6 +345,7 @@ impl Default for Config {
             console_identity: Vec::new(),
             console_oidc: None,
             proof_of_possession: mandate_core::pop::Mode::Required,
+            dpop_nonce: false,
         }
     }
 }

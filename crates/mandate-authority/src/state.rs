@@ -58,6 +58,8 @@ pub struct AppState {
     pub sessions: crate::console::Sessions,
     /// DPoP proofs seen, so each is accepted once.
     pub replay: mandate_core::pop::ReplayCache,
+    /// The token endpoint's DPoP nonces (when `dpop_nonce`).
+    pub nonces: mandate_core::pop::Nonces,
     /// Console sign-ins waiting for the IdP's callback.
     pub oidc: crate::console::oidc::PendingLogins,
 }
@@ -202,6 +204,11 @@ impl AppState {
             signals: tokio::sync::Notify::new(),
             sessions: crate::console::Sessions::new(max_sessions),
             replay: mandate_core::pop::ReplayCache::default(),
+            nonces: {
+                let mut key = [0u8; 32];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+                mandate_core::pop::Nonces::new(key)
+            },
             oidc: crate::console::oidc::PendingLogins::default(),
         }))
     }

@@ -11,6 +11,7 @@
 //! | `pop_invalid` | not a DPoP proof, signed by another key than the leaf's, for another method or URL, or naming another access token (`ath`) |
 //! | `pop_stale` | its `iat` is more than [`PROOF_MAX_AGE_SECS`] old or more than [`PROOF_FUTURE_SECS`] ahead |
 //! | `pop_replayed` | its `jti` was already seen for this key (within the window), or the replay cache is full |
+//! | `pop_nonce_required` | the enforcement point issues nonces (RFC 9449 §8) and the proof lacks a current one |
 //! | `holder_key_missing` | the leaf binds no holder key, so nothing can be proved |
 //!
 //! The key the proof is verified with is the leaf's, never the header's:
@@ -58,6 +59,10 @@ pub enum PopError {
     /// Seen before.
     #[error("DPoP proof: jti was already used")]
     Replayed,
+    /// The server requires a nonce it issued, and the proof has none (or an
+    /// old or foreign one): retry with the one in `DPoP-Nonce`.
+    #[error("DPoP proof: use the server's nonce (DPoP-Nonce)")]
+    NonceRequired,
 }
 
 impl PopError {
@@ -70,6 +75,7 @@ impl PopError {
             PopError::Invalid(_) => "pop_invalid",
             PopError::Stale => "pop_stale",
             PopError::Replayed => "pop_replayed",
+            PopError::NonceRequired => "pop_nonce_required",
         }
     }
 }
@@ -85,8 +91,77 @@ pub struct ProofTarget<'a> {
     /// The access token presented with it, if any: the proof's `ath` must be
     /// its SHA-256.
     pub access_token: Option<&'a str>,
-    /// The server nonce the proof must carry, when the server issued one.
-    pub nonce: Option<&'a str>,
+    /// The server's nonces, when it requires one in every proof.
+    pub nonce: Option<&'a Nonces>,
+}
+
+/// How long a server nonce stays current; one from the window before is
+/// still accepted.
+pub const NONCE_WINDOW_SECS: i64 = 60;
+
+/// Server nonces (RFC 9449 §8) without state: a nonce is the time window it
+/// was issued in and an HMAC of it under a key the server drew at start, so
+/// any proof must have been made after the server said the nonce (no proofs
+/// made in advance by someone who held the key for a moment).
+pub struct Nonces {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Nonces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nonces").finish_non_exhaustive()
+    }
+}
+
+impl Nonces {
+    /// Nonces under `key` (random, kept by the server).
+    #[must_use]
+    pub fn new(key: [u8; 32]) -> Self {
+        Self { key }
+    }
+
+    fn mac(&self, window: i64) -> [u8; 32] {
+        use hmac::Mac as _;
+        let Ok(mut m) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key) else {
+            return [0; 32];
+        };
+        m.update(&window.to_be_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// The nonce to hand out now.
+    #[must_use]
+    pub fn current(&self, now: UnixTime) -> String {
+        let window = now.secs().div_euclid(NONCE_WINDOW_SECS);
+        let mut raw = window.to_be_bytes().to_vec();
+        raw.extend_from_slice(self.mac(window).get(..16).unwrap_or_default());
+        B64.encode(raw)
+    }
+
+    /// Whether `nonce` is this server's, from this window or the one before.
+    #[must_use]
+    pub fn accepts(&self, nonce: &str, now: UnixTime) -> bool {
+        let Ok(raw) = B64.decode(nonce) else {
+            return false;
+        };
+        let (Some(w), Some(tag)) = (raw.get(..8), raw.get(8..)) else {
+            return false;
+        };
+        let Ok(w) = <[u8; 8]>::try_from(w) else {
+            return false;
+        };
+        let window = i64::from_be_bytes(w);
+        let current = now.secs().div_euclid(NONCE_WINDOW_SECS);
+        if window != current && window != current - 1 {
+            return false;
+        }
+        let expected = self.mac(window);
+        tag.len() == 16
+            && bool::from(subtle::ConstantTimeEq::ct_eq(
+                tag,
+                expected.get(..16).unwrap_or_default(),
+            ))
+    }
 }
 
 /// What a verified proof said.
@@ -214,12 +289,13 @@ pub fn verify_proof(
         }
         (None, _) => {}
     }
-    if let Some(nonce) = target.nonce
-        && claims.nonce.as_deref() != Some(nonce)
+    if let Some(nonces) = target.nonce
+        && !claims
+            .nonce
+            .as_deref()
+            .is_some_and(|n| nonces.accepts(n, now))
     {
-        return Err(PopError::Invalid(
-            "nonce: missing or not the server's".into(),
-        ));
+        return Err(PopError::NonceRequired);
     }
     let iat = match &claims.iat {
         Value::Number(n) => n
@@ -405,6 +481,20 @@ pub fn make_proof(
     jti: &str,
     now: UnixTime,
 ) -> String {
+    make_proof_with_nonce(holder, htm, htu, access_token, None, jti, now)
+}
+
+/// As [`make_proof`], carrying the server's `nonce` (from its `DPoP-Nonce`).
+#[must_use]
+pub fn make_proof_with_nonce(
+    holder: &SigningKey,
+    htm: &str,
+    htu: &str,
+    access_token: Option<&str>,
+    nonce: Option<&str>,
+    jti: &str,
+    now: UnixTime,
+) -> String {
     let mut jwk = serde_json::to_value(holder.public_jwk()).unwrap_or_default();
     if let Some(o) = jwk.as_object_mut() {
         // The key is named by its value; `kid`, `alg` and `use` add nothing.
@@ -422,6 +512,9 @@ pub fn make_proof(
     });
     if let (Some(t), Some(o)) = (access_token, claims.as_object_mut()) {
         o.insert("ath".into(), Value::String(sha256_b64(t.as_bytes())));
+    }
+    if let (Some(n), Some(o)) = (nonce, claims.as_object_mut()) {
+        o.insert("nonce".into(), Value::String(n.to_owned()));
     }
     let mut out = B64.encode(header.to_string());
     out.push('.');
@@ -544,6 +637,58 @@ mod tests {
             at(1000),
         );
         assert_eq!(code(verify_proof(&h, &bound, &with_token, at(1000))), None);
+    }
+
+    #[test]
+    fn a_server_requiring_nonces_accepts_only_its_own_recent_ones() {
+        let k = key(1);
+        let (ours, theirs) = (Nonces::new([7; 32]), Nonces::new([8; 32]));
+        let t = ProofTarget {
+            nonce: Some(&ours),
+            ..target("GET", "https://gw.example/a")
+        };
+        let code = |p: &str, now: i64| {
+            verify_proof(&holder(&k), p, &t, at(now))
+                .err()
+                .map(|e| e.code())
+        };
+        let none = make_proof(&k, "GET", "https://gw.example/a", None, "j", at(1000));
+        assert_eq!(code(&none, 1000), Some("pop_nonce_required"));
+        let n = ours.current(at(1000));
+        let good = make_proof_with_nonce(
+            &k,
+            "GET",
+            "https://gw.example/a",
+            None,
+            Some(&n),
+            "j",
+            at(1000),
+        );
+        assert_eq!(code(&good, 1000), None);
+        let foreign = theirs.current(at(1000));
+        let bad = make_proof_with_nonce(
+            &k,
+            "GET",
+            "https://gw.example/a",
+            None,
+            Some(&foreign),
+            "j",
+            at(1000),
+        );
+        assert_eq!(code(&bad, 1000), Some("pop_nonce_required"));
+        // A nonce two windows old is no longer current.
+        let old = ours.current(at(850));
+        let late = make_proof_with_nonce(
+            &k,
+            "GET",
+            "https://gw.example/a",
+            None,
+            Some(&old),
+            "j",
+            at(1000),
+        );
+        assert_eq!(code(&late, 1000), Some("pop_nonce_required"));
+        assert!(!ours.accepts("not base64!", at(1000)));
     }
 
     #[test]

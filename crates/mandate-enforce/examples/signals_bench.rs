@@ -93,6 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             agent_header: "mandate-agent".into(),
             proof_of_possession: mandate_core::pop::Mode::Required,
             public_url: None,
+            dpop_nonce: false,
             route: Vec::new(),
         };
         let gw = Gateway::start(cfg).map_err(|e| e.to_string())?;

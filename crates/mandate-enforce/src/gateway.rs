@@ -120,6 +120,12 @@ pub struct GatewayConfig {
     /// `http://LISTEN`. Behind nginx, its `X-Original-URL` names it.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Whether every proof must carry a nonce this gateway issued (RFC 9449
+    /// §8): every answer carries the current one in `DPoP-Nonce`, and a proof
+    /// without it is answered 401 `use_dpop_nonce` (`pop_nonce_required`).
+    /// Proofs then cannot be made ahead of time.
+    #[serde(default)]
+    pub dpop_nonce: bool,
     /// The routes.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -354,6 +360,8 @@ pub struct Gateway {
     replay: mandate_core::pop::ReplayCache,
     /// Where agents call this gateway (`public_url`, or `http://LISTEN`).
     origin: String,
+    /// This gateway's server nonces (used when `dpop_nonce`).
+    nonces: mandate_core::pop::Nonces,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -434,6 +442,11 @@ impl Gateway {
             config,
             push_authorization,
             replay: mandate_core::pop::ReplayCache::default(),
+            nonces: {
+                let mut key = [0u8; 32];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+                mandate_core::pop::Nonces::new(key)
+            },
         });
         if gw.config.proof_of_possession == mandate_core::pop::Mode::Bearer {
             tracing::warn!(
@@ -561,7 +574,7 @@ impl Gateway {
                     htm: method.as_str(),
                     htu: url,
                     access_token: token,
-                    nonce: None,
+                    nonce: self.config.dpop_nonce.then_some(&self.nonces),
                 },
             },
         };
@@ -606,6 +619,41 @@ impl Gateway {
         }
         d
     }
+}
+
+impl Gateway {
+    /// Adds the current `DPoP-Nonce` when this gateway requires nonces; a
+    /// deny for want of one becomes 401 with `WWW-Authenticate: DPoP
+    /// error="use_dpop_nonce"` (RFC 9449 §9) so the client retries with it.
+    fn with_nonce(&self, mut res: Response, d: &Decision) -> Response {
+        if !self.config.dpop_nonce {
+            return res;
+        }
+        let nonce = self.nonces.current(now_unix());
+        if let Ok(v) = HeaderValue::from_str(&nonce) {
+            res.headers_mut().insert("dpop-nonce", v);
+        }
+        if d.reasons.iter().any(|r| r == "pop_nonce_required") {
+            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(
+                    "DPoP error=\"use_dpop_nonce\", error_description=\"Resource server requires nonce in DPoP proof\"",
+                ),
+            );
+        }
+        res
+    }
+}
+
+fn now_unix() -> UnixTime {
+    UnixTime::from_secs(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+            .unwrap_or(0),
+    )
+    .unwrap_or(UnixTime::EPOCH)
 }
 
 fn deny(d: &mut Decision, reason: &str) {
@@ -663,7 +711,7 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let d = gw.fulfil(d).await;
     gw.ship(req.method(), req.uri(), &d);
     if !d.allow {
-        return problem(&d);
+        return gw.with_nonce(problem(&d), &d);
     }
     let (mut parts, body) = req.into_parts();
     let pq = parts
@@ -683,7 +731,7 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         .remove(gw.config.agent_instance_header.as_str());
     parts.headers.remove(header::HOST);
     match gw.upstream.request(Request::from_parts(parts, body)).await {
-        Ok(resp) => resp.map(Body::new).into_response(),
+        Ok(resp) => gw.with_nonce(resp.map(Body::new).into_response(), &d),
         Err(e) => {
             tracing::warn!(error = %e, "upstream");
             (StatusCode::BAD_GATEWAY, "upstream unavailable").into_response()
@@ -720,7 +768,7 @@ async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     if let Ok(v) = HeaderValue::from_str(&d.reasons.join(",")) {
         res.headers_mut().insert("x-mandate-reasons", v);
     }
-    res
+    gw.with_nonce(res, &d)
 }
 
 async fn receive_set(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {

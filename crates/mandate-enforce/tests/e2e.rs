@@ -266,6 +266,17 @@ fn start_gateway(
     delivery: Delivery,
     location_base: &str,
 ) -> (Running, Arc<Gateway>) {
+    start_gateway_with(dir, authority, upstream, delivery, location_base, |_| {})
+}
+
+fn start_gateway_with(
+    dir: &std::path::Path,
+    authority: SocketAddr,
+    upstream: SocketAddr,
+    delivery: Delivery,
+    location_base: &str,
+    edit: impl FnOnce(&mut GatewayConfig),
+) -> (Running, Arc<Gateway>) {
     std::fs::write(
         dir.join("enforcer.token"),
         token(dir, "gateway-1", Role::Enforcer),
@@ -288,6 +299,7 @@ fn start_gateway(
         agent_header: "mandate-agent".into(),
         proof_of_possession: mandate_core::pop::Mode::Required,
         public_url: None,
+        dpop_nonce: false,
         route: vec![
             RouteConfig {
                 method: "GET".into(),
@@ -311,6 +323,8 @@ fn start_gateway(
             },
         ],
     };
+    let mut config = config;
+    edit(&mut config);
     config.validate().unwrap();
     let gw = Gateway::start(config).unwrap();
     let g = Arc::clone(&gw);

@@ -148,9 +148,17 @@ fn registered(
 /// `POST /oauth/token`: a mandate (with a DPoP proof by its holder key) for
 /// a DPoP-bound access token.
 pub async fn token(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    match exchange(&s, &headers, &body).await {
+    let mut res = match exchange(&s, &headers, &body).await {
         Ok(r) | Err(r) => r,
+    };
+    // With nonces on, every answer says which nonce the next proof names.
+    if s.config.dpop_nonce
+        && let Ok(now) = now()
+        && let Ok(v) = HeaderValue::from_str(&s.nonces.current(now))
+    {
+        res.headers_mut().insert("dpop-nonce", v);
     }
+    res
 }
 
 async fn exchange(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Response, Response> {
@@ -216,10 +224,17 @@ async fn exchange(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Resp
             htm: "POST",
             htu: &htu,
             access_token: None,
-            nonce: None,
+            nonce: s.config.dpop_nonce.then_some(&s.nonces),
         },
     };
     if let Some(e) = pop::check(&chain, &possession, &s.replay, now) {
+        if e == pop::PopError::NonceRequired {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "use_dpop_nonce",
+                "Authorization server requires nonce in DPoP proof",
+            ));
+        }
         return Err(oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_dpop_proof",

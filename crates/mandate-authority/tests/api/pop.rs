@@ -456,3 +456,43 @@ fn authlib_exchanges_a_mandate_and_pyjwt_verifies_the_token_as_a_resource_server
         true
     );
 }
+
+#[test]
+fn with_nonces_on_the_token_endpoint_asks_for_its_nonce_first() {
+    let s = Server::start_configured(temp_dir("oauth-nonce"), |cfg| cfg.dpop_nonce = true);
+    let c = Cast::new(&s);
+    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let body = form(&[
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", &mandate),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+    ]);
+    // The first attempt learns the nonce from the answer's header.
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    use std::io::{Read as _, Write as _};
+    write!(conn, "POST /oauth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nDPoP: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        proof("POST", TOKEN_URL, None), body.len()).unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    assert!(out.contains("use_dpop_nonce"), "{out}");
+    let nonce = out
+        .lines()
+        .find_map(|l| l.strip_prefix("dpop-nonce: "))
+        .expect("a DPoP-Nonce header")
+        .trim()
+        .to_owned();
+    let with_nonce = mandate_core::pop::make_proof_with_nonce(
+        &agent_key(),
+        "POST",
+        TOKEN_URL,
+        None,
+        Some(&nonce),
+        "n-1",
+        now(),
+    );
+    let (st, t) = exchange(&s, &mandate, &[], Some(with_nonce));
+    assert_eq!(st, 200, "{t}");
+}

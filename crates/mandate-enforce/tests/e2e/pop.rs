@@ -149,3 +149,77 @@ fn a_proof_made_by_pyjwt_from_the_holder_key_is_accepted_by_the_gateway() {
     assert_eq!((st, &body["reasons"]), (403, &json!(["pop_invalid"])));
     gw.stop();
 }
+
+#[test]
+fn a_gateway_that_requires_nonces_hands_one_out_and_accepts_only_proofs_made_after() {
+    let dir = temp("pop-nonce");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let (_, mandate) = grant(&dir, authority.addr, &pr_request(55));
+    let (gateway, gw) = start_gateway_with(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Poll,
+        "https://api.github.com",
+        |c| c.dpop_nonce = true,
+    );
+    let g = gateway.addr;
+    let u = url(g, 55);
+    // Sends one request with `proof`; the status, the `DPoP-Nonce` header
+    // and the `WWW-Authenticate` header.
+    let send = |proof: &str| {
+        let mut s = TcpStream::connect(g).unwrap();
+        write!(
+            s,
+            "GET /repos/acme/app/pulls/55 HTTP/1.1\r\nHost: {g}\r\nConnection: close\r\nMandate: {mandate}\r\n{INSTANCE}: inst-1\r\nAuthorization: Bearer gho_still_valid\r\nDPoP: {proof}\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let head = out.split("\r\n\r\n").next().unwrap().to_owned();
+        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+        };
+        (status, header("dpop-nonce"), header("www-authenticate"))
+    };
+    // A proof made without the gateway's nonce (in advance, say).
+    let (st, nonce, challenge) = send(&proof("GET", &u, Some("gho_still_valid")));
+    assert_eq!(st, 401);
+    assert!(challenge.unwrap().contains("use_dpop_nonce"));
+    let nonce = nonce.expect("the nonce to use");
+    // Made with it: allowed, and the answer carries the nonce to use next.
+    let mut jti = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut jti);
+    let now = mandate_core::timestamp::UnixTime::from_secs(now_secs()).unwrap();
+    let p = mandate_core::pop::make_proof_with_nonce(
+        &holder(),
+        "GET",
+        &u,
+        Some("gho_still_valid"),
+        Some(&nonce),
+        &hex::encode(jti),
+        now,
+    );
+    let (st, next, _) = send(&p);
+    assert_eq!(st, 200);
+    assert!(next.is_some());
+    // A nonce the gateway never issued.
+    let forged = mandate_core::pop::Nonces::new([1; 32]).current(now);
+    let p = mandate_core::pop::make_proof_with_nonce(
+        &holder(),
+        "GET",
+        &u,
+        Some("gho_still_valid"),
+        Some(&forged),
+        "forged-1",
+        now,
+    );
+    assert_eq!(send(&p).0, 401);
+    gw.stop();
+}
