@@ -47,9 +47,18 @@ fn post(agent: &ureq::Agent, url: &str, auth: Option<&str>, set: &str) -> Delive
     }
 }
 
-/// Starts the delivery task of a push stream.
+/// Starts the delivery task of a push stream, unless one runs already.
 pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
+    match s.pushers.lock() {
+        Ok(mut running) => {
+            if !running.insert(stream_id.clone()) {
+                return;
+            }
+        }
+        Err(_) => return,
+    }
     tokio::spawn(async move {
+        let _running = Running(Arc::clone(&s), stream_id.clone());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(5)))
             .http_status_as_error(false)
@@ -122,6 +131,13 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                 let _ = tokio::time::timeout(HEARTBEAT, notified).await;
                 continue;
             }
+            // A verification the receiver asked for goes out on this stream
+            // alone, outside the sequence.
+            if let Ok(Some((_, set))) = ssf::take_verification(&s, &stream_id, &aud).await {
+                let (a, u, au) = (agent.clone(), url.clone(), auth.clone());
+                let _ =
+                    tokio::task::spawn_blocking(move || post(&a, &u, au.as_deref(), &set)).await;
+            }
             let t = tenant.clone();
             let found = s
                 .store
@@ -147,6 +163,11 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
             }
             let mut delivered = st.cursor;
             for sig in &found {
+                if !ssf::delivers(&st.config, &sig.kind) {
+                    // Not requested by the receiver: passed over.
+                    delivered = sig.seq;
+                    continue;
+                }
                 let set = signals::to_set(&s.authority, &s.issuer, &aud, &tenant, sig);
                 let (a, u, au) = (agent.clone(), url.clone(), auth.clone());
                 let result = tokio::task::spawn_blocking(move || post(&a, &u, au.as_deref(), &set))
@@ -187,6 +208,17 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
             }
         }
     });
+}
+
+/// Marks a stream's delivery task as gone when it ends (however it ends).
+struct Running(Arc<AppState>, String);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.0.pushers.lock() {
+            running.remove(&self.1);
+        }
+    }
 }
 
 /// Starts the delivery tasks of every push stream (at start-up).

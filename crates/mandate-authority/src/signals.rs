@@ -22,8 +22,9 @@ pub const EVENT_PREFIX: &str = "https://schemas.mandate.dev/secevent/v1/";
 /// Every event type this transmitter sends: mandate transitions (`revoked`,
 /// `suspended`, `resumed`, `expired`, `completed`, `superseded`), `issued`,
 /// `consumed` (a one-time mandate was used), `facts-changed`,
-/// `business-event`, and `verification` (a stream's verification event).
-pub const EVENT_TYPES: [&str; 14] = [
+/// `business-event`, the unstored `heartbeat` and `stream-updated`, and
+/// `audit-checkpoint`. (Verification uses the SSF type, [`SSF_VERIFICATION`].)
+pub const EVENT_TYPES: [&str; 13] = [
     "issued",
     "suspended",
     "resumed",
@@ -34,16 +35,49 @@ pub const EVENT_TYPES: [&str; 14] = [
     "consumed",
     "facts-changed",
     "business-event",
-    "verification",
     "heartbeat",
     "stream-updated",
     "audit-checkpoint",
 ];
 
+/// The SSF 1.0 verification event type: sent on the one stream whose
+/// receiver asked for it (`POST /ssf/verify`), not stored in the sequence.
+pub const SSF_VERIFICATION: &str =
+    "https://schemas.openid.net/secevent/ssf/event-type/verification";
+
 /// The URI of an event type.
 #[must_use]
 pub fn event_uri(kind: &str) -> String {
     format!("{EVENT_PREFIX}{kind}")
+}
+
+/// The SSF verification SET for `stream_id` (fresh `jti`; `sub_id` is the
+/// stream, as SSF 1.0 §8.1.4 says; `state` echoed when the receiver gave one).
+#[must_use]
+pub fn verification_set(
+    key: &mandate_core::keys::SigningKey,
+    issuer: &str,
+    aud: &str,
+    stream_id: &str,
+    state: Option<&str>,
+) -> (String, String) {
+    let jti = fresh_jti("verification");
+    let event = match state {
+        Some(s) => json!({"state": s}),
+        None => json!({}),
+    };
+    let claims = json!({
+        "iss": issuer,
+        "iat": crate::auth::now_secs(),
+        "jti": jti,
+        "aud": aud,
+        "sub_id": {"format": "opaque", "id": stream_id},
+        "events": { SSF_VERIFICATION: event },
+    });
+    (
+        jti,
+        mandate_core::jws::sign(key, "secevent+jwt", claims.to_string().as_bytes()),
+    )
 }
 
 /// Records a signal in the current write job; returns its sequence number.

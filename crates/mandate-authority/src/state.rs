@@ -58,6 +58,8 @@ pub struct AppState {
     pub sessions: crate::console::Sessions,
     /// DPoP proofs seen, so each is accepted once.
     pub replay: mandate_core::pop::ReplayCache,
+    /// Push streams whose delivery task runs (one task per stream).
+    pub pushers: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The token endpoint's DPoP nonces (when `dpop_nonce`).
     pub nonces: mandate_core::pop::Nonces,
     /// Console sign-ins waiting for the IdP's callback.
@@ -204,6 +206,7 @@ impl AppState {
             signals: tokio::sync::Notify::new(),
             sessions: crate::console::Sessions::new(max_sessions),
             replay: mandate_core::pop::ReplayCache::default(),
+            pushers: std::sync::Mutex::new(std::collections::HashSet::new()),
             nonces: {
                 let mut key = [0u8; 32];
                 rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);

@@ -29,3 +29,6 @@ mod insider;
 
 #[path = "api/pop.rs"]
 mod pop;
+
+#[path = "api/peers.rs"]
+mod peers;

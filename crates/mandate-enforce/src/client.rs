@@ -215,8 +215,12 @@ impl AuthorityClient {
         ack: Option<i64>,
         timeout: Duration,
     ) -> Result<Vec<String>, ClientError> {
-        let ack: Vec<String> = ack.map(|a| format!("sig-{a}")).into_iter().collect();
-        let body = json!({"ack": ack, "maxEvents": 500, "timeout_secs": timeout.as_secs_f64()});
+        // Everything up to the replica's cursor is applied (or covered by
+        // the snapshot it installed): acknowledged in one go.
+        let mut body = json!({"maxEvents": 500, "timeout_secs": timeout.as_secs_f64()});
+        if let (Some(a), Some(o)) = (ack, body.as_object_mut()) {
+            o.insert("ack_through".into(), json!(format!("sig-{a}")));
+        }
         let (st, v) = self.call("POST", &format!("/ssf/poll/{stream}"), Some(&body))?;
         if st != 200 {
             return Err(ClientError(format!("poll: {st} {v}")));

@@ -800,7 +800,8 @@ async fn receive_set(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
             | Applied::Duplicate
             | Applied::Gap
             | Applied::Heartbeat
-            | Applied::Paused,
+            | Applied::Paused
+            | Applied::Verification,
         ) => StatusCode::ACCEPTED.into_response(),
         Err(e) => {
             // Sent by the transmitter (it held the push authorization), yet

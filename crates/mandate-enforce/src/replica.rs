@@ -29,6 +29,10 @@ use mandate_core::decision::{Decision, decide};
 use mandate_core::id::MandateId;
 use mandate_core::keys::{Algorithm, KeySet};
 use mandate_core::pop;
+
+/// The SSF 1.0 verification event type.
+pub const SSF_VERIFICATION: &str =
+    "https://schemas.openid.net/secevent/ssf/event-type/verification";
 use mandate_core::request::EvaluationRequest;
 use mandate_core::state::{MandateState, StateDocument, StateSnapshot};
 use mandate_core::timestamp::UnixTime;
@@ -67,6 +71,8 @@ pub enum Applied {
     Heartbeat,
     /// The transmitter paused or disabled the stream: stale until it resumes.
     Paused,
+    /// The SSF verification event this receiver asked for: nothing to apply.
+    Verification,
 }
 
 fn is_terminal(s: MandateState) -> bool {
@@ -254,6 +260,9 @@ impl Replica {
         else {
             return Err(SetError::Invalid("events".into()));
         };
+        if uri == SSF_VERIFICATION {
+            return Ok(Applied::Verification);
+        }
         let kind = uri
             .strip_prefix(EVENT_PREFIX)
             .ok_or_else(|| SetError::Invalid(format!("unknown event type `{uri}`")))?;

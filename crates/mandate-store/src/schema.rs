@@ -110,6 +110,16 @@ CREATE TABLE IF NOT EXISTS streams (
     cursor INTEGER NOT NULL,
     created_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stream_acks (
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stream_verifications (
+    stream TEXT PRIMARY KEY,
+    state TEXT,
+    requested_ms INTEGER NOT NULL
+);
 ";
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -132,7 +132,8 @@ struct StreamRequest {
 
 fn build_config(s: &AppState, id: &str, req: &StreamRequest) -> Result<Value, ApiError> {
     let base = s.issuer.trim_end_matches('/');
-    let supported: Vec<String> = EVENT_TYPES.iter().map(|k| event_uri(k)).collect();
+    let mut supported: Vec<String> = EVENT_TYPES.iter().map(|k| event_uri(k)).collect();
+    supported.push(signals::SSF_VERIFICATION.to_owned());
     let requested = req
         .events_requested
         .clone()
@@ -320,7 +321,13 @@ async fn replace_or_update(
         .ok();
     }
     let config = build_config(&s, &id, &merged)?;
+    let now_push = config.pointer("/delivery/method").and_then(Value::as_str) == Some(PUSH);
     save_config(&s, &st, config).await?;
+    // Switched to push (or re-pointed): delivery starts (a running task
+    // picks up the new configuration by itself).
+    if now_push {
+        crate::push::spawn(Arc::clone(&s), st.id.clone(), st.tenant.clone());
+    }
     Ok(Json(view(&load_managed(&s, &caller, &id)?)))
 }
 
@@ -493,7 +500,9 @@ struct Verify {
     state: Option<String>,
 }
 
-/// `POST /ssf/verify`: a verification event follows in the stream.
+/// `POST /ssf/verify`: a verification event (SSF 1.0 §8.1.4) follows on
+/// this stream only, with the receiver's `state`. A second request before
+/// delivery replaces the first.
 pub async fn verify(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -505,18 +514,61 @@ pub async fn verify(
     let tenant = st.tenant.clone();
     s.store
         .write(move |tx| {
-            signals::emit(
-                tx,
-                &tenant,
-                "verification",
-                None,
-                &json!({"stream_id": st.id, "state": v.state}),
-            )
-            .map(|_| ())
+            let now = tx.now_ms();
+            tx.conn().execute(
+                "INSERT INTO stream_verifications (stream, state, requested_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(stream) DO UPDATE SET state = excluded.state, requested_ms = excluded.requested_ms",
+                params![st.id, v.state, now],
+            )?;
+            tx.audit(Some(&tenant), "stream_verification_requested", None, json!({"stream": st.id}))?;
+            Ok(())
         })
         .await?;
     s.signals.notify_waiters();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Takes the stream's pending verification, if any: its SET and `jti`.
+pub async fn take_verification(
+    s: &AppState,
+    stream: &str,
+    aud: &str,
+) -> Result<Option<(String, String)>, ApiError> {
+    let id = stream.to_owned();
+    let pending: Option<Option<String>> = s
+        .store
+        .write(move |tx| {
+            let state: Option<Option<String>> = tx
+                .conn()
+                .query_row(
+                    "SELECT state FROM stream_verifications WHERE stream = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if state.is_some() {
+                tx.conn().execute(
+                    "DELETE FROM stream_verifications WHERE stream = ?1",
+                    params![id],
+                )?;
+            }
+            Ok(state)
+        })
+        .await?;
+    Ok(pending.map(|state| {
+        signals::verification_set(&s.authority, &s.issuer, aud, stream, state.as_deref())
+    }))
+}
+
+/// Whether a stream delivers a stored signal of this kind: the receiver's
+/// `events_requested` decides (every kind by default).
+#[must_use]
+pub fn delivers(config: &Value, kind: &str) -> bool {
+    let uri = event_uri(kind);
+    config
+        .get("events_delivered")
+        .and_then(Value::as_array)
+        .is_none_or(|d| d.iter().any(|e| e.as_str() == Some(uri.as_str())))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -528,6 +580,10 @@ struct Poll {
     return_immediately: Option<bool>,
     #[serde(default)]
     ack: Vec<String>,
+    /// Extension: every SET up to and including this one is acknowledged
+    /// (what a receiver that resynchronised from a snapshot knows).
+    #[serde(default, rename = "ack_through")]
+    ack_through: Option<String>,
     #[serde(default)]
     set_errs: Option<Map<String, Value>>,
     /// Extension: how long to wait for a signal, at most 10 s.
@@ -542,7 +598,7 @@ pub async fn poll(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     caller.require(&[Role::Enforcer])?;
     let p: Poll = if body.is_empty() {
         Poll::default()
@@ -575,34 +631,83 @@ pub async fn poll(
         let errors = serde_json::Value::Object(errs.clone()).to_string();
         tracing::warn!(stream = %id, %errors, "receiver reported SET errors");
     }
-    let acked = p.ack.iter().filter_map(|j| signals::seq_of(j)).max();
-    let mut cursor = st.cursor;
-    if let Some(a) = acked {
-        // Nothing beyond what exists can have been delivered: acknowledging
-        // ahead would make the stream skip signals it never sent.
+    // RFC 8936 acknowledgements are per `jti`; `ack_through` (extension)
+    // acknowledges everything up to one. Nothing beyond what exists can have
+    // been delivered: acknowledging ahead would skip signals never sent.
+    let mut acked: Vec<i64> = Vec::with_capacity(p.ack.len());
+    for j in &p.ack {
+        match signals::seq_of(j) {
+            Some(seq) => acked.push(seq),
+            // A verification SET (not in the sequence) needs no ack.
+            None if j.starts_with("verification-") => {}
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "ack: `{j}` is not a jti of this stream"
+                )));
+            }
+        }
+    }
+    let through = match &p.ack_through {
+        Some(j) => Some(signals::seq_of(j).ok_or_else(|| {
+            ApiError::bad_request(format!("ack_through: `{j}` is not a jti of this stream"))
+        })?),
+        None => None,
+    };
+    let cursor = if acked.is_empty() && through.is_none() {
+        st.cursor
+    } else {
         let tenant = st.tenant.clone();
         let head = s.store.read(|c| Ok(signals::head(c, &tenant)?))?;
-        if a > head {
+        if let Some(beyond) = acked
+            .iter()
+            .chain(through.iter())
+            .copied()
+            .find(|a| *a > head)
+        {
             return Err(ApiError::bad_request(format!(
                 "ack: `{}` is beyond the last signal delivered (`{}`)",
-                signals::jti(&st.tenant, a),
+                signals::jti(&st.tenant, beyond),
                 signals::jti(&st.tenant, head)
             )));
         }
-    }
-    if let Some(a) = acked.filter(|a| *a > cursor) {
         let sid = st.id.clone();
+        let from = st.cursor;
         s.store
             .write(move |tx| {
+                let mut cursor = from.max(through.unwrap_or(0));
+                for a in acked.iter().filter(|a| **a > cursor) {
+                    tx.conn().execute(
+                        "INSERT OR IGNORE INTO stream_acks (stream, seq) VALUES (?1, ?2)",
+                        params![sid, a],
+                    )?;
+                }
+                // The cursor moves over every acknowledged signal in a row.
+                loop {
+                    let next: Option<i64> = tx
+                        .conn()
+                        .query_row(
+                            "SELECT seq FROM stream_acks WHERE stream = ?1 AND seq = ?2",
+                            params![sid, cursor + 1],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    match next {
+                        Some(n) => cursor = n,
+                        None => break,
+                    }
+                }
+                tx.conn().execute(
+                    "DELETE FROM stream_acks WHERE stream = ?1 AND seq <= ?2",
+                    params![sid, cursor],
+                )?;
                 tx.conn().execute(
                     "UPDATE streams SET cursor = MAX(cursor, ?2) WHERE id = ?1",
-                    params![sid, a],
+                    params![sid, cursor],
                 )?;
-                Ok(())
+                Ok(cursor)
             })
-            .await?;
-        cursor = a;
-    }
+            .await?
+    };
     let max = p.max_events.unwrap_or(100).clamp(0, 1000);
     let wait = if p.return_immediately.unwrap_or(false) || max == 0 {
         Duration::ZERO
@@ -625,33 +730,88 @@ pub async fn poll(
         tokio::pin!(notified);
         notified.as_mut().enable();
         if st.status == "enabled" && max > 0 {
-            let tenant = st.tenant.clone();
-            let found = s
-                .store
-                .read(|c| Ok(signals::after(c, &tenant, cursor, max + 1)?))?;
-            if !found.is_empty() {
-                let more = found.len() as i64 > max;
-                let mut sets = Map::new();
-                for sig in found.iter().take(usize::try_from(max).unwrap_or(0)) {
-                    sets.insert(
-                        signals::jti(&st.tenant, sig.seq),
-                        json!(signals::to_set(
-                            &s.authority,
-                            &s.issuer,
-                            &aud,
-                            &st.tenant,
-                            sig
-                        )),
-                    );
-                }
-                return Ok(Json(json!({"sets": sets, "moreAvailable": more})));
+            let mut sets: Vec<(String, String)> = Vec::new();
+            if let Some((jti, set)) = take_verification(&s, &st.id, &aud).await? {
+                sets.push((jti, set));
+            }
+            let (tenant, sid) = (st.tenant.clone(), st.id.clone());
+            let found = s.store.read(|c| {
+                let acked: std::collections::HashSet<i64> = {
+                    let mut q = c.prepare("SELECT seq FROM stream_acks WHERE stream = ?1")?;
+                    let rows = q.query_map(params![sid], |r| r.get(0))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                // Unacknowledged signals after the cursor, past the ones this
+                // stream acknowledged out of order.
+                let window = max + 1 + i64::try_from(acked.len()).unwrap_or(0);
+                let all = signals::after(c, &tenant, cursor, window)?;
+                Ok(all
+                    .into_iter()
+                    .filter(|g| !acked.contains(&g.seq))
+                    .collect::<Vec<_>>())
+            })?;
+            let (wanted, unwanted): (Vec<_>, Vec<_>) = found
+                .into_iter()
+                .partition(|g| delivers(&st.config, &g.kind));
+            if !unwanted.is_empty() {
+                // Kinds the receiver did not request are acknowledged for it.
+                let (sid, seqs) = (
+                    st.id.clone(),
+                    unwanted.iter().map(|g| g.seq).collect::<Vec<_>>(),
+                );
+                s.store
+                    .write(move |tx| {
+                        for q in &seqs {
+                            tx.conn().execute(
+                                "INSERT OR IGNORE INTO stream_acks (stream, seq) VALUES (?1, ?2)",
+                                params![sid, q],
+                            )?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+            }
+            let more = wanted.len() as i64 > max;
+            for sig in wanted.iter().take(usize::try_from(max).unwrap_or(0)) {
+                sets.push((
+                    signals::jti(&st.tenant, sig.seq),
+                    signals::to_set(&s.authority, &s.issuer, &aud, &st.tenant, sig),
+                ));
+            }
+            if !sets.is_empty() {
+                return Ok(ordered_sets(&sets, more));
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Ok(Json(json!({"sets": {}, "moreAvailable": false})));
+            return Ok(ordered_sets(&[], false));
         }
         let _ = tokio::time::timeout_at(deadline, notified).await;
     }
+}
+
+/// The poll answer with `sets` in delivery order (a JSON object's members
+/// in the order written; RFC 8936 receivers may process them as listed).
+fn ordered_sets(sets: &[(String, String)], more: bool) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let members: Vec<String> = sets
+        .iter()
+        .map(|(jti, set)| {
+            format!(
+                "{}:{}",
+                Value::String(jti.clone()),
+                Value::String(set.clone())
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"sets":{{{}}},"moreAvailable":{more}}}"#,
+        members.join(",")
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// `GET /ssf/streams/{id}/snapshot` (enforcer): a consistent view of the
