@@ -273,6 +273,49 @@ pub enum Consumed {
     Ended(String),
 }
 
+/// Logs an outage of the authority once when it starts, then at most every
+/// [`Outage::EVERY`] saying how long it has lasted, and once when it ends:
+/// not the same warning every 100 ms while the authority is down.
+#[derive(Debug, Default)]
+pub struct Outage {
+    since: Option<std::time::Instant>,
+    last_log: Option<std::time::Instant>,
+}
+
+impl Outage {
+    /// How often a continuing outage is logged.
+    pub const EVERY: Duration = Duration::from_secs(30);
+
+    /// A failed call (`what`: `poll`, `snapshot`); whether it was logged.
+    pub fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) -> bool {
+        let now = std::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        let due = self
+            .last_log
+            .is_none_or(|at| now.duration_since(at) >= Self::EVERY);
+        if due {
+            self.last_log = Some(now);
+            tracing::warn!(
+                %error,
+                down_for_secs = now.duration_since(since).as_secs(),
+                "authority unreachable ({what} failed); deciding from the replica until it goes stale, then denying state_stale"
+            );
+        }
+        due
+    }
+
+    /// A call that worked: ends the outage (logged once).
+    pub fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                down_for_secs = since.elapsed().as_secs(),
+                "authority reachable again"
+            );
+            self.last_log = None;
+        }
+    }
+}
+
 /// Keeps a replica current by polling, resynchronising from a snapshot at
 /// start and after any gap, until `stop` is set.
 pub fn run_poller(
@@ -284,16 +327,18 @@ pub fn run_poller(
 ) {
     let mut ack: Option<i64> = None;
     let mut backoff = Duration::from_millis(50);
+    let mut outage = Outage::default();
     while !stop.load(Ordering::Relaxed) {
         if replica.needs_snapshot() {
             match client.snapshot(stream) {
                 Ok((cursor, doc)) => {
+                    outage.recovered();
                     if replica.install(cursor, doc).is_ok() {
                         ack = Some(cursor);
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "snapshot failed");
+                    outage.failed("snapshot", &e);
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
@@ -303,6 +348,7 @@ pub fn run_poller(
         match client.poll(stream, ack, wait) {
             Ok(sets) => {
                 backoff = Duration::from_millis(50);
+                outage.recovered();
                 replica.touch();
                 for set in sets {
                     if let Err(e) = replica.apply_set(&set) {
@@ -320,7 +366,7 @@ pub fn run_poller(
                     // The stream was paused or disabled: told so, stale now.
                     replica.mark_paused();
                 }
-                tracing::warn!(error = %e, "poll failed");
+                outage.failed("poll", &e);
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -345,5 +391,21 @@ impl AuthorityClient {
         } else {
             Err(ClientError(format!("ship: {st} {v}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod outage_tests {
+    use super::Outage;
+
+    #[test]
+    fn an_outage_is_logged_when_it_starts_not_on_every_failure() {
+        let mut o = Outage::default();
+        assert!(o.failed("poll", &"refused"));
+        for _ in 0..100 {
+            assert!(!o.failed("poll", &"refused"));
+        }
+        o.recovered();
+        assert!(o.failed("poll", &"refused"), "a new outage is logged again");
     }
 }

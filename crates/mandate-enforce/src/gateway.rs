@@ -662,6 +662,68 @@ fn deny(d: &mut Decision, reason: &str) {
     d.obligations.clear();
 }
 
+/// How the gateway names itself in `Via` (RFC 9110 §7.6.3).
+const VIA: &str = "1.1 mandate-gateway";
+
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every
+/// header it names, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
+/// `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
+/// They concern one connection, not the one the gateway opens onward.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for n in named {
+        headers.remove(n.as_str());
+    }
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(h);
+    }
+}
+
+/// Adds what a proxy adds on the way in: `Via`, the client's address to
+/// `X-Forwarded-For`, and an RFC 7239 `Forwarded` element (`for`, `proto`,
+/// `host`), keeping what earlier proxies wrote.
+fn forwarded(headers: &mut HeaderMap, peer: Option<std::net::IpAddr>, host: Option<&str>) {
+    headers.append(header::VIA, HeaderValue::from_static(VIA));
+    let Some(ip) = peer else {
+        return;
+    };
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    let node = match ip {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
+    let mut element = format!("for={node};proto=http");
+    if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+        element.push_str(&format!(";host=\"{h}\""));
+    }
+    if let Ok(v) = HeaderValue::from_str(&element) {
+        headers.append(header::FORWARDED, v);
+    }
+}
+
 fn keep_running(stop: &Arc<AtomicBool>) -> bool {
     !stop.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -674,13 +736,17 @@ fn run_snapshot_keeper(
     stream: &str,
     stop: &Arc<AtomicBool>,
 ) {
+    let mut outage = crate::client::Outage::default();
     while keep_running(stop) {
         if replica.needs_snapshot() {
             match client.snapshot(stream) {
                 Ok((cursor, doc)) => {
+                    outage.recovered();
                     let _ = replica.install(cursor, doc);
                 }
-                Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+                Err(e) => {
+                    outage.failed("snapshot", &e);
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -726,12 +792,29 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     parts.headers.remove("mandate");
     // The proof was for this gateway's URL: of no use upstream.
     parts.headers.remove("dpop");
+    strip_hop_by_hop(&mut parts.headers);
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    forwarded(&mut parts.headers, peer, host.as_deref());
     parts
         .headers
         .remove(gw.config.agent_instance_header.as_str());
     parts.headers.remove(header::HOST);
     match gw.upstream.request(Request::from_parts(parts, body)).await {
-        Ok(resp) => gw.with_nonce(resp.map(Body::new).into_response(), &d),
+        Ok(resp) => {
+            let mut resp = resp.map(Body::new).into_response();
+            strip_hop_by_hop(resp.headers_mut());
+            resp.headers_mut()
+                .append(header::VIA, HeaderValue::from_static(VIA));
+            gw.with_nonce(resp, &d)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "upstream");
             (StatusCode::BAD_GATEWAY, "upstream unavailable").into_response()

@@ -68,12 +68,15 @@ fn run_router(addr: &str, make: impl FnOnce() -> axum::Router + Send + 'static) 
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, make())
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
+            axum::serve(
+                listener,
+                make().into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
         });
     });
     Running {
@@ -252,8 +255,13 @@ fn token(dir: &std::path::Path, sub: &str, role: Role) -> String {
 fn stub_github() -> Running {
     run_router("127.0.0.1:0", || {
         axum::Router::new()
-            .route("/repos/{owner}/{repo}/pulls/{number}", get(|axum::extract::Path((o, r, n)): axum::extract::Path<(String, String, u32)>| async move {
-                axum::Json(json!({"repo": format!("{o}/{r}"), "number": n, "state": "open"}))
+            .route("/repos/{owner}/{repo}/pulls/{number}", get(|axum::extract::Path((o, r, n)): axum::extract::Path<(String, String, u32)>, headers: axum::http::HeaderMap| async move {
+                // What reached the upstream, for the tests that look.
+                let seen: serde_json::Map<String, Value> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or_default())))
+                    .collect();
+                axum::Json(json!({"repo": format!("{o}/{r}"), "number": n, "state": "open", "seen_headers": seen}))
             }))
             .route("/v2/entities/screen", post(|| async { axum::Json(json!({"screened": true})) }))
     })

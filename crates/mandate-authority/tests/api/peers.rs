@@ -37,7 +37,10 @@ fn an_independent_authzen_client_finds_no_deviation() {
         &serde_json::json!({"procurement": {"contingency_program": {"status": "active"}}}),
     );
     let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/authzen_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/authzen_client.py"
+    );
     let private = serde_json::to_string(&agent_key().to_private_jwk()).unwrap();
     let out = std::process::Command::new("python3")
         .args([

@@ -223,3 +223,60 @@ fn a_gateway_that_requires_nonces_hands_one_out_and_accepts_only_proofs_made_aft
     assert_eq!(send(&p).0, 401);
     gw.stop();
 }
+
+#[test]
+fn the_gateway_forwards_as_a_proxy_does_without_hop_by_hop_headers_or_the_proof() {
+    let dir = temp("hop-by-hop");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let (_, mandate) = grant(&dir, authority.addr, &pr_request(8));
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Poll,
+        "https://api.github.com",
+    );
+    let (st, body) = http(
+        gateway.addr,
+        "GET",
+        "/repos/acme/app/pulls/8",
+        &[
+            ("Mandate", mandate.clone()),
+            ("Authorization", "Bearer gho_still_valid".into()),
+            ("Connection", "x-private-hop, keep-alive".into()),
+            ("X-Private-Hop", "for the gateway only".into()),
+            ("Proxy-Authorization", "Basic c2VjcmV0".into()),
+            ("TE", "trailers".into()),
+            ("X-Forwarded-For", "203.0.113.9".into()),
+        ],
+        "",
+    );
+    assert_eq!(st, 200, "{body}");
+    let seen = &body["seen_headers"];
+    for gone in [
+        "x-private-hop",
+        "proxy-authorization",
+        "te",
+        "keep-alive",
+        "mandate",
+        "dpop",
+    ] {
+        assert!(
+            seen.get(gone).is_none(),
+            "{gone} reached the upstream: {seen}"
+        );
+    }
+    assert_eq!(seen["via"], "1.1 mandate-gateway");
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert!(
+        seen["forwarded"]
+            .as_str()
+            .unwrap()
+            .starts_with("for=127.0.0.1;proto=http"),
+        "{seen}"
+    );
+    // The access token is the upstream's business: it goes through.
+    assert_eq!(seen["authorization"], "Bearer gho_still_valid");
+    gw.stop();
+}
