@@ -13,7 +13,7 @@ import http from 'node:http';
 import { chromium } from 'playwright-core';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const bin = process.env.MANDATE_BIN || join(root, 'target/release/mandate');
+const bin = process.env.MANDATE_BIN || join(root, process.env.CARGO_TARGET_DIR || 'target', 'release/mandate');
 const work = mkdtempSync(join(tmpdir(), 'mandate-console-'));
 // The README's screenshots are rewritten only on request (UPDATE_SCREENSHOTS=1);
 // otherwise they go to the scratch directory, so a test run leaves the tree clean.

@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
 cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
-bin="$root/target/release/mandate"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
 work="$(mktemp -d)"; server=""
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT

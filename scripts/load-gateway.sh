@@ -10,7 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
 cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
-bin="$root/target/release/mandate"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
 work="$(mktemp -d)"; pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT

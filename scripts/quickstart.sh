@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -z "${MANDATE_BIN:-}" ]; then
   cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
-  MANDATE_BIN="$root/target/release/mandate"
+  MANDATE_BIN="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
 fi
 bindir="$(mktemp -d)"
 work="$(mktemp -d)"

@@ -258,7 +258,7 @@ fn issue_inspect_verify_attenuate_evaluate() {
 }
 
 #[test]
-fn attenuate_refuses_a_widened_child_with_exit_3_naming_the_dimension() {
+fn attenuate_refuses_a_widened_child_with_exit_2_like_a_deny_naming_the_dimension() {
     let d = Dir::new();
     d.setup();
     let out = d.run(&[
@@ -272,7 +272,8 @@ fn attenuate_refuses_a_widened_child_with_exit_3_naming_the_dimension() {
         "--at",
         "2025-10-02T08:00:00Z",
     ]);
-    assert_eq!(code(&out), Some(3));
+    // A policy refusal, not unreadable input.
+    assert_eq!(code(&out), Some(2));
     assert!(
         stderr(&out).contains("attenuation_violation:actions"),
         "{}",
@@ -525,4 +526,42 @@ fn the_readme_authority_quick_start_shows_what_the_server_answers() {
     );
     assert!(stdout(&out).contains("ALLOW"));
     assert!(stdout(&out).contains("DENY completed"));
+}
+
+#[test]
+fn the_source_texts_own_example_mandate_issues_with_its_registered_claims_filled_in() {
+    let d = Dir::new();
+    d.setup();
+    std::fs::copy(
+        repo().join("testdata/examples/source-text-mandate.json"),
+        d.path("source.json"),
+    )
+    .unwrap();
+    let jws = d.ok(&[
+        "issue",
+        "--key",
+        "authority.jwk",
+        "--holder",
+        "agent.pub.jwk",
+        "--claims",
+        "source.json",
+        "--at",
+        "2025-10-01T08:00:00Z",
+    ]);
+    let claims = mandate_core::jws::unverified_payload(jws.trim()).unwrap();
+    // `iat` as the text wrote it (RFC 3339), as a NumericDate; the rest filled.
+    assert_eq!(claims["iat"], 1_759_305_600);
+    assert_eq!(claims["nbf"], 1_759_305_600);
+    assert_eq!(claims["exp"], 1_760_547_600, "exp = lifecycle.hard_expiry");
+    assert_eq!(claims["jti"], "mnd-logistics-sourcing-7f2a");
+    d.write("source.jws", &jws);
+    let v = d.ok(&[
+        "verify",
+        "--jwks",
+        "jwks.json",
+        "@source.jws",
+        "--at",
+        "2025-10-02T09:00:00Z",
+    ]);
+    assert!(v.starts_with("VALID"), "{v}");
 }

@@ -24,7 +24,7 @@ use crate::auth::{Caller, Role};
 use crate::db::{self, NewMandate, state_name};
 use crate::error::{ApiError, parse_body};
 use crate::registry::MandateRecord;
-use crate::routes::requests::{new_id, refuse};
+use crate::routes::requests::new_id;
 use crate::state::AppState;
 
 fn find(s: &AppState, caller: &Caller, id: &str) -> Result<MandateRecord, ApiError> {
@@ -71,7 +71,10 @@ async fn governs(
     if ok {
         Ok(())
     } else {
-        Err(refuse(s, caller, operation, Some(m.id.as_str())).await)
+        Err(
+            crate::routes::requests::refuse_not_theirs(s, caller, operation, Some(m.id.as_str()))
+                .await,
+        )
     }
 }
 

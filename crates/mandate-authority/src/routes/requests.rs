@@ -212,6 +212,44 @@ pub async fn refuse(
     operation: &str,
     mandate_id: Option<&str>,
 ) -> ApiError {
+    let message = format!("role `{}` may not {operation}", caller.role.as_str());
+    refuse_saying(s, caller, operation, mandate_id, message).await
+}
+
+/// As [`refuse`], for what the caller's role may do but not here: a
+/// principal acting on another principal's request or mandate is told that
+/// (not that principals may not).
+pub async fn refuse_not_theirs(
+    s: &AppState,
+    caller: &Caller,
+    operation: &str,
+    mandate_id: Option<&str>,
+) -> ApiError {
+    if caller.role != Role::Principal {
+        return refuse(s, caller, operation, mandate_id).await;
+    }
+    // "approve requests" → "approve it": said of this one.
+    let verb = operation
+        .trim_end_matches(" requests")
+        .trim_end_matches(" mandates");
+    let message = match mandate_id {
+        Some(id) => format!(
+            "mandate {id} was granted by another principal: only that principal or an admin may {verb} it"
+        ),
+        None => format!(
+            "this request is addressed to another principal: only that principal or an admin may {verb} it"
+        ),
+    };
+    refuse_saying(s, caller, operation, mandate_id, message).await
+}
+
+async fn refuse_saying(
+    s: &AppState,
+    caller: &Caller,
+    operation: &str,
+    mandate_id: Option<&str>,
+    message: String,
+) -> ApiError {
     let (tenant, body) = (
         caller.tenant.clone(),
         json!({"caller": caller.sub, "role": caller.role.as_str(), "operation": operation}),
@@ -221,10 +259,7 @@ pub async fn refuse(
         .store
         .write(move |tx| tx.audit(Some(&tenant), "refused", mid.as_deref(), body))
         .await;
-    ApiError::forbidden(format!(
-        "role `{}` may not {operation}",
-        caller.role.as_str()
-    ))
+    ApiError::forbidden(message)
 }
 
 /// `GET /v1/requests/{id}`: the requesting agent, the addressed principal, or an admin.
@@ -289,7 +324,7 @@ pub async fn approve(
 ) -> Result<Json<Value>, ApiError> {
     let r = load_request(&s, &caller, &id)?;
     if !may_decide(&caller, &r) {
-        return Err(refuse(&s, &caller, "approve requests", None).await);
+        return Err(refuse_not_theirs(&s, &caller, "approve requests", None).await);
     }
     let approval: Approval = if body.is_empty() {
         Approval::default()
@@ -393,7 +428,7 @@ pub async fn deny(
 ) -> Result<Json<Value>, ApiError> {
     let r = load_request(&s, &caller, &id)?;
     if !may_decide(&caller, &r) {
-        return Err(refuse(&s, &caller, "deny requests", None).await);
+        return Err(refuse_not_theirs(&s, &caller, "deny requests", None).await);
     }
     let denial: Denial = if body.is_empty() {
         Denial::default()

@@ -70,13 +70,25 @@ fn another_principal_cannot_approve_and_a_denied_request_issues_nothing() {
     );
     let id = r["id"].as_str().unwrap();
     let other = s.token("someone@acme.example", Role::Principal, "acme");
-    let (st, _) = s.call(
+    let (st, e) = s.call(
         "POST",
         &format!("/v1/requests/{id}/approve"),
         Some(&other),
         None,
     );
     assert_eq!(st, 403);
+    // Told why: principals may approve, only not another principal's request.
+    assert_eq!(
+        e["detail"],
+        "this request is addressed to another principal: only that principal or an admin may approve it"
+    );
+    let (_, e) = s.call(
+        "POST",
+        &format!("/v1/requests/{id}/approve"),
+        Some(&c.agent),
+        None,
+    );
+    assert_eq!(e["detail"], "role `agent` may not approve requests");
     let (st, d) = s.call(
         "POST",
         &format!("/v1/requests/{id}/deny"),

@@ -51,11 +51,18 @@ pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
                 .map_err(|e| CliError::input("invalid_input", e.to_string()))?
         }
     };
-    let chain =
-        derive_child(&parent, &key, &spec, id.clone(), now).map_err(|e| CliError::Input {
+    // A child beyond its parent is a policy refusal (exit 2, like a deny);
+    // input that cannot be read is exit 3.
+    let chain = derive_child(&parent, &key, &spec, id.clone(), now).map_err(|e| match e {
+        mandate_core::chain::IssueError::Attenuation(_) => CliError::Invalid {
             codes: e.codes(),
             message: format!("refused: {e}"),
-        })?;
+        },
+        _ => CliError::Input {
+            codes: e.codes(),
+            message: format!("refused: {e}"),
+        },
+    })?;
     match out {
         Output::Text => println!("{chain}"),
         Output::Json => print_json(&serde_json::json!({"mandate_id": id, "mandate": chain})),
