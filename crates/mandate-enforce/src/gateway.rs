@@ -851,6 +851,10 @@ async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     if let Ok(v) = HeaderValue::from_str(&d.reasons.join(",")) {
         res.headers_mut().insert("x-mandate-reasons", v);
     }
+    // The same as a JSON array, for nginx to put in its 403 body as is.
+    if let Ok(v) = HeaderValue::from_str(&Value::from(d.reasons.clone()).to_string()) {
+        res.headers_mut().insert("x-mandate-reasons-json", v);
+    }
     gw.with_nonce(res, &d)
 }
 
