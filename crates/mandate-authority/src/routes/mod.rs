@@ -82,7 +82,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(problem_for_plain_errors))
         .layer(axum::middleware::from_fn(echo_request_id))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            count_http,
+        ))
         .with_state(state)
+}
+
+/// Counts every routed request by method, route pattern and status, with
+/// its latency (the pattern, never the raw path: label values stay few).
+async fn count_http(
+    axum::extract::State(s): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let res = next.run(req).await;
+    s.metrics.http(
+        &method,
+        &route,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    res
 }
 
 /// Echoes the caller's `X-Request-ID` on every answer (AuthZEN 1.0 makes it

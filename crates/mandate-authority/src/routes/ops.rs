@@ -52,10 +52,13 @@ pub async fn checkpoint(
     Ok(([(header::CONTENT_TYPE, "application/jwt")], text).into_response())
 }
 
-/// `GET /metrics` (Prometheus text).
+/// `GET /metrics` (OpenMetrics text, which Prometheus scrapes).
 pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.render(),
     )
 }

@@ -608,7 +608,10 @@ fn the_openapi_document_describes_every_route() {
     );
     let (st, m) = s.call("GET", "/metrics", None, None);
     assert_eq!(st, 200);
-    assert!(m.as_str().unwrap().contains("mandate_decisions_total"));
+    assert!(
+        m.as_str().unwrap().contains("# TYPE mandate_http_requests counter"),
+        "{m}"
+    );
 }
 
 #[test]

@@ -59,3 +59,55 @@ fn an_independent_authzen_client_finds_no_deviation() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn prometheus_clients_own_parser_reads_the_metrics() {
+    let s = Server::start("metrics-peer");
+    let c = Cast::new(&s);
+    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    // A deny whose reason carries a condition id (no facts yet:
+    // `condition_error:program-active`): counted by its family.
+    let _ = decide(&s, &c, &search_request(&mandate));
+    let (st, _) = s.call("GET", "/v1/mandates/nope", Some(&c.admin), None);
+    assert_eq!(st, 404);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/parse_metrics.py"
+    );
+    let out = std::process::Command::new("python3")
+        .args([script, &format!("http://{}/metrics", s.addr)])
+        .output()
+        .expect("python3 with prometheus_client (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for name in [
+        "mandate_decisions",
+        "mandate_decision_seconds",
+        "mandate_http_requests",
+        "mandate_http_request_seconds",
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(families.get(name).is_some(), "{name} missing: {families}");
+    }
+    let http = families["mandate_http_requests"].as_array().unwrap();
+    assert!(
+        http.iter()
+            .any(|s| s[1]["route"] == "/v1/mandates/{id}" && s[1]["status"] == "404"),
+        "{http:?}"
+    );
+    let decisions = families["mandate_decisions"].as_array().unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|s| s[1]["reason"] == "condition_error"),
+        "{decisions:?}"
+    );
+}
