@@ -30,7 +30,7 @@ pub use state::AppState;
 
 /// The HTTP application.
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    routes::router(state)
+    routes::observed(routes::router(state))
 }
 
 /// Ends every live mandate whose hard expiry has passed, writing an

@@ -475,3 +475,58 @@ fn local_console_identities_need_a_loopback_listen_address() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("console_identity"));
 }
+
+#[test]
+fn with_log_format_json_every_request_is_one_structured_line_with_its_request_id() {
+    let dir = temp();
+    let port = free_port();
+    let log = dir.join("serve.log");
+    let child = Command::new(bin())
+        .args(["serve", "--log-format", "json", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let guard = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // One request names its id; one does not and is given one.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Request-ID: trace-me-42\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("x-request-id: trace-me-42"),
+        "{out}"
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.to_ascii_lowercase().contains("x-request-id: "),
+        "an id is given: {out}"
+    );
+    stop(guard);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let traced = records
+        .iter()
+        .find(|r| r["span"]["request_id"] == "trace-me-42");
+    let traced = traced.unwrap_or_else(|| panic!("no record of the request: {text}"));
+    assert_eq!(traced["span"]["path"], "/healthz");
+    assert!(traced["level"].is_string() && traced["timestamp"].is_string());
+}

@@ -81,12 +81,46 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(problem_for_plain_errors))
-        .layer(axum::middleware::from_fn(echo_request_id))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             count_http,
         ))
         .with_state(state)
+}
+
+/// Wraps a router with request tracing and request ids (the authority's and
+/// the gateway's): a request without an `X-Request-ID` gets one (a UUID),
+/// which its `debug` span carries; the answer echoes it.
+pub fn observed(router: Router) -> Router {
+    router
+        .layer(axum::middleware::from_fn(echo_request_id))
+        .layer(trace_layer())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
+        ))
+}
+
+/// A `debug` span per request (method, path, request id) and a `debug`
+/// event with its status and latency: `RUST_LOG=debug` (and
+/// `--log-format json`) shows every request, structured.
+pub fn trace_layer() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    fn(&axum::http::Request<axum::body::Body>) -> tracing::Span,
+    (),
+    tower_http::trace::DefaultOnResponse,
+> {
+    fn span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+    }
+    tower_http::trace::TraceLayer::new_for_http()
+        .make_span_with(span as fn(&axum::http::Request<axum::body::Body>) -> tracing::Span)
+        .on_request(())
+        .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG))
 }
 
 /// Counts every routed request by method, route pattern and status, with

@@ -609,7 +609,9 @@ fn the_openapi_document_describes_every_route() {
     let (st, m) = s.call("GET", "/metrics", None, None);
     assert_eq!(st, 200);
     assert!(
-        m.as_str().unwrap().contains("# TYPE mandate_http_requests counter"),
+        m.as_str()
+            .unwrap()
+            .contains("# TYPE mandate_http_requests counter"),
         "{m}"
     );
 }

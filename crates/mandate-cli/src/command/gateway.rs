@@ -9,6 +9,9 @@ use crate::{CliError, Output};
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Log format on stderr: `text` or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = crate::command::LogFormat::Text)]
+    log_format: crate::command::LogFormat,
     /// The gateway's configuration (TOML).
     #[arg(long)]
     config: PathBuf,
@@ -16,12 +19,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::command::init_logging(a.log_format);
     let config = GatewayConfig::from_file(&a.config)
         .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
     let listen = config.listen.clone();
@@ -59,7 +57,7 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
         };
         mandate_authority::server::run(
             listener,
-            gw.router(),
+            mandate_authority::routes::observed(gw.router()),
             limits,
             crate::command::serve::shutdown_signal(),
         )

@@ -29,3 +29,32 @@ pub(crate) fn chain_invalid(e: &ChainError) -> CliError {
 pub(crate) fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
+
+/// How the long-running commands (`serve`, `gateway`) log to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (structured: level, target, fields, spans),
+    /// for log pipelines.
+    Json,
+}
+
+/// Starts logging at `RUST_LOG` (default `info`) in `format`. Request spans
+/// (method, route, request id, status, latency) are at `debug`.
+pub(crate) fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+}

@@ -9,6 +9,9 @@ use crate::{CliError, Output};
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Log format on stderr: `text` or `json` (one object per line).
+    #[arg(long, value_enum, default_value_t = crate::command::LogFormat::Text)]
+    log_format: crate::command::LogFormat,
     /// A TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -47,12 +50,7 @@ fn config(a: &Args) -> Result<Config, CliError> {
 /// Runs the command: validates the configuration before binding, then
 /// serves until SIGINT or SIGTERM, finishing every acknowledged write.
 pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::command::init_logging(a.log_format);
     let config = config(&a)?;
     config
         .validate()
