@@ -88,6 +88,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The tracing layer [`trace_layer`] builds.
+pub type RequestTrace = tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    fn(&axum::http::Request<axum::body::Body>) -> tracing::Span,
+    (),
+    tower_http::trace::DefaultOnResponse,
+>;
+
 /// Wraps a router with request tracing and request ids (the authority's and
 /// the gateway's): a request without an `X-Request-ID` gets one (a UUID),
 /// which its `debug` span carries; the answer echoes it.
@@ -103,12 +111,7 @@ pub fn observed(router: Router) -> Router {
 /// A `debug` span per request (method, path, request id) and a `debug`
 /// event with its status and latency: `RUST_LOG=debug` (and
 /// `--log-format json`) shows every request, structured.
-pub fn trace_layer() -> tower_http::trace::TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
-    fn(&axum::http::Request<axum::body::Body>) -> tracing::Span,
-    (),
-    tower_http::trace::DefaultOnResponse,
-> {
+pub fn trace_layer() -> RequestTrace {
     fn span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
         let id = req
             .headers()
