@@ -234,13 +234,19 @@ fn inline(v: &Value) -> String {
 /// The consent fragment: everything the principal is asked to grant, in
 /// words. Its SHA-256 is the consent evidence recorded with the approval.
 fn consent_fragment(req: &Value, agent_sub: &str) -> String {
+    let heading = format!("{} asks to act for you", escv(at(req, "/agent/id")));
+    grant_fragment(req, agent_sub, "consent", &heading)
+}
+
+/// What a mandate grants, in words: the consent fragment's content under
+/// another heading (the mandate page shows what the consent screen showed).
+fn grant_fragment(req: &Value, agent_sub: &str, section_id: &str, heading_html: &str) -> String {
     let mut f = String::new();
     let _ = write!(
         f,
-        r#"<section id="consent"><h2>{} asks to act for you</h2><p>Agent <strong>{}</strong>, instance <code>{}</code> (signed in as {}).</p>
+        r#"<section id="{section_id}"><h2>{heading_html}</h2><p>Agent <strong>{}</strong>, instance <code>{}</code> (signed in as {}).</p>
 <h3>Why</h3><p><strong>Objective:</strong> {}</p><p><strong>Business context:</strong> {}</p>
 <h3>What it may do</h3><table><tr><th>Resource type</th><th>Where</th><th>Actions</th><th>Resource must be</th><th>Constraints</th></tr>"#,
-        escv(at(req, "/agent/id")),
         escv(at(req, "/agent/id")),
         escv(at(req, "/agent/instance")),
         esc(agent_sub),
@@ -596,30 +602,45 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
     let c: &MandateClaims = &m.claims;
     let st = state_name(m.state);
     let mut body = format!(
-        r#"<p>State: <span class="state">{}</span> · agent <strong>{}</strong> ({}) · granted by {} · grant <code>{}</code></p>
-<p><strong>Objective:</strong> {}<br><strong>Context:</strong> {}</p><p>Hard expiry: {}</p>"#,
+        r#"<p>State: <span class="state">{}</span> · agent <strong>{}</strong> ({}) · granted by {} · grant <code>{}</code></p>"#,
         esc(st),
         esc(c.agent.id.as_str()),
         esc(&c.agent.instance),
         esc(&m.principal),
         esc(&c.principal.grant_ref),
-        esc(&c.purpose.objective),
-        esc(&c.purpose.business_context),
-        esc(&c.lifecycle.hard_expiry.to_rfc3339())
     );
-    body.push_str(
-        "<table><caption>Scope</caption><tr><th>Type</th><th>Locations</th><th>Actions</th></tr>",
-    );
-    for d in &c.authorization_details {
+    // How it ended, when it did: the record that ended it, who, and why.
+    let ended = s
+        .store
+        .read(|cn| Ok(audit::after_end(cn, &id)?.0))
+        .ok()
+        .flatten();
+    if let Some(e) = &ended {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&d.type_),
-            esc(&d.locations.join(", ")),
-            esc(&d.actions.join(", "))
+            r#"<p id="ended">Ended: <strong>{}</strong>{}{}</p>"#,
+            esc(&e.kind),
+            e.body
+                .get("by")
+                .filter(|v| !v.is_null())
+                .map(|v| format!(" by {}", escv(v)))
+                .unwrap_or_default(),
+            e.body
+                .get("reason")
+                .filter(|v| !v.is_null())
+                .map(|v| format!(" — reason: {}", escv(v)))
+                .unwrap_or_default(),
         );
     }
-    body.push_str("</table>");
+    // Everything the consent screen showed: purpose, scope with resource
+    // and constraints, conditions, ending events, delegation, discovery.
+    let granted = serde_json::to_value(c).unwrap_or(Value::Null);
+    body.push_str(&grant_fragment(
+        &granted,
+        &m.agent_sub,
+        "granted",
+        "What was granted",
+    ));
     let (sup, sup_by): (Option<String>, Option<String>) = s
         .store
         .read(|cn| {
@@ -735,17 +756,25 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default();
         let detail = match r.kind.as_str() {
-            "decision" => format!(
-                "{} {}",
-                escv(at(&r.body, "/action")),
-                escv(
-                    &r.body
-                        .get("resource")
-                        .map(|v| at(v, "/id").clone())
-                        .or_else(|| r.body.get("path").cloned())
-                        .unwrap_or(Value::Null)
-                )
-            ),
+            // At the authority: the action on the resource; at a gateway
+            // (shipped): the HTTP request it judged, and which gateway.
+            "decision" => match r.body.get("action").filter(|v| !v.is_null()) {
+                Some(action) => format!(
+                    "{} {}",
+                    escv(action),
+                    escv(at(r.body.get("resource").unwrap_or(&Value::Null), "/id"))
+                ),
+                None => format!(
+                    "{} {}{}",
+                    escv(at(&r.body, "/method")),
+                    escv(at(&r.body, "/path")),
+                    r.body
+                        .get("gateway")
+                        .filter(|v| !v.is_null())
+                        .map(|g| format!(" at gateway {}", escv(g)))
+                        .unwrap_or_default()
+                ),
+            },
             "event" => format!(
                 "{} {}",
                 escv(at(&r.body, "/type")),

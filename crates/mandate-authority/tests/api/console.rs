@@ -823,3 +823,54 @@ fn the_timeline_shows_the_event_that_ended_the_mandate() {
     );
     assert!(page.body.contains("event:crm-77"));
 }
+
+#[test]
+fn the_mandate_page_shows_what_was_granted_how_it_ended_and_what_each_gateway_decision_was_about() {
+    let s = Server::start("console-mandate-page");
+    let c = Cast::new(&s);
+    let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    // A decision a gateway made and shipped.
+    let (st, r) = s.call(
+        "POST",
+        "/v1/audit/decisions",
+        Some(&c.enforcer),
+        Some(&json!({"source": "stream-x", "first": 1, "records": [{
+            "at_ms": 1_700_000_000_000_i64, "gateway": "127.0.0.1:8081", "method": "GET", "path": "/search",
+            "chain": [id], "decision": "deny", "reasons": ["pop_missing"]}]})),
+    );
+    assert_eq!(st, 200, "{r}");
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/mandates/{id}/revoke"),
+        Some(&c.principal),
+        Some(&json!({"reason": "vendor chosen elsewhere"})),
+    );
+    assert_eq!(st, 200);
+    let (cookie, _) = sign_in(&s, &c.principal);
+    let page = send(
+        &s,
+        "GET",
+        &format!("/console/mandates/{id}"),
+        Some(&cookie),
+        None,
+    );
+    assert_eq!(page.status, 200);
+    let b = &page.body;
+    // What the consent screen showed.
+    for shown in [
+        "What was granted",
+        "standard-logistics-v3", // constraints
+        "procurement.contingency_program.status == &#39;active&#39;", // conditions
+        "contingency_program.cancelled", // ending events
+        "It may ask for one-time use of newly found tools", // discovery
+        "Delegation",
+    ] {
+        assert!(b.contains(shown), "missing {shown:?} in the mandate page");
+    }
+    assert!(b.contains("vendor chosen elsewhere"), "the revoke reason");
+    assert!(
+        b.contains("GET /search at gateway 127.0.0.1:8081"),
+        "the gateway decision"
+    );
+    assert!(!b.contains("null /search"));
+}
