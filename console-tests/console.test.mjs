@@ -124,10 +124,13 @@ test('a principal approves a pending request, watches it, revokes it with its ca
   // The agent derives a child and registers it; then one decision is allowed.
   await api('PUT', '/v1/facts', admin, { procurement: { contingency_program: { status: 'active' } } });
   const issued = await api('GET', `/v1/mandates/${mid}`, admin);
+  // The acting agent is the mandate's holder (testdata/procurement-mandate.json);
+  // the enforcement point passes the DPoP proof it sent (a fresh one each time).
+  const proof = () => execFileSync(bin, ['dpop', '--key', join(work, 'agent.jwk'), '--method', 'POST',
+    '--url', 'https://pep.example/search']).toString().trim();
   const decide = () => api('POST', '/access/v1/evaluation', enforcer, {
-    // The acting agent is the mandate's holder (testdata/procurement-mandate.json).
     subject: { type: 'agent', id: 'urn:agent:procurement/vendor-sourcing@3.2', properties: { mandate: issued.body.mandate } },
-    context: { agent_instance: 'inst-7f2a-b8c4' },
+    context: { agent_instance: 'inst-7f2a-b8c4', dpop: proof(), htm: 'POST', htu: 'https://pep.example/search' },
     action: { name: 'search' },
     resource: { type: 'vendor_portal', id: 'https://vendor-portal.example.com/search',
       properties: { category: 'logistics', region: 'north-america', contract_template: 'standard-logistics-v3', spend_tier: 'pre-approved' } },
