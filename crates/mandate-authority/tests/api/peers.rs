@@ -121,7 +121,9 @@ fn schemathesis_finds_no_server_error_and_no_answer_that_contradicts_the_documen
     let s = Server::start("schemathesis");
     let c = Cast::new(&s);
     for token in [&c.admin, &c.enforcer, &c.agent] {
+        // Its state (`.schemathesis/`) goes to the server's scratch directory.
         let out = std::process::Command::new("st")
+            .current_dir(s.data_dir())
             .args([
                 "run",
                 &format!("http://{}/openapi.json", s.addr),
