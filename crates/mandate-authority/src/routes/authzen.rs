@@ -30,6 +30,7 @@ pub async fn configuration(State(s): State<Arc<AppState>>) -> Json<Value> {
         "policy_decision_point": base,
         "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
         "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+        "search_action_endpoint": format!("{base}/access/v1/search/action"),
     }))
 }
 
@@ -206,6 +207,124 @@ async fn evaluate_one(
             "obligations": decision.obligations, "audit_seq": seq,
         }
     }))
+}
+
+/// An action search (AuthZEN 1.0 Search API): the subject, the resource and
+/// the context; which actions are asked.
+#[derive(Debug, Deserialize)]
+struct ActionSearch {
+    subject: Option<Value>,
+    resource: mandate_core::request::Resource,
+    #[serde(default)]
+    context: Map<String, Value>,
+}
+
+/// `POST /access/v1/search/action` (enforcer): which actions the agent may
+/// take on this resource now, as an agent runtime planning its next step
+/// asks. Every action the leaf names for the resource's type is decided as
+/// an evaluation would be (state, scope, conditions, the agent's identity
+/// and its one DPoP proof); the allowed ones are listed. Nothing is
+/// consumed: a one-time mandate's action is listed while it is unused. The
+/// search is audited (one record) before it is answered.
+pub async fn search_action(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Enforcer])?;
+    let q: ActionSearch = parse_body(&body)?;
+    let probe = EvaluationRequest {
+        subject: q.subject.clone(),
+        action: mandate_core::request::Action {
+            name: String::new(),
+            properties: Map::new(),
+        },
+        resource: q.resource.clone(),
+        context: q.context.clone(),
+    };
+    check_subject(&probe).map_err(ApiError::bad_request)?;
+    let props = subject_props(&probe);
+    let presented = props
+        .and_then(|p| p.get("mandate"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let token = props
+        .and_then(|p| p.get("access_token"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let now = UnixTime::from_secs(crate::auth::now_secs()).map_err(ApiError::internal)?;
+    let mut results: Vec<String> = Vec::new();
+    let mut chain_ids = Vec::new();
+    let mut reasons: Vec<String> = Vec::new();
+    match s.verifier.verify(&presented) {
+        Ok(chain) => {
+            chain_ids = chain.ids();
+            let snapshot = s.with_registry(|r| {
+                r.get(&caller.tenant, chain.root().id().as_str())
+                    .map(|_| r.snapshot(&caller.tenant))
+            })?;
+            match snapshot {
+                None => reasons.push("unknown_mandate".into()),
+                Some(snap) => {
+                    let pop_failure = match s.config.proof_of_possession {
+                        pop::Mode::Required => {
+                            check_pop(&s, &chain, &probe, token.as_deref(), now, &mut Vec::new())
+                        }
+                        pop::Mode::Bearer => None,
+                    };
+                    if let Some(e) = pop_failure {
+                        reasons.push(e.code().to_owned());
+                    } else {
+                        let mut candidates: Vec<&str> = chain
+                            .leaf()
+                            .claims()
+                            .authorization_details
+                            .iter()
+                            .filter(|d| d.type_ == q.resource.type_)
+                            .flat_map(|d| d.actions.iter().map(String::as_str))
+                            .collect();
+                        candidates.dedup();
+                        for name in candidates {
+                            if results.iter().any(|r| r == name) {
+                                continue;
+                            }
+                            let mut req = probe.clone();
+                            req.action.name = name.to_owned();
+                            let d = if chain.iterates() && multi_threaded() {
+                                tokio::task::block_in_place(|| {
+                                    decide(&chain, &req, token.as_deref(), &snap, now)
+                                })
+                            } else {
+                                decide(&chain, &req, token.as_deref(), &snap, now)
+                            };
+                            if d.allow {
+                                results.push(name.to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) if !presented.is_empty() => reasons = e.codes(),
+        Err(_) => reasons.push("mandate_missing".into()),
+    }
+    let leaf = chain_ids.last().map(ToString::to_string);
+    let (tenant, record) = (
+        caller.tenant.clone(),
+        json!({"chain": chain_ids, "enforcer": caller.sub, "resource": {"type": q.resource.type_, "id": q.resource.id},
+            "actions": results, "reasons": reasons, "at": now}),
+    );
+    s.store
+        .write(move |tx| {
+            tx.audit(Some(&tenant), "action_search", leaf.as_deref(), record)?;
+            Ok(())
+        })
+        .await?;
+    let results: Vec<Value> = results.into_iter().map(|n| json!({"name": n})).collect();
+    Ok(Json(
+        json!({"results": results, "page": {"next_token": ""}}),
+    ))
 }
 
 /// `POST /access/v1/evaluation` (enforcer).

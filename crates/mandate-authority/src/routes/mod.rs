@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/access/v1/evaluation", post(authzen::evaluation))
         .route("/access/v1/evaluations", post(authzen::evaluations))
+        .route("/access/v1/search/action", post(authzen::search_action))
         .route("/.well-known/ssf-configuration", get(ssf::configuration))
         .route(
             "/ssf/streams",

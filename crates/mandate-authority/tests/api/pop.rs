@@ -496,3 +496,52 @@ fn with_nonces_on_the_token_endpoint_asks_for_its_nonce_first() {
     let (st, t) = exchange(&s, &mandate, &[], Some(with_nonce));
     assert_eq!(st, 200, "{t}");
 }
+
+#[test]
+fn an_agent_runtime_asks_which_actions_it_may_take_on_a_resource_now() {
+    let s = Server::start("action-search");
+    let c = Cast::new(&s);
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (st, cfg) = s.call("GET", "/.well-known/authzen-configuration", None, None);
+    assert_eq!(st, 200);
+    assert_eq!(
+        cfg["search_action_endpoint"],
+        "https://mandate.test/access/v1/search/action"
+    );
+    let search = |proof: Option<String>| {
+        let mut q = with_proof(&mandate, proof);
+        q.as_object_mut().unwrap().remove("action");
+        let (st, r) = s.call(
+            "POST",
+            "/access/v1/search/action",
+            Some(&c.enforcer),
+            Some(&q),
+        );
+        assert_eq!(st, 200, "{r}");
+        r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // The procurement mandate's actions on the vendor portal, all allowed now.
+    assert_eq!(
+        search(Some(proof("POST", URL, None))),
+        ["search", "view_profile", "initiate_onboarding"]
+    );
+    // Without the holder's proof: nothing.
+    assert!(search(None).is_empty());
+    // Once the program is cancelled (a failed condition): nothing.
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "cancelled"}}}),
+    );
+    assert!(search(Some(proof("POST", URL, None))).is_empty());
+}
