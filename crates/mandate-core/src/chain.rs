@@ -307,7 +307,10 @@ pub struct Verifier {
     keys: KeySet,
     algorithms: BTreeSet<Algorithm>,
     issuer: Option<String>,
-    cache: RwLock<HashMap<[u8; 32], CacheEntry>>,
+    cache: RwLock<HashMap<u64, CacheEntry>>,
+    /// Keys the cache's hash (SipHash with a random key per verifier), so
+    /// that nobody can craft strings that collide to thrash it.
+    cache_hasher: std::collections::hash_map::RandomState,
     cache_capacity: usize,
     programs: RwLock<HashMap<String, CompiledCondition>>,
 }
@@ -332,6 +335,7 @@ impl Verifier {
             algorithms: [Algorithm::EdDSA].into(),
             issuer: None,
             cache: RwLock::new(HashMap::new()),
+            cache_hasher: std::collections::hash_map::RandomState::new(),
             cache_capacity: 10_000,
             programs: RwLock::new(HashMap::new()),
         }
@@ -360,9 +364,10 @@ impl Verifier {
 
     /// Verifies a presented chain, from the cache when it was verified before.
     ///
-    /// The cache is keyed by a SHA-256 over the chain's signature segments
-    /// (short, so the lookup is cheap) and a hit counts only when the stored
-    /// string equals the presented one byte for byte.
+    /// The cache is keyed by a keyed hash (SipHash, random key) of the
+    /// chain's signature segments (short, so the lookup is cheap), and a hit
+    /// counts only when the stored string equals the presented one byte for
+    /// byte: a collision is a miss, never someone else's chain.
     ///
     /// # Errors
     /// See [`ChainError`].
@@ -371,7 +376,7 @@ impl Verifier {
             return Err(ChainError::TooLarge);
         }
         let presented = presented.trim();
-        let key = cache_key(presented);
+        let key = self.cache_key(presented);
         if self.cache_capacity > 0
             && let Ok(cache) = self.cache.read()
             && let Some((stored, hit)) = cache.get(&key)
@@ -556,14 +561,16 @@ impl Verifier {
 }
 
 /// SHA-256 over the signature segment of each JWS of a presented chain.
-fn cache_key(presented: &str) -> [u8; 32] {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    for part in presented.split(CHAIN_SEPARATOR) {
-        h.update(part.rsplit('.').next().unwrap_or_default().as_bytes());
-        h.update(b"~");
+impl Verifier {
+    fn cache_key(&self, presented: &str) -> u64 {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = self.cache_hasher.build_hasher();
+        for part in presented.split(CHAIN_SEPARATOR) {
+            h.write(part.rsplit('.').next().unwrap_or_default().as_bytes());
+            h.write_u8(b'~');
+        }
+        h.finish()
     }
-    h.finalize().into()
 }
 
 /// Most distinct condition expressions kept compiled by one verifier.
@@ -799,36 +806,55 @@ pub fn derive_child(
     now: UnixTime,
 ) -> Result<String, IssueError> {
     let parent = parent_of(parent_presented)?;
+    // The holder key must be the one the parent binds: compared as key
+    // material (the type and coordinates), with no point decoding.
     let bound = parent
         .claims
         .agent
         .cnf
         .as_ref()
-        .and_then(|c| VerifyingKey::from_jwk(&c.jwk).ok())
         .ok_or(IssueError::WrongHolderKey)?;
-    let holder_public = holder_key
-        .verifying_key()
-        .map_err(|_| IssueError::WrongHolderKey)?;
-    if bound.to_jwk().thumbprint() != holder_public.to_jwk().thumbprint()
-        || bound.algorithm() != holder_key.algorithm()
+    let held = holder_key.public_jwk();
+    if bound.jwk.kty != held.kty
+        || bound.jwk.crv != held.crv
+        || bound.jwk.x != held.x
+        || bound.jwk.y != held.y
     {
         return Err(IssueError::WrongHolderKey);
     }
+    // The `kid` a verifier will look for: the parent's key's id (its `kid`,
+    // else its thumbprint), as `VerifyingKey::from_jwk` names it.
+    let kid = bound
+        .jwk
+        .kid
+        .clone()
+        .unwrap_or_else(|| bound.jwk.thumbprint());
     let payload = child_payload(&parent, spec, mandate_id, now, attenuation::check)?;
     Ok(append(
         parent_presented,
-        &jws::sign_with_kid(holder_key, bound.kid(), MANDATE_TYP, &payload),
+        &jws::sign_with_kid(holder_key, &kid, MANDATE_TYP, &payload),
     ))
 }
 
-/// The leaf of a presented parent chain, parsed (not verified) and bounded
-/// in depth.
+/// The leaf of a presented parent chain, parsed (not verified; only the
+/// leaf is read) and bounded in depth.
 fn parent_of(parent_presented: &str) -> Result<UnverifiedMandate, IssueError> {
-    let mut chain = parse_unverified(parent_presented).map_err(IssueError::Parent)?;
-    if chain.len() > MAX_CHAIN_DEPTH {
+    let parts = split(parent_presented).map_err(IssueError::Parent)?;
+    if parts.len() > MAX_CHAIN_DEPTH {
         return Err(IssueError::Parent(ChainError::TooDeep));
     }
-    chain.pop().ok_or(IssueError::Parent(ChainError::TooDeep))
+    let index = parts.len().saturating_sub(1);
+    let part = parts
+        .last()
+        .ok_or(IssueError::Parent(ChainError::TooDeep))?;
+    let d = jws::decode(part, &all_algorithms(), MANDATE_TYP)
+        .map_err(|error| IssueError::Parent(ChainError::Jws { index, error }))?;
+    Ok(UnverifiedMandate {
+        claims: parse_claims(index, &d.payload).map_err(IssueError::Parent)?,
+        alg: d.alg,
+        kid: d.kid,
+        jws_sha256: sha256_b64(part.as_bytes()),
+    })
 }
 
 /// Builds a child's claims, validates them, checks them against the parent
@@ -841,7 +867,31 @@ fn child_payload(
     check: fn(&MandateClaims, &MandateClaims) -> Vec<Violation>,
 ) -> Result<Vec<u8>, IssueError> {
     let claims = child_claims(&parent.claims, &parent.jws_sha256, spec, mandate_id, now);
-    validate(&claims, CheckConditions::Compile).map_err(IssueError::Invalid)?;
+    validate(&claims, CheckConditions::Skip).map_err(IssueError::Invalid)?;
+    // Only what the child adds is new: its own conditions (the inherited
+    // ones were compiled when the parent was made, and every verifier
+    // compiles them again) and its holder's key.
+    let inherited = parent.claims.conditions.len();
+    let mut problems = Vec::new();
+    for (i, c) in claims.conditions.iter().enumerate().skip(inherited) {
+        if let Err(e) = crate::condition::compile(&c.expression) {
+            problems.push(Problem {
+                path: format!("conditions[{i}].expression"),
+                message: e.to_string(),
+            });
+        }
+    }
+    if let Some(cnf) = &claims.agent.cnf
+        && let Err(e) = VerifyingKey::from_jwk(&cnf.jwk)
+    {
+        problems.push(Problem {
+            path: "agent.cnf.jwk".into(),
+            message: e.to_string(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(IssueError::Invalid(Problems(problems)));
+    }
     let violations = check(&parent.claims, &claims);
     if !violations.is_empty() {
         return Err(IssueError::Attenuation(violations));
