@@ -66,9 +66,15 @@ fn serve(dir: &Path, port: u16, config: Option<&Path>) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = child;
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
+        if Instant::now() >= deadline {
+            // A server that never listens is not left behind.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not start");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     child
@@ -122,7 +128,9 @@ fn sigkill_after_acknowledged_revocations_and_events_loses_none_of_them() {
     let dir = temp();
     let data = dir.join("data");
     let port = free_port();
-    let mut server = start(&data, port);
+    // Killed (SIGKILL, the point of the test) on purpose below, and by the
+    // guard if an assertion fails first: no server outlives the test.
+    let mut server = Guard(start(&data, port));
     let (agent, principal, events, admin) = (
         token(&data, "agent-1", "agent"),
         token(&data, "vp@acme.example", "principal"),
@@ -170,11 +178,11 @@ fn sigkill_after_acknowledged_revocations_and_events_loses_none_of_them() {
             202
         );
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
 
     let port = free_port();
-    let mut server = start(&data, port);
+    let mut server = Guard(start(&data, port));
     for (i, id) in ids.iter().enumerate() {
         let (st, m) = call(
             port,
@@ -199,8 +207,8 @@ fn sigkill_after_acknowledged_revocations_and_events_loses_none_of_them() {
         &json!({"id": "ev-3", "type": "job.done", "subject": "job:3"}),
     );
     assert_eq!((st, &r["replayed"]), (200, &json!(true)));
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
 
     let out = Command::new(bin())
         .args(["audit", "verify", "--data-dir"])
