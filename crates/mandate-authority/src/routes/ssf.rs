@@ -534,6 +534,18 @@ pub async fn take_verification(
     stream: &str,
     aud: &str,
 ) -> Result<Option<(String, String)>, ApiError> {
+    // Asked on every poll and push round: a read first, the writer only
+    // when one is pending.
+    let waiting = s.store.read(|c| {
+        Ok(c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM stream_verifications WHERE stream = ?1)",
+            params![stream],
+            |r| r.get::<_, bool>(0),
+        )?)
+    })?;
+    if !waiting {
+        return Ok(None);
+    }
     let id = stream.to_owned();
     let pending: Option<Option<String>> = s
         .store
@@ -637,10 +649,13 @@ pub async fn poll(
     let mut acked: Vec<i64> = Vec::with_capacity(p.ack.len());
     for j in &p.ack {
         match signals::seq_of(j) {
-            Some(seq) => acked.push(seq),
+            // This tenant's jti (or the bare `sig-<seq>`), not another's.
+            Some(seq) if *j == signals::jti(&st.tenant, seq) || *j == format!("sig-{seq}") => {
+                acked.push(seq);
+            }
             // A verification SET (not in the sequence) needs no ack.
             None if j.starts_with("verification-") => {}
-            None => {
+            _ => {
                 return Err(ApiError::bad_request(format!(
                     "ack: `{j}` is not a jti of this stream"
                 )));
@@ -674,40 +689,12 @@ pub async fn poll(
         let from = st.cursor;
         s.store
             .write(move |tx| {
-                let mut cursor = from.max(through.unwrap_or(0));
-                for a in acked.iter().filter(|a| **a > cursor) {
-                    tx.conn().execute(
-                        "INSERT OR IGNORE INTO stream_acks (stream, seq) VALUES (?1, ?2)",
-                        params![sid, a],
-                    )?;
-                }
-                // The cursor moves over every acknowledged signal in a row.
-                loop {
-                    let next: Option<i64> = tx
-                        .conn()
-                        .query_row(
-                            "SELECT seq FROM stream_acks WHERE stream = ?1 AND seq = ?2",
-                            params![sid, cursor + 1],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    match next {
-                        Some(n) => cursor = n,
-                        None => break,
-                    }
-                }
-                tx.conn().execute(
-                    "DELETE FROM stream_acks WHERE stream = ?1 AND seq <= ?2",
-                    params![sid, cursor],
-                )?;
-                tx.conn().execute(
-                    "UPDATE streams SET cursor = MAX(cursor, ?2) WHERE id = ?1",
-                    params![sid, cursor],
-                )?;
-                Ok(cursor)
+                let start = from.max(through.unwrap_or(0));
+                Ok(acknowledge(tx, &sid, start, &acked)?)
             })
             .await?
     };
+    let mut cursor = cursor;
     let max = p.max_events.unwrap_or(100).clamp(0, 1000);
     let wait = if p.return_immediately.unwrap_or(false) || max == 0 {
         Duration::ZERO
@@ -754,21 +741,16 @@ pub async fn poll(
                 .into_iter()
                 .partition(|g| delivers(&st.config, &g.kind));
             if !unwanted.is_empty() {
-                // Kinds the receiver did not request are acknowledged for it.
-                let (sid, seqs) = (
+                // Kinds the receiver did not request are acknowledged for it
+                // (and the cursor moves over them when it can).
+                let (sid, seqs, from) = (
                     st.id.clone(),
                     unwanted.iter().map(|g| g.seq).collect::<Vec<_>>(),
+                    cursor,
                 );
-                s.store
-                    .write(move |tx| {
-                        for q in &seqs {
-                            tx.conn().execute(
-                                "INSERT OR IGNORE INTO stream_acks (stream, seq) VALUES (?1, ?2)",
-                                params![sid, q],
-                            )?;
-                        }
-                        Ok(())
-                    })
+                cursor = s
+                    .store
+                    .write(move |tx| Ok(acknowledge(tx, &sid, from, &seqs)?))
                     .await?;
             }
             let more = wanted.len() as i64 > max;
@@ -787,6 +769,47 @@ pub async fn poll(
         }
         let _ = tokio::time::timeout_at(deadline, notified).await;
     }
+}
+
+/// Records acknowledgements of `seqs` (beyond `from`) for a stream, moves
+/// its cursor over every acknowledged signal in a row from `from`, forgets
+/// the acknowledgements it passed, and returns the new cursor.
+fn acknowledge(
+    tx: &mut mandate_store::Tx<'_>,
+    stream: &str,
+    from: i64,
+    seqs: &[i64],
+) -> rusqlite::Result<i64> {
+    let mut cursor = from;
+    for a in seqs.iter().filter(|a| **a > cursor) {
+        tx.conn().execute(
+            "INSERT OR IGNORE INTO stream_acks (stream, seq) VALUES (?1, ?2)",
+            params![stream, a],
+        )?;
+    }
+    loop {
+        let next: Option<i64> = tx
+            .conn()
+            .query_row(
+                "SELECT seq FROM stream_acks WHERE stream = ?1 AND seq = ?2",
+                params![stream, cursor + 1],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match next {
+            Some(n) => cursor = n,
+            None => break,
+        }
+    }
+    tx.conn().execute(
+        "DELETE FROM stream_acks WHERE stream = ?1 AND seq <= ?2",
+        params![stream, cursor],
+    )?;
+    tx.conn().execute(
+        "UPDATE streams SET cursor = MAX(cursor, ?2) WHERE id = ?1",
+        params![stream, cursor],
+    )?;
+    Ok(cursor)
 }
 
 /// The poll answer with `sets` in delivery order (a JSON object's members
