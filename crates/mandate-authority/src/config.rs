@@ -37,9 +37,15 @@ impl TrustedIssuer {
             (None, Some(u)) => fetch(u)?,
             _ => return Err("exactly one of jwks_file and jwks_url".into()),
         };
-        let jwks: mandate_core::keys::Jwks =
+        let jwks: serde_json::Value =
             mandate_core::json::from_slice_strict(&bytes).map_err(|e| e.to_string())?;
-        mandate_core::keys::KeySet::from_jwks(&jwks).map_err(|(k, e)| format!("keys[{k}]: {e}"))
+        // Keys of other types or uses (an IdP's RSA keys, encryption keys)
+        // are skipped (RFC 7517 §5), said once in the log.
+        let (keys, skipped) = mandate_core::keys::KeySet::from_jwks_skipping_unknown(&jwks)?;
+        for s in skipped {
+            tracing::info!(issuer = %self.iss, "JWKS {s}");
+        }
+        Ok(keys)
     }
 }
 

@@ -593,6 +593,57 @@ impl KeySet {
         Ok(set)
     }
 
+    /// Reads an identity provider's JWKS (RFC 7517 §5): keys of a type this
+    /// project does not verify with (RSA, other curves, `use` other than
+    /// `sig`) are skipped, as the RFC says, and listed in the second value; a
+    /// key of a supported type that does not decode, a private key, or a set
+    /// with no usable key is an error naming it.
+    ///
+    /// # Errors
+    /// `keys` missing, a bad supported key (with its index), no usable key.
+    pub fn from_jwks_skipping_unknown(
+        jwks: &serde_json::Value,
+    ) -> Result<(Self, Vec<String>), String> {
+        let keys = jwks
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .ok_or("keys: missing or not a list")?;
+        let mut set = Self::new();
+        let mut skipped = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let field = |f: &str| k.get(f).and_then(serde_json::Value::as_str);
+            let supported = matches!(
+                (field("kty"), field("crv")),
+                (Some("OKP"), Some("Ed25519")) | (Some("EC"), Some("P-256"))
+            );
+            let for_signing = field("use").is_none_or(|u| u == "sig");
+            if !supported || !for_signing {
+                skipped.push(format!(
+                    "keys[{i}]: kty `{}`{}{} skipped",
+                    field("kty").unwrap_or("?"),
+                    field("crv")
+                        .map(|c| format!(", crv `{c}`"))
+                        .unwrap_or_default(),
+                    field("use")
+                        .map(|u| format!(", use `{u}`"))
+                        .unwrap_or_default(),
+                ));
+                continue;
+            }
+            let jwk: PublicJwk =
+                serde_json::from_value(k.clone()).map_err(|e| format!("keys[{i}]: {e}"))?;
+            let key = VerifyingKey::from_jwk(&jwk).map_err(|e| format!("keys[{i}]: {e}"))?;
+            if set.keys.contains_key(key.kid()) {
+                return Err(format!("keys[{i}]: duplicate kid `{}`", key.kid()));
+            }
+            set.insert(key);
+        }
+        if set.keys.is_empty() {
+            return Err("keys: no Ed25519 or P-256 signing key in the set".into());
+        }
+        Ok((set, skipped))
+    }
+
     /// Adds a key under its id.
     pub fn insert(&mut self, key: VerifyingKey) {
         self.keys.insert(key.kid.clone(), key);
@@ -616,6 +667,28 @@ impl KeySet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_identity_providers_jwks_with_rsa_and_encryption_keys_keeps_the_usable_ones() {
+        let ec = SigningKey::from_seed(Algorithm::ES256, [5; 32]).public_jwk();
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "RSA", "kid": "rsa-1", "use": "sig", "alg": "RS256", "n": "0vx7", "e": "AQAB"},
+            {"kty": "EC", "crv": "P-384", "kid": "p384", "x": "a", "y": "b"},
+            serde_json::to_value(&ec).unwrap_or_default(),
+            {"kty": "OKP", "crv": "X25519", "kid": "enc", "use": "enc", "x": "abc"},
+        ]});
+        let (set, skipped) =
+            KeySet::from_jwks_skipping_unknown(&jwks).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.to_jwks().keys.len(), 1);
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped[0].contains("RSA"));
+        // A supported key that does not decode is not skipped: it is wrong.
+        let bad = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "not-a-key"}]});
+        assert!(KeySet::from_jwks_skipping_unknown(&bad).is_err());
+        // Nothing usable at all.
+        let none = serde_json::json!({"keys": [{"kty": "RSA", "n": "x", "e": "AQAB"}]});
+        assert!(KeySet::from_jwks_skipping_unknown(&none).is_err());
+    }
 
     #[test]
     fn ed25519_and_es256_sign_and_verify() {

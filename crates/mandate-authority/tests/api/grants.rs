@@ -663,3 +663,38 @@ fn a_batch_of_evaluations_follows_its_semantics() {
     assert_eq!(run("deny_on_first_deny"), [false]);
     assert_eq!(run("permit_on_first_permit"), [false, true]);
 }
+
+#[test]
+fn an_identity_providers_jwks_that_also_holds_rsa_keys_loads_and_its_ec_key_verifies() {
+    use mandate_core::keys::{Algorithm, SigningKey};
+    let idp_key = SigningKey::from_seed(Algorithm::ES256, [21; 32]);
+    let dir = temp_dir("idp-rsa");
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = dir.join("idp-jwks.json");
+    std::fs::write(
+        &jwks,
+        json!({"keys": [
+            {"kty": "RSA", "kid": "rsa-2026", "use": "sig", "alg": "RS256", "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw", "e": "AQAB"},
+            {"kty": "OKP", "crv": "X25519", "kid": "enc-1", "use": "enc", "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"},
+            idp_key.public_jwk(),
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let config = mandate_authority::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.join("data"),
+        trusted_issuer: vec![mandate_authority::config::TrustedIssuer {
+            iss: "https://idp.acme.example".into(),
+            jwks_file: Some(jwks),
+            jwks_url: None,
+        }],
+        ..mandate_authority::Config::default()
+    };
+    // Before: "keys[0]: missing field `crv`" and no start.
+    let state = mandate_authority::AppState::open(config).unwrap();
+    let now = mandate_authority::auth::now_secs();
+    let claims = json!({"iss": "https://idp.acme.example", "sub": "vp@acme.example", "aud": "mandate", "iat": now, "exp": now + 600, "role": "principal", "tenant": "acme"});
+    let token = mandate_core::jws::sign(&idp_key, "JWT", claims.to_string().as_bytes());
+    assert!(state.issuers.verify(&token, now).is_ok());
+}
