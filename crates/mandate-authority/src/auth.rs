@@ -50,16 +50,40 @@ pub struct TokenClaims {
     pub iss: String,
     /// Subject.
     pub sub: String,
-    /// Audience (`mandate`).
-    pub aud: String,
+    /// Audience (`mandate`): one string, or a list that contains it.
+    pub aud: Audience,
     /// Issued at.
     pub iat: i64,
     /// Expiry.
     pub exp: i64,
+    /// Not before (optional; 60 s leeway for clock skew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     /// The caller's role.
     pub role: Role,
     /// The caller's tenant.
     pub tenant: String,
+}
+
+/// A token's `aud`: a string or a list of strings (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// One audience.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// Whether `aud` names this audience.
+    #[must_use]
+    pub fn contains(&self, aud: &str) -> bool {
+        match self {
+            Audience::One(a) => a == aud,
+            Audience::Many(all) => all.iter().any(|a| a == aud),
+        }
+    }
 }
 
 /// An authenticated caller.
@@ -102,7 +126,7 @@ impl Issuers {
     /// 401 with what failed.
     pub fn verify(&self, token: &str, now: i64) -> Result<Caller, ApiError> {
         let algs = [Algorithm::EdDSA, Algorithm::ES256].into();
-        let d = mandate_core::jws::decode(token, &algs, "JWT")
+        let d = mandate_core::jws::decode_access_token(token, &algs)
             .map_err(|e| ApiError::unauthenticated(format!("token: {e}")))?;
         let claims: TokenClaims = serde_json::from_slice(&d.payload)
             .map_err(|e| ApiError::unauthenticated(format!("token: {e}")))?;
@@ -127,10 +151,10 @@ impl Issuers {
                 "token: signature does not verify",
             ));
         }
-        if claims.aud != AUDIENCE {
+        if !claims.aud.contains(AUDIENCE) {
             return Err(ApiError::unauthenticated("token: wrong audience"));
         }
-        if now >= claims.exp || claims.iat > now + 60 {
+        if now >= claims.exp || claims.iat > now + 60 || claims.nbf.is_some_and(|n| n > now + 60) {
             return Err(ApiError::unauthenticated("token: expired or not yet valid"));
         }
         if claims.tenant.is_empty() || claims.sub.is_empty() {
@@ -160,7 +184,8 @@ pub fn mint(
     let claims = TokenClaims {
         iss: LOCAL_ISSUER.into(),
         sub: sub.into(),
-        aud: AUDIENCE.into(),
+        aud: Audience::One(AUDIENCE.into()),
+        nbf: None,
         iat: now,
         exp: now + ttl_secs,
         role,

@@ -151,10 +151,23 @@ pub fn decode_dpop<'a>(
     decode_with(compact, allowed, DPOP_TYP, Rules::Dpop)
 }
 
+/// As [`decode`] for a caller's access token from an identity provider:
+/// `typ` absent, `JWT` or `at+jwt` (RFC 9068), as real providers issue them.
+///
+/// # Errors
+/// See [`JwsError`].
+pub fn decode_access_token<'a>(
+    compact: &'a str,
+    allowed: &BTreeSet<Algorithm>,
+) -> Result<DecodedJws<'a>, JwsError> {
+    decode_with(compact, allowed, "JWT", Rules::AccessToken)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rules {
     Strict,
     IdToken,
+    AccessToken,
     Dpop,
 }
 
@@ -238,8 +251,10 @@ fn decode_with<'a>(
         .get(..12)
         .filter(|p| p.eq_ignore_ascii_case("application/"))
         .map_or(typ, |_| typ.get(12..).unwrap_or_default());
-    let absent_ok = rules == Rules::IdToken && header.get("typ").is_none();
-    if !absent_ok && !typ_norm.eq_ignore_ascii_case(expected_typ) {
+    let absent_ok =
+        matches!(rules, Rules::IdToken | Rules::AccessToken) && header.get("typ").is_none();
+    let alternative_ok = rules == Rules::AccessToken && typ_norm.eq_ignore_ascii_case("at+jwt");
+    if !absent_ok && !alternative_ok && !typ_norm.eq_ignore_ascii_case(expected_typ) {
         return Err(JwsError::TypInvalid {
             expected: expected_typ,
             found: typ.to_owned(),

@@ -698,3 +698,61 @@ fn an_identity_providers_jwks_that_also_holds_rsa_keys_loads_and_its_ec_key_veri
     let token = mandate_core::jws::sign(&idp_key, "JWT", claims.to_string().as_bytes());
     assert!(state.issuers.verify(&token, now).is_ok());
 }
+
+#[test]
+fn caller_tokens_shaped_as_identity_providers_issue_them_are_accepted_and_others_are_not() {
+    let s = Server::start("idp-shapes");
+    let local = mandate_authority::state::load_or_create_key(
+        &mandate_authority::state::issuer_key_path(&s.data_dir()),
+    )
+    .unwrap();
+    let now = mandate_authority::auth::now_secs();
+    let sign = |typ: Option<&str>, aud: serde_json::Value, extra: serde_json::Value| {
+        let mut claims = json!({"iss": "mandate-local", "sub": "admin@acme.example", "aud": aud,
+            "iat": now, "exp": now + 600, "role": "admin", "tenant": "acme"});
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let mut header = json!({"alg": local.algorithm().as_str(), "kid": local.kid()});
+        if let Some(t) = typ {
+            header["typ"] = json!(t);
+        }
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let sig = local.sign(input.as_bytes());
+        format!("{input}.{}", b64.encode(sig))
+    };
+    let status = |token: &str| s.call("GET", "/v1/facts", Some(token), None).0;
+    // `aud` as a list that names us; `typ` absent, `JWT` or `at+jwt`.
+    assert_eq!(
+        status(&sign(
+            Some("at+jwt"),
+            json!(["api://other", "mandate"]),
+            json!({})
+        )),
+        200
+    );
+    assert_eq!(status(&sign(None, json!("mandate"), json!({}))), 200);
+    assert_eq!(
+        status(&sign(Some("JWT"), json!(["mandate"]), json!({}))),
+        200
+    );
+    // Not for us, not a token type, or not yet valid: 401.
+    assert_eq!(
+        status(&sign(Some("at+jwt"), json!(["api://other"]), json!({}))),
+        401
+    );
+    assert_eq!(
+        status(&sign(Some("secevent+jwt"), json!("mandate"), json!({}))),
+        401
+    );
+    assert_eq!(
+        status(&sign(None, json!("mandate"), json!({"nbf": now + 3600}))),
+        401
+    );
+}
