@@ -17,15 +17,73 @@ use crate::replica::Replica;
 #[error("authority: {0}")]
 pub struct ClientError(pub String);
 
-/// The client.
-#[derive(Debug, Clone)]
+/// The client. Its caller token is a secret: `Debug` leaves it out.
+#[derive(Clone)]
 pub struct AuthorityClient {
     base: String,
-    token: String,
+    token: std::sync::Arc<std::sync::RwLock<TokenSource>>,
     agent: ureq::Agent,
 }
 
+impl std::fmt::Debug for AuthorityClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the caller token comes from: given once, or a file read again
+/// whenever it changes (a token refreshed by whatever writes the file is
+/// used without a restart).
+#[derive(Default)]
+struct TokenSource {
+    value: String,
+    file: Option<std::path::PathBuf>,
+    modified: Option<std::time::SystemTime>,
+}
+
 impl AuthorityClient {
+    /// A client whose token is the content of `path`, read again whenever
+    /// the file's modification time changes.
+    ///
+    /// # Errors
+    /// When the file cannot be read at start.
+    pub fn with_token_file(base: &str, path: &std::path::Path) -> Result<Self, ClientError> {
+        let value = std::fs::read_to_string(path)
+            .map_err(|e| ClientError(format!("{}: {e}", path.display())))?;
+        let client = Self::new(base, &value);
+        if let Ok(mut t) = client.token.write() {
+            t.file = Some(path.to_owned());
+            t.modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        }
+        Ok(client)
+    }
+
+    /// The current token (re-read from its file when that changed; a file
+    /// that cannot be read keeps the last token).
+    fn bearer(&self) -> String {
+        let (file, seen) = match self.token.read() {
+            Ok(t) => (t.file.clone(), t.modified),
+            Err(_) => return String::new(),
+        };
+        if let Some(path) = file
+            && let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified())
+            && Some(modified) != seen
+            && let Ok(text) = std::fs::read_to_string(&path)
+            && !text.trim().is_empty()
+            && let Ok(mut t) = self.token.write()
+        {
+            t.value = text.trim().to_owned();
+            t.modified = Some(modified);
+            tracing::info!(file = %path.display(), "caller token re-read");
+        }
+        self.token
+            .read()
+            .map(|t| t.value.clone())
+            .unwrap_or_default()
+    }
+
     /// A client of the authority at `base` (e.g. `http://127.0.0.1:8080`)
     /// calling with an enforcer bearer token.
     #[must_use]
@@ -37,7 +95,10 @@ impl AuthorityClient {
             .into();
         Self {
             base: base.trim_end_matches('/').to_owned(),
-            token: token.trim().to_owned(),
+            token: std::sync::Arc::new(std::sync::RwLock::new(TokenSource {
+                value: token.trim().to_owned(),
+                ..TokenSource::default()
+            })),
             agent,
         }
     }
@@ -100,7 +161,7 @@ impl AuthorityClient {
         body: Option<String>,
     ) -> Result<(u16, Value), ClientError> {
         let url = format!("{}{path}", self.base);
-        let auth = format!("Bearer {}", self.token);
+        let auth = format!("Bearer {}", self.bearer());
         let resp = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
             (_, Some(b)) => self

@@ -379,9 +379,10 @@ impl Gateway {
     /// # Errors
     /// When the token cannot be read or the authority cannot be reached.
     pub fn start(config: GatewayConfig) -> Result<Arc<Self>, String> {
-        let token =
-            std::fs::read_to_string(&config.token_file).map_err(|e| format!("token_file: {e}"))?;
-        let client = AuthorityClient::new(&config.authority, &token);
+        // Read again whenever the file changes: a refreshed token is used
+        // without a restart.
+        let client = AuthorityClient::with_token_file(&config.authority, &config.token_file)
+            .map_err(|e| format!("token_file: {e}"))?;
         let keys = client.keys().map_err(|e| e.to_string())?;
         let issuer = client.issuer().map_err(|e| e.to_string())?;
         let staleness = Duration::from_millis(config.staleness_ms);

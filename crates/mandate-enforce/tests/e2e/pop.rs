@@ -280,3 +280,44 @@ fn the_gateway_forwards_as_a_proxy_does_without_hop_by_hop_headers_or_the_proof(
     assert_eq!(seen["authorization"], "Bearer gho_still_valid");
     gw.stop();
 }
+
+#[test]
+fn the_gateway_reads_its_token_file_again_when_it_changes() {
+    let dir = temp("token-file");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let (_, mandate) = grant(&dir, authority.addr, &pr_request(66));
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Poll,
+        "https://api.github.com",
+    );
+    let until = |want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while gw.replica.is_fresh() != want {
+            assert!(
+                Instant::now() < deadline,
+                "replica never became fresh={want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The token is replaced by one the authority refuses (as an expired
+    // one would be): the gateway loses contact and denies as stale.
+    std::fs::write(dir.join("enforcer.token"), "not-a-token").unwrap();
+    until(false);
+    let (st, body) = read_pr(gateway.addr, &mandate, 66);
+    assert_eq!((st, &body["reasons"]), (403, &json!(["state_stale"])));
+    // Whatever refreshes it writes a new one: used without a restart.
+    std::fs::write(
+        dir.join("enforcer.token"),
+        token(&dir, "gateway-1", Role::Enforcer),
+    )
+    .unwrap();
+    until(true);
+    let (st, body) = read_pr(gateway.addr, &mandate, 66);
+    assert_eq!(st, 200, "{body}");
+    gw.stop();
+}
