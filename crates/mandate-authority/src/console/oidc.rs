@@ -27,6 +27,25 @@ struct Pending {
     verifier: String,
     nonce: String,
     expires: Instant,
+    /// SHA-256 of the browser binding: the random value put in this
+    /// browser's `mandate_oidc` cookie when the sign-in started. A callback
+    /// from another browser (an attacker's `code` and `state` sent to a
+    /// victim: login CSRF) does not carry it.
+    binding: [u8; 32],
+}
+
+/// The cookie that binds a sign-in to the browser that started it.
+const BINDING_COOKIE: &str = "mandate_oidc";
+
+fn binding_cookie(s: &AppState, value: &str, max_age: u64) -> String {
+    let secure = if s.issuer.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{BINDING_COOKIE}={value}; Path=/console/oidc; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    )
 }
 
 /// Sign-ins in flight, by `state`.
@@ -80,7 +99,7 @@ pub async fn start(State(s): State<Arc<AppState>>) -> Response {
     let Some(o) = &s.config.console_oidc else {
         return refuse(StatusCode::NOT_FOUND, "no identity provider is configured");
     };
-    let (state, nonce, verifier) = (random(), random(), random());
+    let (state, nonce, verifier, binding) = (random(), random(), random(), random());
     let challenge = B64.encode(mandate_core::hash::sha256(verifier.as_bytes()));
     if let Ok(mut p) = s.oidc.inner.lock() {
         p.retain(|_, v| v.expires > Instant::now());
@@ -90,6 +109,7 @@ pub async fn start(State(s): State<Arc<AppState>>) -> Response {
                 verifier,
                 nonce: nonce.clone(),
                 expires: Instant::now() + PENDING_TTL,
+                binding: mandate_core::hash::sha256(binding.as_bytes()),
             },
         );
     }
@@ -107,7 +127,28 @@ pub async fn start(State(s): State<Arc<AppState>>) -> Response {
         enc(&nonce),
         enc(&challenge)
     );
-    Redirect::to(&url).into_response()
+    let mut r = Redirect::to(&url).into_response();
+    if let Ok(v) =
+        header::HeaderValue::from_str(&binding_cookie(&s, &binding, PENDING_TTL.as_secs()))
+    {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// The browser binding this request carries, if any.
+fn presented_binding(headers: &header::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(BINDING_COOKIE)
+                .and_then(|r| r.strip_prefix('='))
+                .map(str::to_owned)
+        })
 }
 
 /// The callback's query.
@@ -237,7 +278,11 @@ fn verify_id_token(
 
 /// `GET /console/oidc/callback`: exchanges the code (with the PKCE
 /// verifier), verifies the ID token, starts a session.
-pub async fn callback(State(s): State<Arc<AppState>>, Query(q): Query<Callback>) -> Response {
+pub async fn callback(
+    State(s): State<Arc<AppState>>,
+    headers: header::HeaderMap,
+    Query(q): Query<Callback>,
+) -> Response {
     let Some(o) = s.config.console_oidc.clone() else {
         return refuse(StatusCode::NOT_FOUND, "no identity provider is configured");
     };
@@ -263,6 +308,19 @@ pub async fn callback(State(s): State<Arc<AppState>>, Query(q): Query<Callback>)
             "unknown or expired sign-in (state)",
         );
     };
+    // The sign-in must come back to the browser that started it.
+    let presented = presented_binding(&headers)
+        .map(|b| mandate_core::hash::sha256(b.as_bytes()))
+        .unwrap_or([0; 32]);
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &presented[..],
+        &pending.binding[..],
+    )) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "this sign-in was not started in this browser; start it again here",
+        );
+    }
     let o2 = o.clone();
     let verifier = pending.verifier.clone();
     let token = match tokio::task::spawn_blocking(move || exchange(&o2, &code, &verifier)).await {
@@ -285,6 +343,10 @@ pub async fn callback(State(s): State<Arc<AppState>>, Query(q): Query<Callback>)
                 super::SESSION_TTL.as_secs(),
             )) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            // The binding has served: cleared.
+            if let Ok(v) = header::HeaderValue::from_str(&binding_cookie(&s, "", 0)) {
+                r.headers_mut().append(header::SET_COOKIE, v);
             }
             r
         }

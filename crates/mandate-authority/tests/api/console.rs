@@ -581,7 +581,15 @@ fn a_principal_signs_in_with_the_enterprise_idp_by_authorization_code_and_pkce()
         .split_once("/console")
         .map(|(_, p)| format!("/console{p}"))
         .unwrap();
-    let done = send(&s, "GET", &callback, None, None);
+    // The browser that started the sign-in carries its binding cookie back.
+    let binding = header(&start, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(binding.starts_with("mandate_oidc="), "{binding}");
+    let done = send(&s, "GET", &callback, Some(&binding), None);
     assert_eq!(done.status, 303, "{}", done.body);
     let cookie = header(&done, "set-cookie")
         .unwrap()
@@ -600,7 +608,37 @@ fn a_principal_signs_in_with_the_enterprise_idp_by_authorization_code_and_pkce()
     );
 
     // The same callback again: the sign-in was consumed.
-    assert_eq!(send(&s, "GET", &callback, None, None).status, 400);
+    assert_eq!(send(&s, "GET", &callback, Some(&binding), None).status, 400);
+
+    // Login CSRF: an attacker signs in at the IdP in their own browser and
+    // sends the victim the callback link. The victim's browser has no
+    // binding for that sign-in (or another one): refused, no session.
+    let attacker_start = send(&s, "GET", "/console/oidc", None, None);
+    let attacker_at_idp = get_absolute(header(&attacker_start, "location").unwrap());
+    let link = header(&attacker_at_idp, "location")
+        .unwrap()
+        .split_once("/console")
+        .map(|(_, p)| format!("/console{p}"))
+        .unwrap();
+    let victims_own = send(&s, "GET", "/console/oidc", None, None);
+    let victims_binding = header(&victims_own, "set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = send(&s, "GET", &link, Some(&victims_binding), None);
+    assert_eq!(csrf.status, 400, "{}", csrf.body);
+    assert!(
+        csrf.body.contains("not started in this browser"),
+        "{}",
+        csrf.body
+    );
+    assert!(
+        header(&csrf, "set-cookie").is_none(),
+        "no session for the victim"
+    );
+    assert_eq!(send(&s, "GET", &link, None, None).status, 400);
     // A callback for a sign-in this console never started.
     assert_eq!(
         send(
