@@ -92,14 +92,20 @@ async fn evaluate_one(
         .and_then(|p| p.get("access_token"))
         .and_then(Value::as_str);
     let now = UnixTime::from_secs(crate::auth::now_secs()).map_err(ApiError::internal)?;
-    let mut decision = match s.verifier.verify(presented) {
-        _ if presented.is_empty() => Decision {
+    // Verified once (through the cache); the audit record reads the same chain.
+    let verified = if presented.is_empty() {
+        None
+    } else {
+        Some(s.verifier.verify(presented))
+    };
+    let mut decision = match &verified {
+        None => Decision {
             allow: false,
             reasons: vec!["mandate_missing".into()],
             chain: Vec::new(),
             obligations: Vec::new(),
         },
-        Ok(chain) => {
+        Some(Ok(chain)) => {
             // The root must be one this authority issued to the caller's tenant.
             let snapshot = s.with_registry(|r| {
                 r.get(&caller.tenant, chain.root().id().as_str())
@@ -131,24 +137,21 @@ async fn evaluate_one(
             }
             decided
         }
-        Err(e) => Decision::from_chain_error(&e),
+        Some(Err(e)) => Decision::from_chain_error(e),
     };
     let one_time = decision.obligations.iter().find_map(|o| match o {
         Obligation::ConsumeOneTime { mandate_id } => Some(mandate_id.to_string()),
         _ => None,
     });
     let leaf = decision.chain.last().map(ToString::to_string);
-    let claims = s
-        .verifier
-        .verify(presented)
-        .ok()
-        .map(|c| c.leaf().claims().clone());
+    let chain = verified.and_then(Result::ok);
+    let claims = chain.as_ref().map(|c| c.leaf().claims());
     let (tenant, enforcer) = (caller.tenant.clone(), caller.sub.clone());
     let record = json!({
-        "chain": decision.chain, "principal": claims.as_ref().map(|c| &c.principal.sub),
-        "grant_ref": claims.as_ref().map(|c| &c.principal.grant_ref),
-        "agent": claims.as_ref().map(|c| &c.agent.id), "agent_instance": claims.as_ref().map(|c| &c.agent.instance),
-        "purpose": claims.as_ref().map(|c| &c.purpose.objective),
+        "chain": decision.chain, "principal": claims.map(|c| &c.principal.sub),
+        "grant_ref": claims.map(|c| &c.principal.grant_ref),
+        "agent": claims.map(|c| &c.agent.id), "agent_instance": claims.map(|c| &c.agent.instance),
+        "purpose": claims.map(|c| &c.purpose.objective),
         "action": req.action.name, "resource": {"type": req.resource.type_, "id": req.resource.id},
         "enforcer": enforcer, "at": now,
     });
