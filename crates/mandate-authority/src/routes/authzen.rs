@@ -114,16 +114,16 @@ async fn evaluate_one(
             // The enforcement point passes the DPoP proof it received, with
             // the method and URL it was sent for; checked for known roots only.
             let pop_failure = match (&snapshot, s.config.proof_of_possession) {
-                (Some(_), pop::Mode::Required) => check_pop(s, &chain, req, token, now, batch),
+                (Some(_), pop::Mode::Required) => check_pop(s, chain, req, token, now, batch),
                 _ => None,
             };
             let decided = match snapshot {
                 // A decision whose conditions iterate may take up to the
                 // evaluation budget: not on an async worker.
                 Some(snap) if chain.iterates() && multi_threaded() => {
-                    tokio::task::block_in_place(|| decide(&chain, req, token, &snap, now))
+                    tokio::task::block_in_place(|| decide(chain, req, token, &snap, now))
                 }
-                Some(snap) => decide(&chain, req, token, &snap, now),
+                Some(snap) => decide(chain, req, token, &snap, now),
                 None => Decision {
                     allow: false,
                     reasons: vec!["unknown_mandate".into()],
