@@ -6,8 +6,10 @@
 //! (`GET /repos/{owner}/{repo}/pulls/{number}` → `github_pull_request`,
 //! `read`, `{repo: "{owner}/{repo}", number: "{number:int}"}`); the request's
 //! location is `location_base` + its path. The mandate comes from the
-//! `Mandate` header and the access token from `Authorization: Bearer`. An
-//! allowed request is forwarded unchanged (minus the `Mandate` header); a
+//! `Mandate` header, the holder's DPoP proof (RFC 9449) from `DPoP`, and
+//! the access token from `Authorization: Bearer` (or `DPoP`). An allowed
+//! request is forwarded (minus the `Mandate`, `DPoP`, instance and
+//! hop-by-hop headers, with `Via` and `Forwarded` added); a
 //! denied one gets 403 problem+json with the reason codes; a request that
 //! matches no route is denied. `/_mandate/auth` answers nginx `auth_request`
 //! subrequests (204 or 403, reasons in `X-Mandate-Reasons`) from

@@ -1,7 +1,9 @@
 //! The SDK for agent runtimes (orchestrator enforcement): hold the mandate,
 //! `check` every tool call before making it (locally, against a replica fed
 //! by the authority's signals), derive an attenuated child for a sub-agent
-//! offline, ask for a discovery grant, and be told when the mission ends.
+//! offline, ask for a discovery grant, make the DPoP proof every call to a
+//! gateway carries, exchange the mandate for a DPoP-bound access token, and
+//! be told when the mission ends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
