@@ -8,22 +8,14 @@ fn an_independent_ssf_receiver_finds_no_deviation() {
     let s = Server::start("ssf-peer");
     let c = Cast::new(&s);
     let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/ssf_receiver.py");
-    let out = std::process::Command::new("python3")
-        .args([
-            script,
+    run_peer(
+        "ssf_receiver.py",
+        &[
             &format!("http://{}", s.addr),
             &c.enforcer,
             &c.principal,
             &id,
-        ])
-        .output()
-        .expect("python3 with PyJWT");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
 }
 
@@ -37,26 +29,15 @@ fn an_independent_authzen_client_finds_no_deviation() {
         &serde_json::json!({"procurement": {"contingency_program": {"status": "active"}}}),
     );
     let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/authzen_client.py"
-    );
     let private = serde_json::to_string(&agent_key().to_private_jwk()).unwrap();
-    let out = std::process::Command::new("python3")
-        .args([
-            script,
+    run_peer(
+        "authzen_client.py",
+        &[
             &format!("http://{}", s.addr),
             &c.enforcer,
             &mandate,
             &private,
-        ])
-        .output()
-        .expect("python3 with PyJWT");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
 }
 
@@ -70,21 +51,8 @@ fn prometheus_clients_own_parser_reads_the_metrics() {
     let _ = decide(&s, &c, &search_request(&mandate));
     let (st, _) = s.call("GET", "/v1/mandates/nope", Some(&c.admin), None);
     assert_eq!(st, 404);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/parse_metrics.py"
-    );
-    let out = std::process::Command::new("python3")
-        .args([script, &format!("http://{}/metrics", s.addr)])
-        .output()
-        .expect("python3 with prometheus_client (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let families: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run_peer("parse_metrics.py", &[&format!("http://{}/metrics", s.addr)]);
+    let families: serde_json::Value = serde_json::from_slice(&out).unwrap();
     for name in [
         "mandate_decisions",
         "mandate_decision_seconds",

@@ -432,22 +432,12 @@ fn authlib_exchanges_a_mandate_and_pyjwt_verifies_the_token_as_a_resource_server
     let s = Server::start("oauth-authlib");
     let c = Cast::new(&s);
     let (id, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/authlib_exchange.py"
-    );
     let private = serde_json::to_string(&agent_key().to_private_jwk()).unwrap();
-    let out = std::process::Command::new("python3")
-        .args([script, &format!("http://{}", s.addr), &mandate, &private])
-        .output()
-        .expect("python3 with Authlib and PyJWT (scripts/test installs them)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_peer(
+        "authlib_exchange.py",
+        &[&format!("http://{}", s.addr), &mandate, &private],
     );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(r["mandate_id"], json!(id));
     assert_eq!(r["jkt"], json!(agent_key().public_jwk().thumbprint()));
     // The token Authlib obtained is live for resource servers that ask.

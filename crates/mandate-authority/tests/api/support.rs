@@ -414,3 +414,22 @@ pub fn merged(pr: u32) -> Value {
         "pull_request": {"number": pr, "merged": true, "merged_at": merged_at},
         "repository": {"full_name": "acme/app"}})
 }
+
+/// Runs an independent peer (a Python script of `tests/interop`) with
+/// `args`; its standard output, once it exited 0 (else the test fails with
+/// what it printed).
+pub fn run_peer(script: &str, args: &[&str]) -> Vec<u8> {
+    let path = format!("{}/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("python3 with the interop packages (scripts/test installs them)");
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

@@ -11,21 +11,16 @@ malformed item answered with an error object, a request without a subject a
 """
 import json
 import sys
-import time
 import urllib.error
 import urllib.request
-import uuid
 
-import jwt
+from authlib_exchange import proof as dpop_proof  # the same PyJWT-made DPoP proof
 
 URL = "https://pep.example/search"
 
 
 def proof(private):
-    public = {k: private[k] for k in ("kty", "crv", "x", "y") if k in private}
-    claims = {"jti": str(uuid.uuid4()), "htm": "POST", "htu": URL, "iat": int(time.time())}
-    return jwt.encode(claims, jwt.PyJWK(private).key, algorithm="EdDSA",
-                      headers={"typ": "dpop+jwt", "jwk": public})
+    return dpop_proof(private, "POST", URL)
 
 
 def post(base, path, token, body, request_id=None):

@@ -3,7 +3,6 @@
 //! mandate binds. Every use of a mandate carries one.
 
 use mandate_core::pop::make_proof;
-use rand_core::RngCore as _;
 
 use crate::command::print_json;
 use crate::{CliError, Output, io};
@@ -45,14 +44,12 @@ pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
         .map_err(|e| CliError::input("invalid_input", format!("--url: {e}")))?;
     let now = io::time_arg(a.at.as_deref())?;
     let make = || {
-        let mut jti = [0u8; 16];
-        rand_core::OsRng.fill_bytes(&mut jti);
         make_proof(
             &key,
             &a.method,
             &a.url,
             a.token.as_deref(),
-            &hex::encode(jti),
+            &mandate_enforce::sdk::random_jti(),
             now,
         )
     };
