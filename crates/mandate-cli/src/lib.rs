@@ -58,6 +58,8 @@ enum Command {
     Serve(command::serve::Args),
     /// Runs the gateway: a reverse proxy (and nginx `auth_request` endpoint) deciding locally.
     Gateway(command::gateway::Args),
+    /// Runs the MCP proxy: decides every tool call (Streamable HTTP, or stdio around a server command).
+    Mcp(command::mcp::Args),
     /// Mints a short-lived caller token from the local identity issuer.
     Token(command::token::Args),
     /// Verifies, queries or exports the audit log.
@@ -93,6 +95,7 @@ where
         Command::Serve(a) => command::serve::run(a, out),
         Command::Token(a) => command::token::run(a, out),
         Command::Gateway(a) => command::gateway::run(a, out),
+        Command::Mcp(a) => command::mcp::run(a, out),
         Command::Audit(c) => command::audit::run(c, out),
     };
     match result {

@@ -18,29 +18,24 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mandate_core::chain::Verifier;
-use mandate_core::decision::{Decision, Obligation};
+use mandate_core::decision::Decision;
 use mandate_core::request::EvaluationRequest;
-use mandate_core::timestamp::UnixTime;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::client::{AuthorityClient, Consumed, run_poller};
-use crate::replica::{Applied, Proved, Replica, decide_with};
-use crate::shipper::{DecisionRecord, Outcome};
-use mandate_core::pop::{Possession, ProofTarget};
+use crate::point::{Point, PointConfig, denied};
+use crate::replica::Replica;
 
 /// One route.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -63,16 +58,7 @@ pub struct RouteConfig {
     pub location_base: Option<String>,
 }
 
-/// How the gateway hears from the authority.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Delivery {
-    /// Long polling (RFC 8936).
-    #[default]
-    Poll,
-    /// Push to `/_mandate/ssf` (RFC 8935).
-    Push,
-}
+pub use crate::point::Delivery;
 
 /// `gateway.toml`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -347,23 +333,13 @@ impl Route {
 pub struct Gateway {
     config: GatewayConfig,
     routes: Vec<Route>,
-    verifier: Verifier,
-    /// The replica decisions read.
+    /// The enforcement point: replica, feed, proofs, audit shipping.
+    pub point: Arc<Point>,
+    /// The replica decisions read (the point's).
     pub replica: Arc<Replica>,
-    client: AuthorityClient,
     upstream: Client<HttpConnector, Body>,
-    stop: Arc<AtomicBool>,
-    /// Ships every decision to the authority's audit log.
-    pub shipper: crate::shipper::Shipper,
-    /// The `Authorization` value the transmitter presents on each push
-    /// (never logged: `Debug` leaves it out).
-    push_authorization: String,
-    /// DPoP proofs seen, so each is accepted once.
-    replay: mandate_core::pop::ReplayCache,
     /// Where agents call this gateway (`public_url`, or `http://LISTEN`).
     origin: String,
-    /// This gateway's server nonces (used when `dpop_nonce`).
-    nonces: mandate_core::pop::Nonces,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -381,14 +357,6 @@ impl Gateway {
     /// # Errors
     /// When the token cannot be read or the authority cannot be reached.
     pub fn start(config: GatewayConfig) -> Result<Arc<Self>, String> {
-        // Read again whenever the file changes: a refreshed token is used
-        // without a restart.
-        let client = AuthorityClient::with_token_file(&config.authority, &config.token_file)
-            .map_err(|e| format!("token_file: {e}"))?;
-        let keys = client.keys().map_err(|e| e.to_string())?;
-        let issuer = client.issuer().map_err(|e| e.to_string())?;
-        let staleness = Duration::from_millis(config.staleness_ms);
-        let replica = Arc::new(Replica::new(keys.clone(), &issuer, staleness));
         let push_url = match config.delivery {
             Delivery::Push => Some(
                 config
@@ -398,20 +366,6 @@ impl Gateway {
             ),
             Delivery::Poll => None,
         };
-        // The secret the transmitter must present on every push: 256 random bits.
-        let push_authorization = {
-            let mut bytes = [0u8; 32];
-            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
-            format!("Bearer {}", hex::encode(bytes))
-        };
-        let (stream, aud) = client
-            .create_stream(
-                push_url
-                    .as_deref()
-                    .map(|u| (u, push_authorization.as_str())),
-            )
-            .map_err(|e| e.to_string())?;
-        replica.set_audience(&aud);
         let spool = config.spool_file.clone().unwrap_or_else(|| {
             config
                 .token_file
@@ -419,92 +373,54 @@ impl Gateway {
                 .unwrap_or_else(|| Path::new("."))
                 .join("gateway-decisions.spool")
         });
-        let shipper = crate::shipper::Shipper::start(client.clone(), spool, &stream);
+        let point = Point::start(PointConfig {
+            name: config.listen.clone(),
+            authority: config.authority.clone(),
+            token_file: config.token_file.clone(),
+            staleness: Duration::from_millis(config.staleness_ms),
+            push_url,
+            spool,
+            proof_of_possession: config.proof_of_possession,
+            dpop_nonce: config.dpop_nonce,
+        })?;
         let routes = config
             .route
             .iter()
             .map(|r| Route::new(r, &config.location_base))
             .collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let gw = Arc::new(Self {
-            verifier: Verifier::new(keys).with_issuer(issuer),
+        Ok(Arc::new(Self {
             routes,
-            replica: Arc::clone(&replica),
-            client: client.clone(),
+            replica: Arc::clone(&point.replica),
+            point,
             upstream: {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
                 Client::builder(TokioExecutor::new()).build(connector)
             },
-            stop: Arc::clone(&stop),
-            shipper,
             origin: config.public_url.as_deref().map_or_else(
                 || format!("http://{}", config.listen),
                 |u| u.trim_end_matches('/').to_owned(),
             ),
             config,
-            push_authorization,
-            replay: mandate_core::pop::ReplayCache::default(),
-            nonces: {
-                let mut key = [0u8; 32];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
-                mandate_core::pop::Nonces::new(key)
-            },
-        });
-        if gw.config.proof_of_possession == mandate_core::pop::Mode::Bearer {
-            tracing::warn!(
-                "proof_of_possession = \"bearer\": a mandate is accepted without a DPoP proof, so \
-                 whoever copies one can use it. For development only."
-            );
-        }
-        // Poll: the poller is the feed. Push: it resynchronises from snapshots
-        // and keeps contact by polling nothing, while SETs arrive by push.
-        let wait = staleness / 3;
-        let (r, c, st) = (replica, client, stop);
-        std::thread::Builder::new()
-            .name("mandate-feed".into())
-            .spawn(move || match push_url {
-                None => run_poller(&r, &c, &stream, &st, wait),
-                Some(_) => run_snapshot_keeper(&r, &c, &stream, &st),
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(gw)
+        }))
     }
 
     /// Stops the feed thread and ships (or spools) the pending decisions.
     pub fn stop(&self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.shipper.flush(Duration::from_secs(5));
+        self.point.stop();
     }
 
     fn ship(&self, method: &Method, uri: &Uri, d: &Decision) {
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        self.shipper.record(DecisionRecord {
-            at_ms,
-            gateway: self.config.listen.clone(),
-            method: method.as_str().to_owned(),
-            path: uri.path().to_owned(),
-            chain: d.chain.clone(),
-            decision: if d.allow {
-                Outcome::Allow
-            } else {
-                Outcome::Deny
-            },
-            reasons: d.reasons.clone(),
-        });
+        self.point.ship(method.as_str(), uri.path(), d);
     }
 
     /// The router.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/_mandate/auth", get(auth_request))
-            .route("/_mandate/ssf", post(receive_set))
-            .route("/_mandate/healthz", get(healthz))
             .fallback(proxy)
             .with_state(Arc::clone(self))
+            .merge(self.point.router())
     }
 
     /// Decides a request described by method, path, headers; `url` is the
@@ -516,20 +432,10 @@ impl Gateway {
             .iter()
             .find_map(|r| r.matches(method, path).map(|p| (r, p)))
         else {
-            return Decision {
-                allow: false,
-                reasons: vec!["no_route".into()],
-                chain: Vec::new(),
-                obligations: Vec::new(),
-            };
+            return denied("no_route");
         };
         let Some(mandate) = headers.get("mandate").and_then(|v| v.to_str().ok()) else {
-            return Decision {
-                allow: false,
-                reasons: vec!["mandate_missing".into()],
-                chain: Vec::new(),
-                obligations: Vec::new(),
-            };
+            return denied("mandate_missing");
         };
         let token = headers
             .get(header::AUTHORIZATION)
@@ -557,70 +463,14 @@ impl Gateway {
         {
             request.subject = Some(serde_json::json!({"type": "agent", "id": agent}));
         }
-        let now = UnixTime::from_secs(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-                .unwrap_or(0),
-        )
-        .unwrap_or(UnixTime::EPOCH);
-        let possession = match self.config.proof_of_possession {
-            mandate_core::pop::Mode::Bearer => Possession::Bearer,
-            mandate_core::pop::Mode::Required => Possession::Proof {
-                // One proof, in one `DPoP` header (RFC 9449 §4.3 check 1).
-                proof: match headers.get_all("dpop").iter().count() {
-                    1 => headers.get("dpop").and_then(|v| v.to_str().ok()),
-                    0 => None,
-                    _ => Some(""),
-                },
-                target: ProofTarget {
-                    htm: method.as_str(),
-                    htu: url,
-                    access_token: token,
-                    nonce: self.config.dpop_nonce.then_some(&self.nonces),
-                },
-            },
+        // One proof, in one `DPoP` header (RFC 9449 §4.3 check 1).
+        let proof = match headers.get_all("dpop").iter().count() {
+            1 => headers.get("dpop").and_then(|v| v.to_str().ok()),
+            0 => None,
+            _ => Some(""),
         };
-        decide_with(
-            &self.verifier,
-            &self.replica,
-            mandate,
-            &request,
-            token,
-            &Proved {
-                possession,
-                cache: &self.replay,
-            },
-            now,
-        )
-    }
-
-    /// Applies the obligations that must happen before acting: consuming a
-    /// one-time mandate at the authority, exactly once.
-    async fn fulfil(self: &Arc<Self>, mut d: Decision) -> Decision {
-        let one_time = d.obligations.iter().find_map(|o| match o {
-            Obligation::ConsumeOneTime { mandate_id } => Some(mandate_id.to_string()),
-            _ => None,
-        });
-        if let (true, Some(id)) = (d.allow, one_time) {
-            let client = self.client.clone();
-            let consumed = tokio::task::spawn_blocking(move || client.consume(&id)).await;
-            match consumed {
-                Ok(Ok(Consumed::Now)) => d
-                    .obligations
-                    .retain(|o| !matches!(o, Obligation::ConsumeOneTime { .. })),
-                Ok(Ok(Consumed::Already)) => deny(&mut d, "one_time_used"),
-                Ok(Ok(Consumed::Ended(state))) => {
-                    let reason = match state.as_str() {
-                        "revoked" | "expired" | "completed" | "superseded" | "suspended" => state,
-                        _ => "state_unknown".to_owned(),
-                    };
-                    deny(&mut d, &reason);
-                }
-                _ => deny(&mut d, "state_stale"),
-            }
-        }
-        d
+        let possession = self.point.possession(proof, method.as_str(), url, token);
+        self.point.decide(mandate, &request, token, possession)
     }
 }
 
@@ -629,10 +479,9 @@ impl Gateway {
     /// deny for want of one becomes 401 with `WWW-Authenticate: DPoP
     /// error="use_dpop_nonce"` (RFC 9449 §9) so the client retries with it.
     fn with_nonce(&self, mut res: Response, d: &Decision) -> Response {
-        if !self.config.dpop_nonce {
+        let Some(nonce) = self.point.current_nonce() else {
             return res;
-        }
-        let nonce = self.nonces.current(now_unix());
+        };
         if let Ok(v) = HeaderValue::from_str(&nonce) {
             res.headers_mut().insert("dpop-nonce", v);
         }
@@ -649,22 +498,6 @@ impl Gateway {
     }
 }
 
-fn now_unix() -> UnixTime {
-    UnixTime::from_secs(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-            .unwrap_or(0),
-    )
-    .unwrap_or(UnixTime::EPOCH)
-}
-
-fn deny(d: &mut Decision, reason: &str) {
-    d.allow = false;
-    d.reasons = vec![reason.to_owned()];
-    d.obligations.clear();
-}
-
 /// How the gateway names itself in `Via` (RFC 9110 §7.6.3).
 const VIA: &str = "1.1 mandate-gateway";
 
@@ -672,7 +505,7 @@ const VIA: &str = "1.1 mandate-gateway";
 /// header it names, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`,
 /// `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
 /// They concern one connection, not the one the gateway opens onward.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -727,35 +560,6 @@ fn forwarded(headers: &mut HeaderMap, peer: Option<std::net::IpAddr>, host: Opti
     }
 }
 
-fn keep_running(stop: &Arc<AtomicBool>) -> bool {
-    !stop.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// With push delivery: resynchronise from a snapshot whenever needed. Contact
-/// comes from the pushed SETs and heartbeats.
-fn run_snapshot_keeper(
-    replica: &Arc<Replica>,
-    client: &AuthorityClient,
-    stream: &str,
-    stop: &Arc<AtomicBool>,
-) {
-    let mut outage = crate::client::Outage::default();
-    while keep_running(stop) {
-        if replica.needs_snapshot() {
-            match client.snapshot(stream) {
-                Ok((cursor, doc)) => {
-                    outage.recovered();
-                    let _ = replica.install(cursor, doc);
-                }
-                Err(e) => {
-                    outage.failed("snapshot", &e);
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn problem(d: &Decision) -> Response {
     let body = json!({
         "type": "urn:mandate:problem:mandate_denied",
@@ -777,7 +581,7 @@ fn problem(d: &Decision) -> Response {
 async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let url = format!("{}{}", gw.origin, req.uri().path());
     let d = gw.decide(req.method(), req.uri(), &url, req.headers());
-    let d = gw.fulfil(d).await;
+    let d = gw.point.fulfil(d).await;
     gw.ship(req.method(), req.uri(), &d);
     if !d.allow {
         return gw.with_nonce(problem(&d), &d);
@@ -843,7 +647,10 @@ async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         (None, Some(v)) => v.to_str().unwrap_or_default().to_owned(),
         _ => format!("{}{}", gw.origin, uri.path()),
     };
-    let d = gw.fulfil(gw.decide(&method, &uri, &url, &headers)).await;
+    let d = gw
+        .point
+        .fulfil(gw.decide(&method, &uri, &url, &headers))
+        .await;
     gw.ship(&method, &uri, &d);
     let status = if d.allow {
         StatusCode::NO_CONTENT
@@ -859,61 +666,6 @@ async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         res.headers_mut().insert("x-mandate-reasons-json", v);
     }
     gw.with_nonce(res, &d)
-}
-
-async fn receive_set(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
-    // Only the transmitter holds the stream's push authorization: anything
-    // else posted here (a proxied client, a replay from a log) is refused
-    // before it is read.
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .map(axum::http::HeaderValue::as_bytes)
-        .unwrap_or_default();
-    let expected = gw.push_authorization.as_bytes();
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(presented, expected)) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"err": "authentication_failed", "description": "push authorization missing or wrong"})),
-        )
-            .into_response();
-    }
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"err": "invalid_request", "description": "not UTF-8"})),
-        )
-            .into_response();
-    };
-    match gw.replica.apply_set(text) {
-        Ok(
-            Applied::Applied
-            | Applied::Duplicate
-            | Applied::Gap
-            | Applied::Heartbeat
-            | Applied::Paused
-            | Applied::Verification,
-        ) => StatusCode::ACCEPTED.into_response(),
-        Err(e) => {
-            // Sent by the transmitter (it held the push authorization), yet
-            // not applicable here: a missed signal. Stale until a snapshot;
-            // the 400 tells the transmitter not to send it again.
-            gw.replica.mark_gap();
-            (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({"err": "invalid_request", "description": e.to_string()})),
-            )
-                .into_response()
-        }
-    }
-}
-
-async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
-    axum::Json(json!({
-        "fresh": gw.replica.is_fresh(),
-        "cursor": gw.replica.cursor(),
-        "audit_checkpoint": gw.replica.audit_checkpoint(),
-    }))
-    .into_response()
 }
 
 #[cfg(test)]

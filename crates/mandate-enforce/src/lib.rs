@@ -11,6 +11,8 @@
 
 pub mod client;
 pub mod gateway;
+pub mod mcp;
+pub mod point;
 pub mod replica;
 pub mod sdk;
 pub mod shipper;
