@@ -190,6 +190,8 @@ impl World {
             "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z",
                 "terminal_events": [{"type": "contingency_program.cancelled", "subject": "program:contingency-q4"}]},
             "delegation": c["delegation"],
+            "discovery": {"types": ["sanctions_screening"], "locations": ["https://screening.example.net/v2"],
+                "actions": ["screen_entity"], "max_lifetime_secs": 300},
         });
         let agent = format!("Bearer {}", self.token("agent-7", "agent"));
         let (st, r) = http(
@@ -259,6 +261,12 @@ name = "slow_report"
 type = "vendor_portal"
 action = "search"
 resource = {{ category = "{{category}}", region = "{{region}}", contract_template = "standard-logistics-v3", spend_tier = "pre-approved" }}
+
+[[tool]]
+name = "screen_entity"
+type = "sanctions_screening"
+action = "screen_entity"
+location = "https://screening.example.net/v2/entities/screen"
 
 [[tool]]
 name = "delete_vendor"
@@ -401,6 +409,36 @@ fn the_procurement_case_study_through_mcp_over_streamable_http() {
         None,
         "a denied call ran: {counts}"
     );
+
+    // A tool discovered during the mission: not in the mandate; the
+    // authority grants it once, and the grant works for one call.
+    let screen = json!({"entity": "Northwind Freight"});
+    let agent = format!("Bearer {}", w.token("agent-7", "agent"));
+    let (st, g) = http(w.port, "POST", &format!("/v1/mandates/{id}/discovery"), &[("Authorization", &agent)],
+        &json!({"type": "sanctions_screening", "location": "https://screening.example.net/v2/entities/screen", "action": "screen_entity"}).to_string());
+    assert_eq!(st, 200, "{g}");
+    let once = g["mandate"].as_str().unwrap();
+    let out = client(&[
+        "http",
+        &url,
+        &mandate,
+        &key,
+        "inst-mcp-1",
+        &json!([
+            ["call", "screen_entity", screen],
+            ["call_meta", "screen_entity", screen, {"io.mandate/mandate": once}],
+            ["call_meta", "screen_entity", screen, {"io.mandate/mandate": once}],
+        ])
+        .to_string(),
+    ]);
+    assert!(
+        reasons(&out[0]).contains(&"resource_type_not_permitted".to_owned()),
+        "{}",
+        out[0]
+    );
+    assert_eq!(out[1]["ok"], true, "{}", out[1]);
+    assert_eq!(reasons(&out[2]), ["one_time_used"], "{}", out[2]);
+    assert_eq!(w.counts("counts-http.json")["screen_entity"], 1);
 
     // A copied mandate without the holder's proof, by hand.
     let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
@@ -564,10 +602,33 @@ fn a_stdio_server_wrapped_by_the_proxy_with_the_mandate_configured_once() {
     let server_args: Vec<String> = serde_json::from_value(server.clone()).unwrap();
     let mut with_python = vec!["python3".to_owned()];
     with_python.extend(server_args);
+    // A mandate sent in `_meta` is proved in `_meta`: the holder's DPoP
+    // proof for the proxy's stdio endpoint (`http://localhost/mcp`).
+    let now = mandate_core::timestamp::UnixTime::from_secs(
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let proof = mandate_core::pop::make_proof(
+        &holder(),
+        "POST",
+        "http://localhost/mcp",
+        None,
+        "stdio-proof-1",
+        now,
+    );
     let steps = json!([
         ["list"],
         ["call", "search_vendors", serde_json::from_str::<Value>(SEARCH).unwrap()],
         ["call", "delete_vendor", {"vendor_id": "v-17"}],
+        ["call_meta", "search_vendors", serde_json::from_str::<Value>(SEARCH).unwrap(), {"io.mandate/mandate": mandate}],
+        ["call_meta", "search_vendors", serde_json::from_str::<Value>(SEARCH).unwrap(), {"io.mandate/mandate": mandate, "io.mandate/dpop": proof}],
+        ["call_meta", "search_vendors", serde_json::from_str::<Value>(SEARCH).unwrap(), {"io.mandate/mandate": mandate, "io.mandate/dpop": proof}],
     ]);
     let out = client(&[
         "stdio",
@@ -583,8 +644,11 @@ fn a_stdio_server_wrapped_by_the_proxy_with_the_mandate_configured_once() {
         "{}",
         out[2]
     );
+    assert_eq!(reasons(&out[3]), ["pop_missing"], "{}", out[3]);
+    assert_eq!(out[4]["ok"], true, "{}", out[4]);
+    assert_eq!(reasons(&out[5]), ["pop_replayed"], "{}", out[5]);
     let counts = w.counts("counts-stdio.json");
-    assert_eq!(counts["search_vendors"], 1, "{counts}");
+    assert_eq!(counts["search_vendors"], 2, "{counts}");
     assert_eq!(
         counts.get("delete_vendor"),
         None,

@@ -46,6 +46,13 @@ def delete_vendor(vendor_id: str) -> str:
 
 
 @server.tool()
+def screen_entity(entity: str) -> str:
+    """Sanctions screening: discovered during the mission, granted once."""
+    count("screen_entity")
+    return f"{entity}: clear"
+
+
+@server.tool()
 async def slow_report(category: str, region: str, seconds: float) -> str:
     """A long call, to be cancelled when the mandate ends."""
     count("slow_report")
