@@ -500,6 +500,35 @@ fn the_procurement_case_study_through_mcp_over_streamable_http() {
     );
     assert_eq!(w.counts("counts-http.json").get("delete_vendor"), None);
 
+    // The official TypeScript SDK as a second client.
+    let ts = Command::new("node")
+        .current_dir(interop("mcp-ts"))
+        .args(["client.mjs", &url, &mandate, &key, "inst-mcp-1"])
+        .output()
+        .expect("node, with npm ci run in tests/interop/mcp-ts (scripts/test does)");
+    assert!(
+        ts.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ts.stderr)
+    );
+    let ts: Value = serde_json::from_slice(&ts.stdout).unwrap();
+    assert_eq!(ts["tools"], json!(["search_vendors", "slow_report"]));
+    assert!(
+        ts["search"][0]
+            .as_str()
+            .unwrap()
+            .contains("logistics-vendor-1"),
+        "{ts}"
+    );
+    assert_eq!(ts["delete"]["code"], -32051, "{ts}");
+    assert!(
+        ts["delete"]["data"]["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("action_not_permitted"))
+    );
+    assert_eq!(w.counts("counts-http.json")["search_vendors"], 2);
+
     // A long call in flight when the program is cancelled: cancelled at the
     // server, answered with the denial, long before it would have finished.
     let slow = json!([["call", "slow_report", {"category": "logistics", "region": "north-america", "seconds": 6}]]);
@@ -542,7 +571,7 @@ fn the_procurement_case_study_through_mcp_over_streamable_http() {
     ]);
     assert_eq!(reasons(&out[0]), ["completed"], "{}", out[0]);
     assert_eq!(out[1], json!({"tools": []}));
-    assert_eq!(w.counts("counts-http.json")["search_vendors"], 1);
+    assert_eq!(w.counts("counts-http.json")["search_vendors"], 2);
     // The cancelled call never finished at the server.
     std::thread::sleep(
         Duration::from_secs(6).saturating_sub(started.elapsed()) + Duration::from_millis(500),
