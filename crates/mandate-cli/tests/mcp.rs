@@ -731,6 +731,33 @@ fn a_stdio_server_wrapped_by_the_proxy_with_the_mandate_configured_once() {
         (json!(4), json!(-32051)),
         "{e}"
     );
+    // The program is paused: the condition fails at the authority, the
+    // mandate is suspended, and the next call is denied within the
+    // propagation window.
+    let admin = format!("Bearer {}", w.token("admin@acme.example", "admin"));
+    let (st, _) = http(
+        w.port,
+        "PUT",
+        "/v1/facts",
+        &[("Authorization", &admin)],
+        &json!({"procurement": {"contingency_program": {"status": "paused"}}}).to_string(),
+    );
+    assert_eq!(st, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 10.. {
+        writeln!(stdin, r#"{{"jsonrpc":"2.0","id":{n},"method":"tools/call","params":{{"name":"search_vendors","arguments":{SEARCH}}}}}"#).unwrap();
+        let e = next();
+        assert_eq!(e["id"], n);
+        if e["error"]["code"] == -32051 {
+            assert!(reasons(&e).contains(&"suspended".to_owned()), "{e}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still allowed 10 s after the condition failed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(stdin);
     let deadline = Instant::now() + Duration::from_secs(10);
     while child.try_wait().unwrap().is_none() {

@@ -31,6 +31,18 @@ fn io(path: &str, e: impl ToString) -> CliError {
     }
 }
 
+/// Async workers: `MANDATE_MCP_WORKERS`, else 1. Relaying a message is
+/// short work between two waits; one worker saves the wake-ups of one
+/// worker handing a connection's readiness to another, which cost more
+/// than the work on a small machine (scripts/load-mcp.sh).
+fn workers() -> usize {
+    std::env::var("MANDATE_MCP_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=512).contains(n))
+        .unwrap_or(1)
+}
+
 /// Runs the command.
 pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
     crate::command::init_logging(a.log_format);
@@ -38,6 +50,7 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
     let config = McpConfig::from_file(&a.config, stdio_mode)
         .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers())
         .enable_all()
         .build()
         .map_err(|e| io("runtime", e))?;

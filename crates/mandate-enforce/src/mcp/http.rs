@@ -264,18 +264,15 @@ impl HttpProxy {
         };
         let (mut parts, upstream_body) = resp.into_parts();
         parts.headers.remove(header::CONTENT_LENGTH);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
         let cancel = Cancel {
             http: Arc::clone(self),
             up: up.clone(),
             headers: self.onward_headers(headers),
         };
-        tokio::spawn(pump(upstream_body, shape, edit, tx, cancel));
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
-            );
+        let pump = Pump::new(upstream_body, shape, edit, cancel);
+        let stream = futures_util::stream::unfold(pump, |mut p| async move {
+            p.next_chunk().await.map(|c| (c, p))
+        });
         back(axum::http::Response::from_parts(
             parts,
             Body::from_stream(stream),
@@ -401,110 +398,164 @@ fn apply(edit: &Edit, msg: &mut Value) -> bool {
 
 /// Carries the upstream's answer to the client, rewriting the message
 /// `edit` is about and, for a call, cancelling it when its mandate ends
-/// before the answer.
-async fn pump(
-    mut body: hyper::body::Incoming,
+/// before the answer. A stream polled by the response itself (no task, no
+/// channel between them).
+struct Pump {
+    body: hyper::body::Incoming,
     shape: Shape,
     edit: Edit,
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    cancel: Cancel,
-) {
-    let watch = match &edit {
-        Edit::Call(Some(w)) => Some(w.clone()),
-        _ => None,
-    };
-    let every = Duration::from_millis(cancel.http.proxy.config.watch_ms);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut answered = false;
-    let max = cancel
-        .http
-        .proxy
-        .config
-        .max_message_bytes
-        .saturating_mul(16);
-    loop {
-        tokio::select! {
-            frame = body.frame() => {
-                let Some(frame) = frame else { break };
-                let Ok(frame) = frame else {
-                    let _ = tx.send(Err(std::io::Error::other("upstream body"))).await;
-                    return;
-                };
-                let Ok(data) = frame.into_data() else { continue };
-                match shape {
-                    Shape::Json => {
-                        buf.extend_from_slice(&data);
-                        if buf.len() > max {
-                            let _ = tx.send(Err(std::io::Error::other("upstream answer too large"))).await;
-                            return;
-                        }
-                    }
-                    Shape::Sse => {
-                        buf.extend_from_slice(&data);
-                        while let Some((end, sep)) = event_end(&buf) {
-                            let event: Vec<u8> = buf.drain(..end + sep).collect();
-                            let (out, done) = rewrite_event(&event, &edit);
-                            answered |= done;
-                            if tx.send(Ok(Bytes::from(out))).await.is_err() {
-                                return;
-                            }
-                        }
-                        if buf.len() > max {
-                            let _ = tx.send(Err(std::io::Error::other("upstream event too large"))).await;
-                            return;
-                        }
-                    }
-                }
+    cancel: Option<Cancel>,
+    watch: Option<Watch>,
+    tick: tokio::time::Interval,
+    buf: Vec<u8>,
+    answered: bool,
+    finished: bool,
+    pending: std::collections::VecDeque<Bytes>,
+    max: usize,
+}
+
+enum Step {
+    Frame(Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>),
+    Tick,
+}
+
+impl Pump {
+    fn new(body: hyper::body::Incoming, shape: Shape, edit: Edit, cancel: Cancel) -> Self {
+        let watch = match &edit {
+            Edit::Call(Some(w)) => Some(w.clone()),
+            _ => None,
+        };
+        let every = Duration::from_millis(cancel.http.proxy.config.watch_ms);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max = cancel
+            .http
+            .proxy
+            .config
+            .max_message_bytes
+            .saturating_mul(16);
+        Self {
+            body,
+            shape,
+            edit,
+            cancel: Some(cancel),
+            watch,
+            tick,
+            buf: Vec::new(),
+            answered: false,
+            finished: false,
+            pending: std::collections::VecDeque::new(),
+            max,
+        }
+    }
+
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        loop {
+            if let Some(b) = self.pending.pop_front() {
+                return Some(Ok(b));
             }
-            _ = tick.tick(), if watch.is_some() && !answered => {
-                let Some(w) = &watch else { continue };
-                if !cancel.http.proxy.still_in_force(&w.mandate) {
-                    let reasons = cancel.http.proxy.why_ended(&w.mandate);
-                    let d = mandate_core::decision::Decision {
-                        allow: false,
-                        reasons: reasons.clone(),
-                        chain: cancel
-                            .http
-                            .proxy
-                            .point
-                            .verifier
-                            .verify(&w.mandate)
-                            .map(|c| c.ids())
-                            .unwrap_or_default(),
-                        obligations: Vec::new(),
-                    };
-                    let err = denial(&d, Some("the mandate ended while the call was in flight; the call was cancelled upstream".into()))
-                        .response(Some(&w.id));
-                    let out = match shape {
-                        Shape::Json => err.to_string().into_bytes(),
-                        Shape::Sse => format!("event: message\ndata: {err}\n\n").into_bytes(),
-                    };
-                    let id = w.id.clone();
-                    cancel.send(&id, &reasons);
-                    let _ = tx.send(Ok(Bytes::from(out))).await;
-                    return;
+            if self.finished {
+                return None;
+            }
+            let watching = self.watch.is_some() && !self.answered;
+            let step = tokio::select! {
+                frame = self.body.frame() => Step::Frame(frame),
+                _ = self.tick.tick(), if watching => Step::Tick,
+            };
+            match step {
+                Step::Frame(None) => self.finish(),
+                Step::Frame(Some(Err(_))) => {
+                    self.finished = true;
+                    return Some(Err(std::io::Error::other("upstream body")));
                 }
+                Step::Frame(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    self.buf.extend_from_slice(&data);
+                    if self.shape == Shape::Sse {
+                        while let Some((end, sep)) = event_end(&self.buf) {
+                            let event: Vec<u8> = self.buf.drain(..end + sep).collect();
+                            let (out, done) = rewrite_event(&event, &self.edit);
+                            self.answered |= done;
+                            self.pending.push_back(Bytes::from(out));
+                        }
+                    }
+                    if self.buf.len() > self.max {
+                        self.finished = true;
+                        return Some(Err(std::io::Error::other("upstream answer too large")));
+                    }
+                }
+                Step::Tick => self.check_watch(),
             }
         }
     }
-    match shape {
-        Shape::Json => {
-            let out = match serde_json::from_slice::<Value>(&buf) {
-                Ok(mut v) => {
-                    apply(&edit, &mut v);
-                    v.to_string().into_bytes()
-                }
-                Err(_) => buf,
-            };
-            let _ = tx.send(Ok(Bytes::from(out))).await;
+
+    /// The upstream's answer is complete.
+    fn finish(&mut self) {
+        self.finished = true;
+        let buf = std::mem::take(&mut self.buf);
+        match self.shape {
+            Shape::Json => {
+                let out = match serde_json::from_slice::<Value>(&buf) {
+                    Ok(mut v) => {
+                        apply(&self.edit, &mut v);
+                        v.to_string().into_bytes()
+                    }
+                    Err(_) => buf,
+                };
+                self.pending.push_back(Bytes::from(out));
+            }
+            Shape::Sse if !buf.is_empty() => {
+                let (out, _) = rewrite_event(&buf, &self.edit);
+                self.pending.push_back(Bytes::from(out));
+            }
+            Shape::Sse => {}
         }
-        Shape::Sse if !buf.is_empty() => {
-            let (out, _) = rewrite_event(&buf, &edit);
-            let _ = tx.send(Ok(Bytes::from(out))).await;
+    }
+
+    /// A call in flight whose mandate ended: cancelled upstream, answered
+    /// with the denial, and nothing more of the upstream's answer is sent.
+    fn check_watch(&mut self) {
+        let Some(w) = &self.watch else {
+            return;
+        };
+        let Some(cancel) = self.cancel.take() else {
+            return;
+        };
+        let proxy = &cancel.http.proxy;
+        if proxy.still_in_force(&w.mandate) {
+            self.cancel = Some(cancel);
+            return;
         }
-        Shape::Sse => {}
+        let reasons = proxy.why_ended(&w.mandate);
+        let d = mandate_core::decision::Decision {
+            allow: false,
+            reasons: reasons.clone(),
+            chain: proxy
+                .point
+                .verifier
+                .verify(&w.mandate)
+                .map(|c| c.ids())
+                .unwrap_or_default(),
+            obligations: Vec::new(),
+        };
+        let err = denial(
+            &d,
+            Some(
+                "the mandate ended while the call was in flight; the call was cancelled upstream"
+                    .into(),
+            ),
+        )
+        .response(Some(&w.id));
+        let out = match self.shape {
+            Shape::Json => err.to_string().into_bytes(),
+            Shape::Sse => format!("event: message\ndata: {err}\n\n").into_bytes(),
+        };
+        cancel.send(&w.id, &reasons);
+        self.pending.clear();
+        self.pending.push_back(Bytes::from(out));
+        self.finished = true;
     }
 }
 

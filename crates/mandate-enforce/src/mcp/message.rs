@@ -131,11 +131,11 @@ pub struct Refused {
     pub error: RpcError,
 }
 
-fn refuse(id: Option<&Value>, code: i64, message: impl Into<String>) -> Refused {
-    Refused {
+fn refuse(id: Option<&Value>, code: i64, message: impl Into<String>) -> Box<Refused> {
+    Box::new(Refused {
         id: id.cloned(),
         error: RpcError::new(code, message),
-    }
+    })
 }
 
 /// Reads one message from untrusted bytes (at most `max` of them).
@@ -143,7 +143,7 @@ fn refuse(id: Option<&Value>, code: i64, message: impl Into<String>) -> Refused 
 /// # Errors
 /// Oversized, not JSON, a batch, or not a JSON-RPC 2.0 message as MCP
 /// allows it; the error says which member is wrong.
-pub fn parse(bytes: &[u8], max: usize) -> Result<Message, Refused> {
+pub fn parse(bytes: &[u8], max: usize) -> Result<Message, Box<Refused>> {
     if bytes.len() > max {
         return Err(refuse(
             None,
@@ -348,7 +348,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
-    fn err(bytes: &str) -> Refused {
+    fn err(bytes: &str) -> Box<Refused> {
         parse(bytes.as_bytes(), 1 << 20).unwrap_err()
     }
 
