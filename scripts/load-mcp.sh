@@ -6,7 +6,9 @@
 # PING=1 sends `ping` instead (relayed, nothing decided: the cost of the hop
 # alone); POP=bearer turns proofs off (development mode); PERF=1 prints a
 # perf profile of the proxy.
-# Needs python3 with the `mcp` package (scripts/test installs it) and curl.
+# nginx `proxy_pass` in front of the same server is timed in the same rounds
+# (what a plain reverse proxy adds). Needs python3 with the `mcp` package
+# (scripts/test installs it), nginx and curl.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 n="${1:-2000}"
@@ -17,7 +19,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 cd "$work"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-S=$(port); M=$(port)
+S=$(port); M=$(port); N=$(port)
 
 "$bin" serve --data-dir data --listen 127.0.0.1:0 2> serve.log & pids+=($!)
 for _ in $(seq 100); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
@@ -58,7 +60,22 @@ TOML
 "$bin" mcp --config mcp.toml 2> mcp.log & pids+=($!); mcp_pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$M/_mandate/healthz" | grep -q '"fresh":true' && break; sleep 0.1; done
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$S/mcp" && break; sleep 0.1; done
+mkdir -p nginx/tmp
+cat > nginx/mcp.conf <<NGINX
+worker_processes 1;
+pid mcp.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path tmp; proxy_temp_path tmp;
+  upstream fastmcp { server 127.0.0.1:$S; keepalive 8; }
+  server { listen 127.0.0.1:$N; location / { proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host 127.0.0.1:$S; proxy_buffering off; proxy_pass http://fastmcp; } }
+}
+NGINX
+nginx -p "$work/nginx" -c mcp.conf -g 'daemon off;' & pids+=($!)
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$N/mcp" && break; sleep 0.1; done
 "$bin" dpop --key holder.jwk --method POST --url "http://127.0.0.1:$M/mcp" --count $((n + 20)) > proofs.txt
 if [ -n "${PERF:-}" ]; then perf record -F 2000 -g -p "$mcp_pid" -o "$work/perf.data" 2>/dev/null & perf_pid=$!; sleep 0.3; fi
-python3 "$root/scripts/mcp-latency.py" "http://127.0.0.1:$S/mcp" "http://127.0.0.1:$M/mcp" "$mandate" inst-1 proofs.txt "$n"
-if [ -n "${PERF:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; perf report -i "$work/perf.data" --no-children --sort symbol 2>/dev/null | grep -v "^#" | grep "%" | head -40; fi
+python3 "$root/scripts/mcp-latency.py" "http://127.0.0.1:$S/mcp" "http://127.0.0.1:$M/mcp" "$mandate" inst-1 proofs.txt "$n" "http://127.0.0.1:$N/mcp"
+if [ -n "${PERF:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; perf report -i "$work/perf.data" --no-children --sort dso,symbol -g none --percent-limit 0.7 2>/dev/null | grep -v "^#" | grep "%" | head -60; fi

@@ -3,7 +3,10 @@ FastMCP server and through `mandate mcp` in front of it, interleaved (one
 direct, one proxied) so machine noise hits both alike. One keep-alive
 connection each; DPoP proofs are made before timing (one per proxied call).
 
-    python3 mcp-latency.py DIRECT_URL PROXY_URL MANDATE INSTANCE PROOFS_FILE N
+    python3 mcp-latency.py DIRECT_URL PROXY_URL MANDATE INSTANCE PROOFS_FILE N [NGINX_URL]
+
+With NGINX_URL, nginx `proxy_pass` in front of the same server is timed in
+the same rounds: what a plain reverse proxy adds, for comparison.
 """
 
 import http.client
@@ -15,6 +18,7 @@ from urllib.parse import urlparse
 
 direct_url, proxy_url, mandate, instance, proofs_file, n = sys.argv[1:7]
 n = int(n)
+nginx_url = sys.argv[7] if len(sys.argv) > 7 else None
 proofs = open(proofs_file).read().split()
 PING = __import__("os").environ.get("PING") == "1"
 ACCEPT = "application/json, text/event-stream"
@@ -64,16 +68,23 @@ class Endpoint:
 
 direct = Endpoint(direct_url, {})
 proxied = Endpoint(proxy_url, {"Mandate": mandate, "Mandate-Agent-Instance": instance})
+nginx = Endpoint(nginx_url, {}) if nginx_url else None
 direct.start()
 proxied.start()
-# Warm both paths.
+if nginx:
+    nginx.start()
+# Warm every path.
 for i in range(20):
     direct.call()
     proxied.call(proofs[i])
-d, p = [], []
+    if nginx:
+        nginx.call()
+d, p, g = [], [], []
 for i in range(n):
     d.append(direct.call())
     p.append(proxied.call(proofs[20 + i]))
+    if nginx:
+        g.append(nginx.call())
 
 
 def q(xs, f):
@@ -82,10 +93,16 @@ def q(xs, f):
 
 
 added = [b - a for a, b in zip(d, p)]
+extra = {}
+if g:
+    extra = {"nginx_us": {"p50": round(q(g, 0.5)), "p99": round(q(g, 0.99))},
+             "nginx_added_us": {"p50": round(q(g, 0.5) - q(d, 0.5)), "p99": round(q(g, 0.99) - q(d, 0.99)),
+                                "paired_median": round(statistics.median([c - a for a, c in zip(d, g)]))}}
 print(json.dumps({
     "calls": n,
     "direct_us": {"p50": round(q(d, 0.5)), "p99": round(q(d, 0.99))},
     "proxy_us": {"p50": round(q(p, 0.5)), "p99": round(q(p, 0.99))},
     "added_us": {"p50": round(q(p, 0.5) - q(d, 0.5)), "p99": round(q(p, 0.99) - q(d, 0.99)),
                  "paired_median": round(statistics.median(added))},
+    **extra,
 }))
