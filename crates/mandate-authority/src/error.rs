@@ -3,7 +3,6 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 /// An API error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +76,13 @@ impl From<mandate_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": format!("urn:mandate:problem:{}", self.code),
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "code": self.code,
-            "detail": self.detail,
-        });
+        let body = crate::routes::wire::Problem {
+            type_: format!("urn:mandate:problem:{}", self.code),
+            title: self.status.canonical_reason().unwrap_or("error").to_owned(),
+            status: self.status.as_u16(),
+            code: self.code.to_string(),
+            detail: self.detail,
+        };
         let mut res = (self.status, axum::Json(body)).into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,

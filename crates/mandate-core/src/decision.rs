@@ -49,6 +49,7 @@ pub const IAT_LEEWAY_SECS: i64 = 60;
 /// What the enforcement point must do besides allowing or denying.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Obligation {
     /// Tell the granting principal.
     NotifyPrincipal {
@@ -83,6 +84,7 @@ pub enum Obligation {
 
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Decision {
     /// Allowed only when no reason applies.
     pub allow: bool,

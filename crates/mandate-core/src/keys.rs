@@ -77,6 +77,7 @@ pub enum KeyError {
 
 /// A public JWK as found in a JWKS or in a mandate's `agent.cnf.jwk`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PublicJwk {
     /// `OKP` or `EC`.
     pub kty: String,
@@ -98,6 +99,7 @@ pub struct PublicJwk {
     pub use_: Option<String>,
     /// Present only to be refused: a private part in a public position.
     #[serde(default, skip_serializing, deserialize_with = "present")]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     d: bool,
 }
 

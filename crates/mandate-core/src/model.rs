@@ -22,17 +22,21 @@ pub const MANDATE_TYP: &str = "mandate+jwt";
 
 /// The claims of an Execution Mandate (the JWS payload).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MandateClaims {
     /// Issuer: the authority's URL. Children inherit the root's.
     pub iss: String,
     /// Issued at (NumericDate).
     #[serde(with = "numeric_date")]
+    #[cfg_attr(feature = "schema", schemars(with = "i64"))]
     pub iat: UnixTime,
     /// Not before (NumericDate).
     #[serde(with = "numeric_date")]
+    #[cfg_attr(feature = "schema", schemars(with = "i64"))]
     pub nbf: UnixTime,
     /// Expiry (NumericDate), equal to `lifecycle.hard_expiry`.
     #[serde(with = "numeric_date")]
+    #[cfg_attr(feature = "schema", schemars(with = "i64"))]
     pub exp: UnixTime,
     /// JWT id, equal to `mandate_id`.
     pub jti: String,
@@ -71,6 +75,7 @@ pub struct MandateClaims {
 /// Who granted the mandate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Principal {
     /// The principal's subject at their identity provider.
     pub sub: String,
@@ -83,6 +88,7 @@ pub struct Principal {
 /// Who holds the mandate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Agent {
     /// The agent (software) identity.
     pub id: AgentId,
@@ -96,6 +102,7 @@ pub struct Agent {
 /// Proof-of-possession confirmation (RFC 7800).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Confirmation {
     /// The holder's public key.
     pub jwk: PublicJwk,
@@ -104,6 +111,7 @@ pub struct Confirmation {
 /// Why the mandate exists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Purpose {
     /// What the agent is to achieve.
     pub objective: String,
@@ -114,6 +122,7 @@ pub struct Purpose {
 /// One typed grant of access (RFC 9396 authorization details).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuthorizationDetail {
     /// The kind of resource (`vendor_portal`, `github_pull_request`).
     #[serde(rename = "type")]
@@ -133,6 +142,7 @@ pub struct AuthorizationDetail {
 /// A condition evaluated throughout the mission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Condition {
     /// Unique within the delegation chain.
     pub id: ConditionId,
@@ -148,6 +158,7 @@ pub struct Condition {
 /// is refused, never guessed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Evaluation {
     /// Before every action.
     PerAction,
@@ -156,6 +167,7 @@ pub enum Evaluation {
 /// What happens when a condition is false. Every variant denies the action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum OnFailure {
     /// Deny this action only.
     Deny,
@@ -180,6 +192,7 @@ impl OnFailure {
 /// When the mandate ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Lifecycle {
     /// The latest instant it is usable (exclusive), RFC 3339.
     pub hard_expiry: UnixTime,
@@ -196,6 +209,7 @@ pub struct Lifecycle {
 /// What expiry does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum OnExpiry {
     /// Revoke the mandate and every descendant.
     RevokeAndCascade,
@@ -224,6 +238,24 @@ impl TerminalEvent {
                 None => true,
                 Some(s) => Some(s.as_str()) == subject,
             }
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for TerminalEvent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TerminalEvent".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A business event that ends the mandate: a type, or a type and the subject it must be about.",
+            "oneOf": [
+                {"type": "string"},
+                {"type": "object", "required": ["type"], "additionalProperties": false,
+                 "properties": {"type": {"type": "string"}, "subject": {"type": "string"}}}
+            ]
+        })
     }
 }
 
@@ -266,6 +298,7 @@ impl<'de> Deserialize<'de> for TerminalEvent {
 /// How authority passes to sub-agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Delegation {
     /// Whether the holder may derive children at all.
     pub permitted: bool,
@@ -280,6 +313,7 @@ pub struct Delegation {
 /// The rule every child must satisfy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Attenuation {
     /// Within the parent in every dimension; expiry no later.
     SubsetOfParent,
@@ -301,6 +335,7 @@ impl Attenuation {
 /// How revocation reaches descendants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum CascadeRevocation {
     /// Every descendant ends with its ancestor, at once.
     Immediate,
@@ -309,6 +344,7 @@ pub enum CascadeRevocation {
 /// One ancestor in a delegation chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ChainLink {
     /// The ancestor's id.
     pub mandate_id: MandateId,
@@ -322,6 +358,7 @@ pub struct ChainLink {
 /// Binding to an access token by hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TokenBinding {
     /// SHA-256 of the access token's ASCII, base64url (as DPoP's `ath`).
     pub access_token_sha256: String,
@@ -331,6 +368,7 @@ pub struct TokenBinding {
 /// actions the authority may grant one-time mandates for, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DiscoveryAllowance {
     /// Authorization-detail types a discovered tool may have.
     pub types: Vec<String>,

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 /// An AuthZEN evaluation request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EvaluationRequest {
     /// The AuthZEN subject; its `properties` may carry the mandate and access
     /// token when the request travels over HTTP. The decision does not read it.
@@ -25,6 +26,7 @@ pub struct EvaluationRequest {
 
 /// The action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Action {
     /// Its name (`search`, `read`).
     pub name: String,
@@ -35,6 +37,7 @@ pub struct Action {
 
 /// The resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Resource {
     /// The authorization-detail type.
     #[serde(rename = "type")]

@@ -126,6 +126,21 @@ impl<'de> Deserialize<'de> for UnixTime {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for UnixTime {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "date-time",
+            "description": "An instant, RFC 3339 (`2099-01-01T00:00:00Z`)."
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -451,10 +451,7 @@ pub async fn approve(
     )
     .await
     .map_err(|e| api_fail(&u, &e))?;
-    let mandate_id = at(&answer.0, "/mandate_id")
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let mandate_id = answer.0.mandate_id.clone();
     let (tenant, who, mid) = (
         u.caller().tenant.clone(),
         u.caller().sub.clone(),
@@ -886,15 +883,23 @@ pub async fn act(
     let reason = Bytes::from(json!({"reason": f.reason}).to_string());
     let st = State(Arc::clone(&s));
     let result = match f.op.as_str() {
-        "suspend" => crate::routes::lifecycle::suspend(st, caller, Path(id.clone()), reason).await,
-        "resume" => crate::routes::lifecycle::resume(st, caller, Path(id.clone()), reason).await,
-        "revoke" => crate::routes::lifecycle::revoke(st, caller, Path(id.clone()), reason).await,
+        "suspend" => crate::routes::lifecycle::suspend(st, caller, Path(id.clone()), reason)
+            .await
+            .map(|a| axum::Json(json!({"mandate_id": a.0.mandate_id}))),
+        "resume" => crate::routes::lifecycle::resume(st, caller, Path(id.clone()), reason)
+            .await
+            .map(|a| axum::Json(json!({"mandate_id": a.0.mandate_id}))),
+        "revoke" => crate::routes::lifecycle::revoke(st, caller, Path(id.clone()), reason)
+            .await
+            .map(|a| axum::Json(json!({"mandate_id": a.0.mandate_id}))),
         "amend" => {
             let body = Bytes::from(
                 json!({"hard_expiry": f.hard_expiry.trim(), "reason": "amended in the console"})
                     .to_string(),
             );
-            crate::routes::lifecycle::amend(st, caller, Path(id.clone()), body).await
+            crate::routes::lifecycle::amend(st, caller, Path(id.clone()), body)
+                .await
+                .map(|a| axum::Json(json!({"mandate_id": a.0.mandate_id})))
         }
         _ => return Err(fail(Some(&u), StatusCode::BAD_REQUEST, "unknown operation")),
     };
@@ -1187,10 +1192,7 @@ pub async fn scope(
     )
     .await
     .map_err(|e| api_fail(&u, &e))?;
-    let new_id = at(&answer.0, "/mandate_id")
-        .as_str()
-        .unwrap_or(&id)
-        .to_owned();
+    let new_id = answer.0.mandate_id.to_string();
     if !added.is_empty() {
         let (who, nid) = (u.caller().sub.clone(), new_id.clone());
         s.store

@@ -203,19 +203,23 @@ async fn evaluate_one(
         &decision.reasons,
         started.elapsed().as_secs_f64(),
     );
-    Ok(json!({
-        "decision": decision.allow,
-        "context": {
-            "reasons": decision.reasons, "chain": decision.chain,
-            "obligations": decision.obligations, "audit_seq": seq,
-        }
-    }))
+    serde_json::to_value(super::wire::DecisionAnswer {
+        decision: decision.allow,
+        context: super::wire::DecisionContext {
+            reasons: decision.reasons,
+            chain: decision.chain,
+            obligations: decision.obligations,
+            audit_seq: seq,
+            error: None,
+        },
+    })
+    .map_err(ApiError::internal)
 }
 
 /// An action search (AuthZEN 1.0 Search API): the subject, the resource and
 /// the context; which actions are asked.
-#[derive(Debug, Deserialize)]
-struct ActionSearch {
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ActionSearch {
     subject: Option<Value>,
     resource: mandate_core::request::Resource,
     #[serde(default)]
@@ -361,8 +365,8 @@ fn check_subject(req: &EvaluationRequest) -> Result<(), String> {
 }
 
 /// The batch request: defaults at the top level, `evaluations` override them.
-#[derive(Debug, Deserialize)]
-struct Batch {
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct Batch {
     #[serde(default)]
     subject: Option<Value>,
     #[serde(default)]
@@ -455,7 +459,20 @@ pub async fn evaluations(
                     .await?;
                 s.metrics
                     .decision(false, &["invalid_request".to_owned()], 0.0);
-                json!({"decision": false, "context": {"reasons": ["invalid_request"], "audit_seq": seq, "error": {"status": 400, "message": message}}})
+                serde_json::to_value(super::wire::DecisionAnswer {
+                    decision: false,
+                    context: super::wire::DecisionContext {
+                        reasons: vec!["invalid_request".to_owned()],
+                        chain: Vec::new(),
+                        obligations: Vec::new(),
+                        audit_seq: seq,
+                        error: Some(super::wire::ItemError {
+                            status: 400,
+                            message,
+                        }),
+                    },
+                })
+                .map_err(ApiError::internal)?
             }
         };
         let decision = result.get("decision") == Some(&Value::Bool(true));
@@ -471,7 +488,7 @@ pub async fn evaluations(
 
 /// Decisions an enforcement point made locally: `source` names the series
 /// (a stream, a run), `first` the number of the first record in it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Shipment {
     /// The series.

@@ -24,7 +24,7 @@ use crate::routes::facts::{merge_patch, read_facts, reevaluate, write_facts};
 use crate::state::AppState;
 
 /// A business event.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     /// Idempotency id: a second delivery with the same id changes nothing.
@@ -207,7 +207,7 @@ pub async fn create(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<super::wire::EventRecorded>), ApiError> {
     caller.require(&[Role::EventSource, Role::Admin])?;
     let ev: Event = parse_body(&body)?;
     if caller.role == Role::EventSource
@@ -235,7 +235,11 @@ pub async fn create(
     };
     Ok((
         status,
-        Json(json!({"id": id, "replayed": replayed, "changed": changed})),
+        Json(super::wire::EventRecorded {
+            id,
+            replayed,
+            changed,
+        }),
     ))
 }
 

@@ -168,18 +168,24 @@ pub async fn reevaluate(s: &AppState, tenant: &str) -> Result<Vec<MandateId>, Ap
 }
 
 /// `GET /v1/facts` (admin, enforcer, principal).
-pub async fn show(State(s): State<Arc<AppState>>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub async fn show(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<super::wire::FactsView>, ApiError> {
     caller.require(&[Role::Admin, Role::Enforcer, Role::Principal])?;
     let tenant = caller.tenant.clone();
     let (doc, version) = s.store.read(|c| Ok(read_facts(c, &tenant)?))?;
-    Ok(Json(json!({"facts": doc, "version": version})))
+    Ok(Json(super::wire::FactsView {
+        facts: doc,
+        version,
+    }))
 }
 
 async fn set(
     s: Arc<AppState>,
     caller: Caller,
     doc: impl FnOnce(Value) -> Value + Send + 'static,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::FactsChanged>, ApiError> {
     if caller.role != Role::Admin {
         return Err(crate::routes::requests::refuse(&s, &caller, "set mission facts", None).await);
     }
@@ -203,9 +209,11 @@ async fn set(
     s.with_registry_mut(|r| crate::registry::set_facts(r, &caller.tenant, facts))?;
     s.signals.notify_waiters();
     let changed = reevaluate(&s, &caller.tenant).await?;
-    Ok(Json(
-        json!({"facts": doc, "version": version, "changed": changed}),
-    ))
+    Ok(Json(super::wire::FactsChanged {
+        facts: doc,
+        version,
+        changed,
+    }))
 }
 
 /// `PUT /v1/facts` (admin): replaces the document.
@@ -213,7 +221,7 @@ pub async fn replace(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::FactsChanged>, ApiError> {
     let doc: Value = parse_body(&body)?;
     if !doc.is_object() {
         return Err(ApiError::bad_request("facts: must be a JSON object"));
@@ -226,7 +234,7 @@ pub async fn patch(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::FactsChanged>, ApiError> {
     let p: Value = parse_body(&body)?;
     set(s, caller, move |mut current| {
         merge_patch(&mut current, &p);

@@ -18,7 +18,7 @@ use mandate_core::timestamp::UnixTime;
 use mandate_store::StoreError;
 use rusqlite::params;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::auth::{Caller, Role};
 use crate::db::{self, NewMandate, state_name};
@@ -38,7 +38,7 @@ pub async fn show(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::MandateView>, ApiError> {
     let m = find(&s, &caller, &id)?;
     let visible = match caller.role {
         Role::Admin | Role::Enforcer => true,
@@ -49,10 +49,14 @@ pub async fn show(
     if !visible {
         return Err(ApiError::not_found("mandate"));
     }
-    Ok(Json(json!({
-        "mandate_id": m.id, "state": state_name(m.state), "parent": m.parent, "consumed": m.consumed,
-        "mandate": m.chain.as_ref(), "claims": m.claims.as_ref(),
-    })))
+    Ok(Json(super::wire::MandateView {
+        mandate_id: m.id.to_string(),
+        state: state_name(m.state).to_owned(),
+        parent: m.parent.as_ref().map(ToString::to_string),
+        consumed: m.consumed,
+        mandate: m.chain.to_string(),
+        claims: (*m.claims).clone(),
+    }))
 }
 
 /// Whether the caller governs this mandate: its granting principal or an
@@ -78,9 +82,9 @@ async fn governs(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Reason {
+pub struct Reason {
     #[serde(default)]
     reason: Option<String>,
 }
@@ -92,7 +96,7 @@ async fn move_to(
     body: Bytes,
     to: MandateState,
     operation: &str,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::Transition>, ApiError> {
     let m = find(&s, &caller, &id)?;
     governs(&s, &caller, &m, operation).await?;
     let reason: Reason = if body.is_empty() {
@@ -132,9 +136,11 @@ async fn move_to(
     }
     s.refresh(&changed)?;
     let m = find(&s, &caller, &id)?;
-    Ok(Json(
-        json!({"mandate_id": id, "state": state_name(m.state), "changed": changed}),
-    ))
+    Ok(Json(super::wire::Transition {
+        mandate_id: id,
+        state: state_name(m.state).to_owned(),
+        changed,
+    }))
 }
 
 /// `POST /v1/mandates/{id}/suspend`.
@@ -143,7 +149,7 @@ pub async fn suspend(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::Transition>, ApiError> {
     move_to(
         s,
         caller,
@@ -161,7 +167,7 @@ pub async fn resume(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::Transition>, ApiError> {
     move_to(s, caller, id, body, MandateState::Active, "resume mandates").await
 }
 
@@ -171,7 +177,7 @@ pub async fn revoke(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::Transition>, ApiError> {
     move_to(
         s,
         caller,
@@ -184,9 +190,9 @@ pub async fn revoke(
 }
 
 /// What an amendment changes; everything else is kept.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Amendment {
+pub struct Amendment {
     #[serde(default)]
     authorization_details: Option<Vec<AuthorizationDetail>>,
     #[serde(default)]
@@ -210,7 +216,7 @@ pub async fn amend(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::Amended>, ApiError> {
     let m = find(&s, &caller, &id)?;
     governs(&s, &caller, &m, "amend mandates").await?;
     let a: Amendment = parse_body(&body)?;
@@ -304,14 +310,17 @@ pub async fn amend(
     s.metrics.transition("amended");
     changed.push(new_id.clone());
     s.refresh(&changed)?;
-    Ok(Json(
-        json!({"mandate_id": new_id, "supersedes": id, "state": "active", "mandate": jws}),
-    ))
+    Ok(Json(super::wire::Amended {
+        mandate_id: new_id,
+        supersedes: id,
+        state: "active".to_owned(),
+        mandate: jws,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ChildRegistration {
+pub struct ChildRegistration {
     mandate: String,
 }
 
@@ -322,7 +331,7 @@ pub async fn register_child(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::ChildRegistered>, ApiError> {
     caller.require(&[Role::Agent])?;
     let m = find(&s, &caller, &id)?;
     if m.agent_sub != caller.sub {
@@ -401,14 +410,16 @@ pub async fn register_child(
             other => other.into(),
         })?;
     s.refresh(std::slice::from_ref(&child_id))?;
-    Ok(Json(
-        json!({"mandate_id": child_id, "parent": id, "state": "active"}),
-    ))
+    Ok(Json(super::wire::ChildRegistered {
+        mandate_id: child_id,
+        parent: id,
+        state: "active".to_owned(),
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DiscoveryRequest {
+pub struct DiscoveryRequest {
     #[serde(rename = "type")]
     type_: String,
     location: String,
@@ -425,7 +436,7 @@ pub async fn discovery(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::DiscoveryGrant>, ApiError> {
     caller.require(&[Role::Agent])?;
     let m = find(&s, &caller, &id)?;
     if m.agent_sub != caller.sub {
@@ -528,9 +539,12 @@ pub async fn discovery(
         .await?;
     s.metrics.transition("discovery_granted");
     s.refresh(std::slice::from_ref(&grant_id))?;
-    Ok(Json(
-        json!({"mandate_id": grant_id, "parent": id, "one_time": true, "mandate": chain}),
-    ))
+    Ok(Json(super::wire::DiscoveryGrant {
+        mandate_id: grant_id,
+        parent: id,
+        one_time: true,
+        mandate: chain,
+    }))
 }
 
 /// What consuming a one-time mandate did.
@@ -575,7 +589,7 @@ pub async fn consume(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::Consumed>, ApiError> {
     caller.require(&[Role::Enforcer])?;
     let m = find(&s, &caller, &id)?;
     if !m.claims.lifecycle.one_time {
@@ -591,7 +605,10 @@ pub async fn consume(
         .await?;
     s.refresh(std::slice::from_ref(&m.id))?;
     match consumed {
-        Consumption::Now => Ok(Json(json!({"mandate_id": id, "consumed": true}))),
+        Consumption::Now => Ok(Json(super::wire::Consumed {
+            mandate_id: id,
+            consumed: true,
+        })),
         Consumption::Already => Err(ApiError::conflict(
             "one_time_used",
             "the one-time mandate was already used",

@@ -13,9 +13,11 @@ pub mod events;
 pub mod facts;
 pub mod lifecycle;
 pub mod oauth;
+pub mod openapi;
 pub mod ops;
 pub mod requests;
 pub mod ssf;
+pub mod wire;
 
 /// The router over shared state.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -69,7 +69,10 @@ pub async fn metadata(State(s): State<Arc<AppState>>) -> Json<Value> {
 fn oauth_error(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
     let mut res = (
         status,
-        Json(json!({"error": error, "error_description": description.into()})),
+        Json(super::wire::OAuthError {
+            error: error.to_owned(),
+            error_description: description.into(),
+        }),
     )
         .into_response();
     no_store(&mut res);
@@ -352,12 +355,12 @@ async fn exchange(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Resp
             oauth_error(e.status, "server_error", e.detail)
         })?;
     let token = jws::sign(&s.authority, AT_TYP, claims.to_string().as_bytes());
-    let mut res = Json(json!({
-        "access_token": token,
-        "issued_token_type": ACCESS_TOKEN_TYPE,
-        "token_type": "DPoP",
-        "expires_in": exp - now.secs(),
-    }))
+    let mut res = Json(super::wire::TokenAnswer {
+        access_token: token,
+        issued_token_type: ACCESS_TOKEN_TYPE.to_owned(),
+        token_type: "DPoP".to_owned(),
+        expires_in: exp - now.secs(),
+    })
     .into_response();
     no_store(&mut res);
     Ok(res)

@@ -72,6 +72,6 @@ pub async fn jwks(State(s): State<Arc<AppState>>) -> Json<Value> {
 pub async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("../../openapi.json"),
+        super::openapi::document(),
     )
 }

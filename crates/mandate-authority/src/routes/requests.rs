@@ -25,7 +25,7 @@ use crate::error::{ApiError, parse_body};
 use crate::state::AppState;
 
 /// What an agent asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MandateRequest {
     /// The principal asked to grant it.
@@ -52,7 +52,7 @@ pub struct MandateRequest {
 }
 
 /// The requested lifecycle.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestedLifecycle {
     /// The hard expiry.
@@ -124,7 +124,7 @@ pub async fn create(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<super::wire::RequestCreated>), ApiError> {
     caller.require(&[Role::Agent])?;
     let req: MandateRequest = parse_body(&body)?;
     // Every use needs a proof by the holder key: a mandate binding none
@@ -166,7 +166,11 @@ pub async fn create(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "state": "pending", "consent_sha256": consent})),
+        Json(super::wire::RequestCreated {
+            id,
+            state: super::wire::PendingState::Pending,
+            consent_sha256: consent,
+        }),
     ))
 }
 
@@ -267,7 +271,7 @@ pub async fn show(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::RequestView>, ApiError> {
     let r = load_request(&s, &caller, &id)?;
     let allowed = match caller.role {
         Role::Admin => true,
@@ -284,25 +288,32 @@ pub async fn show(
         }
         None => None,
     };
-    Ok(Json(json!({
-        "id": id, "state": r.state, "principal": r.principal, "agent": r.agent_sub, "request": r.body,
-        "consent_sha256": r.consent, "mandate_id": r.mandate_id, "mandate": mandate, "reason": r.reason,
-    })))
+    Ok(Json(super::wire::RequestView {
+        id,
+        state: r.state,
+        principal: r.principal,
+        agent: r.agent_sub,
+        request: r.body,
+        consent_sha256: r.consent,
+        mandate_id: r.mandate_id,
+        mandate,
+        reason: r.reason,
+    }))
 }
 
 /// The approval body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Approval {
+pub struct Approval {
     /// The consent hash of what the principal was shown; must match.
     #[serde(default)]
     consent_sha256: Option<String>,
 }
 
 /// The denial body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Denial {
+pub struct Denial {
     #[serde(default)]
     reason: Option<String>,
 }
@@ -321,7 +332,7 @@ pub async fn approve(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::Approved>, ApiError> {
     let r = load_request(&s, &caller, &id)?;
     if !may_decide(&caller, &r) {
         return Err(refuse_not_theirs(&s, &caller, "approve requests", None).await);
@@ -349,9 +360,12 @@ pub async fn approve(
                     .ok()
                     .flatten()
             });
-            return Ok(Json(
-                json!({"id": id, "state": "approved", "mandate_id": r.mandate_id, "mandate": chain}),
-            ));
+            return Ok(Json(super::wire::Approved {
+                id,
+                state: "approved".to_owned(),
+                mandate_id: r.mandate_id.unwrap_or_default(),
+                mandate: chain,
+            }));
         }
         "pending" => {}
         other => {
@@ -414,9 +428,12 @@ pub async fn approve(
         .await?;
     s.metrics.transition("issued");
     s.refresh(std::slice::from_ref(&mandate_id))?;
-    Ok(Json(
-        json!({"id": id, "state": "approved", "mandate_id": mandate_id, "mandate": jws}),
-    ))
+    Ok(Json(super::wire::Approved {
+        id,
+        state: "approved".to_owned(),
+        mandate_id: mandate_id.to_string(),
+        mandate: Some(jws),
+    }))
 }
 
 /// `POST /v1/requests/{id}/deny`.
@@ -425,7 +442,7 @@ pub async fn deny(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::Denied>, ApiError> {
     let r = load_request(&s, &caller, &id)?;
     if !may_decide(&caller, &r) {
         return Err(refuse_not_theirs(&s, &caller, "deny requests", None).await);
@@ -437,9 +454,11 @@ pub async fn deny(
     };
     match r.state.as_str() {
         "denied" => {
-            return Ok(Json(
-                json!({"id": id, "state": "denied", "reason": r.reason}),
-            ));
+            return Ok(Json(super::wire::Denied {
+                id,
+                state: "denied".to_owned(),
+                reason: r.reason,
+            }));
         }
         "pending" => {}
         other => {
@@ -473,7 +492,9 @@ pub async fn deny(
             Ok(())
         })
         .await?;
-    Ok(Json(
-        json!({"id": id, "state": "denied", "reason": denial.reason}),
-    ))
+    Ok(Json(super::wire::Denied {
+        id,
+        state: "denied".to_owned(),
+        reason: denial.reason,
+    }))
 }

@@ -118,8 +118,8 @@ fn view(st: &Stream) -> Value {
     v
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct StreamRequest {
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+pub struct StreamRequest {
     #[serde(default)]
     delivery: Option<Value>,
     #[serde(default)]
@@ -375,9 +375,9 @@ pub async fn status(
     Ok(Json(v))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct StatusUpdate {
+pub struct StatusUpdate {
     stream_id: String,
     status: String,
     #[serde(default)]
@@ -432,9 +432,9 @@ pub async fn set_status(
     Ok(Json(json!({"stream_id": st.id, "status": u.status})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SubjectChange {
+pub struct SubjectChange {
     stream_id: String,
     subject: Value,
     #[serde(default)]
@@ -492,9 +492,9 @@ pub async fn remove_subject(
     change_subjects(s, caller, body, false).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Verify {
+pub struct Verify {
     stream_id: String,
     #[serde(default)]
     state: Option<String>,
@@ -583,9 +583,9 @@ pub fn delivers(config: &Value, kind: &str) -> bool {
         .is_none_or(|d| d.iter().any(|e| e.as_str() == Some(uri.as_str())))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct Poll {
+pub struct Poll {
     #[serde(default)]
     max_events: Option<i64>,
     #[serde(default)]
