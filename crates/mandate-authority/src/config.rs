@@ -102,11 +102,11 @@ fn fetch(url: &str) -> Result<Vec<u8>, String> {
     if !acceptable_jwks_url(url) {
         return Err(format!("`{url}` must be https (or http on loopback)"));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(std::time::Duration::from_secs(10)))
-        .build()
-        .into();
+    let agent = crate::tls::agent(std::time::Duration::from_secs(10));
     let mut resp = agent.get(url).call().map_err(|e| format!("`{url}`: {e}"))?;
+    if resp.status() != 200 {
+        return Err(format!("`{url}`: HTTP {}", resp.status().as_u16()));
+    }
     resp.body_mut()
         .with_config()
         .limit(1 << 20)
@@ -236,6 +236,23 @@ pub struct Config {
     /// proof (RFC 9449 §8: answered `use_dpop_nonce` with `DPoP-Nonce`).
     #[serde(default)]
     pub dpop_nonce: bool,
+    /// The TLS certificate chain (PEM); with `tls_key_file`, the authority
+    /// serves HTTPS (and its default issuer is `https://`). Read again when
+    /// it changes.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP on an address that is not loopback (behind a proxy
+    /// that terminates TLS). Off by default: plain HTTP is for loopback.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+    /// A CA (PEM) trusted for the authority's outbound calls (pushed SETs,
+    /// identity providers) besides the public roots: receivers and
+    /// providers on a private PKI.
+    #[serde(default)]
+    pub outbound_ca_file: Option<PathBuf>,
 }
 
 /// A local identity offered on the console's sign-in page.
@@ -352,6 +369,10 @@ impl Default for Config {
             console_oidc: None,
             proof_of_possession: mandate_core::pop::Mode::Required,
             dpop_nonce: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_plain_http: false,
+            outbound_ca_file: None,
         }
     }
 }
@@ -548,6 +569,15 @@ impl Config {
                     "the secret must be at least 16 characters",
                 ));
             }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), Some(_)) => {}
+            (None, None) => {
+                crate::tls::check_plain(&self.listen_addr()?, self.allow_plain_http)
+                    .map_err(|m| err("listen", m))?;
+            }
+            (Some(_), None) => return Err(err("tls_key_file", "missing (tls_cert_file is set)")),
+            (None, Some(_)) => return Err(err("tls_cert_file", "missing (tls_key_file is set)")),
         }
         Ok(())
     }

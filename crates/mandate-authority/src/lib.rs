@@ -24,6 +24,7 @@ pub mod routes;
 pub mod server;
 pub mod signals;
 pub mod state;
+pub mod tls;
 
 pub use config::Config;
 pub use state::AppState;
@@ -170,10 +171,21 @@ pub async fn serve(
         let st = Arc::clone(&state);
         tokio::spawn(async move { publish_checkpoints(&st).await })
     });
-    let result = server::run(
+    let tls = match (&state.config.tls_cert_file, &state.config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(
+            tls::acceptor(&tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .map_err(std::io::Error::other)?,
+        ),
+        _ => None,
+    };
+    let result = server::run_with(
         listener,
         app(Arc::clone(&state)),
         server::Limits::of(&state.config),
+        tls,
         shutdown,
     )
     .await;

@@ -59,11 +59,7 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
     }
     tokio::spawn(async move {
         let _running = Running(Arc::clone(&s), stream_id.clone());
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = crate::tls::agent(Duration::from_secs(5));
         let mut backoff = Duration::from_millis(100);
         // Each heartbeat's `beat` is higher than the last (milliseconds of
         // the authority's clock, and at least one more): a receiver counts

@@ -73,6 +73,21 @@ pub async fn run(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with(listener, app, limits, None, shutdown).await
+}
+
+/// As [`run`], over TLS when `tls` is given: the handshake must complete
+/// within the header-read timeout, and a failed one closes the connection.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let header_timeout = limits.header_read_timeout;
     let deadline = limits.shutdown_deadline;
     let app = match limits.request_timeout {
@@ -119,12 +134,35 @@ pub async fn run(
             .header_read_timeout(header_timeout)
             .keep_alive(true);
         // No upgrades (no WebSocket here): a plain HTTP/1.1 connection.
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let watched = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = watched.await;
-            drop(slot);
-        });
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let watched = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = watched.await;
+                    drop(slot);
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(deadline, graceful.shutdown())

@@ -147,6 +147,7 @@ impl AppState {
             );
         }
         config.validate().map_err(|e| e.to_string())?;
+        crate::tls::set_outbound_ca(config.outbound_ca_file.as_deref())?;
         let dir = config.data_dir.clone();
         mandate_store::create_private_dir(&dir)
             .map_err(|e| format!("data_dir: {}: {e}", dir.display()))?;

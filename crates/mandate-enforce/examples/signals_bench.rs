@@ -94,6 +94,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             proof_of_possession: mandate_core::pop::Mode::Required,
             public_url: None,
             dpop_nonce: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_plain_http: false,
+            upstream_ca_file: None,
+            authority_ca_file: None,
             route: Vec::new(),
         };
         let gw = Gateway::start(cfg).map_err(|e| e.to_string())?;

@@ -43,6 +43,43 @@ struct TokenSource {
     modified: Option<std::time::SystemTime>,
 }
 
+/// The public roots (Mozilla's, as ureq uses by default) and the
+/// certificates in the PEM file at `ca`.
+///
+/// # Errors
+/// A file that cannot be read or holds no certificate.
+pub fn roots_with(ca: &std::path::Path) -> Result<ureq::tls::RootCerts, String> {
+    let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    let mut certs: Vec<ureq::tls::Certificate<'static>> = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) =
+            item.map_err(|e| format!("{}: {e}", ca.display()))?
+        {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", ca.display()));
+    }
+    certs.extend(
+        webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()),
+    );
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
+/// The HTTP agent: public roots (webpki) unless `roots` says otherwise.
+fn agent(roots: Option<ureq::tls::RootCerts>) -> ureq::Agent {
+    let mut b = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(15)))
+        .http_status_as_error(false);
+    if let Some(r) = roots {
+        b = b.tls_config(ureq::tls::TlsConfig::builder().root_certs(r).build());
+    }
+    b.build().into()
+}
+
 impl AuthorityClient {
     /// A client whose token is the content of `path`, read again whenever
     /// the file's modification time changes.
@@ -58,6 +95,16 @@ impl AuthorityClient {
             t.modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         }
         Ok(client)
+    }
+
+    /// Trusts the CA certificates in `path` (PEM) for the authority's TLS
+    /// certificate, besides the public roots: an authority on a private PKI.
+    ///
+    /// # Errors
+    /// A file that cannot be read or holds no certificate.
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> Result<Self, ClientError> {
+        self.agent = agent(Some(roots_with(path).map_err(ClientError)?));
+        Ok(self)
     }
 
     /// The current token (re-read from its file when that changed; a file
@@ -88,11 +135,7 @@ impl AuthorityClient {
     /// calling with an enforcer bearer token.
     #[must_use]
     pub fn new(base: &str, token: &str) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(15)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = agent(None);
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token: std::sync::Arc::new(std::sync::RwLock::new(TokenSource {

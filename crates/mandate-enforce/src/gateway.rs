@@ -26,9 +26,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use mandate_core::decision::Decision;
 use mandate_core::request::EvaluationRequest;
 use serde::Deserialize;
@@ -114,6 +111,24 @@ pub struct GatewayConfig {
     /// Proofs then cannot be made ahead of time.
     #[serde(default)]
     pub dpop_nonce: bool,
+    /// The TLS certificate chain (PEM) to serve HTTPS with (read again when
+    /// it changes); with `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The TLS private key (PEM).
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (behind a proxy that
+    /// terminates TLS). Off by default.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+    /// A CA (PEM) trusted for `https://` upstreams besides the system's roots.
+    #[serde(default)]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
+    /// The CA (PEM) the authority's certificate is checked against instead
+    /// of the public roots (an authority on a private PKI).
+    #[serde(default)]
+    pub authority_ca_file: Option<std::path::PathBuf>,
     /// The routes.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -165,11 +180,20 @@ impl GatewayConfig {
     /// # Errors
     /// The first wrong setting.
     pub fn validate(&self) -> Result<(), GatewayConfigError> {
-        self.listen
+        let listen = self
+            .listen
             .parse::<std::net::SocketAddr>()
             .map_err(|_| cerr("listen", format!("`{}` is not HOST:PORT", self.listen)))?;
-        if !self.upstream.starts_with("http://") {
-            return Err(cerr("upstream", "must be an http:// URL"));
+        if !(self.upstream.starts_with("http://") || self.upstream.starts_with("https://")) {
+            return Err(cerr("upstream", "must be an http:// or https:// URL"));
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), Some(_)) => {}
+            (None, None) => {
+                plain_http_check(&listen, self.allow_plain_http).map_err(|m| cerr("listen", m))?
+            }
+            (Some(_), None) => return Err(cerr("tls_key_file", "missing (tls_cert_file is set)")),
+            (None, Some(_)) => return Err(cerr("tls_cert_file", "missing (tls_key_file is set)")),
         }
         if !(100..=3_600_000).contains(&self.staleness_ms) {
             return Err(cerr("staleness_ms", "must be between 100 and 3600000"));
@@ -330,6 +354,35 @@ impl Route {
 }
 
 /// The running gateway.
+/// Refuses plain HTTP on an address that is not loopback, unless allowed
+/// (a gateway behind a proxy that terminates TLS).
+///
+/// # Errors
+/// What to set instead.
+pub fn plain_http_check(
+    listen: &std::net::SocketAddr,
+    allow_plain_http: bool,
+) -> Result<(), String> {
+    if listen.ip().is_loopback() || allow_plain_http {
+        return Ok(());
+    }
+    Err(format!(
+        "{listen}: plain HTTP is served on loopback only; give a certificate and key \
+         (tls_cert_file, tls_key_file) or, behind a proxy that terminates TLS, set \
+         allow_plain_http = true"
+    ))
+}
+
+/// `https` when the config serves TLS, else `http`.
+#[must_use]
+pub fn scheme(tls_cert_file: Option<&Path>) -> &'static str {
+    if tls_cert_file.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 pub struct Gateway {
     config: GatewayConfig,
     routes: Vec<Route>,
@@ -337,8 +390,8 @@ pub struct Gateway {
     pub point: Arc<Point>,
     /// The replica decisions read (the point's).
     pub replica: Arc<Replica>,
-    upstream: Client<HttpConnector, Body>,
-    /// Where agents call this gateway (`public_url`, or `http://LISTEN`).
+    upstream: crate::upstream::Upstreams,
+    /// Where agents call this gateway (`public_url`, or `http(s)://LISTEN`).
     origin: String,
 }
 
@@ -357,12 +410,14 @@ impl Gateway {
     /// # Errors
     /// When the token cannot be read or the authority cannot be reached.
     pub fn start(config: GatewayConfig) -> Result<Arc<Self>, String> {
+        let scheme = scheme(config.tls_cert_file.as_deref());
+        let upstream = crate::upstream::client(config.upstream_ca_file.as_deref())?;
         let push_url = match config.delivery {
             Delivery::Push => Some(
                 config
                     .push_url
                     .clone()
-                    .unwrap_or_else(|| format!("http://{}/_mandate/ssf", config.listen)),
+                    .unwrap_or_else(|| format!("{scheme}://{}/_mandate/ssf", config.listen)),
             ),
             Delivery::Poll => None,
         };
@@ -382,6 +437,7 @@ impl Gateway {
             spool,
             proof_of_possession: config.proof_of_possession,
             dpop_nonce: config.dpop_nonce,
+            authority_ca_file: config.authority_ca_file.clone(),
         })?;
         let routes = config
             .route
@@ -392,13 +448,9 @@ impl Gateway {
             routes,
             replica: Arc::clone(&point.replica),
             point,
-            upstream: {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                Client::builder(TokioExecutor::new()).build(connector)
-            },
+            upstream,
             origin: config.public_url.as_deref().map_or_else(
-                || format!("http://{}", config.listen),
+                || format!("{scheme}://{}", config.listen),
                 |u| u.trim_end_matches('/').to_owned(),
             ),
             config,

@@ -16,3 +16,4 @@ pub mod point;
 pub mod replica;
 pub mod sdk;
 pub mod shipper;
+pub mod upstream;

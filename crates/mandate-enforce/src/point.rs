@@ -61,6 +61,9 @@ pub struct PointConfig {
     pub proof_of_possession: Mode,
     /// Whether every proof must carry a nonce this point issued.
     pub dpop_nonce: bool,
+    /// The CA (PEM) the authority's TLS certificate is checked against,
+    /// instead of the public roots (`None`: public roots).
+    pub authority_ca_file: Option<PathBuf>,
 }
 
 /// A running enforcement point.
@@ -135,6 +138,12 @@ impl Point {
         // without a restart.
         let client = AuthorityClient::with_token_file(&config.authority, &config.token_file)
             .map_err(|e| format!("token_file: {e}"))?;
+        let client = match &config.authority_ca_file {
+            Some(ca) => client
+                .with_ca_file(ca)
+                .map_err(|e| format!("authority_ca_file: {e}"))?,
+            None => client,
+        };
         let keys = client.keys().map_err(|e| e.to_string())?;
         let issuer = client.issuer().map_err(|e| e.to_string())?;
         let replica = Arc::new(Replica::new(keys.clone(), &issuer, config.staleness));

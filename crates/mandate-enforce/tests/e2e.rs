@@ -308,6 +308,11 @@ fn start_gateway_with(
         proof_of_possession: mandate_core::pop::Mode::Required,
         public_url: None,
         dpop_nonce: false,
+        tls_cert_file: None,
+        tls_key_file: None,
+        allow_plain_http: false,
+        upstream_ca_file: None,
+        authority_ca_file: None,
         route: vec![
             RouteConfig {
                 method: "GET".into(),

@@ -187,11 +187,7 @@ fn exchange(o: &crate::config::ConsoleOidc, code: &str, verifier: &str) -> Resul
         .map(|(k, v)| format!("{k}={}", enc(v)))
         .collect::<Vec<_>>()
         .join("&");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = crate::tls::agent(Duration::from_secs(10));
     let mut resp = agent
         .post(&o.token_endpoint)
         .content_type("application/x-www-form-urlencoded")

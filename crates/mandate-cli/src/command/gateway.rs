@@ -23,6 +23,7 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
     let config = GatewayConfig::from_file(&a.config)
         .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
     let listen = config.listen.clone();
+    let tls_files = (config.tls_cert_file.clone(), config.tls_key_file.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,7 +48,9 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
                 path: "authority".into(),
                 message: e,
             })?;
-        eprintln!("mandate gateway listening on http://{listen}");
+        let tls = crate::command::tls_acceptor(tls_files.0.as_deref(), tls_files.1.as_deref())?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("mandate gateway listening on {scheme}://{listen}");
         // The authority's server loop: header-read timeout, a connection
         // limit and a shutdown deadline. No whole-request limit: proxied
         // requests take as long as their upstream does.
@@ -55,10 +58,11 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             request_timeout: None,
             ..mandate_authority::server::Limits::default()
         };
-        mandate_authority::server::run(
+        mandate_authority::server::run_with(
             listener,
             mandate_authority::routes::observed(gw.router()),
             limits,
+            tls,
             crate::command::serve::shutdown_signal(),
         )
         .await

@@ -67,7 +67,13 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             .await
             .map_err(|e| io("mcp", e))?
             .map_err(|e| io("authority", e))?;
-        let http = HttpProxy::new(Arc::clone(&proxy));
+        let http =
+            HttpProxy::new(Arc::clone(&proxy)).map_err(|e| CliError::input("invalid_config", e))?;
+        let tls = crate::command::tls_acceptor(
+            proxy.config.tls_cert_file.as_deref(),
+            proxy.config.tls_key_file.as_deref(),
+        )?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let limits = mandate_authority::server::Limits {
             request_timeout: None,
             ..mandate_authority::server::Limits::default()
@@ -77,10 +83,11 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
                 Session::load(&proxy).map_err(|e| CliError::input("invalid_config", e))?;
             // stdout is the protocol's: everything said to people goes to stderr.
             let server = listener.map(|l| {
-                tokio::spawn(mandate_authority::server::run(
+                tokio::spawn(mandate_authority::server::run_with(
                     l,
                     mandate_authority::routes::observed(proxy.point.router()),
                     limits,
+                    tls.clone(),
                     std::future::pending::<()>(),
                 ))
             });
@@ -99,15 +106,16 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             let addr = listener.local_addr().map_err(|e| io("listen", e))?;
             for u in &proxy.upstreams {
                 eprintln!(
-                    "mandate mcp listening on http://{addr}{} -> {}",
+                    "mandate mcp listening on {scheme}://{addr}{} -> {}",
                     u.path,
                     u.config.url.as_deref().unwrap_or_default()
                 );
             }
-            mandate_authority::server::run(
+            mandate_authority::server::run_with(
                 listener,
                 mandate_authority::routes::observed(http.router()),
                 limits,
+                tls,
                 crate::command::serve::shutdown_signal(),
             )
             .await

@@ -44,6 +44,25 @@ pub enum LogFormat {
 
 /// Starts logging at `RUST_LOG` (default `info`) in `format`. Request spans
 /// (method, route, request id, status, latency) are at `debug`.
+/// The TLS acceptor of a server given a certificate and key (none when
+/// neither is given); a pair that cannot be read stops the start.
+pub(crate) fn tls_acceptor(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, crate::CliError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            mandate_authority::tls::acceptor(&mandate_authority::tls::TlsFiles {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            })
+            .map(Some)
+            .map_err(|e| crate::CliError::input("invalid_config", e))
+        }
+        _ => Ok(None),
+    }
+}
+
 pub(crate) fn init_logging(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());

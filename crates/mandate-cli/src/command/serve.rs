@@ -1,4 +1,4 @@
-//! `mandate serve [--config FILE] [--listen ADDR] [--data-dir DIR] [--issuer URL]`
+//! `mandate serve [--config FILE] [--listen ADDR] [--data-dir DIR] [--issuer URL] [--tls-cert PEM --tls-key PEM]`
 
 use std::path::PathBuf;
 
@@ -24,6 +24,19 @@ pub struct Args {
     /// The public URL of this authority, used as `iss` of mandates.
     #[arg(long)]
     issuer: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; read again when it changes).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating proxy).
+    #[arg(long)]
+    allow_plain_http: bool,
+    /// Trust this CA (PEM) for outbound calls (push receivers, identity
+    /// providers) besides the public roots.
+    #[arg(long)]
+    outbound_ca: Option<PathBuf>,
 }
 
 fn config(a: &Args) -> Result<Config, CliError> {
@@ -41,6 +54,16 @@ fn config(a: &Args) -> Result<Config, CliError> {
     }
     if let Some(i) = &a.issuer {
         c.issuer = Some(i.clone());
+    }
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        c.tls_cert_file = Some(cert.clone());
+        c.tls_key_file = Some(key.clone());
+    }
+    if a.allow_plain_http {
+        c.allow_plain_http = true;
+    }
+    if let Some(ca) = &a.outbound_ca {
+        c.outbound_ca_file = Some(ca.clone());
     }
     c.validate()
         .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
@@ -82,11 +105,24 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
         // actually bound (with `--listen 127.0.0.1:0`, not port 0). Set
         // `issuer` to the public https URL in any real deployment: it must
         // stay the same across restarts for mandates to keep verifying.
+        let scheme = if config.tls_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         if config.issuer.is_none() {
-            config.issuer = Some(format!("http://{local}"));
+            config.issuer = Some(format!("{scheme}://{local}"));
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+            // A certificate that cannot be read stops the start, not the first client.
+            mandate_authority::tls::load(&mandate_authority::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .map_err(|e| CliError::input("invalid_config", e))?;
         }
         let state = AppState::open(config).map_err(|e| CliError::input("invalid_config", e))?;
-        eprintln!("mandate authority listening on http://{local} (data in {data_dir})");
+        eprintln!("mandate authority listening on {scheme}://{local} (data in {data_dir})");
         mandate_authority::serve(state, listener, shutdown_signal())
             .await
             .map_err(|e| CliError::Io {

@@ -20,15 +20,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use super::message::{self, Kind, Message, RpcError, UPSTREAM_UNAVAILABLE};
 use super::{Presented, Proxy, Upstream, denial, filter_tools};
 
-type Upstreams = Client<HttpConnector, Body>;
+use crate::upstream::Upstreams;
 
 /// The Streamable HTTP side of a proxy.
 #[derive(Debug)]
@@ -39,14 +36,12 @@ pub struct HttpProxy {
 
 impl HttpProxy {
     /// Over a started proxy.
-    #[must_use]
-    pub fn new(proxy: Arc<Proxy>) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Arc::new(Self {
-            proxy,
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        })
+    ///
+    /// # Errors
+    /// An `upstream_ca_file` that cannot be read.
+    pub fn new(proxy: Arc<Proxy>) -> Result<Arc<Self>, String> {
+        let client = crate::upstream::client(proxy.config.upstream_ca_file.as_deref())?;
+        Ok(Arc::new(Self { proxy, client }))
     }
 
     /// One route per upstream server (`POST`, `GET`, `DELETE`), plus the

@@ -151,6 +151,24 @@ pub struct McpConfig {
     /// The stdio session's mandate.
     #[serde(default)]
     pub session: Option<SessionConfig>,
+    /// The TLS certificate chain (PEM) to serve HTTPS with (read again when
+    /// it changes); with `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (behind a proxy that
+    /// terminates TLS). Off by default.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+    /// A CA (PEM) trusted for `https://` servers besides the system's roots.
+    #[serde(default)]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// The CA (PEM) the authority's certificate is checked against besides
+    /// the public roots.
+    #[serde(default)]
+    pub authority_ca_file: Option<PathBuf>,
     /// Upstream servers.
     #[serde(default)]
     pub server: Vec<ServerConfig>,
@@ -222,8 +240,20 @@ impl McpConfig {
     /// The first wrong setting.
     pub fn validate(&self, stdio: bool) -> Result<(), McpConfigError> {
         if let Some(l) = &self.listen {
-            l.parse::<std::net::SocketAddr>()
+            let addr = l
+                .parse::<std::net::SocketAddr>()
                 .map_err(|_| cerr("listen", format!("`{l}` is not HOST:PORT")))?;
+            match (&self.tls_cert_file, &self.tls_key_file) {
+                (Some(_), Some(_)) => {}
+                (None, None) => crate::gateway::plain_http_check(&addr, self.allow_plain_http)
+                    .map_err(|m| cerr("listen", m))?,
+                (Some(_), None) => {
+                    return Err(cerr("tls_key_file", "missing (tls_cert_file is set)"));
+                }
+                (None, Some(_)) => {
+                    return Err(cerr("tls_cert_file", "missing (tls_key_file is set)"));
+                }
+            }
         } else if !stdio {
             return Err(cerr(
                 "listen",
@@ -269,9 +299,12 @@ impl McpConfig {
                 return Err(cerr(format!("server[{i}].name"), "empty or not unique"));
             }
             match (&s.url, stdio) {
-                (Some(u), false) if u.starts_with("http://") => {}
+                (Some(u), false) if u.starts_with("http://") || u.starts_with("https://") => {}
                 (Some(_), false) => {
-                    return Err(cerr(format!("server[{i}].url"), "must be an http:// URL"));
+                    return Err(cerr(
+                        format!("server[{i}].url"),
+                        "must be an http:// or https:// URL",
+                    ));
                 }
                 (None, false) => {
                     return Err(cerr(
@@ -595,10 +628,11 @@ impl Proxy {
     /// # Errors
     /// When the token cannot be read or the authority cannot be reached.
     pub fn start(config: McpConfig) -> Result<Arc<Self>, String> {
+        let scheme = crate::gateway::scheme(config.tls_cert_file.as_deref());
         let push_url = match config.delivery {
             Delivery::Push => Some(config.push_url.clone().unwrap_or_else(|| {
                 format!(
-                    "http://{}/_mandate/ssf",
+                    "{scheme}://{}/_mandate/ssf",
                     config.listen.as_deref().unwrap_or_default()
                 )
             })),
@@ -621,6 +655,7 @@ impl Proxy {
             spool,
             proof_of_possession: config.proof_of_possession,
             dpop_nonce: false,
+            authority_ca_file: config.authority_ca_file.clone(),
         })?;
         Ok(Arc::new(Self::with_point(point, config)))
     }
@@ -663,10 +698,13 @@ impl Proxy {
             .collect();
         let origin = config.public_url.as_deref().map_or_else(
             || {
-                config
-                    .listen
-                    .as_deref()
-                    .map_or_else(|| "http://localhost".to_owned(), |l| format!("http://{l}"))
+                config.listen.as_deref().map_or_else(
+                    || "http://localhost".to_owned(),
+                    |l| {
+                        let scheme = crate::gateway::scheme(config.tls_cert_file.as_deref());
+                        format!("{scheme}://{l}")
+                    },
+                )
             },
             |u| u.trim_end_matches('/').to_owned(),
         );

@@ -1,0 +1,618 @@
+//! TLS as real processes: `mandate serve` and `mandate gateway` with
+//! certificates from a private CA (rcgen), called by a rustls client that
+//! trusts only that CA. The authority's metadata names its https issuer, a
+//! renewed certificate is served without a restart, plain HTTP is refused
+//! off loopback, and a gateway serving TLS checks an agent's mandate and
+//! proof and forwards to an https upstream it verifies against the CA.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
+use serde_json::{Value, json};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mandate")
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "mandate-tls-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child stopped gracefully (SIGTERM, waited for) when dropped; killed
+/// only if it does not stop within 10 s.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Ok(None) = self.0.try_wait() {
+                if Instant::now() > deadline {
+                    let _ = self.0.kill();
+                    let _ = self.0.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn wait_for_port(child: &mut Child, port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A private CA that signs server certificates for 127.0.0.1.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Mandate test CA");
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Writes a leaf for 127.0.0.1 and localhost to `cert`/`key`; its DER.
+    fn leaf(&self, cert: &Path, key: &Path) -> Vec<u8> {
+        let k = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let c = params.signed_by(&k, &self.issuer).unwrap();
+        // Key first: a reader never sees a new certificate with the old key.
+        std::fs::write(key, k.serialize_pem()).unwrap();
+        std::fs::write(cert, c.pem()).unwrap();
+        c.der().to_vec()
+    }
+
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        // Every call a full handshake: a resumed session would show the
+        // certificate of the session, not the one served now.
+        config.resumption = rustls::client::Resumption::disabled();
+        Arc::new(config)
+    }
+}
+
+/// What a TLS call saw: the status, the body, and the server's certificate.
+struct Answer {
+    status: u16,
+    body: Value,
+    peer: Vec<u8>,
+}
+
+fn https(
+    config: &Arc<rustls::ClientConfig>,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Answer, String> {
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
+    let sock = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    tls.write_all(body.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    // A server that closes without close_notify is an error here only when
+    // nothing was read.
+    if let Err(e) = tls.read_to_end(&mut out)
+        && out.is_empty()
+    {
+        return Err(e.to_string());
+    }
+    let peer = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default();
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = out.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    Ok(Answer {
+        status: head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or("no status")?,
+        body: serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+        peer,
+    })
+}
+
+fn token(data: &Path, sub: &str, role: &str) -> String {
+    let out = Command::new(bin())
+        .args([
+            "token",
+            "--sub",
+            sub,
+            "--role",
+            role,
+            "--tenant",
+            "acme",
+            "--data-dir",
+        ])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `mandate serve` over TLS with the CA's certificate.
+struct Authority {
+    dir: PathBuf,
+    port: u16,
+    ca: Ca,
+    client: Arc<rustls::ClientConfig>,
+    _child: Guard,
+}
+
+impl Authority {
+    fn start(name: &str) -> Self {
+        let dir = temp(name);
+        let ca = Ca::new();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        ca.leaf(&dir.join("cert.pem"), &dir.join("key.pem"));
+        let port = free_port();
+        let mut child = Command::new(bin())
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--outbound-ca",
+            ])
+            .arg(dir.join("ca.pem"))
+            .arg("--tls-cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--tls-key")
+            .arg(dir.join("key.pem"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(&mut child, port, "mandate serve");
+        let client = ca.client_config();
+        Self {
+            dir,
+            port,
+            ca,
+            client,
+            _child: Guard(child),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, bearer: Option<&str>, body: &str) -> Answer {
+        let auth = bearer.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        https(&self.client, self.port, method, path, &headers, body).unwrap()
+    }
+
+    fn token(&self, sub: &str, role: &str) -> String {
+        token(&self.dir.join("data"), sub, role)
+    }
+}
+
+#[test]
+fn the_authority_serves_https_names_its_https_issuer_and_refuses_clients_that_do_not_trust_it() {
+    let a = Authority::start("serve");
+    let meta = a.call("GET", "/.well-known/ssf-configuration", None, "");
+    assert_eq!(meta.status, 200, "{}", meta.body);
+    let issuer = format!("https://127.0.0.1:{}", a.port);
+    assert_eq!(meta.body["issuer"], issuer.as_str());
+    for (k, v) in meta.body.as_object().unwrap() {
+        if k.ends_with("_endpoint") || k == "jwks_uri" {
+            assert!(
+                v.as_str().unwrap().starts_with("https://"),
+                "{k} = {v} must be https"
+            );
+        }
+    }
+    // Mandates say the same issuer.
+    let keys = a.call("GET", "/.well-known/jwks.json", None, "");
+    assert_eq!(keys.status, 200);
+    assert!(!keys.body["keys"].as_array().unwrap().is_empty());
+
+    // A client that trusts another CA cannot talk to it.
+    let stranger = Ca::new().client_config();
+    let e = https(&stranger, a.port, "GET", "/v1/healthz", &[], "").err();
+    assert!(
+        e.as_deref().is_some_and(|e| e.contains("certificate")),
+        "{e:?}"
+    );
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(
+        !String::from_utf8_lossy(&got).contains("\"keys\""),
+        "keys over plain HTTP: {}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let a = Authority::start("renew");
+    let first = a.call("GET", "/.well-known/jwks.json", None, "").peer;
+    assert!(!first.is_empty());
+    let renewed = a.ca.leaf(&a.dir.join("cert.pem"), &a.dir.join("key.pem"));
+    assert_ne!(first, renewed);
+    // The files are looked at every 2 s, at a handshake.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = a.call("GET", "/.well-known/jwks.json", None, "");
+        assert_eq!(seen.status, 200);
+        if seen.peer == renewed {
+            break;
+        }
+        assert_eq!(seen.peer, first, "a certificate that is neither");
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A broken renewal (a key that does not fit) is not served: the last
+    // good certificate stays.
+    let other = KeyPair::generate().unwrap();
+    std::fs::write(a.dir.join("key.pem"), other.serialize_pem()).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    for _ in 0..3 {
+        let seen = a.call("GET", "/.well-known/jwks.json", None, "");
+        assert_eq!(seen.status, 200);
+        assert_eq!(seen.peer, renewed);
+    }
+}
+
+#[test]
+fn plain_http_off_loopback_and_half_a_tls_pair_are_refused_at_start() {
+    let dir = temp("refuse");
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen") && err.contains("allow_plain_http"),
+        "{err}"
+    );
+
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(dir.join("missing.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("missing-key.pem"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.pem"), "{err}");
+
+    // The gateway says the same of its own listener.
+    std::fs::write(dir.join("t"), "x").unwrap();
+    std::fs::write(
+        dir.join("gw.toml"),
+        format!(
+            "listen = \"0.0.0.0:0\"\nauthority = \"https://127.0.0.1:1\"\ntoken_file = \"{}\"\nupstream = \"https://127.0.0.1:2\"\nlocation_base = \"https://ci.example.com\"\n",
+            dir.join("t").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["gateway", "--config"])
+        .arg(dir.join("gw.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen") && err.contains("allow_plain_http"),
+        "{err}"
+    );
+}
+
+/// An https upstream on the CA's certificate: answers every request with
+/// what it saw, and counts them.
+fn tls_upstream(ca: &Ca, dir: &Path) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    ca.leaf(&dir.join("up-cert.pem"), &dir.join("up-key.pem"));
+    let files = mandate_authority::tls::TlsFiles {
+        cert: dir.join("up-cert.pem"),
+        key: dir.join("up-key.pem"),
+    };
+    let key = mandate_authority::tls::load(&files).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key))),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { continue };
+            let config = Arc::clone(&config);
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, sock);
+                let mut reader = BufReader::new(&mut tls);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let mut headers = String::new();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    headers.push_str(&h.to_ascii_lowercase());
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = json!({"line": line.trim(), "saw_mandate": headers.contains("\nmandate:") || headers.starts_with("mandate:"), "saw_dpop": headers.contains("dpop:")}).to_string();
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, count)
+}
+
+fn now() -> mandate_core::timestamp::UnixTime {
+    mandate_core::timestamp::UnixTime::from_secs(
+        i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_gateway_on_tls_enforces_mandates_and_forwards_to_an_https_upstream_it_verifies() {
+    let a = Authority::start("gateway");
+    let dir = a.dir.clone();
+    let (upstream, forwarded) = tls_upstream(&a.ca, &dir);
+    // The gateway's own certificate, from the same CA.
+    a.ca.leaf(&dir.join("gw-cert.pem"), &dir.join("gw-key.pem"));
+    std::fs::write(dir.join("enforcer.token"), a.token("gateway-1", "enforcer")).unwrap();
+    let gw_port = free_port();
+    std::fs::write(
+        dir.join("gateway.toml"),
+        format!(
+            r#"listen = "127.0.0.1:{gw_port}"
+authority = "https://127.0.0.1:{auth}"
+authority_ca_file = "{dir}/ca.pem"
+token_file = "{dir}/enforcer.token"
+spool_file = "{dir}/gw.spool"
+delivery = "push"
+upstream = "https://127.0.0.1:{upstream}"
+upstream_ca_file = "{dir}/ca.pem"
+tls_cert_file = "{dir}/gw-cert.pem"
+tls_key_file = "{dir}/gw-key.pem"
+location_base = "https://ci.example.com"
+
+[[route]]
+method = "GET"
+path = "/logs/{{id}}"
+type = "ci_logs"
+action = "read"
+"#,
+            auth = a.port,
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+
+    // The mandate: read CI logs, held by a DPoP key.
+    let holder =
+        mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [9; 32]);
+    let request = json!({
+        "principal": "lead@acme.example",
+        "agent": {"id": "ci-agent", "instance": "run-1", "cnf": {"jwk": holder.public_jwk()}},
+        "purpose": {"objective": "Read the logs of the failing build", "business_context": "ticket CI-1"},
+        "authorization_details": [{"type": "ci_logs", "locations": ["https://ci.example.com/logs"], "actions": ["read"]}],
+        "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z", "terminal_events": [{"type": "build.fixed", "subject": "ticket:CI-1"}]},
+        "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"},
+    });
+    let asked = a.call(
+        "POST",
+        "/v1/requests",
+        Some(&a.token("ci-agent", "agent")),
+        &request.to_string(),
+    );
+    assert_eq!(asked.status, 201, "{}", asked.body);
+    let approved = a.call(
+        "POST",
+        &format!(
+            "/v1/requests/{}/approve",
+            asked.body["id"].as_str().unwrap()
+        ),
+        Some(&a.token("lead@acme.example", "principal")),
+        "",
+    );
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    let mandate = approved.body["mandate"].as_str().unwrap().to_owned();
+    let mandate_id = approved.body["mandate_id"].as_str().unwrap().to_owned();
+
+    // The gateway trusts the authority and the upstream only through the CA file.
+    let mut gw = Command::new(bin())
+        .args(["gateway", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(&mut gw, gw_port, "mandate gateway");
+    let _gw = Guard(gw);
+    let client = a.ca.client_config();
+    let call = |jti: &str| {
+        let proof = mandate_core::pop::make_proof(
+            &holder,
+            "GET",
+            &format!("https://127.0.0.1:{gw_port}/logs/42"),
+            None,
+            jti,
+            now(),
+        );
+        https(
+            &client,
+            gw_port,
+            "GET",
+            "/logs/42",
+            &[
+                ("Mandate", mandate.as_str()),
+                ("DPoP", proof.as_str()),
+                ("mandate-agent-instance", "run-1"),
+            ],
+            "",
+        )
+        .unwrap()
+    };
+    // Fresh once it has the authority's state (over TLS).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let allowed = loop {
+        let r = call(&format!("p-{}", Instant::now().elapsed().as_nanos()));
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(allowed.body["line"], "GET /logs/42 HTTP/1.1");
+    // The mandate and the proof stop at the gateway.
+    assert_eq!(allowed.body["saw_mandate"], false);
+    assert_eq!(allowed.body["saw_dpop"], false);
+
+    // The end of the mandate reaches the gateway by push over TLS.
+    let revoked = a.call(
+        "POST",
+        &format!("/v1/mandates/{mandate_id}/revoke"),
+        Some(&a.token("lead@acme.example", "principal")),
+        &json!({"reason": "build fixed"}).to_string(),
+    );
+    assert!(revoked.status < 300, "{}", revoked.body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let denied = loop {
+        let r = call(&format!("q-{}", Instant::now().elapsed().as_nanos()));
+        if r.status == 403 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(
+        denied.body.to_string().contains("revoked"),
+        "{}",
+        denied.body
+    );
+    // From now on nothing reaches the upstream.
+    let before = forwarded.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(call("r-1").status, 403);
+    assert_eq!(
+        forwarded.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "a denied request reached the upstream"
+    );
+}
