@@ -305,7 +305,7 @@ fn decode_with<'a>(
 }
 
 /// Signs `payload` (JSON bytes) as a compact JWS with header
-/// `{"alg", "typ", "kid"}`.
+/// `{"alg", "kid", "typ"}`.
 #[must_use]
 pub fn sign(key: &SigningKey, typ: &str, payload: &[u8]) -> String {
     sign_with_kid(key, key.kid(), typ, payload)
@@ -314,12 +314,22 @@ pub fn sign(key: &SigningKey, typ: &str, payload: &[u8]) -> String {
 /// As [`sign`], naming the key by `kid` in the header.
 #[must_use]
 pub fn sign_with_kid(key: &SigningKey, kid: &str, typ: &str, payload: &[u8]) -> String {
-    let header = serde_json::json!({
-        "alg": key.algorithm().as_str(),
-        "typ": typ,
-        "kid": kid,
-    });
-    let mut out = B64.encode(header.to_string());
+    // A struct, not a `json!` map: the bytes signed are the same whether or
+    // not serde_json keeps insertion order (a feature any crate in the
+    // build can turn on).
+    #[derive(serde::Serialize)]
+    struct Header<'a> {
+        alg: &'a str,
+        kid: &'a str,
+        typ: &'a str,
+    }
+    let header = serde_json::to_string(&Header {
+        alg: key.algorithm().as_str(),
+        kid,
+        typ,
+    })
+    .unwrap_or_default();
+    let mut out = B64.encode(header);
     out.push('.');
     out.push_str(&B64.encode(payload));
     let sig = key.sign(out.as_bytes());

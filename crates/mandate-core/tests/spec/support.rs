@@ -157,7 +157,12 @@ pub fn forge_child(
         .as_ref()
         .map(|c| c.jwk.thumbprint())
         .unwrap_or_default();
-    let header = json!({"alg": key.algorithm().as_str(), "typ": "mandate+jwt", "kid": kid});
+    // Keys in sorted order, written so: the same bytes whatever serde_json keeps.
+    let header: Value = serde_json::from_str(&format!(
+        r#"{{"alg":"{}","kid":"{kid}","typ":"mandate+jwt"}}"#,
+        key.algorithm().as_str()
+    ))
+    .unwrap();
     format!(
         "{parent}~{}",
         sign_raw(key, &header, &serde_json::to_vec(&claims).unwrap())

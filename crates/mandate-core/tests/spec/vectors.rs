@@ -278,8 +278,26 @@ fn evaluate(jwks: &Value, v: &Value) -> Decision {
     )
 }
 
+/// Keys in sorted order whether or not serde_json keeps insertion order
+/// (a peer in the workspace turns its `preserve_order` on).
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&m[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
 fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap() + "\n"
+    serde_json::to_string_pretty(&sorted(v)).unwrap() + "\n"
 }
 
 #[test]
