@@ -17,7 +17,16 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(k) = SigningKey::from_seed(Algorithm::EdDSA, [3; 32]).verifying_key() {
         keys.insert(k);
     }
-    issuers.trust("mandate-local", keys);
+    if let Ok(k) = mandate_authority::idp::IssuerKeys::from_keyset(&keys) {
+        issuers.trust(
+            "mandate-local",
+            mandate_authority::auth::Trusted {
+                keys: k,
+                audience: "mandate".into(),
+                claims: mandate_authority::idp::ClaimMap::default(),
+            },
+        );
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         assert!(issuers.verify(text, 1_700_000_000).is_err());
         assert!(!github_signature_ok(b"a-webhook-secret-of-some-length", data, Some(text)));

@@ -12,7 +12,7 @@ pub const LOCAL_ISSUER: &str = "mandate-local";
 pub const AUDIENCE: &str = "mandate";
 
 /// An identity provider whose tokens are trusted.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedIssuer {
     /// Its `iss`.
@@ -24,14 +24,56 @@ pub struct TrustedIssuer {
     /// fetched at start and every `jwks_refresh_secs`.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// The `aud` its caller tokens must contain (default `mandate`; with
+    /// Entra ID the application ID URI, with Auth0 the API identifier).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The claim holding the role or the groups (`roles`, `groups`,
+    /// `realm_access.roles`, …; default `role`).
+    #[serde(default)]
+    pub role_claim: Option<String>,
+    /// The claim holding the tenant (`tid`, `org_id`, …; default `tenant`).
+    #[serde(default)]
+    pub tenant_claim: Option<String>,
+    /// Every caller of this issuer is of this tenant (no tenant claim read).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Provider values (groups, app roles) → Mandate roles
+    /// (`"mandate-admins" = "admin"`). Empty: the claim holds role names.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, crate::auth::Role>,
 }
 
 impl TrustedIssuer {
+    /// How this issuer's claims name a role and a tenant.
+    #[must_use]
+    pub fn claim_map(&self) -> crate::idp::ClaimMap {
+        let d = crate::idp::ClaimMap::default();
+        crate::idp::ClaimMap {
+            role_claim: self.role_claim.clone().unwrap_or(d.role_claim),
+            tenant_claim: self.tenant_claim.clone().unwrap_or(d.tenant_claim),
+            tenant: self.tenant.clone(),
+            roles: self.roles.clone(),
+        }
+    }
+
+    /// What the authority trusts of this issuer, its keys read or fetched.
+    ///
+    /// # Errors
+    /// As [`TrustedIssuer::load_keys`].
+    pub fn trusted(&self) -> Result<crate::auth::Trusted, String> {
+        Ok(crate::auth::Trusted {
+            keys: self.load_keys()?,
+            audience: self.audience.clone().unwrap_or_else(|| AUDIENCE.to_owned()),
+            claims: self.claim_map(),
+        })
+    }
+
     /// Reads or fetches the issuer's keys.
     ///
     /// # Errors
     /// A message naming what failed.
-    pub fn load_keys(&self) -> Result<mandate_core::keys::KeySet, String> {
+    pub fn load_keys(&self) -> Result<crate::idp::IssuerKeys, String> {
         let bytes = match (&self.jwks_file, &self.jwks_url) {
             (Some(f), None) => std::fs::read(f).map_err(|e| format!("`{}`: {e}", f.display()))?,
             (None, Some(u)) => fetch(u)?,
@@ -39,9 +81,9 @@ impl TrustedIssuer {
         };
         let jwks: serde_json::Value =
             mandate_core::json::from_slice_strict(&bytes).map_err(|e| e.to_string())?;
-        // Keys of other types or uses (an IdP's RSA keys, encryption keys)
-        // are skipped (RFC 7517 §5), said once in the log.
-        let (keys, skipped) = mandate_core::keys::KeySet::from_jwks_skipping_unknown(&jwks)?;
+        // Keys of other types or uses (encryption keys, curves not verified
+        // here) are skipped (RFC 7517 §5), said once in the log.
+        let (keys, skipped) = crate::idp::IssuerKeys::from_jwks(&jwks)?;
         for s in skipped {
             tracing::info!(issuer = %self.iss, "JWKS {s}");
         }

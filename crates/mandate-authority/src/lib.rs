@@ -17,6 +17,7 @@ pub mod config;
 pub mod console;
 pub mod db;
 pub mod error;
+pub mod idp;
 pub mod metrics;
 pub mod push;
 pub mod registry;
@@ -86,7 +87,7 @@ pub async fn refresh_issuer_keys(state: &Arc<AppState>) {
     {
         let loaded = tokio::task::spawn_blocking(move || (t.iss.clone(), t.load_keys())).await;
         match loaded {
-            Ok((iss, Ok(keys))) => state.issuers.trust(&iss, keys),
+            Ok((iss, Ok(keys))) => state.issuers.replace_keys(&iss, keys),
             Ok((iss, Err(e))) => {
                 tracing::warn!(%iss, error = %e, "JWKS refresh failed; keeping the previous keys")
             }

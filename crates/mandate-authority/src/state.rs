@@ -169,7 +169,14 @@ impl AppState {
             let local = load_or_create_key(&issuer_key_path(&dir))?;
             let mut ks = KeySet::new();
             ks.insert(local.verifying_key().map_err(|e| e.to_string())?);
-            issuers.trust(LOCAL_ISSUER, ks);
+            issuers.trust(
+                LOCAL_ISSUER,
+                crate::auth::Trusted {
+                    keys: crate::idp::IssuerKeys::from_keyset(&ks)?,
+                    audience: crate::config::AUDIENCE.to_owned(),
+                    claims: crate::idp::ClaimMap::default(),
+                },
+            );
         }
         for (i, t) in config.trusted_issuer.iter().enumerate() {
             let field = if t.jwks_url.is_some() {
@@ -177,10 +184,10 @@ impl AppState {
             } else {
                 "jwks_file"
             };
-            let ks = t
-                .load_keys()
+            let trusted = t
+                .trusted()
                 .map_err(|e| format!("trusted_issuer[{i}].{field}: {e}"))?;
-            issuers.trust(&t.iss, ks);
+            issuers.trust(&t.iss, trusted);
         }
         let mut webhooks = HashMap::new();
         for (i, w) in config.webhook.iter().enumerate() {

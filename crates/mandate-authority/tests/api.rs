@@ -32,3 +32,6 @@ mod pop;
 
 #[path = "api/peers.rs"]
 mod peers;
+
+#[path = "api/identity.rs"]
+mod identity;

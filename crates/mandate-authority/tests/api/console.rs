@@ -546,6 +546,7 @@ fn a_principal_signs_in_with_the_enterprise_idp_by_authorization_code_and_pkce()
             iss: idp.clone(),
             jwks_file: None,
             jwks_url: Some(format!("{idp}/jwks")),
+            ..Default::default()
         }];
         c.console_oidc = Some(mandate_authority::config::ConsoleOidc {
             issuer: idp.clone(),

@@ -536,6 +536,7 @@ fn an_enterprise_idp_is_trusted_by_its_jwks_url_and_its_rotated_keys_are_picked_
             iss: "https://idp.acme.example".into(),
             jwks_file: None,
             jwks_url: Some(url),
+            ..Default::default()
         }],
         ..mandate_authority::Config::default()
     };
@@ -688,6 +689,7 @@ fn an_identity_providers_jwks_that_also_holds_rsa_keys_loads_and_its_ec_key_veri
             iss: "https://idp.acme.example".into(),
             jwks_file: Some(jwks),
             jwks_url: None,
+            ..Default::default()
         }],
         ..mandate_authority::Config::default()
     };
