@@ -18,6 +18,7 @@ pub mod console;
 pub mod db;
 pub mod error;
 pub mod idp;
+pub mod keyring;
 pub mod metrics;
 pub mod push;
 pub mod registry;
@@ -152,8 +153,16 @@ pub async fn serve(
     let clock_state = Arc::clone(&state);
     let clock = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut ticks: u32 = 0;
         loop {
             tick.tick().await;
+            // Once a second: a rotation on the data directory, or a key's
+            // signing or retirement time reached.
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(4) {
+                let st = Arc::clone(&clock_state);
+                let _ = tokio::task::spawn_blocking(move || st.tick_keys()).await;
+            }
             if let Err(e) = expire_due(&clock_state).await {
                 tracing::error!(detail = %e.detail, "expiry clock");
             }

@@ -113,7 +113,7 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                     body: json!({"status": st.status, "reason": st.reason}),
                     at_ms: crate::auth::now_secs() * 1000,
                 };
-                let set = signals::to_set(&s.authority, &s.issuer, &aud, &tenant, &update);
+                let set = signals::to_set(&s.authority(), &s.issuer, &aud, &tenant, &update);
                 let (a, u, au) = (agent.clone(), url.clone(), auth.clone());
                 let told_ok = matches!(
                     tokio::task::spawn_blocking(move || post(&a, &u, au.as_deref(), &set)).await,
@@ -150,7 +150,7 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                     body: json!({"head": head, "beat": beat}),
                     at_ms: crate::auth::now_secs() * 1000,
                 };
-                let set = signals::to_set(&s.authority, &s.issuer, &aud, &tenant, &hb);
+                let set = signals::to_set(&s.authority(), &s.issuer, &aud, &tenant, &hb);
                 let (a, u, au) = (agent.clone(), url.clone(), auth.clone());
                 let _ =
                     tokio::task::spawn_blocking(move || post(&a, &u, au.as_deref(), &set)).await;
@@ -164,7 +164,7 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                     delivered = sig.seq;
                     continue;
                 }
-                let set = signals::to_set(&s.authority, &s.issuer, &aud, &tenant, sig);
+                let set = signals::to_set(&s.authority(), &s.issuer, &aud, &tenant, sig);
                 let (a, u, au) = (agent.clone(), url.clone(), auth.clone());
                 let result = tokio::task::spawn_blocking(move || post(&a, &u, au.as_deref(), &set))
                     .await

@@ -40,8 +40,10 @@ pub struct AppState {
     pub issuer: String,
     /// The durable store.
     pub store: Arc<Store>,
-    /// The authority's signing key.
-    pub authority: SigningKey,
+    /// The authority's signing keys over time (rotation).
+    pub keys: crate::keyring::Live,
+    /// The key audit checkpoints are signed with (`authority.jwk`).
+    pub checkpoint_key: mandate_core::keys::VerifyingKey,
     /// Verifies presented mandates (trusting the authority's key).
     pub verifier: Verifier,
     /// Trusted identity issuers.
@@ -102,9 +104,27 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
 }
 
 fn create_key(path: &Path) -> Result<SigningKey, String> {
-    let named = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let key = SigningKey::generate(Algorithm::EdDSA, &mut rand_core::OsRng);
+    write_new_key(path, &key)?;
+    Ok(key)
+}
+
+/// Writes a private key file (0600): a temporary file, synced, renamed into
+/// place, the directory synced.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_new_key(path: &Path, key: &SigningKey) -> Result<(), String> {
     let text = serde_json::to_vec_pretty(&key.to_private_jwk()).map_err(|e| e.to_string())?;
+    write_private(path, &text)
+}
+
+/// Writes `bytes` to `path` atomically, readable by the owner only.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_private(path: &Path, text: &[u8]) -> Result<(), String> {
+    let named = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp_name);
@@ -117,7 +137,7 @@ fn create_key(path: &Path) -> Result<SigningKey, String> {
     }
     let written = (|| -> std::io::Result<()> {
         let mut f = opts.open(&tmp)?;
-        std::io::Write::write_all(&mut f, &text)?;
+        std::io::Write::write_all(&mut f, text)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -129,10 +149,25 @@ fn create_key(path: &Path) -> Result<SigningKey, String> {
         let _ = std::fs::remove_file(&tmp);
         return Err(named(&e));
     }
-    Ok(key)
+    Ok(())
 }
 
 impl AppState {
+    /// The key that signs now.
+    #[must_use]
+    pub fn authority(&self) -> Arc<SigningKey> {
+        self.keys.signer()
+    }
+
+    /// Moves to the keys of now (a rotation made on the data directory, a
+    /// signing or retirement time reached): the verifier trusts exactly the
+    /// published keys.
+    pub fn tick_keys(&self) {
+        if let Some(published) = self.keys.tick(crate::auth::now_secs() * 1000) {
+            self.verifier.set_keys(published);
+        }
+    }
+
     /// Opens the data directory (creating keys and the database on first
     /// start) and loads mission state into memory.
     ///
@@ -159,10 +194,10 @@ impl AppState {
             .read(|c| Registry::load(c).map_err(mandate_store::StoreError::Rejected))
             .map_err(|e| e.to_string())?;
 
-        let mut keys = KeySet::new();
-        keys.insert(authority.verifying_key().map_err(|e| e.to_string())?);
+        let ring = crate::keyring::Live::open(&dir, crate::auth::now_secs() * 1000)?;
+        let checkpoint_verifying = authority.verifying_key().map_err(|e| e.to_string())?;
         let issuer = config.issuer();
-        let verifier = Verifier::new(keys).with_issuer(issuer.clone());
+        let verifier = Verifier::new((*ring.published()).clone()).with_issuer(issuer.clone());
 
         let issuers = Issuers::default();
         if config.local_issuer {
@@ -205,7 +240,8 @@ impl AppState {
             config,
             issuer,
             store,
-            authority,
+            keys: ring,
+            checkpoint_key: checkpoint_verifying,
             verifier,
             issuers,
             webhooks,

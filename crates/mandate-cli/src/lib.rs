@@ -65,6 +65,9 @@ enum Command {
     /// Verifies, queries or exports the audit log.
     #[command(subcommand)]
     Audit(command::audit::Command),
+    /// Lists, rotates or retires the authority's signing keys.
+    #[command(subcommand)]
+    Keys(command::keys::Command),
 }
 
 /// Runs the tool with these arguments and returns its exit code.
@@ -97,6 +100,7 @@ where
         Command::Gateway(a) => command::gateway::run(a, out),
         Command::Mcp(a) => command::mcp::run(a, out),
         Command::Audit(c) => command::audit::run(c, out),
+        Command::Keys(c) => command::keys::run(c, out),
     };
     match result {
         Ok(code) => ExitCode::from(code),

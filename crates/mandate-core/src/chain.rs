@@ -301,10 +301,16 @@ type CacheEntry = (Arc<str>, Arc<VerifiedChain>);
 /// chains by the SHA-256 of the presented string so a second decision on the
 /// same chain does no signature work.
 ///
-/// The cache belongs to this verifier: build a new verifier when the trusted
-/// keys change.
+/// The trusted keys can be replaced while the verifier serves (a rotated
+/// authority key: [`Verifier::set_keys`]); replacing them empties the cache.
 pub struct Verifier {
-    keys: KeySet,
+    keys: RwLock<Arc<KeySet>>,
+    /// Set when a chain named a `kid` not among the keys: whoever keeps the
+    /// keys current may fetch them again ([`Verifier::take_unknown_kid`]).
+    unknown_kid: std::sync::atomic::AtomicBool,
+    /// Counts key replacements: a chain verified under keys since replaced
+    /// is not cached.
+    generation: std::sync::atomic::AtomicU64,
     algorithms: BTreeSet<Algorithm>,
     issuer: Option<String>,
     cache: RwLock<HashMap<u64, CacheEntry>>,
@@ -318,7 +324,7 @@ pub struct Verifier {
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
-            .field("keys", &self.keys)
+            .field("keys", &self.keys())
             .field("algorithms", &self.algorithms)
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()
@@ -331,7 +337,9 @@ impl Verifier {
     #[must_use]
     pub fn new(keys: KeySet) -> Self {
         Self {
-            keys,
+            keys: RwLock::new(Arc::new(keys)),
+            unknown_kid: std::sync::atomic::AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU64::new(0),
             algorithms: [Algorithm::EdDSA].into(),
             issuer: None,
             cache: RwLock::new(HashMap::new()),
@@ -339,6 +347,32 @@ impl Verifier {
             cache_capacity: 10_000,
             programs: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The trusted keys now.
+    #[must_use]
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.read().map(|k| Arc::clone(&k)).unwrap_or_default()
+    }
+
+    /// Trusts `keys` from now on (a rotation published, a key retired):
+    /// chains verified under the old set are verified again.
+    pub fn set_keys(&self, keys: KeySet) {
+        if let Ok(mut k) = self.keys.write() {
+            *k = Arc::new(keys);
+        }
+        if let Ok(mut cache) = self.cache.write() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            cache.clear();
+        }
+    }
+
+    /// Whether a chain named an unknown `kid` since the last call (and
+    /// clears it).
+    pub fn take_unknown_kid(&self) -> bool {
+        self.unknown_kid
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replaces the algorithm allow-list.
@@ -384,9 +418,11 @@ impl Verifier {
         {
             return Ok(Arc::clone(hit));
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let chain = Arc::new(self.verify_uncached(presented)?);
         if self.cache_capacity > 0
             && let Ok(mut cache) = self.cache.write()
+            && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
         {
             if cache.len() >= self.cache_capacity {
                 cache.clear();
@@ -402,6 +438,7 @@ impl Verifier {
     /// See [`ChainError`].
     pub fn verify_uncached(&self, presented: &str) -> Result<VerifiedChain, ChainError> {
         let parts = split(presented)?;
+        let keys = self.keys();
         let mut mandates: Vec<VerifiedMandate> = Vec::with_capacity(parts.len());
         let mut pending: Vec<(VerifyingKey, &str, Vec<u8>)> = Vec::with_capacity(parts.len());
         let last = parts.len().saturating_sub(1);
@@ -425,9 +462,13 @@ impl Verifier {
                         index,
                         error: JwsError::KidMissing,
                     })?;
-                    self.keys.get(kid).cloned().ok_or_else(|| ChainError::Jws {
-                        index,
-                        error: JwsError::UnknownKid(kid.to_owned()),
+                    keys.get(kid).cloned().ok_or_else(|| {
+                        self.unknown_kid
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        ChainError::Jws {
+                            index,
+                            error: JwsError::UnknownKid(kid.to_owned()),
+                        }
                     })?
                 }
                 Some(parent) => {
@@ -438,7 +479,7 @@ impl Verifier {
                     // A child whose `kid` names a trusted authority key is a
                     // discovery grant the authority signed: it is checked
                     // against the parent's discovery allowance instead.
-                    let authority_key = d.kid.as_deref().and_then(|k| self.keys.get(k));
+                    let authority_key = d.kid.as_deref().and_then(|k| keys.get(k));
                     if let Some(key) = authority_key {
                         let violations =
                             attenuation::check_discovery_grant(&parent.claims, &claims);

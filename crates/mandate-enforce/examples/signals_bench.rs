@@ -99,6 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             allow_plain_http: false,
             upstream_ca_file: None,
             authority_ca_file: None,
+            key_refresh_secs: 60,
             route: Vec::new(),
         };
         let gw = Gateway::start(cfg).map_err(|e| e.to_string())?;
@@ -242,7 +243,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Warm: every chain verified once and allowed.
     let verifier = mandate_core::chain::Verifier::new(
         mandate_core::keys::KeySet::from_jwks(&serde_json::from_value(
-            json!({"keys": [state.authority.public_jwk()]}),
+            json!({"keys": [state.authority().public_jwk()]}),
         )?)
         .map_err(|(_, e)| e.to_string())?,
     );

@@ -129,6 +129,10 @@ pub struct GatewayConfig {
     /// of the public roots (an authority on a private PKI).
     #[serde(default)]
     pub authority_ca_file: Option<std::path::PathBuf>,
+    /// How often the authority's keys are fetched again, in seconds
+    /// (default 60; a rotated key is published ahead of use for longer).
+    #[serde(default = "default_key_refresh")]
+    pub key_refresh_secs: u64,
     /// The routes.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -194,6 +198,9 @@ impl GatewayConfig {
             }
             (Some(_), None) => return Err(cerr("tls_key_file", "missing (tls_cert_file is set)")),
             (None, Some(_)) => return Err(cerr("tls_cert_file", "missing (tls_key_file is set)")),
+        }
+        if !(1..=86_400).contains(&self.key_refresh_secs) {
+            return Err(cerr("key_refresh_secs", "must be between 1 and 86400"));
         }
         if !(100..=3_600_000).contains(&self.staleness_ms) {
             return Err(cerr("staleness_ms", "must be between 100 and 3600000"));
@@ -354,6 +361,10 @@ impl Route {
 }
 
 /// The running gateway.
+fn default_key_refresh() -> u64 {
+    crate::point::KEY_REFRESH.as_secs()
+}
+
 /// Refuses plain HTTP on an address that is not loopback, unless allowed
 /// (a gateway behind a proxy that terminates TLS).
 ///
@@ -438,6 +449,7 @@ impl Gateway {
             proof_of_possession: config.proof_of_possession,
             dpop_nonce: config.dpop_nonce,
             authority_ca_file: config.authority_ca_file.clone(),
+            key_refresh: Duration::from_secs(config.key_refresh_secs),
         })?;
         let routes = config
             .route

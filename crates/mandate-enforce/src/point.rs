@@ -64,13 +64,80 @@ pub struct PointConfig {
     /// The CA (PEM) the authority's TLS certificate is checked against,
     /// instead of the public roots (`None`: public roots).
     pub authority_ca_file: Option<PathBuf>,
+    /// How often the authority's keys are fetched again ([`KEY_REFRESH`]).
+    pub key_refresh: Duration,
+}
+
+/// How often an enforcement point fetches the authority's keys by default
+/// (a rotated key is published ahead of its use for longer than this).
+pub const KEY_REFRESH: Duration = Duration::from_secs(60);
+
+/// The least time between two fetches caused by an unknown `kid` (a chain
+/// or a SET naming a key the point does not have): a flood of forged
+/// `kid`s costs the authority one fetch per interval.
+pub const KEY_REFETCH_MIN: Duration = Duration::from_secs(5);
+
+/// Keeps a verifier's and a replica's keys those the authority publishes:
+/// every `every` ([`KEY_REFRESH`] by default), and soon after an unknown
+/// `kid` (at most once per [`KEY_REFETCH_MIN`]). On its own thread, off the
+/// decision path: a decision never waits for a fetch. Ends with `stop`, or
+/// when the verifier is dropped.
+///
+/// # Errors
+/// When the thread cannot be started.
+pub fn spawn_key_refresher(
+    verifier: std::sync::Weak<Verifier>,
+    replica: std::sync::Weak<Replica>,
+    client: AuthorityClient,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("mandate-keys".into())
+        .spawn(move || {
+            let mut last = std::time::Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let (Some(v), Some(r)) = (verifier.upgrade(), replica.upgrade()) else {
+                    return;
+                };
+                let due = last.elapsed() >= every
+                    || (last.elapsed() >= KEY_REFETCH_MIN
+                        && (v.take_unknown_kid() | r.take_unknown_kid()));
+                if !due {
+                    continue;
+                }
+                last = std::time::Instant::now();
+                match client.keys() {
+                    Ok(keys) => {
+                        let fetched = serde_json::to_value(keys.to_jwks()).ok();
+                        if fetched != serde_json::to_value(v.keys().to_jwks()).ok() {
+                            tracing::info!(
+                                keys = keys.to_jwks().keys.len(),
+                                "the authority's keys changed"
+                            );
+                            r.set_keys(keys.clone());
+                            v.set_keys(keys);
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "fetching the authority's keys failed; keeping the ones held"
+                    ),
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 /// A running enforcement point.
 pub struct Point {
     name: String,
     /// The verifier of presented chains (the authority's keys and issuer).
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     /// The replica decisions read.
     pub replica: Arc<Replica>,
     client: AuthorityClient,
@@ -166,7 +233,7 @@ impl Point {
         let stop = Arc::new(AtomicBool::new(false));
         let point = Arc::new(Self {
             name: config.name,
-            verifier: Verifier::new(keys).with_issuer(issuer),
+            verifier: Arc::new(Verifier::new(keys).with_issuer(issuer)),
             replica: Arc::clone(&replica),
             client: client.clone(),
             stop: Arc::clone(&stop),
@@ -202,6 +269,14 @@ impl Point {
                 }
             })
             .map_err(|e| e.to_string())?;
+        spawn_key_refresher(
+            Arc::downgrade(&point.verifier),
+            Arc::downgrade(&point.replica),
+            point.client.clone(),
+            Arc::clone(&point.stop),
+            config.key_refresh,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(point)
     }
 

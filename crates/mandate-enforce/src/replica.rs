@@ -104,7 +104,9 @@ struct Inner {
 /// The replica.
 #[derive(Debug)]
 pub struct Replica {
-    keys: KeySet,
+    keys: RwLock<Arc<KeySet>>,
+    /// A SET named a `kid` not among the keys (a rotation not yet fetched).
+    unknown_kid: std::sync::atomic::AtomicBool,
     issuer: String,
     audience: RwLock<String>,
     staleness: Duration,
@@ -124,7 +126,8 @@ impl Replica {
     #[must_use]
     pub fn new(keys: KeySet, issuer: &str, staleness: Duration) -> Self {
         Self {
-            keys,
+            keys: RwLock::new(Arc::new(keys)),
+            unknown_kid: std::sync::atomic::AtomicBool::new(false),
             issuer: issuer.to_owned(),
             audience: RwLock::new(String::new()),
             staleness,
@@ -221,6 +224,19 @@ impl Replica {
         Ok(())
     }
 
+    /// Trusts `keys` for SETs from now on (the authority's rotated keys).
+    pub fn set_keys(&self, keys: KeySet) {
+        if let Ok(mut k) = self.keys.write() {
+            *k = Arc::new(keys);
+        }
+    }
+
+    /// Whether a SET named an unknown `kid` since the last call (clears it).
+    pub fn take_unknown_kid(&self) -> bool {
+        self.unknown_kid
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Verifies and applies one SET.
     ///
     /// # Errors
@@ -229,11 +245,12 @@ impl Replica {
         let algs: BTreeSet<Algorithm> = [Algorithm::EdDSA, Algorithm::ES256].into();
         let d = mandate_core::jws::decode(set.trim(), &algs, "secevent+jwt")
             .map_err(|e| SetError::Invalid(e.to_string()))?;
-        let key = d
-            .kid
-            .as_deref()
-            .and_then(|k| self.keys.get(k))
-            .ok_or_else(|| SetError::Invalid("unknown kid".into()))?;
+        let keys = self.keys.read().map(|k| Arc::clone(&k)).unwrap_or_default();
+        let Some(key) = d.kid.as_deref().and_then(|k| keys.get(k)) else {
+            self.unknown_kid
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(SetError::Invalid("unknown kid".into()));
+        };
         if key.algorithm() != d.alg || !key.verify(d.signing_input.as_bytes(), &d.signature) {
             return Err(SetError::Invalid("signature does not verify".into()));
         }

@@ -55,7 +55,7 @@ pub struct AgentRuntime {
     agent: AuthorityClient,
     holder: SigningKey,
     mandate: RwLock<String>,
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
     replica: Arc<Replica>,
     stop: Arc<AtomicBool>,
     listeners: Arc<Mutex<Vec<Listener>>>,
@@ -106,7 +106,7 @@ impl AgentRuntime {
         let enforcer = AuthorityClient::new(base, enforcer_token);
         let keys = enforcer.keys()?;
         let issuer = enforcer.issuer()?;
-        let verifier = Verifier::new(keys.clone()).with_issuer(issuer.clone());
+        let verifier = Arc::new(Verifier::new(keys.clone()).with_issuer(issuer.clone()));
         let issuer_for_tokens = issuer.clone();
         let chain = verifier
             .verify(mandate)
@@ -124,6 +124,14 @@ impl AgentRuntime {
         let (stream, aud) = enforcer.create_stream(None)?;
         replica.set_audience(&aud);
         let stop = Arc::new(AtomicBool::new(false));
+        crate::point::spawn_key_refresher(
+            Arc::downgrade(&verifier),
+            Arc::downgrade(&replica),
+            enforcer.clone(),
+            Arc::clone(&stop),
+            crate::point::KEY_REFRESH,
+        )
+        .map_err(|e| ClientError(e.to_string()))?;
         let (r, st) = (Arc::clone(&replica), Arc::clone(&stop));
         let wait = staleness / 3;
         std::thread::Builder::new()

@@ -313,6 +313,7 @@ fn start_gateway_with(
         allow_plain_http: false,
         upstream_ca_file: None,
         authority_ca_file: None,
+        key_refresh_secs: 60,
         route: vec![
             RouteConfig {
                 method: "GET".into(),

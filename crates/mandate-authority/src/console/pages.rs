@@ -979,10 +979,7 @@ fn filtered(s: &AppState, u: &User, q: &AuditFilter) -> Result<Vec<audit::AuditR
 /// `GET /console/audit`: search, export, and the result of verification.
 pub async fn audit(State(s): State<Arc<AppState>>, u: User, Query(q): Query<AuditFilter>) -> Page {
     let records = filtered(&s, &u, &q)?;
-    let key = s
-        .authority
-        .verifying_key()
-        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let key = s.checkpoint_key.clone();
     let report = s
         .store
         .read(|c| audit::verify(c, &mandate_store::checkpoint_path(s.store.dir()), &key))

@@ -261,7 +261,7 @@ pub async fn amend(
     if a.discovery.is_some() {
         claims.discovery = a.discovery;
     }
-    let jws = issue_root(&s.authority, &claims)
+    let jws = issue_root(&s.authority(), &claims)
         .map_err(|e| ApiError::unprocessable("invalid_mandate", e.to_string()))?;
     let (tenant, by, old, jws2, agent_sub, reason) = (
         caller.tenant.clone(),
@@ -491,7 +491,8 @@ pub async fn discovery(
         discovery: None,
     };
     let grant_id = MandateId::new(new_id("mnd-once")).map_err(ApiError::internal)?;
-    let chain = match issue_discovery_grant(&m.chain, &s.authority, &spec, grant_id.clone(), now) {
+    let chain = match issue_discovery_grant(&m.chain, &s.authority(), &spec, grant_id.clone(), now)
+    {
         Ok(c) => c,
         Err(e) => {
             let (tenant, body) = (

@@ -354,7 +354,7 @@ async fn exchange(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Resp
             let e = ApiError::from(e);
             oauth_error(e.status, "server_error", e.detail)
         })?;
-    let token = jws::sign(&s.authority, AT_TYP, claims.to_string().as_bytes());
+    let token = jws::sign(&s.authority(), AT_TYP, claims.to_string().as_bytes());
     let mut res = Json(super::wire::TokenAnswer {
         access_token: token,
         issued_token_type: ACCESS_TOKEN_TYPE.to_owned(),
@@ -431,8 +431,8 @@ pub async fn introspect(
 /// key, its issuer), or `None`.
 fn verify_access_token(s: &AppState, token: &str) -> Option<Value> {
     let d = jws::decode(token, &[Algorithm::EdDSA, Algorithm::ES256].into(), AT_TYP).ok()?;
-    let key = s.authority.verifying_key().ok()?;
-    if d.kid.as_deref() != Some(key.kid()) || d.alg != key.algorithm() {
+    let key = s.keys.key(d.kid.as_deref()?)?;
+    if d.alg != key.algorithm() {
         return None;
     }
     if !key.verify(d.signing_input.as_bytes(), &d.signature) {

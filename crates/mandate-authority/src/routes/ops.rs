@@ -63,9 +63,10 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-/// `GET /.well-known/jwks.json`: the authority's public key.
+/// `GET /.well-known/jwks.json`: the authority's published keys (the one
+/// signing now, one published ahead of a rotation, one retiring after it).
 pub async fn jwks(State(s): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"keys": [s.authority.public_jwk()]}))
+    Json(serde_json::to_value(s.keys.published().to_jwks()).unwrap_or_else(|_| json!({"keys": []})))
 }
 
 /// `GET /openapi.json`.

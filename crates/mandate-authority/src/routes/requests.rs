@@ -390,7 +390,7 @@ pub async fn approve(
         &grant_ref,
         crate::auth::now_secs(),
     )?;
-    let jws = issue_root(&s.authority, &claims)
+    let jws = issue_root(&s.authority(), &claims)
         .map_err(|e| ApiError::unprocessable("invalid_mandate", e.to_string()))?;
     let (tenant, who, consent, jws2, agent_sub) = (
         caller.tenant.clone(),

@@ -568,7 +568,7 @@ pub async fn take_verification(
         })
         .await?;
     Ok(pending.map(|state| {
-        signals::verification_set(&s.authority, &s.issuer, aud, stream, state.as_deref())
+        signals::verification_set(&s.authority(), &s.issuer, aud, stream, state.as_deref())
     }))
 }
 
@@ -757,7 +757,7 @@ pub async fn poll(
             for sig in wanted.iter().take(usize::try_from(max).unwrap_or(0)) {
                 sets.push((
                     signals::jti(&st.tenant, sig.seq),
-                    signals::to_set(&s.authority, &s.issuer, &aud, &st.tenant, sig),
+                    signals::to_set(&s.authority(), &s.issuer, &aud, &st.tenant, sig),
                 ));
             }
             if !sets.is_empty() {

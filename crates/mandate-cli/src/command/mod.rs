@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod issue;
 pub mod jwks;
 pub mod keygen;
+pub mod keys;
 pub mod mcp;
 pub mod serve;
 pub mod token;

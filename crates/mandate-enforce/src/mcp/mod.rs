@@ -656,6 +656,7 @@ impl Proxy {
             proof_of_possession: config.proof_of_possession,
             dpop_nonce: false,
             authority_ca_file: config.authority_ca_file.clone(),
+            key_refresh: crate::point::KEY_REFRESH,
         })?;
         Ok(Arc::new(Self::with_point(point, config)))
     }

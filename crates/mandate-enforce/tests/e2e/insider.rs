@@ -40,7 +40,7 @@ fn a_genuine_set_replayed_to_the_push_receiver_without_the_streams_authorization
         at_ms: mandate_authority::auth::now_ms(),
     };
     let set = mandate_authority::signals::to_set(
-        &state.authority,
+        &state.authority(),
         &state.issuer,
         &format!("stream:{stream}"),
         "acme",
@@ -499,7 +499,7 @@ fn every_gateway_receives_the_audit_checkpoint_to_keep() {
         "https://api.github.com",
     );
     assert_eq!(read_pr(gateway.addr, &mandate, 7).0, 200);
-    let key = state.authority.verifying_key().unwrap();
+    let key = state.authority().verifying_key().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let kept = loop {
         if let Some(cp) = gw.replica.audit_checkpoint() {

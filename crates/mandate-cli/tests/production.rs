@@ -1,4 +1,4 @@
-//! TLS as real processes: `mandate serve` and `mandate gateway` with
+//! TLS and key rotation as real processes: `mandate serve` and `mandate gateway` with
 //! certificates from a private CA (rcgen), called by a rustls client that
 //! trusts only that CA. The authority's metadata names its https issuer, a
 //! renewed certificate is served without a restart, plain HTTP is refused
@@ -469,15 +469,12 @@ fn now() -> mandate_core::timestamp::UnixTime {
     .unwrap()
 }
 
-#[test]
-fn a_gateway_on_tls_enforces_mandates_and_forwards_to_an_https_upstream_it_verifies() {
-    let a = Authority::start("gateway");
-    let dir = a.dir.clone();
-    let (upstream, forwarded) = tls_upstream(&a.ca, &dir);
-    // The gateway's own certificate, from the same CA.
+/// A gateway config in the authority's directory: TLS on its side, the
+/// authority and the upstream trusted through the CA file, one route.
+fn gateway_config(a: &Authority, gw_port: u16, upstream: u16, extra: &str) {
+    let dir = &a.dir;
     a.ca.leaf(&dir.join("gw-cert.pem"), &dir.join("gw-key.pem"));
     std::fs::write(dir.join("enforcer.token"), a.token("gateway-1", "enforcer")).unwrap();
-    let gw_port = free_port();
     std::fs::write(
         dir.join("gateway.toml"),
         format!(
@@ -486,12 +483,12 @@ authority = "https://127.0.0.1:{auth}"
 authority_ca_file = "{dir}/ca.pem"
 token_file = "{dir}/enforcer.token"
 spool_file = "{dir}/gw.spool"
-delivery = "push"
 upstream = "https://127.0.0.1:{upstream}"
 upstream_ca_file = "{dir}/ca.pem"
 tls_cert_file = "{dir}/gw-cert.pem"
 tls_key_file = "{dir}/gw-key.pem"
 location_base = "https://ci.example.com"
+{extra}
 
 [[route]]
 method = "GET"
@@ -504,16 +501,20 @@ action = "read"
         ),
     )
     .unwrap();
+}
 
-    // The mandate: read CI logs, held by a DPoP key.
-    let holder =
-        mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [9; 32]);
+fn holder() -> mandate_core::keys::SigningKey {
+    mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [9; 32])
+}
+
+/// A mandate to read CI logs, held by `holder`: (id, mandate).
+fn grant(a: &Authority, holder: &mandate_core::keys::SigningKey, ticket: &str) -> (String, String) {
     let request = json!({
         "principal": "lead@acme.example",
         "agent": {"id": "ci-agent", "instance": "run-1", "cnf": {"jwk": holder.public_jwk()}},
-        "purpose": {"objective": "Read the logs of the failing build", "business_context": "ticket CI-1"},
+        "purpose": {"objective": "Read the logs of the failing build", "business_context": ticket},
         "authorization_details": [{"type": "ci_logs", "locations": ["https://ci.example.com/logs"], "actions": ["read"]}],
-        "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z", "terminal_events": [{"type": "build.fixed", "subject": "ticket:CI-1"}]},
+        "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z", "terminal_events": [{"type": "build.fixed", "subject": ticket}]},
         "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"},
     });
     let asked = a.call(
@@ -533,8 +534,208 @@ action = "read"
         "",
     );
     assert_eq!(approved.status, 200, "{}", approved.body);
-    let mandate = approved.body["mandate"].as_str().unwrap().to_owned();
-    let mandate_id = approved.body["mandate_id"].as_str().unwrap().to_owned();
+    (
+        approved.body["mandate_id"].as_str().unwrap().to_owned(),
+        approved.body["mandate"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// One call through the gateway with the mandate and a fresh proof.
+fn through_gateway(
+    client: &Arc<rustls::ClientConfig>,
+    gw_port: u16,
+    holder: &mandate_core::keys::SigningKey,
+    mandate: &str,
+) -> Answer {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let jti = format!(
+        "p-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let proof = mandate_core::pop::make_proof(
+        holder,
+        "GET",
+        &format!("https://127.0.0.1:{gw_port}/logs/42"),
+        None,
+        &jti,
+        now(),
+    );
+    https(
+        client,
+        gw_port,
+        "GET",
+        "/logs/42",
+        &[
+            ("Mandate", mandate),
+            ("DPoP", proof.as_str()),
+            ("mandate-agent-instance", "run-1"),
+        ],
+        "",
+    )
+    .unwrap()
+}
+
+fn kid_of(mandate: &str) -> String {
+    let header = mandate.split('.').next().unwrap();
+    let bytes = base64_url(header);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["kid"].as_str().unwrap().to_owned()
+}
+
+fn base64_url(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = A.iter().position(|x| *x == c).unwrap() as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_rotated_key_is_used_without_a_wrong_denial_and_the_old_one_stops_verifying_when_retired() {
+    let a = Authority::start("rotate");
+    let (upstream, _) = tls_upstream(&a.ca, &a.dir);
+    let gw_port = free_port();
+    // Keys fetched every second here (60 s by default).
+    gateway_config(&a, gw_port, upstream, "key_refresh_secs = 1");
+    let holder = holder();
+    let (_, old_mandate) = grant(&a, &holder, "ticket:CI-1");
+    let old_kid = kid_of(&old_mandate);
+    let mut gw = Command::new(bin())
+        .args(["gateway", "--config"])
+        .arg(a.dir.join("gateway.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(&mut gw, gw_port, "mandate gateway");
+    let _gw = Guard(gw);
+    let client = a.ca.client_config();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while through_gateway(&client, gw_port, &holder, &old_mandate).status != 200 {
+        assert!(Instant::now() < deadline, "the gateway never allowed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Rotate on the running authority's data directory: published now,
+    // signing in 3 s, the old key retiring 6 s after that.
+    let out = Command::new(bin())
+        .args([
+            "keys",
+            "rotate",
+            "--publish-secs",
+            "3",
+            "--overlap-secs",
+            "6",
+            "--data-dir",
+        ])
+        .arg(a.dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated_at = Instant::now();
+    let jwks_len = || {
+        a.call("GET", "/.well-known/jwks.json", None, "").body["keys"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // Both keys are published within a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while jwks_len() != 2 {
+        assert!(Instant::now() < deadline, "the new key was not published");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Until the old key retires, every request is allowed: with the old
+    // mandate throughout, and with one issued under the new key as soon
+    // as the new key signs.
+    let mut new_mandate: Option<String> = None;
+    let mut calls = 0;
+    while rotated_at.elapsed() < Duration::from_millis(8_500) {
+        let r = through_gateway(&client, gw_port, &holder, &old_mandate);
+        assert_eq!(
+            r.status, 200,
+            "old mandate wrongly denied during the overlap: {}",
+            r.body
+        );
+        calls += 1;
+        if new_mandate.is_none() && rotated_at.elapsed() > Duration::from_millis(4_000) {
+            let (_, m) = grant(&a, &holder, "ticket:CI-2");
+            assert_ne!(
+                kid_of(&m),
+                old_kid,
+                "a mandate issued after the switch is signed by the new key"
+            );
+            new_mandate = Some(m);
+        }
+        if let Some(m) = &new_mandate {
+            let r = through_gateway(&client, gw_port, &holder, m);
+            assert_eq!(r.status, 200, "new mandate wrongly denied: {}", r.body);
+            calls += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(calls > 20, "{calls}");
+    let new_mandate = new_mandate.unwrap();
+    // After the retirement (9 s, plus a second for the ring and one for the
+    // gateway's fetch), the old key is gone everywhere.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = through_gateway(&client, gw_port, &holder, &old_mandate);
+        if r.status == 403 {
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "the retired key still verifies at the gateway"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(jwks_len(), 1);
+    assert_eq!(
+        through_gateway(&client, gw_port, &holder, &new_mandate).status,
+        200
+    );
+    let listed = Command::new(bin())
+        .args(["--output", "json", "keys", "list", "--data-dir"])
+        .arg(a.dir.join("data"))
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let status: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(status, ["retired", "signing"]);
+}
+
+#[test]
+fn a_gateway_on_tls_enforces_mandates_and_forwards_to_an_https_upstream_it_verifies() {
+    let a = Authority::start("gateway");
+    let dir = a.dir.clone();
+    let (upstream, forwarded) = tls_upstream(&a.ca, &dir);
+    // The gateway's own certificate is from the same CA.
+    let gw_port = free_port();
+    gateway_config(&a, gw_port, upstream, "delivery = \"push\"");
+
+    let holder = holder();
+    let (mandate_id, mandate) = grant(&a, &holder, "ticket:CI-1");
 
     // The gateway trusts the authority and the upstream only through the CA file.
     let mut gw = Command::new(bin())
@@ -547,29 +748,7 @@ action = "read"
     wait_for_port(&mut gw, gw_port, "mandate gateway");
     let _gw = Guard(gw);
     let client = a.ca.client_config();
-    let call = |jti: &str| {
-        let proof = mandate_core::pop::make_proof(
-            &holder,
-            "GET",
-            &format!("https://127.0.0.1:{gw_port}/logs/42"),
-            None,
-            jti,
-            now(),
-        );
-        https(
-            &client,
-            gw_port,
-            "GET",
-            "/logs/42",
-            &[
-                ("Mandate", mandate.as_str()),
-                ("DPoP", proof.as_str()),
-                ("mandate-agent-instance", "run-1"),
-            ],
-            "",
-        )
-        .unwrap()
-    };
+    let call = |_: &str| through_gateway(&client, gw_port, &holder, &mandate);
     // Fresh once it has the authority's state (over TLS).
     let deadline = Instant::now() + Duration::from_secs(20);
     let allowed = loop {
