@@ -222,7 +222,13 @@ struct Authority {
 
 impl Authority {
     fn start(name: &str) -> Self {
+        Self::start_with(name, "")
+    }
+
+    /// With `config` (TOML) as its `--config` file.
+    fn start_with(name: &str, config: &str) -> Self {
         let dir = temp(name);
+        std::fs::write(dir.join("authority.toml"), config).unwrap();
         let ca = Ca::new();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         ca.leaf(&dir.join("cert.pem"), &dir.join("key.pem"));
@@ -241,6 +247,8 @@ impl Authority {
             .arg(dir.join("key.pem"))
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .arg("--config")
+            .arg(dir.join("authority.toml"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -793,5 +801,189 @@ fn a_gateway_on_tls_enforces_mandates_and_forwards_to_an_https_upstream_it_verif
         forwarded.load(std::sync::atomic::Ordering::SeqCst),
         before,
         "a denied request reached the upstream"
+    );
+}
+
+/// The OpenID provider of the tests (panva/oidc-provider from npm; scripts/test
+/// installs it): its port and its stdout, one line per token issued.
+fn openid_provider(dir: &Path, secret: &str, ttl_secs: u32) -> (Guard, u16, PathBuf) {
+    openid_provider_with(dir, secret, ttl_secs, None)
+}
+
+fn openid_provider_with(
+    dir: &Path,
+    secret: &str,
+    ttl_secs: u32,
+    client_jwk: Option<&str>,
+) -> (Guard, u16, PathBuf) {
+    let port = free_port();
+    let log = dir.join("op.log");
+    let script = format!(
+        "{}/tests/interop/oidc-provider/provider.mjs",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = Command::new("node")
+        .arg(script)
+        .args([&port.to_string(), secret, &ttl_secs.to_string()])
+        .args(client_jwk)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node with oidc-provider installed (scripts/test runs npm ci)");
+    wait_for_port(&mut child, port, "oidc-provider");
+    (Guard(child), port, log)
+}
+
+#[test]
+fn a_gateway_gets_its_token_from_the_identity_provider_by_client_credentials_and_renews_it() {
+    let tmp = temp("op");
+    let secret = "gateway-secret-of-good-length";
+    let (_op, op_port, log) = openid_provider(&tmp, secret, 4);
+    // The authority trusts the provider: RS256 access tokens (at+jwt) for
+    // the Mandate API, role and tenant in claims.
+    let a = Authority::start_with(
+        "client-credentials",
+        &format!(
+            r#"[[trusted_issuer]]
+iss = "http://127.0.0.1:{op_port}"
+jwks_url = "http://127.0.0.1:{op_port}/jwks"
+audience = "api://mandate"
+"#
+        ),
+    );
+    let (upstream, _) = tls_upstream(&a.ca, &a.dir);
+    let gw_port = free_port();
+    std::fs::write(a.dir.join("gw.secret"), secret).unwrap();
+    gateway_config(
+        &a,
+        gw_port,
+        upstream,
+        &format!(
+            r#"[client_credentials]
+token_endpoint = "http://127.0.0.1:{op_port}/token"
+client_id = "gateway-1"
+client_secret_file = "{}/gw.secret"
+scope = "mandate"
+"#,
+            a.dir.display()
+        ),
+    );
+    // No token file: the gateway's only credential is its client secret.
+    let config = std::fs::read_to_string(a.dir.join("gateway.toml")).unwrap();
+    let config = config.replace(
+        &format!("token_file = \"{}/enforcer.token\"\n", a.dir.display()),
+        "",
+    );
+    // [client_credentials] must come after the top-level keys.
+    let (top, routes) = config.split_once("[[route]]").unwrap();
+    let (top, cc) = top.split_once("[client_credentials]").unwrap();
+    std::fs::write(
+        a.dir.join("gateway.toml"),
+        format!("{top}\n[client_credentials]{cc}\n[[route]]{routes}"),
+    )
+    .unwrap();
+    assert!(
+        !std::fs::read_to_string(a.dir.join("gateway.toml"))
+            .unwrap()
+            .contains("token_file")
+    );
+
+    let holder = holder();
+    let (_, mandate) = grant(&a, &holder, "ticket:CI-3");
+    let mut gw = Command::new(bin())
+        .args(["gateway", "--config"])
+        .arg(a.dir.join("gateway.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(&mut gw, gw_port, "mandate gateway");
+    let _gw = Guard(gw);
+    let client = a.ca.client_config();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while through_gateway(&client, gw_port, &holder, &mandate).status != 200 {
+        assert!(Instant::now() < deadline, "the gateway never allowed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Tokens live 4 s; over 10 s the gateway stays fresh (it polls the
+    // authority with its token), so it renewed them before they expired.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let r = through_gateway(&client, gw_port, &holder, &mandate);
+        assert_eq!(r.status, 200, "denied while renewing: {}", r.body);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let issued = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| *l == "token issued")
+        .count();
+    assert!(issued >= 3, "{issued} tokens issued in 10 s of 4 s tokens");
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("grant error"),
+        "the provider refused a grant"
+    );
+}
+
+#[test]
+fn an_enforcement_point_may_prove_its_identity_with_a_signed_assertion_instead_of_a_secret() {
+    let tmp = temp("op-pkjwt");
+    let key =
+        mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [77; 32]);
+    std::fs::write(
+        tmp.join("client.jwk"),
+        serde_json::to_string(&key.to_private_jwk()).unwrap(),
+    )
+    .unwrap();
+    let public = serde_json::to_string(&key.public_jwk()).unwrap();
+    let (_op, op_port, log) = openid_provider_with(&tmp, "unused-secret-unused", 60, Some(&public));
+    let a = Authority::start_with(
+        "private-key-jwt",
+        &format!(
+            "[[trusted_issuer]]\niss = \"http://127.0.0.1:{op_port}\"\njwks_url = \"http://127.0.0.1:{op_port}/jwks\"\naudience = \"api://mandate\"\n"
+        ),
+    );
+    let grant = |private_key_file: PathBuf| mandate_enforce::client::ClientCredentials {
+        token_endpoint: format!("http://127.0.0.1:{op_port}/token"),
+        client_id: "gateway-2".into(),
+        client_secret_file: None,
+        private_key_file: Some(private_key_file),
+        scope: Some("mandate".into()),
+        resource: None,
+    };
+    let base = format!("https://127.0.0.1:{}", a.port);
+    // The provider accepts the assertion; the authority accepts its token
+    // (creating a stream needs the enforcer role).
+    let client = mandate_enforce::client::AuthorityClient::with_client_credentials(
+        &base,
+        grant(tmp.join("client.jwk")),
+    )
+    .unwrap()
+    .with_ca_file(&a.dir.join("ca.pem"))
+    .unwrap();
+    client.create_stream(None).unwrap();
+    // An assertion signed by another key is refused by the provider.
+    let other =
+        mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [78; 32]);
+    std::fs::write(
+        tmp.join("other.jwk"),
+        serde_json::to_string(&other.to_private_jwk()).unwrap(),
+    )
+    .unwrap();
+    let e = mandate_enforce::client::AuthorityClient::with_client_credentials(
+        &base,
+        grant(tmp.join("other.jwk")),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("401") || e.to_string().contains("invalid_client"),
+        "{e}"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("grant error")
     );
 }

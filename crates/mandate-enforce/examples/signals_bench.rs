@@ -82,7 +82,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = GatewayConfig {
             listen: listen.clone(),
             authority: authority.clone(),
-            token_file: dir.join("enforcer.token"),
+            token_file: Some(dir.join("enforcer.token")),
+            client_credentials: None,
             staleness_ms: 5000,
             delivery,
             push_url: None,

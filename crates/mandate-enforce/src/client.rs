@@ -33,14 +33,144 @@ impl std::fmt::Debug for AuthorityClient {
     }
 }
 
-/// Where the caller token comes from: given once, or a file read again
+/// Where the caller token comes from: given once, a file read again
 /// whenever it changes (a token refreshed by whatever writes the file is
-/// used without a restart).
+/// used without a restart), or the OAuth client-credentials grant at the
+/// identity provider, asked again before the token expires.
 #[derive(Default)]
 struct TokenSource {
     value: String,
     file: Option<std::path::PathBuf>,
     modified: Option<std::time::SystemTime>,
+    grant: Option<ClientCredentials>,
+    /// When the token from the grant is to be replaced.
+    renew_at: Option<std::time::Instant>,
+}
+
+/// An enforcement point's machine identity at the organisation's identity
+/// provider: the OAuth 2.0 client-credentials grant (RFC 6749 §4.4),
+/// authenticated with a client secret (HTTP Basic) or a signed client
+/// assertion (`private_key_jwt`, RFC 7523).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCredentials {
+    /// The provider's token endpoint (`https://`, or `http://` on loopback).
+    pub token_endpoint: String,
+    /// This enforcement point's client id.
+    pub client_id: String,
+    /// A file holding the client secret (read at each request for a token).
+    #[serde(default)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// A file holding a private JWK (Ed25519 or P-256) to sign client
+    /// assertions with, instead of a secret.
+    #[serde(default)]
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// `scope` to ask for.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `resource` to ask for (RFC 8707): the Mandate API's identifier.
+    #[serde(default)]
+    pub resource: Option<String>,
+}
+
+impl ClientCredentials {
+    /// Checks the settings (named as `[client_credentials]` fields).
+    ///
+    /// # Errors
+    /// The first wrong setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let url =
+            url::Url::parse(&self.token_endpoint).map_err(|e| format!("token_endpoint: {e}"))?;
+        let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+            || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+            || url.host_str() == Some("localhost");
+        if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
+            return Err("token_endpoint: must be https:// (http:// on loopback only)".into());
+        }
+        if self.client_id.is_empty() {
+            return Err("client_id: empty".into());
+        }
+        match (&self.client_secret_file, &self.private_key_file) {
+            (Some(_), None) | (None, Some(_)) => Ok(()),
+            _ => Err("exactly one of client_secret_file and private_key_file".into()),
+        }
+    }
+
+    /// Asks for a token: (access token, lifetime).
+    fn fetch(&self, agent: &ureq::Agent) -> Result<(String, Duration), ClientError> {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if let Some(s) = &self.scope {
+            form.append_pair("scope", s);
+        }
+        if let Some(r) = &self.resource {
+            form.append_pair("resource", r);
+        }
+        let mut req = agent
+            .post(&self.token_endpoint)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Accept", "application/json");
+        if let Some(f) = &self.client_secret_file {
+            let secret = std::fs::read_to_string(f)
+                .map_err(|e| ClientError(format!("client_secret_file {}: {e}", f.display())))?;
+            let enc =
+                |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            // RFC 6749 §2.3.1: both parts form-encoded before Basic.
+            let basic = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{}:{}", enc(&self.client_id), enc(secret.trim())),
+            );
+            req = req.header("Authorization", &format!("Basic {basic}"));
+        }
+        if let Some(f) = &self.private_key_file {
+            let text = std::fs::read(f)
+                .map_err(|e| ClientError(format!("private_key_file {}: {e}", f.display())))?;
+            let jwk: mandate_core::keys::PrivateJwk = serde_json::from_slice(&text)
+                .map_err(|e| ClientError(format!("private_key_file {}: {e}", f.display())))?;
+            let key = mandate_core::keys::SigningKey::from_private_jwk(&jwk)
+                .map_err(|e| ClientError(format!("private_key_file {}: {e}", f.display())))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let claims = json!({"iss": self.client_id, "sub": self.client_id,
+                "aud": self.token_endpoint, "iat": now, "exp": now + 60,
+                "jti": crate::sdk::random_jti()});
+            let assertion = mandate_core::jws::sign(&key, "JWT", claims.to_string().as_bytes());
+            form.append_pair("client_id", &self.client_id);
+            form.append_pair(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            );
+            form.append_pair("client_assertion", &assertion);
+        }
+        let mut resp = req
+            .send(form.finish())
+            .map_err(|e| ClientError(format!("token_endpoint: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .map_err(|e| ClientError(format!("token_endpoint: {e}")))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status != 200 {
+            return Err(ClientError(format!(
+                "token_endpoint answered {status}: {}",
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no error code")
+            )));
+        }
+        let token = v
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ClientError("token_endpoint: no access_token".into()))?;
+        let ttl = v.get("expires_in").and_then(Value::as_u64).unwrap_or(300);
+        Ok((token.to_owned(), Duration::from_secs(ttl.clamp(1, 86_400))))
+    }
 }
 
 /// The public roots (Mozilla's, as ureq uses by default) and the
@@ -107,9 +237,74 @@ impl AuthorityClient {
         Ok(self)
     }
 
+    /// A client whose token comes from the client-credentials grant: one is
+    /// asked for now (a failure stops the start), and again when 80% of its
+    /// lifetime has passed.
+    ///
+    /// # Errors
+    /// A wrong setting, or the provider refuses or cannot be reached.
+    pub fn with_client_credentials(
+        base: &str,
+        grant: ClientCredentials,
+    ) -> Result<Self, ClientError> {
+        Self::new(base, "").with_grant(grant)
+    }
+
+    /// This client, its token from the client-credentials grant (asked for
+    /// now, through this client's TLS settings: call it after
+    /// [`AuthorityClient::with_ca_file`]).
+    ///
+    /// # Errors
+    /// As [`AuthorityClient::with_client_credentials`].
+    pub fn with_grant(self, grant: ClientCredentials) -> Result<Self, ClientError> {
+        grant.validate().map_err(ClientError)?;
+        let client = self;
+        let (token, ttl) = grant.fetch(&client.agent)?;
+        if let Ok(mut t) = client.token.write() {
+            t.value = token;
+            t.renew_at = Some(std::time::Instant::now() + ttl.mul_f64(0.8));
+            t.grant = Some(grant);
+        }
+        Ok(client)
+    }
+
+    /// The token from the grant, renewed when due (a failed renewal keeps
+    /// the last token and is tried again at the next call, at most every 2 s).
+    fn granted(&self) -> Option<String> {
+        let (grant, due) = {
+            let t = self.token.read().ok()?;
+            let grant = t.grant.clone()?;
+            (
+                grant,
+                t.renew_at.is_none_or(|r| std::time::Instant::now() >= r),
+            )
+        };
+        if due {
+            match grant.fetch(&self.agent) {
+                Ok((token, ttl)) => {
+                    if let Ok(mut t) = self.token.write() {
+                        t.value = token;
+                        t.renew_at = Some(std::time::Instant::now() + ttl.mul_f64(0.8));
+                    }
+                    tracing::info!(client_id = %grant.client_id, "caller token renewed (client credentials)");
+                }
+                Err(e) => {
+                    if let Ok(mut t) = self.token.write() {
+                        t.renew_at = Some(std::time::Instant::now() + Duration::from_secs(2));
+                    }
+                    tracing::warn!(error = %e, "caller token not renewed; the last one is used");
+                }
+            }
+        }
+        self.token.read().ok().map(|t| t.value.clone())
+    }
+
     /// The current token (re-read from its file when that changed; a file
     /// that cannot be read keeps the last token).
     fn bearer(&self) -> String {
+        if let Some(t) = self.granted() {
+            return t;
+        }
         let (file, seen) = match self.token.read() {
             Ok(t) => (t.file.clone(), t.modified),
             Err(_) => return String::new(),
@@ -511,5 +706,47 @@ mod outage_tests {
         }
         o.recovered();
         assert!(o.failed("poll", &"refused"), "a new outage is logged again");
+    }
+}
+
+#[cfg(test)]
+mod grant_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::ClientCredentials;
+
+    fn grant(endpoint: &str) -> ClientCredentials {
+        ClientCredentials {
+            token_endpoint: endpoint.into(),
+            client_id: "gateway-1".into(),
+            client_secret_file: Some("s".into()),
+            private_key_file: None,
+            scope: None,
+            resource: None,
+        }
+    }
+
+    #[test]
+    fn the_secret_goes_to_an_https_endpoint_or_to_loopback_only() {
+        assert!(grant("https://idp.example.com/token").validate().is_ok());
+        assert!(grant("http://127.0.0.1:8080/token").validate().is_ok());
+        assert!(grant("http://[::1]:8080/token").validate().is_ok());
+        let e = grant("http://idp.example.com/token")
+            .validate()
+            .unwrap_err();
+        assert!(e.starts_with("token_endpoint"), "{e}");
+        let e = grant("http://127.0.0.1@evil.example/token")
+            .validate()
+            .unwrap_err();
+        assert!(e.starts_with("token_endpoint"), "{e}");
+    }
+
+    #[test]
+    fn one_way_of_proving_the_client_exactly() {
+        let mut both = grant("https://idp.example.com/token");
+        both.private_key_file = Some("k".into());
+        assert!(both.validate().unwrap_err().contains("exactly one"));
+        let mut neither = grant("https://idp.example.com/token");
+        neither.client_secret_file = None;
+        assert!(neither.validate().unwrap_err().contains("exactly one"));
     }
 }

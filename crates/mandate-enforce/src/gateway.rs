@@ -65,8 +65,14 @@ pub struct GatewayConfig {
     pub listen: String,
     /// The authority's base URL.
     pub authority: String,
-    /// A file holding an enforcer token for the authority.
-    pub token_file: std::path::PathBuf,
+    /// A file holding an enforcer token for the authority (read again
+    /// when it changes). Or `[client_credentials]`.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// The enforcer token from the organisation's identity provider by the
+    /// client-credentials grant, renewed before it expires.
+    #[serde(default)]
+    pub client_credentials: Option<crate::client::ClientCredentials>,
     /// Deny `state_stale` after this long without news from the authority.
     #[serde(default = "default_staleness")]
     pub staleness_ms: u64,
@@ -198,6 +204,16 @@ impl GatewayConfig {
             }
             (Some(_), None) => return Err(cerr("tls_key_file", "missing (tls_cert_file is set)")),
             (None, Some(_)) => return Err(cerr("tls_cert_file", "missing (tls_key_file is set)")),
+        }
+        match (&self.token_file, &self.client_credentials) {
+            (Some(_), None) => {}
+            (None, Some(c)) => c.validate().map_err(|m| cerr("client_credentials", m))?,
+            _ => {
+                return Err(cerr(
+                    "token_file",
+                    "give exactly one of token_file and [client_credentials]",
+                ));
+            }
         }
         if !(1..=86_400).contains(&self.key_refresh_secs) {
             return Err(cerr("key_refresh_secs", "must be between 1 and 86400"));
@@ -435,7 +451,8 @@ impl Gateway {
         let spool = config.spool_file.clone().unwrap_or_else(|| {
             config
                 .token_file
-                .parent()
+                .as_deref()
+                .and_then(Path::parent)
                 .unwrap_or_else(|| Path::new("."))
                 .join("gateway-decisions.spool")
         });
@@ -443,6 +460,7 @@ impl Gateway {
             name: config.listen.clone(),
             authority: config.authority.clone(),
             token_file: config.token_file.clone(),
+            client_credentials: config.client_credentials.clone(),
             staleness: Duration::from_millis(config.staleness_ms),
             push_url,
             spool,

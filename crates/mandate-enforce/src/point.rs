@@ -49,8 +49,11 @@ pub struct PointConfig {
     pub name: String,
     /// The authority's base URL.
     pub authority: String,
-    /// A file holding an enforcer token (read again when it changes).
-    pub token_file: PathBuf,
+    /// A file holding an enforcer token (read again when it changes);
+    /// `None` with `client_credentials`.
+    pub token_file: Option<PathBuf>,
+    /// The enforcer token from the identity provider instead.
+    pub client_credentials: Option<crate::client::ClientCredentials>,
     /// Deny `state_stale` after this long without news from the authority.
     pub staleness: Duration,
     /// Where the authority pushes SETs (`None`: poll).
@@ -203,12 +206,23 @@ impl Point {
     pub fn start(config: PointConfig) -> Result<Arc<Self>, String> {
         // Read again whenever the file changes: a refreshed token is used
         // without a restart.
-        let client = AuthorityClient::with_token_file(&config.authority, &config.token_file)
-            .map_err(|e| format!("token_file: {e}"))?;
+        let client = match (&config.client_credentials, &config.token_file) {
+            (Some(_), _) => AuthorityClient::new(&config.authority, ""),
+            (None, Some(file)) => AuthorityClient::with_token_file(&config.authority, file)
+                .map_err(|e| format!("token_file: {e}"))?,
+            (None, None) => return Err("token_file or client_credentials: missing".into()),
+        };
         let client = match &config.authority_ca_file {
             Some(ca) => client
                 .with_ca_file(ca)
                 .map_err(|e| format!("authority_ca_file: {e}"))?,
+            None => client,
+        };
+        // The provider's token endpoint is reached with the same TLS trust.
+        let client = match &config.client_credentials {
+            Some(grant) => client
+                .with_grant(grant.clone())
+                .map_err(|e| format!("client_credentials: {e}"))?,
             None => client,
         };
         let keys = client.keys().map_err(|e| e.to_string())?;

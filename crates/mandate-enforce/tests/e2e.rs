@@ -296,7 +296,8 @@ fn start_gateway_with(
     let config = GatewayConfig {
         listen: listen.clone(),
         authority: format!("http://{authority}"),
-        token_file: dir.join("enforcer.token"),
+        token_file: Some(dir.join("enforcer.token")),
+        client_credentials: None,
         staleness_ms: 1500,
         delivery,
         push_url: None,

@@ -649,7 +649,8 @@ impl Proxy {
         let point = Point::start(PointConfig {
             name,
             authority: config.authority.clone(),
-            token_file: config.token_file.clone(),
+            token_file: Some(config.token_file.clone()),
+            client_credentials: None,
             staleness: Duration::from_millis(config.staleness_ms),
             push_url,
             spool,
