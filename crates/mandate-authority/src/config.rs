@@ -140,6 +140,45 @@ pub fn acceptable_push_url(u: &str, allowed: &[String]) -> bool {
     allowed.iter().any(|a| a.eq_ignore_ascii_case(&here))
 }
 
+impl ConsoleOidc {
+    /// Fills the endpoints not configured from the issuer's discovery
+    /// document (`<issuer>/.well-known/openid-configuration`, OpenID
+    /// Connect Discovery 1.0): its `issuer` must be this issuer exactly, and
+    /// each endpoint https (or http on loopback).
+    ///
+    /// # Errors
+    /// The document cannot be fetched or read, or names another issuer.
+    pub fn discover(&mut self) -> Result<(), String> {
+        if !self.authorization_endpoint.is_empty() && !self.token_endpoint.is_empty() {
+            return Ok(());
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let bytes = fetch(&url)?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("`{url}`: {e}"))?;
+        if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
+            return Err(format!("`{url}`: its issuer is not `{}`", self.issuer));
+        }
+        for (name, field) in [
+            ("authorization_endpoint", &mut self.authorization_endpoint),
+            ("token_endpoint", &mut self.token_endpoint),
+        ] {
+            if field.is_empty() {
+                let v = doc
+                    .get(name)
+                    .and_then(|v| v.as_str())
+                    .filter(|u| acceptable_jwks_url(u))
+                    .ok_or_else(|| format!("`{url}`: no acceptable {name}"))?;
+                *field = v.to_owned();
+            }
+        }
+        Ok(())
+    }
+}
+
 fn fetch(url: &str) -> Result<Vec<u8>, String> {
     if !acceptable_jwks_url(url) {
         return Err(format!("`{url}` must be https (or http on loopback)"));
@@ -322,8 +361,10 @@ pub struct ConsoleOidc {
     /// The IdP's issuer (also a `trusted_issuer`).
     pub issuer: String,
     /// Its authorization endpoint.
+    #[serde(default)]
     pub authorization_endpoint: String,
     /// Its token endpoint.
+    #[serde(default)]
     pub token_endpoint: String,
     /// This console's client id.
     pub client_id: String,
@@ -572,6 +613,10 @@ impl Config {
                 ("token_endpoint", &o.token_endpoint),
                 ("redirect_uri", &o.redirect_uri),
             ] {
+                // Empty: read from the issuer's discovery document at start.
+                if url.is_empty() && name != "redirect_uri" {
+                    continue;
+                }
                 if !acceptable_jwks_url(url) {
                     return Err(err(
                         format!("console_oidc.{name}"),

@@ -173,7 +173,7 @@ impl AppState {
     ///
     /// # Errors
     /// A message naming the file or setting that failed.
-    pub fn open(config: Config) -> Result<Arc<Self>, String> {
+    pub fn open(mut config: Config) -> Result<Arc<Self>, String> {
         let max_sessions = config.max_console_sessions;
         if config.proof_of_possession == mandate_core::pop::Mode::Bearer {
             tracing::warn!(
@@ -183,6 +183,9 @@ impl AppState {
         }
         config.validate().map_err(|e| e.to_string())?;
         crate::tls::set_outbound_ca(config.outbound_ca_file.as_deref())?;
+        if let Some(o) = config.console_oidc.as_mut() {
+            o.discover().map_err(|e| format!("console_oidc: {e}"))?;
+        }
         let dir = config.data_dir.clone();
         mandate_store::create_private_dir(&dir)
             .map_err(|e| format!("data_dir: {}: {e}", dir.display()))?;
