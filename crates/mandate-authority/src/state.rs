@@ -182,6 +182,16 @@ impl AppState {
             );
         }
         config.validate().map_err(|e| e.to_string())?;
+        if !config.console_identity.is_empty()
+            && config.listen_addr().is_ok_and(|a| !a.ip().is_loopback())
+        {
+            tracing::warn!(
+                identities = config.console_identity.len(),
+                "console_identity_on_any_address = true: anyone who reaches this address can sign \
+                 in to the console as a configured local identity with one click. For a \
+                 demonstration only; use console_oidc in production."
+            );
+        }
         crate::tls::set_outbound_ca(config.outbound_ca_file.as_deref())?;
         if let Some(o) = config.console_oidc.as_mut() {
             o.discover().map_err(|e| format!("console_oidc: {e}"))?;

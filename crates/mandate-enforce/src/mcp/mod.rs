@@ -108,8 +108,14 @@ pub struct McpConfig {
     pub listen: Option<String>,
     /// The authority's base URL.
     pub authority: String,
-    /// A file holding an enforcer token for the authority.
-    pub token_file: PathBuf,
+    /// A file holding an enforcer token for the authority (read again
+    /// when it changes). Or `[client_credentials]`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The enforcer token from the organisation's identity provider by the
+    /// client-credentials grant, renewed before it expires.
+    #[serde(default)]
+    pub client_credentials: Option<crate::client::ClientCredentials>,
     /// Deny `state_stale` after this long without news from the authority.
     #[serde(default = "default_staleness")]
     pub staleness_ms: u64,
@@ -259,6 +265,16 @@ impl McpConfig {
                 "listen",
                 "missing (Streamable HTTP needs an address; or give a server command after --)",
             ));
+        }
+        match (&self.token_file, &self.client_credentials) {
+            (Some(_), None) => {}
+            (None, Some(c)) => c.validate().map_err(|m| cerr("client_credentials", m))?,
+            _ => {
+                return Err(cerr(
+                    "token_file",
+                    "give exactly one of token_file and [client_credentials]",
+                ));
+            }
         }
         if self.delivery == Delivery::Push && self.listen.is_none() {
             return Err(cerr("delivery", "push needs `listen` (where SETs arrive)"));
@@ -641,7 +657,8 @@ impl Proxy {
         let spool = config.spool_file.clone().unwrap_or_else(|| {
             config
                 .token_file
-                .parent()
+                .as_deref()
+                .and_then(Path::parent)
                 .unwrap_or_else(|| Path::new("."))
                 .join("mcp-decisions.spool")
         });
@@ -649,8 +666,8 @@ impl Proxy {
         let point = Point::start(PointConfig {
             name,
             authority: config.authority.clone(),
-            token_file: Some(config.token_file.clone()),
-            client_credentials: None,
+            token_file: config.token_file.clone(),
+            client_credentials: config.client_credentials.clone(),
             staleness: Duration::from_millis(config.staleness_ms),
             push_url,
             spool,
@@ -993,6 +1010,20 @@ mod tests {
         assert!(decimal("1e3").is_none());
         assert!(decimal("12.").is_none());
         assert!(decimal("-3.25").is_some());
+    }
+
+    #[test]
+    fn the_proxy_takes_a_token_file_or_client_credentials_not_both() {
+        let base = "listen = \"127.0.0.1:9100\"\nauthority = \"http://127.0.0.1:8080\"\n";
+        let server = "\n[[server]]\nname = \"v\"\nurl = \"http://127.0.0.1:9000/mcp\"\nlocation_base = \"https://v.example\"\n";
+        let grant = "\n[client_credentials]\ntoken_endpoint = \"https://idp.example/token\"\nclient_id = \"mcp-1\"\nclient_secret_file = \"s\"\n";
+        let parse = |t: &str| toml::from_str::<McpConfig>(t).unwrap().validate(false);
+        assert!(parse(&format!("{base}token_file = \"t\"\n{server}")).is_ok());
+        assert!(parse(&format!("{base}{server}{grant}")).is_ok());
+        let both = parse(&format!("{base}token_file = \"t\"\n{server}{grant}")).unwrap_err();
+        assert_eq!(both.setting, "token_file");
+        let neither = parse(&format!("{base}{server}")).unwrap_err();
+        assert_eq!(neither.setting, "token_file");
     }
 
     #[test]
