@@ -71,25 +71,59 @@ impl<'de> Visitor<'de> for NoDuplicatesVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicates, A::Error> {
         // Objects are small: a linear scan beats hashing until they are not.
-        let mut few: Vec<std::borrow::Cow<'de, str>> = Vec::new();
-        let mut many: HashSet<std::borrow::Cow<'de, str>> = HashSet::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        // Keys are borrowed from the input when they have no escapes, so
+        // the common object costs no allocation per member.
+        let mut few: Vec<Key<'de>> = Vec::new();
+        let mut many: HashSet<Key<'de>> = HashSet::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
             let duplicate = if many.is_empty() && few.len() < 32 {
-                let d = few.contains(&key);
-                few.push(key.clone());
-                d
+                few.contains(&key)
             } else {
                 if many.is_empty() {
                     many.extend(few.drain(..));
                 }
-                !many.insert(key.clone())
+                many.contains(&key)
             };
             if duplicate {
-                return Err(de::Error::custom(format!("{DUPLICATE_MARK} `{key}`")));
+                return Err(de::Error::custom(format!("{DUPLICATE_MARK} `{}`", key.0)));
+            }
+            if many.is_empty() && few.len() < 32 {
+                few.push(key);
+            } else {
+                many.insert(key);
             }
             map.next_value::<NoDuplicates>()?;
         }
         Ok(NoDuplicates)
+    }
+}
+
+/// A member name: borrowed from the input when it has no escapes.
+#[derive(PartialEq, Eq, Hash)]
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(std::borrow::Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+        Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+        Ok(Key(std::borrow::Cow::Owned(v)))
     }
 }
 
