@@ -241,6 +241,19 @@ impl IssuerKeys {
                 }
                 _ => e.to_string(),
             })?;
+        // Issued in the future (beyond the leeway): a clock that cannot be
+        // trusted, or a token made ahead of its time.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if data
+            .claims
+            .get("iat")
+            .and_then(Value::as_u64)
+            .is_some_and(|iat| iat > now + LEEWAY_SECS)
+        {
+            return Err("issued in the future".into());
+        }
         Ok(data.claims)
     }
 }

@@ -134,6 +134,7 @@ fn forged_misdirected_and_unmappable_tokens_are_refused_with_the_reason() {
         ("jku_header", "names its own key"),
         ("expired", "expired"),
         ("not_yet_valid", "not yet valid"),
+        ("issued_in_the_future", "issued in the future"),
         ("wrong_audience", "wrong audience"),
         ("untrusted_issuer", "untrusted issuer"),
         ("id_token_typed_as_dpop", "typ"),

@@ -89,6 +89,7 @@ tokens = {
     "jku_header": sign(entra, jku="https://evil.example/jwks.json"),
     "expired": sign({**entra, "iat": now - 4000, "nbf": now - 4000, "exp": now - 3600}),
     "not_yet_valid": sign({**entra, "nbf": now + 3600}),
+    "issued_in_the_future": sign({**entra, "iat": now + 3600, "nbf": now}),
     "wrong_audience": sign({**entra, "aud": "api://someone-else"}),
     "untrusted_issuer": sign({**entra, "iss": "https://evil.example"}),
     "id_token_typed_as_dpop": sign(entra, typ="dpop+jwt"),
