@@ -218,6 +218,37 @@ fn decode_fixed<const N: usize>(s: &str, field: &'static str) -> Result<[u8; N],
     v.try_into().map_err(|_| KeyError::Encoding(field))
 }
 
+/// How many decoded Ed25519 keys are kept (then the cache starts again).
+const POINT_CACHE: usize = 4096;
+
+/// An Ed25519 public key decoded from its 32 bytes and checked (a valid,
+/// not small-order point). Decoding costs a field exponentiation, and the
+/// same holder keys come back in every decision of their agents, so valid
+/// keys are kept by their exact bytes (bounded; an invalid key is never
+/// kept, and costs its decoding every time, as before).
+fn ed25519_point(bytes: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
+    static CACHE: std::sync::OnceLock<
+        std::sync::RwLock<std::collections::HashMap<[u8; 32], ed25519_dalek::VerifyingKey>>,
+    > = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Ok(c) = cache.read()
+        && let Some(k) = c.get(bytes)
+    {
+        return Ok(*k);
+    }
+    let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidPoint)?;
+    if key.is_weak() {
+        return Err(KeyError::InvalidPoint);
+    }
+    if let Ok(mut c) = cache.write() {
+        if c.len() >= POINT_CACHE {
+            c.clear();
+        }
+        c.insert(*bytes, key);
+    }
+    Ok(key)
+}
+
 impl VerifyingKey {
     /// Decodes and checks a public JWK: supported type, valid strong point,
     /// `alg` (when given) consistent with the type, no private part. The key
@@ -235,12 +266,7 @@ impl VerifyingKey {
                     return Err(KeyError::Encoding("y"));
                 }
                 let bytes = decode_fixed::<32>(&jwk.x, "x")?;
-                let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-                    .map_err(|_| KeyError::InvalidPoint)?;
-                if key.is_weak() {
-                    return Err(KeyError::InvalidPoint);
-                }
-                PublicInner::Ed25519(key)
+                PublicInner::Ed25519(ed25519_point(&bytes)?)
             }
             ("EC", "P-256") => {
                 let x = decode_fixed::<32>(&jwk.x, "x")?;
