@@ -16,72 +16,24 @@
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_mandate")
+mod common;
+use common::{Guard, bin, free_port, wait_for_port};
+
+fn temp(name: &str) -> PathBuf {
+    common::temp("mcp", name)
+}
+
+fn token(dir: &Path, sub: &str, role: &str) -> String {
+    common::token(&dir.join("data"), sub, role)
 }
 
 fn interop(file: &str) -> String {
     format!("{}/tests/interop/{file}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "mandate-mcp-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A child process stopped gracefully (SIGTERM, then waited for) when
-/// dropped; killed only if it does not stop within 10 s.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.0.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while let Ok(None) = self.0.try_wait() {
-                if Instant::now() > deadline {
-                    let _ = self.0.kill();
-                    let _ = self.0.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-fn wait_for_port(child: &mut Child, port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited: {status}");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
@@ -103,25 +55,6 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &st
         head.split_whitespace().nth(1).unwrap().parse().unwrap(),
         serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
     )
-}
-
-fn token(dir: &Path, sub: &str, role: &str) -> String {
-    let out = Command::new(bin())
-        .args([
-            "token",
-            "--sub",
-            sub,
-            "--role",
-            role,
-            "--tenant",
-            "acme",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn holder() -> mandate_core::keys::SigningKey {

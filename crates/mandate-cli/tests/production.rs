@@ -16,70 +16,18 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{Guard, bin, free_port, token, wait_for_port};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose};
 use serde_json::{Value, json};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_mandate")
-}
-
-fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "mandate-tls-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child stopped gracefully (SIGTERM, waited for) when dropped; killed
-/// only if it does not stop within 10 s.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.0.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while let Ok(None) = self.0.try_wait() {
-                if Instant::now() > deadline {
-                    let _ = self.0.kill();
-                    let _ = self.0.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-fn wait_for_port(child: &mut Child, port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited: {status}");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn temp_dir(name: &str) -> PathBuf {
+    common::temp("tls", name)
 }
 
 /// A private CA that signs server certificates for 127.0.0.1.
@@ -192,25 +140,6 @@ fn https(
     })
 }
 
-fn token(data: &Path, sub: &str, role: &str) -> String {
-    let out = Command::new(bin())
-        .args([
-            "token",
-            "--sub",
-            sub,
-            "--role",
-            role,
-            "--tenant",
-            "acme",
-            "--data-dir",
-        ])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// `mandate serve` over TLS with the CA's certificate.
 struct Authority {
     dir: PathBuf,
@@ -227,7 +156,7 @@ impl Authority {
 
     /// With `config` (TOML) as its `--config` file.
     fn start_with(name: &str, config: &str) -> Self {
-        let dir = temp(name);
+        let dir = temp_dir(name);
         std::fs::write(dir.join("authority.toml"), config).unwrap();
         let ca = Ca::new();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
@@ -357,7 +286,7 @@ fn a_renewed_certificate_is_served_without_a_restart() {
 
 #[test]
 fn plain_http_off_loopback_and_half_a_tls_pair_are_refused_at_start() {
-    let dir = temp("refuse");
+    let dir = temp_dir("refuse");
     let out = Command::new(bin())
         .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(dir.join("data"))
@@ -836,7 +765,7 @@ fn openid_provider_with(
 
 #[test]
 fn a_gateway_gets_its_token_from_the_identity_provider_by_client_credentials_and_renews_it() {
-    let tmp = temp("op");
+    let tmp = temp_dir("op");
     let secret = "gateway-secret-of-good-length";
     let (_op, op_port, log) = openid_provider(&tmp, secret, 4);
     // The authority trusts the provider: RS256 access tokens (at+jwt) for
@@ -929,7 +858,7 @@ scope = "mandate"
 
 #[test]
 fn an_enforcement_point_may_prove_its_identity_with_a_signed_assertion_instead_of_a_secret() {
-    let tmp = temp("op-pkjwt");
+    let tmp = temp_dir("op-pkjwt");
     let key =
         mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [77; 32]);
     std::fs::write(

@@ -197,24 +197,18 @@ impl GatewayConfig {
         if !(self.upstream.starts_with("http://") || self.upstream.starts_with("https://")) {
             return Err(cerr("upstream", "must be an http:// or https:// URL"));
         }
-        match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(_), Some(_)) => {}
-            (None, None) => {
-                plain_http_check(&listen, self.allow_plain_http).map_err(|m| cerr("listen", m))?
-            }
-            (Some(_), None) => return Err(cerr("tls_key_file", "missing (tls_cert_file is set)")),
-            (None, Some(_)) => return Err(cerr("tls_cert_file", "missing (tls_key_file is set)")),
-        }
-        match (&self.token_file, &self.client_credentials) {
-            (Some(_), None) => {}
-            (None, Some(c)) => c.validate().map_err(|m| cerr("client_credentials", m))?,
-            _ => {
-                return Err(cerr(
-                    "token_file",
-                    "give exactly one of token_file and [client_credentials]",
-                ));
-            }
-        }
+        crate::point::check_listener(
+            &listen,
+            self.tls_cert_file.as_deref(),
+            self.tls_key_file.as_deref(),
+            self.allow_plain_http,
+        )
+        .map_err(|(setting, m)| cerr(setting, m))?;
+        crate::point::check_credentials(
+            self.token_file.as_deref(),
+            self.client_credentials.as_ref(),
+        )
+        .map_err(|(setting, m)| cerr(setting, m))?;
         if !(1..=86_400).contains(&self.key_refresh_secs) {
             return Err(cerr("key_refresh_secs", "must be between 1 and 86400"));
         }
@@ -381,24 +375,7 @@ fn default_key_refresh() -> u64 {
     crate::point::KEY_REFRESH.as_secs()
 }
 
-/// Refuses plain HTTP on an address that is not loopback, unless allowed
-/// (a gateway behind a proxy that terminates TLS).
-///
-/// # Errors
-/// What to set instead.
-pub fn plain_http_check(
-    listen: &std::net::SocketAddr,
-    allow_plain_http: bool,
-) -> Result<(), String> {
-    if listen.ip().is_loopback() || allow_plain_http {
-        return Ok(());
-    }
-    Err(format!(
-        "{listen}: plain HTTP is served on loopback only; give a certificate and key \
-         (tls_cert_file, tls_key_file) or, behind a proxy that terminates TLS, set \
-         allow_plain_http = true"
-    ))
-}
+pub use crate::point::plain_http_check;
 
 /// `https` when the config serves TLS, else `http`.
 #[must_use]

@@ -71,6 +71,63 @@ pub struct PointConfig {
     pub key_refresh: Duration,
 }
 
+/// Refuses plain HTTP on an address that is not loopback, unless allowed
+/// (an enforcement point behind a proxy that terminates TLS).
+///
+/// # Errors
+/// What to set instead.
+pub fn plain_http_check(
+    listen: &std::net::SocketAddr,
+    allow_plain_http: bool,
+) -> Result<(), String> {
+    if listen.ip().is_loopback() || allow_plain_http {
+        return Ok(());
+    }
+    Err(format!(
+        "{listen}: plain HTTP is served on loopback only; give a certificate and key \
+         (tls_cert_file, tls_key_file) or, behind a proxy that terminates TLS, set \
+         allow_plain_http = true"
+    ))
+}
+
+/// An enforcement point's listener settings: a whole TLS pair, or plain
+/// HTTP where [`plain_http_check`] allows it.
+///
+/// # Errors
+/// The setting at fault and what is wrong.
+pub fn check_listener(
+    listen: &std::net::SocketAddr,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    allow_plain_http: bool,
+) -> Result<(), (&'static str, String)> {
+    match (cert, key) {
+        (Some(_), Some(_)) => Ok(()),
+        (None, None) => plain_http_check(listen, allow_plain_http).map_err(|m| ("listen", m)),
+        (Some(_), None) => Err(("tls_key_file", "missing (tls_cert_file is set)".into())),
+        (None, Some(_)) => Err(("tls_cert_file", "missing (tls_key_file is set)".into())),
+    }
+}
+
+/// An enforcement point's credential for the authority: exactly one of a
+/// token file and `[client_credentials]`.
+///
+/// # Errors
+/// The setting at fault and what is wrong.
+pub fn check_credentials(
+    token_file: Option<&std::path::Path>,
+    grant: Option<&crate::client::ClientCredentials>,
+) -> Result<(), (&'static str, String)> {
+    match (token_file, grant) {
+        (Some(_), None) => Ok(()),
+        (None, Some(c)) => c.validate().map_err(|m| ("client_credentials", m)),
+        _ => Err((
+            "token_file",
+            "give exactly one of token_file and [client_credentials]".into(),
+        )),
+    }
+}
+
 /// How often an enforcement point fetches the authority's keys by default
 /// (a rotated key is published ahead of its use for longer than this).
 pub const KEY_REFRESH: Duration = Duration::from_secs(60);

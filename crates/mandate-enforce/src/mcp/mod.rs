@@ -249,33 +249,24 @@ impl McpConfig {
             let addr = l
                 .parse::<std::net::SocketAddr>()
                 .map_err(|_| cerr("listen", format!("`{l}` is not HOST:PORT")))?;
-            match (&self.tls_cert_file, &self.tls_key_file) {
-                (Some(_), Some(_)) => {}
-                (None, None) => crate::gateway::plain_http_check(&addr, self.allow_plain_http)
-                    .map_err(|m| cerr("listen", m))?,
-                (Some(_), None) => {
-                    return Err(cerr("tls_key_file", "missing (tls_cert_file is set)"));
-                }
-                (None, Some(_)) => {
-                    return Err(cerr("tls_cert_file", "missing (tls_key_file is set)"));
-                }
-            }
+            crate::point::check_listener(
+                &addr,
+                self.tls_cert_file.as_deref(),
+                self.tls_key_file.as_deref(),
+                self.allow_plain_http,
+            )
+            .map_err(|(setting, m)| cerr(setting, m))?;
         } else if !stdio {
             return Err(cerr(
                 "listen",
                 "missing (Streamable HTTP needs an address; or give a server command after --)",
             ));
         }
-        match (&self.token_file, &self.client_credentials) {
-            (Some(_), None) => {}
-            (None, Some(c)) => c.validate().map_err(|m| cerr("client_credentials", m))?,
-            _ => {
-                return Err(cerr(
-                    "token_file",
-                    "give exactly one of token_file and [client_credentials]",
-                ));
-            }
-        }
+        crate::point::check_credentials(
+            self.token_file.as_deref(),
+            self.client_credentials.as_ref(),
+        )
+        .map_err(|(setting, m)| cerr(setting, m))?;
         if self.delivery == Delivery::Push && self.listen.is_none() {
             return Err(cerr("delivery", "push needs `listen` (where SETs arrive)"));
         }
