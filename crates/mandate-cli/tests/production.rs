@@ -111,8 +111,10 @@ fn https(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    // One write: the request whole in one TLS record, nothing left for the
+    // server to find unread when it closes after answering.
+    req.push_str(body);
     tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    tls.write_all(body.as_bytes()).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     // A server that closes without close_notify is an error here only when
     // nothing was read.
