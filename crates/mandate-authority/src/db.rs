@@ -124,7 +124,7 @@ pub struct NewMandate<'a> {
 /// When the insert fails (a duplicate id included).
 pub fn insert_mandate(tx: &mut Tx<'_>, m: &NewMandate<'_>) -> Result<(), StoreError> {
     let claims =
-        serde_json::to_string(m.claims).map_err(|e| StoreError::Rejected(e.to_string()))?;
+        serde_json::to_string(m.claims).map_err(|e| StoreError::Encoding(e.to_string()))?;
     let id = m.claims.mandate_id.as_str();
     let now = tx.now_ms();
     tx.conn().execute(
@@ -158,7 +158,8 @@ pub fn insert_mandate(tx: &mut Tx<'_>, m: &NewMandate<'_>) -> Result<(), StoreEr
 /// out of a terminal state is refused with `409`.
 ///
 /// # Errors
-/// `409 ...` as [`StoreError::Rejected`] for an impossible move.
+/// [`StoreError::Refused`]: not found for an unknown id, a conflict for a
+/// move out of a terminal state.
 pub fn transition(
     tx: &mut Tx<'_>,
     id: &str,
@@ -175,19 +176,20 @@ pub fn transition(
         )
         .optional()?;
     let Some((current, tenant)) = current else {
-        return Err(StoreError::Rejected(format!(
-            "409 mandate `{id}` is unknown"
-        )));
+        return Err(StoreError::not_found(format!("mandate `{id}`")));
     };
     let from = MandateState::from_name(&current);
     if from == to {
         return Ok(Vec::new());
     }
     if is_terminal(from) {
-        return Err(StoreError::Rejected(format!(
-            "409 mandate `{id}` is {current}: it cannot become {}",
-            state_name(to)
-        )));
+        return Err(StoreError::conflict(
+            "terminal",
+            format!(
+                "mandate `{id}` is {current}: it cannot become {}",
+                state_name(to)
+            ),
+        ));
     }
     let mut changed = Vec::new();
     set_state(tx, &tenant, id, from, to, by, reason, None, &mut changed)?;
@@ -292,4 +294,15 @@ pub fn first_inactive_in_lineage(
         next = parent;
     }
     Ok(None)
+}
+
+/// Whether a database error is a uniqueness (primary key) violation.
+#[must_use]
+pub fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
 }

@@ -65,10 +65,15 @@ impl ApiError {
 
 impl From<mandate_store::StoreError> for ApiError {
     fn from(e: mandate_store::StoreError) -> Self {
+        use mandate_store::Refusal;
         match e {
-            mandate_store::StoreError::Rejected(m) if m.starts_with("409 ") => {
-                Self::conflict("conflict", m.trim_start_matches("409 "))
-            }
+            mandate_store::StoreError::Refused(r) => match r {
+                Refusal::Conflict { code, detail } => Self::conflict(code, detail),
+                Refusal::NotFound { what } => Self::not_found(&what),
+                Refusal::Forbidden { detail } => Self::forbidden(detail),
+                Refusal::Malformed { detail } => Self::bad_request(detail),
+                Refusal::Invalid { code, detail } => Self::unprocessable(code, detail),
+            },
             other => Self::internal(other),
         }
     }

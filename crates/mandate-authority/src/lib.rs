@@ -24,6 +24,7 @@ pub mod push;
 pub mod registry;
 pub mod routes;
 pub mod server;
+pub mod service;
 pub mod signals;
 pub mod state;
 pub mod tls;

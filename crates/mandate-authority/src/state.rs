@@ -204,7 +204,7 @@ impl AppState {
             SigningKey::from_private_jwk(&authority.to_private_jwk()).map_err(|e| e.to_string())?;
         let store = Arc::new(Store::open(&dir, checkpoint_key).map_err(|e| e.to_string())?);
         let registry = store
-            .read(|c| Registry::load(c).map_err(mandate_store::StoreError::Rejected))
+            .read(|c| Registry::load(c).map_err(mandate_store::StoreError::Corrupt))
             .map_err(|e| e.to_string())?;
 
         let ring = crate::keyring::Live::open(&dir, crate::auth::now_secs() * 1000)?;
@@ -286,7 +286,7 @@ impl AppState {
         self.store
             .read(|c| {
                 reg.refresh(c, ids)
-                    .map_err(mandate_store::StoreError::Rejected)
+                    .map_err(mandate_store::StoreError::Corrupt)
             })
             .map_err(ApiError::internal)
     }

@@ -35,3 +35,6 @@ mod peers;
 
 #[path = "api/identity.rs"]
 mod identity;
+
+#[path = "api/listing.rs"]
+mod listing;

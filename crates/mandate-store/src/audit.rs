@@ -177,10 +177,10 @@ pub fn expand(r: AuditRecord) -> Vec<AuditRecord> {
 pub fn canonical(v: &Value) -> Result<String, StoreError> {
     if already_canonical(v) {
         return serde_json::to_string(v)
-            .map_err(|e| StoreError::Rejected(format!("canonical JSON: {e}")));
+            .map_err(|e| StoreError::Encoding(format!("canonical JSON: {e}")));
     }
     serde_json_canonicalizer::to_string(v)
-        .map_err(|e| StoreError::Rejected(format!("canonical JSON: {e}")))
+        .map_err(|e| StoreError::Encoding(format!("canonical JSON: {e}")))
 }
 
 /// Whether `serde_json`'s compact output of `v` is its RFC 8785 form:
@@ -348,7 +348,7 @@ pub(crate) fn write_checkpoint(
         records: head.seq,
         prev: prev.clone(),
     };
-    let payload = serde_json::to_vec(&cp).map_err(|e| StoreError::Rejected(e.to_string()))?;
+    let payload = serde_json::to_vec(&cp).map_err(|e| StoreError::Encoding(e.to_string()))?;
     let jws = mandate_core::jws::sign(key, CHECKPOINT_TYP, &payload);
     let tmp = path.with_extension("tmp");
     let io = |e: std::io::Error| StoreError::io(path, &e);
@@ -599,7 +599,7 @@ pub fn records_for_tree(
     let tree = stmt
         .query_map(params![mandate_id], |r| r.get::<_, String>(0))?
         .collect::<Result<std::collections::BTreeSet<String>, _>>()?;
-    let ids = serde_json::to_string(&tree).map_err(|e| StoreError::Rejected(e.to_string()))?;
+    let ids = serde_json::to_string(&tree).map_err(|e| StoreError::Encoding(e.to_string()))?;
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM audit WHERE seq IN
            (SELECT seq FROM audit_refs WHERE mandate_id IN (SELECT value FROM json_each(?1)))
@@ -856,6 +856,135 @@ mod tests {
         #[test]
         fn canonical_is_rfc_8785_whichever_path_it_takes(v in value()) {
             prop_assert_eq!(canonical(&v).unwrap(), general(&v));
+        }
+    }
+}
+
+/// Where a page of the log stops: strictly before record `seq` (before item
+/// `item` of it, for a batch of shipped decisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The record.
+    pub seq: i64,
+    /// The item of a batch; `None` for a whole record.
+    pub item: Option<u32>,
+}
+
+impl Position {
+    /// Where `r` stands.
+    #[must_use]
+    pub fn of(r: &AuditRecord) -> Self {
+        Self {
+            seq: r.seq,
+            item: r.item,
+        }
+    }
+
+    /// Whether `r` comes after this position in newest-first order.
+    fn precedes(self, r: &AuditRecord) -> bool {
+        r.seq < self.seq
+            || (r.seq == self.seq && matches!((self.item, r.item), (Some(a), Some(b)) if b < a))
+    }
+}
+
+/// One page of a tenant's log, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPage {
+    /// The records (batches expanded), newest first.
+    pub records: Vec<AuditRecord>,
+    /// Where the next page starts, when the log may go on.
+    pub next: Option<Position>,
+}
+
+/// Records scanned at most for one page; a page that filters out most of
+/// the log ends early with a position to go on from.
+pub const SCAN_BUDGET: usize = 5_000;
+
+/// A page of `tenant`'s log, newest first, batches of shipped decisions
+/// expanded: up to `limit` records before `before` that `keep` accepts,
+/// restricted to the tree of `mandate` (itself and its descendants) when
+/// given. At most [`SCAN_BUDGET`] stored records are read; `next` is set
+/// whenever records may remain.
+///
+/// # Errors
+/// When the query fails.
+pub fn page(
+    conn: &Connection,
+    tenant: &str,
+    mandate: Option<&str>,
+    before: Option<Position>,
+    limit: usize,
+    mut keep: impl FnMut(&AuditRecord) -> bool,
+) -> Result<LogPage, StoreError> {
+    const CHUNK: i64 = 256;
+    let tree: Option<std::collections::BTreeSet<String>> = match mandate {
+        Some(id) => {
+            let mut stmt = conn.prepare_cached(
+                "WITH RECURSIVE tree(id) AS (SELECT ?1 UNION SELECT m.id FROM mandates m JOIN tree t ON m.parent_id = t.id)
+                 SELECT id FROM tree",
+            )?;
+            Some(
+                stmt.query_map(params![id], |r| r.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        None => None,
+    };
+    let ids = match &tree {
+        Some(t) => Some(serde_json::to_string(t).map_err(|e| StoreError::Encoding(e.to_string()))?),
+        None => None,
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM audit WHERE tenant = ?1 AND seq <= ?2
+           AND (?3 IS NULL OR seq IN
+                (SELECT seq FROM audit_refs WHERE mandate_id IN (SELECT value FROM json_each(?3))))
+         ORDER BY seq DESC LIMIT ?4"
+    ))?;
+    let mut upto = before.map_or(i64::MAX, |p| p.seq);
+    let mut scanned = 0usize;
+    let mut out = Vec::new();
+    loop {
+        let rows = stmt
+            .query_map(params![tenant, upto, ids, CHUNK], row_to_record)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) == CHUNK;
+        for r in rows {
+            scanned += 1;
+            let seq = r.seq;
+            upto = seq - 1;
+            let mut items = expand(r);
+            items.reverse();
+            for item in items {
+                if before.is_some_and(|p| !p.precedes(&item)) {
+                    continue;
+                }
+                if let Some(t) = &tree
+                    && item.item.is_some()
+                    && !chain_ids(&item.body).any(|id| t.contains(id))
+                {
+                    continue;
+                }
+                if !keep(&item) {
+                    continue;
+                }
+                out.push(item);
+                if out.len() == limit {
+                    let next = out.last().map(Position::of);
+                    return Ok(LogPage { records: out, next });
+                }
+            }
+            if scanned >= SCAN_BUDGET && upto > 0 {
+                return Ok(LogPage {
+                    records: out,
+                    next: Some(Position { seq, item: None }),
+                });
+            }
+        }
+        if !full || upto < 1 {
+            return Ok(LogPage {
+                records: out,
+                next: None,
+            });
         }
     }
 }

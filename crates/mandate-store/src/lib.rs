@@ -18,7 +18,7 @@ use mandate_core::keys::SigningKey;
 use rusqlite::Connection;
 
 pub mod audit;
-mod schema;
+pub mod schema;
 
 pub use audit::{AuditHead, AuditRecord, VerifyReport};
 
@@ -39,9 +39,97 @@ pub enum StoreError {
     /// The writer thread is gone (the store is shutting down).
     #[error("the store is closed")]
     Closed,
-    /// A job refused to commit; its changes were rolled back.
+    /// A job refused to commit for a reason of the domain (a conflict, an
+    /// unknown id, ...); its changes were rolled back.
     #[error("{0}")]
-    Rejected(String),
+    Refused(Refusal),
+    /// A value could not be encoded for storage.
+    #[error("encoding: {0}")]
+    Encoding(String),
+    /// The batch's transaction did not commit; nothing in it is stored.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// The database's schema cannot be used by this release.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// Stored data could not be read back as what it should be.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Why the authority refused an operation: the kind decides the answer
+/// (409, 404, 403, 422), the code is stable for clients, the detail names
+/// the field or the object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The operation conflicts with the current state (a terminal mandate,
+    /// a request decided meanwhile, an event id reused).
+    #[error("{detail}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// What conflicts.
+        detail: String,
+    },
+    /// The object does not exist (or belongs to another tenant).
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The caller may not do this.
+    #[error("{detail}")]
+    Forbidden {
+        /// Why.
+        detail: String,
+    },
+    /// A parameter is malformed (a bad cursor, a limit out of range).
+    #[error("{detail}")]
+    Malformed {
+        /// The parameter and the problem.
+        detail: String,
+    },
+    /// The input is well-formed but cannot be accepted.
+    #[error("{detail}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// The field and the problem.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// A conflict with the current state.
+    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::Conflict {
+            code,
+            detail: detail.into(),
+        })
+    }
+    /// An unknown object.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::Refused(Refusal::NotFound { what: what.into() })
+    }
+    /// A malformed parameter.
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::Malformed {
+            detail: detail.into(),
+        })
+    }
+    /// The caller may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::Forbidden {
+            detail: detail.into(),
+        })
+    }
+    /// Input that cannot be accepted.
+    pub fn invalid(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::Invalid {
+            code,
+            detail: detail.into(),
+        })
+    }
 }
 
 impl StoreError {
@@ -236,7 +324,7 @@ impl Store {
         let path = database_path(dir);
         restrict_database_files(&path)?;
         let mut wconn = open_connection(&path)?;
-        schema::migrate(&wconn)?;
+        schema::migrate(&mut wconn)?;
         let head = audit::head(&wconn)?;
         let reader = open_connection(&path)?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -438,7 +526,7 @@ fn writer_loop(
                 for job in batch {
                     let _ = job
                         .reply
-                        .send(Err(StoreError::Rejected(format!("commit failed: {msg}"))));
+                        .send(Err(StoreError::Commit(msg.clone())));
                 }
             }
         }

@@ -1,10 +1,37 @@
-//! The schema, created on first open.
+//! The schema and its versioned migrations.
+//!
+//! The version lives in SQLite's `user_version`. Migration `i` (from 1)
+//! takes a database from version `i - 1` to `i`, in one transaction with the
+//! version bump, so a crash leaves either the old schema or the new one.
+//! Version 1 is the schema of the first releases, which did not record a
+//! version: its statements are all `IF NOT EXISTS`, so a database they wrote
+//! (version 0, tables present) passes through it unchanged and is then
+//! upgraded like any other. A database from a newer release is refused
+//! rather than written by code that does not know its schema.
 
 use rusqlite::Connection;
 
 use crate::StoreError;
 
-const SCHEMA: &str = r"
+/// The migrations, oldest first: what each does, and its SQL.
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("the first releases' schema", SCHEMA_1),
+    (
+        "indexes for listing requests, mandates and audit records by tenant, newest first",
+        SCHEMA_2,
+    ),
+];
+
+/// The schema version this release writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+const SCHEMA_2: &str = r"
+CREATE INDEX IF NOT EXISTS requests_tenant_created ON requests(tenant, created_ms, id);
+CREATE INDEX IF NOT EXISTS mandates_tenant_created ON mandates(tenant, created_ms, id);
+CREATE INDEX IF NOT EXISTS audit_tenant_seq ON audit(tenant, seq);
+";
+
+const SCHEMA_1: &str = r"
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -122,7 +149,41 @@ CREATE TABLE IF NOT EXISTS stream_verifications (
 );
 ";
 
-pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(SCHEMA)?;
-    crate::audit::backfill_refs(conn)
+/// The schema version of an open database (0: written before versions were
+/// recorded, or empty).
+///
+/// # Errors
+/// When the pragma cannot be read.
+pub fn version(conn: &Connection) -> Result<u32, StoreError> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
+/// Brings the database to [`SCHEMA_VERSION`]; returns the version it had.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
+    let found = version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Schema(format!(
+            "the database has schema version {found}, written by a newer release; this one knows up to {SCHEMA_VERSION} (upgrade mandate, or restore a backup made before the newer release ran)"
+        )));
+    }
+    let fresh = found == 0
+        && !conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit')",
+            [],
+            |r| r.get::<_, bool>(0),
+        )?;
+    for (i, (what, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let to = i + 1;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        if to == 1 {
+            crate::audit::backfill_refs(&tx)?;
+        }
+        tx.pragma_update(None, "user_version", to)?;
+        tx.commit()?;
+        if !fresh {
+            tracing::info!(version = to, what, "database schema migrated");
+        }
+    }
+    Ok(found)
 }

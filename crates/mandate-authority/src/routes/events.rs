@@ -103,10 +103,10 @@ pub async fn apply(
                     .and_then(Value::as_str)
                     .is_none_or(|d| d == digest);
                 if !same {
-                    return Err(mandate_store::StoreError::Rejected(format!(
-                        "409 id: `{}` was already used for a different event",
-                        ev2.id
-                    )));
+                    return Err(mandate_store::StoreError::conflict(
+                        "event_id_reused",
+                        format!("id: `{}` was already used for a different event", ev2.id),
+                    ));
                 }
                 return Ok((true, Vec::new(), None));
             }
@@ -135,12 +135,7 @@ pub async fn apply(
             }
             Ok((false, ended, facts))
         })
-        .await
-        .map_err(|e| match e {
-            mandate_store::StoreError::Rejected(m) if m.starts_with("422 ") => ApiError::unprocessable("invalid_facts", m.trim_start_matches("422 ")),
-            mandate_store::StoreError::Rejected(m) if m.starts_with("409 ") => ApiError::conflict("event_id_reused", m.trim_start_matches("409 ")),
-            other => other.into(),
-        })?;
+        .await?;
     let (replayed, ended, facts) = outcome;
     if replayed {
         return Ok((true, Vec::new()));

@@ -64,7 +64,7 @@ pub fn write_facts(
     cause: &str,
 ) -> Result<i64, mandate_store::StoreError> {
     Facts::from_json(doc.clone())
-        .map_err(|e| mandate_store::StoreError::Rejected(format!("422 {e}")))?;
+        .map_err(|e| mandate_store::StoreError::invalid("invalid_facts", e.to_string()))?;
     let (_, version) = read_facts(tx.conn(), tenant)?;
     let next = version + 1;
     tx.conn().execute(
@@ -198,13 +198,7 @@ async fn set(
             let v = write_facts(tx, &tenant, &next, &by, "api")?;
             Ok((next, v))
         })
-        .await
-        .map_err(|e| match e {
-            mandate_store::StoreError::Rejected(m) if m.starts_with("422 ") => {
-                ApiError::unprocessable("invalid_facts", m.trim_start_matches("422 "))
-            }
-            other => other.into(),
-        })?;
+        .await?;
     let facts = Facts::from_json(doc.clone()).map_err(ApiError::internal)?;
     s.with_registry_mut(|r| crate::registry::set_facts(r, &caller.tenant, facts))?;
     s.signals.notify_waiters();

@@ -122,9 +122,10 @@ async fn move_to(
                     return Ok(Vec::new());
                 }
                 if st != "suspended" {
-                    return Err(StoreError::Rejected(format!(
-                        "409 mandate `{id2}` is {st}: it cannot be resumed"
-                    )));
+                    return Err(StoreError::conflict(
+                        "not_suspended",
+                        format!("mandate `{id2}` is {st}: it cannot be resumed"),
+                    ));
                 }
             }
             db::transition(tx, &id2, to, &by, &reason)
@@ -282,9 +283,10 @@ pub async fn amend(
                 |r| r.get(0),
             )?;
             if current != "active" {
-                return Err(StoreError::Rejected(format!(
-                    "409 mandate `{old}` is {current}: only an active mandate is amended (resume it first)"
-                )));
+                return Err(StoreError::conflict(
+                    "not_active",
+                    format!("mandate `{old}` is {current}: only an active mandate is amended (resume it first)"),
+                ));
             }
             let changed = db::transition(tx, &old, MandateState::Superseded, &by, &reason)?;
             tx.conn().execute(
@@ -381,9 +383,10 @@ pub async fn register_child(
             // Under an ended (or suspended) parent, a child is not recorded
             // as active: it is refused.
             if let Some((which, state)) = db::first_inactive_in_lineage(tx.conn(), &parent)? {
-                return Err(StoreError::Rejected(format!(
-                    "409 mandate `{which}` is {state}: no child can be registered under it"
-                )));
+                return Err(StoreError::conflict(
+                    "not_active",
+                    format!("mandate `{which}` is {state}: no child can be registered under it"),
+                ));
             }
             db::insert_mandate(
                 tx,
@@ -401,11 +404,8 @@ pub async fn register_child(
         })
         .await
         .map_err(|e| match e {
-            StoreError::Sqlite(_) => {
+            StoreError::Sqlite(e) if db::is_unique_violation(&e) => {
                 ApiError::conflict("conflict", "a mandate with this id is already registered")
-            }
-            StoreError::Rejected(m) if m.starts_with("409 ") => {
-                ApiError::conflict("not_active", m.trim_start_matches("409 "))
             }
             other => other.into(),
         })?;
@@ -519,9 +519,10 @@ pub async fn discovery(
         .write(move |tx| {
             // Under an ended (or suspended) parent, no grant is issued.
             if let Some((which, state)) = db::first_inactive_in_lineage(tx.conn(), &parent)? {
-                return Err(StoreError::Rejected(format!(
-                    "409 mandate `{which}` is {state}: no discovery grant can be issued under it"
-                )));
+                return Err(StoreError::conflict(
+                    "not_active",
+                    format!("mandate `{which}` is {state}: no discovery grant can be issued under it"),
+                ));
             }
             db::insert_mandate(
                 tx,

@@ -12,6 +12,7 @@ pub mod authzen;
 pub mod events;
 pub mod facts;
 pub mod lifecycle;
+pub mod listing;
 pub mod oauth;
 pub mod openapi;
 pub mod ops;
@@ -59,7 +60,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/audit/decisions",
             post(authzen::ship).layer(DefaultBodyLimit::max(state.config.shipment_limit)),
         )
-        .route("/v1/requests", post(requests::create))
+        .route(
+            "/v1/requests",
+            get(listing::requests).post(requests::create),
+        )
+        .route("/v1/mandates", get(listing::mandates))
+        .route("/v1/audit", get(listing::audit))
         .route("/v1/requests/{id}", get(requests::show))
         .route("/v1/requests/{id}/approve", post(requests::approve))
         .route("/v1/requests/{id}/deny", post(requests::deny))

@@ -408,7 +408,7 @@ pub async fn approve(
                 params![id2, who, now, claims.mandate_id.as_str()],
             )?;
             if n != 1 {
-                return Err(mandate_store::StoreError::Rejected("409 the request was decided meanwhile".into()));
+                return Err(mandate_store::StoreError::conflict("decided", "the request was decided meanwhile"));
             }
             tx.audit(Some(&tenant), "approved", Some(claims.mandate_id.as_str()), json!({"request": id2, "by": who, "consent_sha256": consent, "grant_ref": claims.principal.grant_ref}))?;
             db::insert_mandate(
@@ -484,8 +484,9 @@ pub async fn deny(
             // Approved (or denied) by someone else meanwhile: exactly one
             // outcome, and this one is not it.
             if n != 1 {
-                return Err(mandate_store::StoreError::Rejected(
-                    "409 the request was decided meanwhile".into(),
+                return Err(mandate_store::StoreError::conflict(
+                    "decided",
+                    "the request was decided meanwhile",
                 ));
             }
             tx.audit(Some(&tenant), "request_denied", None, json!({"request": id2, "by": who, "reason": reason}))?;

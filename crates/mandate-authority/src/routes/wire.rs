@@ -263,3 +263,93 @@ pub struct Health {
     /// How many audit records the log holds.
     pub audit_records: i64,
 }
+
+/// One request in `GET /v1/requests`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RequestSummary {
+    /// The request's id.
+    pub id: String,
+    /// `pending`, `approved` or `denied`.
+    pub state: String,
+    /// Whom it is addressed to.
+    pub principal: String,
+    /// The agent (caller subject) that made it.
+    pub agent: String,
+    /// When it was made (ms since the epoch).
+    pub created_ms: i64,
+    /// The mandate issued, once approved.
+    pub mandate_id: Option<String>,
+    /// The request as made.
+    pub request: Value,
+}
+
+/// `GET /v1/requests`: one page, newest first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RequestList {
+    /// The requests.
+    pub items: Vec<RequestSummary>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// One mandate in `GET /v1/mandates`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct MandateSummary {
+    /// The mandate's id.
+    pub mandate_id: String,
+    /// `active`, `suspended`, `revoked`, `expired`, `completed` or `superseded`.
+    pub state: String,
+    /// Its parent, for a delegated or discovered mandate.
+    pub parent: Option<String>,
+    /// The principal who granted it.
+    pub principal: String,
+    /// The agent it was issued to.
+    pub agent: String,
+    /// The mission's objective.
+    pub objective: String,
+    /// When the authority recorded it (ms since the epoch).
+    pub created_ms: i64,
+    /// Its hard expiry (seconds since the epoch).
+    pub hard_expiry: i64,
+}
+
+/// `GET /v1/mandates`: one page, newest first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct MandateList {
+    /// The mandates.
+    pub items: Vec<MandateSummary>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// One audit record in `GET /v1/audit` (a decision out of a shipped batch
+/// is one record, named `SEQ.ITEM`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AuditEntry {
+    /// `SEQ` or `SEQ.ITEM`: what `mandate audit explain` takes.
+    pub reference: String,
+    /// Position in the log.
+    pub seq: i64,
+    /// When it was committed (ms since the epoch).
+    pub at_ms: i64,
+    /// `decision`, `issued`, `revoked`, `event`, ...
+    pub kind: String,
+    /// The mandate it is about.
+    pub mandate_id: Option<String>,
+    /// The details.
+    pub body: Value,
+    /// The stored record's chained hash.
+    pub hash: String,
+}
+
+/// `GET /v1/audit`: one page, newest first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AuditList {
+    /// The records.
+    pub items: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
