@@ -65,16 +65,32 @@ impl ApiError {
 
 impl From<mandate_store::StoreError> for ApiError {
     fn from(e: mandate_store::StoreError) -> Self {
-        use mandate_store::Refusal;
         match e {
-            mandate_store::StoreError::Refused(r) => match r {
-                Refusal::Conflict { code, detail } => Self::conflict(code, detail),
-                Refusal::NotFound { what } => Self::not_found(&what),
-                Refusal::Forbidden { detail } => Self::forbidden(detail),
-                Refusal::Malformed { detail } => Self::bad_request(detail),
-                Refusal::Invalid { code, detail } => Self::unprocessable(code, detail),
-            },
+            mandate_store::StoreError::Refused(r) => r.into(),
             other => Self::internal(other),
+        }
+    }
+}
+
+impl From<mandate_store::Refusal> for ApiError {
+    fn from(r: mandate_store::Refusal) -> Self {
+        use mandate_store::Refusal;
+        match r {
+            Refusal::Conflict { code, detail } => Self::conflict(&code, detail),
+            Refusal::NotFound { what } => Self::not_found(&what),
+            Refusal::Forbidden { detail } => Self::forbidden(detail),
+            Refusal::Malformed { detail } => Self::bad_request(detail),
+            Refusal::Invalid { code, detail } => Self::unprocessable(&code, detail),
+        }
+    }
+}
+
+impl From<crate::service::Error> for ApiError {
+    fn from(e: crate::service::Error) -> Self {
+        match e {
+            crate::service::Error::Refused(r) => r.into(),
+            crate::service::Error::Store(e) => Self::internal(e),
+            crate::service::Error::Internal(m) => Self::internal(m),
         }
     }
 }

@@ -67,7 +67,7 @@ pub enum Refusal {
     #[error("{detail}")]
     Conflict {
         /// Stable code.
-        code: &'static str,
+        code: String,
         /// What conflicts.
         detail: String,
     },
@@ -93,7 +93,7 @@ pub enum Refusal {
     #[error("{detail}")]
     Invalid {
         /// Stable code.
-        code: &'static str,
+        code: String,
         /// The field and the problem.
         detail: String,
     },
@@ -101,9 +101,9 @@ pub enum Refusal {
 
 impl StoreError {
     /// A conflict with the current state.
-    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
         Self::Refused(Refusal::Conflict {
-            code,
+            code: code.to_owned(),
             detail: detail.into(),
         })
     }
@@ -124,9 +124,9 @@ impl StoreError {
         })
     }
     /// Input that cannot be accepted.
-    pub fn invalid(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn invalid(code: &str, detail: impl Into<String>) -> Self {
         Self::Refused(Refusal::Invalid {
-            code,
+            code: code.to_owned(),
             detail: detail.into(),
         })
     }
@@ -524,9 +524,7 @@ fn writer_loop(
                 head = audit::head(conn).unwrap_or(before);
                 let msg = e.to_string();
                 for job in batch {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Commit(msg.clone())));
+                    let _ = job.reply.send(Err(StoreError::Commit(msg.clone())));
                 }
             }
         }

@@ -4,13 +4,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Form;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use mandate_core::model::MandateClaims;
 use mandate_store::audit;
-use rusqlite::params;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,6 +17,7 @@ use super::{User, cookie};
 use crate::auth::Role;
 use crate::db::state_name;
 use crate::error::ApiError;
+use crate::service;
 use crate::state::AppState;
 
 type Page = Result<Response, Response>;
@@ -58,6 +57,56 @@ fn fail(u: Option<&User>, status: StatusCode, message: &str) -> Response {
 
 fn api_fail(u: &User, e: &ApiError) -> Response {
     fail(Some(u), e.status, &e.detail)
+}
+
+/// A service error as a page: its status and detail (a 500 says no more).
+fn service_fail(u: &User, e: service::Error) -> Response {
+    api_fail(u, &ApiError::from(e))
+}
+
+/// A link to the next page of a list: `path` with the filters and the
+/// cursor URL-encoded as a query, then HTML-escaped for the attribute.
+fn next_link(path: &str, filters: &[(&str, &str)], next: Option<&str>, label: &str) -> String {
+    let Some(cursor) = next else {
+        return String::new();
+    };
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in filters {
+        if !v.is_empty() {
+            q.append_pair(k, v);
+        }
+    }
+    q.append_pair("cursor", cursor);
+    format!(
+        r#"<p class="pager"><a rel="next" href="{}?{}">{}</a></p>"#,
+        esc(path),
+        esc(&q.finish()),
+        esc(label)
+    )
+}
+
+/// The page of a list to show.
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    #[serde(default)]
+    cursor: String,
+    #[serde(default)]
+    limit: String,
+}
+
+/// The page asked for: `limit` (else `default`) items after `cursor`.
+fn paging(
+    u: &User,
+    limit: &str,
+    cursor: &str,
+    default: usize,
+) -> Result<service::listing::Paging, Response> {
+    let mut p = service::listing::Paging::parse(Some(limit), Some(cursor))
+        .map_err(|e| service_fail(u, service::Error::from(e)))?;
+    if limit.trim().is_empty() {
+        p.limit = default;
+    }
+    Ok(p)
 }
 
 fn me(u: &User) -> Option<(&str, &str, &str)> {
@@ -184,41 +233,42 @@ fn sees(u: &User, principal: &str) -> bool {
 
 /// `GET /console/requests`: pending requests addressed to this principal
 /// (an admin: the tenant's).
-pub async fn requests(State(s): State<Arc<AppState>>, u: User) -> Page {
-    let tenant = u.caller().tenant.clone();
-    let rows: Vec<(String, String, String, String)> = s
-        .store
-        .read(|c| {
-            let mut st = c.prepare("SELECT id, principal, agent_sub, body FROM requests WHERE tenant = ?1 AND state = 'pending' ORDER BY created_ms")?;
-            let rows = st.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+pub async fn requests(State(s): State<Arc<AppState>>, u: User, Query(q): Query<PageQuery>) -> Page {
+    let list = service::listing::requests(
+        &s.store,
+        u.caller(),
+        Some("pending"),
+        None,
+        &paging(&u, &q.limit, &q.cursor, LIST_PAGE)?,
+    )
+    .map_err(|e| service_fail(&u, e.into()))?;
     let mut body = String::from(
-        "<table><caption>Pending requests</caption><tr><th>Request</th><th>Agent</th><th>Objective</th><th>Principal</th></tr>",
+        "<table><caption>Pending requests, newest first</caption><tr><th>Request</th><th>Agent</th><th>Objective</th><th>Principal</th></tr>",
     );
-    let mut n = 0;
-    for (id, principal, agent, req) in rows.iter().filter(|r| sees(&u, &r.1)) {
-        let req: Value = serde_json::from_str(req).unwrap_or(Value::Null);
+    for r in &list.items {
         let _ = write!(
             body,
             r#"<tr><td><a href="/console/requests/{}">Review</a></td><td>{} <small>({})</small></td><td>{}</td><td>{}</td></tr>"#,
-            esc(id),
-            escv(at(&req, "/agent/id")),
-            esc(agent),
-            escv(at(&req, "/purpose/objective")),
-            esc(principal)
+            esc(&r.id),
+            escv(at(&r.body, "/agent/id")),
+            esc(&r.agent),
+            escv(at(&r.body, "/purpose/objective")),
+            esc(&r.principal)
         );
-        n += 1;
     }
     body.push_str("</table>");
-    if n == 0 {
+    if list.items.is_empty() && q.cursor.is_empty() {
         body = "<p>No request is waiting for you.</p>".into();
     }
+    body.push_str(&next_link(
+        "/console/requests",
+        &[("limit", q.limit.trim())],
+        list.next.as_deref(),
+        "Older requests →",
+    ));
     Ok(html(page("Requests", me(&u), &body)))
 }
 
-/// SHA-256 (hex) of the HTML a page showed: the evidence recorded when it is approved.
 fn digest(shown: &str) -> String {
     hex::encode(mandate_core::hash::sha256(shown.as_bytes()))
 }
@@ -369,22 +419,12 @@ fn load_request(
     u: &User,
     id: &str,
 ) -> Result<(String, String, String, Value), Response> {
-    let tenant = u.caller().tenant.clone();
-    let row: Option<(String, String, String, String)> = s
-        .store
-        .read(|c| {
-            Ok(rusqlite::OptionalExtension::optional(c.query_row(
-                "SELECT principal, agent_sub, state, body FROM requests WHERE id = ?1 AND tenant = ?2",
-                params![id, tenant],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            ))?)
-        })
-        .map_err(|e| fail(Some(u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
-    match row {
-        Some((p, a, st, b)) if sees(u, &p) => {
-            Ok((p, a, st, serde_json::from_str(&b).unwrap_or(Value::Null)))
+    match service::requests::load(s, u.caller(), id) {
+        Ok(r) if sees(u, &r.principal) => Ok((r.principal, r.agent_sub, r.state, r.body)),
+        Ok(_) | Err(service::Error::Refused(service::Refusal::NotFound { .. })) => {
+            Err(fail(Some(u), StatusCode::NOT_FOUND, "request not found"))
         }
-        _ => Err(fail(Some(u), StatusCode::NOT_FOUND, "request not found")),
+        Err(e) => Err(service_fail(u, e)),
     }
 }
 
@@ -441,17 +481,11 @@ pub async fn approve(
             "the request changed since the page was shown; review it again",
         ));
     }
-    let consent = crate::routes::requests::consent_hash(&req).map_err(|e| api_fail(&u, &e))?;
-    let body = Bytes::from(json!({"consent_sha256": consent}).to_string());
-    let answer = crate::routes::requests::approve(
-        State(Arc::clone(&s)),
-        u.caller().clone(),
-        Path(id.clone()),
-        body,
-    )
-    .await
-    .map_err(|e| api_fail(&u, &e))?;
-    let mandate_id = answer.0.mandate_id.clone();
+    let consent = service::requests::consent_hash(&req).map_err(|e| service_fail(&u, e))?;
+    let answer = service::requests::approve(&s, u.caller(), &id, Some(&consent))
+        .await
+        .map_err(|e| service_fail(&u, e))?;
+    let mandate_id = answer.mandate_id.clone();
     let (tenant, who, mid) = (
         u.caller().tenant.clone(),
         u.caller().sub.clone(),
@@ -486,15 +520,18 @@ pub async fn deny(
     Form(f): Form<DenyForm>,
 ) -> Page {
     u.check_csrf(&f.csrf)?;
-    let body = Bytes::from(json!({"reason": f.reason}).to_string());
-    let _denied = crate::routes::requests::deny(State(s), u.caller().clone(), Path(id), body)
+    service::requests::deny(&s, u.caller(), &id, Some(f.reason))
         .await
-        .map_err(|e| api_fail(&u, &e))?;
+        .map_err(|e| service_fail(&u, e))?;
     Ok(Redirect::to("/console/requests").into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct MandateFilter {
+    #[serde(default)]
+    cursor: String,
+    #[serde(default)]
+    limit: String,
     #[serde(default)]
     state: String,
     #[serde(default)]
@@ -509,31 +546,19 @@ pub async fn mandates(
     u: User,
     Query(q): Query<MandateFilter>,
 ) -> Page {
-    let tenant = u.caller().tenant.clone();
-    let mut rows: Vec<(String, String, String, String, String)> = s
-        .with_registry(|r| {
-            r.in_tenant(&tenant)
-                .filter(|m| sees(&u, &m.principal))
-                .filter(|m| q.state.is_empty() || state_name(m.state) == q.state)
-                .filter(|m| q.agent.is_empty() || m.claims.agent.id.as_str().contains(&q.agent))
-                .filter(|m| q.principal.is_empty() || m.principal.contains(&q.principal))
-                .map(|m| {
-                    (
-                        m.id.to_string(),
-                        state_name(m.state).to_owned(),
-                        m.claims.agent.id.to_string(),
-                        m.principal.clone(),
-                        m.claims.purpose.objective.clone(),
-                    )
-                })
-                .collect()
-        })
-        .map_err(|e| api_fail(&u, &e))?;
-    rows.sort();
+    let list = service::listing::mandates(
+        &s.store,
+        u.caller(),
+        Some(q.state.as_str()),
+        Some(q.agent.as_str()),
+        Some(q.principal.as_str()),
+        &paging(&u, &q.limit, &q.cursor, LIST_PAGE)?,
+    )
+    .map_err(|e| service_fail(&u, e.into()))?;
     let mut body = format!(
         r#"<form method="get" action="/console/mandates"><label>State <select name="state"><option value="">any</option>{}</select></label>
 <label>Agent <input name="agent" value="{}"></label><label>Principal <input name="principal" value="{}"></label><button type="submit">Filter</button></form>
-<table><caption>{} mandate(s)</caption><tr><th>Mandate</th><th>State</th><th>Agent</th><th>Principal</th><th>Objective</th></tr>"#,
+<table><caption>{} mandate(s) on this page, newest first</caption><tr><th>Mandate</th><th>State</th><th>Agent</th><th>Principal</th><th>Objective</th></tr>"#,
         [
             "active",
             "suspended",
@@ -550,20 +575,31 @@ pub async fn mandates(
         .collect::<String>(),
         esc(&q.agent),
         esc(&q.principal),
-        rows.len()
+        list.items.len()
     );
-    for (id, st, agent, principal, objective) in &rows {
+    for m in &list.items {
         let _ = write!(
             body,
             r#"<tr><td><a href="/console/mandates/{0}">{0}</a></td><td class="state">{1}</td><td>{2}</td><td>{3}</td><td>{4}</td></tr>"#,
-            esc(id),
-            esc(st),
-            esc(agent),
-            esc(principal),
-            esc(objective)
+            esc(&m.mandate_id),
+            esc(&m.state),
+            esc(&m.agent),
+            esc(&m.principal),
+            esc(&m.objective)
         );
     }
     body.push_str("</table>");
+    body.push_str(&next_link(
+        "/console/mandates",
+        &[
+            ("state", &q.state),
+            ("agent", &q.agent),
+            ("principal", &q.principal),
+            ("limit", q.limit.trim()),
+        ],
+        list.next.as_deref(),
+        "Older mandates →",
+    ));
     Ok(html(page("Mandates", me(&u), &body)))
 }
 
@@ -589,7 +625,12 @@ fn descendants(s: &AppState, tenant: &str, id: &str) -> Vec<(String, String, usi
 
 /// `GET /console/mandates/{id}`: fields, revisions, delegation tree and the
 /// timeline, with attempts after the end marked.
-pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<String>) -> Page {
+pub async fn mandate(
+    State(s): State<Arc<AppState>>,
+    u: User,
+    Path(id): Path<String>,
+    Query(pq): Query<PageQuery>,
+) -> Page {
     let tenant = u.caller().tenant.clone();
     let m = s
         .with_registry(|r| r.get(&tenant, &id).cloned())
@@ -638,24 +679,7 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
         "granted",
         "What was granted",
     ));
-    let (sup, sup_by): (Option<String>, Option<String>) = s
-        .store
-        .read(|cn| {
-            let by: Option<String> = cn
-                .query_row(
-                    "SELECT superseded_by FROM mandates WHERE id = ?1",
-                    params![id],
-                    |r| r.get(0),
-                )
-                .unwrap_or(None);
-            let of: Option<String> = rusqlite::OptionalExtension::optional(cn.query_row(
-                "SELECT id FROM mandates WHERE superseded_by = ?1",
-                params![id],
-                |r| r.get(0),
-            ))?;
-            Ok((of, by))
-        })
-        .unwrap_or((None, None));
+    let (sup, sup_by) = service::lifecycle::revisions(&s, u.caller(), &id).unwrap_or((None, None));
     if let Some(of) = sup {
         let _ = write!(
             body,
@@ -711,17 +735,36 @@ pub async fn mandate(State(s): State<Arc<AppState>>, u: User, Path(id): Path<Str
                 esc(&serde_json::to_string_pretty(&c.authorization_details).unwrap_or_default())
         );
     }
+    // The newest page of the tree's records (with the business events that
+    // changed any of them), shown in order; older pages by the link below.
+    let filter = service::listing::AuditFilter {
+        mandate: Some(id.clone()),
+        ..service::listing::AuditFilter::default()
+    };
+    let paging = paging(&u, &pq.limit, &pq.cursor, TIMELINE_PAGE)?;
+    let list = service::listing::audit(&s.store, u.caller(), &filter, &paging)
+        .map_err(|e| service_fail(&u, e.into()))?;
     let (records, end) = s
         .store
         .read(|cn| {
-            let mut records = audit::records_for_tree(cn, &id)?;
+            let mut records = list.items;
             let events = audit::events_behind(cn, &records)?;
             records.extend(events);
-            records.sort_by_key(|r| r.seq);
+            records.sort_by_key(|r| (r.seq, r.item));
+            records.dedup_by_key(|r| (r.seq, r.item));
             Ok((records, audit::after_end(cn, &id)?.0))
         })
         .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
-    body.push_str(r#"<h2>Timeline</h2><table><tr><th>#</th><th>When</th><th>What</th><th>Mandate</th><th>Details</th></tr>"#);
+    body.push_str(r#"<h2>Timeline</h2>"#);
+    body.push_str(&next_link(
+        &format!("/console/mandates/{id}"),
+        &[("limit", pq.limit.trim())],
+        list.next.as_deref(),
+        "← Earlier records",
+    ));
+    body.push_str(
+        r#"<table><tr><th>#</th><th>When</th><th>What</th><th>Mandate</th><th>Details</th></tr>"#,
+    );
     for r in &records {
         let after_end = r.kind == "decision"
             && end
@@ -879,37 +922,45 @@ pub async fn act(
     Form(f): Form<ActForm>,
 ) -> Page {
     u.check_csrf(&f.csrf)?;
-    let caller = u.caller().clone();
-    let reason = Bytes::from(json!({"reason": f.reason}).to_string());
-    let st = State(Arc::clone(&s));
-    let result = match f.op.as_str() {
-        "suspend" => crate::routes::lifecycle::suspend(st, caller, Path(id.clone()), reason)
+    use service::lifecycle::{Amendment, Move, amend, transition};
+    let caller = u.caller();
+    let reason = Some(f.reason.clone());
+    let target = match f.op.as_str() {
+        "suspend" => transition(&s, caller, &id, Move::Suspend, reason)
             .await
-            .map(|a| axum::Json(json!({"mandate_id": a.0.mandate_id}))),
-        "resume" => crate::routes::lifecycle::resume(st, caller, Path(id.clone()), reason)
+            .map(|_| id.clone()),
+        "resume" => transition(&s, caller, &id, Move::Resume, reason)
             .await
-            .map(|a| axum::Json(json!({"mandate_id": a.0.mandate_id}))),
-        "revoke" => crate::routes::lifecycle::revoke(st, caller, Path(id.clone()), reason)
+            .map(|_| id.clone()),
+        "revoke" => transition(&s, caller, &id, Move::Revoke, reason)
             .await
-            .map(|a| axum::Json(json!({"mandate_id": a.0.mandate_id}))),
+            .map(|_| id.clone()),
         "amend" => {
-            let body = Bytes::from(
-                json!({"hard_expiry": f.hard_expiry.trim(), "reason": "amended in the console"})
-                    .to_string(),
-            );
-            crate::routes::lifecycle::amend(st, caller, Path(id.clone()), body)
+            // Who may is checked (and a refusal audited) before the form is read.
+            let m = service::lifecycle::find(&s, caller, &id).map_err(|e| service_fail(&u, e))?;
+            service::lifecycle::governs(&s, caller, &m, "amend mandates")
                 .await
-                .map(|a| axum::Json(json!({"mandate_id": a.0.mandate_id})))
+                .map_err(|e| service_fail(&u, e))?;
+            let expiry = mandate_core::timestamp::UnixTime::parse_rfc3339(f.hard_expiry.trim())
+                .map_err(|e| {
+                    fail(
+                        Some(&u),
+                        StatusCode::BAD_REQUEST,
+                        &format!("hard_expiry: {e}"),
+                    )
+                })?;
+            let a = Amendment {
+                hard_expiry: Some(expiry),
+                reason: Some("amended in the console".to_owned()),
+                ..Amendment::default()
+            };
+            amend(&s, caller, &id, a)
+                .await
+                .map(|a| a.mandate_id.to_string())
         }
         _ => return Err(fail(Some(&u), StatusCode::BAD_REQUEST, "unknown operation")),
-    };
-    let answer = result.map_err(|e| api_fail(&u, &e))?;
-    let target = answer
-        .0
-        .get("mandate_id")
-        .and_then(Value::as_str)
-        .unwrap_or(&id)
-        .to_owned();
+    }
+    .map_err(|e| service_fail(&u, e))?;
     Ok(Redirect::to(&format!("/console/mandates/{target}")).into_response())
 }
 
@@ -925,60 +976,52 @@ pub struct AuditFilter {
     from: String,
     #[serde(default)]
     to: String,
+    #[serde(default)]
+    cursor: String,
+    #[serde(default)]
+    limit: String,
 }
 
-fn filtered(s: &AppState, u: &User, q: &AuditFilter) -> Result<Vec<audit::AuditRecord>, Response> {
-    let tenant = u.caller().tenant.clone();
-    let from = mandate_core::timestamp::UnixTime::parse_rfc3339(q.from.trim())
-        .map(|t| t.secs() * 1000)
-        .ok();
-    let to = mandate_core::timestamp::UnixTime::parse_rfc3339(q.to.trim())
-        .map(|t| t.secs() * 1000)
-        .ok();
-    let visible: std::collections::HashSet<String> = s
-        .with_registry(|r| {
-            r.in_tenant(&tenant)
-                .filter(|m| sees(u, &m.principal))
-                .map(|m| m.id.to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    let records = s
-        .store
-        .read(|c| {
-            if q.mandate.trim().is_empty() {
-                audit::all_expanded(c)
-            } else {
-                audit::records_for_tree(c, q.mandate.trim())
-            }
-        })
-        .map_err(|e| fail(Some(u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
-    Ok(records
-        .into_iter()
-        .filter(|r| r.tenant.as_deref() == Some(tenant.as_str()))
-        .filter(|r| {
-            u.caller().role == Role::Admin
-                || r.mandate_id.as_ref().is_some_and(|m| visible.contains(m))
-        })
-        .filter(|r| {
-            q.agent.is_empty()
-                || at(&r.body, "/agent")
-                    .as_str()
-                    .is_some_and(|a| a.contains(&q.agent))
-        })
-        .filter(|r| {
-            q.outcome.is_empty() || at(&r.body, "/decision").as_str() == Some(q.outcome.as_str())
-        })
-        .filter(|r| {
-            from.is_none_or(|f| audit::decided_at(r) >= f)
-                && to.is_none_or(|t| audit::decided_at(r) <= t)
-        })
-        .collect())
+impl AuditFilter {
+    fn parsed(&self, u: &User) -> Result<service::listing::AuditFilter, Response> {
+        service::listing::AuditFilter::parse(
+            Some(&self.mandate),
+            Some(&self.agent),
+            Some(&self.outcome),
+            Some(&self.from),
+            Some(&self.to),
+        )
+        .map_err(|e| service_fail(u, e.into()))
+    }
+
+    fn pairs(&self) -> [(&'static str, &str); 6] {
+        [
+            ("limit", self.limit.trim()),
+            ("mandate", self.mandate.trim()),
+            ("agent", self.agent.trim()),
+            ("outcome", self.outcome.trim()),
+            ("from", self.from.trim()),
+            ("to", self.to.trim()),
+        ]
+    }
 }
 
-/// `GET /console/audit`: search, export, and the result of verification.
+/// Items per page of the request and mandate lists.
+const LIST_PAGE: usize = 50;
+
+/// Records per page of a mandate's timeline.
+const TIMELINE_PAGE: usize = 200;
+
+/// Records per page of the audit page.
+const AUDIT_PAGE: usize = 200;
+
+/// `GET /console/audit`: search (one page at a time, newest first), export,
+/// and the result of verification.
 pub async fn audit(State(s): State<Arc<AppState>>, u: User, Query(q): Query<AuditFilter>) -> Page {
-    let records = filtered(&s, &u, &q)?;
+    let filter = q.parsed(&u)?;
+    let paging = paging(&u, &q.limit, &q.cursor, AUDIT_PAGE)?;
+    let list = service::listing::audit(&s.store, u.caller(), &filter, &paging)
+        .map_err(|e| service_fail(&u, e.into()))?;
     let key = s.checkpoint_key.clone();
     let report = s
         .store
@@ -995,19 +1038,17 @@ pub async fn audit(State(s): State<Arc<AppState>>, u: User, Query(q): Query<Audi
             esc(what)
         ),
     };
-    let qs = format!(
-        "mandate={}&agent={}&outcome={}&from={}&to={}",
-        esc(&q.mandate),
-        esc(&q.agent),
-        esc(&q.outcome),
-        esc(&q.from),
-        esc(&q.to)
-    );
+    let mut export = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in q.pairs().into_iter().skip(1) {
+        if !v.is_empty() {
+            export.append_pair(k, v);
+        }
+    }
     let mut body = format!(
         r#"{verdict}<form method="get" action="/console/audit"><label>Mandate <input name="mandate" value="{}"></label><label>Agent <input name="agent" value="{}"></label>
 <label>Outcome <select name="outcome"><option value="">any</option><option{}>allow</option><option{}>deny</option></select></label>
 <label>From (RFC 3339) <input name="from" value="{}"></label><label>To <input name="to" value="{}"></label><button type="submit">Search</button></form>
-<p><a href="/console/audit/export?{qs}">Export these records as JSON lines</a></p><table><caption>{} record(s)</caption><tr><th>#</th><th>Kind</th><th>Mandate</th><th>Details</th></tr>"#,
+<p><a href="/console/audit/export?{}">Export every matching record as JSON lines</a></p><table><caption>{} record(s) on this page, newest first</caption><tr><th>#</th><th>Kind</th><th>Mandate</th><th>Details</th></tr>"#,
         esc(&q.mandate),
         esc(&q.agent),
         if q.outcome == "allow" {
@@ -1018,9 +1059,10 @@ pub async fn audit(State(s): State<Arc<AppState>>, u: User, Query(q): Query<Audi
         if q.outcome == "deny" { " selected" } else { "" },
         esc(&q.from),
         esc(&q.to),
-        records.len()
+        esc(&export.finish()),
+        list.items.len()
     );
-    for r in records.iter().rev().take(500) {
+    for r in &list.items {
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
@@ -1031,14 +1073,36 @@ pub async fn audit(State(s): State<Arc<AppState>>, u: User, Query(q): Query<Audi
         );
     }
     body.push_str("</table>");
+    body.push_str(&next_link(
+        "/console/audit",
+        &q.pairs(),
+        list.next.as_deref(),
+        "Older records →",
+    ));
     Ok(html(page("Audit", me(&u), &body)))
 }
 
-/// `GET /console/audit/export`: the filtered records as JSON lines.
+/// `GET /console/audit/export`: every matching record as JSON lines, oldest
+/// first (read page by page).
 pub async fn export(State(s): State<Arc<AppState>>, u: User, Query(q): Query<AuditFilter>) -> Page {
-    let records = filtered(&s, &u, &q)?;
+    let filter = q.parsed(&u)?;
+    let mut paging = service::listing::Paging {
+        limit: service::listing::MAX_LIMIT,
+        cursor: None,
+    };
+    let mut records = Vec::new();
+    loop {
+        let list = service::listing::audit(&s.store, u.caller(), &filter, &paging)
+            .map_err(|e| service_fail(&u, e.into()))?;
+        records.extend(list.items);
+        match list.next {
+            Some(next) => paging.cursor = Some(next),
+            None => break,
+        }
+    }
     let text: String = records
         .iter()
+        .rev()
         .map(|r| format!("{}\n", serde_json::to_string(r).unwrap_or_default()))
         .collect();
     Ok((
@@ -1058,40 +1122,28 @@ pub async fn export(State(s): State<Arc<AppState>>, u: User, Query(q): Query<Aud
 /// events, with the mandates each one ended.
 pub async fn facts(State(s): State<Arc<AppState>>, u: User) -> Page {
     let tenant = u.caller().tenant.clone();
-    let (facts, events, ended) = s
-        .store
-        .read(|c| {
-            let (facts, version) = crate::routes::facts::read_facts(c, &tenant)?;
-            let mut st = c.prepare("SELECT idempotency_id, type, subject, occurred_ms FROM events WHERE tenant = ?1 ORDER BY received_ms DESC LIMIT 100")?;
-            let events: Vec<(String, String, Option<String>, i64)> = st.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
-            let mut st = c.prepare("SELECT mandate_id, record FROM audit WHERE tenant = ?1 AND kind IN ('completed', 'suspended', 'revoked')")?;
-            let ended: Vec<(String, Value)> = st
-                .query_map(params![tenant], |r| Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or(Value::Null))))?
-                .collect::<Result<_, _>>()?;
-            Ok(((facts, version), events, ended))
-        })
-        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let facts = service::events::facts(&s, &tenant).map_err(|e| service_fail(&u, e))?;
+    let events = service::events::recent(&s, &tenant, 100).map_err(|e| service_fail(&u, e))?;
     let mut body = format!(
         "<h2>Mission facts (version {})</h2><pre>{}</pre><h2>Recent business events</h2><table><tr><th>Event</th><th>Type</th><th>Subject</th><th>Occurred</th><th>Ended or suspended</th></tr>",
         facts.1,
         esc(&serde_json::to_string_pretty(&facts.0).unwrap_or_default())
     );
-    for (eid, ty, subject, at_ms) in &events {
-        let by = format!("event:{eid}");
-        let hit: Vec<String> = ended
+    for e in &events {
+        let hit: Vec<String> = e
+            .changed
             .iter()
-            .filter(|(_, r)| at(r, "/body/by").as_str() == Some(by.as_str()))
-            .map(|(m, r)| format!("{} ({})", m, at(r, "/kind").as_str().unwrap_or("")))
+            .map(|(m, kind)| format!("{m} ({kind})"))
             .collect();
-        let when = mandate_core::timestamp::UnixTime::from_secs(at_ms.div_euclid(1000))
+        let when = mandate_core::timestamp::UnixTime::from_secs(e.occurred_ms.div_euclid(1000))
             .map(|t| t.to_rfc3339())
             .unwrap_or_default();
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(eid),
-            esc(ty),
-            esc(subject.as_deref().unwrap_or("")),
+            esc(&e.id),
+            esc(&e.type_),
+            esc(e.subject.as_deref().unwrap_or("")),
             esc(&when),
             esc(&hit.join(", "))
         );
@@ -1180,16 +1232,22 @@ pub async fn scope(
         );
         return Ok(html(page("Approve a wider scope", me(&u), &body)));
     }
-    let body = Bytes::from(json!({"authorization_details": details, "reason": if added.is_empty() { "scope narrowed in the console" } else { "scope widened with a fresh approval" }}).to_string());
-    let answer = crate::routes::lifecycle::amend(
-        State(Arc::clone(&s)),
-        u.caller().clone(),
-        Path(id.clone()),
-        body,
-    )
-    .await
-    .map_err(|e| api_fail(&u, &e))?;
-    let new_id = answer.0.mandate_id.to_string();
+    let a = service::lifecycle::Amendment {
+        authorization_details: Some(details),
+        reason: Some(
+            if added.is_empty() {
+                "scope narrowed in the console"
+            } else {
+                "scope widened with a fresh approval"
+            }
+            .to_owned(),
+        ),
+        ..service::lifecycle::Amendment::default()
+    };
+    let answer = service::lifecycle::amend(&s, u.caller(), &id, a)
+        .await
+        .map_err(|e| service_fail(&u, e))?;
+    let new_id = answer.mandate_id.to_string();
     if !added.is_empty() {
         let (who, nid) = (u.caller().sub.clone(), new_id.clone());
         s.store

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use mandate_core::chain::{ChildLifecycle, ChildSpec, issue_discovery_grant, issue_root};
+use mandate_core::chain::{ChildLifecycle, ChildSpec, issue_discovery_grant};
 use mandate_core::id::MandateId;
 use mandate_core::model::{
     AuthorizationDetail, Condition, Delegation, DiscoveryAllowance, TerminalEvent,
@@ -25,11 +25,11 @@ use crate::db::{self, NewMandate, state_name};
 use crate::error::{ApiError, parse_body};
 use crate::registry::MandateRecord;
 use crate::routes::requests::new_id;
+use crate::service::lifecycle::{self as service, Move};
 use crate::state::AppState;
 
 fn find(s: &AppState, caller: &Caller, id: &str) -> Result<MandateRecord, ApiError> {
-    s.with_registry(|r| r.get(&caller.tenant, id).cloned())?
-        .ok_or_else(|| ApiError::not_found("mandate"))
+    Ok(service::find(s, caller, id)?)
 }
 
 /// `GET /v1/mandates/{id}`: the holding agent, the granting principal, an
@@ -59,29 +59,6 @@ pub async fn show(
     }))
 }
 
-/// Whether the caller governs this mandate: its granting principal or an
-/// admin of its tenant. Agents never do.
-async fn governs(
-    s: &AppState,
-    caller: &Caller,
-    m: &MandateRecord,
-    operation: &str,
-) -> Result<(), ApiError> {
-    let ok = match caller.role {
-        Role::Admin => true,
-        Role::Principal => m.principal == caller.sub,
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(
-            crate::routes::requests::refuse_not_theirs(s, caller, operation, Some(m.id.as_str()))
-                .await,
-        )
-    }
-}
-
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reason {
@@ -94,53 +71,22 @@ async fn move_to(
     caller: Caller,
     id: String,
     body: Bytes,
-    to: MandateState,
+    mv: Move,
     operation: &str,
 ) -> Result<Json<super::wire::Transition>, ApiError> {
+    // Who may is checked (and a refusal audited) before the body is read.
     let m = find(&s, &caller, &id)?;
-    governs(&s, &caller, &m, operation).await?;
+    service::governs(&s, &caller, &m, operation).await?;
     let reason: Reason = if body.is_empty() {
         Reason::default()
     } else {
         parse_body(&body)?
     };
-    let by = caller.sub.clone();
-    let reason = reason.reason.unwrap_or_default();
-    let resume = to == MandateState::Active;
-    let id2 = id.clone();
-    let changed = s
-        .store
-        .write(move |tx| {
-            if resume {
-                // Only a suspended mandate resumes; an active one answers as before.
-                let st: String = tx.conn().query_row(
-                    "SELECT state FROM mandates WHERE id = ?1",
-                    params![id2],
-                    |r| r.get(0),
-                )?;
-                if st == "active" {
-                    return Ok(Vec::new());
-                }
-                if st != "suspended" {
-                    return Err(StoreError::conflict(
-                        "not_suspended",
-                        format!("mandate `{id2}` is {st}: it cannot be resumed"),
-                    ));
-                }
-            }
-            db::transition(tx, &id2, to, &by, &reason)
-        })
-        .await?;
-    for c in &changed {
-        let _ = c;
-        s.metrics.transition(state_name(to));
-    }
-    s.refresh(&changed)?;
-    let m = find(&s, &caller, &id)?;
+    let moved = service::transition(&s, &caller, &id, mv, reason.reason).await?;
     Ok(Json(super::wire::Transition {
         mandate_id: id,
-        state: state_name(m.state).to_owned(),
-        changed,
+        state: state_name(moved.state).to_owned(),
+        changed: moved.changed,
     }))
 }
 
@@ -151,15 +97,7 @@ pub async fn suspend(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<super::wire::Transition>, ApiError> {
-    move_to(
-        s,
-        caller,
-        id,
-        body,
-        MandateState::Suspended,
-        "suspend mandates",
-    )
-    .await
+    move_to(s, caller, id, body, Move::Suspend, "suspend mandates").await
 }
 
 /// `POST /v1/mandates/{id}/resume`.
@@ -169,7 +107,7 @@ pub async fn resume(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<super::wire::Transition>, ApiError> {
-    move_to(s, caller, id, body, MandateState::Active, "resume mandates").await
+    move_to(s, caller, id, body, Move::Resume, "resume mandates").await
 }
 
 /// `POST /v1/mandates/{id}/revoke`: cascades to every descendant.
@@ -179,15 +117,7 @@ pub async fn revoke(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<super::wire::Transition>, ApiError> {
-    move_to(
-        s,
-        caller,
-        id,
-        body,
-        MandateState::Revoked,
-        "revoke mandates",
-    )
-    .await
+    move_to(s, caller, id, body, Move::Revoke, "revoke mandates").await
 }
 
 /// What an amendment changes; everything else is kept.
@@ -210,6 +140,20 @@ pub struct Amendment {
     reason: Option<String>,
 }
 
+impl From<Amendment> for service::Amendment {
+    fn from(a: Amendment) -> Self {
+        Self {
+            authorization_details: a.authorization_details,
+            conditions: a.conditions,
+            hard_expiry: a.hard_expiry,
+            terminal_events: a.terminal_events,
+            delegation: a.delegation,
+            discovery: a.discovery,
+            reason: a.reason,
+        }
+    }
+}
+
 /// `POST /v1/mandates/{id}/amend`: a new revision, signed by the authority,
 /// supersedes this one (and ends its descendants). Roots only.
 pub async fn amend(
@@ -219,104 +163,14 @@ pub async fn amend(
     body: Bytes,
 ) -> Result<Json<super::wire::Amended>, ApiError> {
     let m = find(&s, &caller, &id)?;
-    governs(&s, &caller, &m, "amend mandates").await?;
+    service::governs(&s, &caller, &m, "amend mandates").await?;
     let a: Amendment = parse_body(&body)?;
-    if m.parent.is_some() {
-        return Err(ApiError::unprocessable(
-            "not_a_root",
-            "only a root mandate is amended; amend its root",
-        ));
-    }
-    if db::is_terminal(m.state) {
-        return Err(ApiError::conflict(
-            "conflict",
-            format!(
-                "mandate `{id}` is {}: it cannot be amended",
-                state_name(m.state)
-            ),
-        ));
-    }
-    let mut claims = (*m.claims).clone();
-    let new_id = MandateId::new(new_id("mnd")).map_err(ApiError::internal)?;
-    let now = UnixTime::from_secs(crate::auth::now_secs()).map_err(ApiError::internal)?;
-    claims.mandate_id = new_id.clone();
-    claims.jti = new_id.as_str().to_owned();
-    claims.iat = now;
-    claims.nbf = now;
-    if let Some(d) = a.authorization_details {
-        claims.authorization_details = d;
-    }
-    if let Some(c) = a.conditions {
-        claims.conditions = c;
-    }
-    if let Some(e) = a.hard_expiry {
-        claims.lifecycle.hard_expiry = e;
-        claims.exp = e;
-    }
-    if let Some(t) = a.terminal_events {
-        claims.lifecycle.terminal_events = t;
-    }
-    if let Some(d) = a.delegation {
-        claims.delegation = d;
-    }
-    if a.discovery.is_some() {
-        claims.discovery = a.discovery;
-    }
-    let jws = issue_root(&s.authority(), &claims)
-        .map_err(|e| ApiError::unprocessable("invalid_mandate", e.to_string()))?;
-    let (tenant, by, old, jws2, agent_sub, reason) = (
-        caller.tenant.clone(),
-        caller.sub.clone(),
-        id.clone(),
-        jws.clone(),
-        m.agent_sub.clone(),
-        a.reason.unwrap_or_default(),
-    );
-    let mut changed = s
-        .store
-        .write(move |tx| {
-            // Only an active mandate is amended: amending a suspended one
-            // would resume it without a resume; an ended one stays ended.
-            let current: String = tx.conn().query_row(
-                "SELECT state FROM mandates WHERE id = ?1",
-                params![old],
-                |r| r.get(0),
-            )?;
-            if current != "active" {
-                return Err(StoreError::conflict(
-                    "not_active",
-                    format!("mandate `{old}` is {current}: only an active mandate is amended (resume it first)"),
-                ));
-            }
-            let changed = db::transition(tx, &old, MandateState::Superseded, &by, &reason)?;
-            tx.conn().execute(
-                "UPDATE mandates SET superseded_by = ?2 WHERE id = ?1",
-                params![old, claims.mandate_id.as_str()],
-            )?;
-            db::insert_mandate(
-                tx,
-                &NewMandate {
-                    tenant: &tenant,
-                    principal: &claims.principal.sub,
-                    agent_sub: &agent_sub,
-                    parent: None,
-                    chain: &jws2,
-                    claims: &claims,
-                    kind: "amended",
-                    details: json!({"supersedes": old, "by": by, "reason": reason}),
-                },
-            )?;
-            Ok(changed)
-        })
-        .await?;
-    s.metrics.transition("amended");
-    changed.push(new_id.clone());
-    s.refresh(&changed)?;
+    let amended = service::amend(&s, &caller, &id, a.into()).await?;
     Ok(Json(super::wire::Amended {
-        mandate_id: new_id,
+        mandate_id: amended.mandate_id,
         supersedes: id,
         state: "active".to_owned(),
-        mandate: jws,
+        mandate: amended.mandate,
     }))
 }
 

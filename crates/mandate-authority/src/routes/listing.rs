@@ -29,7 +29,10 @@ pub struct ListQuery {
 
 impl ListQuery {
     fn paging(&self) -> Result<Paging, ApiError> {
-        Ok(Paging::parse(self.limit.as_deref(), self.cursor.as_deref())?)
+        Ok(Paging::parse(
+            self.limit.as_deref(),
+            self.cursor.as_deref(),
+        )?)
     }
 }
 

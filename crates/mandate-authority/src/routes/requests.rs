@@ -7,7 +7,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use mandate_core::chain::issue_root;
 use mandate_core::id::MandateId;
 use mandate_core::model::{
     Agent, AuthorizationDetail, Condition, Delegation, DiscoveryAllowance, MandateClaims, OnExpiry,
@@ -15,13 +14,13 @@ use mandate_core::model::{
 };
 use mandate_core::timestamp::UnixTime;
 use mandate_core::validate::{CheckConditions, validate};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::auth::{Caller, Role};
-use crate::db::{self, NewMandate};
 use crate::error::{ApiError, parse_body};
+use crate::service::requests as service;
 use crate::state::AppState;
 
 /// What an agent asks for.
@@ -112,13 +111,6 @@ impl MandateRequest {
     }
 }
 
-/// The consent evidence: SHA-256 (hex) of the canonical JSON of exactly
-/// what the principal is shown, which is the request as stored.
-pub fn consent_hash(body: &Value) -> Result<String, ApiError> {
-    let text = mandate_store::audit::canonical(body).map_err(ApiError::internal)?;
-    Ok(hex::encode(mandate_core::hash::sha256(text.as_bytes())))
-}
-
 /// `POST /v1/requests` (agent).
 pub async fn create(
     State(s): State<Arc<AppState>>,
@@ -149,7 +141,7 @@ pub async fn create(
     validate(&probe, CheckConditions::Compile)
         .map_err(|p| ApiError::unprocessable("invalid_mandate", p.to_string()))?;
     let stored = serde_json::to_value(&req).map_err(ApiError::internal)?;
-    let consent = consent_hash(&stored)?;
+    let consent = service::consent_hash(&stored)?;
     let id = new_id("req");
     let (tenant, sub) = (caller.tenant.clone(), caller.sub.clone());
     let (id2, consent2) = (id.clone(), consent.clone());
@@ -174,41 +166,6 @@ pub async fn create(
     ))
 }
 
-struct RequestRow {
-    tenant: String,
-    principal: String,
-    agent_sub: String,
-    body: Value,
-    state: String,
-    consent: String,
-    mandate_id: Option<String>,
-    reason: Option<String>,
-}
-
-fn load_request(s: &AppState, caller: &Caller, id: &str) -> Result<RequestRow, ApiError> {
-    let row = s.store.read(|c| {
-        Ok(c.query_row(
-            "SELECT tenant, principal, agent_sub, body, state, consent_sha256, mandate_id, reason FROM requests WHERE id = ?1",
-            params![id],
-            |r| {
-                Ok(RequestRow {
-                    tenant: r.get(0)?,
-                    principal: r.get(1)?,
-                    agent_sub: r.get(2)?,
-                    body: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
-                    state: r.get(4)?,
-                    consent: r.get(5)?,
-                    mandate_id: r.get(6)?,
-                    reason: r.get(7)?,
-                })
-            },
-        )
-        .optional()?)
-    })?;
-    row.filter(|r| r.tenant == caller.tenant)
-        .ok_or_else(|| ApiError::not_found("request"))
-}
-
 /// Records a refused attempt in the audit log, then returns the 403.
 pub async fn refuse(
     s: &AppState,
@@ -216,54 +173,9 @@ pub async fn refuse(
     operation: &str,
     mandate_id: Option<&str>,
 ) -> ApiError {
-    let message = format!("role `{}` may not {operation}", caller.role.as_str());
-    refuse_saying(s, caller, operation, mandate_id, message).await
-}
-
-/// As [`refuse`], for what the caller's role may do but not here: a
-/// principal acting on another principal's request or mandate is told that
-/// (not that principals may not).
-pub async fn refuse_not_theirs(
-    s: &AppState,
-    caller: &Caller,
-    operation: &str,
-    mandate_id: Option<&str>,
-) -> ApiError {
-    if caller.role != Role::Principal {
-        return refuse(s, caller, operation, mandate_id).await;
-    }
-    // "approve requests" → "approve it": said of this one.
-    let verb = operation
-        .trim_end_matches(" requests")
-        .trim_end_matches(" mandates");
-    let message = match mandate_id {
-        Some(id) => format!(
-            "mandate {id} was granted by another principal: only that principal or an admin may {verb} it"
-        ),
-        None => format!(
-            "this request is addressed to another principal: only that principal or an admin may {verb} it"
-        ),
-    };
-    refuse_saying(s, caller, operation, mandate_id, message).await
-}
-
-async fn refuse_saying(
-    s: &AppState,
-    caller: &Caller,
-    operation: &str,
-    mandate_id: Option<&str>,
-    message: String,
-) -> ApiError {
-    let (tenant, body) = (
-        caller.tenant.clone(),
-        json!({"caller": caller.sub, "role": caller.role.as_str(), "operation": operation}),
-    );
-    let mid = mandate_id.map(str::to_owned);
-    let _ = s
-        .store
-        .write(move |tx| tx.audit(Some(&tenant), "refused", mid.as_deref(), body))
-        .await;
-    ApiError::forbidden(message)
+    service::refuse(s, caller, operation, mandate_id)
+        .await
+        .into()
 }
 
 /// `GET /v1/requests/{id}`: the requesting agent, the addressed principal, or an admin.
@@ -272,14 +184,8 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<super::wire::RequestView>, ApiError> {
-    let r = load_request(&s, &caller, &id)?;
-    let allowed = match caller.role {
-        Role::Admin => true,
-        Role::Principal => r.principal == caller.sub,
-        Role::Agent => r.agent_sub == caller.sub,
-        _ => false,
-    };
-    if !allowed {
+    let r = service::load(&s, &caller, &id)?;
+    if !service::may_see(&caller, &r) {
         return Err(ApiError::not_found("request"));
     }
     let mandate = match &r.mandate_id {
@@ -318,14 +224,6 @@ pub struct Denial {
     reason: Option<String>,
 }
 
-fn may_decide(caller: &Caller, r: &RequestRow) -> bool {
-    match caller.role {
-        Role::Admin => true,
-        Role::Principal => r.principal == caller.sub,
-        _ => false,
-    }
-}
-
 /// `POST /v1/requests/{id}/approve`: the addressed principal or an admin.
 pub async fn approve(
     State(s): State<Arc<AppState>>,
@@ -333,106 +231,26 @@ pub async fn approve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<super::wire::Approved>, ApiError> {
-    let r = load_request(&s, &caller, &id)?;
-    if !may_decide(&caller, &r) {
-        return Err(refuse_not_theirs(&s, &caller, "approve requests", None).await);
+    // Who may decide is checked (and a refusal audited) before the body is read.
+    let r = service::load(&s, &caller, &id)?;
+    if !service::may_decide(&caller, &r) {
+        return Err(
+            service::refuse_not_theirs(&s, &caller, "approve requests", None)
+                .await
+                .into(),
+        );
     }
     let approval: Approval = if body.is_empty() {
         Approval::default()
     } else {
         parse_body(&body)?
     };
-    if let Some(h) = &approval.consent_sha256
-        && !bool::from(subtle::ConstantTimeEq::ct_eq(
-            h.as_bytes(),
-            r.consent.as_bytes(),
-        ))
-    {
-        return Err(ApiError::conflict(
-            "consent_mismatch",
-            "consent_sha256: the request differs from what was shown",
-        ));
-    }
-    match r.state.as_str() {
-        "approved" => {
-            let chain = r.mandate_id.as_deref().and_then(|m| {
-                s.with_registry(|reg| reg.get(&caller.tenant, m).map(|x| x.chain.to_string()))
-                    .ok()
-                    .flatten()
-            });
-            return Ok(Json(super::wire::Approved {
-                id,
-                state: "approved".to_owned(),
-                mandate_id: r.mandate_id.unwrap_or_default(),
-                mandate: chain,
-            }));
-        }
-        "pending" => {}
-        other => {
-            return Err(ApiError::conflict(
-                "conflict",
-                format!("request is {other}"),
-            ));
-        }
-    }
-    let req: MandateRequest = serde_json::from_value(r.body.clone()).map_err(ApiError::internal)?;
-    let mandate_id = MandateId::new(new_id("mnd")).map_err(ApiError::internal)?;
-    let grant_ref = format!("gnt-{}", id.trim_start_matches("req-"));
-    let principal_iss = if caller.role == Role::Principal {
-        caller.iss.clone()
-    } else {
-        crate::config::LOCAL_ISSUER.to_owned()
-    };
-    let claims = req.claims(
-        &s.issuer,
-        mandate_id.clone(),
-        &principal_iss,
-        &grant_ref,
-        crate::auth::now_secs(),
-    )?;
-    let jws = issue_root(&s.authority(), &claims)
-        .map_err(|e| ApiError::unprocessable("invalid_mandate", e.to_string()))?;
-    let (tenant, who, consent, jws2, agent_sub) = (
-        caller.tenant.clone(),
-        caller.sub.clone(),
-        r.consent.clone(),
-        jws.clone(),
-        r.agent_sub.clone(),
-    );
-    let id2 = id.clone();
-    s.store
-        .write(move |tx| {
-            let now = tx.now_ms();
-            let n = tx.conn().execute(
-                "UPDATE requests SET state = 'approved', decided_by = ?2, decided_ms = ?3, mandate_id = ?4 WHERE id = ?1 AND state = 'pending'",
-                params![id2, who, now, claims.mandate_id.as_str()],
-            )?;
-            if n != 1 {
-                return Err(mandate_store::StoreError::conflict("decided", "the request was decided meanwhile"));
-            }
-            tx.audit(Some(&tenant), "approved", Some(claims.mandate_id.as_str()), json!({"request": id2, "by": who, "consent_sha256": consent, "grant_ref": claims.principal.grant_ref}))?;
-            db::insert_mandate(
-                tx,
-                &NewMandate {
-                    tenant: &tenant,
-                    principal: &claims.principal.sub,
-                    agent_sub: &agent_sub,
-                    parent: None,
-                    chain: &jws2,
-                    claims: &claims,
-                    kind: "issued",
-                    details: json!({"request": id2}),
-                },
-            )
-        })
-        .await?;
-    s.metrics.transition("issued");
-    s.refresh(std::slice::from_ref(&mandate_id))?;
+    let a = service::approve(&s, &caller, &id, approval.consent_sha256.as_deref()).await?;
     Ok(Json(super::wire::Approved {
         id,
         state: "approved".to_owned(),
-        mandate_id: mandate_id.to_string(),
-        mandate: Some(jws),
+        mandate_id: a.mandate_id,
+        mandate: a.mandate,
     }))
 }
 
@@ -443,59 +261,23 @@ pub async fn deny(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<super::wire::Denied>, ApiError> {
-    let r = load_request(&s, &caller, &id)?;
-    if !may_decide(&caller, &r) {
-        return Err(refuse_not_theirs(&s, &caller, "deny requests", None).await);
+    let r = service::load(&s, &caller, &id)?;
+    if !service::may_decide(&caller, &r) {
+        return Err(
+            service::refuse_not_theirs(&s, &caller, "deny requests", None)
+                .await
+                .into(),
+        );
     }
     let denial: Denial = if body.is_empty() {
         Denial::default()
     } else {
         parse_body(&body)?
     };
-    match r.state.as_str() {
-        "denied" => {
-            return Ok(Json(super::wire::Denied {
-                id,
-                state: "denied".to_owned(),
-                reason: r.reason,
-            }));
-        }
-        "pending" => {}
-        other => {
-            return Err(ApiError::conflict(
-                "conflict",
-                format!("request is {other}"),
-            ));
-        }
-    }
-    let (tenant, who, id2, reason) = (
-        caller.tenant.clone(),
-        caller.sub.clone(),
-        id.clone(),
-        denial.reason.clone(),
-    );
-    s.store
-        .write(move |tx| {
-            let now = tx.now_ms();
-            let n = tx.conn().execute(
-                "UPDATE requests SET state = 'denied', decided_by = ?2, decided_ms = ?3, reason = ?4 WHERE id = ?1 AND state = 'pending'",
-                params![id2, who, now, reason],
-            )?;
-            // Approved (or denied) by someone else meanwhile: exactly one
-            // outcome, and this one is not it.
-            if n != 1 {
-                return Err(mandate_store::StoreError::conflict(
-                    "decided",
-                    "the request was decided meanwhile",
-                ));
-            }
-            tx.audit(Some(&tenant), "request_denied", None, json!({"request": id2, "by": who, "reason": reason}))?;
-            Ok(())
-        })
-        .await?;
+    let reason = service::deny(&s, &caller, &id, denial.reason).await?;
     Ok(Json(super::wire::Denied {
         id,
         state: "denied".to_owned(),
-        reason: denial.reason,
+        reason,
     }))
 }

@@ -96,7 +96,11 @@ fn created_position(list: &str, cursor: Option<&str>) -> Result<Option<(i64, Str
     Ok(Some((ms, id.to_owned())))
 }
 
-fn one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> Result<Option<String>, StoreError> {
+fn one_of(
+    field: &str,
+    value: Option<&str>,
+    allowed: &[&str],
+) -> Result<Option<String>, StoreError> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(v) if allowed.contains(&v) => Ok(Some(v.to_owned())),
@@ -108,16 +112,9 @@ fn one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> Result<Option<S
 }
 
 fn given(v: Option<&str>) -> Option<String> {
-    v.map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned)
-}
-
-/// Filters of the request list.
-#[derive(Debug, Clone, Default)]
-pub struct RequestFilter {
-    /// `pending`, `approved` or `denied`.
-    pub state: Option<String>,
-    /// Whom they are addressed to (exact).
-    pub principal: Option<String>,
+    v.map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 /// One request in a list.
@@ -166,7 +163,7 @@ pub fn requests(
     let items = store.read(|c| {
         let mut stmt = c.prepare_cached(
             "SELECT id, state, principal, agent_sub, created_ms, mandate_id, body FROM requests
-             WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR principal = ?3)
+             WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR instr(principal, ?3) > 0)
                AND (?4 IS NULL OR principal = ?4) AND (?5 IS NULL OR agent_sub = ?5)
                AND (?6 IS NULL OR created_ms < ?6 OR (created_ms = ?6 AND id < ?7))
              ORDER BY created_ms DESC, id DESC LIMIT ?8",
@@ -189,7 +186,11 @@ pub fn requests(
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     })?;
     let next = (items.len() == paging.limit)
-        .then(|| items.last().map(|r| encode("requests", &format!("{}:{}", r.created_ms, r.id))))
+        .then(|| {
+            items
+                .last()
+                .map(|r| encode("requests", &format!("{}:{}", r.created_ms, r.id)))
+        })
         .flatten();
     Ok(Page { items, next })
 }
@@ -238,7 +239,14 @@ pub fn mandates(
     let state = one_of(
         "state",
         state,
-        &["active", "suspended", "revoked", "expired", "completed", "superseded"],
+        &[
+            "active",
+            "suspended",
+            "revoked",
+            "expired",
+            "completed",
+            "superseded",
+        ],
     )?;
     let (agent, principal) = (given(agent), given(principal));
     let after = created_position("mandates", paging.cursor.as_deref())?;
@@ -248,18 +256,34 @@ pub fn mandates(
         let mut stmt = c.prepare_cached(
             "SELECT id, state, parent_id, principal, claims, created_ms, hard_expiry FROM mandates
              WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2)
-               AND (?3 IS NULL OR json_extract(claims, '$.agent.id') = ?3)
-               AND (?4 IS NULL OR principal = ?4) AND (?5 IS NULL OR principal = ?5)
+               AND (?3 IS NULL OR instr(json_extract(claims, '$.agent.id'), ?3) > 0)
+               AND (?4 IS NULL OR instr(principal, ?4) > 0) AND (?5 IS NULL OR principal = ?5)
                AND (?6 IS NULL OR agent_sub = ?6)
                AND (?7 IS NULL OR created_ms < ?7 OR (created_ms = ?7 AND id < ?8))
              ORDER BY created_ms DESC, id DESC LIMIT ?9",
         )?;
         let rows = stmt.query_map(
-            params![caller.tenant, state, agent, principal, only_principal, only_agent_sub, after_ms, after_id, limit],
+            params![
+                caller.tenant,
+                state,
+                agent,
+                principal,
+                only_principal,
+                only_agent_sub,
+                after_ms,
+                after_id,
+                limit
+            ],
             |r| {
                 let claims: String = r.get(4)?;
                 let claims: Value = serde_json::from_str(&claims).unwrap_or(Value::Null);
-                let text = |p: &str| claims.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+                let text = |p: &str| {
+                    claims
+                        .pointer(p)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
                 Ok(MandateItem {
                     mandate_id: r.get(0)?,
                     state: r.get(1)?,
@@ -365,11 +389,17 @@ pub fn audit(
             let mut stmt =
                 c.prepare_cached("SELECT id FROM mandates WHERE tenant = ?1 AND principal = ?2")?;
             let ids = stmt
-                .query_map(params![caller.tenant, caller.sub], |r| r.get::<_, String>(0))?
+                .query_map(params![caller.tenant, caller.sub], |r| {
+                    r.get::<_, String>(0)
+                })?
                 .collect::<Result<HashSet<_>, _>>()?;
             Ok(ids)
         })?),
-        _ => return Err(StoreError::forbidden("only admins and principals read the audit log")),
+        _ => {
+            return Err(StoreError::forbidden(
+                "only admins and principals read the audit log",
+            ));
+        }
     };
     let before = match paging.cursor.as_deref() {
         None => None,

@@ -1,9 +1,95 @@
-//! The authority's operations as plain functions over the store: no HTTP
-//! types, typed refusals ([`mandate_store::Refusal`]: conflict, not found,
-//! forbidden, malformed, invalid). The JSON API (`routes`) and the console
-//! are adapters over them.
+//! The authority's operations, independent of HTTP: plain arguments in,
+//! domain results out, and typed errors ([`Error`]: a [`Refusal`] —
+//! conflict, not found, forbidden, malformed, invalid — or a storage
+//! failure). The JSON API (`routes`) and the console (`console`) are
+//! adapters over these; neither calls the other.
 //!
-//! Moved here so far: listing with cursor pagination ([`listing`]). The
-//! lifecycle operations still live in `routes` (see issue 12's note).
+//! Here so far: requests (approve, deny), lifecycle (suspend, resume,
+//! revoke with cascade, amend), and listing with cursor pagination.
 
+pub mod events;
+pub mod lifecycle;
 pub mod listing;
+pub mod requests;
+
+pub use mandate_store::Refusal;
+use mandate_store::StoreError;
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The authority refused it; nothing was changed.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The store failed; nothing acknowledged was lost.
+    #[error("store: {0}")]
+    Store(StoreError),
+    /// Something that should not happen (a poisoned lock, a record that
+    /// does not parse).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Refused(r) => Self::Refused(r),
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl Error {
+    /// A conflict with the current state.
+    pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::Conflict {
+            code: code.to_owned(),
+            detail: detail.into(),
+        })
+    }
+    /// An unknown object (or another tenant's).
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::Refused(Refusal::NotFound { what: what.into() })
+    }
+    /// The caller may not.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::Forbidden {
+            detail: detail.into(),
+        })
+    }
+    /// Input that cannot be accepted.
+    pub fn invalid(code: &str, detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::Invalid {
+            code: code.to_owned(),
+            detail: detail.into(),
+        })
+    }
+    /// An internal failure.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::Internal(detail.to_string())
+    }
+}
+
+/// A service result.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The parts of the authority not yet moved here answer with
+/// [`ApiError`](crate::error::ApiError); its status says which refusal it is.
+impl From<crate::error::ApiError> for Error {
+    fn from(e: crate::error::ApiError) -> Self {
+        use axum::http::StatusCode;
+        match e.status {
+            StatusCode::BAD_REQUEST => Self::Refused(Refusal::Malformed { detail: e.detail }),
+            StatusCode::FORBIDDEN => Self::forbidden(e.detail),
+            StatusCode::NOT_FOUND => Self::not_found(
+                e.detail
+                    .strip_suffix(" not found")
+                    .unwrap_or(&e.detail)
+                    .to_owned(),
+            ),
+            StatusCode::CONFLICT => Self::conflict(&e.code, e.detail),
+            StatusCode::UNPROCESSABLE_ENTITY => Self::invalid(&e.code, e.detail),
+            _ => Self::Internal(e.detail),
+        }
+    }
+}

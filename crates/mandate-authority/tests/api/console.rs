@@ -913,3 +913,119 @@ fn the_mandate_page_shows_what_was_granted_how_it_ended_and_what_each_gateway_de
     );
     assert!(!b.contains("null /search"));
 }
+
+/// The `href` of the page's "next page" link (HTML entities undone).
+fn next_href(body: &str) -> Option<String> {
+    let start = body.find(r#"<a rel="next" href=""#)? + r#"<a rel="next" href=""#.len();
+    let end = body[start..].find('"')? + start;
+    Some(body[start..end].replace("&amp;", "&"))
+}
+
+#[test]
+fn the_console_lists_page_through_requests_mandates_and_the_audit_log_with_filters_kept() {
+    let s = Server::start("console-pages");
+    let c = Cast::new(&s);
+    for pr in 1..=5 {
+        let (st, _) = s.call(
+            "POST",
+            "/v1/requests",
+            Some(&c.agent),
+            Some(&pr_request("vp@acme.example", pr)),
+        );
+        assert_eq!(st, 201);
+    }
+    let (cookie, _) = sign_in(&s, &c.principal);
+
+    // Requests: pages of two, every pending request once.
+    let mut path = "/console/requests?limit=2".to_owned();
+    let mut seen = Vec::new();
+    loop {
+        let page = send(&s, "GET", &path, Some(&cookie), None);
+        assert_eq!(page.status, 200, "{}", page.body);
+        seen.extend(
+            page.body
+                .match_indices("/console/requests/req-")
+                .map(|(i, _)| page.body[i..i + 40].split('"').next().unwrap().to_owned()),
+        );
+        match next_href(&page.body) {
+            Some(next) => path = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(
+        seen.iter().collect::<std::collections::HashSet<_>>().len(),
+        5
+    );
+
+    // Mandates: the filters travel with the cursor, URL-encoded.
+    for pr in 11..=13 {
+        grant(&s, &c, &pr_request("vp@acme.example", pr));
+    }
+    let first = send(
+        &s,
+        "GET",
+        "/console/mandates?limit=2&agent=pr-watcher&principal=vp%40acme",
+        Some(&cookie),
+        None,
+    );
+    assert_eq!(first.status, 200, "{}", first.body);
+    let next = next_href(&first.body).expect("a second page");
+    assert!(
+        next.contains("agent=pr-watcher")
+            && next.contains("principal=vp%40acme")
+            && next.contains("limit=2"),
+        "{next}"
+    );
+    let second = send(&s, "GET", &next, Some(&cookie), None);
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second
+            .body
+            .matches(r#"<td class="state">active</td>"#)
+            .count(),
+        1,
+        "{}",
+        second.body
+    );
+    assert!(next_href(&second.body).is_none());
+
+    // Audit: a filter with characters that mean something in a query and in
+    // HTML is URL-encoded in the link, then HTML-escaped.
+    let audit = send(
+        &s,
+        "GET",
+        "/console/audit?limit=3&agent=a%26b%20%3Cc%3E",
+        Some(&cookie),
+        None,
+    );
+    assert_eq!(audit.status, 200, "{}", audit.body);
+    assert!(
+        audit
+            .body
+            .contains("/console/audit/export?agent=a%26b+%3Cc%3E"),
+        "{}",
+        audit.body
+    );
+    let audit = send(&s, "GET", "/console/audit?limit=3", Some(&cookie), None);
+    let next = next_href(&audit.body).expect("more records than one page of three");
+    assert!(next.starts_with("/console/audit?limit=3&cursor="), "{next}");
+    let older = send(&s, "GET", &next, Some(&cookie), None);
+    assert_eq!(older.status, 200);
+    assert!(older.body.contains("record(s) on this page"));
+
+    // A forged cursor is a clear refusal, not a page of someone else's data.
+    let bad = send(
+        &s,
+        "GET",
+        "/console/audit?cursor=bm9wZQ",
+        Some(&cookie),
+        None,
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("cursor: not a cursor this list issued"),
+        "{}",
+        bad.body
+    );
+}
