@@ -6,8 +6,8 @@ use std::sync::Arc;
 use mandate_core::id::MandateId;
 use mandate_core::model::MandateClaims;
 use mandate_core::state::MandateState;
+use mandate_store::sql::{Connection, OptionalExtension, Row, params};
 use mandate_store::{StoreError, Tx};
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
 use crate::registry::MandateRecord;
@@ -43,7 +43,7 @@ pub fn is_terminal(s: MandateState) -> bool {
 const MANDATE_COLUMNS: &str =
     "id, tenant, principal, agent_sub, parent_id, state, jws, claims, consumed_ms";
 
-fn row_to_record(r: &Row<'_>) -> rusqlite::Result<Option<MandateRecord>> {
+fn row_to_record(r: &Row<'_>) -> mandate_store::sql::Result<Option<MandateRecord>> {
     let id: String = r.get(0)?;
     let claims: String = r.get(7)?;
     let Ok(id) = MandateId::new(id) else {
@@ -73,9 +73,9 @@ fn row_to_record(r: &Row<'_>) -> rusqlite::Result<Option<MandateRecord>> {
 ///
 /// # Errors
 /// When the query fails.
-pub fn all_mandates(conn: &Connection) -> rusqlite::Result<Vec<MandateRecord>> {
+pub fn all_mandates(conn: &Connection) -> mandate_store::sql::Result<Vec<MandateRecord>> {
     let mut stmt = conn.prepare(&format!("SELECT {MANDATE_COLUMNS} FROM mandates"))?;
-    let rows = stmt.query_map([], row_to_record)?;
+    let rows = stmt.query_map(params![], row_to_record)?;
     Ok(rows
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
@@ -87,7 +87,7 @@ pub fn all_mandates(conn: &Connection) -> rusqlite::Result<Vec<MandateRecord>> {
 ///
 /// # Errors
 /// When the query fails.
-pub fn mandate(conn: &Connection, id: &str) -> rusqlite::Result<Option<MandateRecord>> {
+pub fn mandate(conn: &Connection, id: &str) -> mandate_store::sql::Result<Option<MandateRecord>> {
     conn.query_row(
         &format!("SELECT {MANDATE_COLUMNS} FROM mandates WHERE id = ?1"),
         params![id],
@@ -270,7 +270,7 @@ fn set_state(
 pub fn first_inactive_in_lineage(
     conn: &Connection,
     id: &str,
-) -> rusqlite::Result<Option<(String, String)>> {
+) -> mandate_store::sql::Result<Option<(String, String)>> {
     let mut next = Some(id.to_owned());
     let mut hops = 0;
     while let Some(cur) = next {
@@ -294,15 +294,4 @@ pub fn first_inactive_in_lineage(
         next = parent;
     }
     Ok(None)
-}
-
-/// Whether a database error is a uniqueness (primary key) violation.
-#[must_use]
-pub fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-    )
 }

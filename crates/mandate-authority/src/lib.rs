@@ -54,7 +54,7 @@ pub async fn expire_due(state: &AppState) -> Result<usize, error::ApiError> {
             for id in due {
                 let st: String = tx.conn().query_row(
                     "SELECT state FROM mandates WHERE id = ?1",
-                    rusqlite::params![id.as_str()],
+                    mandate_store::params![id.as_str()],
                     |r| r.get(0),
                 )?;
                 if db::is_terminal(mandate_core::state::MandateState::from_name(&st)) {
@@ -121,7 +121,7 @@ async fn publish_checkpoints(state: &Arc<AppState>) {
             .write(move |tx| {
                 let mut stmt = tx.conn().prepare("SELECT DISTINCT tenant FROM streams")?;
                 let tenants: Vec<String> = stmt
-                    .query_map([], |r| r.get(0))?
+                    .query_map(mandate_store::params![], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 drop(stmt);
                 for t in &tenants {

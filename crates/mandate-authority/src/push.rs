@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::params;
+use mandate_store::sql::params;
 use serde_json::{Value, json};
 
 use crate::routes::ssf::{self, PUSH};
@@ -192,7 +192,7 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                     .store
                     .write(move |tx| {
                         tx.conn().execute(
-                            "UPDATE streams SET cursor = MAX(cursor, ?2) WHERE id = ?1",
+                            "UPDATE streams SET cursor = CASE WHEN cursor > ?2 THEN cursor ELSE ?2 END WHERE id = ?1",
                             params![sid, delivered],
                         )?;
                         Ok(())
@@ -223,7 +223,7 @@ pub fn spawn_all(s: &Arc<AppState>) {
         .store
         .read(|c| {
             let mut st = c.prepare("SELECT id, tenant, config FROM streams")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let rows = st.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .unwrap_or_default();

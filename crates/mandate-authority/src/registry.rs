@@ -11,7 +11,7 @@ use mandate_core::condition::Facts;
 use mandate_core::id::MandateId;
 use mandate_core::model::MandateClaims;
 use mandate_core::state::{MandateState, StateSnapshot};
-use rusqlite::{Connection, params};
+use mandate_store::sql::{Connection, params};
 
 use crate::db;
 
@@ -59,7 +59,7 @@ impl Registry {
             .prepare("SELECT tenant, doc FROM facts")
             .map_err(|e| e.to_string())?;
         let facts: Vec<(String, String)> = stmt
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_map(params![], |row| Ok((row.get(0)?, row.get(1)?)))
             .and_then(Iterator::collect)
             .map_err(|e| e.to_string())?;
         for (tenant, doc) in facts {
@@ -73,7 +73,7 @@ impl Registry {
             .prepare("SELECT tenant, type, subject, occurred_ms FROM events ORDER BY received_ms")
             .map_err(|e| e.to_string())?;
         let events: Vec<(String, String, Option<String>, i64)> = stmt
-            .query_map([], |row| {
+            .query_map(params![], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
             })
             .and_then(Iterator::collect)
@@ -102,17 +102,26 @@ impl Registry {
         f(Arc::make_mut(entry));
     }
 
-    /// Re-reads these mandates from the database.
+    /// Reads these mandates from the database (to [`Registry::replace`]
+    /// while the registry is locked, so no older read overwrites a newer one).
     ///
     /// # Errors
     /// When a query fails.
-    pub fn refresh(&mut self, conn: &Connection, ids: &[MandateId]) -> Result<(), String> {
+    pub fn read(conn: &Connection, ids: &[MandateId]) -> Result<Vec<MandateRecord>, String> {
+        let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(rec) = db::mandate(conn, id.as_str()).map_err(|e| e.to_string())? {
-                self.put(rec);
+                out.push(rec);
             }
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Puts records read from the database in place of what it held.
+    pub fn replace(&mut self, records: Vec<MandateRecord>) {
+        for rec in records {
+            self.put(rec);
+        }
     }
 
     /// A mandate, when it belongs to `tenant` (another tenant's id is as
@@ -171,7 +180,7 @@ pub fn set_facts(reg: &mut Registry, tenant: &str, facts: Facts) {
 ///
 /// # Errors
 /// When the query fails.
-pub fn children(conn: &Connection, id: &str) -> rusqlite::Result<Vec<String>> {
+pub fn children(conn: &Connection, id: &str) -> mandate_store::sql::Result<Vec<String>> {
     let mut stmt = conn.prepare("SELECT id FROM mandates WHERE parent_id = ?1")?;
     let rows = stmt.query_map(params![id], |r| r.get(0))?;
     rows.collect()

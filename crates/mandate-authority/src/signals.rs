@@ -12,8 +12,8 @@
 //! signed with the authority's key. CAEP defines no mandate lifecycle events,
 //! so these are this project's event types:
 
+use mandate_store::sql::params;
 use mandate_store::{StoreError, Tx};
-use rusqlite::params;
 use serde_json::{Value, json};
 
 /// The prefix of every event type URI.
@@ -124,11 +124,11 @@ pub struct Signal {
 /// # Errors
 /// When the query fails.
 pub fn after(
-    conn: &rusqlite::Connection,
+    conn: &mandate_store::sql::Connection,
     tenant: &str,
     after: i64,
     limit: i64,
-) -> rusqlite::Result<Vec<Signal>> {
+) -> mandate_store::sql::Result<Vec<Signal>> {
     let mut stmt = conn.prepare(
         "SELECT seq, kind, mandate_id, body, at_ms FROM signals WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
@@ -149,7 +149,10 @@ pub fn after(
 ///
 /// # Errors
 /// When the query fails.
-pub fn head(conn: &rusqlite::Connection, tenant: &str) -> rusqlite::Result<i64> {
+pub fn head(
+    conn: &mandate_store::sql::Connection,
+    tenant: &str,
+) -> mandate_store::sql::Result<i64> {
     conn.query_row(
         "SELECT COALESCE(MAX(seq), 0) FROM signals WHERE tenant = ?1",
         params![tenant],

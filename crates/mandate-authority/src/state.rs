@@ -283,12 +283,14 @@ impl AppState {
             .registry
             .write()
             .map_err(|_| ApiError::internal("registry lock poisoned"))?;
-        self.store
-            .read(|c| {
-                reg.refresh(c, ids)
-                    .map_err(mandate_store::StoreError::Corrupt)
-            })
-            .map_err(ApiError::internal)
+        // Read while the registry is locked: two refreshes cannot apply out
+        // of order.
+        let records = self
+            .store
+            .read(|c| Registry::read(c, ids).map_err(mandate_store::StoreError::Corrupt))
+            .map_err(ApiError::internal)?;
+        reg.replace(records);
+        Ok(())
     }
 
     /// Runs `f` with the registry read-locked.

@@ -18,8 +18,8 @@
 use std::io::Write as _;
 use std::path::Path;
 
+use crate::sql::{Connection, OptionalExtension, params};
 use mandate_core::keys::{Algorithm, SigningKey, VerifyingKey};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -224,7 +224,7 @@ pub(crate) fn head(conn: &Connection) -> Result<AuditHead, StoreError> {
     let last = conn
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
+            params![],
             |r| {
                 Ok(AuditHead {
                     seq: r.get(0)?,
@@ -265,8 +265,9 @@ pub(crate) fn append(
         Value::Object(mut o) => o.remove("body").unwrap_or(Value::Null),
         _ => Value::Null,
     };
-    let mut index =
-        conn.prepare_cached("INSERT OR IGNORE INTO audit_refs (mandate_id, seq) VALUES (?1, ?2)")?;
+    let mut index = conn.prepare_cached(
+        "INSERT INTO audit_refs (mandate_id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
     for id in refs(kind, mandate_id, &body) {
         index.execute(params![id, seq])?;
     }
@@ -289,16 +290,17 @@ pub(crate) fn append(
 pub(crate) fn backfill_refs(conn: &Connection) -> Result<(), StoreError> {
     let needed: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM audit) AND NOT EXISTS (SELECT 1 FROM audit_refs)",
-        [],
+        params![],
         |r| r.get(0),
     )?;
     if !needed {
         return Ok(());
     }
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
-    let mut insert =
-        conn.prepare("INSERT OR IGNORE INTO audit_refs (mandate_id, seq) VALUES (?1, ?2)")?;
-    for r in stmt.query_map([], row_to_record)? {
+    let mut insert = conn.prepare(
+        "INSERT INTO audit_refs (mandate_id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
+    for r in stmt.query_map(params![], row_to_record)? {
         let r = r?;
         for id in refs(&r.kind, r.mandate_id.as_deref(), &r.body) {
             insert.execute(params![id, r.seq])?;
@@ -460,28 +462,42 @@ pub fn verify(
 ) -> Result<VerifyReport, StoreError> {
     let mut indexed: std::collections::BTreeMap<i64, std::collections::BTreeSet<String>> =
         std::collections::BTreeMap::new();
-    {
-        let mut stmt = conn.prepare("SELECT seq, mandate_id FROM audit_refs")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            indexed.entry(r.get(0)?).or_default().insert(r.get(1)?);
-        }
+    for (seq, id) in conn.query("SELECT seq, mandate_id FROM audit_refs", params![], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })? {
+        indexed.entry(seq).or_default().insert(id);
     }
-    let mut stmt = conn.prepare("SELECT seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash FROM audit ORDER BY seq")?;
-    let mut rows = stmt.query([])?;
+    type Stored = (
+        i64,
+        i64,
+        Option<String>,
+        String,
+        Option<String>,
+        String,
+        String,
+        String,
+    );
+    let rows: Vec<Stored> = conn.query(
+        "SELECT seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash FROM audit ORDER BY seq",
+        params![],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        },
+    )?;
     let mut expect_seq = 1i64;
     let mut prev = GENESIS.to_owned();
     let mut problem: Option<(i64, String)> = None;
     let mut hashes: Vec<String> = Vec::new();
-    while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let at_ms: i64 = r.get(1)?;
-        let tenant: Option<String> = r.get(2)?;
-        let kind: String = r.get(3)?;
-        let mandate_id: Option<String> = r.get(4)?;
-        let record: String = r.get(5)?;
-        let prev_hash: String = r.get(6)?;
-        let hash: String = r.get(7)?;
+    for (seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash) in rows {
         if problem.is_none() {
             let parsed: Option<Value> = serde_json::from_str(&record).ok();
             problem = if seq != expect_seq {
@@ -562,7 +578,7 @@ pub fn verify(
     })
 }
 
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+fn row_to_record(r: &crate::sql::Row<'_>) -> crate::sql::Result<AuditRecord> {
     let record: String = r.get(5)?;
     let body = serde_json::from_str::<Value>(&record)
         .map(|v| v.get("body").cloned().unwrap_or(Value::Null))
@@ -708,7 +724,7 @@ pub fn events_behind(
 /// When the query fails.
 pub fn all(conn: &Connection) -> Result<Vec<AuditRecord>, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))?;
-    let rows = stmt.query_map([], row_to_record)?;
+    let rows = stmt.query_map(params![], row_to_record)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

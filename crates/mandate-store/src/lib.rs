@@ -9,25 +9,31 @@
 //! is acknowledged, and throughput stays high under load.
 //!
 //! Reads use a separate connection (WAL readers do not block the writer).
+//!
+//! The same store runs on PostgreSQL ([`Store::open_postgres`]): the writer
+//! takes a transaction-scoped advisory lock for each batch and reads the
+//! audit log's head inside it, so several authority replicas append to one
+//! hash chain without forking it. Statements are written once ([`sql`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
+use crate::sql::{Connection, Dialect};
 use mandate_core::keys::SigningKey;
-use rusqlite::Connection;
 
 pub mod audit;
 pub mod schema;
+pub mod sql;
 
 pub use audit::{AuditHead, AuditRecord, VerifyReport};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite failed.
+    /// The database failed (or could not be reached).
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(#[from] sql::Error),
     /// A file could not be read or written.
     #[error("{path}: {message}")]
     Io {
@@ -132,6 +138,18 @@ impl StoreError {
     }
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Database(sql::Error::Sqlite(e))
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        Self::Database(sql::Error::Postgres(e))
+    }
+}
+
 impl StoreError {
     fn io(path: &Path, e: &std::io::Error) -> Self {
         StoreError::Io {
@@ -144,7 +162,7 @@ impl StoreError {
 /// A write job's view of the database: the open transaction (inside the
 /// job's own savepoint) and the audit log.
 pub struct Tx<'a> {
-    conn: &'a rusqlite::Savepoint<'a>,
+    conn: &'a Connection,
     head: &'a mut AuditHead,
     now_ms: i64,
 }
@@ -301,16 +319,20 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
+    let conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    Ok(conn)
+    Ok(Connection::sqlite(conn))
 }
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// The advisory lock every replica's writer holds while it appends to the
+/// audit log (PostgreSQL): one chain, no fork.
+pub const WRITER_LOCK: i64 = 0x6d61_6e64_6174_6501;
 
 impl Store {
     /// Opens (creating when needed) the store in `dir`. `checkpoint_key`
@@ -323,17 +345,59 @@ impl Store {
         create_private_dir(dir)?;
         let path = database_path(dir);
         restrict_database_files(&path)?;
-        let mut wconn = open_connection(&path)?;
-        schema::migrate(&mut wconn)?;
-        let head = audit::head(&wconn)?;
+        let wconn = open_connection(&path)?;
         let reader = open_connection(&path)?;
+        Self::start(dir, wconn, reader, checkpoint_key)
+    }
+
+    /// Opens the store on the PostgreSQL database at `url`
+    /// (`postgres://USER@HOST:PORT/DB`), migrating its schema; `dir` keeps
+    /// this replica's signed audit checkpoint.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or migrated.
+    pub fn open_postgres(
+        dir: &Path,
+        url: &str,
+        checkpoint_key: SigningKey,
+    ) -> Result<Self, StoreError> {
+        create_private_dir(dir)?;
+        let (w, r) = std::thread::scope(|sc| {
+            sc.spawn(|| -> Result<_, StoreError> {
+                Ok((
+                    Connection::Postgres(sql::PgConn::connect(url)?),
+                    Connection::Postgres(sql::PgConn::connect(url)?),
+                ))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Closed))
+        })?;
+        Self::start(dir, w, r, checkpoint_key)
+    }
+
+    fn start(
+        dir: &Path,
+        mut wconn: Connection,
+        reader: Connection,
+        checkpoint_key: SigningKey,
+    ) -> Result<Self, StoreError> {
+        // PostgreSQL's client must not run inside an async runtime: the
+        // migration and every read run on a plain thread.
+        let head = std::thread::scope(|sc| {
+            sc.spawn(|| -> Result<AuditHead, StoreError> {
+                schema::migrate(&mut wconn)?;
+                audit::head(&wconn)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Closed))
+        })?;
         let (tx, rx) = mpsc::channel::<Job>();
         let checkpoint = checkpoint_path(dir);
         let health = Arc::new(WriterHealth::default());
         let h = Arc::clone(&health);
         let writer = thread::Builder::new()
             .name("mandate-store-writer".into())
-            .spawn(move || writer_loop(&mut wconn, head, &rx, &checkpoint, &checkpoint_key, &h))
+            .spawn(move || writer_loop(&wconn, head, &rx, &checkpoint, &checkpoint_key, &h))
             .map_err(|e| StoreError::io(dir, &e))?;
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
@@ -342,6 +406,12 @@ impl Store {
             dir: dir.to_owned(),
             health,
         })
+    }
+
+    /// Which database the store is on.
+    #[must_use]
+    pub fn dialect(&self) -> Dialect {
+        self.reader.lock().map_or(Dialect::Sqlite, |r| r.dialect())
     }
 
     /// The data directory.
@@ -385,16 +455,27 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Runs a read on the reader connection.
+    /// Runs a read on the reader connection (on PostgreSQL, on a plain
+    /// thread: its client does not run inside an async runtime).
     ///
     /// # Errors
     /// The query's error.
-    pub fn read<T>(
+    pub fn read<T: Send>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
         let conn = self.reader.lock().map_err(|_| StoreError::Closed)?;
-        f(&conn)
+        match &*conn {
+            Connection::Sqlite(_) => f(&conn),
+            Connection::Postgres(_) => {
+                let c: &Connection = &conn;
+                std::thread::scope(|sc| {
+                    sc.spawn(move || f(c))
+                        .join()
+                        .unwrap_or_else(|_| Err(StoreError::Closed))
+                })
+            }
+        }
     }
 
     /// Stops accepting writes, lets the writer finish every job already
@@ -424,8 +505,57 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Runs one batch in one transaction, each job in its own savepoint.
+fn run_batch(
+    conn: &Connection,
+    head: &mut AuditHead,
+    batch: &mut [Job],
+    results: &mut Vec<Result<Box<dyn std::any::Any + Send>, StoreError>>,
+) -> Result<(), StoreError> {
+    match conn.dialect() {
+        Dialect::Sqlite => conn.execute_batch("BEGIN IMMEDIATE")?,
+        Dialect::Postgres => {
+            conn.execute_batch("BEGIN")?;
+            // One writer at a time across replicas; the head is read under
+            // the lock, after whatever another replica appended.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(?1)",
+                crate::params![WRITER_LOCK],
+            )?;
+            *head = audit::head(conn)?;
+        }
+    }
+    let now = now_ms();
+    for job in batch.iter_mut() {
+        let run = std::mem::replace(&mut job.run, Box::new(|_| Err(StoreError::Closed)));
+        let saved = head.clone();
+        conn.execute_batch("SAVEPOINT job")?;
+        let r = {
+            let mut t = Tx {
+                conn,
+                head,
+                now_ms: now,
+            };
+            run(&mut t)
+        };
+        match r {
+            Ok(v) => {
+                conn.execute_batch("RELEASE SAVEPOINT job")?;
+                results.push(Ok(v));
+            }
+            Err(e) => {
+                conn.execute_batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")?;
+                *head = saved;
+                results.push(Err(e));
+            }
+        }
+    }
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
+
 fn writer_loop(
-    conn: &mut Connection,
+    conn: &Connection,
     mut head: AuditHead,
     rx: &mpsc::Receiver<Job>,
     checkpoint: &Path,
@@ -461,37 +591,7 @@ fn writer_loop(
         }
         let before = head.clone();
         let mut results = Vec::with_capacity(batch.len());
-        let committed = (|| -> Result<(), StoreError> {
-            let mut tx = conn.transaction()?;
-            let now = now_ms();
-            for job in &mut batch {
-                let run = std::mem::replace(&mut job.run, Box::new(|_| Err(StoreError::Closed)));
-                let saved = head.clone();
-                let mut sp = tx.savepoint()?;
-                let r = {
-                    let mut t = Tx {
-                        conn: &sp,
-                        head: &mut head,
-                        now_ms: now,
-                    };
-                    run(&mut t)
-                };
-                match r {
-                    Ok(v) => {
-                        sp.commit()?;
-                        results.push(Ok(v));
-                    }
-                    Err(e) => {
-                        sp.rollback()?;
-                        drop(sp);
-                        head = saved;
-                        results.push(Err(e));
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })();
+        let committed = run_batch(conn, &mut head, &mut batch, &mut results);
         match committed {
             Ok(()) => {
                 health.commit_failing.store(false, Relaxed);
@@ -519,6 +619,7 @@ fn writer_loop(
                 }
             }
             Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
                 health.commit_failing.store(true, Relaxed);
                 // Whatever the failure, the writer's head is what is on disk.
                 head = audit::head(conn).unwrap_or(before);
@@ -543,8 +644,17 @@ pub fn open_read_only(dir: &Path) -> Result<Connection, StoreError> {
             message: "no database here (is this a data directory?)".into(),
         });
     }
-    Ok(Connection::open_with_flags(
+    Ok(Connection::sqlite(rusqlite::Connection::open_with_flags(
         &path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?)
+    )?))
+}
+
+/// Connects to a PostgreSQL store (for `mandate audit --database`). Call it
+/// and use the connection outside any async runtime.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub fn connect_postgres(url: &str) -> Result<Connection, StoreError> {
+    Ok(Connection::Postgres(sql::PgConn::connect(url)?))
 }

@@ -9,9 +9,8 @@
 //! upgraded like any other. A database from a newer release is refused
 //! rather than written by code that does not know its schema.
 
-use rusqlite::Connection;
-
 use crate::StoreError;
+use crate::sql::{Connection, Dialect, OptionalExtension as _, params};
 
 /// The migrations, oldest first: what each does, and its SQL.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -149,38 +148,158 @@ CREATE TABLE IF NOT EXISTS stream_verifications (
 );
 ";
 
+/// The PostgreSQL schema: the same tables, columns and meaning; `BIGINT`
+/// for integers, the append-only rule as a trigger function.
+const PG_SCHEMA_1: &str = r"
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, principal TEXT NOT NULL, agent_sub TEXT NOT NULL,
+    body TEXT NOT NULL, state TEXT NOT NULL, created_ms BIGINT NOT NULL, decided_by TEXT,
+    decided_ms BIGINT, consent_sha256 TEXT, reason TEXT, mandate_id TEXT
+);
+CREATE TABLE IF NOT EXISTS mandates (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, principal TEXT NOT NULL, agent_sub TEXT NOT NULL,
+    parent_id TEXT, state TEXT NOT NULL, jws TEXT NOT NULL, claims TEXT NOT NULL,
+    hard_expiry BIGINT NOT NULL, one_time BIGINT NOT NULL DEFAULT 0, consumed_ms BIGINT,
+    superseded_by TEXT, ended_ms BIGINT, ended_by TEXT, created_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mandates_parent ON mandates(parent_id);
+CREATE INDEX IF NOT EXISTS mandates_tenant_state ON mandates(tenant, state);
+CREATE TABLE IF NOT EXISTS facts (tenant TEXT PRIMARY KEY, doc TEXT NOT NULL, version BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    tenant TEXT NOT NULL, idempotency_id TEXT NOT NULL, type TEXT NOT NULL, subject TEXT,
+    occurred_ms BIGINT NOT NULL, received_ms BIGINT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (tenant, idempotency_id)
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    id BIGSERIAL PRIMARY KEY, tenant TEXT NOT NULL, principal TEXT NOT NULL,
+    mandate_id TEXT NOT NULL, body TEXT NOT NULL, created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, tenant TEXT, kind TEXT NOT NULL,
+    mandate_id TEXT, record TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_mandate ON audit(mandate_id);
+CREATE OR REPLACE FUNCTION mandate_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
+DROP TRIGGER IF EXISTS audit_append_only ON audit;
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION mandate_append_only();
+DROP TRIGGER IF EXISTS audit_truncate ON audit;
+CREATE TRIGGER audit_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION mandate_append_only();
+CREATE TABLE IF NOT EXISTS signals (
+    tenant TEXT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL, mandate_id TEXT,
+    body TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (tenant, seq)
+);
+CREATE TABLE IF NOT EXISTS audit_refs (mandate_id TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (mandate_id, seq));
+DROP TRIGGER IF EXISTS audit_refs_append_only ON audit_refs;
+CREATE TRIGGER audit_refs_append_only BEFORE UPDATE OR DELETE ON audit_refs
+    FOR EACH ROW EXECUTE FUNCTION mandate_append_only();
+CREATE TABLE IF NOT EXISTS ship_marks (
+    tenant TEXT NOT NULL, enforcer TEXT NOT NULL, source TEXT NOT NULL, next BIGINT NOT NULL,
+    PRIMARY KEY (tenant, enforcer, source)
+);
+CREATE TABLE IF NOT EXISTS streams (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, owner TEXT NOT NULL, config TEXT NOT NULL,
+    status TEXT NOT NULL, cursor BIGINT NOT NULL, created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stream_acks (stream TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (stream, seq));
+CREATE TABLE IF NOT EXISTS stream_verifications (stream TEXT PRIMARY KEY, state TEXT, requested_ms BIGINT NOT NULL);
+";
+
+/// PostgreSQL's migrations, numbered as SQLite's.
+const PG_MIGRATIONS: &[(&str, &str)] = &[
+    ("the first releases' schema", PG_SCHEMA_1),
+    (
+        "indexes for listing requests, mandates and audit records by tenant, newest first",
+        SCHEMA_2,
+    ),
+];
+
+/// Held while a replica migrates, so two starting together do not race.
+const MIGRATION_LOCK: i64 = 0x6d61_6e64_6174_6502;
+
 /// The schema version of an open database (0: written before versions were
 /// recorded, or empty).
 ///
 /// # Errors
-/// When the pragma cannot be read.
+/// When the version cannot be read.
 pub fn version(conn: &Connection) -> Result<u32, StoreError> {
-    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    let v: i64 = match conn.dialect() {
+        Dialect::Sqlite => conn.query_row("PRAGMA user_version", params![], |r| r.get(0))?,
+        Dialect::Postgres => {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS mandate_schema (id INT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL)",
+            )?;
+            conn.query_row(
+                "SELECT version FROM mandate_schema WHERE id = 1",
+                params![],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0)
+        }
+    };
+    Ok(u32::try_from(v).unwrap_or(u32::MAX))
 }
 
 /// Brings the database to [`SCHEMA_VERSION`]; returns the version it had.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
+    let pg = conn.dialect() == Dialect::Postgres;
+    if pg {
+        conn.execute("SELECT pg_advisory_lock(?1)", params![MIGRATION_LOCK])?;
+    }
+    let r = migrate_locked(conn);
+    if pg {
+        let _ = conn.execute("SELECT pg_advisory_unlock(?1)", params![MIGRATION_LOCK]);
+    }
+    r
+}
+
+fn migrate_locked(conn: &Connection) -> Result<u32, StoreError> {
     let found = version(conn)?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::Schema(format!(
             "the database has schema version {found}, written by a newer release; this one knows up to {SCHEMA_VERSION} (upgrade mandate, or restore a backup made before the newer release ran)"
         )));
     }
-    let fresh = found == 0
-        && !conn.query_row(
+    let (migrations, exists) = match conn.dialect() {
+        Dialect::Sqlite => (
+            MIGRATIONS,
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit')",
-            [],
-            |r| r.get::<_, bool>(0),
-        )?;
-    for (i, (what, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        ),
+        Dialect::Postgres => (
+            PG_MIGRATIONS,
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'audit')",
+        ),
+    };
+    let fresh = found == 0 && !conn.query_row(exists, params![], |r| r.get::<_, bool>(0usize))?;
+    for (i, (what, sql)) in migrations.iter().enumerate().skip(found as usize) {
         let to = i + 1;
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        if to == 1 {
-            crate::audit::backfill_refs(&tx)?;
+        conn.execute_batch("BEGIN")?;
+        let step = (|| -> Result<(), StoreError> {
+            conn.execute_batch(sql)?;
+            if to == 1 {
+                crate::audit::backfill_refs(conn)?;
+            }
+            match conn.dialect() {
+                Dialect::Sqlite => conn.execute_batch(&format!("PRAGMA user_version = {to}"))?,
+                Dialect::Postgres => {
+                    conn.execute(
+                        "INSERT INTO mandate_schema (id, version) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET version = ?1",
+                        params![to],
+                    )?;
+                }
+            }
+            Ok(())
+        })();
+        match step {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
         }
-        tx.pragma_update(None, "user_version", to)?;
-        tx.commit()?;
         if !fresh {
             tracing::info!(version = to, what, "database schema migrated");
         }

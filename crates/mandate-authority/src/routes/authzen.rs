@@ -14,7 +14,7 @@ use mandate_core::decision::{Decision, Obligation, decide};
 use mandate_core::pop;
 use mandate_core::request::EvaluationRequest;
 use mandate_core::timestamp::UnixTime;
-use rusqlite::OptionalExtension as _;
+use mandate_store::sql::OptionalExtension as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -615,7 +615,7 @@ pub async fn ship(
                 .conn()
                 .query_row(
                     "SELECT next FROM ship_marks WHERE tenant = ?1 AND enforcer = ?2 AND source = ?3",
-                    rusqlite::params![tenant, enforcer, source],
+                    mandate_store::params![tenant, enforcer, source],
                     |r| r.get::<_, i64>(0),
                 )
                 .optional()?
@@ -648,7 +648,7 @@ pub async fn ship(
             tx.conn().execute(
                 "INSERT INTO ship_marks (tenant, enforcer, source, next) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (tenant, enforcer, source) DO UPDATE SET next = excluded.next",
-                rusqlite::params![tenant, enforcer, source, i64::try_from(end).unwrap_or(i64::MAX)],
+                mandate_store::params![tenant, enforcer, source, i64::try_from(end).unwrap_or(i64::MAX)],
             )?;
             Ok((accepted, duplicates, end))
         })

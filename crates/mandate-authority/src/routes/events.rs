@@ -13,7 +13,7 @@ use mandate_core::condition::Facts;
 use mandate_core::id::MandateId;
 use mandate_core::state::MandateState;
 use mandate_core::timestamp::UnixTime;
-use rusqlite::params;
+use mandate_store::sql::params;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -11,7 +11,7 @@ use mandate_core::condition::{CompiledCondition, Facts, Outcome};
 use mandate_core::id::MandateId;
 use mandate_core::model::OnFailure;
 use mandate_core::state::MandateState;
-use rusqlite::{OptionalExtension, params};
+use mandate_store::sql::{OptionalExtension, params};
 use serde_json::{Value, json};
 
 use crate::auth::{Caller, Role};
@@ -41,7 +41,10 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// Reads a tenant's facts in a write job.
-pub fn read_facts(conn: &rusqlite::Connection, tenant: &str) -> rusqlite::Result<(Value, i64)> {
+pub fn read_facts(
+    conn: &mandate_store::sql::Connection,
+    tenant: &str,
+) -> mandate_store::sql::Result<(Value, i64)> {
     let row: Option<(String, i64)> = conn
         .query_row(
             "SELECT doc, version FROM facts WHERE tenant = ?1",

@@ -16,7 +16,7 @@ use mandate_core::model::{
 use mandate_core::state::MandateState;
 use mandate_core::timestamp::UnixTime;
 use mandate_store::StoreError;
-use rusqlite::params;
+use mandate_store::sql::params;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -258,7 +258,7 @@ pub async fn register_child(
         })
         .await
         .map_err(|e| match e {
-            StoreError::Sqlite(e) if db::is_unique_violation(&e) => {
+            StoreError::Database(e) if e.is_unique_violation() => {
                 ApiError::conflict("conflict", "a mandate with this id is already registered")
             }
             other => other.into(),

@@ -16,7 +16,13 @@ use crate::state::AppState;
 pub async fn healthz(State(s): State<Arc<AppState>>) -> axum::response::Response {
     let head = s
         .store
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get::<_, i64>(0))?))
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM audit",
+                mandate_store::params![],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
         .ok();
     let problem = s
         .store

@@ -14,7 +14,7 @@ use mandate_core::model::{
 };
 use mandate_core::timestamp::UnixTime;
 use mandate_core::validate::{CheckConditions, validate};
-use rusqlite::params;
+use mandate_store::sql::params;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

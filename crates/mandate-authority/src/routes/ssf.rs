@@ -14,7 +14,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use rusqlite::{OptionalExtension, params};
+use mandate_store::sql::{OptionalExtension, params};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -779,7 +779,7 @@ fn acknowledge(
     stream: &str,
     from: i64,
     seqs: &[i64],
-) -> rusqlite::Result<i64> {
+) -> mandate_store::sql::Result<i64> {
     let mut cursor = from;
     for a in seqs.iter().filter(|a| **a > cursor) {
         tx.conn().execute(
@@ -806,7 +806,7 @@ fn acknowledge(
         params![stream, cursor],
     )?;
     tx.conn().execute(
-        "UPDATE streams SET cursor = MAX(cursor, ?2) WHERE id = ?1",
+        "UPDATE streams SET cursor = CASE WHEN cursor > ?2 THEN cursor ELSE ?2 END WHERE id = ?1",
         params![stream, cursor],
     )?;
     Ok(cursor)

@@ -1,7 +1,7 @@
 //! What business events did: the recent ones of a tenant and the mandates
 //! each ended or suspended.
 
-use rusqlite::params;
+use mandate_store::sql::params;
 use serde_json::Value;
 
 use super::Result;

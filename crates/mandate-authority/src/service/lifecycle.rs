@@ -10,7 +10,7 @@ use mandate_core::model::{
 use mandate_core::state::MandateState;
 use mandate_core::timestamp::UnixTime;
 use mandate_store::StoreError;
-use rusqlite::params;
+use mandate_store::sql::params;
 use serde_json::json;
 
 use super::{Error, Result};
@@ -298,7 +298,7 @@ pub fn revisions(
     caller: &Caller,
     id: &str,
 ) -> Result<(Option<String>, Option<String>)> {
-    use rusqlite::OptionalExtension as _;
+    use mandate_store::sql::OptionalExtension as _;
     Ok(s.store.read(|c| {
         let by: Option<String> = c
             .query_row(

@@ -13,8 +13,8 @@ use std::collections::HashSet;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mandate_store::audit::{self, AuditRecord, Position};
+use mandate_store::sql::params;
 use mandate_store::{Store, StoreError};
-use rusqlite::params;
 use serde_json::Value;
 
 use crate::auth::{Caller, Role};

@@ -3,7 +3,7 @@
 
 use mandate_core::chain::issue_root;
 use mandate_core::id::MandateId;
-use rusqlite::{OptionalExtension, params};
+use mandate_store::sql::{OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::{Error, Result};

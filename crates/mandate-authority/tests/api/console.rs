@@ -222,7 +222,7 @@ fn a_principal_reviews_approves_watches_and_revokes_and_hostile_text_stays_text(
     let (_, m) = s.call("GET", &format!("/v1/mandates/{mid}"), Some(&c.admin), None);
     assert_eq!(m["state"], "active");
     let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
-    let recorded: String = conn.query_row("SELECT json_extract(record, '$.body.shown_sha256') FROM audit WHERE kind = 'consent_shown'", [], |r| r.get(0)).unwrap();
+    let recorded: String = conn.query_row("SELECT json_extract(record, '$.body.shown_sha256') FROM audit WHERE kind = 'consent_shown'", mandate_store::params![], |r| r.get(0)).unwrap();
     assert_eq!(
         recorded, shown,
         "the consent hash recorded is the hash of what the page showed"
@@ -772,7 +772,7 @@ fn narrowing_the_scope_takes_effect_and_widening_needs_a_fresh_approval() {
     let n: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM audit WHERE kind = 'widening_approved'",
-            [],
+            mandate_store::params![],
             |r| r.get(0),
         )
         .unwrap();

@@ -96,7 +96,7 @@ fn a_cancellation_event_suspends_the_procurement_mandate_and_its_child_with_it()
     let notes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM notifications WHERE principal = 'vp@acme.example'",
-            [],
+            mandate_store::params![],
             |r| r.get(0),
         )
         .unwrap();

@@ -151,7 +151,7 @@ fn an_agent_can_never_approve_amend_extend_resume_or_revoke_and_each_attempt_is_
     let refused: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM audit WHERE kind = 'refused'",
-            [],
+            mandate_store::params![],
             |r| r.get(0),
         )
         .unwrap();
@@ -498,7 +498,7 @@ fn a_mandate_expires_at_its_hard_expiry_with_a_record_written_when_it_happens() 
     let at: i64 = conn
         .query_row(
             "SELECT at_ms FROM audit WHERE kind = 'expired' AND mandate_id = ?1",
-            [&id],
+            mandate_store::params![id],
             |r| r.get(0),
         )
         .unwrap();
