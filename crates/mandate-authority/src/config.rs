@@ -232,6 +232,64 @@ impl EventSourceFacts {
     }
 }
 
+/// A PostgreSQL connection URL. Its password (if any) never shows in `Debug`
+/// or `Display`: [`DatabaseUrl::redacted`] is what logs print.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Checks the scheme and parses it.
+    ///
+    /// # Errors
+    /// When it is not a `postgres://` (or `postgresql://`) URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let u = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+        if !matches!(u.scheme(), "postgres" | "postgresql") {
+            return Err(format!(
+                "`{}://…`: only postgres:// databases are supported (the default, with no database set, is the embedded SQLite file)",
+                u.scheme()
+            ));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err("the URL names no host".into());
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The URL to connect with (secret included: never log it).
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    #[must_use]
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            Err(_) => "(unparseable database URL)".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 /// The service's configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +300,11 @@ pub struct Config {
     /// The data directory (database, keys, checkpoint).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// A PostgreSQL database (`postgres://USER@HOST:PORT/DB`) instead of the
+    /// embedded SQLite file: several replicas share it. Keys and this
+    /// replica's audit checkpoint stay in `data_dir`.
+    #[serde(default)]
+    pub database: Option<DatabaseUrl>,
     /// The `iss` of issued mandates (the public URL of this service).
     #[serde(default)]
     pub issuer: Option<String>,
@@ -456,6 +519,7 @@ impl Default for Config {
             tls_key_file: None,
             allow_plain_http: false,
             outbound_ca_file: None,
+            database: None,
         }
     }
 }
@@ -657,6 +721,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(d) = &self.database {
+            DatabaseUrl::parse(d.expose()).map_err(|m| err("database", m))?;
+        }
         match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(_), Some(_)) => {}
             (None, None) => {
@@ -673,6 +740,32 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_password_never_shows_and_only_postgres_is_accepted() {
+        let d =
+            DatabaseUrl::parse("postgres://mandate:s3cret-pw@db.internal:5432/mandate").unwrap();
+        assert_eq!(
+            d.redacted(),
+            "postgres://mandate:***@db.internal:5432/mandate"
+        );
+        assert!(!format!("{d:?} {d}").contains("s3cret"));
+        let c = Config {
+            database: Some(d),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(
+            DatabaseUrl::parse("mysql://x@h/db")
+                .unwrap_err()
+                .contains("only postgres://")
+        );
+        assert!(
+            DatabaseUrl::parse("sqlite.db")
+                .unwrap_err()
+                .contains("not a URL")
+        );
+    }
 
     #[test]
     fn a_bad_setting_is_named() {

@@ -202,7 +202,11 @@ impl AppState {
         let authority = load_or_create_key(&authority_key_path(&dir))?;
         let checkpoint_key =
             SigningKey::from_private_jwk(&authority.to_private_jwk()).map_err(|e| e.to_string())?;
-        let store = Arc::new(Store::open(&dir, checkpoint_key).map_err(|e| e.to_string())?);
+        let store = Arc::new(match &config.database {
+            None => Store::open(&dir, checkpoint_key).map_err(|e| e.to_string())?,
+            Some(url) => Store::open_postgres(&dir, url.expose(), checkpoint_key)
+                .map_err(|e| format!("database {}: {e}", url.redacted()))?,
+        });
         let registry = store
             .read(|c| Registry::load(c).map_err(mandate_store::StoreError::Corrupt))
             .map_err(|e| e.to_string())?;

@@ -619,7 +619,7 @@ pub fn records_for_tree(
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM audit WHERE seq IN
            (SELECT seq FROM audit_refs WHERE mandate_id IN (SELECT value FROM json_each(?1)))
-           AND (tenant IS (SELECT tenant FROM mandates WHERE id = ?2)
+           AND (tenant IS NOT DISTINCT FROM (SELECT tenant FROM mandates WHERE id = ?2)
                 OR NOT EXISTS (SELECT 1 FROM mandates WHERE id = ?2))
          ORDER BY seq"
     ))?;
@@ -952,7 +952,7 @@ pub fn page(
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM audit WHERE tenant = ?1 AND seq <= ?2
-           AND (?3 IS NULL OR seq IN
+           AND (CAST(?3 AS TEXT) IS NULL OR seq IN
                 (SELECT seq FROM audit_refs WHERE mandate_id IN (SELECT value FROM json_each(?3))))
          ORDER BY seq DESC LIMIT ?4"
     ))?;

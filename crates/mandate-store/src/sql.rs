@@ -29,7 +29,7 @@ pub enum Error {
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL failed.
-    #[error("{0}")]
+    #[error("{}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
     /// `query_row` found no row.
     #[error("no row")]
@@ -42,6 +42,17 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+}
+
+/// PostgreSQL's own message (the driver's `Display` says only "db error").
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {} ({})", d.severity(), d.message(), d.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 impl Error {
@@ -322,7 +333,10 @@ impl std::fmt::Debug for PgConn {
 
 /// A connection to either database.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant, reason = "one per store, never moved around")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per store, never moved around"
+)]
 pub enum Connection {
     /// SQLite (behind a lock only so that the connection can be lent to
     /// another thread; it is never contended).
@@ -357,9 +371,9 @@ pub fn translate(sql: &str) -> String {
             if let Some(r) = rest.strip_prefix("json_each(")
                 && let Some((arg, after)) = r.split_once(')')
             {
-                out.push_str("jsonb_array_elements_text((");
+                out.push_str("jsonb_array_elements_text(((");
                 out.push_str(&translate(arg));
-                out.push_str(")::jsonb)");
+                out.push_str(")::text)::jsonb)");
                 rest = after;
                 continue;
             }
@@ -382,7 +396,11 @@ fn json_extract(text: &str) -> Option<(String, &str)> {
     let (expr, r) = r.split_once(", '$.")?;
     let (path, after) = r.split_once("')")?;
     Some((
-        format!("({}::jsonb #>> '{{{}}}')", translate(expr), path.replace('.', ",")),
+        format!(
+            "({}::jsonb #>> '{{{}}}')",
+            translate(expr),
+            path.replace('.', ",")
+        ),
         after,
     ))
 }
@@ -685,7 +703,7 @@ mod tests {
             translate(
                 "SELECT a FROM t WHERE b = ?1 AND c = '?' AND d IN (SELECT value FROM json_each(?2))"
             ),
-            "SELECT a FROM t WHERE b = $1 AND c = '?' AND d IN (SELECT value FROM jsonb_array_elements_text(($2)::jsonb))"
+            "SELECT a FROM t WHERE b = $1 AND c = '?' AND d IN (SELECT value FROM jsonb_array_elements_text((($2)::text)::jsonb))"
         );
         assert_eq!(
             translate("json_extract(record, '$.body.by') = ?3 AND instr(principal, ?4) > 0"),

@@ -85,7 +85,7 @@ pub async fn apply(
             let now = tx.now_ms();
             let occurred = occurred_ms;
             let inserted = tx.conn().execute(
-                "INSERT OR IGNORE INTO events (tenant, idempotency_id, type, subject, occurred_ms, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (tenant, idempotency_id, type, subject, occurred_ms, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
                 params![tenant2, ev2.id, ev2.type_, ev2.subject, occurred, now, json!({"source": source2, "facts": ev2.facts, "digest": digest}).to_string()],
             )?;
             if inserted == 0 {

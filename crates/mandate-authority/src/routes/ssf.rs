@@ -783,7 +783,7 @@ fn acknowledge(
     let mut cursor = from;
     for a in seqs.iter().filter(|a| **a > cursor) {
         tx.conn().execute(
-            "INSERT OR IGNORE INTO stream_acks (stream, seq) VALUES (?1, ?2)",
+            "INSERT INTO stream_acks (stream, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             params![stream, a],
         )?;
     }

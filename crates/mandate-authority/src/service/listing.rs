@@ -163,9 +163,9 @@ pub fn requests(
     let items = store.read(|c| {
         let mut stmt = c.prepare_cached(
             "SELECT id, state, principal, agent_sub, created_ms, mandate_id, body FROM requests
-             WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR instr(principal, ?3) > 0)
-               AND (?4 IS NULL OR principal = ?4) AND (?5 IS NULL OR agent_sub = ?5)
-               AND (?6 IS NULL OR created_ms < ?6 OR (created_ms = ?6 AND id < ?7))
+             WHERE tenant = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2) AND (CAST(?3 AS TEXT) IS NULL OR instr(principal, ?3) > 0)
+               AND (CAST(?4 AS TEXT) IS NULL OR principal = ?4) AND (CAST(?5 AS TEXT) IS NULL OR agent_sub = ?5)
+               AND (CAST(?6 AS BIGINT) IS NULL OR created_ms < ?6 OR (created_ms = ?6 AND id < ?7))
              ORDER BY created_ms DESC, id DESC LIMIT ?8",
         )?;
         let rows = stmt.query_map(
@@ -255,11 +255,11 @@ pub fn mandates(
     let items = store.read(|c| {
         let mut stmt = c.prepare_cached(
             "SELECT id, state, parent_id, principal, claims, created_ms, hard_expiry FROM mandates
-             WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2)
-               AND (?3 IS NULL OR instr(json_extract(claims, '$.agent.id'), ?3) > 0)
-               AND (?4 IS NULL OR instr(principal, ?4) > 0) AND (?5 IS NULL OR principal = ?5)
-               AND (?6 IS NULL OR agent_sub = ?6)
-               AND (?7 IS NULL OR created_ms < ?7 OR (created_ms = ?7 AND id < ?8))
+             WHERE tenant = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+               AND (CAST(?3 AS TEXT) IS NULL OR instr(json_extract(claims, '$.agent.id'), ?3) > 0)
+               AND (CAST(?4 AS TEXT) IS NULL OR instr(principal, ?4) > 0) AND (CAST(?5 AS TEXT) IS NULL OR principal = ?5)
+               AND (CAST(?6 AS TEXT) IS NULL OR agent_sub = ?6)
+               AND (CAST(?7 AS BIGINT) IS NULL OR created_ms < ?7 OR (created_ms = ?7 AND id < ?8))
              ORDER BY created_ms DESC, id DESC LIMIT ?9",
         )?;
         let rows = stmt.query_map(

@@ -40,7 +40,7 @@ fn traffic(s: &Server) -> String {
 
 fn verify(dir: &std::path::Path) -> audit::VerifyReport {
     let data = dir.join("data");
-    let conn = mandate_store::open_read_only(&data).unwrap();
+    let conn = open_db(&data);
     audit::verify(
         &conn,
         &mandate_store::checkpoint_path(&data),
@@ -50,9 +50,8 @@ fn verify(dir: &std::path::Path) -> audit::VerifyReport {
 }
 
 fn tamper(dir: &std::path::Path, sql: &str) {
-    let conn = rusqlite::Connection::open(mandate_store::database_path(&dir.join("data"))).unwrap();
-    conn.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
-        .unwrap();
+    let conn = open_db_rw(&dir.join("data"));
+    conn.execute_batch(&drop_append_only("audit")).unwrap();
     conn.execute_batch(sql).unwrap();
 }
 
@@ -63,7 +62,7 @@ fn the_log_is_intact_after_traffic_and_records_every_decision_and_transition() {
     let dir = s.stop();
     let report = verify(&dir);
     assert!(report.intact, "{report:?}");
-    let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
+    let conn = open_db(&dir.join("data"));
     let tree = audit::records_for_tree(&conn, &id).unwrap();
     let kinds: Vec<&str> = tree.iter().map(|r| r.kind.as_str()).collect();
     assert_eq!(
@@ -97,12 +96,13 @@ fn the_log_cannot_be_appended_to_edited_or_deleted_through_sql() {
     let s = Server::start("audit-triggers");
     traffic(&s);
     let dir = s.stop();
-    let conn = rusqlite::Connection::open(mandate_store::database_path(&dir.join("data"))).unwrap();
-    assert!(
-        conn.execute("UPDATE audit SET kind = 'x' WHERE seq = 1", [])
-            .is_err()
-    );
-    assert!(conn.execute("DELETE FROM audit WHERE seq = 1", []).is_err());
+    let conn = open_db_rw(&dir.join("data"));
+    let refused = |sql: &str| match conn.execute(sql, mandate_store::params![]) {
+        Err(e) => assert!(e.to_string().contains("append-only"), "{sql}: {e}"),
+        Ok(n) => panic!("{sql}: changed {n} record(s)"),
+    };
+    refused("UPDATE audit SET kind = 'x' WHERE seq = 1");
+    refused("DELETE FROM audit WHERE seq = 1");
 }
 
 #[test]
@@ -160,7 +160,7 @@ fn an_investigator_can_tell_whether_a_decision_fell_inside_a_valid_mandate() {
     let s = Server::start("audit-inside");
     traffic(&s);
     let dir = s.stop();
-    let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
+    let conn = open_db(&dir.join("data"));
     let decisions: Vec<i64> = audit::all(&conn)
         .unwrap()
         .into_iter()
@@ -246,7 +246,7 @@ fn shipped_decisions_are_one_record_per_batch_each_decision_recorded_once() {
     );
     assert_eq!(st, 403);
     let dir = s.stop();
-    let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
+    let conn = open_db(&dir.join("data"));
     let batches: Vec<_> = audit::all(&conn)
         .unwrap()
         .into_iter()
@@ -353,13 +353,17 @@ fn an_edited_mandate_index_is_detected() {
         200
     );
     let dir = s.stop();
-    let conn = rusqlite::Connection::open(mandate_store::database_path(&dir.join("data"))).unwrap();
+    let conn = open_db_rw(&dir.join("data"));
     assert!(
-        conn.execute("DELETE FROM audit_refs", []).is_err(),
+        conn.execute("DELETE FROM audit_refs", mandate_store::params![])
+            .is_err(),
         "the index is append-only"
     );
-    conn.execute_batch("DROP TRIGGER audit_refs_no_delete; DELETE FROM audit_refs WHERE seq = (SELECT MAX(seq) FROM audit);")
-        .unwrap();
+    conn.execute_batch(&format!(
+        "{} DELETE FROM audit_refs WHERE seq = (SELECT MAX(seq) FROM audit);",
+        drop_append_only("audit_refs")
+    ))
+    .unwrap();
     drop(conn);
     let r = verify(&dir);
     assert!(!r.intact);
@@ -392,8 +396,10 @@ fn a_log_rolled_back_to_an_older_checkpoint_is_caught_by_a_newer_one_kept_elsewh
     tamper(
         &dir,
         &format!(
-            "DROP TRIGGER audit_refs_no_delete; DELETE FROM audit WHERE seq > {}; DELETE FROM audit_refs WHERE seq > {}",
-            o.seq, o.seq
+            "{} DELETE FROM audit WHERE seq > {}; DELETE FROM audit_refs WHERE seq > {}",
+            drop_append_only("audit_refs"),
+            o.seq,
+            o.seq
         ),
     );
     std::fs::write(mandate_store::checkpoint_path(&dir.join("data")), &older).unwrap();
@@ -401,7 +407,7 @@ fn a_log_rolled_back_to_an_older_checkpoint_is_caught_by_a_newer_one_kept_elsewh
         verify(&dir).intact,
         "the log agrees with the checkpoint it holds"
     );
-    let conn = mandate_store::open_read_only(&dir.join("data")).unwrap();
+    let conn = open_db(&dir.join("data"));
     let caught = audit::verify_against(&conn, &newer, &key).unwrap();
     assert!(caught.unwrap().contains("rolled back"));
     assert_eq!(audit::verify_against(&conn, &older, &key).unwrap(), None);

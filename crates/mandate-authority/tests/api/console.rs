@@ -221,7 +221,7 @@ fn a_principal_reviews_approves_watches_and_revokes_and_hostile_text_stays_text(
     let mid = location.trim_start_matches("/console/mandates/").to_owned();
     let (_, m) = s.call("GET", &format!("/v1/mandates/{mid}"), Some(&c.admin), None);
     assert_eq!(m["state"], "active");
-    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let conn = open_db(&s.data_dir());
     let recorded: String = conn.query_row("SELECT json_extract(record, '$.body.shown_sha256') FROM audit WHERE kind = 'consent_shown'", mandate_store::params![], |r| r.get(0)).unwrap();
     assert_eq!(
         recorded, shown,
@@ -768,7 +768,7 @@ fn narrowing_the_scope_takes_effect_and_widening_needs_a_fresh_approval() {
         w["claims"]["authorization_details"][0]["actions"],
         json!(["search", "delete_vendor"])
     );
-    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let conn = open_db(&s.data_dir());
     let n: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM audit WHERE kind = 'widening_approved'",

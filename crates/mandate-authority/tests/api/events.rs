@@ -44,7 +44,7 @@ fn ghost_execution_the_github_merge_ends_the_pr_mandate_while_the_token_is_still
     assert_eq!((st, &r["replayed"]), (200, &json!(true)));
 
     // The audit shows the merge as the event that ended it and the later attempt as after the end.
-    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let conn = open_db(&s.data_dir());
     let (ended, after) = mandate_store::audit::after_end(&conn, &id123).unwrap();
     let ended = ended.unwrap();
     assert_eq!(ended.kind, "completed");
@@ -92,7 +92,7 @@ fn a_cancellation_event_suspends_the_procurement_mandate_and_its_child_with_it()
         reasons(&d),
         ["suspended", "condition_failed:program-active"]
     );
-    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let conn = open_db(&s.data_dir());
     let notes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM notifications WHERE principal = 'vp@acme.example'",

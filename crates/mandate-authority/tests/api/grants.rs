@@ -147,7 +147,7 @@ fn an_agent_can_never_approve_amend_extend_resume_or_revoke_and_each_attempt_is_
             .0,
         403
     );
-    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let conn = open_db(&s.data_dir());
     let refused: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM audit WHERE kind = 'refused'",
@@ -494,7 +494,7 @@ fn a_mandate_expires_at_its_hard_expiry_with_a_record_written_when_it_happens() 
         assert!(std::time::Instant::now() < deadline, "not expired: {m}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let conn = open_db(&s.data_dir());
     let at: i64 = conn
         .query_row(
             "SELECT at_ms FROM audit WHERE kind = 'expired' AND mandate_id = ?1",

@@ -355,7 +355,7 @@ fn an_enforcer_cannot_write_decisions_into_another_tenants_timeline() {
         Some(&forged),
     );
     assert_eq!(st, 403, "{e}");
-    let conn = mandate_store::open_read_only(&s.data_dir()).unwrap();
+    let conn = open_db(&s.data_dir());
     let tree = mandate_store::audit::records_for_tree(&conn, &victim).unwrap();
     assert!(tree.iter().all(|r| r.kind != "decision"), "{tree:?}");
 }

@@ -25,6 +25,74 @@ pub struct Server {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Whether this run tests the PostgreSQL backend
+/// (`MANDATE_TEST_POSTGRES=postgres://USER@HOST:PORT/postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var_os("MANDATE_TEST_POSTGRES").is_some()
+}
+
+/// On the PostgreSQL run: the database of the server whose scratch
+/// directory is `dir`, created (empty) the first time and the same one when
+/// the server is started again in `dir`.
+pub fn test_database(dir: &std::path::Path) -> Option<mandate_authority::config::DatabaseUrl> {
+    let base = std::env::var("MANDATE_TEST_POSTGRES").ok()?;
+    let file = dir.join("database-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Some(mandate_authority::config::DatabaseUrl::parse(url.trim()).unwrap());
+    }
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "mandate_test_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let admin = mandate_store::connect_postgres(&base).unwrap();
+    admin
+        .execute_batch(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&format!("/{name}"));
+    std::fs::write(&file, url.as_str()).unwrap();
+    Some(mandate_authority::config::DatabaseUrl::parse(url.as_str()).unwrap())
+}
+
+/// The store of the server whose data directory is `data`, for a test to
+/// read directly: the SQLite file, or on the PostgreSQL run its database.
+pub fn open_db(data: &std::path::Path) -> mandate_store::sql::Connection {
+    match data.parent().and_then(test_database) {
+        Some(url) => mandate_store::connect_postgres(url.expose()).unwrap(),
+        None => mandate_store::open_read_only(data).unwrap(),
+    }
+}
+
+/// As [`open_db`], writable: for the tests that play an attacker with
+/// direct access to the database.
+pub fn open_db_rw(data: &std::path::Path) -> mandate_store::sql::Connection {
+    match data.parent().and_then(test_database) {
+        Some(url) => mandate_store::connect_postgres(url.expose()).unwrap(),
+        None => mandate_store::sql::Connection::sqlite(
+            rusqlite::Connection::open(mandate_store::database_path(data)).unwrap(),
+        ),
+    }
+}
+
+/// The statement that drops the append-only triggers of `table` (`audit`
+/// or `audit_refs`) on this run's backend.
+pub fn drop_append_only(table: &str) -> String {
+    match (on_postgres(), table) {
+        (true, "audit") => {
+            "DROP TRIGGER audit_append_only ON audit; DROP TRIGGER audit_truncate ON audit;".into()
+        }
+        (true, _) => "DROP TRIGGER audit_refs_append_only ON audit_refs;".into(),
+        (false, "audit") => "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;".into(),
+        (false, _) => "DROP TRIGGER audit_refs_no_delete;".into(),
+    }
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "mandate-authority-{name}-{}-{}",
@@ -67,6 +135,7 @@ impl Server {
             }],
             ..Config::default()
         };
+        config.database = test_database(&dir);
         edit(&mut config);
         let state = AppState::open(config).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

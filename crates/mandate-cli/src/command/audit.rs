@@ -1,4 +1,4 @@
-//! `mandate audit verify|query|export --data-dir DIR`
+//! `mandate audit verify|query|export --data-dir DIR [--database postgres://…]`
 
 use std::path::PathBuf;
 
@@ -17,6 +17,11 @@ pub enum Command {
         /// The authority's data directory.
         #[arg(long, default_value = "mandate-data")]
         data_dir: PathBuf,
+        /// The authority's PostgreSQL database (`postgres://…`), when it
+        /// does not use the embedded file; keys and checkpoint are still read
+        /// from `--data-dir`.
+        #[arg(long)]
+        database: Option<String>,
         /// Also check against a checkpoint kept elsewhere (a copy of
         /// `GET /v1/audit/checkpoint` taken earlier): a log rolled back to an
         /// older checkpoint no longer holds the record this one names.
@@ -28,6 +33,11 @@ pub enum Command {
         /// The authority's data directory.
         #[arg(long, default_value = "mandate-data")]
         data_dir: PathBuf,
+        /// The authority's PostgreSQL database (`postgres://…`), when it
+        /// does not use the embedded file; keys and checkpoint are still read
+        /// from `--data-dir`.
+        #[arg(long)]
+        database: Option<String>,
         /// The mandate.
         #[arg(long, required_unless_present = "decision")]
         mandate: Option<String>,
@@ -44,7 +54,30 @@ pub enum Command {
         /// The authority's data directory.
         #[arg(long, default_value = "mandate-data")]
         data_dir: PathBuf,
+        /// The authority's PostgreSQL database (`postgres://…`), when it
+        /// does not use the embedded file; keys and checkpoint are still read
+        /// from `--data-dir`.
+        #[arg(long)]
+        database: Option<String>,
     },
+}
+
+/// The log: the data directory's file, or the PostgreSQL database.
+fn open(
+    data_dir: &std::path::Path,
+    database: Option<&str>,
+) -> Result<mandate_store::sql::Connection, CliError> {
+    match database {
+        None => mandate_store::open_read_only(data_dir).map_err(store_err),
+        Some(url) => {
+            let u = mandate_authority::config::DatabaseUrl::parse(url)
+                .map_err(|e| CliError::input("invalid_argument", format!("--database: {e}")))?;
+            mandate_store::connect_postgres(u.expose()).map_err(|e| CliError::Io {
+                path: u.redacted(),
+                message: e.to_string(),
+            })
+        }
+    }
 }
 
 fn store_err(e: mandate_store::StoreError) -> CliError {
@@ -63,8 +96,12 @@ fn print_lines(records: &[audit::AuditRecord]) {
 /// Runs the command.
 pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
     match c {
-        Command::Verify { data_dir, against } => {
-            let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
+        Command::Verify {
+            data_dir,
+            database,
+            against,
+        } => {
+            let conn = open(&data_dir, database.as_deref())?;
             let jwk: PrivateJwk =
                 io::read_json(&authority_key_path(&data_dir).display().to_string())?;
             let key = SigningKey::from_private_jwk(&jwk)
@@ -101,6 +138,7 @@ pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
         }
         Command::Query {
             data_dir,
+            database,
             mandate,
             after_end,
             decision,
@@ -114,7 +152,7 @@ pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
                 }
                 None => None,
             };
-            let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
+            let conn = open(&data_dir, database.as_deref())?;
             if let Some((reference, (seq, item))) = reference {
                 let Some((d, invalid)) =
                     audit::decision_validity(&conn, seq, item).map_err(store_err)?
@@ -168,8 +206,8 @@ pub fn run(c: Command, out: Output) -> Result<u8, CliError> {
             }
             Ok(0)
         }
-        Command::Export { data_dir } => {
-            let conn = mandate_store::open_read_only(&data_dir).map_err(store_err)?;
+        Command::Export { data_dir, database } => {
+            let conn = open(&data_dir, database.as_deref())?;
             print_lines(&audit::all(&conn).map_err(store_err)?);
             Ok(0)
         }

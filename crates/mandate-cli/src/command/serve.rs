@@ -1,4 +1,4 @@
-//! `mandate serve [--config FILE] [--listen ADDR] [--data-dir DIR] [--issuer URL] [--tls-cert PEM --tls-key PEM]`
+//! `mandate serve [--config FILE] [--listen ADDR] [--data-dir DIR] [--database postgres://…] [--issuer URL] [--tls-cert PEM --tls-key PEM]`
 
 use std::path::PathBuf;
 
@@ -21,6 +21,10 @@ pub struct Args {
     /// Data directory (default ./mandate-data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// A PostgreSQL database (`postgres://USER@HOST:PORT/DB`) instead of the
+    /// embedded SQLite file; several `serve` processes may share one.
+    #[arg(long)]
+    database: Option<String>,
     /// The public URL of this authority, used as `iss` of mandates.
     #[arg(long)]
     issuer: Option<String>,
@@ -51,6 +55,12 @@ fn config(a: &Args) -> Result<Config, CliError> {
     }
     if let Some(d) = &a.data_dir {
         c.data_dir = d.clone();
+    }
+    if let Some(d) = &a.database {
+        c.database = Some(
+            mandate_authority::config::DatabaseUrl::parse(d)
+                .map_err(|e| CliError::input("invalid_config", format!("database: {e}")))?,
+        );
     }
     if let Some(i) = &a.issuer {
         c.issuer = Some(i.clone());
@@ -90,7 +100,10 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
         })?;
     rt.block_on(async move {
         let mut config = config;
-        let data_dir = config.data_dir.display().to_string();
+        let data_dir = match &config.database {
+            Some(d) => format!("{}, database {}", config.data_dir.display(), d.redacted()),
+            None => config.data_dir.display().to_string(),
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| CliError::Io {
