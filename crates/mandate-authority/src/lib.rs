@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod db;
@@ -169,6 +170,16 @@ pub async fn serve(
             }
         }
     });
+    if let Some(url) = &state.config.database {
+        // Other replicas may commit: follow the log, and deliver push
+        // streams only while holding the lease.
+        cluster::follow(Arc::clone(&state), url.expose().to_owned());
+        cluster::lease(
+            Arc::clone(&state),
+            url.expose().to_owned(),
+            tokio::runtime::Handle::current(),
+        );
+    }
     push::spawn_all(&state);
     let refresh_state = Arc::clone(&state);
     let refresher = tokio::spawn(async move {

@@ -49,6 +49,11 @@ fn post(agent: &ureq::Agent, url: &str, auth: Option<&str>, set: &str) -> Delive
 
 /// Starts the delivery task of a push stream, unless one runs already.
 pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
+    // With replicas, only the lease holder delivers (it picks up streams
+    // created anywhere within a second).
+    if !s.cluster.may_push() {
+        return;
+    }
     match s.pushers.lock() {
         Ok(mut running) => {
             if !running.insert(stream_id.clone()) {
@@ -68,6 +73,9 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
         // The status the receiver was last told of.
         let mut told = String::from("enabled");
         loop {
+            if !s.cluster.may_push() {
+                return;
+            }
             let notified = s.signals.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();

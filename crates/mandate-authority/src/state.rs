@@ -60,6 +60,8 @@ pub struct AppState {
     pub sessions: crate::console::Sessions,
     /// DPoP proofs seen, so each is accepted once.
     pub replay: mandate_core::pop::ReplayCache,
+    /// Whether other replicas share the database, and this one's push lease.
+    pub cluster: crate::cluster::Membership,
     /// Push streams whose delivery task runs (one task per stream).
     pub pushers: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The token endpoint's DPoP nonces (when `dpop_nonce`).
@@ -207,9 +209,20 @@ impl AppState {
             Some(url) => Store::open_postgres(&dir, url.expose(), checkpoint_key)
                 .map_err(|e| format!("database {}: {e}", url.redacted()))?,
         });
+        // The log's head before memory is loaded: a replica following others
+        // replays everything after it (some of it twice, harmlessly).
+        let loaded_at = store
+            .read(mandate_store::audit::head)
+            .map_err(|e| e.to_string())?
+            .seq;
         let registry = store
             .read(|c| Registry::load(c).map_err(mandate_store::StoreError::Corrupt))
             .map_err(|e| e.to_string())?;
+        let cluster = if config.database.is_some() {
+            crate::cluster::Membership::shared(loaded_at)
+        } else {
+            crate::cluster::Membership::alone()
+        };
 
         let ring = crate::keyring::Live::open(&dir, crate::auth::now_secs() * 1000)?;
         let checkpoint_verifying = authority.verifying_key().map_err(|e| e.to_string())?;
@@ -267,6 +280,7 @@ impl AppState {
             signals: tokio::sync::Notify::new(),
             sessions: crate::console::Sessions::new(max_sessions),
             replay: mandate_core::pop::ReplayCache::default(),
+            cluster,
             pushers: std::sync::Mutex::new(std::collections::HashSet::new()),
             nonces: {
                 let mut key = [0u8; 32];

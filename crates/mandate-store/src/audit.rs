@@ -220,7 +220,11 @@ pub fn chain_hash(prev_hash: &str, canonical_record: &str) -> String {
     hex::encode(h.finalize())
 }
 
-pub(crate) fn head(conn: &Connection) -> Result<AuditHead, StoreError> {
+/// The last record's sequence number and hash.
+///
+/// # Errors
+/// When the query fails.
+pub fn head(conn: &Connection) -> Result<AuditHead, StoreError> {
     let last = conn
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",

@@ -525,6 +525,7 @@ fn run_batch(
             *head = audit::head(conn)?;
         }
     }
+    let first_seq = head.seq;
     let now = now_ms();
     for job in batch.iter_mut() {
         let run = std::mem::replace(&mut job.run, Box::new(|_| Err(StoreError::Closed)));
@@ -550,9 +551,20 @@ fn run_batch(
             }
         }
     }
+    if conn.dialect() == Dialect::Postgres && head.seq != first_seq {
+        // Delivered at commit to every replica listening: they read what
+        // changed from the log (and catch up from it after a missed one).
+        conn.execute(
+            "SELECT pg_notify('mandate_changes', ?1)",
+            crate::params![head.seq.to_string()],
+        )?;
+    }
     conn.execute_batch("COMMIT")?;
     Ok(())
 }
+
+/// The channel replicas listen on for commits (PostgreSQL).
+pub const CHANGES_CHANNEL: &str = "mandate_changes";
 
 fn writer_loop(
     conn: &Connection,
