@@ -165,6 +165,21 @@ pub async fn serve(
                 let st = Arc::clone(&clock_state);
                 let _ = tokio::task::spawn_blocking(move || st.tick_keys()).await;
             }
+            // Once a minute with replicas: forget proofs no replica can
+            // accept any more.
+            if clock_state.cluster.shared && ticks.is_multiple_of(240) {
+                let now_ms = i64::try_from(auth::now_secs()).unwrap_or(i64::MAX) * 1000;
+                let _ = clock_state
+                    .store
+                    .write(move |tx| {
+                        tx.conn().execute(
+                            "DELETE FROM pop_seen WHERE exp_ms < ?1",
+                            mandate_store::params![now_ms],
+                        )?;
+                        Ok(())
+                    })
+                    .await;
+            }
             if let Err(e) = expire_due(&clock_state).await {
                 tracing::error!(detail = %e.detail, "expiry clock");
             }

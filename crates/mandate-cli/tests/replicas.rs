@@ -199,24 +199,32 @@ fn proof(htm: &str, htu: &str) -> String {
     mandate_core::pop::make_proof(&holder(), htm, htu, None, &jti, now())
 }
 
-/// The AuthZEN decision at a replica for reading log 42 with `mandate`.
-fn decide(port: u16, data: &Path, mandate: &str) -> Value {
+/// An AuthZEN request for reading log 42 with `mandate`, with a fresh proof.
+fn evaluation(mandate: &str) -> Value {
     let htu = "https://ci.example.com/logs/42";
-    let req = json!({
+    json!({
         "subject": {"type": "agent", "id": "ci-agent", "properties": {"mandate": mandate}},
         "action": {"name": "read"},
         "resource": {"type": "ci_logs", "id": htu},
         "context": {"agent_instance": "run-1", "htm": "GET", "htu": htu, "dpop": proof("GET", htu)},
-    });
+    })
+}
+
+fn evaluate(port: u16, data: &Path, req: &Value) -> Value {
     let a = call(
         port,
         "POST",
         "/access/v1/evaluation",
         &token(data, "gateway-1", "enforcer"),
-        &req,
+        req,
     );
     assert_eq!(a.status, 200, "{}", a.body);
     a.body
+}
+
+/// The AuthZEN decision at a replica for reading log 42 with `mandate`.
+fn decide(port: u16, data: &Path, mandate: &str) -> Value {
+    evaluate(port, data, &evaluation(mandate))
 }
 
 /// The mandate's state as replica `port` holds it in memory.
@@ -339,6 +347,12 @@ action = "read"
         state_at(r2.port, &data, &id) == "active"
     });
     assert_eq!(decide(r2.port, &data, &mandate)["decision"], true);
+    // A proof accepted by one replica is a replay at every other.
+    let once = evaluation(&mandate);
+    assert_eq!(evaluate(r1.port, &data, &once)["decision"], true);
+    let again = evaluate(r3.port, &data, &once);
+    assert_eq!(again["decision"], false, "{again}");
+    assert!(again.to_string().contains("pop_replayed"), "{again}");
     until(20, "the gateway allows", || {
         through_gateway(gw_port, &mandate) == 200
     });

@@ -176,6 +176,41 @@ pub struct Proof {
     pub key: String,
 }
 
+impl Proof {
+    /// What identifies the proof for replay detection: SHA-256 of its key and
+    /// `jti`. Shared by every replay cache (in memory, or a shared database
+    /// across authority replicas).
+    #[must_use]
+    pub fn replay_key(&self) -> [u8; 32] {
+        let mut material = Vec::with_capacity(self.key.len() + 1 + self.jti.len());
+        material.extend_from_slice(self.key.as_bytes());
+        material.push(0);
+        material.extend_from_slice(self.jti.as_bytes());
+        sha256(&material)
+    }
+}
+
+/// [`check`], answering the admitted proof (to be recorded elsewhere too).
+///
+/// # Errors
+/// Why possession is not proved.
+pub fn check_admitted(
+    chain: &VerifiedChain,
+    possession: &Possession<'_>,
+    cache: &ReplayCache,
+    now: UnixTime,
+) -> Result<Option<Proof>, PopError> {
+    let (proof, target) = match possession {
+        Possession::Held | Possession::Bearer => return Ok(None),
+        Possession::Proof { proof, target } => (proof, target),
+    };
+    let holder = chain.holder_key().ok_or(PopError::NoHolderKey)?;
+    let proof = proof.ok_or(PopError::Missing)?;
+    let p = verify_proof(holder, proof, target, now)?;
+    cache.admit(&p, now)?;
+    Ok(Some(p))
+}
+
 #[derive(Deserialize)]
 struct ProofClaims {
     jti: String,
@@ -356,11 +391,7 @@ impl ReplayCache {
     /// # Errors
     /// [`PopError::Replayed`].
     pub fn admit(&self, proof: &Proof, now: UnixTime) -> Result<(), PopError> {
-        let mut material = Vec::with_capacity(proof.key.len() + 1 + proof.jti.len());
-        material.extend_from_slice(proof.key.as_bytes());
-        material.push(0);
-        material.extend_from_slice(proof.jti.as_bytes());
-        let key = sha256(&material);
+        let key = proof.replay_key();
         let now = now.secs();
         let mut seen = self.inner.lock().map_err(|_| PopError::Replayed)?;
         while let Some(&(expires, k)) = seen.order.front() {
@@ -436,20 +467,7 @@ pub fn check(
     cache: &ReplayCache,
     now: UnixTime,
 ) -> Option<PopError> {
-    let (proof, target) = match possession {
-        Possession::Held | Possession::Bearer => return None,
-        Possession::Proof { proof, target } => (proof, target),
-    };
-    let Some(holder) = chain.holder_key() else {
-        return Some(PopError::NoHolderKey);
-    };
-    let Some(proof) = proof else {
-        return Some(PopError::Missing);
-    };
-    match verify_proof(holder, proof, target, now) {
-        Ok(p) => cache.admit(&p, now).err(),
-        Err(e) => Some(e),
-    }
+    check_admitted(chain, possession, cache, now).err()
 }
 
 /// The proof an AuthZEN request carries for its enforcement point:

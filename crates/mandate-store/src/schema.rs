@@ -19,7 +19,15 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "indexes for listing requests, mandates and audit records by tenant, newest first",
         SCHEMA_2,
     ),
+    ("DPoP proofs seen by any replica", SCHEMA_3),
 ];
+
+/// Proofs of possession seen, by replay key, until they expire: on a shared
+/// database, a proof accepted by one replica is refused by every other.
+const SCHEMA_3: &str = r"
+CREATE TABLE IF NOT EXISTS pop_seen (key TEXT PRIMARY KEY, exp_ms BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS pop_seen_exp ON pop_seen(exp_ms);
+";
 
 /// The schema version this release writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -214,6 +222,7 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
         "indexes for listing requests, mandates and audit records by tenant, newest first",
         SCHEMA_2,
     ),
+    ("DPoP proofs seen by any replica", SCHEMA_3),
 ];
 
 /// Held while a replica migrates, so two starting together do not race.

@@ -56,6 +56,7 @@ fn check_pop(
     token: Option<&str>,
     now: UnixTime,
     batch: &mut Vec<String>,
+    fresh: &mut Option<(String, i64)>,
 ) -> Option<pop::PopError> {
     let possession = pop::from_context(req, token);
     if let pop::Possession::Proof {
@@ -67,12 +68,29 @@ fn check_pop(
         let holder = chain.holder_key()?;
         return pop::verify_proof(holder, proof, target, now).err();
     }
-    let failure = pop::check(chain, &possession, &s.replay, now);
+    let failure = match pop::check_admitted(chain, &possession, &s.replay, now) {
+        Ok(admitted) => {
+            // With replicas, the decision's commit also records the proof
+            // where every replica sees it (kept past any acceptable `iat`).
+            *fresh = admitted.map(|p| {
+                (
+                    hex::encode(p.replay_key()),
+                    p.iat.saturating_add(POP_SEEN_SECS).saturating_mul(1000),
+                )
+            });
+            None
+        }
+        Err(e) => Some(e),
+    };
     if let (None, pop::Possession::Proof { proof: Some(p), .. }) = (&failure, &possession) {
         batch.push((*p).to_owned());
     }
     failure
 }
+
+/// How long past its `iat` a proof is remembered by every replica: longer
+/// than any proof is accepted.
+const POP_SEEN_SECS: i64 = 600;
 
 /// Decides one request for the caller's tenant and audits it.
 async fn evaluate_one(
@@ -82,6 +100,7 @@ async fn evaluate_one(
     batch: &mut Vec<String>,
 ) -> Result<Value, ApiError> {
     let started = Instant::now();
+    let mut fresh_proof: Option<(String, i64)> = None;
     let props = subject_props(req);
     // A request without a mandate is answered (deny) and audited like any other.
     let presented = props
@@ -114,7 +133,9 @@ async fn evaluate_one(
             // The enforcement point passes the DPoP proof it received, with
             // the method and URL it was sent for; checked for known roots only.
             let pop_failure = match (&snapshot, s.config.proof_of_possession) {
-                (Some(_), pop::Mode::Required) => check_pop(s, chain, req, token, now, batch),
+                (Some(_), pop::Mode::Required) => {
+                    check_pop(s, chain, req, token, now, batch, &mut fresh_proof)
+                }
                 _ => None,
             };
             let decided = match snapshot {
@@ -158,11 +179,22 @@ async fn evaluate_one(
     let allow = decision.allow;
     let reasons = decision.reasons.clone();
     let obligations = serde_json::to_value(&decision.obligations).map_err(ApiError::internal)?;
-    let (allow, seq) = s
+    let (allow, seq, final_reasons) = s
         .store
         .write(move |tx| {
+            // A proof another replica accepted already is a replay here.
+            let replayed = match (&fresh_proof, allow, tx.conn().dialect()) {
+                (Some((key, exp)), true, mandate_store::sql::Dialect::Postgres) => {
+                    tx.conn().execute(
+                        "INSERT INTO pop_seen (key, exp_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        mandate_store::params![key, exp],
+                    )? == 0
+                }
+                _ => false,
+            };
             // A one-time mandate is consumed in the same commit as the allow.
             let (allow, reasons) = match (&one_time, allow) {
+                _ if replayed => (false, vec!["pop_replayed".to_owned()]),
                 (Some(id), true) if consume_in(tx, &tenant, id, &enforcer)? != Consumption::Now => {
                     (false, vec!["one_time_used".to_owned()])
                 }
@@ -178,12 +210,12 @@ async fn evaluate_one(
                 b.insert("obligations".into(), obligations);
             }
             let rec = tx.audit(Some(&tenant), "decision", leaf.as_deref(), body)?;
-            Ok((allow, rec.seq))
+            Ok((allow, rec.seq, reasons))
         })
         .await?;
     if decision.allow && !allow {
         decision.allow = false;
-        decision.reasons = vec!["one_time_used".into()];
+        decision.reasons = final_reasons;
         decision.obligations.clear();
     }
     if let Some(id) = decision.chain.last().filter(|_| decision.allow)
@@ -275,9 +307,15 @@ pub async fn search_action(
                 None => reasons.push("unknown_mandate".into()),
                 Some(snap) => {
                     let pop_failure = match s.config.proof_of_possession {
-                        pop::Mode::Required => {
-                            check_pop(&s, &chain, &probe, token.as_deref(), now, &mut Vec::new())
-                        }
+                        pop::Mode::Required => check_pop(
+                            &s,
+                            &chain,
+                            &probe,
+                            token.as_deref(),
+                            now,
+                            &mut Vec::new(),
+                            &mut None,
+                        ),
                         pop::Mode::Bearer => None,
                     };
                     if let Some(e) = pop_failure {
