@@ -302,7 +302,7 @@ fn three_replicas_agree_a_killed_replica_loses_nothing_and_the_log_stays_one_cha
     let mut r3 = Replica::start(&dir, "r3", &db, Some(&r1.data));
     let data = r1.data.clone();
 
-    // A gateway fed by replica 2 (it polls replica 2's SSF stream).
+    // A gateway that knows replicas 3 and 2 (it polls 3 while 3 answers).
     let gw_port = free_port();
     std::fs::write(
         dir.join("enforcer.token"),
@@ -313,7 +313,7 @@ fn three_replicas_agree_a_killed_replica_loses_nothing_and_the_log_stays_one_cha
         dir.join("gateway.toml"),
         format!(
             r#"listen = "127.0.0.1:{gw_port}"
-authority = "http://127.0.0.1:{auth}"
+authority = ["http://127.0.0.1:{first}", "http://127.0.0.1:{second}"]
 token_file = "{dir}/enforcer.token"
 spool_file = "{dir}/gw.spool"
 upstream = "http://127.0.0.1:{up}"
@@ -325,7 +325,8 @@ path = "/logs/{{id}}"
 type = "ci_logs"
 action = "read"
 "#,
-            auth = r2.port,
+            first = r3.port,
+            second = r2.port,
             up = upstream(),
             dir = dir.display(),
         ),
@@ -398,6 +399,24 @@ action = "read"
     });
     assert_eq!(decide(r1.port, &data, &mandate2)["decision"], false);
     assert_eq!(decide(r2.port, &data, &mandate2)["decision"], false);
+
+    // The gateway's replica is gone: it moves to replica 2 and keeps
+    // following (a grant and its revocation, both after the failover).
+    let (id3, mandate3) = grant(r1.port, r2.port, &data, "ticket:CI-3");
+    until(30, "the gateway allows after failing over", || {
+        through_gateway(gw_port, &mandate3) == 200
+    });
+    let revoked = call(
+        r2.port,
+        "POST",
+        &format!("/v1/mandates/{id3}/revoke"),
+        &token(&data, "lead@acme.example", "principal"),
+        &json!({"reason": "done"}),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    until(20, "the gateway denies after failing over", || {
+        through_gateway(gw_port, &mandate3) == 403
+    });
 
     // A replica started now loads the state as it is.
     let r4 = Replica::start(&dir, "r4", &db, Some(&data));

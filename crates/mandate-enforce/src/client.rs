@@ -18,9 +18,14 @@ use crate::replica::Replica;
 pub struct ClientError(pub String);
 
 /// The client. Its caller token is a secret: `Debug` leaves it out.
+///
+/// It may know several replicas of the authority (a comma-separated list of
+/// base URLs): it talks to one, and moves to the next when that one cannot
+/// be reached or answers 502, 503 or 504, staying with whichever answered.
 #[derive(Clone)]
 pub struct AuthorityClient {
-    base: String,
+    bases: std::sync::Arc<Vec<String>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: std::sync::Arc<std::sync::RwLock<TokenSource>>,
     agent: ureq::Agent,
 }
@@ -28,7 +33,7 @@ pub struct AuthorityClient {
 impl std::fmt::Debug for AuthorityClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthorityClient")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .finish_non_exhaustive()
     }
 }
@@ -331,8 +336,14 @@ impl AuthorityClient {
     #[must_use]
     pub fn new(base: &str, token: &str) -> Self {
         let agent = agent(None);
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
         Self {
-            base: base.trim_end_matches('/').to_owned(),
+            bases: std::sync::Arc::new(bases),
+            current: std::sync::Arc::default(),
             token: std::sync::Arc::new(std::sync::RwLock::new(TokenSource {
                 value: token.trim().to_owned(),
                 ..TokenSource::default()
@@ -365,16 +376,17 @@ impl AuthorityClient {
         for (k, v) in form {
             body.append_pair(k, v);
         }
-        let mut req = self
-            .agent
-            .post(&format!("{}{path}", self.base))
-            .header("Content-Type", "application/x-www-form-urlencoded");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let mut resp = req
-            .send(body.finish())
-            .map_err(|e| ClientError(e.to_string()))?;
+        let body = body.finish();
+        let mut resp = self.failover(path, |url| {
+            let mut req = self
+                .agent
+                .post(url)
+                .header("Content-Type", "application/x-www-form-urlencoded");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.send(&body)
+        })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
@@ -398,23 +410,21 @@ impl AuthorityClient {
         path: &str,
         body: Option<String>,
     ) -> Result<(u16, Value), ClientError> {
-        let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.bearer());
-        let resp = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+        let mut resp = self.failover(path, |url| match (method, &body) {
+            ("GET", _) => self.agent.get(url).header("Authorization", &auth).call(),
             (_, Some(b)) => self
                 .agent
-                .post(&url)
+                .post(url)
                 .header("Authorization", &auth)
                 .header("Content-Type", "application/json")
-                .send(b),
+                .send(b.as_str()),
             (_, None) => self
                 .agent
-                .post(&url)
+                .post(url)
                 .header("Authorization", &auth)
                 .send_empty(),
-        };
-        let mut resp = resp.map_err(|e| ClientError(e.to_string()))?;
+        })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
@@ -423,6 +433,48 @@ impl AuthorityClient {
             .read_to_string()
             .map_err(|e| ClientError(e.to_string()))?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// Sends `send` to the current replica, and to each next one while a
+    /// replica cannot be reached or answers 502, 503 or 504; stays with the
+    /// one that answered.
+    fn failover(
+        &self,
+        path: &str,
+        send: impl Fn(&str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
+        use std::sync::atomic::Ordering;
+        let n = self.bases.len().max(1);
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = ClientError("no authority URL".into());
+        for i in 0..n {
+            let at = (start + i) % n;
+            let Some(base) = self.bases.get(at) else {
+                break;
+            };
+            let unavailable = match send(&format!("{base}{path}")) {
+                Ok(r) if n > 1 && matches!(r.status().as_u16(), 502..=504) => {
+                    format!("{base} answered {}", r.status())
+                }
+                Ok(r) => {
+                    if i > 0 {
+                        self.current.store(at, Ordering::Relaxed);
+                        tracing::warn!(authority = %base, "failed over to another authority replica");
+                    }
+                    return Ok(r);
+                }
+                Err(e) => format!("{base}: {e}"),
+            };
+            last = ClientError(unavailable);
+        }
+        Err(last)
+    }
+
+    /// The authority base URL in use now.
+    #[must_use]
+    pub fn base(&self) -> &str {
+        let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.bases.get(at).map_or("", String::as_str)
     }
 
     /// The authority's public keys.
@@ -748,5 +800,78 @@ mod grant_tests {
         let mut neither = grant("https://idp.example.com/token");
         neither.client_secret_file = None;
         assert!(neither.validate().unwrap_err().contains("exactly one"));
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::io::{Read, Write};
+
+    use super::AuthorityClient;
+
+    /// A replica answering every request with `status` and `{"at": name}`;
+    /// how many requests it saw.
+    fn replica(
+        status: u16,
+        name: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let s2 = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                s2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let body = format!("{{\"at\":\"{name}\"}}");
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, seen)
+    }
+
+    fn closed() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        url
+    }
+
+    #[test]
+    fn a_replica_that_is_down_or_unavailable_is_passed_over_and_the_one_that_answers_is_kept() {
+        let (busy, busy_seen) = replica(503, "busy");
+        let (good, good_seen) = replica(200, "good");
+        let c = AuthorityClient::new(&format!("{}, {busy},{good}/", closed()), "t");
+        let (st, v) = c.post("/x", &serde_json::json!({})).unwrap();
+        assert_eq!((st, v["at"].as_str()), (200, Some("good")));
+        assert_eq!(c.base(), good);
+        // Kept: the next call goes straight to the replica that answered.
+        let before = busy_seen.load(std::sync::atomic::Ordering::SeqCst);
+        c.post("/y", &serde_json::json!({})).unwrap();
+        assert_eq!(busy_seen.load(std::sync::atomic::Ordering::SeqCst), before);
+        assert_eq!(good_seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_refusal_is_an_answer_not_a_reason_to_fail_over() {
+        let (forbidding, _) = replica(403, "first");
+        let (other, other_seen) = replica(200, "second");
+        let c = AuthorityClient::new(&format!("{forbidding},{other}"), "t");
+        let (st, _) = c.post("/x", &serde_json::json!({})).unwrap();
+        assert_eq!(st, 403);
+        assert_eq!(other_seen.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn when_every_replica_is_down_the_error_says_so() {
+        let c = AuthorityClient::new(&format!("{},{}", closed(), closed()), "t");
+        let e = c.post("/x", &serde_json::json!({})).unwrap_err();
+        assert!(e.0.contains("127.0.0.1"), "{e}");
     }
 }

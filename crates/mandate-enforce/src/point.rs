@@ -569,3 +569,25 @@ async fn healthz(State(p): State<Arc<Point>>) -> Response {
     }))
     .into_response()
 }
+
+/// `authority = "URL"`, `authority = "URL,URL"` or `authority = ["URL", …]`:
+/// the replicas of one authority, comma-joined for the client.
+///
+/// # Errors
+/// Neither a string nor a list of strings, or an empty list.
+pub fn authority_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let urls = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s,
+        OneOrMany::Many(v) => v.join(","),
+    };
+    if urls.split(',').all(|u| u.trim().is_empty()) {
+        return Err(serde::de::Error::custom("authority: no URL"));
+    }
+    Ok(urls)
+}

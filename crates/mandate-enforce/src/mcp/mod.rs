@@ -106,7 +106,9 @@ pub struct McpConfig {
     /// Optional with stdio.
     #[serde(default)]
     pub listen: Option<String>,
-    /// The authority's base URL.
+    /// The authority's base URL, or several (replicas of one authority, as
+    /// a list or comma-separated): the first that answers is used.
+    #[serde(deserialize_with = "crate::point::authority_urls")]
     pub authority: String,
     /// A file holding an enforcer token for the authority (read again
     /// when it changes). Or `[client_credentials]`.
