@@ -288,6 +288,133 @@ fn through_gateway(port: u16, mandate: &str) -> u16 {
     .status
 }
 
+/// A gateway (as a process) in front of the upstream, knowing these
+/// replicas in this order: its guard and port.
+fn gateway(dir: &Path, data: &Path, name: &str, replicas: &[u16], extra: &str) -> (Guard, u16) {
+    let port = free_port();
+    let token_file = dir.join(format!("{name}.token"));
+    std::fs::write(&token_file, token(data, "gateway-1", "enforcer")).unwrap();
+    let authority: Vec<String> = replicas
+        .iter()
+        .map(|p| format!("\"http://127.0.0.1:{p}\""))
+        .collect();
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+authority = [{authority}]
+token_file = "{token}"
+spool_file = "{dir}/{name}.spool"
+upstream = "http://127.0.0.1:{up}"
+location_base = "https://ci.example.com"
+{extra}
+
+[[route]]
+method = "GET"
+path = "/logs/{{id}}"
+type = "ci_logs"
+action = "read"
+"#,
+            authority = authority.join(", "),
+            token = token_file.display(),
+            up = upstream(),
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    let mut gw = Command::new(bin())
+        .args(["gateway", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(&mut gw, port, name);
+    (Guard(gw), port)
+}
+
+/// The gateway's answer body for a call with `mandate`.
+fn gateway_answer(port: u16, mandate: &str) -> Answer {
+    let p = proof("GET", &format!("http://127.0.0.1:{port}/logs/42"));
+    http(
+        port,
+        "GET",
+        "/logs/42",
+        &[
+            ("Mandate", mandate),
+            ("DPoP", &p),
+            ("mandate-agent-instance", "run-1"),
+        ],
+        "",
+    )
+}
+
+fn log_says(path: &Path, what: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|l| l.contains(what))
+}
+
+#[test]
+fn push_delivery_moves_to_another_replica_when_the_lease_holder_dies() {
+    let Some(db) = database() else {
+        eprintln!(
+            "MANDATE_TEST_POSTGRES is not set: scripts/test runs this with a throwaway cluster"
+        );
+        return;
+    };
+    let dir = temp("replicas", "lease");
+    let mut r1 = Replica::start(&dir, "r1", &db, None);
+    until(10, "replica 1 takes the push lease", || {
+        log_says(&r1.log, "push lease taken")
+    });
+    let r2 = Replica::start(&dir, "r2", &db, Some(&r1.data));
+    let data = r1.data.clone();
+    // The gateway sets its push stream up through replica 2; replica 1,
+    // holding the lease, delivers it.
+    let (_gw, gw) = gateway(
+        &dir,
+        &data,
+        "pushed",
+        &[r2.port, r1.port],
+        "delivery = \"push\"",
+    );
+    let (_, first) = grant(r2.port, r2.port, &data, "ticket:P-1");
+    until(20, "the gateway allows (pushed by replica 1)", || {
+        through_gateway(gw, &first) == 200
+    });
+    assert!(
+        !log_says(&r2.log, "push lease taken"),
+        "one pusher at a time"
+    );
+
+    r1.kill();
+    until(10, "replica 2 takes the push lease", || {
+        log_says(&r2.log, "push lease taken")
+    });
+    let (id, second) = grant(r2.port, r2.port, &data, "ticket:P-2");
+    until(20, "the gateway allows what replica 2 pushed", || {
+        through_gateway(gw, &second) == 200
+    });
+    let revoked = call(
+        r2.port,
+        "POST",
+        &format!("/v1/mandates/{id}/revoke"),
+        &token(&data, "lead@acme.example", "principal"),
+        &json!({"reason": "done"}),
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let mut last = Value::Null;
+    until(20, "the gateway denies the revoked mandate", || {
+        let a = gateway_answer(gw, &second);
+        last = a.body;
+        a.status == 403
+    });
+    assert!(
+        last.to_string().contains("revoked"),
+        "denied for the revocation, not staleness: {last}"
+    );
+}
+
 #[test]
 fn three_replicas_agree_a_killed_replica_loses_nothing_and_the_log_stays_one_chain() {
     let Some(db) = database() else {
@@ -303,44 +430,7 @@ fn three_replicas_agree_a_killed_replica_loses_nothing_and_the_log_stays_one_cha
     let data = r1.data.clone();
 
     // A gateway that knows replicas 3 and 2 (it polls 3 while 3 answers).
-    let gw_port = free_port();
-    std::fs::write(
-        dir.join("enforcer.token"),
-        token(&data, "gateway-1", "enforcer"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("gateway.toml"),
-        format!(
-            r#"listen = "127.0.0.1:{gw_port}"
-authority = ["http://127.0.0.1:{first}", "http://127.0.0.1:{second}"]
-token_file = "{dir}/enforcer.token"
-spool_file = "{dir}/gw.spool"
-upstream = "http://127.0.0.1:{up}"
-location_base = "https://ci.example.com"
-
-[[route]]
-method = "GET"
-path = "/logs/{{id}}"
-type = "ci_logs"
-action = "read"
-"#,
-            first = r3.port,
-            second = r2.port,
-            up = upstream(),
-            dir = dir.display(),
-        ),
-    )
-    .unwrap();
-    let mut gw = Command::new(bin())
-        .args(["gateway", "--config"])
-        .arg(dir.join("gateway.toml"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_port(&mut gw, gw_port, "mandate gateway");
-    let _gw = Guard(gw);
+    let (_gw, gw_port) = gateway(&dir, &data, "gateway", &[r3.port, r2.port], "");
 
     // Requested at replica 3, approved at replica 1: replica 2 and the gateway know it.
     let (id, mandate) = grant(r3.port, r1.port, &data, "ticket:CI-1");
