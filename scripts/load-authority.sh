@@ -2,6 +2,8 @@
 # Decisions per second through the HTTP API with durable audit on, then the
 # audit log's verify rate. Bounded: DURATION seconds of load on loopback.
 #   scripts/load-authority.sh [DURATION=10] [CONNECTIONS=32]
+# With MANDATE_DATABASE=postgres://… the authority runs on that (empty)
+# PostgreSQL database instead of the embedded file.
 # Needs wrk (Debian: apt-get install wrk) and curl.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -12,7 +14,8 @@ work="$(mktemp -d)"; server=""
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 cd "$work"
-"$bin" serve --data-dir data --listen 127.0.0.1:0 2> serve.log &
+db=(); [ -n "${MANDATE_DATABASE:-}" ] && db=(--database "$MANDATE_DATABASE")
+"$bin" serve --data-dir data --listen 127.0.0.1:0 "${db[@]}" 2> serve.log &
 server=$!
 for _ in $(seq 100); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
 addr="$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' serve.log)"
@@ -55,8 +58,8 @@ done
 echo "== ${duration}s of POST /access/v1/evaluation, $conns connections, durable audit on, a DPoP proof checked per decision"
 wrk -t2 -c"$conns" -d"${duration}s" --latency -s decide.lua "http://$addr/access/v1/evaluation" | sed -n '1,20p'
 kill "$server"; wait "$server" 2>/dev/null || true; server=""
-records=$("$bin" --output json audit verify --data-dir data | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["intact"], d; print(d["records"])')
+records=$("$bin" --output json audit verify --data-dir data "${db[@]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["intact"], d; print(d["records"])')
 start=$(date +%s.%N)
-for _ in 1 2 3; do "$bin" audit verify --data-dir data > /dev/null; done
+for _ in 1 2 3; do "$bin" audit verify --data-dir data "${db[@]}" > /dev/null; done
 end=$(date +%s.%N)
 python3 -c "import sys; r=$records; t=($end-$start)/3; print(f'== audit verify: {r} records in {t:.3f} s = {r/t:,.0f} records/s (mean of 3)')"

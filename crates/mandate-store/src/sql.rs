@@ -321,6 +321,7 @@ impl<T> OptionalExtension<T> for Result<T> {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct PgConn {
+    url: String,
     client: Mutex<postgres::Client>,
     statements: Mutex<HashMap<String, postgres::Statement>>,
 }
@@ -490,9 +491,28 @@ impl PgConn {
     pub fn connect(url: &str) -> Result<Self> {
         let client = postgres::Client::connect(url, postgres::NoTls)?;
         Ok(Self {
+            url: url.to_owned(),
             client: Mutex::new(client),
             statements: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The client, connected again first when the connection was lost (the
+    /// database restarted, the network dropped): the failed statement's
+    /// caller saw the error; the next one gets a fresh session.
+    fn client(&self) -> Result<std::sync::MutexGuard<'_, postgres::Client>> {
+        let mut client = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if client.is_closed() {
+            *client = postgres::Client::connect(&self.url, postgres::NoTls)?;
+            self.statements
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+        }
+        Ok(client)
     }
 
     fn with<T>(
@@ -501,10 +521,7 @@ impl PgConn {
         params: &[&dyn ToValue],
         f: impl FnOnce(&mut postgres::Client, &postgres::Statement, &[PgParam]) -> Result<T>,
     ) -> Result<T> {
-        let mut client = self
-            .client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut client = self.client()?;
         let stmt = {
             let mut cache = self
                 .statements
@@ -547,11 +564,7 @@ impl Connection {
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match self {
             Connection::Sqlite(c) => Ok(lock(c).execute_batch(sql)?),
-            Connection::Postgres(p) => Ok(p
-                .client
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .batch_execute(sql)?),
+            Connection::Postgres(p) => Ok(p.client()?.batch_execute(sql)?),
         }
     }
 
