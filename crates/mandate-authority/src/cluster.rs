@@ -92,24 +92,54 @@ pub fn catch_up(state: &AppState, client: &mut postgres::Client, from: i64) -> R
     let rows = client
         .query(
             &format!(
-                "SELECT kind, tenant, mandate_id FROM audit WHERE seq > $1 AND seq <= $2 AND kind NOT IN {INERT} ORDER BY seq"
+                "SELECT kind, tenant, mandate_id, CASE WHEN kind = 'event' THEN record END FROM audit WHERE seq > $1 AND seq <= $2 AND kind NOT IN {INERT} ORDER BY seq"
             ),
             &[&from, &head],
         )
         .map_err(|e| e.to_string())?;
     let mut ids: Vec<MandateId> = Vec::new();
     let mut tenants = std::collections::BTreeSet::new();
+    // Business events, with when they happened: decisions on mandates issued
+    // at or before an event consult it (as on the replica that took it).
+    let mut events: Vec<(String, String, Option<String>, i64)> = Vec::new();
     for r in &rows {
         let kind: String = r.get(0);
         let tenant: Option<String> = r.get(1);
         let mandate: Option<String> = r.get(2);
-        if kind == "facts_changed" {
+        if kind == "event" {
+            let record: Option<String> = r.get(3);
+            let body = record
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get("body").cloned())
+                .unwrap_or_default();
+            let text = |k: &str| {
+                body.get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            };
+            if let (Some(t), Some(ty), Some(at)) = (
+                tenant.clone(),
+                text("type"),
+                body.get("occurred_ms").and_then(serde_json::Value::as_i64),
+            ) {
+                events.push((t, ty, text("subject"), at));
+            }
+        } else if kind == "facts_changed" {
             tenants.extend(tenant);
         } else if let Some(id) = mandate.and_then(|m| MandateId::new(m).ok())
             && !ids.contains(&id)
         {
             ids.push(id);
         }
+    }
+    if !events.is_empty() {
+        state
+            .with_registry_mut(|r| {
+                for (t, ty, subject, at) in &events {
+                    crate::registry::add_event(r, t, ty, subject.as_deref(), *at);
+                }
+            })
+            .map_err(|e| e.detail)?;
     }
     if !ids.is_empty() {
         state.refresh(&ids).map_err(|e| e.detail)?;

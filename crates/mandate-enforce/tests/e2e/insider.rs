@@ -296,6 +296,23 @@ fn authority_reasons(
     d["context"]["reasons"].clone()
 }
 
+/// On the PostgreSQL run (`MANDATE_TEST_POSTGRES`): a fresh database.
+fn fresh_database() -> Option<mandate_authority::config::DatabaseUrl> {
+    let base = std::env::var("MANDATE_TEST_POSTGRES").ok()?;
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "mandate_history_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    mandate_store::connect_postgres(&base)
+        .unwrap()
+        .execute_batch(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let (head, _) = base.rsplit_once('/').unwrap();
+    Some(mandate_authority::config::DatabaseUrl::parse(&format!("{head}/{name}")).unwrap())
+}
+
 #[test]
 fn for_random_histories_every_decision_is_the_same_after_a_restart_and_at_a_gateway() {
     for seed in [0x9e37_79b9_7f4a_7c15_u64, 0xdead_beef_1234_5678, 42] {
@@ -304,7 +321,19 @@ fn for_random_histories_every_decision_is_the_same_after_a_restart_and_at_a_gate
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fixed = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let (authority, state) = start_authority(&dir, &fixed);
+        // On PostgreSQL, the history is also decided at a second replica.
+        let database = fresh_database();
+        let on = |c: &mut mandate_authority::Config| c.database.clone_from(&database);
+        let (authority, state) = start_authority_with(&dir, &fixed, on);
+        // The second replica follows the history as it is written.
+        let replica = database.as_ref().map(|db| {
+            let other = temp(&format!("history-{seed:x}-replica"));
+            std::fs::create_dir_all(other.join("data")).unwrap();
+            for f in ["authority.jwk", "local-issuer.jwk"] {
+                std::fs::copy(dir.join("data").join(f), other.join("data").join(f)).unwrap();
+            }
+            start_authority_with(&other, "127.0.0.1:0", |c| c.database = Some(db.clone()))
+        });
         let upstream = stub_github();
         let admin = format!("Bearer {}", token(&dir, "admin@acme.example", Role::Admin));
         let mut mandates: Vec<(String, String, u32)> = Vec::new();
@@ -387,10 +416,36 @@ fn for_random_histories_every_decision_is_the_same_after_a_restart_and_at_a_gate
             gw.stop();
             drop(gateway);
         }
+        // The other replica, once it has applied the log this far, decides
+        // the same.
+        if let Some((replica, rs)) = &replica {
+            let head = state.store.read(mandate_store::audit::head).unwrap().seq;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while rs
+                .cluster
+                .applied
+                .load(std::sync::atomic::Ordering::Acquire)
+                < head
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "seed {seed:x}: the replica did not catch up"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let there: Vec<Value> = mandates
+                .iter()
+                .map(|(_, m, pr)| authority_reasons(replica.addr, &dir, m, *pr))
+                .collect();
+            assert_eq!(
+                before, there,
+                "seed {seed:x}: another replica decides differently"
+            );
+        }
         // And a restart changes nothing.
         drop(authority);
         drop(state);
-        let (authority, _state) = start_authority(&dir, &fixed);
+        let (authority, _state) = start_authority_with(&dir, &fixed, on);
         let after: Vec<Value> = mandates
             .iter()
             .map(|(_, m, pr)| authority_reasons(authority.addr, &dir, m, *pr))
