@@ -771,8 +771,14 @@ fn the_sdk_checks_delegates_discovers_and_is_told_when_the_mission_ends() {
     let (id, mandate) = grant(&dir, authority.addr, &procurement_request());
     let holder =
         mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [2; 32]);
+    // The runtime is given two authority replicas, the first one down: it
+    // fails over to the second for everything below.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let sdk = AgentRuntime::connect(
-        &format!("http://{}", authority.addr),
+        &format!("http://{down},http://{}", authority.addr),
         &token(&dir, "agent-7", Role::Agent),
         &token(&dir, "runtime", Role::Enforcer),
         holder,
