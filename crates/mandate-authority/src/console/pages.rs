@@ -482,26 +482,11 @@ pub async fn approve(
         ));
     }
     let consent = service::requests::consent_hash(&req).map_err(|e| service_fail(&u, e))?;
-    let answer = service::requests::approve(&s, u.caller(), &id, Some(&consent))
+    // The page's hash is consent evidence: recorded in the approval's commit.
+    let answer = service::requests::approve(&s, u.caller(), &id, Some(&consent), Some(&shown))
         .await
         .map_err(|e| service_fail(&u, e))?;
-    let mandate_id = answer.mandate_id.clone();
-    let (tenant, who, mid) = (
-        u.caller().tenant.clone(),
-        u.caller().sub.clone(),
-        mandate_id.clone(),
-    );
-    s.store
-        .write(move |tx| {
-            tx.audit(
-                Some(&tenant),
-                "consent_shown",
-                Some(&mid),
-                json!({"request": id, "by": who, "shown_sha256": shown}),
-            )
-        })
-        .await
-        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let mandate_id = answer.mandate_id;
     Ok(Redirect::to(&format!("/console/mandates/{mandate_id}")).into_response())
 }
 

@@ -245,7 +245,7 @@ pub async fn approve(
     } else {
         parse_body(&body)?
     };
-    let a = service::approve(&s, &caller, &id, approval.consent_sha256.as_deref()).await?;
+    let a = service::approve(&s, &caller, &id, approval.consent_sha256.as_deref(), None).await?;
     Ok(Json(super::wire::Approved {
         id,
         state: "approved".to_owned(),

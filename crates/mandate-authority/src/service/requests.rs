@@ -165,7 +165,8 @@ pub struct Approval {
 
 /// Approves request `id`: checks the consent hash against what was shown
 /// (when given), signs the mandate, records the approval and the mandate in
-/// one commit. Repeating an approval answers the same mandate.
+/// one commit — with the hash of the page a console showed (`shown`), when
+/// approved there. Repeating an approval answers the same mandate.
 ///
 /// # Errors
 /// Not found; forbidden (refusal audited); `consent_mismatch`; a conflict
@@ -176,6 +177,7 @@ pub async fn approve(
     caller: &Caller,
     id: &str,
     consent_sha256: Option<&str>,
+    shown: Option<&str>,
 ) -> Result<Approval> {
     let r = load(s, caller, id)?;
     if !may_decide(caller, &r) {
@@ -232,6 +234,7 @@ pub async fn approve(
         r.agent_sub.clone(),
         id.to_owned(),
     );
+    let shown = shown.map(str::to_owned);
     s.store
         .write(move |tx| {
             let now = tx.now_ms();
@@ -255,7 +258,16 @@ pub async fn approve(
                     kind: "issued",
                     details: json!({"request": id2}),
                 },
-            )
+            )?;
+            if let Some(shown) = shown {
+                tx.audit(
+                    Some(&tenant),
+                    "consent_shown",
+                    Some(claims.mandate_id.as_str()),
+                    json!({"request": id2, "by": who, "shown_sha256": shown}),
+                )?;
+            }
+            Ok(())
         })
         .await?;
     s.metrics.transition("issued");

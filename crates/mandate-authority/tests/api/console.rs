@@ -227,6 +227,16 @@ fn a_principal_reviews_approves_watches_and_revokes_and_hostile_text_stays_text(
         recorded, shown,
         "the consent hash recorded is the hash of what the page showed"
     );
+    // In the approval's own commit (one batch, one commit time): the
+    // evidence cannot be lost while the approval stands.
+    let commits: i64 = conn
+        .query_row(
+            "SELECT COUNT(DISTINCT at_ms) FROM audit WHERE mandate_id = ?1 AND kind IN ('approved', 'issued', 'consent_shown')",
+            mandate_store::params![mid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(commits, 1);
 
     // Decide once allowed, then revoke through the confirmation page, then an attempt after the end.
     set_facts(
