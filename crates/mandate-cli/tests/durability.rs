@@ -9,12 +9,15 @@
     reason = "test code"
 )]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::token;
 use serde_json::{Value, json};
 
 fn bin() -> &'static str {
@@ -78,25 +81,6 @@ fn serve(dir: &Path, port: u16, config: Option<&Path>) -> Child {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
-}
-
-fn token(dir: &Path, sub: &str, role: &str) -> String {
-    let out = Command::new(bin())
-        .args([
-            "token",
-            "--sub",
-            sub,
-            "--role",
-            role,
-            "--tenant",
-            "acme",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn temp() -> PathBuf {

@@ -227,6 +227,18 @@ fn decide(port: u16, data: &Path, mandate: &str) -> Value {
     evaluate(port, data, &evaluation(mandate))
 }
 
+/// The granting principal revokes `id` through replica `port`.
+fn revoke(port: u16, data: &Path, id: &str, reason: &str) {
+    let a = call(
+        port,
+        "POST",
+        &format!("/v1/mandates/{id}/revoke"),
+        &token(data, "lead@acme.example", "principal"),
+        &json!({"reason": reason}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+}
+
 /// The mandate's state as replica `port` holds it in memory.
 fn state_at(port: u16, data: &Path, id: &str) -> String {
     let a = call(
@@ -395,14 +407,7 @@ fn push_delivery_moves_to_another_replica_when_the_lease_holder_dies() {
     until(20, "the gateway allows what replica 2 pushed", || {
         through_gateway(gw, &second) == 200
     });
-    let revoked = call(
-        r2.port,
-        "POST",
-        &format!("/v1/mandates/{id}/revoke"),
-        &token(&data, "lead@acme.example", "principal"),
-        &json!({"reason": "done"}),
-    );
-    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    revoke(r2.port, &data, &id, "done");
     let mut last = Value::Null;
     until(20, "the gateway denies the revoked mandate", || {
         let a = gateway_answer(gw, &second);
@@ -449,14 +454,7 @@ fn three_replicas_agree_a_killed_replica_loses_nothing_and_the_log_stays_one_cha
     });
 
     // Revoked through replica 1: replica 2 and 3 deny, and the gateway.
-    let revoked = call(
-        r1.port,
-        "POST",
-        &format!("/v1/mandates/{id}/revoke"),
-        &token(&data, "lead@acme.example", "principal"),
-        &json!({"reason": "build fixed"}),
-    );
-    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    revoke(r1.port, &data, &id, "build fixed");
     let seen = until(5, "replica 2 sees the revocation", || {
         state_at(r2.port, &data, &id) == "revoked"
     });
@@ -475,14 +473,7 @@ fn three_replicas_agree_a_killed_replica_loses_nothing_and_the_log_stays_one_cha
     until(5, "replica 3 learns of the second grant", || {
         state_at(r3.port, &data, &id2) == "active"
     });
-    let revoked = call(
-        r3.port,
-        "POST",
-        &format!("/v1/mandates/{id2}/revoke"),
-        &token(&data, "lead@acme.example", "principal"),
-        &json!({"reason": "ticket closed"}),
-    );
-    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    revoke(r3.port, &data, &id2, "ticket closed");
     r3.kill();
     until(5, "replica 1 sees the killed replica's revocation", || {
         state_at(r1.port, &data, &id2) == "revoked"
@@ -496,14 +487,7 @@ fn three_replicas_agree_a_killed_replica_loses_nothing_and_the_log_stays_one_cha
     until(30, "the gateway allows after failing over", || {
         through_gateway(gw_port, &mandate3) == 200
     });
-    let revoked = call(
-        r2.port,
-        "POST",
-        &format!("/v1/mandates/{id3}/revoke"),
-        &token(&data, "lead@acme.example", "principal"),
-        &json!({"reason": "done"}),
-    );
-    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    revoke(r2.port, &data, &id3, "done");
     until(20, "the gateway denies after failing over", || {
         through_gateway(gw_port, &mandate3) == 403
     });

@@ -105,36 +105,59 @@ pub enum Refusal {
     },
 }
 
-impl StoreError {
+impl Refusal {
     /// A conflict with the current state.
     pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
-        Self::Refused(Refusal::Conflict {
+        Self::Conflict {
             code: code.to_owned(),
             detail: detail.into(),
-        })
+        }
     }
     /// An unknown object.
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self::Refused(Refusal::NotFound { what: what.into() })
+        Self::NotFound { what: what.into() }
     }
     /// A malformed parameter.
     pub fn malformed(detail: impl Into<String>) -> Self {
-        Self::Refused(Refusal::Malformed {
+        Self::Malformed {
             detail: detail.into(),
-        })
+        }
     }
     /// The caller may not do this.
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::Refused(Refusal::Forbidden {
+        Self::Forbidden {
             detail: detail.into(),
-        })
+        }
     }
     /// Input that cannot be accepted.
     pub fn invalid(code: &str, detail: impl Into<String>) -> Self {
-        Self::Refused(Refusal::Invalid {
+        Self::Invalid {
             code: code.to_owned(),
             detail: detail.into(),
-        })
+        }
+    }
+}
+
+impl StoreError {
+    /// A conflict with the current state.
+    pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::conflict(code, detail))
+    }
+    /// An unknown object.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::Refused(Refusal::not_found(what))
+    }
+    /// A malformed parameter.
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::malformed(detail))
+    }
+    /// The caller may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::forbidden(detail))
+    }
+    /// Input that cannot be accepted.
+    pub fn invalid(code: &str, detail: impl Into<String>) -> Self {
+        Self::Refused(Refusal::invalid(code, detail))
     }
 }
 

@@ -185,14 +185,27 @@ pub fn requests(
         )?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     })?;
-    let next = (items.len() == paging.limit)
-        .then(|| {
-            items
-                .last()
-                .map(|r| encode("requests", &format!("{}:{}", r.created_ms, r.id)))
-        })
-        .flatten();
-    Ok(Page { items, next })
+    Ok(created_page("requests", items, paging, |r| {
+        (r.created_ms, &r.id)
+    }))
+}
+
+/// A page of a list ordered by `(created_ms, id)`: its `next` names the
+/// last item's position when the page is full.
+fn created_page<T>(
+    list: &str,
+    items: Vec<T>,
+    paging: &Paging,
+    position: impl Fn(&T) -> (i64, &str),
+) -> Page<T> {
+    let next = items
+        .last()
+        .filter(|_| items.len() == paging.limit)
+        .map(|last| {
+            let (ms, id) = position(last);
+            encode(list, &format!("{ms}:{id}"))
+        });
+    Page { items, next }
 }
 
 /// One mandate in a list.
@@ -298,14 +311,9 @@ pub fn mandates(
         )?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     })?;
-    let next = (items.len() == paging.limit)
-        .then(|| {
-            items
-                .last()
-                .map(|m| encode("mandates", &format!("{}:{}", m.created_ms, m.mandate_id)))
-        })
-        .flatten();
-    Ok(Page { items, next })
+    Ok(created_page("mandates", items, paging, |m| {
+        (m.created_ms, &m.mandate_id)
+    }))
 }
 
 /// Filters of the audit list.

@@ -42,27 +42,19 @@ impl From<StoreError> for Error {
 impl Error {
     /// A conflict with the current state.
     pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
-        Self::Refused(Refusal::Conflict {
-            code: code.to_owned(),
-            detail: detail.into(),
-        })
+        Self::Refused(Refusal::conflict(code, detail))
     }
     /// An unknown object (or another tenant's).
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self::Refused(Refusal::NotFound { what: what.into() })
+        Self::Refused(Refusal::not_found(what))
     }
     /// The caller may not.
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::Refused(Refusal::Forbidden {
-            detail: detail.into(),
-        })
+        Self::Refused(Refusal::forbidden(detail))
     }
     /// Input that cannot be accepted.
     pub fn invalid(code: &str, detail: impl Into<String>) -> Self {
-        Self::Refused(Refusal::Invalid {
-            code: code.to_owned(),
-            detail: detail.into(),
-        })
+        Self::Refused(Refusal::invalid(code, detail))
     }
     /// An internal failure.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
@@ -79,7 +71,7 @@ impl From<crate::error::ApiError> for Error {
     fn from(e: crate::error::ApiError) -> Self {
         use axum::http::StatusCode;
         match e.status {
-            StatusCode::BAD_REQUEST => Self::Refused(Refusal::Malformed { detail: e.detail }),
+            StatusCode::BAD_REQUEST => Self::Refused(Refusal::malformed(e.detail)),
             StatusCode::FORBIDDEN => Self::forbidden(e.detail),
             StatusCode::NOT_FOUND => Self::not_found(
                 e.detail
