@@ -6,8 +6,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use mandate_authority::auth::Issuers;
-use mandate_authority::routes::events::{Event, github_event, github_signature_ok};
-use mandate_authority::routes::requests::MandateRequest;
+use mandate_authority::http::events::github_signature_ok;
+use mandate_authority::service::events::{Event, github_event};
+use mandate_authority::http::requests::MandateRequest;
 use mandate_core::json::from_slice_strict;
 use mandate_core::keys::{Algorithm, KeySet, SigningKey};
 
@@ -36,13 +37,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = from_slice_strict::<MandateRequest>(data);
     // The token endpoint's and introspection's form bodies.
-    if let Ok(pairs) = mandate_authority::routes::oauth::form(data) {
+    if let Ok(pairs) = mandate_authority::http::oauth::form(data) {
         let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
         names.sort_unstable();
         assert!(names.windows(2).all(|w| w[0] != w[1]), "a parameter given twice is refused");
     }
     let _ = from_slice_strict::<Event>(data);
-    if let Ok(shipment) = mandate_authority::routes::authzen::parse_shipment(data) {
+    if let Ok(shipment) = mandate_authority::http::authzen::parse_shipment(data) {
         assert!(!shipment.source.is_empty() && shipment.records.len() <= 10_000);
     }
 });

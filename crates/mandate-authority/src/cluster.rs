@@ -147,7 +147,7 @@ pub fn catch_up(state: &AppState, client: &mut postgres::Client, from: i64) -> R
     for tenant in tenants {
         let (doc, _) = state
             .store
-            .read(|c| Ok(crate::routes::facts::read_facts(c, &tenant)?))
+            .read(|c| Ok(crate::service::facts::read_facts(c, &tenant)?))
             .map_err(|e| e.to_string())?;
         if let Ok(facts) = mandate_core::condition::Facts::from_json(doc) {
             state

@@ -97,7 +97,7 @@ impl From<crate::service::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = crate::routes::wire::Problem {
+        let body = crate::http::wire::Problem {
             type_: format!("urn:mandate:problem:{}", self.code),
             title: self.status.canonical_reason().unwrap_or("error").to_owned(),
             status: self.status.as_u16(),

@@ -16,18 +16,18 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod console;
-pub mod db;
 pub mod error;
+pub mod http;
 pub mod idp;
 pub mod keyring;
 pub mod metrics;
 pub mod push;
 pub mod registry;
-pub mod routes;
 pub mod server;
 pub mod service;
 pub mod signals;
 pub mod state;
+pub mod store;
 pub mod tls;
 
 pub use config::Config;
@@ -35,7 +35,7 @@ pub use state::AppState;
 
 /// The HTTP application.
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    routes::observed(routes::router(state))
+    http::observed(http::router(state))
 }
 
 /// Ends every live mandate whose hard expiry has passed, writing an
@@ -58,10 +58,10 @@ pub async fn expire_due(state: &AppState) -> Result<usize, error::ApiError> {
                     mandate_store::params![id.as_str()],
                     |r| r.get(0),
                 )?;
-                if db::is_terminal(mandate_core::state::MandateState::from_name(&st)) {
+                if store::is_terminal(mandate_core::state::MandateState::from_name(&st)) {
                     continue;
                 }
-                changed.extend(db::transition(
+                changed.extend(store::transition(
                     tx,
                     id.as_str(),
                     mandate_core::state::MandateState::Expired,

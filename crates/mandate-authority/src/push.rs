@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mandate_store::sql::params;
 use serde_json::{Value, json};
 
-use crate::routes::ssf::{self, PUSH};
+use crate::http::ssf::{self, PUSH};
+use crate::service::streams;
 use crate::signals::{self, Signal};
 use crate::state::AppState;
 
@@ -143,13 +143,10 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                     tokio::task::spawn_blocking(move || post(&a, &u, au.as_deref(), &set)).await;
             }
             let t = tenant.clone();
-            let found = s
-                .store
-                .read(|c| Ok(signals::after(c, &t, st.cursor, 100)?))
-                .unwrap_or_default();
+            let found = streams::after(&s, &t, st.cursor, 100).unwrap_or_default();
             if found.is_empty() {
                 // Idle: a heartbeat with the head sequence, then wait.
-                let head = s.store.read(|c| Ok(signals::head(c, &t)?)).unwrap_or(0);
+                let head = streams::head(&s, &t).unwrap_or(0);
                 beat = crate::auth::now_ms().max(beat + 1);
                 let hb = Signal {
                     seq: head,
@@ -195,17 +192,7 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                 }
             }
             if delivered > st.cursor {
-                let sid = stream_id.clone();
-                let _ = s
-                    .store
-                    .write(move |tx| {
-                        tx.conn().execute(
-                            "UPDATE streams SET cursor = CASE WHEN cursor > ?2 THEN cursor ELSE ?2 END WHERE id = ?1",
-                            params![sid, delivered],
-                        )?;
-                        Ok(())
-                    })
-                    .await;
+                let _ = streams::advance(&s, &stream_id, delivered).await;
             } else {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -227,16 +214,12 @@ impl Drop for Running {
 
 /// Starts the delivery tasks of every push stream (at start-up).
 pub fn spawn_all(s: &Arc<AppState>) {
-    let streams: Vec<(String, String, String)> = s
-        .store
-        .read(|c| {
-            let mut st = c.prepare("SELECT id, tenant, config FROM streams")?;
-            let rows = st.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .unwrap_or_default();
-    for (id, tenant, config) in streams {
-        if config.contains(PUSH) {
+    for (id, tenant, config) in streams::all(s).unwrap_or_default() {
+        if config
+            .pointer("/delivery/method")
+            .and_then(serde_json::Value::as_str)
+            == Some(PUSH)
+        {
             spawn(Arc::clone(s), id, tenant);
         }
     }

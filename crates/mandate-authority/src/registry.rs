@@ -13,7 +13,7 @@ use mandate_core::model::MandateClaims;
 use mandate_core::state::{MandateState, StateSnapshot};
 use mandate_store::sql::{Connection, params};
 
-use crate::db;
+use crate::store;
 
 /// One mandate the authority issued or was told about.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ impl Registry {
     /// When a query fails or stored facts cannot be converted.
     pub fn load(conn: &Connection) -> Result<Self, String> {
         let mut r = Self::default();
-        for rec in db::all_mandates(conn).map_err(|e| e.to_string())? {
+        for rec in store::all_mandates(conn).map_err(|e| e.to_string())? {
             r.put(rec);
         }
         let mut stmt = conn
@@ -110,7 +110,7 @@ impl Registry {
     pub fn read(conn: &Connection, ids: &[MandateId]) -> Result<Vec<MandateRecord>, String> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(rec) = db::mandate(conn, id.as_str()).map_err(|e| e.to_string())? {
+            if let Some(rec) = store::mandate(conn, id.as_str()).map_err(|e| e.to_string())? {
                 out.push(rec);
             }
         }

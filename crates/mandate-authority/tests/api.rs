@@ -38,3 +38,6 @@ mod identity;
 
 #[path = "api/listing.rs"]
 mod listing;
+
+#[path = "api/layering.rs"]
+mod layering;

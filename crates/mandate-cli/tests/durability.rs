@@ -17,19 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::token;
+use common::{free_port, token};
 use serde_json::{Value, json};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mandate")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn call(port: u16, method: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {

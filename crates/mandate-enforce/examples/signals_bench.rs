@@ -196,9 +196,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for chain in &children {
             let m = mandate_core::chain::parse_unverified(chain).unwrap();
             let claims = &m.last().unwrap().claims;
-            mandate_authority::db::insert_mandate(
+            mandate_authority::store::insert_mandate(
                 tx,
-                &mandate_authority::db::NewMandate {
+                &mandate_authority::store::NewMandate {
                     tenant: "acme",
                     principal: "vp@acme.example",
                     agent_sub: "agent-7",

@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 use super::html::{csrf_field, esc, escv, page};
 use super::{User, cookie};
 use crate::auth::Role;
-use crate::db::state_name;
 use crate::error::ApiError;
 use crate::service;
 use crate::state::AppState;
+use crate::store::state_name;
 
 type Page = Result<Response, Response>;
 
@@ -633,11 +633,7 @@ pub async fn mandate(
         esc(&c.principal.grant_ref),
     );
     // How it ended, when it did: the record that ended it, who, and why.
-    let ended = s
-        .store
-        .read(|cn| Ok(audit::after_end(cn, &id)?.0))
-        .ok()
-        .flatten();
+    let ended = service::listing::how_it_ended(&s.store, &id).ok().flatten();
     if let Some(e) = &ended {
         let _ = write!(
             body,
@@ -696,7 +692,7 @@ pub async fn mandate(
         }
         body.push_str("</ul>");
     }
-    if !crate::db::is_terminal(m.state) {
+    if !crate::store::is_terminal(m.state) {
         let _ = write!(
             body,
             r#"<h2>Govern</h2><p>{}<a href="/console/mandates/{id}/confirm?op=revoke">Revoke…</a></p>
@@ -729,17 +725,8 @@ pub async fn mandate(
     let paging = paging(&u, &pq.limit, &pq.cursor, TIMELINE_PAGE)?;
     let list = service::listing::audit(&s.store, u.caller(), &filter, &paging)
         .map_err(|e| service_fail(&u, e.into()))?;
-    let (records, end) = s
-        .store
-        .read(|cn| {
-            let mut records = list.items;
-            let events = audit::events_behind(cn, &records)?;
-            records.extend(events);
-            records.sort_by_key(|r| (r.seq, r.item));
-            records.dedup_by_key(|r| (r.seq, r.item));
-            Ok((records, audit::after_end(cn, &id)?.0))
-        })
-        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let (records, end) =
+        service::listing::timeline(&s.store, &id, list.items).map_err(|e| service_fail(&u, e))?;
     body.push_str(r#"<h2>Timeline</h2>"#);
     body.push_str(&next_link(
         &format!("/console/mandates/{id}"),
@@ -1008,10 +995,7 @@ pub async fn audit(State(s): State<Arc<AppState>>, u: User, Query(q): Query<Audi
     let list = service::listing::audit(&s.store, u.caller(), &filter, &paging)
         .map_err(|e| service_fail(&u, e.into()))?;
     let key = s.checkpoint_key.clone();
-    let report = s
-        .store
-        .read(|c| audit::verify(c, &mandate_store::checkpoint_path(s.store.dir()), &key))
-        .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let report = service::listing::verify(&s.store, &key).map_err(|e| service_fail(&u, e))?;
     let verdict = match &report.first_problem {
         None => format!(
             r#"<p class="ok">Audit chain intact: {} records, head <code>{}</code>.</p>"#,

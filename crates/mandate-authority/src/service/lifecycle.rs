@@ -13,12 +13,12 @@ use mandate_store::StoreError;
 use mandate_store::sql::params;
 use serde_json::json;
 
+use super::new_id;
 use super::{Error, Result};
 use crate::auth::{Caller, Role};
-use crate::db::{self, NewMandate, state_name};
 use crate::registry::MandateRecord;
-use crate::routes::requests::new_id;
 use crate::state::AppState;
+use crate::store::{self, NewMandate, state_name};
 
 /// The mandate `id` of the caller's tenant, from memory.
 ///
@@ -128,7 +128,7 @@ pub async fn transition(
                     ));
                 }
             }
-            db::transition(tx, &id2, to, &by, &reason)
+            store::transition(tx, &id2, to, &by, &reason)
         })
         .await?;
     for _ in &changed {
@@ -197,7 +197,7 @@ async fn amend_governed(
             "only a root mandate is amended; amend its root",
         ));
     }
-    if db::is_terminal(m.state) {
+    if store::is_terminal(m.state) {
         return Err(Error::conflict(
             "conflict",
             format!(
@@ -258,12 +258,12 @@ async fn amend_governed(
                     format!("mandate `{old}` is {current}: only an active mandate is amended (resume it first)"),
                 ));
             }
-            let changed = db::transition(tx, &old, MandateState::Superseded, &by, &reason)?;
+            let changed = store::transition(tx, &old, MandateState::Superseded, &by, &reason)?;
             tx.conn().execute(
                 "UPDATE mandates SET superseded_by = ?2 WHERE id = ?1",
                 params![old, claims.mandate_id.as_str()],
             )?;
-            db::insert_mandate(
+            store::insert_mandate(
                 tx,
                 &NewMandate {
                     tenant: &tenant,

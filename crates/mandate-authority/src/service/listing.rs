@@ -454,3 +454,59 @@ pub fn audit(
         next,
     })
 }
+
+/// How many records the audit log holds (what `/healthz` reports, and a
+/// proof that the store reads).
+///
+/// # Errors
+/// A store failure.
+pub fn audit_records(s: &crate::state::AppState) -> super::Result<i64> {
+    Ok(s.store.read(|c| {
+        Ok(c.query_row(
+            "SELECT COUNT(*) FROM audit",
+            mandate_store::params![],
+            |r| r.get::<_, i64>(0),
+        )?)
+    })?)
+}
+
+/// The record that ended a mandate (or an ancestor it ended with), when it
+/// has ended.
+///
+/// # Errors
+/// A store failure.
+pub fn how_it_ended(store: &Store, mandate_id: &str) -> super::Result<Option<AuditRecord>> {
+    Ok(store.read(|c| Ok(audit::after_end(c, mandate_id)?.0))?)
+}
+
+/// A page of a mandate's timeline with the business events behind its
+/// transitions, in log order, and the record that ended it.
+///
+/// # Errors
+/// A store failure.
+pub fn timeline(
+    store: &Store,
+    mandate_id: &str,
+    page: Vec<AuditRecord>,
+) -> super::Result<(Vec<AuditRecord>, Option<AuditRecord>)> {
+    Ok(store.read(|c| {
+        let mut records = page;
+        let events = audit::events_behind(c, &records)?;
+        records.extend(events);
+        records.sort_by_key(|r| (r.seq, r.item));
+        records.dedup_by_key(|r| (r.seq, r.item));
+        Ok((records, audit::after_end(c, mandate_id)?.0))
+    })?)
+}
+
+/// Verifies the whole log: the hash chain and the signed checkpoint.
+///
+/// # Errors
+/// A store failure (a broken chain is a finding in the report, not an
+/// error).
+pub fn verify(
+    store: &Store,
+    key: &mandate_core::keys::VerifyingKey,
+) -> super::Result<audit::VerifyReport> {
+    Ok(store.read(|c| audit::verify(c, &mandate_store::checkpoint_path(store.dir()), key))?)
+}

@@ -4,13 +4,21 @@
 //! failure). The JSON API (`routes`) and the console (`console`) are
 //! adapters over these; neither calls the other.
 //!
-//! Here so far: requests (approve, deny), lifecycle (suspend, resume,
-//! revoke with cascade, amend), and listing with cursor pagination.
+//! Requests (create, approve, deny), lifecycle (suspend, resume, revoke
+//! with cascade, amend), delegation (register a child, grant a discovered
+//! tool once, consume a one-time mandate), facts, business events,
+//! decisions in the audit log (and shipped ones), SSF streams, and listing
+//! with cursor pagination. Below it, `crate::store` and `crate::signals`
+//! hold the SQL; above it, nothing does.
 
+pub mod decisions;
+pub mod delegation;
 pub mod events;
+pub mod facts;
 pub mod lifecycle;
 pub mod listing;
 pub mod requests;
+pub mod streams;
 
 pub use mandate_store::Refusal;
 use mandate_store::StoreError;
@@ -60,6 +68,14 @@ impl Error {
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         Self::Internal(detail.to_string())
     }
+}
+
+/// Random id with a prefix.
+pub fn new_id(prefix: &str) -> String {
+    use rand_core::RngCore as _;
+    let mut b = [0u8; 10];
+    rand_core::OsRng.fill_bytes(&mut b);
+    format!("{prefix}-{}", hex::encode(b))
 }
 
 /// A service result.

@@ -6,11 +6,12 @@ use mandate_core::id::MandateId;
 use mandate_store::sql::{OptionalExtension, params};
 use serde_json::{Value, json};
 
+use super::new_id;
 use super::{Error, Result};
 use crate::auth::{Caller, Role};
-use crate::db::{self, NewMandate};
-use crate::routes::requests::{MandateRequest, new_id};
+use crate::http::requests::MandateRequest;
 use crate::state::AppState;
+use crate::store::{self, NewMandate};
 
 /// A stored request.
 #[derive(Debug, Clone)]
@@ -246,7 +247,7 @@ pub async fn approve(
                 return Err(mandate_store::StoreError::conflict("decided", "the request was decided meanwhile"));
             }
             tx.audit(Some(&tenant), "approved", Some(claims.mandate_id.as_str()), json!({"request": id2, "by": who, "consent_sha256": consent, "grant_ref": claims.principal.grant_ref}))?;
-            db::insert_mandate(
+            store::insert_mandate(
                 tx,
                 &NewMandate {
                     tenant: &tenant,
@@ -325,4 +326,35 @@ pub async fn deny(
         })
         .await?;
     Ok(reason)
+}
+
+/// Records an agent's request (already validated as the mandate it would
+/// become) as pending. Returns its id and the hash of what the principal
+/// will be shown to consent to.
+///
+/// # Errors
+/// A store failure.
+pub async fn create(
+    s: &AppState,
+    caller: &Caller,
+    req: &MandateRequest,
+) -> Result<(String, String)> {
+    let stored = serde_json::to_value(req).map_err(Error::internal)?;
+    let consent = consent_hash(&stored)?;
+    let id = new_id("req");
+    let (tenant, sub) = (caller.tenant.clone(), caller.sub.clone());
+    let (id2, consent2) = (id.clone(), consent.clone());
+    let (principal, purpose) = (req.principal.clone(), req.purpose.clone());
+    s.store
+        .write(move |tx| {
+            let now = tx.now_ms();
+            tx.conn().execute(
+                "INSERT INTO requests (id, tenant, principal, agent_sub, body, state, created_ms, consent_sha256) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+                params![id2, tenant, principal, sub, stored.to_string(), now, consent2],
+            )?;
+            tx.audit(Some(&tenant), "requested", None, json!({"request": id2, "agent": sub, "principal": principal, "purpose": purpose}))?;
+            Ok(())
+        })
+        .await?;
+    Ok((id, consent))
 }

@@ -589,7 +589,7 @@ fn the_openapi_document_describes_every_route() {
     let (st, doc) = s.call("GET", "/openapi.json", None, None);
     assert_eq!(st, 200);
     let paths = doc["paths"].as_object().unwrap();
-    let source = include_str!("../../src/routes/mod.rs");
+    let source = include_str!("../../src/http/mod.rs");
     let mut routes = 0;
     for after in source.split(".route(").skip(1) {
         let path = after.split('"').nth(1).unwrap();

@@ -60,7 +60,7 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
         };
         mandate_authority::server::run_with(
             listener,
-            mandate_authority::routes::observed(gw.router()),
+            mandate_authority::http::observed(gw.router()),
             limits,
             tls,
             crate::command::serve::shutdown_signal(),

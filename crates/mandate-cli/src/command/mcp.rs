@@ -85,7 +85,7 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             let server = listener.map(|l| {
                 tokio::spawn(mandate_authority::server::run_with(
                     l,
-                    mandate_authority::routes::observed(proxy.point.router()),
+                    mandate_authority::http::observed(proxy.point.router()),
                     limits,
                     tls.clone(),
                     std::future::pending::<()>(),
@@ -113,7 +113,7 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             }
             mandate_authority::server::run_with(
                 listener,
-                mandate_authority::routes::observed(http.router()),
+                mandate_authority::http::observed(http.router()),
                 limits,
                 tls,
                 crate::command::serve::shutdown_signal(),

@@ -27,12 +27,42 @@ pub fn temp(prefix: &str, name: &str) -> PathBuf {
     d
 }
 
+/// A loopback port for a server a test starts as a process. Not one the
+/// kernel hands out for `bind(:0)` (that range is 32768 and up here): a port
+/// taken that way and released is free for any other test process to be
+/// given in the meantime, and two tests then talk to each other's servers.
+/// Ports here come from 20000-31999, each claimed by creating a file in a
+/// directory that every test process of the run shares (`NEXTEST_RUN_ID`;
+/// `create_new` is atomic across processes), so no two tests of a run get
+/// the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let run = std::env::var("NEXTEST_RUN_ID")
+        .unwrap_or_else(|_| format!("process-{}", std::process::id()));
+    let dir = std::env::temp_dir().join("mandate-test-ports").join(run);
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed = u64::from(std::process::id())
+        ^ u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos(),
+        );
+    let start = seed.wrapping_mul(6_364_136_223_846_793_005) >> 33;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(20_000 + (start + n) % 12_000).unwrap();
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(port.to_string()))
+            .is_ok();
+        if claimed && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-31999");
 }
 
 /// A child process stopped gracefully (SIGTERM, then waited for) when

@@ -2,11 +2,6 @@
 //! re-evaluates the conditions of live mandates at once and applies their
 //! `on_failure` (suspend and notify, or revoke) — not only at the next action.
 
-use std::sync::Arc;
-
-use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
 use mandate_core::condition::{CompiledCondition, Facts, Outcome};
 use mandate_core::id::MandateId;
 use mandate_core::model::OnFailure;
@@ -14,10 +9,10 @@ use mandate_core::state::MandateState;
 use mandate_store::sql::{OptionalExtension, params};
 use serde_json::{Value, json};
 
+use super::{Error, Result};
 use crate::auth::{Caller, Role};
-use crate::db;
-use crate::error::{ApiError, parse_body};
 use crate::state::AppState;
+use crate::store;
 
 /// RFC 7386 JSON merge patch.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
@@ -41,6 +36,9 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// Reads a tenant's facts in a write job.
+///
+/// # Errors
+/// A store failure.
 pub fn read_facts(
     conn: &mandate_store::sql::Connection,
     tenant: &str,
@@ -59,13 +57,17 @@ pub fn read_facts(
 }
 
 /// Writes a tenant's facts in a write job (after checking they convert).
+///
+/// # Errors
+/// `invalid_facts` when the document cannot be used as facts; a store
+/// failure.
 pub fn write_facts(
     tx: &mut mandate_store::Tx<'_>,
     tenant: &str,
     doc: &Value,
     by: &str,
     cause: &str,
-) -> Result<i64, mandate_store::StoreError> {
+) -> std::result::Result<i64, mandate_store::StoreError> {
     Facts::from_json(doc.clone())
         .map_err(|e| mandate_store::StoreError::invalid("invalid_facts", e.to_string()))?;
     let (_, version) = read_facts(tx.conn(), tenant)?;
@@ -94,7 +96,10 @@ pub fn write_facts(
 /// the new facts (conditions that need an action cannot be judged now and
 /// are left to the next decision) and applies `on_failure` for those that
 /// are false. Returns the mandates changed.
-pub async fn reevaluate(s: &AppState, tenant: &str) -> Result<Vec<MandateId>, ApiError> {
+///
+/// # Errors
+/// A store failure.
+pub async fn reevaluate(s: &AppState, tenant: &str) -> Result<Vec<MandateId>> {
     let (snapshot, live) = s.with_registry(|r| {
         // A condition is enforced on the mandate that introduced it; its
         // descendants repeat it and end with it through their chain.
@@ -151,8 +156,8 @@ pub async fn reevaluate(s: &AppState, tenant: &str) -> Result<Vec<MandateId>, Ap
                     continue;
                 }
                 let to = if on_failure == OnFailure::Revoke { MandateState::Revoked } else { MandateState::Suspended };
-                changed.extend(db::transition(tx, id.as_str(), to, "authority", &format!("condition_failed:{condition}"))?);
-                let note = json!({"mandate_id": id, "condition": condition, "action": db::state_name(to)});
+                changed.extend(store::transition(tx, id.as_str(), to, "authority", &format!("condition_failed:{condition}"))?);
+                let note = json!({"mandate_id": id, "condition": condition, "action": store::state_name(to)});
                 let now = tx.now_ms();
                 tx.conn().execute(
                     "INSERT INTO notifications (tenant, principal, mandate_id, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -170,27 +175,20 @@ pub async fn reevaluate(s: &AppState, tenant: &str) -> Result<Vec<MandateId>, Ap
     Ok(changed)
 }
 
-/// `GET /v1/facts` (admin, enforcer, principal).
-pub async fn show(
-    State(s): State<Arc<AppState>>,
-    caller: Caller,
-) -> Result<Json<super::wire::FactsView>, ApiError> {
-    caller.require(&[Role::Admin, Role::Enforcer, Role::Principal])?;
-    let tenant = caller.tenant.clone();
-    let (doc, version) = s.store.read(|c| Ok(read_facts(c, &tenant)?))?;
-    Ok(Json(super::wire::FactsView {
-        facts: doc,
-        version,
-    }))
-}
-
-async fn set(
-    s: Arc<AppState>,
-    caller: Caller,
+/// Sets the tenant's facts (admin): `doc` computes the new document from the
+/// current one, in the write's transaction. Returns the document, its
+/// version and the mandates whose conditions the change ended or suspended.
+///
+/// # Errors
+/// `forbidden` for any caller but an admin (the refusal is audited);
+/// `invalid_facts`; a store failure.
+pub async fn set(
+    s: &AppState,
+    caller: &Caller,
     doc: impl FnOnce(Value) -> Value + Send + 'static,
-) -> Result<Json<super::wire::FactsChanged>, ApiError> {
+) -> Result<(Value, i64, Vec<MandateId>)> {
     if caller.role != Role::Admin {
-        return Err(crate::routes::requests::refuse(&s, &caller, "set mission facts", None).await);
+        return Err(super::requests::refuse(s, caller, "set mission facts", None).await);
     }
     let (tenant, by) = (caller.tenant.clone(), caller.sub.clone());
     let (doc, version) = s
@@ -202,40 +200,17 @@ async fn set(
             Ok((next, v))
         })
         .await?;
-    let facts = Facts::from_json(doc.clone()).map_err(ApiError::internal)?;
+    let facts = Facts::from_json(doc.clone()).map_err(Error::internal)?;
     s.with_registry_mut(|r| crate::registry::set_facts(r, &caller.tenant, facts))?;
     s.signals.notify_waiters();
-    let changed = reevaluate(&s, &caller.tenant).await?;
-    Ok(Json(super::wire::FactsChanged {
-        facts: doc,
-        version,
-        changed,
-    }))
+    let changed = reevaluate(s, &caller.tenant).await?;
+    Ok((doc, version, changed))
 }
 
-/// `PUT /v1/facts` (admin): replaces the document.
-pub async fn replace(
-    State(s): State<Arc<AppState>>,
-    caller: Caller,
-    body: Bytes,
-) -> Result<Json<super::wire::FactsChanged>, ApiError> {
-    let doc: Value = parse_body(&body)?;
-    if !doc.is_object() {
-        return Err(ApiError::bad_request("facts: must be a JSON object"));
-    }
-    set(s, caller, move |_| doc).await
-}
-
-/// `PATCH /v1/facts` (admin): a JSON merge patch (RFC 7386).
-pub async fn patch(
-    State(s): State<Arc<AppState>>,
-    caller: Caller,
-    body: Bytes,
-) -> Result<Json<super::wire::FactsChanged>, ApiError> {
-    let p: Value = parse_body(&body)?;
-    set(s, caller, move |mut current| {
-        merge_patch(&mut current, &p);
-        current
-    })
-    .await
+/// The tenant's mission facts and their version.
+///
+/// # Errors
+/// A store failure.
+pub fn show(s: &AppState, tenant: &str) -> Result<(Value, i64)> {
+    Ok(s.store.read(|c| Ok(read_facts(c, tenant)?))?)
 }

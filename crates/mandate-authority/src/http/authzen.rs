@@ -14,13 +14,12 @@ use mandate_core::decision::{Decision, Obligation, decide};
 use mandate_core::pop;
 use mandate_core::request::EvaluationRequest;
 use mandate_core::timestamp::UnixTime;
-use mandate_store::sql::OptionalExtension as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, parse_body};
-use crate::routes::lifecycle::{Consumption, consume_in};
+use crate::service::decisions;
 use crate::state::AppState;
 
 /// `GET /.well-known/authzen-configuration`.
@@ -179,40 +178,21 @@ async fn evaluate_one(
     let allow = decision.allow;
     let reasons = decision.reasons.clone();
     let obligations = serde_json::to_value(&decision.obligations).map_err(ApiError::internal)?;
-    let (allow, seq, final_reasons) = s
-        .store
-        .write(move |tx| {
-            // A proof another replica accepted already is a replay here.
-            let replayed = match (&fresh_proof, allow, tx.conn().dialect()) {
-                (Some((key, exp)), true, mandate_store::sql::Dialect::Postgres) => {
-                    tx.conn().execute(
-                        "INSERT INTO pop_seen (key, exp_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                        mandate_store::params![key, exp],
-                    )? == 0
-                }
-                _ => false,
-            };
-            // A one-time mandate is consumed in the same commit as the allow.
-            let (allow, reasons) = match (&one_time, allow) {
-                _ if replayed => (false, vec!["pop_replayed".to_owned()]),
-                (Some(id), true) if consume_in(tx, &tenant, id, &enforcer)? != Consumption::Now => {
-                    (false, vec!["one_time_used".to_owned()])
-                }
-                _ => (allow, reasons),
-            };
-            let mut body = record;
-            if let Some(b) = body.as_object_mut() {
-                b.insert(
-                    "decision".into(),
-                    json!(if allow { "allow" } else { "deny" }),
-                );
-                b.insert("reasons".into(), json!(reasons));
-                b.insert("obligations".into(), obligations);
-            }
-            let rec = tx.audit(Some(&tenant), "decision", leaf.as_deref(), body)?;
-            Ok((allow, rec.seq, reasons))
-        })
-        .await?;
+    let (allow, seq, final_reasons) = decisions::record(
+        s,
+        decisions::Outcome {
+            tenant,
+            enforcer,
+            leaf,
+            record,
+            allow,
+            reasons,
+            obligations,
+            one_time,
+            fresh_proof,
+        },
+    )
+    .await?;
     if decision.allow && !allow {
         decision.allow = false;
         decision.reasons = final_reasons;
@@ -360,12 +340,7 @@ pub async fn search_action(
         json!({"chain": chain_ids, "enforcer": caller.sub, "resource": {"type": q.resource.type_, "id": q.resource.id},
             "actions": results, "reasons": reasons, "at": now}),
     );
-    s.store
-        .write(move |tx| {
-            tx.audit(Some(&tenant), "action_search", leaf.as_deref(), record)?;
-            Ok(())
-        })
-        .await?;
+    decisions::note(s.as_ref(), tenant, "action_search", leaf, record).await?;
     let results: Vec<Value> = results.into_iter().map(|n| json!({"name": n})).collect();
     Ok(Json(
         json!({"results": results, "page": {"next_token": ""}}),
@@ -481,20 +456,14 @@ pub async fn evaluations(
             Err(e) => {
                 // Answered with a deny, so audited and counted like one.
                 let message = format!("evaluations[{i}]: {e}");
-                let (tenant, enforcer, m) =
-                    (caller.tenant.clone(), caller.sub.clone(), message.clone());
-                let seq = s
-                    .store
-                    .write(move |tx| {
-                        let rec = tx.audit(
-                            Some(&tenant),
-                            "decision",
-                            None,
-                            json!({"decision": "deny", "reasons": ["invalid_request"], "error": m, "enforcer": enforcer, "chain": []}),
-                        )?;
-                        Ok(rec.seq)
-                    })
-                    .await?;
+                let seq = decisions::note(
+                    s.as_ref(),
+                    caller.tenant.clone(),
+                    "decision",
+                    None,
+                    json!({"decision": "deny", "reasons": ["invalid_request"], "error": message, "enforcer": caller.sub, "chain": []}),
+                )
+                .await?;
                 s.metrics
                     .decision(false, &["invalid_request".to_owned()], 0.0);
                 serde_json::to_value(super::wire::DecisionAnswer {
@@ -621,7 +590,7 @@ pub async fn ship(
     let Shipment {
         source,
         first,
-        mut records,
+        records,
     } = parse_shipment(&body)?;
     // An enforcer ships decisions about its own tenant's mandates only: a
     // chain id that names another tenant's mandate is refused (it would
@@ -644,53 +613,9 @@ pub async fn ship(
         }
         Ok(())
     })??;
-    let end = first.saturating_add(records.len() as u64);
     let (tenant, enforcer) = (caller.tenant.clone(), caller.sub.clone());
-    let (accepted, duplicates, next) = s
-        .store
-        .write(move |tx| {
-            let next: u64 = tx
-                .conn()
-                .query_row(
-                    "SELECT next FROM ship_marks WHERE tenant = ?1 AND enforcer = ?2 AND source = ?3",
-                    mandate_store::params![tenant, enforcer, source],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?
-                .map_or(0, |n| u64::try_from(n).unwrap_or(0));
-            let skip = usize::try_from(next.saturating_sub(first))
-                .unwrap_or(usize::MAX)
-                .min(records.len());
-            let duplicates = skip as u64;
-            if skip == records.len() {
-                return Ok((0u64, duplicates, next.max(end)));
-            }
-            records.drain(..skip);
-            let accepted = records.len() as u64;
-            let start = first + duplicates;
-            // Built by moving the records in: `json!` would copy them all.
-            let mut body = Map::new();
-            body.insert("enforcer".into(), Value::String(enforcer.clone()));
-            body.insert("source".into(), Value::String(source.clone()));
-            body.insert("first".into(), Value::from(start));
-            if start > next {
-                body.insert("missing".into(), Value::from(start - next));
-            }
-            body.insert("records".into(), Value::Array(records));
-            tx.audit(
-                Some(&tenant),
-                mandate_store::audit::DECISIONS,
-                None,
-                Value::Object(body),
-            )?;
-            tx.conn().execute(
-                "INSERT INTO ship_marks (tenant, enforcer, source, next) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (tenant, enforcer, source) DO UPDATE SET next = excluded.next",
-                mandate_store::params![tenant, enforcer, source, i64::try_from(end).unwrap_or(i64::MAX)],
-            )?;
-            Ok((accepted, duplicates, end))
-        })
-        .await?;
+    let (accepted, duplicates, next) =
+        decisions::ship(&s, tenant, enforcer, source, first, records).await?;
     Ok(Json(
         json!({"accepted": accepted, "duplicates": duplicates, "next": next}),
     ))

@@ -14,16 +14,7 @@ use crate::state::AppState;
 /// with what is failing otherwise (a writer that cannot write is not healthy
 /// even while reads still work).
 pub async fn healthz(State(s): State<Arc<AppState>>) -> axum::response::Response {
-    let head = s
-        .store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*) FROM audit",
-                mandate_store::params![],
-                |r| r.get::<_, i64>(0),
-            )?)
-        })
-        .ok();
+    let head = crate::service::listing::audit_records(&s).ok();
     let problem = s
         .store
         .health()

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
-use crate::routes::requests::new_id;
+use crate::http::requests::new_id;
 use crate::state::AppState;
 
 /// The grant type of a token exchange.
@@ -344,11 +344,7 @@ async fn exchange(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Resp
         leaf.mandate_id.to_string(),
         json!({"jti": jti, "exp": exp, "aud": audience, "agent": leaf.agent.id, "jkt": jkt}),
     );
-    s.store
-        .write(move |tx| {
-            tx.audit(Some(&t), "token_issued", Some(&mid), record)?;
-            Ok(())
-        })
+    crate::service::decisions::note(s, t, "token_issued", Some(mid), record)
         .await
         .map_err(|e| {
             let e = ApiError::from(e);

@@ -1,6 +1,7 @@
 //! The Shared Signals transmitter: metadata, stream management, poll
 //! delivery (RFC 8936), push delivery (RFC 8935, in `crate::push`), and a
-//! snapshot a receiver (re)starts from.
+//! snapshot a receiver (re)starts from. What a stream stores is in
+//! [`crate::service::streams`]; this is the wire protocol.
 //!
 //! Every stream of a tenant carries every signal of the tenant, in order,
 //! numbered by the tenant's sequence (`txn` and `seq` in each SET), so a
@@ -14,13 +15,14 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use mandate_store::sql::{OptionalExtension, params};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, parse_body};
-use crate::routes::requests::new_id;
+use crate::service::new_id;
+use crate::service::streams;
+pub use crate::service::streams::{Stream, load, load_managed, take_verification};
 use crate::signals::{self, EVENT_TYPES, event_uri};
 use crate::state::AppState;
 
@@ -47,67 +49,6 @@ pub async fn configuration(State(s): State<Arc<AppState>>) -> Json<Value> {
         "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6750"}],
         "default_subjects": "ALL",
     }))
-}
-
-/// A stream as stored.
-#[derive(Debug, Clone)]
-pub struct Stream {
-    /// Its id.
-    pub id: String,
-    /// Its tenant.
-    pub tenant: String,
-    /// Its configuration (SSF stream configuration object).
-    pub config: Value,
-    /// `enabled`, `paused` or `disabled`.
-    pub status: String,
-    /// The last acknowledged (or pushed) sequence number.
-    pub cursor: i64,
-    /// Who created it: with admins, the only caller that may manage it.
-    pub owner: String,
-    /// Why its status was last changed, as the caller said.
-    pub reason: Option<String>,
-}
-
-/// Loads a stream of the caller's tenant.
-pub fn load(s: &AppState, tenant: &str, id: &str) -> Result<Stream, ApiError> {
-    let row = s.store.read(|c| {
-        Ok(c.query_row(
-            "SELECT id, tenant, config, status, cursor, owner FROM streams WHERE id = ?1",
-            params![id],
-            |r| {
-                let config: Value =
-                    serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or(Value::Null);
-                Ok(Stream {
-                    id: r.get(0)?,
-                    tenant: r.get(1)?,
-                    reason: config
-                        .get("status_reason")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                    config,
-                    status: r.get(3)?,
-                    cursor: r.get(4)?,
-                    owner: r.get(5)?,
-                })
-            },
-        )
-        .optional()?)
-    })?;
-    row.filter(|st| st.tenant == tenant)
-        .ok_or_else(|| ApiError::not_found("stream"))
-}
-
-/// Loads a stream the caller may manage: its creator, or an admin of the
-/// tenant. Another enforcer's stream is as unknown as a missing one: an
-/// enforcer token handed to an agent runtime cannot pause, re-point or
-/// acknowledge a gateway's stream.
-pub fn load_managed(s: &AppState, caller: &Caller, id: &str) -> Result<Stream, ApiError> {
-    let st = load(s, &caller.tenant, id)?;
-    if caller.role == Role::Admin || st.owner == caller.sub {
-        Ok(st)
-    } else {
-        Err(ApiError::not_found("stream"))
-    }
 }
 
 fn view(st: &Stream) -> Value {
@@ -195,25 +136,7 @@ pub async fn create(
     };
     let id = new_id("stream");
     let config = build_config(&s, &id, &req)?;
-    let (tenant, owner, id2, cfg) = (
-        caller.tenant.clone(),
-        caller.sub.clone(),
-        id.clone(),
-        config.to_string(),
-    );
-    s.store
-        .write(move |tx| {
-            let head = signals::head(tx.conn(), &tenant)?;
-            let now = tx.now_ms();
-            tx.conn().execute(
-                "INSERT INTO streams (id, tenant, owner, config, status, cursor, created_ms) VALUES (?1, ?2, ?3, ?4, 'enabled', ?5, ?6)",
-                params![id2, tenant, owner, cfg, head, now],
-            )?;
-            tx.audit(Some(&tenant), "stream_created", None, json!({"stream": id2, "owner": owner}))?;
-            Ok(())
-        })
-        .await?;
-    let st = load(&s, &caller.tenant, &id)?;
+    let st = streams::create(&s, &caller, &id, &config).await?;
     if st
         .config
         .pointer("/delivery/method")
@@ -240,32 +163,8 @@ pub async fn read(
     if let Some(id) = q.stream_id {
         return Ok(Json(view(&load_managed(&s, &caller, &id)?)));
     }
-    let tenant = caller.tenant.clone();
-    let ids: Vec<String> = s.store.read(|c| {
-        let mut st = c.prepare("SELECT id FROM streams WHERE tenant = ?1 ORDER BY created_ms")?;
-        let rows = st.query_map(params![tenant], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    })?;
-    // The caller's own streams (every stream of the tenant for an admin).
-    let all: Vec<Value> = ids
-        .iter()
-        .filter_map(|id| load_managed(&s, &caller, id).ok().map(|st| view(&st)))
-        .collect();
+    let all: Vec<Value> = streams::managed(&s, &caller)?.iter().map(view).collect();
     Ok(Json(Value::Array(all)))
-}
-
-async fn save_config(s: &AppState, st: &Stream, config: Value) -> Result<(), ApiError> {
-    let (id, cfg) = (st.id.clone(), config.to_string());
-    s.store
-        .write(move |tx| {
-            tx.conn().execute(
-                "UPDATE streams SET config = ?2 WHERE id = ?1",
-                params![id, cfg],
-            )?;
-            Ok(())
-        })
-        .await?;
-    Ok(())
 }
 
 /// `PATCH /ssf/streams` (enforcer): changes `events_requested` or `description`.
@@ -322,7 +221,7 @@ async fn replace_or_update(
     }
     let config = build_config(&s, &id, &merged)?;
     let now_push = config.pointer("/delivery/method").and_then(Value::as_str) == Some(PUSH);
-    save_config(&s, &st, config).await?;
+    streams::save_config(&s, &st, &config).await?;
     // Switched to push (or re-pointed): delivery starts (a running task
     // picks up the new configuration by itself).
     if now_push {
@@ -342,21 +241,7 @@ pub async fn delete(
         .stream_id
         .ok_or_else(|| ApiError::bad_request("stream_id: required"))?;
     let st = load_managed(&s, &caller, &id)?;
-    let tenant = st.tenant.clone();
-    s.store
-        .write(move |tx| {
-            tx.conn()
-                .execute("DELETE FROM streams WHERE id = ?1", params![st.id])?;
-            tx.audit(
-                Some(&tenant),
-                "stream_deleted",
-                None,
-                json!({"stream": st.id}),
-            )?;
-            Ok(())
-        })
-        .await?;
-    s.signals.notify_waiters();
+    streams::delete(&s, st).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -393,42 +278,8 @@ pub async fn set_status(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Enforcer, Role::Admin])?;
     let u: StatusUpdate = parse_body(&body)?;
-    if !matches!(u.status.as_str(), "enabled" | "paused" | "disabled") {
-        return Err(ApiError::bad_request(
-            "status: must be enabled, paused or disabled",
-        ));
-    }
     let st = load_managed(&s, &caller, &u.stream_id)?;
-    let mut config = st.config.clone();
-    if let Some(o) = config.as_object_mut() {
-        match &u.reason {
-            Some(r) => o.insert("status_reason".into(), json!(r)),
-            None => o.remove("status_reason"),
-        };
-    }
-    let (id, status, tenant, reason, cfg) = (
-        st.id.clone(),
-        u.status.clone(),
-        st.tenant.clone(),
-        u.reason.clone(),
-        config.to_string(),
-    );
-    s.store
-        .write(move |tx| {
-            tx.conn().execute(
-                "UPDATE streams SET status = ?2, config = ?3 WHERE id = ?1",
-                params![id, status, cfg],
-            )?;
-            tx.audit(
-                Some(&tenant),
-                "stream_status",
-                None,
-                json!({"stream": id, "status": status, "reason": reason}),
-            )?;
-            Ok(())
-        })
-        .await?;
-    s.signals.notify_waiters();
+    streams::set_status(&s, &st, &u.status, u.reason.clone()).await?;
     Ok(Json(json!({"stream_id": st.id, "status": u.status})))
 }
 
@@ -464,7 +315,7 @@ async fn change_subjects(
     if let Some(o) = config.as_object_mut() {
         o.insert("subjects".into(), Value::Array(subjects));
     }
-    save_config(&s, &st, config).await?;
+    streams::save_config(&s, &st, &config).await?;
     Ok(if add {
         StatusCode::OK
     } else {
@@ -511,65 +362,8 @@ pub async fn verify(
     caller.require(&[Role::Enforcer, Role::Admin])?;
     let v: Verify = parse_body(&body)?;
     let st = load_managed(&s, &caller, &v.stream_id)?;
-    let tenant = st.tenant.clone();
-    s.store
-        .write(move |tx| {
-            let now = tx.now_ms();
-            tx.conn().execute(
-                "INSERT INTO stream_verifications (stream, state, requested_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(stream) DO UPDATE SET state = excluded.state, requested_ms = excluded.requested_ms",
-                params![st.id, v.state, now],
-            )?;
-            tx.audit(Some(&tenant), "stream_verification_requested", None, json!({"stream": st.id}))?;
-            Ok(())
-        })
-        .await?;
-    s.signals.notify_waiters();
+    streams::request_verification(&s, &st, v.state).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Takes the stream's pending verification, if any: its SET and `jti`.
-pub async fn take_verification(
-    s: &AppState,
-    stream: &str,
-    aud: &str,
-) -> Result<Option<(String, String)>, ApiError> {
-    // Asked on every poll and push round: a read first, the writer only
-    // when one is pending.
-    let waiting = s.store.read(|c| {
-        Ok(c.query_row(
-            "SELECT EXISTS (SELECT 1 FROM stream_verifications WHERE stream = ?1)",
-            params![stream],
-            |r| r.get::<_, bool>(0),
-        )?)
-    })?;
-    if !waiting {
-        return Ok(None);
-    }
-    let id = stream.to_owned();
-    let pending: Option<Option<String>> = s
-        .store
-        .write(move |tx| {
-            let state: Option<Option<String>> = tx
-                .conn()
-                .query_row(
-                    "SELECT state FROM stream_verifications WHERE stream = ?1",
-                    params![id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if state.is_some() {
-                tx.conn().execute(
-                    "DELETE FROM stream_verifications WHERE stream = ?1",
-                    params![id],
-                )?;
-            }
-            Ok(state)
-        })
-        .await?;
-    Ok(pending.map(|state| {
-        signals::verification_set(&s.authority(), &s.issuer, aud, stream, state.as_deref())
-    }))
 }
 
 /// Whether a stream delivers a stored signal of this kind: the receiver's
@@ -671,8 +465,7 @@ pub async fn poll(
     let cursor = if acked.is_empty() && through.is_none() {
         st.cursor
     } else {
-        let tenant = st.tenant.clone();
-        let head = s.store.read(|c| Ok(signals::head(c, &tenant)?))?;
+        let head = streams::head(&s, &st.tenant)?;
         if let Some(beyond) = acked
             .iter()
             .chain(through.iter())
@@ -685,14 +478,8 @@ pub async fn poll(
                 signals::jti(&st.tenant, head)
             )));
         }
-        let sid = st.id.clone();
-        let from = st.cursor;
-        s.store
-            .write(move |tx| {
-                let start = from.max(through.unwrap_or(0));
-                Ok(acknowledge(tx, &sid, start, &acked)?)
-            })
-            .await?
+        let start = st.cursor.max(through.unwrap_or(0));
+        streams::acknowledge(&s, &st.id, start, acked).await?
     };
     let mut cursor = cursor;
     let max = p.max_events.unwrap_or(100).clamp(0, 1000);
@@ -721,37 +508,17 @@ pub async fn poll(
             if let Some((jti, set)) = take_verification(&s, &st.id, &aud).await? {
                 sets.push((jti, set));
             }
-            let (tenant, sid) = (st.tenant.clone(), st.id.clone());
-            let found = s.store.read(|c| {
-                let acked: std::collections::HashSet<i64> = {
-                    let mut q = c.prepare("SELECT seq FROM stream_acks WHERE stream = ?1")?;
-                    let rows = q.query_map(params![sid], |r| r.get(0))?;
-                    rows.collect::<Result<_, _>>()?
-                };
-                // Unacknowledged signals after the cursor, past the ones this
-                // stream acknowledged out of order.
-                let window = max + 1 + i64::try_from(acked.len()).unwrap_or(0);
-                let all = signals::after(c, &tenant, cursor, window)?;
-                Ok(all
-                    .into_iter()
-                    .filter(|g| !acked.contains(&g.seq))
-                    .collect::<Vec<_>>())
-            })?;
+            // Unacknowledged signals after the cursor, past the ones this
+            // stream acknowledged out of order.
+            let found = streams::unacknowledged(&s, &st, cursor, max)?;
             let (wanted, unwanted): (Vec<_>, Vec<_>) = found
                 .into_iter()
                 .partition(|g| delivers(&st.config, &g.kind));
             if !unwanted.is_empty() {
                 // Kinds the receiver did not request are acknowledged for it
                 // (and the cursor moves over them when it can).
-                let (sid, seqs, from) = (
-                    st.id.clone(),
-                    unwanted.iter().map(|g| g.seq).collect::<Vec<_>>(),
-                    cursor,
-                );
-                cursor = s
-                    .store
-                    .write(move |tx| Ok(acknowledge(tx, &sid, from, &seqs)?))
-                    .await?;
+                let seqs = unwanted.iter().map(|g| g.seq).collect::<Vec<_>>();
+                cursor = streams::acknowledge(&s, &st.id, cursor, seqs).await?;
             }
             let more = wanted.len() as i64 > max;
             for sig in wanted.iter().take(usize::try_from(max).unwrap_or(0)) {
@@ -769,47 +536,6 @@ pub async fn poll(
         }
         let _ = tokio::time::timeout_at(deadline, notified).await;
     }
-}
-
-/// Records acknowledgements of `seqs` (beyond `from`) for a stream, moves
-/// its cursor over every acknowledged signal in a row from `from`, forgets
-/// the acknowledgements it passed, and returns the new cursor.
-fn acknowledge(
-    tx: &mut mandate_store::Tx<'_>,
-    stream: &str,
-    from: i64,
-    seqs: &[i64],
-) -> mandate_store::sql::Result<i64> {
-    let mut cursor = from;
-    for a in seqs.iter().filter(|a| **a > cursor) {
-        tx.conn().execute(
-            "INSERT INTO stream_acks (stream, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            params![stream, a],
-        )?;
-    }
-    loop {
-        let next: Option<i64> = tx
-            .conn()
-            .query_row(
-                "SELECT seq FROM stream_acks WHERE stream = ?1 AND seq = ?2",
-                params![stream, cursor + 1],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match next {
-            Some(n) => cursor = n,
-            None => break,
-        }
-    }
-    tx.conn().execute(
-        "DELETE FROM stream_acks WHERE stream = ?1 AND seq <= ?2",
-        params![stream, cursor],
-    )?;
-    tx.conn().execute(
-        "UPDATE streams SET cursor = CASE WHEN cursor > ?2 THEN cursor ELSE ?2 END WHERE id = ?1",
-        params![stream, cursor],
-    )?;
-    Ok(cursor)
 }
 
 /// The poll answer with `sets` in delivery order (a JSON object's members
@@ -847,35 +573,6 @@ pub async fn snapshot(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Enforcer])?;
     let st = load_managed(&s, &caller, &id)?;
-    let tenant = st.tenant.clone();
-    let snap = s.store.read(|c| {
-        c.execute_batch("BEGIN")?;
-        let res = (|| -> Result<Value, mandate_store::StoreError> {
-            let cursor = signals::head(c, &tenant)?;
-            let mut states = Map::new();
-            let mut consumed = Vec::new();
-            let mut stmt = c.prepare("SELECT id, state, consumed_ms FROM mandates WHERE tenant = ?1")?;
-            let rows = stmt.query_map(params![tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?)))?;
-            for row in rows {
-                let (mid, state, used) = row?;
-                if used.is_some() {
-                    consumed.push(json!(mid));
-                }
-                states.insert(mid, json!(state));
-            }
-            let mut stmt = c.prepare("SELECT type, subject, occurred_ms FROM events WHERE tenant = ?1 ORDER BY received_ms")?;
-            let events: Vec<Value> = stmt
-                .query_map(params![tenant], |r| {
-                    let at: i64 = r.get(2)?;
-                    Ok(json!({"type": r.get::<_, String>(0)?, "subject": r.get::<_, Option<String>>(1)?,
-                        "occurred_at": mandate_core::timestamp::UnixTime::from_secs(at.div_euclid(1000)).ok()}))
-                })?
-                .collect::<Result<_, _>>()?;
-            let (facts, _) = crate::routes::facts::read_facts(c, &tenant)?;
-            Ok(json!({"cursor": cursor, "state": {"states": states, "consumed": consumed, "events": events, "facts": facts}}))
-        })();
-        c.execute_batch("COMMIT")?;
-        res
-    })?;
+    let snap = streams::snapshot(&s, &st.tenant)?;
     Ok(Json(snap))
 }

@@ -14,9 +14,7 @@ use mandate_core::model::{
 };
 use mandate_core::timestamp::UnixTime;
 use mandate_core::validate::{CheckConditions, validate};
-use mandate_store::sql::params;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, parse_body};
@@ -61,13 +59,7 @@ pub struct RequestedLifecycle {
     pub terminal_events: Vec<TerminalEvent>,
 }
 
-/// Random id with a prefix.
-pub fn new_id(prefix: &str) -> String {
-    use rand_core::RngCore as _;
-    let mut b = [0u8; 10];
-    rand_core::OsRng.fill_bytes(&mut b);
-    format!("{prefix}-{}", hex::encode(b))
-}
+pub use crate::service::new_id;
 
 impl MandateRequest {
     /// The claims this request becomes when approved.
@@ -140,22 +132,7 @@ pub async fn create(
     )?;
     validate(&probe, CheckConditions::Compile)
         .map_err(|p| ApiError::unprocessable("invalid_mandate", p.to_string()))?;
-    let stored = serde_json::to_value(&req).map_err(ApiError::internal)?;
-    let consent = service::consent_hash(&stored)?;
-    let id = new_id("req");
-    let (tenant, sub) = (caller.tenant.clone(), caller.sub.clone());
-    let (id2, consent2) = (id.clone(), consent.clone());
-    s.store
-        .write(move |tx| {
-            let now = tx.now_ms();
-            tx.conn().execute(
-                "INSERT INTO requests (id, tenant, principal, agent_sub, body, state, created_ms, consent_sha256) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
-                params![id2, tenant, req.principal, sub, stored.to_string(), now, consent2],
-            )?;
-            tx.audit(Some(&tenant), "requested", None, json!({"request": id2, "agent": sub, "principal": req.principal, "purpose": req.purpose}))?;
-            Ok(())
-        })
-        .await?;
+    let (id, consent) = service::create(&s, &caller, &req).await?;
     Ok((
         StatusCode::CREATED,
         Json(super::wire::RequestCreated {
