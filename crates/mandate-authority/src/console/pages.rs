@@ -1211,25 +1211,13 @@ pub async fn scope(
             }
             .to_owned(),
         ),
+        // The page approved is evidence, in the amendment's own commit.
+        widening_shown: (!added.is_empty()).then(|| shown.clone()),
         ..service::lifecycle::Amendment::default()
     };
     let answer = service::lifecycle::amend(&s, u.caller(), &id, a)
         .await
         .map_err(|e| service_fail(&u, e))?;
     let new_id = answer.mandate_id.to_string();
-    if !added.is_empty() {
-        let (who, nid) = (u.caller().sub.clone(), new_id.clone());
-        s.store
-            .write(move |tx| {
-                tx.audit(
-                    Some(&tenant),
-                    "widening_approved",
-                    Some(&nid),
-                    json!({"by": who, "supersedes": id, "shown_sha256": shown}),
-                )
-            })
-            .await
-            .map_err(|e| fail(Some(&u), StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
-    }
     Ok(Redirect::to(&format!("/console/mandates/{new_id}")).into_response())
 }

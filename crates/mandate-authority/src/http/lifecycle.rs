@@ -145,6 +145,8 @@ impl From<Amendment> for service::Amendment {
             delegation: a.delegation,
             discovery: a.discovery,
             reason: a.reason,
+            // Only the console's fresh-approval page has one.
+            widening_shown: None,
         }
     }
 }

@@ -159,6 +159,9 @@ pub struct Amendment {
     pub discovery: Option<DiscoveryAllowance>,
     /// Why.
     pub reason: Option<String>,
+    /// A wider scope approved afresh in the console: the hash of the page
+    /// that showed what it adds, recorded in the amendment's own commit.
+    pub widening_shown: Option<String>,
 }
 
 /// An amendment's result: the new revision.
@@ -242,6 +245,7 @@ async fn amend_governed(
         m.agent_sub.clone(),
         a.reason.unwrap_or_default(),
     );
+    let widening_shown = a.widening_shown;
     let mut changed = s
         .store
         .write(move |tx| {
@@ -276,6 +280,14 @@ async fn amend_governed(
                     details: json!({"supersedes": old, "by": by, "reason": reason}),
                 },
             )?;
+            if let Some(shown) = &widening_shown {
+                tx.audit(
+                    Some(&tenant),
+                    "widening_approved",
+                    Some(claims.mandate_id.as_str()),
+                    json!({"by": by, "supersedes": old, "shown_sha256": shown}),
+                )?;
+            }
             Ok(changed)
         })
         .await?;

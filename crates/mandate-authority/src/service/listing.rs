@@ -82,8 +82,35 @@ fn decode<'a>(list: &str, cursor: &'a str, buf: &'a mut String) -> Result<&'a st
         .ok_or_else(bad)
 }
 
-/// A `(created_ms, id)` position.
-fn created_position(list: &str, cursor: Option<&str>) -> Result<Option<(i64, String)>, StoreError> {
+/// The audit log position a cursor of the `audit` list names.
+///
+/// # Errors
+/// `cursor: not a cursor this list issued` for anything else.
+pub fn audit_position(cursor: Option<&str>) -> Result<Option<Position>, StoreError> {
+    let Some(c) = cursor else { return Ok(None) };
+    let mut buf = String::new();
+    let rest = decode("audit", c, &mut buf)?;
+    let (seq, item) = audit::parse_reference(rest)
+        .map_err(|_| StoreError::malformed("cursor: not a cursor this list issued"))?;
+    Ok(Some(Position { seq, item }))
+}
+
+/// The cursor of the `requests` or `mandates` list that goes on after
+/// `(created_ms, id)`.
+#[must_use]
+pub fn created_cursor(list: &str, created_ms: i64, id: &str) -> String {
+    encode(list, &format!("{created_ms}:{id}"))
+}
+
+/// The `(created_ms, id)` position a cursor of the `requests` or `mandates`
+/// list names.
+///
+/// # Errors
+/// `cursor: not a cursor this list issued` for anything else.
+pub fn created_position(
+    list: &str,
+    cursor: Option<&str>,
+) -> Result<Option<(i64, String)>, StoreError> {
     let Some(c) = cursor else { return Ok(None) };
     let mut buf = String::new();
     let rest = decode(list, c, &mut buf)?;
@@ -203,7 +230,7 @@ fn created_page<T>(
         .filter(|_| items.len() == paging.limit)
         .map(|last| {
             let (ms, id) = position(last);
-            encode(list, &format!("{ms}:{id}"))
+            created_cursor(list, ms, id)
         });
     Page { items, next }
 }
@@ -409,16 +436,7 @@ pub fn audit(
             ));
         }
     };
-    let before = match paging.cursor.as_deref() {
-        None => None,
-        Some(c) => {
-            let mut buf = String::new();
-            let rest = decode("audit", c, &mut buf)?;
-            let (seq, item) = audit::parse_reference(rest)
-                .map_err(|_| StoreError::malformed("cursor: not a cursor this list issued"))?;
-            Some(Position { seq, item })
-        }
-    };
+    let before = audit_position(paging.cursor.as_deref())?;
     let page = store.read(|c| {
         audit::page(
             c,

@@ -10,8 +10,6 @@ const STORAGE_ONLY: &[&str] = &[
     "params!",
     ".store.read(",
     ".store.write(",
-    "store\n        .read(",
-    "store\n        .write(",
     ".query_row(",
     ".query_map(",
     ".prepare(",
@@ -44,7 +42,14 @@ fn storage_in(layer: &str) -> Vec<String> {
     assert!(!files.is_empty(), "{layer}: no sources found");
     let mut found = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
+        // Lines joined without their indentation, so that a call chain
+        // spread over lines (`s.store` / `.write(`) reads as one.
+        let text: String = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("");
         for needle in STORAGE_ONLY {
             if text.contains(needle) {
                 found.push(format!("{}: `{}`", file.display(), needle.trim()));
