@@ -198,7 +198,13 @@ impl User {
         {
             Ok(())
         } else {
-            Err((StatusCode::FORBIDDEN, axum::response::Html(html::page("Refused", None, "<p class=\"notice\">This form was not sent from the console (CSRF check failed).</p>"))).into_response())
+            Err(html::notice(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                None,
+                "This form was not sent from the console (CSRF check failed).",
+                false,
+            ))
         }
     }
 }

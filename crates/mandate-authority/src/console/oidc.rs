@@ -15,7 +15,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::html::{esc, page};
 use crate::auth::{Caller, Role};
 use crate::state::AppState;
 
@@ -79,18 +78,7 @@ fn enc(s: &str) -> String {
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        axum::response::Html(page(
-            "Sign-in failed",
-            None,
-            &format!(
-                r#"<p class="notice">{}</p><p><a href="/console/login">Try again</a></p>"#,
-                esc(message)
-            ),
-        )),
-    )
-        .into_response()
+    super::html::notice(status, "Sign-in failed", None, message, true)
 }
 
 /// `GET /console/oidc`: redirects to the IdP.

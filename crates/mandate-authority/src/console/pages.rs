@@ -1,18 +1,18 @@
 //! The console's pages.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
+use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use mandate_core::model::MandateClaims;
 use mandate_store::audit;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::html::{csrf_field, esc, escv, page};
+use super::html::{Me, notice, respond};
 use super::{User, cookie};
 use crate::auth::Role;
 use crate::error::ApiError;
@@ -29,30 +29,8 @@ fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
     v.pointer(pointer).unwrap_or(&NULL)
 }
 
-fn html(s: String) -> Response {
-    let mut r = Html(s).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
-    );
-    r
-}
-
 fn fail(u: Option<&User>, status: StatusCode, message: &str) -> Response {
-    let user = u.map(|u| {
-        (
-            u.caller().sub.as_str(),
-            u.caller().role.as_str(),
-            u.session.csrf.as_str(),
-        )
-    });
-    let mut r = html(page(
-        "Not possible",
-        user,
-        &format!(r#"<p class="notice">{}</p>"#, esc(message)),
-    ));
-    *r.status_mut() = status;
-    r
+    notice(status, "Not possible", u.and_then(me), message, false)
 }
 
 fn api_fail(u: &User, e: &ApiError) -> Response {
@@ -64,12 +42,11 @@ fn service_fail(u: &User, e: service::Error) -> Response {
     api_fail(u, &ApiError::from(e))
 }
 
-/// A link to the next page of a list: `path` with the filters and the
-/// cursor URL-encoded as a query, then HTML-escaped for the attribute.
-fn next_link(path: &str, filters: &[(&str, &str)], next: Option<&str>, label: &str) -> String {
-    let Some(cursor) = next else {
-        return String::new();
-    };
+/// The address of the next page of a list: `path` with the filters and the
+/// cursor URL-encoded as a query (the template escapes it for the
+/// attribute).
+fn next_href(path: &str, filters: &[(&str, &str)], next: Option<&str>) -> Option<String> {
+    let cursor = next?;
     let mut q = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in filters {
         if !v.is_empty() {
@@ -77,12 +54,7 @@ fn next_link(path: &str, filters: &[(&str, &str)], next: Option<&str>, label: &s
         }
     }
     q.append_pair("cursor", cursor);
-    format!(
-        r#"<p class="pager"><a rel="next" href="{}?{}">{}</a></p>"#,
-        esc(path),
-        esc(&q.finish()),
-        esc(label)
-    )
+    Some(format!("{path}?{}", q.finish()))
 }
 
 /// The page of a list to show.
@@ -109,12 +81,29 @@ fn paging(
     Ok(p)
 }
 
-fn me(u: &User) -> Option<(&str, &str, &str)> {
-    Some((
-        u.caller().sub.as_str(),
-        u.caller().role.as_str(),
-        u.session.csrf.as_str(),
-    ))
+fn me(u: &User) -> Option<Me<'_>> {
+    Some(Me {
+        sub: u.caller().sub.as_str(),
+        role: u.caller().role.as_str(),
+        csrf: u.session.csrf.as_str(),
+    })
+}
+
+/// The text of a JSON value as a page shows it: a string as itself, any
+/// other value as JSON (the template escapes it).
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A JSON list as comma-separated text.
+fn inline(v: &Value) -> String {
+    v.as_array().map_or_else(
+        || text(v),
+        |a| a.iter().map(text).collect::<Vec<_>>().join(", "),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,31 +114,31 @@ pub struct LoginForm {
 /// `GET /console/login`: an identity provider, the local identities the
 /// operator configured, or a pasted token.
 pub async fn login_form(State(s): State<Arc<AppState>>) -> Response {
-    let mut body = String::new();
-    if s.config.console_oidc.is_some() {
-        body.push_str(r#"<p><a href="/console/oidc">Sign in with your organisation's identity provider</a></p>"#);
-    }
-    if s.config.local_issuer && !s.config.console_identity.is_empty() {
-        body.push_str(r#"<form method="post" action="/console/login/pick"><fieldset><legend>Sign in as a local identity</legend>"#);
-        for (i, c) in s.config.console_identity.iter().enumerate() {
-            let _ = write!(
-                body,
-                r#"<p><button type="submit" name="identity" value="{i}">{} ({}, tenant {})</button></p>"#,
-                esc(&c.sub),
-                esc(&c.role),
-                esc(&c.tenant)
-            );
-        }
-        body.push_str("</fieldset></form>");
-    }
-    body.push_str(
-        r#"<p>Or paste a token for a principal or an administrator. With the embedded issuer:
-<code>mandate token --sub you@example.com --role principal</code>.</p>
-<form method="post" action="/console/login"><label for="token">Token</label>
-<input id="token" name="token" type="password" autocomplete="off" required size="60">
-<p><button type="submit">Sign in</button></p></form>"#,
-    );
-    html(page("Sign in", None, &body))
+    let identities = if s.config.local_issuer {
+        s.config
+            .console_identity
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, c.sub.as_str(), c.role.as_str(), c.tenant.as_str()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    respond(&LoginPage {
+        title: "Sign in",
+        me: None,
+        oidc: s.config.console_oidc.is_some(),
+        identities,
+    })
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/login.html")]
+struct LoginPage<'a> {
+    title: &'a str,
+    me: Option<Me<'a>>,
+    oidc: bool,
+    identities: Vec<(usize, &'a str, &'a str, &'a str)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,176 +231,199 @@ pub async fn requests(State(s): State<Arc<AppState>>, u: User, Query(q): Query<P
         &paging(&u, &q.limit, &q.cursor, LIST_PAGE)?,
     )
     .map_err(|e| service_fail(&u, e.into()))?;
-    let mut body = String::from(
-        "<table><caption>Pending requests, newest first</caption><tr><th>Request</th><th>Agent</th><th>Objective</th><th>Principal</th></tr>",
-    );
-    for r in &list.items {
-        let _ = write!(
-            body,
-            r#"<tr><td><a href="/console/requests/{}">Review</a></td><td>{} <small>({})</small></td><td>{}</td><td>{}</td></tr>"#,
-            esc(&r.id),
-            escv(at(&r.body, "/agent/id")),
-            esc(&r.agent),
-            escv(at(&r.body, "/purpose/objective")),
-            esc(&r.principal)
-        );
-    }
-    body.push_str("</table>");
-    if list.items.is_empty() && q.cursor.is_empty() {
-        body = "<p>No request is waiting for you.</p>".into();
-    }
-    body.push_str(&next_link(
-        "/console/requests",
-        &[("limit", q.limit.trim())],
-        list.next.as_deref(),
-        "Older requests →",
-    ));
-    Ok(html(page("Requests", me(&u), &body)))
+    let rows = list
+        .items
+        .iter()
+        .map(|r| RequestRow {
+            id: &r.id,
+            agent_id: text(at(&r.body, "/agent/id")),
+            agent_sub: &r.agent,
+            objective: text(at(&r.body, "/purpose/objective")),
+            principal: &r.principal,
+        })
+        .collect();
+    Ok(respond(&RequestsPage {
+        title: "Requests",
+        me: me(&u),
+        rows,
+        first_page: q.cursor.is_empty(),
+        next: next_href(
+            "/console/requests",
+            &[("limit", q.limit.trim())],
+            list.next.as_deref(),
+        ),
+        next_label: "Older requests →",
+    }))
+}
+
+#[derive(Debug)]
+struct RequestRow<'a> {
+    id: &'a str,
+    agent_id: String,
+    agent_sub: &'a str,
+    objective: String,
+    principal: &'a str,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/requests.html")]
+struct RequestsPage<'a> {
+    title: &'a str,
+    me: Option<Me<'a>>,
+    rows: Vec<RequestRow<'a>>,
+    first_page: bool,
+    next: Option<String>,
+    next_label: &'a str,
 }
 
 fn digest(shown: &str) -> String {
     hex::encode(mandate_core::hash::sha256(shown.as_bytes()))
 }
 
-/// A JSON list as escaped, comma-separated text.
-fn inline(v: &Value) -> String {
-    v.as_array().map_or_else(
-        || escv(v),
-        |a| a.iter().map(escv).collect::<Vec<_>>().join(", "),
-    )
-}
-
 /// The consent fragment: everything the principal is asked to grant, in
 /// words. Its SHA-256 is the consent evidence recorded with the approval.
-fn consent_fragment(req: &Value, agent_sub: &str) -> String {
-    let heading = format!("{} asks to act for you", escv(at(req, "/agent/id")));
-    grant_fragment(req, agent_sub, "consent", &heading)
+fn consent_fragment(req: &Value, agent_sub: &str) -> Result<String, askama::Error> {
+    let heading = format!("{} asks to act for you", text(at(req, "/agent/id")));
+    Grant::of(req, agent_sub, "consent", heading).render()
+}
+
+/// One row of the scope table.
+#[derive(Debug)]
+struct DetailRow {
+    type_: String,
+    locations: Vec<String>,
+    actions: Vec<String>,
+    resource: Vec<(String, String)>,
+    constraints: Vec<(String, String)>,
+}
+
+/// One condition, with what its failure does.
+#[derive(Debug)]
+struct ConditionRow {
+    id: String,
+    expression: String,
+    then: &'static str,
+}
+
+/// What discovery allows.
+#[derive(Debug)]
+struct DiscoveryText {
+    types: String,
+    locations: String,
+    actions: String,
+    max_lifetime_secs: String,
 }
 
 /// What a mandate grants, in words: the consent fragment's content under
 /// another heading (the mandate page shows what the consent screen showed).
-fn grant_fragment(req: &Value, agent_sub: &str, section_id: &str, heading_html: &str) -> String {
-    let mut f = String::new();
-    let _ = write!(
-        f,
-        r#"<section id="{section_id}"><h2>{heading_html}</h2><p>Agent <strong>{}</strong>, instance <code>{}</code> (signed in as {}).</p>
-<h3>Why</h3><p><strong>Objective:</strong> {}</p><p><strong>Business context:</strong> {}</p>
-<h3>What it may do</h3><table><tr><th>Resource type</th><th>Where</th><th>Actions</th><th>Resource must be</th><th>Constraints</th></tr>"#,
-        escv(at(req, "/agent/id")),
-        escv(at(req, "/agent/instance")),
-        esc(agent_sub),
-        escv(at(req, "/purpose/objective")),
-        escv(at(req, "/purpose/business_context"))
-    );
-    for d in at(req, "/authorization_details")
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+#[derive(Debug, Template)]
+#[template(path = "console/grant.html")]
+struct Grant<'a> {
+    section_id: &'a str,
+    heading: String,
+    agent: String,
+    instance: String,
+    agent_sub: &'a str,
+    objective: String,
+    context: String,
+    details: Vec<DetailRow>,
+    conditions: Vec<ConditionRow>,
+    expiry: String,
+    events: Vec<(String, Option<String>)>,
+    delegation: Option<(String, String)>,
+    discovery: Option<DiscoveryText>,
+}
+
+impl<'a> Grant<'a> {
+    fn of(req: &Value, agent_sub: &'a str, section_id: &'a str, heading: String) -> Self {
         let list = |v: &Value| {
             v.as_array()
-                .map(|a| a.iter().map(escv).collect::<Vec<_>>().join("<br>"))
+                .map(|a| a.iter().map(text).collect())
                 .unwrap_or_default()
         };
         let map = |v: &Value| {
             v.as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{} = {}", esc(k), escv(v)))
-                        .collect::<Vec<_>>()
-                        .join("<br>")
-                })
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect())
                 .unwrap_or_default()
         };
-        let _ = write!(
-            f,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escv(at(d, "/type")),
-            list(at(d, "/locations")),
-            list(at(d, "/actions")),
-            map(at(d, "/resource")),
-            map(at(d, "/constraints"))
-        );
-    }
-    f.push_str("</table><h3>What must stay true</h3>");
-    let conditions = at(req, "/conditions")
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if conditions.is_empty() {
-        f.push_str("<p>No conditions.</p>");
-    } else {
-        f.push_str("<table><tr><th>Condition</th><th>Expression</th><th>If it fails</th></tr>");
-        for c in &conditions {
-            let then = match at(c, "/on_failure").as_str() {
-                Some("suspend_and_notify") => "the mandate is suspended and you are notified",
-                Some("revoke") => "the mandate is revoked",
-                _ => "the action is denied",
-            };
-            let _ = write!(
-                f,
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
-                escv(at(c, "/id")),
-                escv(at(c, "/expression")),
-                then
-            );
+        let details = at(req, "/authorization_details")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| DetailRow {
+                type_: text(at(d, "/type")),
+                locations: list(at(d, "/locations")),
+                actions: list(at(d, "/actions")),
+                resource: map(at(d, "/resource")),
+                constraints: map(at(d, "/constraints")),
+            })
+            .collect();
+        let conditions = at(req, "/conditions")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| ConditionRow {
+                id: text(at(c, "/id")),
+                expression: text(at(c, "/expression")),
+                then: match at(c, "/on_failure").as_str() {
+                    Some("suspend_and_notify") => "the mandate is suspended and you are notified",
+                    Some("revoke") => "the mandate is revoked",
+                    _ => "the action is denied",
+                },
+            })
+            .collect();
+        let events = at(req, "/lifecycle/terminal_events")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| match e {
+                Value::String(t) => (t.clone(), None),
+                other => (text(at(other, "/type")), other.get("subject").map(text)),
+            })
+            .collect();
+        let d = at(req, "/delegation");
+        let delegation = (at(d, "/permitted") == true
+            && at(d, "/max_additional_hops").as_u64().unwrap_or(0) > 0)
+            .then(|| {
+                (
+                    text(at(d, "/max_additional_hops")),
+                    text(at(d, "/attenuation")),
+                )
+            });
+        let discovery = req
+            .get("discovery")
+            .filter(|v| !v.is_null())
+            .map(|disc| DiscoveryText {
+                types: inline(at(disc, "/types")),
+                locations: inline(at(disc, "/locations")),
+                actions: inline(at(disc, "/actions")),
+                max_lifetime_secs: text(at(disc, "/max_lifetime_secs")),
+            });
+        Self {
+            section_id,
+            heading,
+            agent: text(at(req, "/agent/id")),
+            instance: text(at(req, "/agent/instance")),
+            agent_sub,
+            objective: text(at(req, "/purpose/objective")),
+            context: text(at(req, "/purpose/business_context")),
+            details,
+            conditions,
+            expiry: text(at(req, "/lifecycle/hard_expiry")),
+            events,
+            delegation,
+            discovery,
         }
-        f.push_str("</table>");
     }
-    let _ = write!(
-        f,
-        "<h3>When it ends</h3><p>At the latest <strong>{}</strong>",
-        escv(at(req, "/lifecycle/hard_expiry"))
-    );
-    let events = at(req, "/lifecycle/terminal_events")
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if events.is_empty() {
-        f.push_str(".</p>");
-    } else {
-        f.push_str(", or as soon as any of these happens:</p><ul>");
-        for e in &events {
-            let (ty, subject) = match e {
-                Value::String(t) => (esc(t), String::new()),
-                other => (
-                    escv(at(other, "/type")),
-                    other
-                        .get("subject")
-                        .map(|s| format!(" about <code>{}</code>", escv(s)))
-                        .unwrap_or_default(),
-                ),
-            };
-            let _ = write!(f, "<li><code>{ty}</code>{subject}</li>");
-        }
-        f.push_str("</ul>");
-    }
-    let d = at(req, "/delegation");
-    if at(d, "/permitted") == true && at(d, "/max_additional_hops").as_u64().unwrap_or(0) > 0 {
-        let _ = write!(
-            f,
-            "<h3>Delegation</h3><p>It may hand narrower mandates to sub-agents, up to {} more hop(s) ({}).</p>",
-            escv(at(d, "/max_additional_hops")),
-            escv(at(d, "/attenuation"))
-        );
-    } else {
-        f.push_str("<h3>Delegation</h3><p>It may not delegate.</p>");
-    }
-    match req.get("discovery").filter(|v| !v.is_null()) {
-        Some(disc) => {
-            let _ = write!(
-                f,
-                "<h3>Discovery</h3><p>It may ask for one-time use of newly found tools of type {} at {} for {}, each usable once for at most {} seconds.</p>",
-                inline(at(disc, "/types")),
-                inline(at(disc, "/locations")),
-                inline(at(disc, "/actions")),
-                escv(at(disc, "/max_lifetime_secs"))
-            );
-        }
-        None => f.push_str("<h3>Discovery</h3><p>It may not ask for tools beyond these.</p>"),
-    }
-    f.push_str("</section>");
-    f
+}
+
+fn render_fail(u: &User, e: &askama::Error) -> Response {
+    tracing::error!(error = %e, "a console fragment failed to render");
+    fail(
+        Some(u),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the page could not be rendered",
+    )
 }
 
 fn load_request(
@@ -431,27 +443,32 @@ fn load_request(
 /// `GET /console/requests/{id}`: the consent screen.
 pub async fn consent(State(s): State<Arc<AppState>>, u: User, Path(id): Path<String>) -> Page {
     let (_, agent, state, req) = load_request(&s, &u, &id)?;
-    let fragment = consent_fragment(&req, &agent);
+    let fragment = consent_fragment(&req, &agent).map_err(|e| render_fail(&u, &e))?;
     let shown = digest(&fragment);
-    let mut body = fragment;
-    if state == "pending" {
-        let _ = write!(
-            body,
-            r#"<form method="post" action="/console/requests/{id}/approve">{csrf}<input type="hidden" name="shown" value="{shown}"><p><button type="submit">Approve and sign the mandate</button></p></form>
-<form method="post" action="/console/requests/{id}/deny">{csrf}<label for="reason">Reason for denying</label><input id="reason" name="reason" size="50"><p><button type="submit" class="danger">Deny</button></p></form>
-<p><small>Consent evidence: SHA-256 of this page's request section <code>{shown}</code></small></p>"#,
-            id = esc(&id),
-            csrf = csrf_field(&u.session.csrf),
-            shown = esc(&shown)
-        );
-    } else {
-        let _ = write!(
-            body,
-            r#"<p class="notice">This request is {}.</p>"#,
-            esc(&state)
-        );
-    }
-    Ok(html(page("Consent", me(&u), &body)))
+    Ok(respond(&ConsentPage {
+        title: "Consent",
+        me: me(&u),
+        fragment: &fragment,
+        pending: state == "pending",
+        id: &id,
+        csrf: &u.session.csrf,
+        shown: &shown,
+        state: &state,
+    }))
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/consent.html")]
+struct ConsentPage<'a> {
+    title: &'a str,
+    me: Option<Me<'a>>,
+    /// Rendered by its own template: its hash is the consent evidence.
+    fragment: &'a str,
+    pending: bool,
+    id: &'a str,
+    csrf: &'a str,
+    shown: &'a str,
+    state: &'a str,
 }
 
 #[derive(Debug, Deserialize)]
@@ -470,7 +487,7 @@ pub async fn approve(
 ) -> Page {
     u.check_csrf(&f.csrf)?;
     let (_, agent, _, req) = load_request(&s, &u, &id)?;
-    let shown = digest(&consent_fragment(&req, &agent));
+    let shown = digest(&consent_fragment(&req, &agent).map_err(|e| render_fail(&u, &e))?);
     if !bool::from(subtle::ConstantTimeEq::ct_eq(
         shown.as_bytes(),
         f.shown.as_bytes(),
@@ -540,52 +557,47 @@ pub async fn mandates(
         &paging(&u, &q.limit, &q.cursor, LIST_PAGE)?,
     )
     .map_err(|e| service_fail(&u, e.into()))?;
-    let mut body = format!(
-        r#"<form method="get" action="/console/mandates"><label>State <select name="state"><option value="">any</option>{}</select></label>
-<label>Agent <input name="agent" value="{}"></label><label>Principal <input name="principal" value="{}"></label><button type="submit">Filter</button></form>
-<table><caption>{} mandate(s) on this page, newest first</caption><tr><th>Mandate</th><th>State</th><th>Agent</th><th>Principal</th><th>Objective</th></tr>"#,
-        [
-            "active",
-            "suspended",
-            "revoked",
-            "expired",
-            "completed",
-            "superseded"
-        ]
-        .iter()
-        .map(|st| format!(
-            r#"<option{}>{st}</option>"#,
-            if q.state == *st { " selected" } else { "" }
-        ))
-        .collect::<String>(),
-        esc(&q.agent),
-        esc(&q.principal),
-        list.items.len()
-    );
-    for m in &list.items {
-        let _ = write!(
-            body,
-            r#"<tr><td><a href="/console/mandates/{0}">{0}</a></td><td class="state">{1}</td><td>{2}</td><td>{3}</td><td>{4}</td></tr>"#,
-            esc(&m.mandate_id),
-            esc(&m.state),
-            esc(&m.agent),
-            esc(&m.principal),
-            esc(&m.objective)
-        );
-    }
-    body.push_str("</table>");
-    body.push_str(&next_link(
-        "/console/mandates",
-        &[
-            ("state", &q.state),
-            ("agent", &q.agent),
-            ("principal", &q.principal),
-            ("limit", q.limit.trim()),
-        ],
-        list.next.as_deref(),
-        "Older mandates →",
-    ));
-    Ok(html(page("Mandates", me(&u), &body)))
+    let states = [
+        "active",
+        "suspended",
+        "revoked",
+        "expired",
+        "completed",
+        "superseded",
+    ]
+    .map(|st| (st, q.state == st));
+    Ok(respond(&MandatesPage {
+        title: "Mandates",
+        me: me(&u),
+        states,
+        agent: &q.agent,
+        principal: &q.principal,
+        rows: &list.items,
+        next: next_href(
+            "/console/mandates",
+            &[
+                ("state", &q.state),
+                ("agent", &q.agent),
+                ("principal", &q.principal),
+                ("limit", q.limit.trim()),
+            ],
+            list.next.as_deref(),
+        ),
+        next_label: "Older mandates →",
+    }))
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/mandates.html")]
+struct MandatesPage<'a> {
+    title: &'a str,
+    me: Option<Me<'a>>,
+    states: [(&'a str, bool); 6],
+    agent: &'a str,
+    principal: &'a str,
+    rows: &'a [service::listing::MandateItem],
+    next: Option<String>,
+    next_label: &'a str,
 }
 
 fn descendants(s: &AppState, tenant: &str, id: &str) -> Vec<(String, String, usize)> {
@@ -624,98 +636,37 @@ pub async fn mandate(
         .ok_or_else(|| fail(Some(&u), StatusCode::NOT_FOUND, "mandate not found"))?;
     let c: &MandateClaims = &m.claims;
     let st = state_name(m.state);
-    let mut body = format!(
-        r#"<p>State: <span class="state">{}</span> · agent <strong>{}</strong> ({}) · granted by {} · grant <code>{}</code></p>"#,
-        esc(st),
-        esc(c.agent.id.as_str()),
-        esc(&c.agent.instance),
-        esc(&m.principal),
-        esc(&c.principal.grant_ref),
-    );
     // How it ended, when it did: the record that ended it, who, and why.
-    let ended = service::listing::how_it_ended(&s.store, &id).ok().flatten();
-    if let Some(e) = &ended {
-        let _ = write!(
-            body,
-            r#"<p id="ended">Ended: <strong>{}</strong>{}{}</p>"#,
-            esc(&e.kind),
-            e.body
-                .get("by")
-                .filter(|v| !v.is_null())
-                .map(|v| format!(" by {}", escv(v)))
-                .unwrap_or_default(),
-            e.body
-                .get("reason")
-                .filter(|v| !v.is_null())
-                .map(|v| format!(" — reason: {}", escv(v)))
-                .unwrap_or_default(),
-        );
-    }
+    let ended = service::listing::how_it_ended(&s.store, &id)
+        .ok()
+        .flatten()
+        .map(|e| Ended {
+            by: e.body.get("by").filter(|v| !v.is_null()).map(text),
+            reason: e.body.get("reason").filter(|v| !v.is_null()).map(text),
+            kind: e.kind,
+        });
     // Everything the consent screen showed: purpose, scope with resource
     // and constraints, conditions, ending events, delegation, discovery.
     let granted = serde_json::to_value(c).unwrap_or(Value::Null);
-    body.push_str(&grant_fragment(
+    let granted = Grant::of(
         &granted,
         &m.agent_sub,
         "granted",
-        "What was granted",
-    ));
-    let (sup, sup_by) = service::lifecycle::revisions(&s, u.caller(), &id).unwrap_or((None, None));
-    if let Some(of) = sup {
-        let _ = write!(
-            body,
-            r#"<p>Revision of <a href="/console/mandates/{0}">{0}</a>.</p>"#,
-            esc(&of)
-        );
-    }
-    if let Some(by) = sup_by {
-        let _ = write!(
-            body,
-            r#"<p>Superseded by <a href="/console/mandates/{0}">{0}</a>.</p>"#,
-            esc(&by)
-        );
-    }
-    let tree = descendants(&s, &tenant, &id);
-    body.push_str("<h2>Delegation tree</h2>");
-    if tree.is_empty() {
-        body.push_str("<p>No child mandates or one-time grants.</p>");
-    } else {
-        body.push_str("<ul>");
-        for (k, kst, depth) in &tree {
-            let _ = write!(
-                body,
-                r#"<li style="margin-left:{}rem"><a href="/console/mandates/{1}">{1}</a> — {2}</li>"#,
-                depth.saturating_sub(1) * 2,
-                esc(k),
-                esc(kst)
-            );
-        }
-        body.push_str("</ul>");
-    }
-    if !crate::store::is_terminal(m.state) {
-        let _ = write!(
-            body,
-            r#"<h2>Govern</h2><p>{}<a href="/console/mandates/{id}/confirm?op=revoke">Revoke…</a></p>
-<form method="get" action="/console/mandates/{id}/confirm"><input type="hidden" name="op" value="amend"><label for="hard_expiry">New hard expiry (RFC 3339)</label><input id="hard_expiry" name="hard_expiry" value="{exp}"> <button type="submit">Amend the expiry…</button></form>
-<form method="post" action="/console/mandates/{id}/scope">{csrf}<label for="details">Scope (authorization details, JSON); you confirm the change on the next page, and a wider scope needs your fresh approval</label><textarea id="details" name="details" rows="10" cols="80">{scope}</textarea><p><button type="submit">Change the scope…</button></p></form>"#,
-            if m.state == mandate_core::state::MandateState::Suspended {
-                format!(
-                    r#"<a href="/console/mandates/{}/confirm?op=resume">Resume…</a> · "#,
-                    esc(&id)
-                )
-            } else {
-                format!(
-                    r#"<a href="/console/mandates/{}/confirm?op=suspend">Suspend…</a> · "#,
-                    esc(&id)
-                )
-            },
-            id = esc(&id),
-            csrf = csrf_field(&u.session.csrf),
-            exp = esc(&c.lifecycle.hard_expiry.to_rfc3339()),
-            scope =
-                esc(&serde_json::to_string_pretty(&c.authorization_details).unwrap_or_default())
-        );
-    }
+        "What was granted".to_owned(),
+    )
+    .render()
+    .map_err(|e| render_fail(&u, &e))?;
+    let (revision_of, superseded_by) =
+        service::lifecycle::revisions(&s, u.caller(), &id).unwrap_or((None, None));
+    let tree: Vec<(String, String, usize)> = descendants(&s, &tenant, &id)
+        .into_iter()
+        .map(|(k, st, depth)| (k, st, depth.saturating_sub(1) * 2))
+        .collect();
+    let govern = (!crate::store::is_terminal(m.state)).then(|| Govern {
+        suspended: m.state == mandate_core::state::MandateState::Suspended,
+        hard_expiry: c.lifecycle.hard_expiry.to_rfc3339(),
+        scope: serde_json::to_string_pretty(&c.authorization_details).unwrap_or_default(),
+    });
     // The newest page of the tree's records (with the business events that
     // changed any of them), shown in order; older pages by the link below.
     let filter = service::listing::AuditFilter {
@@ -727,97 +678,158 @@ pub async fn mandate(
         .map_err(|e| service_fail(&u, e.into()))?;
     let (records, end) =
         service::listing::timeline(&s.store, &id, list.items).map_err(|e| service_fail(&u, e))?;
-    body.push_str(r#"<h2>Timeline</h2>"#);
-    body.push_str(&next_link(
-        &format!("/console/mandates/{id}"),
-        &[("limit", pq.limit.trim())],
-        list.next.as_deref(),
-        "← Earlier records",
-    ));
-    body.push_str(
-        r#"<table><tr><th>#</th><th>When</th><th>What</th><th>Mandate</th><th>Details</th></tr>"#,
-    );
-    for r in &records {
-        let after_end = r.kind == "decision"
-            && end
-                .as_ref()
-                .is_some_and(|e| audit::decided_at(r) >= e.at_ms && r.seq != e.seq);
-        let (class, what) = match (
-            r.kind.as_str(),
-            r.body.get("decision").and_then(Value::as_str),
-        ) {
-            ("decision", Some("allow")) => ("allow", "allowed".to_owned()),
-            ("decision", _) => (
-                "deny",
-                format!(
-                    "denied: {}",
-                    at(&r.body, "/reasons")
-                        .as_array()
-                        .map(|a| a
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", "))
-                        .unwrap_or_default()
-                ),
+    let timeline = records
+        .iter()
+        .map(|r| timeline_row(r, end.as_ref()))
+        .collect();
+    Ok(respond(&MandatePage {
+        title: &format!("Mandate {id}"),
+        me: me(&u),
+        id: &id,
+        csrf: &u.session.csrf,
+        state: st,
+        agent: c.agent.id.as_str(),
+        instance: &c.agent.instance,
+        principal: &m.principal,
+        grant_ref: &c.principal.grant_ref,
+        ended,
+        granted: &granted,
+        revision_of,
+        superseded_by,
+        tree,
+        govern,
+        timeline,
+        next: next_href(
+            &format!("/console/mandates/{id}"),
+            &[("limit", pq.limit.trim())],
+            list.next.as_deref(),
+        ),
+        next_label: "← Earlier records",
+    }))
+}
+
+/// How a mandate ended.
+#[derive(Debug)]
+struct Ended {
+    kind: String,
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+/// What the principal may still do with a live mandate.
+#[derive(Debug)]
+struct Govern {
+    suspended: bool,
+    hard_expiry: String,
+    scope: String,
+}
+
+/// One line of a mandate's timeline.
+#[derive(Debug)]
+struct TimelineRow {
+    reference: String,
+    when: String,
+    class: &'static str,
+    what: String,
+    after_end: bool,
+    mandate: String,
+    detail: String,
+}
+
+fn timeline_row(r: &audit::AuditRecord, end: Option<&audit::AuditRecord>) -> TimelineRow {
+    let after_end = r.kind == "decision"
+        && end.is_some_and(|e| audit::decided_at(r) >= e.at_ms && r.seq != e.seq);
+    let (class, what) = match (
+        r.kind.as_str(),
+        r.body.get("decision").and_then(Value::as_str),
+    ) {
+        ("decision", Some("allow")) => ("allow", "allowed".to_owned()),
+        ("decision", _) => (
+            "deny",
+            format!(
+                "denied: {}",
+                at(&r.body, "/reasons")
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
             ),
-            (k, _) => ("", k.to_owned()),
-        };
-        let when =
-            mandate_core::timestamp::UnixTime::from_secs(audit::decided_at(r).div_euclid(1000))
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default();
-        let detail = match r.kind.as_str() {
-            // At the authority: the action on the resource; at a gateway
-            // (shipped): the HTTP request it judged, and which gateway.
-            "decision" => match r.body.get("action").filter(|v| !v.is_null()) {
-                Some(action) => format!(
-                    "{} {}",
-                    escv(action),
-                    escv(at(r.body.get("resource").unwrap_or(&Value::Null), "/id"))
-                ),
-                None => format!(
-                    "{} {}{}",
-                    escv(at(&r.body, "/method")),
-                    escv(at(&r.body, "/path")),
-                    r.body
-                        .get("gateway")
-                        .filter(|v| !v.is_null())
-                        .map(|g| format!(" at gateway {}", escv(g)))
-                        .unwrap_or_default()
-                ),
-            },
-            "event" => format!(
+        ),
+        (k, _) => ("", k.to_owned()),
+    };
+    let when = mandate_core::timestamp::UnixTime::from_secs(audit::decided_at(r).div_euclid(1000))
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    let detail = match r.kind.as_str() {
+        // At the authority: the action on the resource; at a gateway
+        // (shipped): the HTTP request it judged, and which gateway.
+        "decision" => match r.body.get("action").filter(|v| !v.is_null()) {
+            Some(action) => format!(
                 "{} {}",
-                escv(at(&r.body, "/type")),
-                escv(at(&r.body, "/subject"))
+                text(action),
+                text(at(r.body.get("resource").unwrap_or(&Value::Null), "/id"))
             ),
-            _ => r
-                .body
-                .get("by")
-                .or_else(|| r.body.get("reason"))
-                .filter(|v| !v.is_null())
-                .map(escv)
-                .unwrap_or_default(),
-        };
-        let _ = write!(
-            body,
-            r#"<tr class="{}"><td>{}</td><td>{}</td><td class="{class}">{}{}</td><td>{}</td><td>{}</td></tr>"#,
-            if after_end { "after-end" } else { "" },
-            r.reference(),
-            esc(&when),
-            esc(&what),
-            if after_end {
-                " <strong>(after end)</strong>"
-            } else {
-                ""
-            },
-            esc(r.mandate_id.as_deref().unwrap_or("")),
-            detail
-        );
+            None => format!(
+                "{} {}{}",
+                text(at(&r.body, "/method")),
+                text(at(&r.body, "/path")),
+                r.body
+                    .get("gateway")
+                    .filter(|v| !v.is_null())
+                    .map(|g| format!(" at gateway {}", text(g)))
+                    .unwrap_or_default()
+            ),
+        },
+        "event" => format!(
+            "{} {}",
+            text(at(&r.body, "/type")),
+            text(at(&r.body, "/subject"))
+        ),
+        _ => r
+            .body
+            .get("by")
+            .or_else(|| r.body.get("reason"))
+            .filter(|v| !v.is_null())
+            .map(text)
+            .unwrap_or_default(),
+    };
+    TimelineRow {
+        reference: r.reference(),
+        when,
+        class,
+        what,
+        after_end,
+        mandate: r.mandate_id.clone().unwrap_or_default(),
+        detail,
     }
-    body.push_str("</table>");
-    Ok(html(page(&format!("Mandate {id}"), me(&u), &body)))
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/mandate.html")]
+struct MandatePage<'a> {
+    title: &'a str,
+    me: Option<Me<'a>>,
+    id: &'a str,
+    csrf: &'a str,
+    state: &'a str,
+    agent: &'a str,
+    instance: &'a str,
+    principal: &'a str,
+    grant_ref: &'a str,
+    ended: Option<Ended>,
+    /// Rendered by the grant template.
+    granted: &'a str,
+    revision_of: Option<String>,
+    superseded_by: Option<String>,
+    /// Each descendant, its state and its indentation in rem.
+    tree: Vec<(String, String, usize)>,
+    govern: Option<Govern>,
+    timeline: Vec<TimelineRow>,
+    next: Option<String>,
+    next_label: &'a str,
 }
 
 #[derive(Debug, Deserialize)]
@@ -861,19 +873,29 @@ pub async fn confirm(
         ),
         _ => "Resuming makes it usable again, and its live descendants with it:".to_owned(),
     };
-    let mut body = format!("<p>{}</p><ul>", esc(&effect));
-    for (k, st, _) in &tree {
-        let _ = write!(body, "<li>{} ({})</li>", esc(k), esc(st));
-    }
-    let _ = write!(
-        body,
-        r#"</ul><form method="post" action="/console/mandates/{id}/act">{csrf}<input type="hidden" name="op" value="{op}"><input type="hidden" name="hard_expiry" value="{exp}"><label for="reason">Reason</label><input id="reason" name="reason" size="50"><p><button type="submit" class="danger">Confirm: {op}</button> <a href="/console/mandates/{id}">Cancel</a></p></form>"#,
-        id = esc(&id),
-        csrf = csrf_field(&u.session.csrf),
-        op = esc(&q.op),
-        exp = esc(&q.hard_expiry)
-    );
-    Ok(html(page(&format!("{} {id}?", q.op), me(&u), &body)))
+    Ok(respond(&ConfirmPage {
+        title: &format!("{} {id}?", q.op),
+        me: me(&u),
+        effect: &effect,
+        tree,
+        id: &id,
+        csrf: &u.session.csrf,
+        op: &q.op,
+        hard_expiry: &q.hard_expiry,
+    }))
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/confirm.html")]
+struct ConfirmPage<'a> {
+    title: &'a str,
+    me: Option<Me<'a>>,
+    effect: &'a str,
+    tree: Vec<(String, String, usize)>,
+    id: &'a str,
+    csrf: &'a str,
+    op: &'a str,
+    hard_expiry: &'a str,
 }
 
 #[derive(Debug, Deserialize)]
@@ -996,59 +1018,41 @@ pub async fn audit(State(s): State<Arc<AppState>>, u: User, Query(q): Query<Audi
         .map_err(|e| service_fail(&u, e.into()))?;
     let key = s.checkpoint_key.clone();
     let report = service::listing::verify(&s.store, &key).map_err(|e| service_fail(&u, e))?;
-    let verdict = match &report.first_problem {
-        None => format!(
-            r#"<p class="ok">Audit chain intact: {} records, head <code>{}</code>.</p>"#,
-            report.records,
-            esc(&report.head_hash)
-        ),
-        Some((seq, what)) => format!(
-            r#"<p class="notice">Audit chain BROKEN at record {seq}: {}</p>"#,
-            esc(what)
-        ),
-    };
     let mut export = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in q.pairs().into_iter().skip(1) {
         if !v.is_empty() {
             export.append_pair(k, v);
         }
     }
-    let mut body = format!(
-        r#"{verdict}<form method="get" action="/console/audit"><label>Mandate <input name="mandate" value="{}"></label><label>Agent <input name="agent" value="{}"></label>
-<label>Outcome <select name="outcome"><option value="">any</option><option{}>allow</option><option{}>deny</option></select></label>
-<label>From (RFC 3339) <input name="from" value="{}"></label><label>To <input name="to" value="{}"></label><button type="submit">Search</button></form>
-<p><a href="/console/audit/export?{}">Export every matching record as JSON lines</a></p><table><caption>{} record(s) on this page, newest first</caption><tr><th>#</th><th>Kind</th><th>Mandate</th><th>Details</th></tr>"#,
-        esc(&q.mandate),
-        esc(&q.agent),
-        if q.outcome == "allow" {
-            " selected"
-        } else {
-            ""
-        },
-        if q.outcome == "deny" { " selected" } else { "" },
-        esc(&q.from),
-        esc(&q.to),
-        esc(&export.finish()),
-        list.items.len()
-    );
-    for r in &list.items {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            r.reference(),
-            esc(&r.kind),
-            esc(r.mandate_id.as_deref().unwrap_or("")),
-            esc(&r.body.to_string())
-        );
-    }
-    body.push_str("</table>");
-    body.push_str(&next_link(
-        "/console/audit",
-        &q.pairs(),
-        list.next.as_deref(),
-        "Older records →",
-    ));
-    Ok(html(page("Audit", me(&u), &body)))
+    Ok(respond(&AuditPage {
+        title: "Audit",
+        me: me(&u),
+        broken: report.first_problem.clone(),
+        records: report.records,
+        head: &report.head_hash,
+        q: &q,
+        export: export.finish(),
+        rows: &list.items,
+        next: next_href("/console/audit", &q.pairs(), list.next.as_deref()),
+        next_label: "Older records →",
+    }))
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/audit.html")]
+struct AuditPage<'a> {
+    title: &'a str,
+    me: Option<Me<'a>>,
+    /// The first record where the chain breaks, and how.
+    broken: Option<(i64, String)>,
+    records: i64,
+    head: &'a str,
+    q: &'a AuditFilter,
+    /// The filters as a query (URL-encoded; the template escapes it).
+    export: String,
+    rows: &'a [audit::AuditRecord],
+    next: Option<String>,
+    next_label: &'a str,
 }
 
 /// `GET /console/audit/export`: every matching record as JSON lines, oldest
@@ -1093,32 +1097,49 @@ pub async fn facts(State(s): State<Arc<AppState>>, u: User) -> Page {
     let tenant = u.caller().tenant.clone();
     let facts = service::events::facts(&s, &tenant).map_err(|e| service_fail(&u, e))?;
     let events = service::events::recent(&s, &tenant, 100).map_err(|e| service_fail(&u, e))?;
-    let mut body = format!(
-        "<h2>Mission facts (version {})</h2><pre>{}</pre><h2>Recent business events</h2><table><tr><th>Event</th><th>Type</th><th>Subject</th><th>Occurred</th><th>Ended or suspended</th></tr>",
-        facts.1,
-        esc(&serde_json::to_string_pretty(&facts.0).unwrap_or_default())
-    );
-    for e in &events {
-        let hit: Vec<String> = e
-            .changed
-            .iter()
-            .map(|(m, kind)| format!("{m} ({kind})"))
-            .collect();
-        let when = mandate_core::timestamp::UnixTime::from_secs(e.occurred_ms.div_euclid(1000))
-            .map(|t| t.to_rfc3339())
-            .unwrap_or_default();
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&e.id),
-            esc(&e.type_),
-            esc(e.subject.as_deref().unwrap_or("")),
-            esc(&when),
-            esc(&hit.join(", "))
-        );
-    }
-    body.push_str("</table>");
-    Ok(html(page("Facts and events", me(&u), &body)))
+    let events = events
+        .iter()
+        .map(|e| EventRow {
+            id: e.id.clone(),
+            type_: e.type_.clone(),
+            subject: e.subject.clone().unwrap_or_default(),
+            when: mandate_core::timestamp::UnixTime::from_secs(e.occurred_ms.div_euclid(1000))
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            changed: e
+                .changed
+                .iter()
+                .map(|(m, kind)| format!("{m} ({kind})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+        .collect();
+    Ok(respond(&FactsPage {
+        title: "Facts and events",
+        me: me(&u),
+        version: facts.1,
+        facts: serde_json::to_string_pretty(&facts.0).unwrap_or_default(),
+        events,
+    }))
+}
+
+#[derive(Debug)]
+struct EventRow {
+    id: String,
+    type_: String,
+    subject: String,
+    when: String,
+    changed: String,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/facts.html")]
+struct FactsPage<'a> {
+    title: &'a str,
+    me: Option<Me<'a>>,
+    version: i64,
+    facts: String,
+    events: Vec<EventRow>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1130,36 +1151,27 @@ pub struct ScopeForm {
     approve: String,
 }
 
-fn widening_fragment(
-    id: &str,
-    added: &[mandate_core::attenuation::Violation],
-    details: &str,
-) -> String {
-    let mut f = if added.is_empty() {
-        format!(
-            r#"<section id="widening"><p>This change narrows mandate <code>{}</code>.</p><ul>"#,
-            esc(id)
-        )
-    } else {
-        format!(
-            r#"<section id="widening"><p>This change gives mandate <code>{}</code> more authority than you granted. Approve it only if the agent should have it:</p><ul>"#,
-            esc(id)
-        )
-    };
-    for v in added {
-        let _ = write!(
-            f,
-            "<li><code>{}</code>: {}</li>",
-            esc(&v.path),
-            esc(&v.message)
-        );
-    }
-    let _ = write!(
-        f,
-        "</ul><h2>The new scope</h2><pre>{}</pre></section>",
-        esc(details)
-    );
-    f
+/// What a scope change adds, shown before a fresh approval: its hash is
+/// the evidence recorded with the amendment.
+#[derive(Debug, Template)]
+#[template(path = "console/widening.html")]
+struct Widening<'a> {
+    id: &'a str,
+    added: &'a [mandate_core::attenuation::Violation],
+    details: &'a str,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/approve-widening.html")]
+struct ApproveWideningPage<'a> {
+    title: &'a str,
+    me: Option<Me<'a>>,
+    /// Rendered by the widening template.
+    fragment: &'a str,
+    id: &'a str,
+    csrf: &'a str,
+    shown: &'a str,
+    details: &'a str,
 }
 
 /// `POST /console/mandates/{id}/scope`: a narrower (or equal) scope is
@@ -1184,7 +1196,13 @@ pub async fn scope(
     let added =
         mandate_core::attenuation::details_within(&m.claims.authorization_details, &details);
     let pretty = serde_json::to_string_pretty(&details).unwrap_or_default();
-    let fragment = widening_fragment(&id, &added, &pretty);
+    let fragment = Widening {
+        id: &id,
+        added: &added,
+        details: &pretty,
+    }
+    .render()
+    .map_err(|e| render_fail(&u, &e))?;
     let shown = digest(&fragment);
     if !added.is_empty()
         && !bool::from(subtle::ConstantTimeEq::ct_eq(
@@ -1192,14 +1210,15 @@ pub async fn scope(
             shown.as_bytes(),
         ))
     {
-        let body = format!(
-            r#"{fragment}<form method="post" action="/console/mandates/{id}/scope">{csrf}<input type="hidden" name="approve" value="{shown}"><textarea name="details" hidden>{details}</textarea><p><button type="submit" class="danger">Approve the wider scope</button> <a href="/console/mandates/{id}">Cancel</a></p></form>"#,
-            id = esc(&id),
-            csrf = csrf_field(&u.session.csrf),
-            shown = esc(&shown),
-            details = esc(&f.details)
-        );
-        return Ok(html(page("Approve a wider scope", me(&u), &body)));
+        return Ok(respond(&ApproveWideningPage {
+            title: "Approve a wider scope",
+            me: me(&u),
+            fragment: &fragment,
+            id: &id,
+            csrf: &u.session.csrf,
+            shown: &shown,
+            details: &f.details,
+        }));
     }
     let a = service::lifecycle::Amendment {
         authorization_details: Some(details),

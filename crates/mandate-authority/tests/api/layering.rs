@@ -74,3 +74,45 @@ fn the_check_sees_sql_where_it_is() {
     // The service layer holds SQL: if this finds none, the check is blind.
     assert!(!storage_in("service").is_empty());
 }
+
+#[test]
+fn the_console_writes_no_markup_in_rust_every_page_is_a_template() {
+    // Markup in a Rust string means escaping by hand; the templates escape
+    // every expression. (The unit tests of `html.rs` feed it hostile
+    // strings; they are below `#[cfg(test)]` and skipped here.)
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/console");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for needle in ["\"<", "r#\"<", "esc("] {
+            if code.contains(needle) {
+                found.push(format!("{}: `{needle}`", file.display()));
+            }
+        }
+    }
+    assert_eq!(found, Vec::<String>::new());
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/console");
+    let pages = std::fs::read_dir(templates).unwrap().count();
+    assert!(pages >= 10, "the console's templates are missing ({pages})");
+    // No template turns escaping off but for the style sheet and the
+    // fragments rendered by their own templates.
+    for entry in
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/console")).unwrap()
+    {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, _) in text.match_indices("|safe") {
+            let before = &text[..i];
+            let expr = before.rsplit("{{").next().unwrap_or_default();
+            let expr = expr.trim_start_matches(['-', '+', '~']).trim();
+            assert!(
+                ["crate::console::html::style()", "fragment", "granted"].contains(&expr),
+                "{}: `{expr}|safe`",
+                path.display()
+            );
+        }
+    }
+}
