@@ -3,22 +3,34 @@
 # audit log's verify rate. Bounded: DURATION seconds of load on loopback.
 #   scripts/load-authority.sh [DURATION=10] [CONNECTIONS=32]
 # With MANDATE_DATABASE=postgres://… the authority runs on that (empty)
-# PostgreSQL database instead of the embedded file.
+# PostgreSQL database instead of the embedded file; with REPLICAS=N too, N
+# replicas share it (keys copied from the first), and N wrk processes load
+# one replica each with CONNECTIONS/N connections: the sum is the decisions/s
+# of the cluster.
 # Needs wrk (Debian: apt-get install wrk) and curl.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
 cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
 bin="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
-work="$(mktemp -d)"; server=""
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+replicas="${REPLICAS:-1}"
+if [ "$replicas" -gt 1 ] && [ -z "${MANDATE_DATABASE:-}" ]; then
+  echo "REPLICAS needs MANDATE_DATABASE (replicas share one PostgreSQL)" >&2; exit 2
+fi
+work="$(mktemp -d)"; servers=()
+cleanup() { for p in "${servers[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 cd "$work"
 db=(); [ -n "${MANDATE_DATABASE:-}" ] && db=(--database "$MANDATE_DATABASE")
-"$bin" serve --data-dir data --listen 127.0.0.1:0 "${db[@]}" 2> serve.log &
-server=$!
-for _ in $(seq 100); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
-addr="$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' serve.log)"
+addrs=()
+for r in $(seq "$replicas"); do
+  d=data; [ "$r" = 1 ] || { d="data$r"; mkdir -p "$d"; cp data/authority.jwk data/local-issuer.jwk "$d/"; }
+  "$bin" serve --data-dir "$d" --listen 127.0.0.1:0 --issuer https://mandate.test "${db[@]}" 2> "serve$r.log" &
+  servers+=($!)
+  for _ in $(seq 100); do grep -q listening "serve$r.log" 2>/dev/null && break; sleep 0.1; done
+  addrs+=("$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' "serve$r.log")")
+done
+addr="${addrs[0]}"
 tok() { "$bin" token --data-dir data --sub "$1" --role "$2" --ttl 3600; }
 agent=$(tok agent-7 agent); principal=$(tok vp-supply-chain@example.com principal)
 admin=$(tok admin@example.com admin); enforcer=$(tok gateway-1 enforcer)
@@ -45,19 +57,38 @@ open("decide.lua", "w").write(
   'local n = 0\n'
   'function setup(thread) n = n + 1; thread:set("id", n) end\n'
   'local proofs, i = {}, 0\n'
-  'function init(args) for line in io.lines("proofs." .. id) do proofs[#proofs + 1] = line end end\n'
+  'function init(args) for line in io.lines(os.getenv("PROOFS") .. "." .. id) do proofs[#proofs + 1] = line end end\n'
   f'local head, tail = {json.dumps(head)}, {json.dumps(tail)}\n'
   'function request() i = i + 1; return wrk.format(nil, nil, nil, head .. proofs[i] .. tail) end\n'
   'response = function(status, headers, body)\n'
   '  if status ~= 200 or not string.find(body, \'"decision":true\', 1, true) then wrk.thread:stop() end\n'
   'end\n')
 PY
-for t in 1 2; do
-  "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 25000)) > "proofs.$t"
-done
-echo "== ${duration}s of POST /access/v1/evaluation, $conns connections, durable audit on, a DPoP proof checked per decision"
-wrk -t2 -c"$conns" -d"${duration}s" --latency -s decide.lua "http://$addr/access/v1/evaluation" | sed -n '1,20p'
-kill "$server"; wait "$server" 2>/dev/null || true; server=""
+per=$((conns / replicas)); [ "$per" -ge 2 ] || per=2
+for r in $(seq "$replicas"); do for t in 1 2; do
+  "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 25000 / replicas)) > "proofs$r.$t"
+done; done
+echo "== ${duration}s of POST /access/v1/evaluation, $conns connections over $replicas replica(s), durable audit on, a DPoP proof checked per decision"
+if [ "$replicas" = 1 ]; then
+  PROOFS=proofs1 wrk -t2 -c"$conns" -d"${duration}s" --latency -s decide.lua "http://$addr/access/v1/evaluation" | sed -n '1,20p'
+else
+  wrks=()
+  for r in $(seq "$replicas"); do
+    PROOFS="proofs$r" wrk -t2 -c"$per" -d"${duration}s" --latency -s decide.lua "http://${addrs[$((r - 1))]}/access/v1/evaluation" > "wrk$r.out" &
+    wrks+=($!)
+  done
+  wait "${wrks[@]}"
+  for r in $(seq "$replicas"); do echo "-- replica $r"; sed -n '1,20p' "wrk$r.out"; done
+  python3 - "$replicas" <<'PY'
+import re, sys
+total = 0.0
+for r in range(1, int(sys.argv[1]) + 1):
+    m = re.search(r"Requests/sec:\s+([\d.]+)", open(f"wrk{r}.out").read())
+    total += float(m.group(1)) if m else 0.0
+print(f"== cluster: {total:,.0f} decisions/s over {sys.argv[1]} replicas (sum of the wrk runs)")
+PY
+fi
+for p in "${servers[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done; servers=()
 records=$("$bin" --output json audit verify --data-dir data "${db[@]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["intact"], d; print(d["records"])')
 start=$(date +%s.%N)
 for _ in 1 2 3; do "$bin" audit verify --data-dir data "${db[@]}" > /dev/null; done

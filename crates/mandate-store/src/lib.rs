@@ -8,7 +8,8 @@
 //! job. So a state change or a decision's audit record is durable before it
 //! is acknowledged, and throughput stays high under load.
 //!
-//! Reads use a separate connection (WAL readers do not block the writer).
+//! Reads use a small pool of their own connections (WAL readers do not block
+//! the writer, nor each other).
 //!
 //! The same store runs on PostgreSQL ([`Store::open_postgres`]): the writer
 //! takes a transaction-scoped advisory lock for each batch and reads the
@@ -246,7 +247,10 @@ struct Job {
 pub struct Store {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
-    reader: Mutex<Connection>,
+    /// Read connections: a read takes a free one (or waits for one).
+    readers: Vec<Mutex<Connection>>,
+    /// Where the next read starts looking for a free reader.
+    next_reader: std::sync::atomic::AtomicUsize,
     dir: PathBuf,
     health: Arc<WriterHealth>,
 }
@@ -357,6 +361,14 @@ const MAX_BATCH: usize = 512;
 /// audit log (PostgreSQL): one chain, no fork.
 pub const WRITER_LOCK: i64 = 0x6d61_6e64_6174_6501;
 
+/// Read connections to the embedded file (WAL: readers run side by side and
+/// never block the writer).
+const SQLITE_READERS: usize = 2;
+
+/// Read connections to PostgreSQL per replica (beside the writer's and the
+/// follower's).
+const POSTGRES_READERS: usize = 4;
+
 impl Store {
     /// Opens (creating when needed) the store in `dir`. `checkpoint_key`
     /// signs the audit checkpoint after every commit.
@@ -369,8 +381,10 @@ impl Store {
         let path = database_path(dir);
         restrict_database_files(&path)?;
         let wconn = open_connection(&path)?;
-        let reader = open_connection(&path)?;
-        Self::start(dir, wconn, reader, checkpoint_key)
+        let readers = (0..SQLITE_READERS)
+            .map(|_| open_connection(&path))
+            .collect::<Result<_, _>>()?;
+        Self::start(dir, wconn, readers, checkpoint_key)
     }
 
     /// Opens the store on the PostgreSQL database at `url`
@@ -385,23 +399,24 @@ impl Store {
         checkpoint_key: SigningKey,
     ) -> Result<Self, StoreError> {
         create_private_dir(dir)?;
-        let (w, r) = std::thread::scope(|sc| {
+        let (w, readers) = std::thread::scope(|sc| {
             sc.spawn(|| -> Result<_, StoreError> {
-                Ok((
-                    Connection::Postgres(sql::PgConn::connect(url)?),
-                    Connection::Postgres(sql::PgConn::connect(url)?),
-                ))
+                let w = Connection::Postgres(sql::PgConn::connect(url)?);
+                let readers = (0..POSTGRES_READERS)
+                    .map(|_| Ok(Connection::Postgres(sql::PgConn::connect(url)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok((w, readers))
             })
             .join()
             .unwrap_or_else(|_| Err(StoreError::Closed))
         })?;
-        Self::start(dir, w, r, checkpoint_key)
+        Self::start(dir, w, readers, checkpoint_key)
     }
 
     fn start(
         dir: &Path,
         mut wconn: Connection,
-        reader: Connection,
+        readers: Vec<Connection>,
         checkpoint_key: SigningKey,
     ) -> Result<Self, StoreError> {
         // PostgreSQL's client must not run inside an async runtime: the
@@ -425,7 +440,8 @@ impl Store {
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
-            reader: Mutex::new(reader),
+            readers: readers.into_iter().map(Mutex::new).collect(),
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             dir: dir.to_owned(),
             health,
         })
@@ -434,7 +450,10 @@ impl Store {
     /// Which database the store is on.
     #[must_use]
     pub fn dialect(&self) -> Dialect {
-        self.reader.lock().map_or(Dialect::Sqlite, |r| r.dialect())
+        self.readers
+            .first()
+            .and_then(|r| r.lock().ok())
+            .map_or(Dialect::Sqlite, |r| r.dialect())
     }
 
     /// The data directory.
@@ -478,7 +497,28 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Runs a read on the reader connection (on PostgreSQL, on a plain
+    /// A free read connection, else (all busy) the next one in turn once it
+    /// is free.
+    fn reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        let n = self.readers.len();
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..n {
+            if let Some(r) = self.readers.get((start + i) % n)
+                && let Ok(guard) = r.try_lock()
+            {
+                return Ok(guard);
+            }
+        }
+        self.readers
+            .get(start % n.max(1))
+            .ok_or(StoreError::Closed)?
+            .lock()
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs a read on a reader connection (on PostgreSQL, on a plain
     /// thread: its client does not run inside an async runtime).
     ///
     /// # Errors
@@ -487,7 +527,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
-        let conn = self.reader.lock().map_err(|_| StoreError::Closed)?;
+        let conn = self.reader()?;
         match &*conn {
             Connection::Sqlite(_) => f(&conn),
             Connection::Postgres(_) => {
