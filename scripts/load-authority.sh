@@ -11,8 +11,14 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
-cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
-bin="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
+# MANDATE_BIN: another build to measure (e.g. the previous commit's, for a
+# same-hour comparison); else this tree's release build.
+if [ -n "${MANDATE_BIN:-}" ]; then
+  bin="$MANDATE_BIN"
+else
+  cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
+  bin="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
+fi
 replicas="${REPLICAS:-1}"
 if [ "$replicas" -gt 1 ] && [ -z "${MANDATE_DATABASE:-}" ]; then
   echo "REPLICAS needs MANDATE_DATABASE (replicas share one PostgreSQL)" >&2; exit 2

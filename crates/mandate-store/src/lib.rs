@@ -575,25 +575,28 @@ fn run_batch(
     batch: &mut [Job],
     results: &mut Vec<Result<Box<dyn std::any::Any + Send>, StoreError>>,
 ) -> Result<(), StoreError> {
+    // Statements that need no answer travel together (one round trip to
+    // PostgreSQL): the lock with BEGIN, each job's savepoint with the
+    // previous job's release, the last release and the notification with
+    // COMMIT.
     match conn.dialect() {
-        Dialect::Sqlite => conn.execute_batch("BEGIN IMMEDIATE")?,
+        Dialect::Sqlite => conn.execute_batch("BEGIN IMMEDIATE; SAVEPOINT job")?,
         Dialect::Postgres => {
-            conn.execute_batch("BEGIN")?;
             // One writer at a time across replicas; the head is read under
             // the lock, after whatever another replica appended.
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(?1)",
-                crate::params![WRITER_LOCK],
-            )?;
+            conn.execute_batch(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
+            ))?;
             *head = audit::head(conn)?;
+            conn.execute_batch("SAVEPOINT job")?;
         }
     }
     let first_seq = head.seq;
     let now = now_ms();
-    for job in batch.iter_mut() {
+    let last = batch.len().saturating_sub(1);
+    for (i, job) in batch.iter_mut().enumerate() {
         let run = std::mem::replace(&mut job.run, Box::new(|_| Err(StoreError::Closed)));
         let saved = head.clone();
-        conn.execute_batch("SAVEPOINT job")?;
         let r = {
             let mut t = Tx {
                 conn,
@@ -602,27 +605,37 @@ fn run_batch(
             };
             run(&mut t)
         };
+        // The next job's savepoint opens with this one's end.
+        let next = if i == last { "" } else { "; SAVEPOINT job" };
         match r {
             Ok(v) => {
-                conn.execute_batch("RELEASE SAVEPOINT job")?;
+                if i != last {
+                    conn.execute_batch(&format!("RELEASE SAVEPOINT job{next}"))?;
+                }
                 results.push(Ok(v));
             }
             Err(e) => {
-                conn.execute_batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")?;
+                conn.execute_batch(&format!(
+                    "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job{next}"
+                ))?;
                 *head = saved;
                 results.push(Err(e));
             }
         }
     }
+    // The last job's savepoint is still open when it succeeded.
+    let open = matches!(results.last(), Some(Ok(_))) || batch.is_empty();
+    let release = if open { "RELEASE SAVEPOINT job; " } else { "" };
     if conn.dialect() == Dialect::Postgres && head.seq != first_seq {
         // Delivered at commit to every replica listening: they read what
         // changed from the log (and catch up from it after a missed one).
-        conn.execute(
-            "SELECT pg_notify('mandate_changes', ?1)",
-            crate::params![head.seq.to_string()],
-        )?;
+        conn.execute_batch(&format!(
+            "{release}SELECT pg_notify('{CHANGES_CHANNEL}', '{}'); COMMIT",
+            head.seq
+        ))?;
+    } else {
+        conn.execute_batch(&format!("{release}COMMIT"))?;
     }
-    conn.execute_batch("COMMIT")?;
     Ok(())
 }
 
@@ -732,4 +745,121 @@ pub fn open_read_only(dir: &Path) -> Result<Connection, StoreError> {
 /// When the database cannot be reached.
 pub fn connect_postgres(url: &str) -> Result<Connection, StoreError> {
     Ok(Connection::Postgres(sql::PgConn::connect(url)?))
+}
+
+#[cfg(test)]
+mod batch_tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
+    use std::sync::Arc;
+
+    use mandate_core::keys::{Algorithm, SigningKey};
+
+    use super::{Store, StoreError, audit, checkpoint_path};
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed(Algorithm::EdDSA, [9; 32])
+    }
+
+    /// Forty jobs in one group commit, every other one failing after it
+    /// appended an audit record: the failures leave nothing behind, the
+    /// others commit, and the log is one intact chain.
+    async fn a_failed_job_leaves_nothing_and_its_batch_commits(
+        store: &Arc<Store>,
+        dir: &std::path::Path,
+    ) {
+        // The first job holds the writer so the others queue into one batch.
+        let slow = {
+            let s = Arc::clone(store);
+            tokio::spawn(async move {
+                s.write(|tx| {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    tx.audit(Some("t"), "first", None, serde_json::json!({}))?;
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let jobs: Vec<_> = (0..40)
+            .map(|i| {
+                let s = Arc::clone(store);
+                tokio::spawn(async move {
+                    s.write(move |tx| {
+                        tx.audit(Some("t"), "job", None, serde_json::json!({"i": i}))?;
+                        if i % 2 == 1 {
+                            return Err(StoreError::conflict("odd", format!("job {i} fails")));
+                        }
+                        Ok(i)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        slow.await.unwrap().unwrap();
+        for (i, j) in jobs.into_iter().enumerate() {
+            match (i % 2, j.await.unwrap()) {
+                (0, Ok(n)) => assert_eq!(n, i),
+                (1, Err(StoreError::Refused(r))) => assert!(r.to_string().contains("fails"), "{r}"),
+                (_, other) => panic!("job {i}: {other:?}"),
+            }
+        }
+        let report = store
+            .read(|c| {
+                let kept: Vec<i64> = audit::page(c, "t", None, None, 100, |_| true)?
+                    .records
+                    .into_iter()
+                    .filter(|r| r.kind == "job")
+                    .map(|r| r.body["i"].as_i64().unwrap())
+                    .collect();
+                assert_eq!(kept.len(), 20, "{kept:?}");
+                assert!(kept.iter().all(|i| i % 2 == 0), "{kept:?}");
+                audit::verify(c, &checkpoint_path(dir), &key().verifying_key().unwrap())
+            })
+            .unwrap();
+        assert!(report.first_problem.is_none(), "{:?}", report.first_problem);
+        assert_eq!(report.records, 21);
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("mandate-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_the_embedded_file_a_failed_job_leaves_nothing_and_its_batch_commits() {
+        let dir = temp("batch-sqlite");
+        let store = Arc::new(Store::open(&dir, key()).unwrap());
+        a_failed_job_leaves_nothing_and_its_batch_commits(&store, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgresql_a_failed_job_leaves_nothing_and_its_batch_commits() {
+        // Runs where scripts/test gives it a throwaway cluster.
+        let Ok(base) = std::env::var("MANDATE_TEST_POSTGRES") else {
+            return;
+        };
+        let name = format!("store_batch_{}", std::process::id());
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let c = super::sql::PgConn::connect(&base).unwrap();
+                let c = super::sql::Connection::Postgres(c);
+                c.execute_batch(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .unwrap();
+                c.execute_batch(&format!("CREATE DATABASE {name}")).unwrap();
+            })
+            .join()
+            .unwrap();
+        });
+        let dir = temp("batch-pg");
+        let store = Arc::new(Store::open_postgres(&dir, &url, key()).unwrap());
+        a_failed_job_leaves_nothing_and_its_batch_commits(&store, &dir).await;
+        // PostgreSQL's client closes its connections blocking: not on a
+        // runtime thread.
+        std::thread::spawn(move || drop(store)).join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
