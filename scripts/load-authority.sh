@@ -75,6 +75,11 @@ for r in $(seq "$replicas"); do for t in 1 2; do
   "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 25000 / replicas)) > "proofs$r.$t"
 done; done
 echo "== ${duration}s of POST /access/v1/evaluation, $conns connections over $replicas replica(s), durable audit on, a DPoP proof checked per decision"
+# PERF_OUT=FILE: a CPU profile of the (first) authority during the load
+# (perf record, call graphs), for `perf report -i FILE`.
+if [ -n "${PERF_OUT:-}" ]; then
+  perf record -F 499 -g -o "$PERF_OUT" -p "${servers[0]}" -- sleep "$duration" > /dev/null 2>&1 &
+fi
 if [ "$replicas" = 1 ]; then
   PROOFS=proofs1 wrk -t2 -c"$conns" -d"${duration}s" --latency -s decide.lua "http://$addr/access/v1/evaluation" | sed -n '1,20p'
 else
