@@ -82,6 +82,19 @@ pub fn issuer_key_path(dir: &Path) -> std::path::PathBuf {
     dir.join("local-issuer.jwk")
 }
 
+/// The key of the token endpoint's DPoP nonces, derived from the
+/// authority's signing key: every replica shares that key, so a nonce one
+/// replica handed out is accepted by the others (a client behind a load
+/// balancer is not sent back for a new nonce at every hop), and no one
+/// without the key can make one. Domain-separated from every signature.
+#[must_use]
+pub fn nonce_key(authority: &SigningKey) -> [u8; 32] {
+    let jwk = authority.to_private_jwk();
+    let mut input = b"mandate/dpop-nonce-key/v1\0".to_vec();
+    input.extend_from_slice(jwk.d.expose().as_bytes());
+    mandate_core::hash::sha256(&input)
+}
+
 /// Reads a private JWK, creating it (mode 0600) when absent.
 ///
 /// The new key is written to a temporary file, synced, and renamed into
@@ -282,11 +295,7 @@ impl AppState {
             replay: mandate_core::pop::ReplayCache::default(),
             cluster,
             pushers: std::sync::Mutex::new(std::collections::HashSet::new()),
-            nonces: {
-                let mut key = [0u8; 32];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
-                mandate_core::pop::Nonces::new(key)
-            },
+            nonces: mandate_core::pop::Nonces::new(nonce_key(&authority)),
             oidc: crate::console::oidc::PendingLogins::default(),
         }))
     }
@@ -333,5 +342,31 @@ impl AppState {
             .write()
             .map_err(|_| ApiError::internal("registry lock poisoned"))?;
         Ok(f(&mut reg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mandate_core::keys::{Algorithm, SigningKey};
+    use mandate_core::pop::Nonces;
+    use mandate_core::timestamp::UnixTime;
+
+    use super::nonce_key;
+
+    #[test]
+    fn a_dpop_nonce_from_one_replica_is_accepted_by_another_and_by_no_other_authority() {
+        let now = UnixTime::from_secs(1_800_000_000).unwrap();
+        let replica_1 = Nonces::new(nonce_key(&SigningKey::from_seed(Algorithm::EdDSA, [4; 32])));
+        let replica_2 = Nonces::new(nonce_key(&SigningKey::from_seed(Algorithm::EdDSA, [4; 32])));
+        let elsewhere = Nonces::new(nonce_key(&SigningKey::from_seed(Algorithm::EdDSA, [5; 32])));
+        let nonce = replica_1.current(now);
+        assert!(replica_2.accepts(&nonce, now));
+        assert!(!elsewhere.accepts(&nonce, now));
+        // The key is not the signing key's secret itself.
+        let jwk = SigningKey::from_seed(Algorithm::EdDSA, [4; 32]).to_private_jwk();
+        assert_ne!(
+            nonce_key(&SigningKey::from_seed(Algorithm::EdDSA, [4; 32])).to_vec(),
+            jwk.d.expose().as_bytes().to_vec()
+        );
     }
 }
