@@ -85,37 +85,18 @@ pub async fn register_child(
             ),
         ));
     }
-    let (tenant, principal, sub, presented, parent) = (
-        caller.tenant.clone(),
-        m.principal.clone(),
-        caller.sub.clone(),
-        mandate.trim().to_owned(),
-        id.to_owned(),
-    );
+    let below = Below {
+        tenant: caller.tenant.clone(),
+        principal: m.principal.clone(),
+        agent_sub: caller.sub.clone(),
+        parent: id.to_owned(),
+        chain: mandate.trim().to_owned(),
+        kind: "child_registered",
+        refused: "no child can be registered under it",
+    };
+    let details = json!({"holder": claims.agent.id});
     s.store
-        .write(move |tx| {
-            // Under an ended (or suspended) parent, a child is not recorded
-            // as active: it is refused.
-            if let Some((which, state)) = store::first_inactive_in_lineage(tx.conn(), &parent)? {
-                return Err(StoreError::conflict(
-                    "not_active",
-                    format!("mandate `{which}` is {state}: no child can be registered under it"),
-                ));
-            }
-            store::insert_mandate(
-                tx,
-                &NewMandate {
-                    tenant: &tenant,
-                    principal: &principal,
-                    agent_sub: &sub,
-                    parent: Some(&parent),
-                    chain: &presented,
-                    claims: &claims,
-                    kind: "child_registered",
-                    details: json!({"holder": claims.agent.id}),
-                },
-            )
-        })
+        .write(move |tx| below.record(tx, &claims, details))
         .await
         .map_err(|e| match e {
             StoreError::Database(e) if e.is_unique_violation() => {
@@ -211,40 +192,67 @@ pub async fn discovery(
     };
     let verified = s.verifier.verify(&chain).map_err(Error::internal)?;
     let claims = verified.leaf().claims().clone();
-    let (tenant, principal, sub, chain2, parent) = (
-        caller.tenant.clone(),
-        m.principal.clone(),
-        caller.sub.clone(),
-        chain.clone(),
-        id.to_owned(),
-    );
+    let below = Below {
+        tenant: caller.tenant.clone(),
+        principal: m.principal.clone(),
+        agent_sub: caller.sub.clone(),
+        parent: id.to_owned(),
+        chain: chain.clone(),
+        kind: "discovery_granted",
+        refused: "no discovery grant can be issued under it",
+    };
+    let details = json!({"type": req.type_, "location": req.location, "action": req.action});
     s.store
-        .write(move |tx| {
-            // Under an ended (or suspended) parent, no grant is issued.
-            if let Some((which, state)) = store::first_inactive_in_lineage(tx.conn(), &parent)? {
-                return Err(StoreError::conflict(
-                    "not_active",
-                    format!("mandate `{which}` is {state}: no discovery grant can be issued under it"),
-                ));
-            }
-            store::insert_mandate(
-                tx,
-                &NewMandate {
-                    tenant: &tenant,
-                    principal: &principal,
-                    agent_sub: &sub,
-                    parent: Some(&parent),
-                    chain: &chain2,
-                    claims: &claims,
-                    kind: "discovery_granted",
-                    details: json!({"type": req.type_, "location": req.location, "action": req.action}),
-                },
-            )
-        })
+        .write(move |tx| below.record(tx, &claims, details))
         .await?;
     s.metrics.transition("discovery_granted");
     s.refresh(std::slice::from_ref(&grant_id))?;
     Ok((grant_id, chain))
+}
+
+/// A mandate recorded below one the authority knows: a registered child or
+/// a discovery grant.
+struct Below {
+    tenant: String,
+    principal: String,
+    agent_sub: String,
+    parent: String,
+    chain: String,
+    /// The audit record's kind.
+    kind: &'static str,
+    /// What the refusal says when the lineage is not active.
+    refused: &'static str,
+}
+
+impl Below {
+    /// In a write job: refused under an ended (or suspended) lineage, else
+    /// recorded as active with its audit record.
+    fn record(
+        &self,
+        tx: &mut mandate_store::Tx<'_>,
+        claims: &mandate_core::model::MandateClaims,
+        details: serde_json::Value,
+    ) -> std::result::Result<(), StoreError> {
+        if let Some((which, state)) = store::first_inactive_in_lineage(tx.conn(), &self.parent)? {
+            return Err(StoreError::conflict(
+                "not_active",
+                format!("mandate `{which}` is {state}: {}", self.refused),
+            ));
+        }
+        store::insert_mandate(
+            tx,
+            &NewMandate {
+                tenant: &self.tenant,
+                principal: &self.principal,
+                agent_sub: &self.agent_sub,
+                parent: Some(&self.parent),
+                chain: &self.chain,
+                claims,
+                kind: self.kind,
+                details,
+            },
+        )
+    }
 }
 
 /// What consuming a one-time mandate did.
