@@ -82,12 +82,7 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
             let Ok(st) = ssf::load(&s, &tenant, &stream_id) else {
                 return;
             };
-            if st
-                .config
-                .pointer("/delivery/method")
-                .and_then(Value::as_str)
-                != Some(PUSH)
-            {
+            if st.method() != Some(PUSH) {
                 return;
             }
             let url = st
@@ -101,12 +96,7 @@ pub fn spawn(s: Arc<AppState>, stream_id: String, tenant: String) {
                 .pointer("/delivery/authorization_header")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            let aud = st
-                .config
-                .get("aud")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
+            let aud = st.aud().to_owned();
             if st.status != told {
                 // Tell the receiver the stream stopped (or resumed) delivering:
                 // it treats a paused stream's silence as staleness.
@@ -215,11 +205,7 @@ impl Drop for Running {
 /// Starts the delivery tasks of every push stream (at start-up).
 pub fn spawn_all(s: &Arc<AppState>) {
     for (id, tenant, config) in streams::all(s).unwrap_or_default() {
-        if config
-            .pointer("/delivery/method")
-            .and_then(serde_json::Value::as_str)
-            == Some(PUSH)
-        {
+        if streams::delivery_method(&config) == Some(PUSH) {
             spawn(Arc::clone(s), id, tenant);
         }
     }

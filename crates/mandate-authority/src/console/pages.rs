@@ -557,15 +557,7 @@ pub async fn mandates(
         &paging(&u, &q.limit, &q.cursor, LIST_PAGE)?,
     )
     .map_err(|e| service_fail(&u, e.into()))?;
-    let states = [
-        "active",
-        "suspended",
-        "revoked",
-        "expired",
-        "completed",
-        "superseded",
-    ]
-    .map(|st| (st, q.state == st));
+    let states = service::listing::MANDATE_STATES.map(|st| (st, q.state == st));
     Ok(respond(&MandatesPage {
         title: "Mandates",
         me: me(&u),

@@ -16,6 +16,15 @@ pub use crate::service::events::Event;
 use crate::service::events::{apply, first_change_outside, github_event};
 use crate::state::AppState;
 
+/// 202 for an event recorded now, 200 for a replay of one recorded before.
+fn recorded_status(replayed: bool) -> StatusCode {
+    if replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    }
+}
+
 /// `POST /v1/events` (event source or admin).
 pub async fn create(
     State(s): State<Arc<AppState>>,
@@ -42,11 +51,7 @@ pub async fn create(
     }
     let id = ev.id.clone();
     let (replayed, changed) = apply(&s, &caller.tenant, &caller.sub, ev).await?;
-    let status = if replayed {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
+    let status = recorded_status(replayed);
     Ok((
         status,
         Json(super::wire::EventRecorded {
@@ -107,11 +112,7 @@ pub async fn github(
     };
     let (replayed, changed) =
         apply(&s, &hook.tenant, &format!("webhook:{source}"), ev.clone()).await?;
-    let status = if replayed {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
+    let status = recorded_status(replayed);
     Ok((
         status,
         Json(

@@ -137,12 +137,7 @@ pub async fn create(
     let id = new_id("stream");
     let config = build_config(&s, &id, &req)?;
     let st = streams::create(&s, &caller, &id, &config).await?;
-    if st
-        .config
-        .pointer("/delivery/method")
-        .and_then(Value::as_str)
-        == Some(PUSH)
-    {
+    if st.method() == Some(PUSH) {
         crate::push::spawn(Arc::clone(&s), st.id.clone(), st.tenant.clone());
     }
     Ok((StatusCode::CREATED, Json(view(&st))))
@@ -220,7 +215,7 @@ async fn replace_or_update(
         .ok();
     }
     let config = build_config(&s, &id, &merged)?;
-    let now_push = config.pointer("/delivery/method").and_then(Value::as_str) == Some(PUSH);
+    let now_push = streams::delivery_method(&config) == Some(PUSH);
     streams::save_config(&s, &st, &config).await?;
     // Switched to push (or re-pointed): delivery starts (a running task
     // picks up the new configuration by itself).
@@ -420,12 +415,7 @@ pub async fn poll(
             format!("the stream is {}", st.status),
         ));
     }
-    if st
-        .config
-        .pointer("/delivery/method")
-        .and_then(Value::as_str)
-        != Some(POLL)
-    {
+    if st.method() != Some(POLL) {
         return Err(ApiError::conflict(
             "conflict",
             "the stream is delivered by push",
@@ -493,12 +483,7 @@ pub async fn poll(
         )
     };
     let deadline = tokio::time::Instant::now() + wait;
-    let aud = st
-        .config
-        .get("aud")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let aud = st.aud().to_owned();
     loop {
         let notified = s.signals.notified();
         tokio::pin!(notified);

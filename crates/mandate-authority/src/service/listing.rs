@@ -235,6 +235,16 @@ fn created_page<T>(
     Page { items, next }
 }
 
+/// The states a mandate can be in, as lists filter by them.
+pub const MANDATE_STATES: [&str; 6] = [
+    "active",
+    "suspended",
+    "revoked",
+    "expired",
+    "completed",
+    "superseded",
+];
+
 /// One mandate in a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MandateItem {
@@ -276,18 +286,7 @@ pub fn mandates(
             return Err(StoreError::forbidden("this role does not list mandates"));
         }
     };
-    let state = one_of(
-        "state",
-        state,
-        &[
-            "active",
-            "suspended",
-            "revoked",
-            "expired",
-            "completed",
-            "superseded",
-        ],
-    )?;
+    let state = one_of("state", state, &MANDATE_STATES)?;
     let (agent, principal) = (given(agent), given(principal));
     let after = created_position("mandates", paging.cursor.as_deref())?;
     let limit = i64::try_from(paging.limit).unwrap_or(i64::MAX);

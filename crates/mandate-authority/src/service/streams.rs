@@ -33,6 +33,29 @@ pub struct Stream {
     pub reason: Option<String>,
 }
 
+impl Stream {
+    /// Its delivery method (`urn:ietf:rfc:8935` push, `…8936` poll).
+    #[must_use]
+    pub fn method(&self) -> Option<&str> {
+        delivery_method(&self.config)
+    }
+
+    /// The audience its SETs are addressed to.
+    #[must_use]
+    pub fn aud(&self) -> &str {
+        self.config
+            .get("aud")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// The delivery method a stream configuration names.
+#[must_use]
+pub fn delivery_method(config: &Value) -> Option<&str> {
+    config.pointer("/delivery/method").and_then(Value::as_str)
+}
+
 /// Loads a stream of the tenant.
 ///
 /// # Errors
