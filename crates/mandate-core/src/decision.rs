@@ -220,45 +220,12 @@ pub fn decide(
     }
 
     if !chain.conditions().is_empty() {
-        let reads = chain.reads();
-        let mut scope = state.facts().scope();
-        if reads.action {
-            scope.add_variable_from_value(
-                "action",
-                json_to_cel(&serde_json::json!({"name": request.action.name})),
-            );
-        }
-        if reads.resource {
-            scope.add_variable_from_value(
-                "resource",
-                json_to_cel(&serde_json::json!({
-                    "type": request.resource.type_,
-                    "id": request.resource.id,
-                    "properties": request.resource.properties,
-                })),
-            );
-        }
-        if reads.context {
-            scope.add_variable_from_value(
-                "context",
-                json_to_cel(&Value::Object(request.context.clone())),
-            );
-        }
-        if reads.now
-            && let Some(t) = chrono::DateTime::from_timestamp(now.secs(), 0)
-        {
-            scope.add_variable_from_value("now", cel::Value::Timestamp(t.fixed_offset()));
-        }
-        if reads.mandate {
-            scope.add_variable_from_value(
-                "mandate",
-                json_to_cel(&serde_json::json!({
-                    "id": leaf.mandate_id,
-                    "agent": {"id": leaf.agent.id, "instance": leaf.agent.instance},
-                    "principal": {"sub": leaf.principal.sub, "iss": leaf.principal.iss},
-                })),
-            );
-        }
+        let direct = crate::condition::DirectInput {
+            facts: state.facts().members(),
+            request,
+        };
+        // Built on the first condition the direct evaluator leaves to CEL.
+        let mut interpreted: Option<cel::Context<'_, 'static>> = None;
         // A chain that already ended is not suspended or revoked again by a
         // failing condition: the deny says why it ended, and the principal
         // is still told of the condition.
@@ -299,12 +266,20 @@ pub fn decide(
                     })
                     .sum();
                 if c.within_budget(input) {
-                    c.evaluate(&scope)
+                    c.evaluate(
+                        interpreted
+                            .get_or_insert_with(|| bind(chain.reads(), state, request, leaf, now)),
+                    )
                 } else {
                     Outcome::Error("over the evaluation budget".into())
                 }
+            } else if let Some(outcome) = c.evaluate_direct(&direct) {
+                outcome
             } else {
-                c.evaluate(&scope)
+                c.evaluate(
+                    interpreted
+                        .get_or_insert_with(|| bind(chain.reads(), state, request, leaf, now)),
+                )
             };
             match outcome {
                 Outcome::True => {}
@@ -362,6 +337,56 @@ pub fn decide(
         chain: chain.ids(),
         obligations,
     }
+}
+
+/// The CEL scope of one decision: the facts, and the variables the chain's
+/// conditions read (`action`, `resource`, `context`, `now`, `mandate`).
+pub(crate) fn bind<'s>(
+    reads: crate::chain::Reads,
+    state: &'s StateSnapshot,
+    request: &EvaluationRequest,
+    leaf: &MandateClaims,
+    now: UnixTime,
+) -> cel::Context<'s, 'static> {
+    let mut scope = state.facts().scope();
+    if reads.action {
+        scope.add_variable_from_value(
+            "action",
+            json_to_cel(&serde_json::json!({"name": request.action.name})),
+        );
+    }
+    if reads.resource {
+        scope.add_variable_from_value(
+            "resource",
+            json_to_cel(&serde_json::json!({
+                "type": request.resource.type_,
+                "id": request.resource.id,
+                "properties": request.resource.properties,
+            })),
+        );
+    }
+    if reads.context {
+        scope.add_variable_from_value(
+            "context",
+            json_to_cel(&Value::Object(request.context.clone())),
+        );
+    }
+    if reads.now
+        && let Some(t) = chrono::DateTime::from_timestamp(now.secs(), 0)
+    {
+        scope.add_variable_from_value("now", cel::Value::Timestamp(t.fixed_offset()));
+    }
+    if reads.mandate {
+        scope.add_variable_from_value(
+            "mandate",
+            json_to_cel(&serde_json::json!({
+                "id": leaf.mandate_id,
+                "agent": {"id": leaf.agent.id, "instance": leaf.agent.instance},
+                "principal": {"sub": leaf.principal.sub, "iss": leaf.principal.iss},
+            })),
+        );
+    }
+    scope
 }
 
 /// Verifies the presented chain (through the verifier's cache) and decides;

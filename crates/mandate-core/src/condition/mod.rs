@@ -24,6 +24,9 @@ use serde_json::Value;
 use crate::id::ConditionId;
 use crate::model::{Condition, OnFailure};
 
+mod direct;
+pub(crate) use direct::Input as DirectInput;
+
 /// Longest accepted expression, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 2048;
 /// Deepest accepted nesting of brackets and of the parser's own recursion.
@@ -245,6 +248,8 @@ pub struct CompiledCondition {
     /// The source text.
     pub expression: String,
     program: Arc<Expression>,
+    /// The same program in the direct evaluator's subset, when it is.
+    direct: Option<Arc<direct::Direct>>,
     variables: Vec<String>,
     shape: Shape,
 }
@@ -266,6 +271,7 @@ impl CompiledCondition {
             id: c.id.clone(),
             on_failure: c.on_failure,
             expression: c.expression.clone(),
+            direct: direct::Direct::compile(&program).map(Arc::new),
             program: Arc::new(program),
             variables,
             shape,
@@ -281,6 +287,7 @@ impl CompiledCondition {
             on_failure: c.on_failure,
             expression: self.expression.clone(),
             program: Arc::clone(&self.program),
+            direct: self.direct.clone(),
             variables: self.variables.clone(),
             shape: self.shape,
         }
@@ -315,6 +322,24 @@ impl CompiledCondition {
     #[must_use]
     pub fn variables(&self) -> &[String] {
         &self.variables
+    }
+
+    /// Whether the direct evaluator can answer for this expression (see
+    /// [`Self::evaluate_direct`]).
+    #[must_use]
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Evaluates without building CEL values, when the expression is in the
+    /// direct evaluator's subset and the inputs give it a `bool`; `None`
+    /// means the interpreter must decide ([`Self::evaluate`]), and when both
+    /// answer they agree.
+    pub(crate) fn evaluate_direct(&self, input: &DirectInput<'_>) -> Option<Outcome> {
+        match self.direct.as_ref()?.evaluate(input)? {
+            true => Some(Outcome::True),
+            false => Some(Outcome::False),
+        }
     }
 
     /// Evaluates against a scope built by [`Facts::scope`].
@@ -433,6 +458,16 @@ impl Facts {
     #[must_use]
     pub fn json(&self) -> &Value {
         &self.json
+    }
+
+    /// The facts' top-level members.
+    pub(crate) fn members(&self) -> &serde_json::Map<String, Value> {
+        static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> =
+            std::sync::LazyLock::new(serde_json::Map::new);
+        match &*self.json {
+            Value::Object(m) => m,
+            _ => &EMPTY,
+        }
     }
 
     /// A child scope over the facts, for one decision.
