@@ -6,15 +6,12 @@
 use mandate_bench::mandate_fixture;
 use mandate_core::prelude::*;
 
-fn main() {
+fn main() -> Result<(), ChainError> {
     let m = mandate_fixture();
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let presented = args.next().as_deref() == Some("presented");
-    let chain = m
-        .verifier
-        .verify(&m.three_hop)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let chain = m.verifier.verify(&m.three_hop)?;
     let mut allowed = 0usize;
     for _ in 0..n {
         let d = if presented {
@@ -38,4 +35,5 @@ fn main() {
         allowed += usize::from(d.allow);
     }
     println!("{allowed} of {n} allowed");
+    Ok(())
 }

@@ -220,6 +220,7 @@ pub struct VerifiedChain {
     mandates: Vec<VerifiedMandate>,
     conditions: Vec<ChainCondition>,
     reads: Reads,
+    ids: Arc<[MandateId]>,
     holder: std::sync::OnceLock<Option<VerifyingKey>>,
 }
 
@@ -260,7 +261,13 @@ impl VerifiedChain {
     /// The ids of the chain, root first.
     #[must_use]
     pub fn ids(&self) -> Vec<MandateId> {
-        self.mandates.iter().map(|m| m.id().clone()).collect()
+        self.ids.to_vec()
+    }
+
+    /// The chain's mandate ids, root first, shared (what a decision names).
+    #[must_use]
+    pub fn shared_ids(&self) -> Arc<[MandateId]> {
+        Arc::clone(&self.ids)
     }
 
     /// The leaf's compiled conditions (which include every ancestor's).
@@ -571,6 +578,7 @@ impl Verifier {
             conditions.push(ChainCondition { condition, origin });
         }
         Ok(VerifiedChain {
+            ids: mandates.iter().map(|m| m.id().clone()).collect(),
             mandates,
             conditions,
             reads,

@@ -35,7 +35,7 @@ use crate::chain::{ChainError, VerifiedChain, VerifiedMandate, Verifier};
 use crate::condition::{Outcome, json_to_cel};
 use crate::constraint::Constraint;
 use crate::id::{ConditionId, MandateId};
-use crate::location::{Location, any_covers};
+use crate::location::{Requested, any_covers_requested};
 use crate::model::{AuthorizationDetail, MandateClaims, OnFailure};
 use crate::request::EvaluationRequest;
 use crate::state::{MandateState, StateSnapshot};
@@ -91,7 +91,7 @@ pub struct Decision {
     /// Every reason that applied, as stable codes, without repeats.
     pub reasons: Vec<String>,
     /// The chain's mandate ids, root first (empty when it did not verify).
-    pub chain: Vec<MandateId>,
+    pub chain: std::sync::Arc<[MandateId]>,
     /// What the enforcement point must also do.
     pub obligations: Vec<Obligation>,
 }
@@ -116,7 +116,7 @@ impl Decision {
         Self {
             allow: false,
             reasons: e.codes(),
-            chain: Vec::new(),
+            chain: std::sync::Arc::from([]),
             obligations: Vec::new(),
         }
     }
@@ -334,7 +334,7 @@ pub fn decide(
     Decision {
         allow,
         reasons: reasons.0,
-        chain: chain.ids(),
+        chain: chain.shared_ids(),
         obligations,
     }
 }
@@ -410,7 +410,7 @@ pub fn decide_presented(
 /// detail in every dimension at once. When none matches, the reasons are
 /// those of the detail that came closest.
 fn scope(details: &[AuthorizationDetail], request: &EvaluationRequest, reasons: &mut Reasons) {
-    let Ok(location) = Location::parse_request(&request.resource.id) else {
+    let Ok(location) = Requested::parse(&request.resource.id) else {
         reasons.add("location_not_permitted");
         return;
     };
@@ -433,11 +433,11 @@ fn scope(details: &[AuthorizationDetail], request: &EvaluationRequest, reasons: 
 fn mismatches(
     d: &AuthorizationDetail,
     request: &EvaluationRequest,
-    location: &Location,
+    location: &Requested<'_>,
 ) -> Vec<String> {
     let mut out = Vec::new();
     let props: &Map<String, Value> = &request.resource.properties;
-    if !any_covers(&d.locations, location) {
+    if !any_covers_requested(&d.locations, location) {
         out.push("location_not_permitted".to_owned());
     }
     if !d.actions.iter().any(|a| a == &request.action.name) {

@@ -94,6 +94,28 @@ impl Location {
         Self::parse_inner(s, true)
     }
 
+    /// Whether this location covers a requested one.
+    pub(crate) fn covers_requested(&self, other: &Requested<'_>) -> bool {
+        match other {
+            Requested::Parsed(l) => self.covers(l),
+            Requested::Plain {
+                scheme,
+                host,
+                port,
+                path,
+            } => {
+                let mut theirs = segments(path);
+                self.scheme == *scheme
+                    && self.host == *host
+                    && self.port == *port
+                    && self
+                        .segments
+                        .iter()
+                        .all(|s| theirs.next().is_some_and(|t| t == s))
+            }
+        }
+    }
+
     /// Whether this location covers `other` (see the module docs).
     #[must_use]
     pub fn covers(&self, other: &Location) -> bool {
@@ -131,21 +153,146 @@ thread_local! {
 /// unparseable covers nothing).
 #[must_use]
 pub fn any_covers(grants: &[String], requested: &Location) -> bool {
+    any_grant(grants, |p| p.covers(requested))
+}
+
+/// [`any_covers`] for a location read by [`Requested::parse`].
+pub(crate) fn any_covers_requested(grants: &[String], requested: &Requested<'_>) -> bool {
+    any_grant(grants, |p| p.covers_requested(requested))
+}
+
+fn any_grant(grants: &[String], covers: impl Fn(&Location) -> bool) -> bool {
     GRANTS.with(|cache| {
         let mut cache = cache.borrow_mut();
         grants.iter().any(|g| {
             if let Some(parsed) = cache.get(g.as_str()) {
-                return parsed.as_ref().is_some_and(|p| p.covers(requested));
+                return parsed.as_ref().is_some_and(&covers);
             }
             let parsed = Location::parse_grant(g).ok();
-            let covers = parsed.as_ref().is_some_and(|p| p.covers(requested));
+            let answer = parsed.as_ref().is_some_and(&covers);
             if cache.len() >= PARSED_GRANTS {
                 cache.clear();
             }
             cache.insert(g.clone(), parsed);
-            covers
+            answer
         })
     })
+}
+
+/// A requested location, read without copying when it is plain (see
+/// [`Requested::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Requested<'a> {
+    /// Read in place: `host` is lower case and the path has no dot segment
+    /// and nothing a URL parser would change.
+    Plain {
+        scheme: &'static str,
+        host: &'a str,
+        port: u16,
+        path: &'a str,
+    },
+    /// Read by the URL parser.
+    Parsed(Location),
+}
+
+impl<'a> Requested<'a> {
+    /// Reads a request's location: in place when it is plain — `https://` or
+    /// `http://`, a lower-case DNS name whose last label starts with a
+    /// letter, an optional port, and a path of unreserved characters and
+    /// sub-delimiters without `.` or `..` segments, `%` or `\` — and by the
+    /// URL parser otherwise. Both read a plain location alike (a property
+    /// test holds them to it); only the URL parser refuses.
+    ///
+    /// # Errors
+    /// See [`LocationError`].
+    pub(crate) fn parse(s: &'a str) -> Result<Self, LocationError> {
+        match plain(s) {
+            Some(r) => Ok(r),
+            None => Location::parse_request(s).map(Requested::Parsed),
+        }
+    }
+
+    #[cfg(test)]
+    fn to_location(&self) -> Location {
+        match self {
+            Requested::Plain {
+                scheme,
+                host,
+                port,
+                path,
+            } => Location {
+                scheme: (*scheme).to_owned(),
+                host: (*host).to_owned(),
+                port: *port,
+                segments: segments(path).map(str::to_owned).collect(),
+            },
+            Requested::Parsed(l) => l.clone(),
+        }
+    }
+}
+
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|s| !s.is_empty())
+}
+
+fn plain(s: &str) -> Option<Requested<'_>> {
+    let (scheme, rest, default_port) = if let Some(rest) = s.strip_prefix("https://") {
+        ("https", rest, 443)
+    } else if let Some(rest) = s.strip_prefix("http://") {
+        ("http", rest, 80)
+    } else {
+        return None;
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, plain_port(port)?),
+        None => (authority, default_port),
+    };
+    if !plain_host(host) {
+        return None;
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    // A fragment is refused by the URL parser; let it say so.
+    if query.is_some_and(|q| q.contains('#')) {
+        return None;
+    }
+    let plain_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+    if !path.bytes().all(plain_char) || segments(path).any(|seg| seg == "." || seg == "..") {
+        return None;
+    }
+    Some(Requested::Plain {
+        scheme,
+        host,
+        port,
+        path,
+    })
+}
+
+fn plain_port(p: &str) -> Option<u16> {
+    if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse().ok()
+}
+
+/// Lower-case letters, digits, dots and hyphens, no empty label, no
+/// internationalised (`xn--`) label, and a last label that starts with a
+/// letter (so the URL parser would not read the host as an IPv4 number).
+fn plain_host(host: &str) -> bool {
+    let mut labels = host.split('.');
+    let ok = labels.clone().all(|l| {
+        !l.is_empty()
+            && !l.starts_with("xn--")
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    });
+    ok && labels
+        .next_back()
+        .and_then(|l| l.bytes().next())
+        .is_some_and(|b| b.is_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -173,6 +320,78 @@ mod tests {
                 !any_covers(&grants[1..], &inside),
                 "unparseable covers nothing"
             );
+        }
+    }
+
+    #[test]
+    fn a_plain_location_is_read_in_place_and_anything_else_by_the_url_parser() {
+        for plain in [
+            "https://vendor-portal.example.com/search",
+            "http://h.example:8080/a/b//c/?q=1&r=..",
+            "https://h.example",
+            "https://h.example/a:b@c/~x/",
+        ] {
+            assert!(
+                matches!(Requested::parse(plain), Ok(Requested::Plain { .. })),
+                "{plain}"
+            );
+        }
+        for parsed in [
+            "https://H.example/a",
+            "https://h.example/a/../b",
+            "https://h.example/a/%2e%2e/b",
+            "https://h.example/a\\b",
+            "https://127.0.0.1/a",
+            "https://0x7f.1/a",
+            "https://xn--nxasmq6b.example/a",
+            "https://h.example./a",
+            "https://u@h.example/a",
+            "https://h.example:/a",
+            "https://h.example/a b",
+            " https://h.example/a",
+            "https://h.example/a?x#f",
+        ] {
+            assert!(
+                !matches!(Requested::parse(parsed), Ok(Requested::Plain { .. })),
+                "{parsed}"
+            );
+        }
+        assert!(matches!(
+            Requested::parse("https://h.example/a?x#f"),
+            Err(LocationError::Extra(_))
+        ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// Where the in-place reader reads a location, the URL parser reads
+        /// the same scheme, host, port and segments.
+        #[test]
+        fn the_plain_reader_agrees_with_the_url_parser(
+            s in "(https?|HTTPS|ftp)://[a-zA-Z0-9.:@%_-]{0,14}(/(\\.|\\.\\.|[a-z0-9.~%:@ \\\\-]{0,6})){0,4}([?#][a-z#=.]{0,4})?"
+        ) {
+            if let Ok(r @ Requested::Plain { .. }) = Requested::parse(&s) {
+                let parsed = Location::parse_request(&s);
+                proptest::prop_assert_eq!(Ok(r.to_location()), parsed, "{}", s);
+            }
+        }
+    }
+
+    #[test]
+    fn a_plain_location_is_covered_as_its_parsed_form_is() {
+        let grant = Location::parse_grant("https://h.example/repos/acme").unwrap();
+        for (requested, covered) in [
+            ("https://h.example/repos/acme", true),
+            ("https://h.example:443//repos//acme/app/?x", true),
+            ("https://h.example/repos/acme-evil", false),
+            ("https://h.example/repos", false),
+            ("http://h.example/repos/acme", false),
+            ("https://h.example:8443/repos/acme", false),
+        ] {
+            let r = Requested::parse(requested).unwrap();
+            assert!(matches!(r, Requested::Plain { .. }), "{requested}");
+            assert_eq!(grant.covers_requested(&r), covered, "{requested}");
+            assert_eq!(grant.covers(&r.to_location()), covered, "{requested}");
         }
     }
 

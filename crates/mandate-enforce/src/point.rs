@@ -249,7 +249,7 @@ pub fn denied(reason: &str) -> Decision {
     Decision {
         allow: false,
         reasons: vec![reason.to_owned()],
-        chain: Vec::new(),
+        chain: std::sync::Arc::from([]),
         obligations: Vec::new(),
     }
 }
@@ -467,7 +467,7 @@ impl Point {
             gateway: self.name.clone(),
             method: method.to_owned(),
             path: path.to_owned(),
-            chain: d.chain.clone(),
+            chain: d.chain.to_vec(),
             decision: if d.allow {
                 Outcome::Allow
             } else {

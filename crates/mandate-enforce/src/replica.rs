@@ -469,7 +469,7 @@ pub fn decide_with(
         None => Decision {
             allow: false,
             reasons: vec!["state_stale".into()],
-            chain: chain.ids(),
+            chain: chain.shared_ids(),
             obligations: Vec::new(),
         },
     };

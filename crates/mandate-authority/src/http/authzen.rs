@@ -120,7 +120,7 @@ async fn evaluate_one(
         None => Decision {
             allow: false,
             reasons: vec!["mandate_missing".into()],
-            chain: Vec::new(),
+            chain: std::sync::Arc::from([]),
             obligations: Vec::new(),
         },
         Some(Ok(chain)) => {
@@ -147,7 +147,7 @@ async fn evaluate_one(
                 None => Decision {
                     allow: false,
                     reasons: vec!["unknown_mandate".into()],
-                    chain: chain.ids(),
+                    chain: chain.shared_ids(),
                     obligations: Vec::new(),
                 },
             };
@@ -219,7 +219,7 @@ async fn evaluate_one(
         decision: decision.allow,
         context: super::wire::DecisionContext {
             reasons: decision.reasons,
-            chain: decision.chain,
+            chain: decision.chain.to_vec(),
             obligations: decision.obligations,
             audit_seq: seq,
             error: None,

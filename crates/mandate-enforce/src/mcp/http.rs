@@ -531,8 +531,8 @@ impl Pump {
                 .point
                 .verifier
                 .verify(&w.mandate)
-                .map(|c| c.ids())
-                .unwrap_or_default(),
+                .map(|c| c.shared_ids())
+                .unwrap_or_else(|_| std::sync::Arc::from([])),
             obligations: Vec::new(),
         };
         let err = denial(

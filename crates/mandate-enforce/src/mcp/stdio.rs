@@ -295,8 +295,8 @@ pub async fn run(
                             .point
                             .verifier
                             .verify(&mandate)
-                            .map(|c| c.ids())
-                            .unwrap_or_default(),
+                            .map(|c| c.shared_ids())
+                            .unwrap_or_else(|_| std::sync::Arc::from([])),
                         obligations: Vec::new(),
                     };
                     let err = denial(&d, Some("the mandate ended while the call was in flight; the call was cancelled".into()));
