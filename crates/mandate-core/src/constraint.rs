@@ -17,19 +17,20 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-/// A parsed constraint.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Constraint {
+/// A parsed constraint, borrowing the JSON it was read from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Constraint<'a> {
     /// Exactly this scalar.
-    Exact(Value),
+    Exact(&'a Value),
     /// One of these scalars.
-    OneOf(Vec<Value>),
-    /// A number within bounds (inclusive).
+    OneOf(&'a [Value]),
+    /// A number within bounds (inclusive), each kept as the JSON number it
+    /// was written as and compared exactly.
     Range {
-        /// Lower bound (a JSON number, compared exactly).
-        min: Option<Value>,
-        /// Upper bound (a JSON number, compared exactly).
-        max: Option<Value>,
+        /// Lower bound.
+        min: Option<&'a serde_json::Number>,
+        /// Upper bound.
+        max: Option<&'a serde_json::Number>,
     },
 }
 
@@ -47,44 +48,44 @@ fn scalar_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// A range's bound, kept as the JSON number it was written as.
-fn bound_admits(bound: Option<&Value>, v: &serde_json::Number, ok: fn(Ordering) -> bool) -> bool {
-    match bound {
-        None => true,
-        Some(Value::Number(b)) => crate::number::compare(v, b).is_some_and(ok),
-        Some(_) => false,
-    }
+/// Whether `v` is on the admitted side of a range's bound (none: any).
+fn bound_admits(
+    bound: Option<&serde_json::Number>,
+    v: &serde_json::Number,
+    ok: fn(Ordering) -> bool,
+) -> bool {
+    bound.is_none_or(|b| crate::number::compare(v, b).is_some_and(ok))
 }
 
-impl Constraint {
+impl<'a> Constraint<'a> {
     /// Parses a constraint value.
     ///
     /// # Errors
     /// A message saying which form was expected.
-    pub fn parse(v: &Value) -> Result<Self, String> {
+    pub fn parse(v: &'a Value) -> Result<Self, String> {
         match v {
-            v if is_scalar(v) => Ok(Constraint::Exact(v.clone())),
+            v if is_scalar(v) => Ok(Constraint::Exact(v)),
             Value::Array(items) => {
                 if items.is_empty() || !items.iter().all(is_scalar) {
                     return Err("must be a non-empty array of strings, numbers or booleans".into());
                 }
-                Ok(Constraint::OneOf(items.clone()))
+                Ok(Constraint::OneOf(items))
             }
             Value::Object(m) => {
                 if m.is_empty() || m.keys().any(|k| k != "min" && k != "max") {
                     return Err("a range object holds only `min` and/or `max`".into());
                 }
-                let num = |k: &str| -> Result<Option<Value>, String> {
+                let num = |k: &str| -> Result<Option<&'a serde_json::Number>, String> {
                     match m.get(k) {
                         None => Ok(None),
-                        Some(v @ Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {
-                            Ok(Some(v.clone()))
+                        Some(Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {
+                            Ok(Some(n))
                         }
                         Some(_) => Err(format!("`{k}` must be a finite number")),
                     }
                 };
                 let (min, max) = (num("min")?, num("max")?);
-                if let (Some(Value::Number(a)), Some(Value::Number(b))) = (&min, &max)
+                if let (Some(a), Some(b)) = (min, max)
                     && crate::number::compare(a, b) == Some(Ordering::Greater)
                 {
                     return Err("`min` must not exceed `max`".into());
@@ -101,8 +102,7 @@ impl Constraint {
             Constraint::OneOf(items) => items.iter().any(|i| scalar_eq(i, v)),
             Constraint::Range { min, max } => match v {
                 Value::Number(x) => {
-                    bound_admits(min.as_ref(), x, Ordering::is_ge)
-                        && bound_admits(max.as_ref(), x, Ordering::is_le)
+                    bound_admits(*min, x, Ordering::is_ge) && bound_admits(*max, x, Ordering::is_le)
                 }
                 _ => false,
             },
@@ -132,17 +132,13 @@ impl Constraint {
                 } => {
                     let lower = match (pmin, min) {
                         (None, _) => true,
-                        (Some(_), Some(Value::Number(c))) => {
-                            bound_admits(pmin.as_ref(), c, Ordering::is_ge)
-                        }
-                        (Some(_), _) => false,
+                        (Some(_), Some(c)) => bound_admits(*pmin, c, Ordering::is_ge),
+                        (Some(_), None) => false,
                     };
                     let upper = match (pmax, max) {
                         (None, _) => true,
-                        (Some(_), Some(Value::Number(c))) => {
-                            bound_admits(pmax.as_ref(), c, Ordering::is_le)
-                        }
-                        (Some(_), _) => false,
+                        (Some(_), Some(c)) => bound_admits(*pmax, c, Ordering::is_le),
+                        (Some(_), None) => false,
                     };
                     lower && upper
                 }
@@ -157,8 +153,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn c(v: Value) -> Constraint {
-        Constraint::parse(&v).unwrap()
+    /// Parses a constraint that lives as long as the test (leaked: tests
+    /// only).
+    fn c(v: Value) -> Constraint<'static> {
+        Constraint::parse(Box::leak(Box::new(v))).unwrap()
     }
 
     #[test]
