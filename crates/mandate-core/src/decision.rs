@@ -443,11 +443,14 @@ fn mismatches(
     if !d.actions.iter().any(|a| a == &request.action.name) {
         out.push("action_not_permitted".to_owned());
     }
-    if d.resource.iter().any(|(k, v)| props.get(k) != Some(v)) {
+    if d.resource
+        .iter()
+        .any(|(k, v)| crate::json::member(props, k) != Some(v))
+    {
         out.push("resource_not_permitted".to_owned());
     }
     for (k, v) in &d.constraints {
-        let ok = match (Constraint::parse(v), props.get(k)) {
+        let ok = match (Constraint::parse(v), crate::json::member(props, k)) {
             (Ok(c), Some(input)) => c.admits(input),
             _ => false,
         };

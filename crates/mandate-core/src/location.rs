@@ -104,14 +104,17 @@ impl Location {
                 port,
                 path,
             } => {
-                let mut theirs = segments(path);
+                let mut theirs = path
+                    .as_bytes()
+                    .split(|&b| b == b'/')
+                    .filter(|s| !s.is_empty());
                 self.scheme == *scheme
                     && self.host == *host
                     && self.port == *port
                     && self
                         .segments
                         .iter()
-                        .all(|s| theirs.next().is_some_and(|t| t == s))
+                        .all(|s| theirs.next().is_some_and(|t| t == s.as_bytes()))
             }
         }
     }
@@ -231,6 +234,7 @@ impl<'a> Requested<'a> {
     }
 }
 
+#[cfg(test)]
 fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|s| !s.is_empty())
 }
@@ -243,24 +247,39 @@ fn plain(s: &str) -> Option<Requested<'_>> {
     } else {
         return None;
     };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    let (host, port) = match authority.split_once(':') {
-        Some((host, port)) => (host, plain_port(port)?),
+    // Byte positions of ASCII delimiters are char boundaries.
+    let end = rest
+        .bytes()
+        .position(|b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (host, port) = match authority.bytes().position(|b| b == b':') {
+        Some(i) => {
+            let (host, port) = authority.split_at(i);
+            (host, plain_port(port.get(1..)?)?)
+        }
         None => (authority, default_port),
     };
     if !plain_host(host) {
         return None;
     }
-    let (path, query) = match tail.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
+    let (path, query) = match tail.bytes().position(|b| b == b'?') {
+        Some(i) => {
+            let (path, query) = tail.split_at(i);
+            (path, Some(query))
+        }
         None => (tail, None),
     };
     // A fragment is refused by the URL parser; let it say so.
-    if query.is_some_and(|q| q.contains('#')) {
+    if query.is_some_and(|q| q.bytes().any(|b| b == b'#')) {
         return None;
     }
-    let plain_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
-    if !path.bytes().all(plain_char) || segments(path).any(|seg| seg == "." || seg == "..") {
+    if !path.bytes().all(plain_path_byte)
+        || path
+            .as_bytes()
+            .split(|&b| b == b'/')
+            .any(|seg| seg == b"." || seg == b"..")
+    {
         return None;
     }
     Some(Requested::Plain {
@@ -269,6 +288,15 @@ fn plain(s: &str) -> Option<Requested<'_>> {
         port,
         path,
     })
+}
+
+/// Unreserved characters, sub-delimiters, `:`, `@` and `/`.
+fn plain_path_byte(b: u8) -> bool {
+    matches!(b,
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+        | b'-' | b'.' | b'_' | b'~'
+        | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+        | b':' | b'@' | b'/')
 }
 
 fn plain_port(p: &str) -> Option<u16> {
@@ -282,17 +310,19 @@ fn plain_port(p: &str) -> Option<u16> {
 /// internationalised (`xn--`) label, and a last label that starts with a
 /// letter (so the URL parser would not read the host as an IPv4 number).
 fn plain_host(host: &str) -> bool {
-    let mut labels = host.split('.');
-    let ok = labels.clone().all(|l| {
-        !l.is_empty()
-            && !l.starts_with("xn--")
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    });
-    ok && labels
-        .next_back()
-        .and_then(|l| l.bytes().next())
-        .is_some_and(|b| b.is_ascii_lowercase())
+    let mut last_first = None;
+    for label in host.as_bytes().split(|&b| b == b'.') {
+        if label.is_empty()
+            || label.starts_with(b"xn--")
+            || !label
+                .iter()
+                .all(|&b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+        {
+            return false;
+        }
+        last_first = label.first().copied();
+    }
+    last_first.is_some_and(|b| b.is_ascii_lowercase())
 }
 
 #[cfg(test)]

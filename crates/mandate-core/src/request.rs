@@ -87,6 +87,6 @@ impl EvaluationRequest {
     /// The agent instance the caller says is acting (`context.agent_instance`).
     #[must_use]
     pub fn agent_instance(&self) -> Option<&str> {
-        self.context.get("agent_instance").and_then(Value::as_str)
+        crate::json::member(&self.context, "agent_instance").and_then(Value::as_str)
     }
 }

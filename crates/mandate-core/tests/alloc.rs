@@ -30,26 +30,27 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (u64, T) {
 /// allows as its leaf's holder sends it, and the state it is decided in.
 fn three_hops() -> (Verifier, String, EvaluationRequest, StateSnapshot) {
     let leaf_key = intruder_key();
-    let spec = |holder: &SigningKey, hops: u8, expiry: &str, condition: (&str, &str)| -> ChildSpec {
-        serde_json::from_value(json!({
-            "agent": {"id": format!("urn:agent:hop{hops}"), "instance": "inst-1",
-                "cnf": {"jwk": holder.public_jwk()}},
-            "authorization_details": [{
-                "type": "vendor_portal",
-                "locations": ["https://vendor-portal.example.com/search"],
-                "resource": {"category": "logistics", "region": "north-america"},
-                "actions": ["search", "view_profile"],
-                "constraints": {"contract_template": "standard-logistics-v3",
-                    "spend_tier": "pre-approved"}
-            }],
-            "conditions": [{"id": condition.0, "expression": condition.1,
-                "evaluation": "per_action", "on_failure": "deny"}],
-            "lifecycle": {"hard_expiry": expiry},
-            "delegation": {"permitted": hops > 0, "max_additional_hops": hops,
-                "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
-        }))
-        .unwrap()
-    };
+    let spec =
+        |holder: &SigningKey, hops: u8, expiry: &str, condition: (&str, &str)| -> ChildSpec {
+            serde_json::from_value(json!({
+                "agent": {"id": format!("urn:agent:hop{hops}"), "instance": "inst-1",
+                    "cnf": {"jwk": holder.public_jwk()}},
+                "authorization_details": [{
+                    "type": "vendor_portal",
+                    "locations": ["https://vendor-portal.example.com/search"],
+                    "resource": {"category": "logistics", "region": "north-america"},
+                    "actions": ["search", "view_profile"],
+                    "constraints": {"contract_template": "standard-logistics-v3",
+                        "spend_tier": "pre-approved"}
+                }],
+                "conditions": [{"id": condition.0, "expression": condition.1,
+                    "evaluation": "per_action", "on_failure": "deny"}],
+                "lifecycle": {"hard_expiry": expiry},
+                "delegation": {"permitted": hops > 0, "max_additional_hops": hops,
+                    "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+            }))
+            .unwrap()
+        };
     let child = child_of(
         &root(2),
         &agent_key(),
@@ -65,7 +66,12 @@ fn three_hops() -> (Verifier, String, EvaluationRequest, StateSnapshot) {
     let leaf = child_of(
         &child,
         &sub_agent_key(),
-        &spec(&leaf_key, 0, "2025-10-05T00:00:00Z", ("no-deletes", "action.name != 'delete'")),
+        &spec(
+            &leaf_key,
+            0,
+            "2025-10-05T00:00:00Z",
+            ("no-deletes", "action.name != 'delete'"),
+        ),
         "mnd-alloc-grandchild",
     )
     .unwrap();

@@ -182,7 +182,7 @@ impl Direct {
             }),
             Self::Path { root, fields } => {
                 let mut v = match root {
-                    Root::Fact(name) => json(input.facts.get(name.as_str())?),
+                    Root::Fact(name) => json(crate::json::member(input.facts, name)?),
                     Root::Action => V::Action(input.request),
                     Root::Resource => V::Resource(input.request),
                     Root::Context => V::Map(&input.request.context),
@@ -243,7 +243,7 @@ fn json(v: &Value) -> V<'_> {
 /// `v.field`; `None` where CEL would fail (no such member, not a map).
 fn select<'a>(v: V<'a>, field: &str) -> Option<V<'a>> {
     match v {
-        V::Map(m) => m.get(field).map(json),
+        V::Map(m) => crate::json::member(m, field).map(json),
         V::Action(r) => match field {
             "name" => Some(V::Str(&r.action.name)),
             _ => None,
