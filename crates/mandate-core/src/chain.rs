@@ -305,8 +305,9 @@ impl VerifiedChain {
 type CacheEntry = (Arc<str>, Arc<VerifiedChain>);
 
 /// Verifies presented chains against the authority's keys, caching verified
-/// chains by the SHA-256 of the presented string so a second decision on the
-/// same chain does no signature work.
+/// chains by the exact presented string (found by a keyed hash of its end,
+/// confirmed by comparing every byte) so a second decision on the same chain
+/// does no signature work.
 ///
 /// The trusted keys can be replaced while the verifier serves (a rotated
 /// authority key: [`Verifier::set_keys`]); replacing them empties the cache.
@@ -320,7 +321,7 @@ pub struct Verifier {
     generation: std::sync::atomic::AtomicU64,
     algorithms: BTreeSet<Algorithm>,
     issuer: Option<String>,
-    cache: RwLock<HashMap<u64, CacheEntry>>,
+    cache: RwLock<HashMap<u64, CacheEntry, PreHashed>>,
     /// Keys the cache's hash (SipHash with a random key per verifier), so
     /// that nobody can craft strings that collide to thrash it.
     cache_hasher: std::collections::hash_map::RandomState,
@@ -349,7 +350,7 @@ impl Verifier {
             generation: std::sync::atomic::AtomicU64::new(0),
             algorithms: [Algorithm::EdDSA].into(),
             issuer: None,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::default()),
             cache_hasher: std::collections::hash_map::RandomState::new(),
             cache_capacity: 10_000,
             programs: RwLock::new(HashMap::new()),
@@ -611,14 +612,57 @@ impl Verifier {
 
 /// SHA-256 over the signature segment of each JWS of a presented chain.
 impl Verifier {
+    /// The cache's key for a presented chain: a keyed hash of its length
+    /// and its last [`CACHE_KEY_TAIL`] bytes (the leaf's signature). A hit is
+    /// only taken after the whole stored string compares equal, so the key
+    /// decides where to look, never what is trusted; and only verified
+    /// chains are stored, so filling one slot with different strings would
+    /// take different valid leaf signatures over the same tail.
     fn cache_key(&self, presented: &str) -> u64 {
         use std::hash::{BuildHasher as _, Hasher as _};
+        let bytes = presented.as_bytes();
+        let tail = bytes
+            .get(bytes.len().saturating_sub(CACHE_KEY_TAIL)..)
+            .unwrap_or(bytes);
         let mut h = self.cache_hasher.build_hasher();
-        for part in presented.split(CHAIN_SEPARATOR) {
-            h.write(part.rsplit('.').next().unwrap_or_default().as_bytes());
-            h.write_u8(b'~');
-        }
+        h.write_usize(bytes.len());
+        h.write(tail);
         h.finish()
+    }
+}
+
+/// Bytes at the end of a presented chain that key its cache slot: more than
+/// an Ed25519 or ES256 signature in base64url (86 characters).
+const CACHE_KEY_TAIL: usize = 128;
+
+/// Builds the hasher of a map whose `u64` keys are already keyed hashes:
+/// hashing them again would only cost time.
+#[derive(Debug, Clone, Copy, Default)]
+struct PreHashed;
+
+impl std::hash::BuildHasher for PreHashed {
+    type Hasher = PreHashedHasher;
+    fn build_hasher(&self) -> PreHashedHasher {
+        PreHashedHasher(0)
+    }
+}
+
+/// Passes a `u64` key through; anything else is folded in with FNV-1a so the
+/// hasher stays correct if it is ever handed bytes.
+#[derive(Debug)]
+struct PreHashedHasher(u64);
+
+impl std::hash::Hasher for PreHashedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
