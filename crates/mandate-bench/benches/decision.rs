@@ -356,6 +356,15 @@ fn bench_attenuate(c: &mut Criterion) {
             derive_child(black_box(&m.root), &m.agent, &child_spec, id.clone(), m.now).unwrap()
         })
     });
+    // Biscuit appends to a token it has already read; so does this one.
+    let parent = mandate_core::chain::Parent::parse(&m.root).unwrap();
+    g.bench_function("mandate/derive_child_from_read_parent", |bench| {
+        bench.iter(|| {
+            black_box(&parent)
+                .derive(&m.agent, &child_spec, id.clone(), m.now)
+                .unwrap()
+        })
+    });
     let bf = biscuit_fixture();
     let token = biscuit_auth::Biscuit::from(&bf.wire, bf.root_public).unwrap();
     g.bench_function("biscuit/append_block_and_serialize", |bench| {

@@ -25,7 +25,7 @@
 use std::fmt;
 
 use crate::constraint::Constraint;
-use crate::location::Location;
+use crate::location;
 use crate::model::{Attenuation, AuthorizationDetail, DiscoveryAllowance, MandateClaims};
 
 /// One way a child exceeds its parent.
@@ -192,17 +192,17 @@ fn inherited(parent: &MandateClaims, child: &MandateClaims, out: &mut Vec<Violat
 }
 
 fn discovery_within(p: &DiscoveryAllowance, c: &DiscoveryAllowance) -> bool {
-    let parent_locs: Vec<Location> = p
+    let parent_locs: Vec<std::sync::Arc<location::Location>> = p
         .locations
         .iter()
-        .filter_map(|l| Location::parse_grant(l).ok())
+        .filter_map(|l| location::grant(l).ok())
         .collect();
     c.types.iter().all(|t| p.types.contains(t))
         && c.actions.iter().all(|a| p.actions.contains(a))
         && c.max_lifetime_secs <= p.max_lifetime_secs
-        && c.locations.iter().all(|l| {
-            Location::parse_grant(l).is_ok_and(|cl| parent_locs.iter().any(|pl| pl.covers(&cl)))
-        })
+        && c.locations
+            .iter()
+            .all(|l| location::grant(l).is_ok_and(|cl| parent_locs.iter().any(|pl| pl.covers(&cl))))
 }
 
 /// Every way a one-time *discovery grant* exceeds what its parent's
@@ -223,10 +223,10 @@ pub fn check_discovery_grant(parent: &MandateClaims, child: &MandateClaims) -> V
         )];
     };
     identity(parent, child, &mut out);
-    let locs: Vec<Location> = allow
+    let locs: Vec<std::sync::Arc<location::Location>> = allow
         .locations
         .iter()
-        .filter_map(|l| Location::parse_grant(l).ok())
+        .filter_map(|l| location::grant(l).ok())
         .collect();
     match child.authorization_details.as_slice() {
         [d] if d.locations.len() == 1 && d.actions.len() == 1 => {
@@ -240,9 +240,11 @@ pub fn check_discovery_grant(parent: &MandateClaims, child: &MandateClaims) -> V
                     ),
                 ));
             }
-            if !d.locations.iter().all(|l| {
-                Location::parse_grant(l).is_ok_and(|cl| locs.iter().any(|pl| pl.covers(&cl)))
-            }) {
+            if !d
+                .locations
+                .iter()
+                .all(|l| location::grant(l).is_ok_and(|cl| locs.iter().any(|pl| pl.covers(&cl))))
+            {
                 out.push(v(
                     "locations",
                     "authorization_details[0].locations",
@@ -339,13 +341,13 @@ fn detail_violations(
 
 fn against(pd: &AuthorizationDetail, d: &AuthorizationDetail, p: &str) -> Vec<Violation> {
     let mut out = Vec::new();
-    let parent_locs: Vec<Location> = pd
+    let parent_locs: Vec<std::sync::Arc<location::Location>> = pd
         .locations
         .iter()
-        .filter_map(|l| Location::parse_grant(l).ok())
+        .filter_map(|l| location::grant(l).ok())
         .collect();
     for (j, l) in d.locations.iter().enumerate() {
-        let covered = Location::parse_grant(l)
+        let covered = location::grant(l)
             .map(|cl| parent_locs.iter().any(|pl| pl.covers(&cl)))
             .unwrap_or(false);
         if !covered {

@@ -887,7 +887,9 @@ pub fn child_claims(
 /// the new presented chain (`parent~child`).
 ///
 /// The parent chain is parsed, not verified: the holder is deriving from its
-/// own mandate, and every enforcement point verifies the whole result.
+/// own mandate, and every enforcement point verifies the whole result. A
+/// holder deriving several children from one parent reads it once with
+/// [`Parent::parse`].
 ///
 /// # Errors
 /// See [`IssueError`].
@@ -898,35 +900,80 @@ pub fn derive_child(
     mandate_id: MandateId,
     now: UnixTime,
 ) -> Result<String, IssueError> {
-    let parent = parent_of(parent_presented)?;
-    // The holder key must be the one the parent binds: compared as key
-    // material (the type and coordinates), with no point decoding.
-    let bound = parent
-        .claims
-        .agent
-        .cnf
-        .as_ref()
-        .ok_or(IssueError::WrongHolderKey)?;
-    let held = holder_key.public_jwk();
-    if bound.jwk.kty != held.kty
-        || bound.jwk.crv != held.crv
-        || bound.jwk.x != held.x
-        || bound.jwk.y != held.y
-    {
-        return Err(IssueError::WrongHolderKey);
+    Parent::parse(parent_presented)?.derive(holder_key, spec, mandate_id, now)
+}
+
+/// A presented chain read once to derive children from: its leaf parsed
+/// (not verified; every enforcement point verifies the whole result) and
+/// the chain bounded in depth. Every derivation applies every attenuation
+/// rule and signs anew; only the reading of the parent is shared.
+#[derive(Debug, Clone)]
+pub struct Parent {
+    presented: String,
+    leaf: UnverifiedMandate,
+}
+
+impl Parent {
+    /// Reads a presented chain.
+    ///
+    /// # Errors
+    /// [`IssueError::Parent`] when the chain cannot be split, is too deep, or
+    /// its leaf cannot be decoded or parsed.
+    pub fn parse(presented: &str) -> Result<Self, IssueError> {
+        let presented = presented.trim();
+        Ok(Self {
+            leaf: parent_of(presented)?,
+            presented: presented.to_owned(),
+        })
     }
-    // The `kid` a verifier will look for: the parent's key's id (its `kid`,
-    // else its thumbprint), as `VerifyingKey::from_jwk` names it.
-    let kid = bound
-        .jwk
-        .kid
-        .clone()
-        .unwrap_or_else(|| bound.jwk.thumbprint());
-    let payload = child_payload(&parent, spec, mandate_id, now, attenuation::check)?;
-    Ok(append(
-        parent_presented,
-        &jws::sign_with_kid(holder_key, &kid, MANDATE_TYP, &payload),
-    ))
+
+    /// The leaf's claims, as read.
+    #[must_use]
+    pub fn claims(&self) -> &MandateClaims {
+        &self.leaf.claims
+    }
+
+    /// Derives a child, as [`derive_child`] does.
+    ///
+    /// # Errors
+    /// See [`IssueError`].
+    pub fn derive(
+        &self,
+        holder_key: &SigningKey,
+        spec: &ChildSpec,
+        mandate_id: MandateId,
+        now: UnixTime,
+    ) -> Result<String, IssueError> {
+        let parent = &self.leaf;
+        // The holder key must be the one the parent binds: compared as key
+        // material (the type and coordinates), with no point decoding.
+        let bound = parent
+            .claims
+            .agent
+            .cnf
+            .as_ref()
+            .ok_or(IssueError::WrongHolderKey)?;
+        let held = holder_key.public_jwk();
+        if bound.jwk.kty != held.kty
+            || bound.jwk.crv != held.crv
+            || bound.jwk.x != held.x
+            || bound.jwk.y != held.y
+        {
+            return Err(IssueError::WrongHolderKey);
+        }
+        // The `kid` a verifier will look for: the parent's key's id (its
+        // `kid`, else its thumbprint), as `VerifyingKey::from_jwk` names it.
+        let kid = bound
+            .jwk
+            .kid
+            .clone()
+            .unwrap_or_else(|| bound.jwk.thumbprint());
+        let payload = child_payload(parent, spec, mandate_id, now, attenuation::check)?;
+        Ok(append(
+            &self.presented,
+            &jws::sign_with_kid(holder_key, &kid, MANDATE_TYP, &payload),
+        ))
+    }
 }
 
 /// The leaf of a presented parent chain, parsed (not verified; only the

@@ -65,7 +65,7 @@ pub mod validate;
 /// The names most callers need.
 pub mod prelude {
     pub use crate::chain::{
-        CHAIN_SEPARATOR, ChainError, ChildLifecycle, ChildSpec, IssueError, VerifiedChain,
+        CHAIN_SEPARATOR, ChainError, ChildLifecycle, ChildSpec, IssueError, Parent, VerifiedChain,
         Verifier, derive_child, issue_root, parse_unverified,
     };
     pub use crate::condition::Facts;

@@ -147,9 +147,33 @@ fn encodes_separator(seg: &str) -> bool {
 /// the comparison. Bounded; emptied when full.
 const PARSED_GRANTS: usize = 4096;
 
+/// A grant location as parsed, shared with the per-thread cache.
+type ParsedGrant = Result<std::sync::Arc<Location>, LocationError>;
+
 thread_local! {
-    static GRANTS: std::cell::RefCell<std::collections::HashMap<String, Option<Location>>> =
+    static GRANTS: std::cell::RefCell<std::collections::HashMap<String, ParsedGrant>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// [`Location::parse_grant`], answered from the per-thread cache when the
+/// same string was parsed before (validation, attenuation and decisions all
+/// read the same few grant locations over and over).
+///
+/// # Errors
+/// See [`LocationError`].
+pub(crate) fn grant(s: &str) -> ParsedGrant {
+    GRANTS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(parsed) = cache.get(s) {
+            return parsed.clone();
+        }
+        let parsed = Location::parse_grant(s).map(std::sync::Arc::new);
+        if cache.len() >= PARSED_GRANTS {
+            cache.clear();
+        }
+        cache.insert(s.to_owned(), parsed.clone());
+        parsed
+    })
 }
 
 /// Whether any of `grants` covers `requested` (both as strings; anything
@@ -169,10 +193,10 @@ fn any_grant(grants: &[String], covers: impl Fn(&Location) -> bool) -> bool {
         let mut cache = cache.borrow_mut();
         grants.iter().any(|g| {
             if let Some(parsed) = cache.get(g.as_str()) {
-                return parsed.as_ref().is_some_and(&covers);
+                return parsed.as_deref().is_ok_and(&covers);
             }
-            let parsed = Location::parse_grant(g).ok();
-            let answer = parsed.as_ref().is_some_and(&covers);
+            let parsed = Location::parse_grant(g).map(std::sync::Arc::new);
+            let answer = parsed.as_deref().is_ok_and(&covers);
             if cache.len() >= PARSED_GRANTS {
                 cache.clear();
             }

@@ -87,6 +87,7 @@ pub fn check_exact_numbers(bytes: &[u8]) -> Result<(), JsonError> {
             b'{' | b'[' => {
                 if path.len() >= MAX_DEPTH {
                     return Err(error(
+                        bytes,
                         &path,
                         format!("nests deeper than {MAX_DEPTH} levels"),
                     ));
@@ -115,9 +116,8 @@ pub fn check_exact_numbers(bytes: &[u8]) -> Result<(), JsonError> {
             b'"' => {
                 let end = string_end(bytes, i + 1);
                 if expect_key {
-                    let raw = bytes.get(i + 1..end.saturating_sub(1)).unwrap_or_default();
                     if let Some(Frame::Object(key)) = path.last_mut() {
-                        *key = Some(String::from_utf8_lossy(raw).into_owned());
+                        *key = Some(i + 1..end.saturating_sub(1));
                     }
                     expect_key = false;
                 }
@@ -135,6 +135,7 @@ pub fn check_exact_numbers(bytes: &[u8]) -> Result<(), JsonError> {
                     .unwrap_or_default();
                 if !is_exact(text) {
                     return Err(error(
+                        bytes,
                         &path,
                         format!(
                             "number `{text}` cannot be read without losing precision \
@@ -149,12 +150,15 @@ pub fn check_exact_numbers(bytes: &[u8]) -> Result<(), JsonError> {
     Ok(())
 }
 
+/// Where the walk is: inside an object (with the byte range of the member
+/// name last read, so no name is copied unless an error must name it) or
+/// an array (with the index of the element).
 enum Frame {
-    Object(Option<String>),
+    Object(Option<std::ops::Range<usize>>),
     Array(usize),
 }
 
-fn error(path: &[Frame], message: String) -> JsonError {
+fn error(bytes: &[u8], path: &[Frame], message: String) -> JsonError {
     let mut p = String::new();
     for f in path {
         match f {
@@ -162,7 +166,9 @@ fn error(path: &[Frame], message: String) -> JsonError {
                 if !p.is_empty() {
                     p.push('.');
                 }
-                p.push_str(k);
+                p.push_str(&String::from_utf8_lossy(
+                    bytes.get(k.clone()).unwrap_or_default(),
+                ));
             }
             Frame::Object(None) => {}
             Frame::Array(n) => p.push_str(&format!("[{n}]")),
@@ -177,11 +183,11 @@ fn error(path: &[Frame], message: String) -> JsonError {
 
 /// Index just past the closing quote of a string whose body starts at `i`.
 fn string_end(bytes: &[u8], mut i: usize) -> usize {
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'\\' => i += 2,
-            b'"' => return i + 1,
-            _ => i += 1,
+    while let Some(rest) = bytes.get(i..) {
+        match memchr::memchr2(b'"', b'\\', rest) {
+            Some(at) if rest.get(at) == Some(&b'"') => return i + at + 1,
+            Some(at) => i += at + 2,
+            None => return bytes.len(),
         }
     }
     i
@@ -259,6 +265,13 @@ mod tests {
             assert_eq!(err.path, "a[0].amount", "{bad}");
             assert!(err.message.contains(bad), "{}", err.message);
         }
+    }
+
+    #[test]
+    fn names_the_path_after_strings_with_escaped_quotes_and_brackets() {
+        let doc = r#"{"s":"x\"[,{\\","t\"k":["]\\\"",{"amount":1e400}]}"#;
+        let err = check_exact_numbers(doc.as_bytes()).unwrap_err();
+        assert_eq!(err.path, r#"t\"k[1].amount"#);
     }
 
     #[test]

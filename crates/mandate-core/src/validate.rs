@@ -8,7 +8,7 @@ use crate::condition::{self, MAX_CONDITIONS};
 use crate::constraint::Constraint;
 use crate::id::MandateId;
 use crate::keys::VerifyingKey;
-use crate::location::Location;
+use crate::location;
 use crate::model::MandateClaims;
 
 /// Most authorization details in one mandate.
@@ -147,7 +147,7 @@ pub fn validate(m: &MandateClaims, conditions: CheckConditions) -> Result<(), Pr
             );
         }
         for (j, l) in d.locations.iter().enumerate() {
-            if let Err(e) = Location::parse_grant(l) {
+            if let Err(e) = location::grant(l) {
                 c.push(format!("{p}.locations[{j}]"), e.to_string());
             }
         }
@@ -241,7 +241,7 @@ pub fn validate(m: &MandateClaims, conditions: CheckConditions) -> Result<(), Pr
             );
         }
         for (j, l) in d.locations.iter().enumerate() {
-            if let Err(e) = Location::parse_grant(l) {
+            if let Err(e) = location::grant(l) {
                 c.push(format!("discovery.locations[{j}]"), e.to_string());
             }
         }

@@ -223,6 +223,41 @@ fn a_child_that_exceeds_its_parent_in_any_one_dimension_is_refused_naming_it() {
 }
 
 #[test]
+fn a_parent_read_once_derives_the_same_children_under_the_same_rules() {
+    let parent_chain = root(1);
+    let parent = Parent::parse(&parent_chain).unwrap();
+    let id = || MandateId::new("mnd-child").unwrap();
+    let once = parent
+        .derive(&agent_key(), &search_only_spec(0), id(), during())
+        .unwrap();
+    assert_eq!(
+        once,
+        child_of(
+            &parent_chain,
+            &agent_key(),
+            &search_only_spec(0),
+            "mnd-child"
+        )
+        .unwrap(),
+        "the same child, byte for byte, as deriving from the string"
+    );
+    assert_eq!(verifier().verify(&once).unwrap().mandates().len(), 2);
+    // The second child from the same reading is held to every rule again.
+    let mut wider = search_only_spec(0);
+    wider.authorization_details[0]
+        .actions
+        .push("delete_vendor".into());
+    let err = parent
+        .derive(&agent_key(), &wider, id(), during())
+        .unwrap_err();
+    assert_eq!(err.codes(), ["attenuation_violation:actions"]);
+    let err = parent
+        .derive(&intruder_key(), &search_only_spec(0), id(), during())
+        .unwrap_err();
+    assert_eq!(err.codes(), ["holder_key_mismatch"]);
+}
+
+#[test]
 fn derive_child_refuses_a_widened_child_with_the_dimension() {
     let mut spec = search_only_spec(0);
     spec.authorization_details[0]
