@@ -1,10 +1,11 @@
 //! Any bytes as untrusted JSON: the strict reader (duplicates, depth, exact
-//! numbers) never panics; what it accepts nests at most `MAX_DEPTH` deep
+//! numbers) never panics, answers as the full serde walk does (its one-pass
+//! shortcut included), and what it accepts nests at most `MAX_DEPTH` deep
 //! and every number in it reads back as the same value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mandate_core::json::{MAX_DEPTH, check_no_duplicates};
+use mandate_core::json::{MAX_DEPTH, check_no_duplicates, check_thoroughly};
 use mandate_core::number::check_exact_numbers;
 
 fn depth(v: &serde_json::Value) -> usize {
@@ -16,7 +17,9 @@ fn depth(v: &serde_json::Value) -> usize {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if check_no_duplicates(data).is_err() {
+    let checked = check_no_duplicates(data);
+    assert_eq!(checked, check_thoroughly(data), "the shortcut and the walk differ");
+    if checked.is_err() {
         return;
     }
     // Accepted: the scanner agrees, and the document is what it says.

@@ -300,6 +300,33 @@ fn biscuit_cold(b: &BiscuitFixture) -> bool {
     authorizer.authorize().is_ok()
 }
 
+/// The signing inputs, signatures and signers' keys of a three-hop chain
+/// issued by the fixture's keys (seeds 1, 2 and 3).
+fn signature_floor(
+    chain: &str,
+) -> (
+    Vec<Vec<u8>>,
+    Vec<ed25519_dalek::Signature>,
+    Vec<ed25519_dalek::VerifyingKey>,
+) {
+    use base64::Engine as _;
+    let mut messages = Vec::new();
+    let mut signatures = Vec::new();
+    for part in chain.split('~') {
+        let (input, sig) = part.rsplit_once('.').unwrap();
+        messages.push(input.as_bytes().to_vec());
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        signatures.push(ed25519_dalek::Signature::from_slice(&sig).unwrap());
+    }
+    let keys = [[1u8; 32], [2; 32], [3; 32]]
+        .iter()
+        .map(|seed| ed25519_dalek::SigningKey::from_bytes(seed).verifying_key())
+        .collect();
+    (messages, signatures, keys)
+}
+
 fn bench_cold(c: &mut Criterion) {
     let m = mandate_fixture();
     let t = tenuo_fixture();
@@ -319,7 +346,16 @@ fn bench_cold(c: &mut Criterion) {
     };
     assert!(fresh_cold());
 
+    // The floor: the chain's three signatures batch-verified, nothing else.
+    let (messages, signatures, keys) = signature_floor(&m.three_hop);
+    let floor = || {
+        let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+    };
+    assert!(floor(), "the floor must verify the fixture's signatures");
+
     let mut g = c.benchmark_group("cold_3hop");
+    g.bench_function("floor/ed25519_verify_batch_3", |bench| bench.iter(floor));
     g.bench_function("mandate/verify_uncached_and_decide", |bench| {
         bench.iter(mandate_cold)
     });

@@ -17,7 +17,7 @@ use crate::attenuation::{self, Violation};
 use crate::condition::{CompiledCondition, ConditionError};
 use crate::hash::sha256_b64;
 use crate::id::MandateId;
-use crate::json::{JsonError, from_slice_strict};
+use crate::json::JsonError;
 use crate::jws::{self, JwsError};
 use crate::keys::{Algorithm, KeySet, SigningKey, VerifyingKey};
 use crate::model::{
@@ -151,8 +151,12 @@ pub fn split(presented: &str) -> Result<Vec<&str>, ChainError> {
     Ok(parts)
 }
 
-fn parse_claims(index: usize, payload: &[u8]) -> Result<MandateClaims, ChainError> {
-    from_slice_strict(payload).map_err(|error| ChainError::Claims { index, error })
+/// The claims of a decoded mandate. [`jws::decode`] has already refused a
+/// payload with a duplicate member, excess depth or an inexact number, so
+/// only the typed read is left.
+fn parse_claims(index: usize, decoded: &jws::DecodedJws<'_>) -> Result<MandateClaims, ChainError> {
+    crate::json::from_checked_slice(&decoded.payload)
+        .map_err(|error| ChainError::Claims { index, error })
 }
 
 /// Parses a presented chain **without verifying any signature**, for
@@ -168,7 +172,7 @@ pub fn parse_unverified(presented: &str) -> Result<Vec<UnverifiedMandate>, Chain
             let d = jws::decode(part, &all_algorithms(), MANDATE_TYP)
                 .map_err(|error| ChainError::Jws { index, error })?;
             Ok(UnverifiedMandate {
-                claims: parse_claims(index, &d.payload)?,
+                claims: parse_claims(index, &d)?,
                 alg: d.alg,
                 kid: d.kid,
                 jws_sha256: sha256_b64(part.as_bytes()),
@@ -453,7 +457,7 @@ impl Verifier {
         for (index, part) in parts.iter().enumerate() {
             let d = jws::decode(part, &self.algorithms, MANDATE_TYP)
                 .map_err(|error| ChainError::Jws { index, error })?;
-            let claims = parse_claims(index, &d.payload)?;
+            let claims = parse_claims(index, &d)?;
             validate(&claims, CheckConditions::Skip)
                 .map_err(|problems| ChainError::Invalid { index, problems })?;
             let key = match mandates.last() {
@@ -990,7 +994,7 @@ fn parent_of(parent_presented: &str) -> Result<UnverifiedMandate, IssueError> {
     let d = jws::decode(part, &all_algorithms(), MANDATE_TYP)
         .map_err(|error| IssueError::Parent(ChainError::Jws { index, error }))?;
     Ok(UnverifiedMandate {
-        claims: parse_claims(index, &d.payload).map_err(IssueError::Parent)?,
+        claims: parse_claims(index, &d).map_err(IssueError::Parent)?,
         alg: d.alg,
         kid: d.kid,
         jws_sha256: sha256_b64(part.as_bytes()),

@@ -139,6 +139,30 @@ fn path_string(path: &serde_path_to_error::Path) -> String {
 /// # Errors
 /// A syntax error or a duplicate member, with its path.
 pub fn check_no_duplicates(bytes: &[u8]) -> Result<(), JsonError> {
+    // The common document is settled in one pass over its bytes plus
+    // serde_json's validating skip (valid UTF-8 and syntax); anything else
+    // takes the full walk, which names the problem.
+    if plainly_valid(bytes) {
+        return Ok(());
+    }
+    check_thoroughly(bytes)
+}
+
+/// Whether `bytes` is certainly valid JSON (UTF-8 included) with no
+/// duplicate member, no excess depth and no inexact number.
+fn plainly_valid(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok()
+        && crate::number::plainly_clean(bytes)
+        && serde_json::from_slice::<de::IgnoredAny>(bytes).is_ok()
+}
+
+/// [`check_no_duplicates`] by walking every value through serde, without its
+/// one-pass shortcut: the reference the shortcut is tested (and fuzzed)
+/// against.
+///
+/// # Errors
+/// As [`check_no_duplicates`].
+pub fn check_thoroughly(bytes: &[u8]) -> Result<(), JsonError> {
     // Fast path without path tracking; on failure, walk again to name the path.
     let mut de = serde_json::Deserializer::from_slice(bytes);
     if NoDuplicates::deserialize(&mut de).is_ok() && de.end().is_ok() {
@@ -168,7 +192,26 @@ pub fn check_no_duplicates(bytes: &[u8]) -> Result<(), JsonError> {
 /// # Errors
 /// A syntax error, a duplicate member, or a value that does not fit `T`.
 pub fn from_slice_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
-    check_no_duplicates(bytes)?;
+    // A successful typed read establishes valid syntax, so the common
+    // document needs only the one pass besides it. Every other case runs
+    // the full checks in their usual order, so errors are the same.
+    if std::str::from_utf8(bytes).is_ok()
+        && crate::number::plainly_clean(bytes)
+        && let Ok(value) = serde_json::from_slice(bytes)
+    {
+        return Ok(value);
+    }
+    check_thoroughly(bytes)?;
+    from_checked_slice(bytes)
+}
+
+/// Reads into `T` a document [`check_no_duplicates`] has already accepted
+/// (as [`crate::jws::decode`] does for every payload), naming the path of
+/// any member that does not fit `T`.
+///
+/// # Errors
+/// A value that does not fit `T`.
+pub(crate) fn from_checked_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
     if let Ok(value) = serde_json::from_slice(bytes) {
         return Ok(value);
     }
@@ -258,6 +301,102 @@ mod tests {
                 );
             }
             assert_eq!(member(&object, "m"), None);
+        }
+    }
+
+    mod one_pass {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// JSON text (sometimes broken) built to hit what the one-pass
+        /// check must get right: repeated and escaped member names, strings
+        /// holding quotes and brackets, inexact numbers, deep nesting.
+        fn text() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                Just("0".to_owned()),
+                Just("-12".to_owned()),
+                Just("4999.5".to_owned()),
+                Just("1e400".to_owned()),
+                Just("18446744073709551616".to_owned()),
+                Just("0.10000000000000000001".to_owned()),
+                Just("true".to_owned()),
+                Just("null".to_owned()),
+                Just(r#""x\"[{,""#.to_owned()),
+                Just(r#""\u0061""#.to_owned()),
+                Just("\"é\"".to_owned()),
+            ];
+            let tree = leaf.prop_recursive(6, 48, 6, |inner| {
+                let key = prop_oneof![
+                    Just("a"),
+                    Just("b"),
+                    Just(r"\u0061"),
+                    Just(r#"\""#),
+                    Just(""),
+                    Just("a]"),
+                ];
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5)
+                        .prop_map(|items| format!("[{}]", items.join(","))),
+                    prop::collection::vec((key, inner), 0..5).prop_map(|members| {
+                        let members: Vec<String> = members
+                            .into_iter()
+                            .map(|(k, v)| format!("\"{k}\": {v}"))
+                            .collect();
+                        format!("{{{}}}", members.join(","))
+                    }),
+                ]
+            });
+            (tree, 0usize..4, any::<u8>(), any::<prop::sample::Index>()).prop_map(
+                |(doc, damage, byte, at)| {
+                    let mut bytes = doc.into_bytes();
+                    let at = at.index(bytes.len() + 1);
+                    match damage {
+                        1 => bytes.insert(at, byte),
+                        2 if at < bytes.len() => {
+                            bytes.remove(at);
+                        }
+                        _ => {}
+                    }
+                    String::from_utf8_lossy(&bytes).into_owned()
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+            #[test]
+            fn the_one_pass_check_agrees_with_the_full_walk(doc in text()) {
+                let bytes = doc.as_bytes();
+                let full = check_thoroughly(bytes);
+                if plainly_valid(bytes) {
+                    prop_assert_eq!(&full, &Ok(()));
+                }
+                prop_assert_eq!(check_no_duplicates(bytes), full.clone());
+                let reference = full.and_then(|()| {
+                    serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| JsonError {
+                        path: ".".into(),
+                        message: e.to_string(),
+                        duplicate: false,
+                    })
+                });
+                let strict = from_slice_strict::<serde_json::Value>(bytes);
+                prop_assert_eq!(strict.is_ok(), reference.is_ok());
+                if let (Ok(a), Ok(b)) = (&strict, &reference) {
+                    prop_assert_eq!(a, b);
+                }
+            }
+        }
+
+        #[test]
+        fn a_duplicate_hidden_by_an_escape_is_still_refused() {
+            let doc = br#"{"a":1,"\u0061":2}"#;
+            assert!(!plainly_valid(doc));
+            assert!(check_no_duplicates(doc).unwrap_err().duplicate);
+            let doc = br#"{"a":{"b":1},"c":[{"b":2}],"b":3}"#;
+            assert!(plainly_valid(doc), "the same name in different objects");
+            let doc = br#"{"a":{"b":1,"b":2}}"#;
+            assert!(!plainly_valid(doc));
+            assert_eq!(check_no_duplicates(doc).unwrap_err().path, "a");
         }
     }
 }

@@ -125,12 +125,7 @@ pub fn check_exact_numbers(bytes: &[u8]) -> Result<(), JsonError> {
             }
             b'-' | b'0'..=b'9' => {
                 let start = i;
-                while bytes
-                    .get(i)
-                    .is_some_and(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
-                {
-                    i += 1;
-                }
+                i = number_end(bytes, i);
                 let text = std::str::from_utf8(bytes.get(start..i).unwrap_or_default())
                     .unwrap_or_default();
                 if !is_exact(text) {
@@ -179,6 +174,92 @@ fn error(bytes: &[u8], path: &[Frame], message: String) -> JsonError {
         message,
         duplicate: false,
     }
+}
+
+/// Index just past the number literal that starts at `i`.
+fn number_end(bytes: &[u8], mut i: usize) -> usize {
+    while bytes
+        .get(i)
+        .is_some_and(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// Members an object may have for [`plainly_clean`] to compare their names
+/// pairwise; a larger object takes the full check.
+const PLAIN_MEMBERS: usize = 64;
+
+/// One pass that answers, for a document that is valid JSON, whether it
+/// certainly has no duplicate member name, no nesting deeper than
+/// [`MAX_DEPTH`] and no number that would lose precision. `false` means "not
+/// certain" (a member name with an escape, an object of more than
+/// [`PLAIN_MEMBERS`] members, or a problem): the caller then runs the full
+/// checks, which name the problem. The answer means nothing for a document
+/// that is not valid JSON, so the caller must establish that separately.
+#[must_use]
+pub(crate) fn plainly_clean(bytes: &[u8]) -> bool {
+    // Names of the members of every open object, as byte ranges; each frame
+    // is `Some(where its object's names start)`, or `None` for an array.
+    let mut names: Vec<(usize, usize)> = Vec::new();
+    let mut frames: Vec<Option<usize>> = Vec::new();
+    let mut expect_key = false;
+    let mut i = 0;
+    while let Some(&c) = bytes.get(i) {
+        match c {
+            b'{' | b'[' => {
+                if frames.len() >= MAX_DEPTH {
+                    return false;
+                }
+                frames.push((c == b'{').then_some(names.len()));
+                expect_key = c == b'{';
+                i += 1;
+            }
+            b'}' | b']' => {
+                if let Some(Some(start)) = frames.pop() {
+                    names.truncate(start);
+                }
+                expect_key = false;
+                i += 1;
+            }
+            b',' => {
+                expect_key = matches!(frames.last(), Some(Some(_)));
+                i += 1;
+            }
+            b'"' => {
+                let end = string_end(bytes, i + 1);
+                if expect_key {
+                    let (Some(Some(start)), Some(name)) =
+                        (frames.last(), bytes.get(i + 1..end.saturating_sub(1)))
+                    else {
+                        return false;
+                    };
+                    let open = names.get(*start..).unwrap_or_default();
+                    if name.contains(&b'\\')
+                        || open.len() >= PLAIN_MEMBERS
+                        || open.iter().any(|&(s, e)| bytes.get(s..e) == Some(name))
+                    {
+                        return false;
+                    }
+                    names.push((i + 1, end.saturating_sub(1)));
+                    expect_key = false;
+                }
+                i = end;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i = number_end(bytes, i);
+                let exact = std::str::from_utf8(bytes.get(start..i).unwrap_or_default())
+                    .is_ok_and(is_exact);
+                if !exact {
+                    return false;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
 }
 
 /// Index just past the closing quote of a string whose body starts at `i`.
