@@ -78,7 +78,8 @@ echo "== ${duration}s of POST /access/v1/evaluation, $conns connections over $re
 # PERF_OUT=FILE: a CPU profile of the (first) authority during the load
 # (perf record, call graphs), for `perf report -i FILE`.
 if [ -n "${PERF_OUT:-}" ]; then
-  perf record -F 499 -g -o "$PERF_OUT" -p "${servers[0]}" -- sleep "$duration" > /dev/null 2>&1 &
+  # PERF_CALL_GRAPH=dwarf for call chains through code built without frame pointers.
+  perf record -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -o "$PERF_OUT" -p "${servers[0]}" -- sleep "$duration" > /dev/null 2>&1 &
 fi
 if [ "$replicas" = 1 ]; then
   PROOFS=proofs1 wrk -t2 -c"$conns" -d"${duration}s" --latency -s decide.lua "http://$addr/access/v1/evaluation" | sed -n '1,20p'

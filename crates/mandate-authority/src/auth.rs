@@ -112,26 +112,63 @@ pub struct Trusted {
     pub claims: crate::idp::ClaimMap,
 }
 
-/// Trusted issuers.
+/// Trusted issuers, and the bearer tokens verified under their keys now.
 #[derive(Debug, Default)]
 pub struct Issuers {
     all: std::sync::RwLock<HashMap<String, Trusted>>,
+    verified: std::sync::RwLock<HashMap<[u8; 32], Verified>>,
 }
 
+/// A bearer token whose signature, issuer, audience and claims were checked,
+/// kept by the SHA-256 of the token: a caller sends the same token with
+/// every request, and verifying its signature each time would double the
+/// signature work of a decision. Only the time checks depend on when the
+/// token is used, so they run again on every use.
+#[derive(Debug, Clone)]
+struct Verified {
+    caller: Caller,
+    /// Usable from this second (`nbf` and `iat` less the leeway)…
+    from: i64,
+    /// …to this one (`exp` plus the leeway).
+    until: i64,
+}
+
+/// Most verified bearer tokens kept; the set is emptied when full.
+const VERIFIED_TOKENS: usize = 10_000;
+
 impl Issuers {
-    /// Trusts `iss` (replacing what it had).
+    /// Trusts `iss` (replacing what it had). Tokens verified before are
+    /// verified again.
     pub fn trust(&self, iss: &str, t: Trusted) {
         if let Ok(mut k) = self.all.write() {
             k.insert(iss.to_owned(), t);
         }
+        self.forget_verified();
     }
 
-    /// Replaces the keys of a trusted issuer (a JWKS fetched again).
+    /// Replaces the keys of a trusted issuer (a JWKS fetched again). Tokens
+    /// verified before are verified again: one signed by a key now gone no
+    /// longer passes.
     pub fn replace_keys(&self, iss: &str, keys: crate::idp::IssuerKeys) {
         if let Ok(mut k) = self.all.write()
             && let Some(t) = k.get_mut(iss)
         {
             t.keys = keys;
+        }
+        self.forget_verified();
+    }
+
+    /// The caller of a token verified before under the keys trusted now,
+    /// if `now` is inside its lifetime.
+    fn cached(&self, digest: &[u8; 32], now: i64) -> Option<Caller> {
+        let verified = self.verified.read().ok()?;
+        let v = verified.get(digest)?;
+        (v.from..=v.until).contains(&now).then(|| v.caller.clone())
+    }
+
+    fn forget_verified(&self) {
+        if let Ok(mut v) = self.verified.write() {
+            v.clear();
         }
     }
 
@@ -149,7 +186,11 @@ impl Issuers {
     ///
     /// # Errors
     /// 401 with what failed.
-    pub fn verify(&self, token: &str, _now: i64) -> Result<Caller, ApiError> {
+    pub fn verify(&self, token: &str, now: i64) -> Result<Caller, ApiError> {
+        let digest = mandate_core::hash::sha256(token.as_bytes());
+        if let Some(caller) = self.cached(&digest, now) {
+            return Ok(caller);
+        }
         let unauth = |m: &str| ApiError::unauthenticated(format!("token: {m}"));
         // The issuer is read before the signature is checked only to pick
         // the keys; everything it says is checked against them.
@@ -162,8 +203,43 @@ impl Issuers {
             .keys
             .verify(token, &iss, &t.audience, &["jwt", "at+jwt"])
             .map_err(|e| unauth(&e))?;
-        t.claims.caller(&iss, &claims).map_err(|e| unauth(&e))
+        let caller = t.claims.caller(&iss, &claims).map_err(|e| unauth(&e))?;
+        if let Some(window) = usable(&claims)
+            && let Ok(mut verified) = self.verified.write()
+        {
+            if verified.len() >= VERIFIED_TOKENS {
+                verified.clear();
+            }
+            verified.insert(
+                digest,
+                Verified {
+                    caller: caller.clone(),
+                    from: window.0,
+                    until: window.1,
+                },
+            );
+        }
+        Ok(caller)
     }
+}
+
+/// The seconds a verified token may be used in, as the full check counts
+/// them (`exp`, `nbf` and `iat` with the leeway); `None` (not kept) when a
+/// time claim is not a whole number of seconds.
+fn usable(claims: &serde_json::Value) -> Option<(i64, i64)> {
+    let leeway = i64::try_from(crate::idp::LEEWAY_SECS).ok()?;
+    let whole = |name: &str| -> Option<Option<i64>> {
+        match claims.get(name) {
+            None => Some(None),
+            Some(v) => v.as_i64().map(Some),
+        }
+    };
+    let until = whole("exp")??.checked_add(leeway)?;
+    let from = match (whole("nbf")?, whole("iat")?) {
+        (None, None) => i64::MIN,
+        (a, b) => a.max(b)?.checked_sub(leeway)?,
+    };
+    Some((from, until))
 }
 
 /// Mints a token from the local issuer (`mandate token`).
@@ -241,5 +317,50 @@ impl Caller {
                 self.role.as_str()
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mandate_core::keys::{Algorithm, KeySet};
+
+    use super::*;
+
+    fn trusted(key: &SigningKey) -> Trusted {
+        let mut keys = KeySet::new();
+        keys.insert(key.verifying_key().unwrap());
+        Trusted {
+            keys: crate::idp::IssuerKeys::from_keyset(&keys).unwrap(),
+            audience: AUDIENCE.to_owned(),
+            claims: crate::idp::ClaimMap::default(),
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_reused_only_inside_its_lifetime_and_under_the_same_keys() {
+        let key = SigningKey::from_seed(Algorithm::EdDSA, [7; 32]);
+        let issuers = Issuers::default();
+        issuers.trust(LOCAL_ISSUER, trusted(&key));
+        let now = now_secs();
+        let token = mint(&key, "gateway-1", Role::Enforcer, "acme", now, 600);
+        let digest = mandate_core::hash::sha256(token.as_bytes());
+        assert!(issuers.cached(&digest, now).is_none(), "unverified");
+        assert_eq!(issuers.verify(&token, now).unwrap().sub, "gateway-1");
+        assert_eq!(issuers.cached(&digest, now).unwrap().role, Role::Enforcer);
+        // The same window as the full check: `iat` and `exp`, 60 s leeway.
+        assert!(issuers.cached(&digest, now + 660).is_some());
+        assert!(issuers.cached(&digest, now + 661).is_none(), "expired");
+        assert!(issuers.cached(&digest, now - 60).is_some());
+        assert!(issuers.cached(&digest, now - 61).is_none(), "issued later");
+        // Keys replaced: the token is verified again, and refused.
+        let other = SigningKey::from_seed(Algorithm::EdDSA, [8; 32]);
+        issuers.replace_keys(LOCAL_ISSUER, trusted(&other).keys);
+        assert!(issuers.cached(&digest, now).is_none());
+        let err = issuers.verify(&token, now).unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::UNAUTHORIZED, "{err:?}");
+        // A token never verified is not answered from the cache by digest
+        // of another.
+        let forged = format!("{token}x");
+        assert!(issuers.verify(&forged, now).is_err());
     }
 }

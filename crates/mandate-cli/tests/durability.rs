@@ -320,7 +320,19 @@ fn a_checkpoint_that_cannot_be_written_does_not_wedge_the_writer() {
         let (st, r) = call(port, "PUT", "/v1/facts", &admin, &json!({"n": n}));
         assert_eq!(st, 200, "a committed change is answered as committed: {r}");
     }
-    let (st, h) = call(port, "GET", "/healthz", "", &json!(null));
+    // The checkpoint is written after the commit is answered (within
+    // `CHECKPOINT_EVERY`), so health reports its failure moments later.
+    let health_becomes = |want: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (st, h) = call(port, "GET", "/healthz", "", &json!(null));
+            if st == want || std::time::Instant::now() > deadline {
+                return (st, h);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (st, h) = health_becomes(503);
     assert_eq!(st, 503, "{h}");
     assert!(
         h["problem"]
@@ -332,7 +344,7 @@ fn a_checkpoint_that_cannot_be_written_does_not_wedge_the_writer() {
     std::fs::remove_dir(&blocker).unwrap();
     let (st, _) = call(port, "PUT", "/v1/facts", &admin, &json!({"n": 4}));
     assert_eq!(st, 200);
-    let (st, h) = call(port, "GET", "/healthz", "", &json!(null));
+    let (st, h) = health_becomes(200);
     assert_eq!(st, 200, "{h}");
     let (st, facts) = call(port, "GET", "/v1/facts", &admin, &json!(null));
     assert_eq!((st, &facts["facts"]["n"]), (200, &json!(4)));

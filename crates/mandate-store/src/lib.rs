@@ -610,14 +610,16 @@ fn run_batch(
         match r {
             Ok(v) => {
                 if i != last {
-                    conn.execute_batch(&format!("RELEASE SAVEPOINT job{next}"))?;
+                    between_jobs(conn, &["RELEASE SAVEPOINT job"], next)?;
                 }
                 results.push(Ok(v));
             }
             Err(e) => {
-                conn.execute_batch(&format!(
-                    "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job{next}"
-                ))?;
+                between_jobs(
+                    conn,
+                    &["ROLLBACK TO SAVEPOINT job", "RELEASE SAVEPOINT job"],
+                    next,
+                )?;
                 *head = saved;
                 results.push(Err(e));
             }
@@ -639,8 +641,37 @@ fn run_batch(
     Ok(())
 }
 
+/// Ends one job's savepoint with `statements` and opens the next job's when
+/// `next` is `"; SAVEPOINT job"`. SQLite runs each as a statement prepared
+/// once per connection (parsing them for every job cost more than the job's
+/// own writes); PostgreSQL gets them in one round trip.
+fn between_jobs(conn: &Connection, statements: &[&str], next: &str) -> Result<(), StoreError> {
+    match conn.dialect() {
+        Dialect::Sqlite => {
+            for sql in statements {
+                conn.execute(sql, &[])?;
+            }
+            if !next.is_empty() {
+                conn.execute("SAVEPOINT job", &[])?;
+            }
+            Ok(())
+        }
+        Dialect::Postgres => Ok(conn.execute_batch(&format!("{}{next}", statements.join("; ")))?),
+    }
+}
+
 /// The channel replicas listen on for commits (PostgreSQL).
 pub const CHANGES_CHANNEL: &str = "mandate_changes";
+
+/// How long a commit may go uncovered by a checkpoint. Checkpoints are
+/// written after the commit has been answered (a commit is durable on its
+/// own), at most this often, and whenever the writer stops; so answering a
+/// commit waits for one fsync, not three (the checkpoint file and its
+/// directory).
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long a checkpoint that could not be written waits to be tried again.
+const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn writer_loop(
     conn: &Connection,
@@ -651,24 +682,47 @@ fn writer_loop(
     health: &WriterHealth,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    // The checkpoint lags the log: written again until it succeeds (on the
-    // next batch, or every second while idle).
-    let mut checkpoint_behind = false;
+    use std::time::Instant;
+    // The checkpoint lags the log: written when `due` comes, until it
+    // succeeds; `None` when it covers the head.
+    let mut due: Option<Instant> = None;
+    let mut last_written = Instant::now().checked_sub(CHECKPOINT_EVERY);
     // Each checkpoint names the one before it.
     let mut prev_checkpoint = audit::current_checkpoint_digest(checkpoint);
+    let mut write_checkpoint =
+        |head: &AuditHead, due: &mut Option<Instant>, last_written: &mut Option<Instant>| {
+            match audit::write_checkpoint(checkpoint, head, key, &mut prev_checkpoint) {
+                Ok(()) => {
+                    *due = None;
+                    *last_written = Some(Instant::now());
+                    health.checkpoint_failing.store(false, Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit checkpoint not written; retrying");
+                    *due = Some(Instant::now() + CHECKPOINT_RETRY);
+                    health.checkpoint_failing.store(true, Relaxed);
+                }
+            }
+        };
     loop {
-        let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+        let wait = due.map_or(std::time::Duration::from_secs(1), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let first = match rx.recv_timeout(wait) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if checkpoint_behind {
-                    checkpoint_behind =
-                        audit::write_checkpoint(checkpoint, &head, key, &mut prev_checkpoint)
-                            .is_err();
-                    health.checkpoint_failing.store(checkpoint_behind, Relaxed);
+                if due.is_some_and(|d| d <= Instant::now()) {
+                    write_checkpoint(&head, &mut due, &mut last_written);
                 }
                 continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Stopping: the last commits are covered before the writer ends.
+                if due.is_some() {
+                    write_checkpoint(&head, &mut due, &mut last_written);
+                }
+                break;
+            }
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -687,23 +741,15 @@ fn writer_loop(
                 // happens to the checkpoint, and the head stays where the
                 // log is. A checkpoint that cannot be written is retried and
                 // reported by health, never turned into a failed write.
-                if head.seq != before.seq || checkpoint_behind {
-                    checkpoint_behind = match audit::write_checkpoint(
-                        checkpoint,
-                        &head,
-                        key,
-                        &mut prev_checkpoint,
-                    ) {
-                        Ok(()) => false,
-                        Err(e) => {
-                            tracing::error!(error = %e, "audit checkpoint not written; retrying");
-                            true
-                        }
-                    };
-                    health.checkpoint_failing.store(checkpoint_behind, Relaxed);
-                }
                 for (job, r) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(r);
+                }
+                if head.seq != before.seq && due.is_none() {
+                    let next = last_written.map_or_else(Instant::now, |t| t + CHECKPOINT_EVERY);
+                    due = Some(next);
+                }
+                if due.is_some_and(|d| d <= Instant::now()) {
+                    write_checkpoint(&head, &mut due, &mut last_written);
                 }
             }
             Err(e) => {
