@@ -124,10 +124,8 @@ pub fn check_exact_numbers(bytes: &[u8]) -> Result<(), JsonError> {
                 i = end;
             }
             b'-' | b'0'..=b'9' => {
-                let start = i;
-                i = number_end(bytes, i);
-                let text = std::str::from_utf8(bytes.get(start..i).unwrap_or_default())
-                    .unwrap_or_default();
+                let text;
+                (i, text) = number_at(bytes, i);
                 if !is_exact(text) {
                     return Err(error(
                         bytes,
@@ -176,15 +174,18 @@ fn error(bytes: &[u8], path: &[Frame], message: String) -> JsonError {
     }
 }
 
-/// Index just past the number literal that starts at `i`.
-fn number_end(bytes: &[u8], mut i: usize) -> usize {
+/// The number literal that starts at `start`: the index just past it, and
+/// its text (empty if it is not UTF-8, which `is_exact` refuses).
+fn number_at(bytes: &[u8], start: usize) -> (usize, &str) {
+    let mut i = start;
     while bytes
         .get(i)
         .is_some_and(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
     {
         i += 1;
     }
-    i
+    let text = std::str::from_utf8(bytes.get(start..i).unwrap_or_default()).unwrap_or_default();
+    (i, text)
 }
 
 /// Members an object may have for [`plainly_clean`] to compare their names
@@ -248,11 +249,9 @@ pub(crate) fn plainly_clean(bytes: &[u8]) -> bool {
                 i = end;
             }
             b'-' | b'0'..=b'9' => {
-                let start = i;
-                i = number_end(bytes, i);
-                let exact = std::str::from_utf8(bytes.get(start..i).unwrap_or_default())
-                    .is_ok_and(is_exact);
-                if !exact {
+                let text;
+                (i, text) = number_at(bytes, i);
+                if !is_exact(text) {
                     return false;
                 }
             }
