@@ -314,8 +314,14 @@ fn a_checkpoint_that_cannot_be_written_does_not_wedge_the_writer() {
     let (st, _) = call(port, "PUT", "/v1/facts", &admin, &json!({"n": 0}));
     assert_eq!(st, 200);
     // The checkpoint's temporary file cannot be created (as on a full disk).
+    // The checkpoint of the write above may still be in flight (it is
+    // written after the answer): wait until its temporary file is renamed.
     let blocker = data.join("audit-checkpoint.tmp");
-    std::fs::create_dir(&blocker).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = std::fs::create_dir(&blocker) {
+        assert!(std::time::Instant::now() < deadline, "{e}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for n in 1..=3 {
         let (st, r) = call(port, "PUT", "/v1/facts", &admin, &json!({"n": n}));
         assert_eq!(st, 200, "a committed change is answered as committed: {r}");
