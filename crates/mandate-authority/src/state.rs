@@ -112,16 +112,51 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, String> {
                 mandate_core::json::from_slice_strict(&bytes).map_err(|e| named(&e))?;
             SigningKey::from_private_jwk(&jwk).map_err(|e| named(&e))
         }
-        Ok(_) => create_key(path),
+        Ok(_) => {
+            let key = SigningKey::generate(Algorithm::EdDSA, &mut rand_core::OsRng);
+            write_new_key(path, &key)?;
+            Ok(key)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(path),
         Err(e) => Err(named(&e)),
     }
 }
 
+/// A new key, put in place only if no other process put one there first
+/// (`mandate serve` and `mandate token` starting together on a new data
+/// directory): the file is linked into place, never renamed over, and the
+/// loser reads the winner's key, so both sign and verify with one key.
 fn create_key(path: &Path) -> Result<SigningKey, String> {
+    let named = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let key = SigningKey::generate(Algorithm::EdDSA, &mut rand_core::OsRng);
-    write_new_key(path, &key)?;
-    Ok(key)
+    let text = serde_json::to_vec_pretty(&key.to_private_jwk()).map_err(|e| e.to_string())?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(
+        ".new-{}-{:016x}",
+        std::process::id(),
+        rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+    ));
+    let tmp = std::path::PathBuf::from(tmp_name);
+    write_private(&tmp, &text)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| named(&e))?;
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes = std::fs::read(path).map_err(|e| named(&e))?;
+            let jwk: PrivateJwk =
+                mandate_core::json::from_slice_strict(&bytes).map_err(|e| named(&e))?;
+            SigningKey::from_private_jwk(&jwk).map_err(|e| named(&e))
+        }
+        Err(e) => Err(named(&e)),
+    }
 }
 
 /// Writes a private key file (0600): a temporary file, synced, renamed into
@@ -351,7 +386,40 @@ mod tests {
     use mandate_core::pop::Nonces;
     use mandate_core::timestamp::UnixTime;
 
-    use super::nonce_key;
+    use super::{load_or_create_key, nonce_key};
+
+    #[test]
+    fn processes_creating_a_key_at_once_all_end_up_with_the_one_in_the_file() {
+        // `mandate serve` and `mandate token` on a new data directory: each
+        // may find no key and make one; only one may be put in place, and
+        // every one of them must use it.
+        for round in 0..20 {
+            let dir = std::env::temp_dir()
+                .join(format!("mandate-key-race-{}-{round}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("local-issuer.jwk");
+            let barrier = std::sync::Barrier::new(4);
+            let keys: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            let k = load_or_create_key(&path).unwrap();
+                            k.verifying_key().unwrap().kid().to_owned()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let on_disk = load_or_create_key(&path).unwrap();
+            let kid = on_disk.verifying_key().unwrap().kid().to_owned();
+            assert!(keys.iter().all(|k| *k == kid), "{keys:?} vs {kid}");
+            let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+            assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
 
     #[test]
     fn a_dpop_nonce_from_one_replica_is_accepted_by_another_and_by_no_other_authority() {

@@ -292,6 +292,43 @@ fn the_data_directory_and_everything_in_it_are_readable_by_the_owner_only() {
 }
 
 #[test]
+fn a_client_that_connects_the_moment_the_port_answers_finds_the_keys_in_force() {
+    // The port is only listened on once the data directory is open: the
+    // first connection finds the local issuer's key in the file, and a token
+    // minted from that file at that moment is accepted (before, `mandate
+    // token` could make a second key while the server made its own, and the
+    // server refused the token: "unknown kid").
+    for _ in 0..3 {
+        let data = temp().join("data");
+        let port = free_port();
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "serve exited");
+            assert!(Instant::now() < deadline, "serve did not listen");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let child = Guard(child);
+        assert!(
+            data.join("local-issuer.jwk").exists() && data.join("authority.jwk").exists(),
+            "the port answered before the keys were in place"
+        );
+        let admin = token(&data, "admin@acme.example", "admin");
+        let (st, body) = call(port, "PUT", "/v1/facts", &admin, &json!({"x": 1}));
+        assert_eq!(st, 200, "{body}");
+        stop(child);
+    }
+}
+
+#[test]
 fn an_empty_key_file_left_by_an_interrupted_first_start_does_not_wedge_the_next() {
     let data = temp().join("data");
     std::fs::create_dir_all(&data).unwrap();

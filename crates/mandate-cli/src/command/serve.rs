@@ -104,13 +104,24 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             Some(d) => format!("{}, database {}", config.data_dir.display(), d.redacted()),
             None => config.data_dir.display().to_string(),
         };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| CliError::Io {
-                path: format!("listen {addr}"),
-                message: e.to_string(),
-            })?;
-        let local = listener
+        // Bound now (so the issuer can name the port actually bound), but
+        // listening only once the data directory is open: a client that
+        // connects as soon as the port answers finds the keys, the local
+        // issuer's included, in place and in force.
+        let listen_err = |e: std::io::Error| CliError::Io {
+            path: format!("listen {addr}"),
+            message: e.to_string(),
+        };
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(listen_err)?;
+        #[cfg(unix)]
+        socket.set_reuseaddr(true).map_err(listen_err)?;
+        socket.bind(addr).map_err(listen_err)?;
+        let local = socket
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
@@ -135,6 +146,7 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
             .map_err(|e| CliError::input("invalid_config", e))?;
         }
         let state = AppState::open(config).map_err(|e| CliError::input("invalid_config", e))?;
+        let listener = socket.listen(1024).map_err(listen_err)?;
         eprintln!("mandate authority listening on {scheme}://{local} (data in {data_dir})");
         mandate_authority::serve(state, listener, shutdown_signal())
             .await
