@@ -74,6 +74,26 @@ per=$((conns / replicas)); [ "$per" -ge 2 ] || per=2
 for r in $(seq "$replicas"); do for t in 1 2; do
   "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 25000 / replicas)) > "proofs$r.$t"
 done; done
+# Every decision is durable before it is answered, so a connection waits for
+# at least one fsync per decision: with C connections in flight the rate
+# cannot pass about C / (1.5 x fsync) (a decision arriving during one group's
+# fsync waits for the rest of it and all of the next). The disk's fdatasync
+# time, measured here in the data directory, says where that bound is.
+if [ -z "${MANDATE_DATABASE:-}" ]; then
+  python3 - "$conns" <<'PY'
+import os, sys, time
+fd = os.open("fsync-probe", os.O_WRONLY | os.O_CREAT, 0o600)
+ts = []
+for _ in range(100):
+    os.write(fd, b"x" * 4096)
+    t = time.perf_counter(); os.fdatasync(fd); ts.append(time.perf_counter() - t)
+os.close(fd); os.unlink("fsync-probe")
+ts.sort(); p50 = ts[50]
+c = int(sys.argv[1])
+print(f"== this disk: fdatasync p50 {p50 * 1e3:.2f} ms, p99 {ts[98] * 1e3:.2f} ms; "
+      f"{c} connections each waiting for a commit: at most ~{c / (1.5 * p50):,.0f} decisions/s")
+PY
+fi
 echo "== ${duration}s of POST /access/v1/evaluation, $conns connections over $replicas replica(s), durable audit on, a DPoP proof checked per decision"
 # PERF_OUT=FILE: a CPU profile of the (first) authority during the load
 # (perf record, call graphs), for `perf report -i FILE`.

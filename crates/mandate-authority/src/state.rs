@@ -60,6 +60,9 @@ pub struct AppState {
     pub sessions: crate::console::Sessions,
     /// DPoP proofs seen, so each is accepted once.
     pub replay: mandate_core::pop::ReplayCache,
+    /// Checks the DPoP proof signatures of concurrent decisions together,
+    /// off the async workers.
+    pub signatures: mandate_core::batch::SignatureBatcher,
     /// Whether other replicas share the database, and this one's push lease.
     pub cluster: crate::cluster::Membership,
     /// Push streams whose delivery task runs (one task per stream).
@@ -328,6 +331,8 @@ impl AppState {
             signals: tokio::sync::Notify::new(),
             sessions: crate::console::Sessions::new(max_sessions),
             replay: mandate_core::pop::ReplayCache::default(),
+            signatures: mandate_core::batch::SignatureBatcher::start()
+                .map_err(|e| format!("signature batch thread: {e}"))?,
             cluster,
             pushers: std::sync::Mutex::new(std::collections::HashSet::new()),
             nonces: mandate_core::pop::Nonces::new(nonce_key(&authority)),

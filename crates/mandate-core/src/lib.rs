@@ -43,6 +43,7 @@
 //! ```
 
 pub mod attenuation;
+pub mod batch;
 pub mod binding;
 pub mod chain;
 pub mod condition;

@@ -200,15 +200,35 @@ pub fn check_admitted(
     cache: &ReplayCache,
     now: UnixTime,
 ) -> Result<Option<Proof>, PopError> {
+    let Some((unchecked, target)) = unchecked(chain, possession)? else {
+        return Ok(None);
+    };
+    let signed = unchecked.signed_by_holder();
+    let p = unchecked.finish(signed, &target, now)?;
+    cache.admit(&p, now)?;
+    Ok(Some(p))
+}
+
+/// The first half of [`check_admitted`]: `None` when no proof is needed
+/// (the holder itself, or bearer mode), else the proof decoded and matched
+/// to the leaf's holder key, and what it must be for. The caller checks the
+/// signature (alone or in a batch), [`UncheckedProof::finish`]es it and
+/// admits it to its replay cache.
+///
+/// # Errors
+/// [`PopError::NoHolderKey`], [`PopError::Missing`], or the proof's header
+/// is wrong.
+pub fn unchecked<'a>(
+    chain: &'a VerifiedChain,
+    possession: &Possession<'a>,
+) -> Result<Option<(UncheckedProof<'a>, ProofTarget<'a>)>, PopError> {
     let (proof, target) = match possession {
         Possession::Held | Possession::Bearer => return Ok(None),
         Possession::Proof { proof, target } => (proof, target),
     };
     let holder = chain.holder_key().ok_or(PopError::NoHolderKey)?;
     let proof = proof.ok_or(PopError::Missing)?;
-    let p = verify_proof(holder, proof, target, now)?;
-    cache.admit(&p, now)?;
-    Ok(Some(p))
+    Ok(Some((UncheckedProof::decode(holder, proof)?, *target)))
 }
 
 #[derive(Deserialize)]
@@ -254,23 +274,96 @@ pub fn verify_proof(
     target: &ProofTarget<'_>,
     now: UnixTime,
 ) -> Result<Proof, PopError> {
-    let allowed = [holder.algorithm()].into();
-    let d = jws::decode_dpop(proof, &allowed).map_err(|e| PopError::Invalid(e.to_string()))?;
+    let unchecked = UncheckedProof::decode(holder, proof)?;
+    let signed = unchecked.signed_by_holder();
+    unchecked.finish(signed, target, now)
+}
+
+/// A proof decoded and found to name the holder key, its signature not yet
+/// checked: [`verify_proof`] in two halves, so that a server can check the
+/// signatures of concurrent requests together
+/// ([`crate::batch::SignatureBatcher`]) and then [`finish`](Self::finish).
+/// The checks run in the same order, so a proof fails with the same error.
+#[derive(Debug)]
+pub struct UncheckedProof<'a> {
+    holder: &'a VerifyingKey,
+    decoded: jws::DecodedJws<'a>,
+}
+
+impl<'a> UncheckedProof<'a> {
+    /// Decodes `proof` (algorithm the holder key's, `typ` `dpop+jwt`, no
+    /// duplicate members) and checks its header names the holder key.
+    ///
+    /// # Errors
+    /// [`PopError::Invalid`] naming what is wrong.
+    pub fn decode(holder: &'a VerifyingKey, proof: &'a str) -> Result<Self, PopError> {
+        let allowed = [holder.algorithm()].into();
+        let decoded =
+            jws::decode_dpop(proof, &allowed).map_err(|e| PopError::Invalid(e.to_string()))?;
+        let named = decoded
+            .jwk
+            .as_ref()
+            .ok_or_else(|| PopError::Invalid("header: `jwk` missing".into()))?;
+        if !same_key(named, holder.jwk()) {
+            return Err(PopError::Invalid(
+                "signed by a key other than the one the mandate binds (agent.cnf.jwk)".into(),
+            ));
+        }
+        Ok(Self { holder, decoded })
+    }
+
+    /// The holder key the signature must be by.
+    #[must_use]
+    pub fn holder(&self) -> &VerifyingKey {
+        self.holder
+    }
+
+    /// The bytes the signature covers.
+    #[must_use]
+    pub fn signing_input(&self) -> &[u8] {
+        self.decoded.signing_input.as_bytes()
+    }
+
+    /// The signature.
+    #[must_use]
+    pub fn signature(&self) -> &[u8] {
+        &self.decoded.signature
+    }
+
+    /// Checks the signature here and now (one `verify_strict`).
+    #[must_use]
+    pub fn signed_by_holder(&self) -> bool {
+        self.holder.verify(self.signing_input(), self.signature())
+    }
+
+    /// The rest of the checks, given whether the signature verified: the
+    /// claims, the method and URL, `ath`, the nonce, `iat`.
+    ///
+    /// # Errors
+    /// See [`PopError`]; a signature that did not verify is `Invalid`
+    /// before anything the claims say is looked at.
+    pub fn finish(
+        self,
+        signature_valid: bool,
+        target: &ProofTarget<'_>,
+        now: UnixTime,
+    ) -> Result<Proof, PopError> {
+        if !signature_valid {
+            return Err(PopError::Invalid("signature does not verify".into()));
+        }
+        finish_claims(self.holder, &self.decoded.payload, target, now)
+    }
+}
+
+fn finish_claims(
+    holder: &VerifyingKey,
+    payload: &[u8],
+    target: &ProofTarget<'_>,
+    now: UnixTime,
+) -> Result<Proof, PopError> {
     let holder_jwk = holder.jwk();
-    let named = d
-        .jwk
-        .as_ref()
-        .ok_or_else(|| PopError::Invalid("header: `jwk` missing".into()))?;
-    if !same_key(named, holder_jwk) {
-        return Err(PopError::Invalid(
-            "signed by a key other than the one the mandate binds (agent.cnf.jwk)".into(),
-        ));
-    }
-    if !holder.verify(d.signing_input.as_bytes(), &d.signature) {
-        return Err(PopError::Invalid("signature does not verify".into()));
-    }
-    let claims: ProofClaims = serde_json::from_slice(&d.payload)
-        .map_err(|e| PopError::Invalid(format!("claims: {e}")))?;
+    let claims: ProofClaims =
+        serde_json::from_slice(payload).map_err(|e| PopError::Invalid(format!("claims: {e}")))?;
     if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_BYTES {
         return Err(PopError::Invalid(format!(
             "jti: must be 1 to {MAX_JTI_BYTES} bytes"

@@ -48,7 +48,9 @@ fn multi_threaded() -> bool {
 /// evaluations of one batch answer one request the enforcement point
 /// received, so they share its proof: admitted to the replay cache once,
 /// at its first use in the batch (`batch` holds what this batch admitted).
-fn check_pop(
+/// The signature is checked on the signature batcher's thread, with those
+/// of the decisions running at the same time.
+async fn check_pop(
     s: &AppState,
     chain: &mandate_core::chain::VerifiedChain,
     req: &EvaluationRequest,
@@ -58,33 +60,52 @@ fn check_pop(
     fresh: &mut Option<(String, i64)>,
 ) -> Option<pop::PopError> {
     let possession = pop::from_context(req, token);
-    if let pop::Possession::Proof {
-        proof: Some(proof),
-        target,
-    } = &possession
-        && batch.iter().any(|p| p == proof)
-    {
-        let holder = chain.holder_key()?;
-        return pop::verify_proof(holder, proof, target, now).err();
-    }
-    let failure = match pop::check_admitted(chain, &possession, &s.replay, now) {
-        Ok(admitted) => {
-            // With replicas, the decision's commit also records the proof
-            // where every replica sees it (kept past any acceptable `iat`).
-            *fresh = admitted.map(|p| {
-                (
-                    hex::encode(p.replay_key()),
-                    p.iat.saturating_add(POP_SEEN_SECS).saturating_mul(1000),
-                )
-            });
-            None
-        }
-        Err(e) => Some(e),
+    let (unchecked, target) = match pop::unchecked(chain, &possession) {
+        Ok(Some(u)) => u,
+        Ok(None) => return None,
+        Err(e) => return Some(e),
     };
-    if let (None, pop::Possession::Proof { proof: Some(p), .. }) = (&failure, &possession) {
-        batch.push((*p).to_owned());
+    let signed = signed_by_holder(s, &unchecked).await;
+    let proof = unchecked.finish(signed, &target, now);
+    let proof = match proof {
+        Err(e) => return Some(e),
+        Ok(p) => p,
+    };
+    let pop::Possession::Proof {
+        proof: Some(text), ..
+    } = possession
+    else {
+        return None;
+    };
+    if batch.iter().any(|p| p == text) {
+        return None;
     }
-    failure
+    if let Err(e) = s.replay.admit(&proof, now) {
+        return Some(e);
+    }
+    // With replicas, the decision's commit also records the proof where
+    // every replica sees it (kept past any acceptable `iat`).
+    *fresh = Some((
+        hex::encode(proof.replay_key()),
+        proof.iat.saturating_add(POP_SEEN_SECS).saturating_mul(1000),
+    ));
+    batch.push(text.to_owned());
+    None
+}
+
+/// Whether the proof's signature is the holder's, checked by the batcher;
+/// `false` (deny) if the batcher never answers.
+async fn signed_by_holder(s: &AppState, unchecked: &pop::UncheckedProof<'_>) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.signatures.submit(
+        unchecked.holder(),
+        unchecked.signing_input(),
+        unchecked.signature(),
+        Box::new(move |ok| {
+            let _ = tx.send(ok);
+        }),
+    );
+    rx.await.unwrap_or(false)
 }
 
 /// How long past its `iat` a proof is remembered by every replica: longer
@@ -133,7 +154,7 @@ async fn evaluate_one(
             // the method and URL it was sent for; checked for known roots only.
             let pop_failure = match (&snapshot, s.config.proof_of_possession) {
                 (Some(_), pop::Mode::Required) => {
-                    check_pop(s, chain, req, token, now, batch, &mut fresh_proof)
+                    check_pop(s, chain, req, token, now, batch, &mut fresh_proof).await
                 }
                 _ => None,
             };
@@ -287,15 +308,18 @@ pub async fn search_action(
                 None => reasons.push("unknown_mandate".into()),
                 Some(snap) => {
                     let pop_failure = match s.config.proof_of_possession {
-                        pop::Mode::Required => check_pop(
-                            &s,
-                            &chain,
-                            &probe,
-                            token.as_deref(),
-                            now,
-                            &mut Vec::new(),
-                            &mut None,
-                        ),
+                        pop::Mode::Required => {
+                            check_pop(
+                                &s,
+                                &chain,
+                                &probe,
+                                token.as_deref(),
+                                now,
+                                &mut Vec::new(),
+                                &mut None,
+                            )
+                            .await
+                        }
                         pop::Mode::Bearer => None,
                     };
                     if let Some(e) = pop_failure {

@@ -535,3 +535,67 @@ fn an_agent_runtime_asks_which_actions_it_may_take_on_a_resource_now() {
     );
     assert!(search(Some(proof("POST", URL, None))).is_empty());
 }
+
+/// The holder's header on a proof signed by `thief` (so it passes the key
+/// match and fails only at the signature).
+fn spliced(thief: &SigningKey, jti: &str) -> String {
+    let honest = proof("POST", URL, None);
+    let forged = mandate_core::pop::make_proof(thief, "POST", URL, None, jti, now());
+    let head = honest.split('.').next().unwrap();
+    let rest = forged.split_once('.').unwrap().1;
+    format!("{head}.{rest}")
+}
+
+#[test]
+fn concurrent_decisions_whose_proofs_are_checked_together_each_get_their_own_answer() {
+    // The signatures of decisions arriving together are verified as one
+    // batch; a forged one among them must fail alone, and the honest ones
+    // beside it must pass.
+    let s = Server::start("pop-batch");
+    let c = Cast::new(&s);
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let thief = SigningKey::from_seed(Algorithm::EdDSA, [9; 32]);
+    let answers: Vec<(bool, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let (s, c, mandate, thief) = (&s, &c, &mandate, &thief);
+                scope.spawn(move || {
+                    (0..12)
+                        .map(|i| {
+                            let honest = (t + i) % 3 != 0;
+                            let p = if honest {
+                                proof("POST", URL, None)
+                            } else if i % 2 == 0 {
+                                spliced(thief, &format!("forged-{t}-{i}"))
+                            } else {
+                                // The holder's proof with one signature byte changed.
+                                let good = proof("POST", URL, None);
+                                let (signed, sig) = good.rsplit_once('.').unwrap();
+                                let flipped = if sig.starts_with('A') { "B" } else { "A" };
+                                format!("{signed}.{flipped}{}", &sig[1..])
+                            };
+                            (honest, evaluate(s, c, &with_proof(mandate, Some(p))))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(answers.len(), 72);
+    for (honest, d) in answers {
+        if honest {
+            assert_eq!(d["decision"], true, "{d}");
+        } else {
+            assert_eq!(reasons(&d), ["pop_invalid"], "{d}");
+        }
+    }
+}
