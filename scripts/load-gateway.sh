@@ -3,14 +3,19 @@
 # proxy_pass, through the mandate gateway, and through nginx with the
 # gateway's auth_request (deploy/nginx/mandate.conf). One run, same machine.
 #   scripts/load-gateway.sh [DURATION=10] [CONNECTIONS=32]
+# MANDATE_BIN=path runs that build instead of building this tree.
 # ONLY=upstream,proxy,gateway,auth picks the runs (all by default); ROUNDS=3
 # rounds take turns so that the machine's drift hits every target alike.
 # Needs wrk, nginx and curl (Debian packages).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
-cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
-bin="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
+if [ -n "${MANDATE_BIN:-}" ]; then
+  bin="$MANDATE_BIN"  # another build, for before/after runs
+else
+  cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
+  bin="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
+fi
 work="$(mktemp -d)"; pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT

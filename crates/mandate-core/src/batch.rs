@@ -5,8 +5,10 @@
 //! than `n` single checks (one multi-scalar multiplication instead of `n`
 //! double-scalar ones), so a [`SignatureBatcher`] runs a thread that takes
 //! every signature waiting when it is free, checks them as one batch, and
-//! answers each caller. Alone, a signature is checked alone (no waiting for
-//! company: the batch is whatever queued during the previous one).
+//! answers each caller. A signature submitted while nothing else is being
+//! checked is checked at once by its caller (no thread hop for a lone
+//! request); one submitted while others are joins the next batch, which is
+//! whatever queued during the previous one (nothing waits for company).
 //!
 //! A batch that fails is checked again one signature at a time with
 //! `verify_strict`, so exactly the bad ones fail. Batch verification is
@@ -16,8 +18,12 @@
 //! see [`crate::chain`]). Small-order keys never get here: keys are refused
 //! when decoded.
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::thread;
 
 use crate::keys::VerifyingKey;
@@ -40,6 +46,8 @@ pub const MAX_BATCH: usize = 64;
 /// stops the thread after it answered everything queued.
 pub struct SignatureBatcher {
     tx: Mutex<Option<mpsc::Sender<Pending>>>,
+    /// Signatures being checked now, here or on the thread.
+    busy: Arc<AtomicUsize>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
@@ -56,21 +64,32 @@ impl SignatureBatcher {
     /// When the thread cannot be started.
     pub fn start() -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Pending>();
+        let busy = Arc::new(AtomicUsize::new(0));
+        let done = Arc::clone(&busy);
         let thread = thread::Builder::new()
             .name("mandate-sig-batch".into())
-            .spawn(move || run(&rx))?;
+            .spawn(move || run(&rx, &done))?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
+            busy,
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// Verifies `sig` over `msg` by `key` and calls `answer` with the result,
-    /// on the batcher's thread. A key that cannot be batched (P-256), or a
-    /// batcher that has stopped, is checked here, at once.
+    /// Verifies `sig` over `msg` by `key` and calls `answer` with the result.
+    /// When nothing else is being checked the signature is checked here, at
+    /// once (a lone request waits for no thread); otherwise it joins the
+    /// next batch on the batcher's thread. A key that cannot be batched
+    /// (P-256), or a batcher that has stopped, is checked here too.
     pub fn submit(&self, key: &VerifyingKey, msg: &[u8], sig: &[u8], answer: Answer) {
         if key.ed25519().is_none() {
             answer(key.verify(msg, sig));
+            return;
+        }
+        if self.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            let ok = key.verify(msg, sig);
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            answer(ok);
             return;
         }
         let pending = Pending {
@@ -87,8 +106,96 @@ impl SignatureBatcher {
             Err(_) => Err(pending),
         };
         if let Err(p) = sent {
-            (p.answer)(p.key.verify(&p.msg, &p.sig));
+            let ok = p.key.verify(&p.msg, &p.sig);
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            (p.answer)(ok);
         }
+    }
+}
+
+impl SignatureBatcher {
+    /// [`submit`](Self::submit) as a future (for any async runtime): whether
+    /// the signature verified; `false` if the batcher dropped it unanswered.
+    pub fn verify(&self, key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Verified {
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let answerer = Answerer(Arc::clone(&slot));
+        let answer: Answer = Box::new(move |ok| answerer.answer(ok));
+        self.submit(key, msg, sig, answer);
+        Verified { slot }
+    }
+
+    /// Checks a DPoP proof's signature ([`crate::pop::UncheckedProof`]) in
+    /// the batch.
+    pub fn verify_proof(&self, proof: &crate::pop::UncheckedProof<'_>) -> Verified {
+        self.verify(proof.holder(), proof.signing_input(), proof.signature())
+    }
+}
+
+/// Fills the slot; dropped unanswered (a batcher that died), it says so,
+/// so the waiting request is denied instead of waiting for ever.
+struct Answerer(Arc<Mutex<Slot>>);
+
+impl Answerer {
+    fn answer(&self, ok: bool) {
+        self.settle(Some(ok));
+    }
+
+    fn settle(&self, answer: Option<bool>) {
+        if let Ok(mut s) = self.0.lock() {
+            if s.answer.is_some() || s.dropped {
+                return;
+            }
+            match answer {
+                Some(ok) => s.answer = Some(ok),
+                None => s.dropped = true,
+            }
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Drop for Answerer {
+    fn drop(&mut self) {
+        self.settle(None);
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    answer: Option<bool>,
+    waker: Option<std::task::Waker>,
+    /// The answering closure was dropped without answering.
+    dropped: bool,
+}
+
+/// The answer of [`SignatureBatcher::verify`], when it comes.
+pub struct Verified {
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified").finish_non_exhaustive()
+    }
+}
+
+impl Future for Verified {
+    type Output = bool;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let Ok(mut s) = self.slot.lock() else {
+            return Poll::Ready(false);
+        };
+        if let Some(ok) = s.answer {
+            return Poll::Ready(ok);
+        }
+        if s.dropped {
+            return Poll::Ready(false);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -105,7 +212,7 @@ impl Drop for SignatureBatcher {
     }
 }
 
-fn run(rx: &mpsc::Receiver<Pending>) {
+fn run(rx: &mpsc::Receiver<Pending>, busy: &AtomicUsize) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -118,6 +225,7 @@ fn run(rx: &mpsc::Receiver<Pending>) {
         let all = batch.len() > 1 && verify_together(&batch);
         for p in batch.drain(..) {
             let ok = all || p.key.verify(&p.msg, &p.sig);
+            busy.fetch_sub(1, Ordering::AcqRel);
             (p.answer)(ok);
         }
     }
@@ -158,6 +266,10 @@ mod tests {
     #[test]
     fn every_signature_gets_its_own_answer_whatever_else_is_in_its_batch() {
         let batcher = SignatureBatcher::start().unwrap();
+        // As if one were being checked: every signature goes to the thread.
+        batcher
+            .busy
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let (tx, rx) = mpsc::channel();
         // 300 signatures from 8 threads at once: every fifth is bad (signed
         // by another key, or over other bytes, or not 64 bytes), so most
@@ -195,6 +307,39 @@ mod tests {
         for (i, ok, good) in answers {
             assert_eq!(ok, good, "signature {i}");
         }
+    }
+
+    /// Polls a future to its end on this thread.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn the_future_answers_as_the_batch_does_and_denies_when_nobody_answers() {
+        let batcher = SignatureBatcher::start().unwrap();
+        let k = key(4);
+        let vk = k.verifying_key().unwrap();
+        assert!(block_on(batcher.verify(&vk, b"m", &k.sign(b"m"))));
+        assert!(!block_on(batcher.verify(&vk, b"m", &k.sign(b"x"))));
+        // An answer dropped unanswered (a batcher that died) is a deny, not
+        // a request waiting for ever.
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(super::Slot::default()));
+        drop(super::Answerer(std::sync::Arc::clone(&slot)));
+        assert!(!block_on(super::Verified { slot }));
     }
 
     #[test]

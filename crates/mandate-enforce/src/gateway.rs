@@ -486,7 +486,7 @@ impl Gateway {
 
     /// Decides a request described by method, path, headers; `url` is the
     /// URL the agent called (what its DPoP proof must name).
-    fn decide(&self, method: &Method, uri: &Uri, url: &str, headers: &HeaderMap) -> Decision {
+    async fn decide(&self, method: &Method, uri: &Uri, url: &str, headers: &HeaderMap) -> Decision {
         let path = uri.path();
         let Some((route, props)) = self
             .routes
@@ -531,7 +531,9 @@ impl Gateway {
             _ => Some(""),
         };
         let possession = self.point.possession(proof, method.as_str(), url, token);
-        self.point.decide(mandate, &request, token, possession)
+        self.point
+            .decide_batched(mandate, &request, token, possession)
+            .await
     }
 }
 
@@ -641,7 +643,9 @@ fn problem(d: &Decision) -> Response {
 
 async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let url = format!("{}{}", gw.origin, req.uri().path());
-    let d = gw.decide(req.method(), req.uri(), &url, req.headers());
+    let d = gw
+        .decide(req.method(), req.uri(), &url, req.headers())
+        .await;
     let d = gw.point.fulfil(d).await;
     gw.ship(req.method(), req.uri(), &d);
     if !d.allow {
@@ -710,7 +714,7 @@ async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     };
     let d = gw
         .point
-        .fulfil(gw.decide(&method, &uri, &url, &headers))
+        .fulfil(gw.decide(&method, &uri, &url, &headers).await)
         .await;
     gw.ship(&method, &uri, &d);
     let status = if d.allow {

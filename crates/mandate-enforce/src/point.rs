@@ -209,6 +209,8 @@ pub struct Point {
     push_authorization: String,
     /// DPoP proofs seen, so each is accepted once.
     replay: ReplayCache,
+    /// Checks the proof signatures of concurrent requests together.
+    signatures: mandate_core::batch::SignatureBatcher,
     /// This point's server nonces (used when `dpop_nonce`).
     nonces: Nonces,
     mode: Mode,
@@ -311,6 +313,8 @@ impl Point {
             shipper,
             push_authorization,
             replay: ReplayCache::default(),
+            signatures: mandate_core::batch::SignatureBatcher::start()
+                .map_err(|e| format!("signature batch thread: {e}"))?,
             nonces: {
                 let mut key = [0u8; 32];
                 rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
@@ -415,6 +419,36 @@ impl Point {
             },
             now_unix(),
         )
+    }
+
+    /// As [`decide`](Self::decide), for a server deciding many requests at
+    /// once: the proof's signature is checked with those of the requests
+    /// decided at the same time (one Ed25519 batch, on the batcher's
+    /// thread), everything else as `decide` does, in the same order.
+    pub async fn decide_batched(
+        &self,
+        presented: &str,
+        request: &EvaluationRequest,
+        token: Option<&str>,
+        possession: Possession<'_>,
+    ) -> Decision {
+        let now = now_unix();
+        let chain = match self.verifier.verify(presented) {
+            Ok(c) => c,
+            Err(e) => return Decision::from_chain_error(&e),
+        };
+        let pop_failure = match mandate_core::pop::unchecked(&chain, &possession) {
+            Ok(None) => None,
+            Err(e) => Some(e),
+            Ok(Some((unchecked, target))) => {
+                let signed = self.signatures.verify_proof(&unchecked).await;
+                unchecked
+                    .finish(signed, &target, now)
+                    .and_then(|p| self.replay.admit(&p, now))
+                    .err()
+            }
+        };
+        crate::replica::decide_verified(&chain, &self.replica, request, token, pop_failure, now)
     }
 
     /// Checks possession alone (no action decided): `None` when proven.

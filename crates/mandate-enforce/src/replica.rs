@@ -462,9 +462,23 @@ pub fn decide_with(
         Err(e) => return Decision::from_chain_error(&e),
     };
     let pop_failure = pop::check(&chain, &proved.possession, proved.cache, now);
+    decide_verified(&chain, replica, request, token, pop_failure, now)
+}
+
+/// Decides with the replica for a chain already verified, possession
+/// already checked (`pop_failure`, the reason it was not proved).
+#[must_use]
+pub fn decide_verified(
+    chain: &mandate_core::chain::VerifiedChain,
+    replica: &Replica,
+    request: &EvaluationRequest,
+    token: Option<&str>,
+    pop_failure: Option<pop::PopError>,
+    now: UnixTime,
+) -> Decision {
     let mut d = match replica.fresh_snapshot() {
         Some(snap) => off_worker(chain.iterates(), || {
-            decide(&chain, request, token, &snap, now)
+            decide(chain, request, token, &snap, now)
         }),
         None => Decision {
             allow: false,

@@ -65,7 +65,7 @@ async fn check_pop(
         Ok(None) => return None,
         Err(e) => return Some(e),
     };
-    let signed = signed_by_holder(s, &unchecked).await;
+    let signed = s.signatures.verify_proof(&unchecked).await;
     let proof = unchecked.finish(signed, &target, now);
     let proof = match proof {
         Err(e) => return Some(e),
@@ -91,21 +91,6 @@ async fn check_pop(
     ));
     batch.push(text.to_owned());
     None
-}
-
-/// Whether the proof's signature is the holder's, checked by the batcher;
-/// `false` (deny) if the batcher never answers.
-async fn signed_by_holder(s: &AppState, unchecked: &pop::UncheckedProof<'_>) -> bool {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    s.signatures.submit(
-        unchecked.holder(),
-        unchecked.signing_input(),
-        unchecked.signature(),
-        Box::new(move |ok| {
-            let _ = tx.send(ok);
-        }),
-    );
-    rx.await.unwrap_or(false)
 }
 
 /// How long past its `iat` a proof is remembered by every replica: longer
