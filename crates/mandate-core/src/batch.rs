@@ -129,6 +129,26 @@ impl SignatureBatcher {
     pub fn verify_proof(&self, proof: &crate::pop::UncheckedProof<'_>) -> Verified {
         self.verify(proof.holder(), proof.signing_input(), proof.signature())
     }
+
+    /// [`crate::pop::check_admitted`] with the signature checked in the
+    /// batch, and without the replay cache: the proof that proves possession
+    /// for `chain`'s leaf (`None` when none is needed), for the caller to
+    /// admit to its replay cache.
+    ///
+    /// # Errors
+    /// Why possession is not proved, as `check_admitted` says it.
+    pub async fn prove_possession(
+        &self,
+        chain: &crate::chain::VerifiedChain,
+        possession: &crate::pop::Possession<'_>,
+        now: crate::timestamp::UnixTime,
+    ) -> Result<Option<crate::pop::Proof>, crate::pop::PopError> {
+        let Some((unchecked, target)) = crate::pop::unchecked(chain, possession)? else {
+            return Ok(None);
+        };
+        let signed = self.verify_proof(&unchecked).await;
+        unchecked.finish(signed, &target, now).map(Some)
+    }
 }
 
 /// Fills the slot; dropped unanswered (a batcher that died), it says so,

@@ -437,16 +437,14 @@ impl Point {
             Ok(c) => c,
             Err(e) => return Decision::from_chain_error(&e),
         };
-        let pop_failure = match mandate_core::pop::unchecked(&chain, &possession) {
+        let pop_failure = match self
+            .signatures
+            .prove_possession(&chain, &possession, now)
+            .await
+        {
             Ok(None) => None,
+            Ok(Some(proof)) => self.replay.admit(&proof, now).err(),
             Err(e) => Some(e),
-            Ok(Some((unchecked, target))) => {
-                let signed = self.signatures.verify_proof(&unchecked).await;
-                unchecked
-                    .finish(signed, &target, now)
-                    .and_then(|p| self.replay.admit(&p, now))
-                    .err()
-            }
         };
         crate::replica::decide_verified(&chain, &self.replica, request, token, pop_failure, now)
     }

@@ -60,16 +60,10 @@ async fn check_pop(
     fresh: &mut Option<(String, i64)>,
 ) -> Option<pop::PopError> {
     let possession = pop::from_context(req, token);
-    let (unchecked, target) = match pop::unchecked(chain, &possession) {
-        Ok(Some(u)) => u,
+    let proof = match s.signatures.prove_possession(chain, &possession, now).await {
+        Ok(Some(p)) => p,
         Ok(None) => return None,
         Err(e) => return Some(e),
-    };
-    let signed = s.signatures.verify_proof(&unchecked).await;
-    let proof = unchecked.finish(signed, &target, now);
-    let proof = match proof {
-        Err(e) => return Some(e),
-        Ok(p) => p,
     };
     let pop::Possession::Proof {
         proof: Some(text), ..

@@ -24,6 +24,19 @@ fn with_proof(mandate: &str, proof: Option<String>) -> Value {
     req
 }
 
+/// The cast, with the contingency program active and a procurement
+/// mandate granted: (cast, mandate).
+fn active_procurement_mandate(s: &Server) -> (Cast, String) {
+    let c = Cast::new(s);
+    set_facts(
+        s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let (_, mandate) = grant(s, &c, &procurement_request("vp@acme.example"));
+    (c, mandate)
+}
+
 fn evaluate(s: &Server, c: &Cast, req: &Value) -> Value {
     let (st, d) = s.call(
         "POST",
@@ -38,13 +51,7 @@ fn evaluate(s: &Server, c: &Cast, req: &Value) -> Value {
 #[test]
 fn a_mandate_is_used_only_with_a_fresh_proof_by_its_holder_key() {
     let s = Server::start("pop-authzen");
-    let c = Cast::new(&s);
-    set_facts(
-        &s,
-        &c,
-        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
-    );
-    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (c, mandate) = active_procurement_mandate(&s);
 
     // The mandate alone: a copied string is not enough.
     let d = evaluate(&s, &c, &with_proof(&mandate, None));
@@ -138,13 +145,7 @@ fn bearer_mode_is_an_explicit_setting_and_then_the_mandate_alone_is_enough() {
     let s = Server::start_configured(dir, |cfg| {
         cfg.proof_of_possession = mandate_core::pop::Mode::Bearer;
     });
-    let c = Cast::new(&s);
-    set_facts(
-        &s,
-        &c,
-        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
-    );
-    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (c, mandate) = active_procurement_mandate(&s);
     let d = evaluate(&s, &c, &with_proof(&mandate, None));
     assert_eq!(d["decision"], true, "{d}");
 }
@@ -490,13 +491,7 @@ fn with_nonces_on_the_token_endpoint_asks_for_its_nonce_first() {
 #[test]
 fn an_agent_runtime_asks_which_actions_it_may_take_on_a_resource_now() {
     let s = Server::start("action-search");
-    let c = Cast::new(&s);
-    set_facts(
-        &s,
-        &c,
-        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
-    );
-    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (c, mandate) = active_procurement_mandate(&s);
     let (st, cfg) = s.call("GET", "/.well-known/authzen-configuration", None, None);
     assert_eq!(st, 200);
     assert_eq!(
@@ -552,13 +547,7 @@ fn concurrent_decisions_whose_proofs_are_checked_together_each_get_their_own_ans
     // batch; a forged one among them must fail alone, and the honest ones
     // beside it must pass.
     let s = Server::start("pop-batch");
-    let c = Cast::new(&s);
-    set_facts(
-        &s,
-        &c,
-        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
-    );
-    let (_, mandate) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (c, mandate) = active_procurement_mandate(&s);
     let thief = SigningKey::from_seed(Algorithm::EdDSA, [9; 32]);
     let answers: Vec<(bool, Value)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..6)
