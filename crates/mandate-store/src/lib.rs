@@ -233,6 +233,30 @@ impl Tx<'_> {
             body,
         )
     }
+
+    /// As [`audit`](Self::audit) for a body its caller made canonical
+    /// beforehand (off the writer): the record's sequence number. The
+    /// record and its hash are the same as `audit` would make.
+    ///
+    /// # Errors
+    /// When the insert fails.
+    pub fn audit_canonical(
+        &mut self,
+        tenant: Option<&str>,
+        kind: &str,
+        mandate_id: Option<&str>,
+        body: &audit::CanonicalBody,
+    ) -> Result<i64, StoreError> {
+        audit::append_canonical(
+            self.conn,
+            self.head,
+            self.now_ms,
+            tenant,
+            kind,
+            mandate_id,
+            body,
+        )
+    }
 }
 
 type JobFn =

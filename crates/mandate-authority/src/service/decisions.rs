@@ -52,6 +52,15 @@ pub async fn record(s: &AppState, o: Outcome) -> Result<(bool, i64, Vec<String>)
         one_time,
         fresh_proof,
     } = o;
+    // The record as it will read unless the commit changes the outcome,
+    // made canonical here (on the caller's worker, in parallel) rather than
+    // on the single writer.
+    let mut body = record;
+    if let Some(b) = body.as_object_mut() {
+        b.insert("obligations".into(), obligations);
+    }
+    outcome(&mut body, allow, &reasons);
+    let prepared = mandate_store::audit::CanonicalBody::new(&body)?;
     Ok(s.store
         .write(move |tx| {
             // A proof another replica accepted already is a replay here.
@@ -65,26 +74,35 @@ pub async fn record(s: &AppState, o: Outcome) -> Result<(bool, i64, Vec<String>)
                 _ => false,
             };
             // A one-time mandate is consumed in the same commit as the allow.
-            let (allow, reasons) = match (&one_time, allow) {
-                _ if replayed => (false, vec!["pop_replayed".to_owned()]),
+            let (changed, allow, reasons) = match (&one_time, allow) {
+                _ if replayed => (true, false, vec!["pop_replayed".to_owned()]),
                 (Some(id), true) if consume_in(tx, &tenant, id, &enforcer)? != Consumption::Now => {
-                    (false, vec!["one_time_used".to_owned()])
+                    (true, false, vec!["one_time_used".to_owned()])
                 }
-                _ => (allow, reasons),
+                _ => (false, allow, reasons),
             };
-            let mut body = record;
-            if let Some(b) = body.as_object_mut() {
-                b.insert(
-                    "decision".into(),
-                    json!(if allow { "allow" } else { "deny" }),
-                );
-                b.insert("reasons".into(), json!(reasons));
-                b.insert("obligations".into(), obligations);
-            }
-            let rec = tx.audit(Some(&tenant), "decision", leaf.as_deref(), body)?;
-            Ok((allow, rec.seq, reasons))
+            let seq = if changed {
+                let mut body = body;
+                outcome(&mut body, allow, &reasons);
+                tx.audit(Some(&tenant), "decision", leaf.as_deref(), body)?
+                    .seq
+            } else {
+                tx.audit_canonical(Some(&tenant), "decision", leaf.as_deref(), &prepared)?
+            };
+            Ok((allow, seq, reasons))
         })
         .await?)
+}
+
+/// Sets what a decision record says was decided, and why.
+fn outcome(body: &mut Value, allow: bool, reasons: &[String]) {
+    if let Some(b) = body.as_object_mut() {
+        b.insert(
+            "decision".into(),
+            json!(if allow { "allow" } else { "deny" }),
+        );
+        b.insert("reasons".into(), json!(reasons));
+    }
 }
 
 /// Appends a shipment of `records` (from `source`, numbered from `first`)
