@@ -10,6 +10,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::response::IntoResponse as _;
 use mandate_core::decision::{Decision, Obligation, decide};
 use mandate_core::pop;
 use mandate_core::request::EvaluationRequest;
@@ -97,7 +98,7 @@ async fn evaluate_one(
     caller: &Caller,
     req: &EvaluationRequest,
     batch: &mut Vec<String>,
-) -> Result<Value, ApiError> {
+) -> Result<super::wire::DecisionAnswer, ApiError> {
     let started = Instant::now();
     let mut fresh_proof: Option<(String, i64)> = None;
     let props = subject_props(req);
@@ -215,7 +216,7 @@ async fn evaluate_one(
         &decision.reasons,
         started.elapsed().as_secs_f64(),
     );
-    serde_json::to_value(super::wire::DecisionAnswer {
+    Ok(super::wire::DecisionAnswer {
         decision: decision.allow,
         context: super::wire::DecisionContext {
             reasons: decision.reasons,
@@ -225,7 +226,6 @@ async fn evaluate_one(
             error: None,
         },
     })
-    .map_err(ApiError::internal)
 }
 
 /// An action search (AuthZEN 1.0 Search API): the subject, the resource and
@@ -355,10 +355,11 @@ pub async fn evaluation(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::wire::DecisionAnswer>, ApiError> {
     caller.require(&[Role::Enforcer])?;
     let req: EvaluationRequest = parse_body(&body)?;
     check_subject(&req).map_err(ApiError::bad_request)?;
+    // Written straight from the answer (no intermediate JSON tree).
     evaluate_one(&s, &caller, &req, &mut Vec::new())
         .await
         .map(Json)
@@ -403,7 +404,7 @@ pub async fn evaluations(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     caller.require(&[Role::Enforcer])?;
     let batch: Batch = parse_body(&body)?;
     if batch.evaluations.len() > 256 {
@@ -437,7 +438,7 @@ pub async fn evaluations(
         check_subject(&req).map_err(ApiError::bad_request)?;
         return evaluate_one(&s, &caller, &req, &mut Vec::new())
             .await
-            .map(Json);
+            .map(|a| Json(a).into_response());
     }
     let defaults = json!({"subject": batch.subject, "action": batch.action, "resource": batch.resource, "context": batch.context});
     let items = batch.evaluations;
@@ -469,7 +470,7 @@ pub async fn evaluations(
                 .await?;
                 s.metrics
                     .decision(false, &["invalid_request".to_owned()], 0.0);
-                serde_json::to_value(super::wire::DecisionAnswer {
+                super::wire::DecisionAnswer {
                     decision: false,
                     context: super::wire::DecisionContext {
                         reasons: vec!["invalid_request".to_owned()],
@@ -481,11 +482,10 @@ pub async fn evaluations(
                             message,
                         }),
                     },
-                })
-                .map_err(ApiError::internal)?
+                }
             }
         };
-        let decision = result.get("decision") == Some(&Value::Bool(true));
+        let decision = result.decision;
         out.push(result);
         if (semantic == "deny_on_first_deny" && !decision)
             || (semantic == "permit_on_first_permit" && decision)
@@ -493,7 +493,7 @@ pub async fn evaluations(
             break;
         }
     }
-    Ok(Json(json!({"evaluations": out})))
+    Ok(Json(super::wire::EvaluationsAnswer { evaluations: out }).into_response())
 }
 
 /// Decisions an enforcement point made locally: `source` names the series

@@ -198,6 +198,14 @@ pub struct FactsChanged {
     pub changed: Vec<MandateId>,
 }
 
+/// AuthZEN batch decisions: one answer per evaluation, in order (fewer when
+/// a short-circuit semantic stopped early).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EvaluationsAnswer {
+    /// The answers.
+    pub evaluations: Vec<DecisionAnswer>,
+}
+
 /// An AuthZEN decision (one evaluation).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct DecisionAnswer {
