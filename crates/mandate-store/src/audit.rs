@@ -258,23 +258,18 @@ pub(crate) fn append(
         "mandate_id": mandate_id, "body": body,
     });
     let text = canonical(&record)?;
-    let hash = chain_hash(&head.hash, &text);
-    conn.prepare_cached(
-        "INSERT INTO audit (seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(
-        params![seq, at_ms, tenant, kind, mandate_id, text, head.hash, hash],
-    )?;
     let body = match record {
         Value::Object(mut o) => o.remove("body").unwrap_or(Value::Null),
         _ => Value::Null,
     };
-    let mut index = conn.prepare_cached(
-        "INSERT INTO audit_refs (mandate_id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-    )?;
-    for id in refs(kind, mandate_id, &body) {
-        index.execute(params![id, seq])?;
-    }
+    let row = Row {
+        seq,
+        at_ms,
+        tenant,
+        kind,
+        mandate_id,
+    };
+    let hash = insert(conn, head, &row, &text, refs(kind, mandate_id, &body))?;
     let out = AuditRecord {
         seq,
         at_ms,
@@ -288,6 +283,47 @@ pub(crate) fn append(
     };
     *head = AuditHead { seq, hash };
     Ok(out)
+}
+
+/// The columns of a record beside its text.
+struct Row<'a> {
+    seq: i64,
+    at_ms: i64,
+    tenant: Option<&'a str>,
+    kind: &'a str,
+    mandate_id: Option<&'a str>,
+}
+
+/// Inserts a record's row (its text chained to `head`) and its mandate
+/// references; the record's hash. `head` is left for the caller to move.
+fn insert<'a>(
+    conn: &Connection,
+    head: &AuditHead,
+    row: &Row<'_>,
+    text: &str,
+    refs: impl IntoIterator<Item = &'a str>,
+) -> Result<String, StoreError> {
+    let hash = chain_hash(&head.hash, text);
+    conn.prepare_cached(
+        "INSERT INTO audit (seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        row.seq,
+        row.at_ms,
+        row.tenant,
+        row.kind,
+        row.mandate_id,
+        text,
+        head.hash,
+        hash
+    ])?;
+    let mut index = conn.prepare_cached(
+        "INSERT INTO audit_refs (mandate_id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
+    for id in refs {
+        index.execute(params![id, row.seq])?;
+    }
+    Ok(hash)
 }
 
 /// A record's body already in canonical form, with the mandates its chains
@@ -361,21 +397,16 @@ pub(crate) fn append_canonical(
     }
     let seq = head.seq + 1;
     let text = spliced_record(seq, at_ms, tenant, kind, mandate_id, body)?;
-    let hash = chain_hash(&head.hash, &text);
-    conn.prepare_cached(
-        "INSERT INTO audit (seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(
-        params![seq, at_ms, tenant, kind, mandate_id, text, head.hash, hash],
-    )?;
     let mut refs: std::collections::BTreeSet<&str> = mandate_id.into_iter().collect();
     refs.extend(body.refs.iter().map(String::as_str));
-    let mut index = conn.prepare_cached(
-        "INSERT INTO audit_refs (mandate_id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-    )?;
-    for id in refs {
-        index.execute(params![id, seq])?;
-    }
+    let row = Row {
+        seq,
+        at_ms,
+        tenant,
+        kind,
+        mandate_id,
+    };
+    let hash = insert(conn, head, &row, &text, refs)?;
     *head = AuditHead { seq, hash };
     Ok(seq)
 }
