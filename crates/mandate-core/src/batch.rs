@@ -111,9 +111,7 @@ impl SignatureBatcher {
             (p.answer)(ok);
         }
     }
-}
 
-impl SignatureBatcher {
     /// [`submit`](Self::submit) as a future (for any async runtime): whether
     /// the signature verified; `false` if the batcher dropped it unanswered.
     pub fn verify(&self, key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Verified {
@@ -157,18 +155,14 @@ struct Answerer(Arc<Mutex<Slot>>);
 
 impl Answerer {
     fn answer(&self, ok: bool) {
-        self.settle(Some(ok));
+        self.settle(ok);
     }
 
-    fn settle(&self, answer: Option<bool>) {
-        if let Ok(mut s) = self.0.lock() {
-            if s.answer.is_some() || s.dropped {
-                return;
-            }
-            match answer {
-                Some(ok) => s.answer = Some(ok),
-                None => s.dropped = true,
-            }
+    fn settle(&self, answer: bool) {
+        if let Ok(mut s) = self.0.lock()
+            && s.answer.is_none()
+        {
+            s.answer = Some(answer);
             if let Some(w) = s.waker.take() {
                 w.wake();
             }
@@ -177,8 +171,9 @@ impl Answerer {
 }
 
 impl Drop for Answerer {
+    /// Unanswered (a batcher that died): a deny, not a wait for ever.
     fn drop(&mut self) {
-        self.settle(None);
+        self.settle(false);
     }
 }
 
@@ -186,8 +181,6 @@ impl Drop for Answerer {
 struct Slot {
     answer: Option<bool>,
     waker: Option<std::task::Waker>,
-    /// The answering closure was dropped without answering.
-    dropped: bool,
 }
 
 /// The answer of [`SignatureBatcher::verify`], when it comes.
@@ -210,9 +203,6 @@ impl Future for Verified {
         };
         if let Some(ok) = s.answer {
             return Poll::Ready(ok);
-        }
-        if s.dropped {
-            return Poll::Ready(false);
         }
         s.waker = Some(cx.waker().clone());
         Poll::Pending
@@ -242,32 +232,18 @@ fn run(rx: &mpsc::Receiver<Pending>, busy: &AtomicUsize) {
                 Err(_) => break,
             }
         }
-        let all = batch.len() > 1 && verify_together(&batch);
+        let all = batch.len() > 1
+            && VerifyingKey::verify_batch(
+                batch
+                    .iter()
+                    .map(|p| (&p.key, p.msg.as_slice(), p.sig.as_slice())),
+            );
         for p in batch.drain(..) {
             let ok = all || p.key.verify(&p.msg, &p.sig);
             busy.fetch_sub(1, Ordering::AcqRel);
             (p.answer)(ok);
         }
     }
-}
-
-/// Whether every signature of `batch` verifies, by one batch check.
-fn verify_together(batch: &[Pending]) -> bool {
-    let mut keys = Vec::with_capacity(batch.len());
-    let mut sigs = Vec::with_capacity(batch.len());
-    let mut msgs: Vec<&[u8]> = Vec::with_capacity(batch.len());
-    for p in batch {
-        let (Some(k), Ok(s)) = (
-            p.key.ed25519(),
-            ed25519_dalek::Signature::from_slice(&p.sig),
-        ) else {
-            return false;
-        };
-        keys.push(*k);
-        sigs.push(s);
-        msgs.push(&p.msg);
-    }
-    ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
 }
 
 #[cfg(test)]

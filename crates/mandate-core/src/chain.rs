@@ -682,7 +682,13 @@ const PROGRAM_CACHE_CAPACITY: usize = 4096;
 /// nothing it could not sign honestly. Weak (small-order) keys are refused
 /// when keys are decoded.
 fn verify_signatures(pending: &[(VerifyingKey, &str, Vec<u8>)]) -> Result<(), ChainError> {
-    if pending.len() > 1 && batch_verify(pending) {
+    if pending.len() > 1
+        && VerifyingKey::verify_batch(
+            pending
+                .iter()
+                .map(|(k, input, sig)| (k, input.as_bytes(), sig.as_slice())),
+        )
+    {
         return Ok(());
     }
     for (index, (key, input, sig)) in pending.iter().enumerate() {
@@ -694,21 +700,6 @@ fn verify_signatures(pending: &[(VerifyingKey, &str, Vec<u8>)]) -> Result<(), Ch
         }
     }
     Ok(())
-}
-
-fn batch_verify(pending: &[(VerifyingKey, &str, Vec<u8>)]) -> bool {
-    let mut keys = Vec::with_capacity(pending.len());
-    let mut sigs = Vec::with_capacity(pending.len());
-    let mut msgs: Vec<&[u8]> = Vec::with_capacity(pending.len());
-    for (key, input, sig) in pending {
-        let (Some(k), Ok(s)) = (key.ed25519(), ed25519_dalek::Signature::from_slice(sig)) else {
-            return false;
-        };
-        keys.push(*k);
-        sigs.push(s);
-        msgs.push(input.as_bytes());
-    }
-    ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
 }
 
 fn expected_links(parent: &VerifiedMandate) -> Vec<ChainLink> {

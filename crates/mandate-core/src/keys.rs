@@ -324,6 +324,27 @@ impl VerifyingKey {
         &self.jwk
     }
 
+    /// Whether every `(key, message, signature)` verifies, by one Ed25519
+    /// batch check (cofactored); `false` when any key is not Ed25519 or any
+    /// signature is not 64 bytes. Callers re-check one by one on `false`.
+    pub(crate) fn verify_batch<'a>(
+        items: impl ExactSizeIterator<Item = (&'a Self, &'a [u8], &'a [u8])>,
+    ) -> bool {
+        let mut keys = Vec::with_capacity(items.len());
+        let mut sigs = Vec::with_capacity(items.len());
+        let mut msgs: Vec<&[u8]> = Vec::with_capacity(items.len());
+        for (key, msg, sig) in items {
+            let (Some(k), Ok(s)) = (key.ed25519(), ed25519_dalek::Signature::from_slice(sig))
+            else {
+                return false;
+            };
+            keys.push(*k);
+            sigs.push(s);
+            msgs.push(msg);
+        }
+        ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
+    }
+
     /// The Ed25519 key, for batch verification.
     pub(crate) fn ed25519(&self) -> Option<&ed25519_dalek::VerifyingKey> {
         match &self.inner {
