@@ -4,10 +4,10 @@
 #   scripts/load-authority.sh [DURATION=10] [CONNECTIONS=32]
 # With MANDATE_DATABASE=postgres://… the authority runs on that (empty)
 # PostgreSQL database instead of the embedded file; with REPLICAS=N too, N
-# replicas share it (keys copied from the first), and N wrk processes load
+# replicas share it (keys copied from the first), and N load generators load
 # one replica each with CONNECTIONS/N connections: the sum is the decisions/s
 # of the cluster.
-# Needs wrk (Debian: apt-get install wrk) and curl.
+# Needs curl; the load comes from crates/mandate-loadgen (built here).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
@@ -19,6 +19,8 @@ else
   cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
   bin="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
 fi
+cargo build -q --release -p mandate-loadgen --manifest-path "$root/Cargo.toml"
+loadgen="${CARGO_TARGET_DIR:-$root/target}/release/mandate-loadgen"
 replicas="${REPLICAS:-1}"
 if [ "$replicas" -gt 1 ] && [ -z "${MANDATE_DATABASE:-}" ]; then
   echo "REPLICAS needs MANDATE_DATABASE (replicas share one PostgreSQL)" >&2; exit 2
@@ -42,40 +44,30 @@ agent=$(tok agent-7 agent); principal=$(tok vp-supply-chain@example.com principa
 admin=$(tok admin@example.com admin); enforcer=$(tok gateway-1 enforcer)
 api() { curl -s -X "$1" "http://$addr$2" -H "Authorization: Bearer $3" -H 'content-type: application/json' ${4:+--data "@$4"}; }
 # The agent binds its holder key; every decision carries a fresh DPoP proof
-# by it (made ahead of the run, one per request, a file per wrk thread).
+# by it (made ahead of the run, one per request).
 "$bin" keygen --out holder.jwk > holder.pub.jwk
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["agent"]["cnf"]={"jwk": json.load(open("holder.pub.jwk"))}; json.dump(r, open("request.json","w"))' "$root/testdata/examples/authority-request.json"
 rid=$(api POST /v1/requests "$agent" request.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 api POST "/v1/requests/$rid/approve" "$principal" > approved.json
 api PUT /v1/facts "$admin" "$root/testdata/examples/facts-active.json" > /dev/null
-python3 - "$enforcer" <<'PY'
-import json, sys
+python3 - <<'PY'
+import json
 a = json.load(open("approved.json"))
 body = json.dumps({"subject": {"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2", "properties": {"mandate": a["mandate"]}},
-  "context": {"agent_instance": "inst-7f2a-b8c4", "htm": "POST", "htu": "https://pep.example/search", "dpop": "@PROOF@"},
+  "context": {"agent_instance": "inst-7f2a-b8c4", "htm": "POST", "htu": "https://pep.example/search", "dpop": "@LINE@"},
   "action": {"name": "search"}, "resource": {"type": "vendor_portal", "id": "https://vendor-portal.example.com/search",
   "properties": {"category": "logistics", "region": "north-america", "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}})
-head, tail = body.split("@PROOF@")
-open("decide.lua", "w").write(
-  'wrk.method = "POST"\n'
-  f'wrk.headers["Content-Type"] = "application/json"\n'
-  f'wrk.headers["Authorization"] = "Bearer {sys.argv[1]}"\n'
-  'local n = 0\n'
-  'function setup(thread) n = n + 1; thread:set("id", n) end\n'
-  '-- Every request is formatted before the run, so the load generator spends\n'
-  '-- its CPU on sending, not on building bodies (it shares the cores).\n'
-  'local reqs, i = {}, 0\n'
-  f'local head, tail = {json.dumps(head)}, {json.dumps(tail)}\n'
-  'function init(args) for line in io.lines(os.getenv("PROOFS") .. "." .. id) do reqs[#reqs + 1] = wrk.format(nil, nil, nil, head .. line .. tail) end end\n'
-  'function request() i = i + 1; return reqs[i] end\n'
-  'response = function(status, headers, body)\n'
-  '  if status ~= 200 or not string.find(body, \'"decision":true\', 1, true) then wrk.thread:stop() end\n'
-  'end\n')
+open("decide.json", "w").write(body)
 PY
 per=$((conns / replicas)); [ "$per" -ge 2 ] || per=2
-for r in $(seq "$replicas"); do for t in 1 2; do
-  "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 25000 / replicas)) > "proofs$r.$t"
-done; done
+# The load generator (crates/mandate-loadgen): every request formatted from
+# decide.json with a proof of its own, all connections started together
+# after every input is read, nothing completed outside the timed window
+# counted. It needs about 10 us of CPU per request here (wrk with a Lua
+# request() needed ~40).
+for r in $(seq "$replicas"); do
+  "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 40000 / replicas)) > "proofs$r"
+done
 # Every decision is durable before it is answered, so a connection waits for
 # at least one fsync per decision: with C connections in flight the rate
 # cannot pass about C / (1.5 x fsync) (a decision arriving during one group's
@@ -103,23 +95,28 @@ if [ -n "${PERF_OUT:-}" ]; then
   # PERF_CALL_GRAPH=dwarf for call chains through code built without frame pointers.
   perf record -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -o "$PERF_OUT" -p "${servers[0]}" -- sleep "$duration" > /dev/null 2>&1 &
 fi
+load() { # ADDR CONNECTIONS PROOFS
+  "$loadgen" "http://$1/access/v1/evaluation" -c "$2" -d "$duration" -m POST \
+    -H 'Content-Type: application/json' -H "Authorization: Bearer $enforcer" \
+    --body-file decide.json --lines "$3" --expect '"decision":true'
+}
 if [ "$replicas" = 1 ]; then
-  PROOFS=proofs1 wrk -t2 -c"$conns" -d"${duration}s" --latency -s decide.lua "http://$addr/access/v1/evaluation" | sed -n '1,20p'
+  load "$addr" "$conns" proofs1
 else
-  wrks=()
+  loads=()
   for r in $(seq "$replicas"); do
-    PROOFS="proofs$r" wrk -t2 -c"$per" -d"${duration}s" --latency -s decide.lua "http://${addrs[$((r - 1))]}/access/v1/evaluation" > "wrk$r.out" &
-    wrks+=($!)
+    load "${addrs[$((r - 1))]}" "$per" "proofs$r" > "load$r.out" &
+    loads+=($!)
   done
-  wait "${wrks[@]}"
-  for r in $(seq "$replicas"); do echo "-- replica $r"; sed -n '1,20p' "wrk$r.out"; done
+  wait "${loads[@]}"
+  for r in $(seq "$replicas"); do echo "-- replica $r"; sed -n '1,20p' "load$r.out"; done
   python3 - "$replicas" <<'PY'
 import re, sys
 total = 0.0
 for r in range(1, int(sys.argv[1]) + 1):
-    m = re.search(r"Requests/sec:\s+([\d.]+)", open(f"wrk{r}.out").read())
+    m = re.search(r"Requests/sec:\s+([\d.]+)", open(f"load{r}.out").read())
     total += float(m.group(1)) if m else 0.0
-print(f"== cluster: {total:,.0f} decisions/s over {sys.argv[1]} replicas (sum of the wrk runs)")
+print(f"== cluster: {total:,.0f} decisions/s over {sys.argv[1]} replicas (sum of the load generators)")
 PY
 fi
 for p in "${servers[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done; servers=()

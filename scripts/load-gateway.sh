@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Gateway overhead: wrk against the upstream directly, through nginx
+# Gateway overhead: load against the upstream directly, through nginx
 # proxy_pass, through the mandate gateway, and through nginx with the
 # gateway's auth_request (deploy/nginx/mandate.conf). One run, same machine.
 #   scripts/load-gateway.sh [DURATION=10] [CONNECTIONS=32]
 # MANDATE_BIN=path runs that build instead of building this tree.
 # ONLY=upstream,proxy,gateway,auth picks the runs (all by default); ROUNDS=3
 # rounds take turns so that the machine's drift hits every target alike.
-# Needs wrk, nginx and curl (Debian packages).
+# Needs nginx and curl (Debian packages); the load comes from
+# crates/mandate-loadgen, the same for every target.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
@@ -16,6 +17,9 @@ else
   cargo build -q --release -p mandate-cli --manifest-path "$root/Cargo.toml"
   bin="${CARGO_TARGET_DIR:-$root/target}/release/mandate"
 fi
+# The load generator (crates/mandate-loadgen; see scripts/load-authority.sh).
+cargo build -q --release -p mandate-loadgen --manifest-path "$root/Cargo.toml"
+loadgen="${CARGO_TARGET_DIR:-$root/target}/release/mandate-loadgen"
 work="$(mktemp -d)"; pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
@@ -75,29 +79,16 @@ done
 
 decided=2  # the two set-up requests above
 results="$work/results.csv"
-# Each wrk thread sends the proofs of its own file, one per request.
-cat > proofs.lua <<'LUA'
-local n = 0
-function setup(thread) n = n + 1; thread:set("id", n) end
-local proofs, i = {}, 0
-function init(args)
-  for line in io.lines("proofs." .. id) do proofs[#proofs + 1] = line end
-end
-function request()
-  i = i + 1
-  local h = {}
-  for k, v in pairs(wrk.headers) do h[k] = v end
-  h["DPoP"] = proofs[i]
-  return wrk.format(nil, nil, h)
-end
-LUA
 run() { # NAME URL CONNECTIONS ROUND
-  local out threads=2 lua=(); [ "$3" -lt 2 ] && threads=1
+  local out lines=()
   case "$2" in *":$G"|*":$A")
-    for t in $(seq "$threads"); do proof "$2" --count $((duration * 25000)) > "proofs.$t"; done
-    lua=(-s proofs.lua) ;;
+    # A fresh proof per request: enough for the highest rate seen here.
+    proof "$2" --count $((duration * ($3 > 1 ? 40000 : 10000))) > proofs
+    lines=(-H 'DPoP: @LINE@' --lines proofs) ;;
   esac
-  out=$(wrk -t"$threads" -c"$3" -d"${duration}s" --latency "${lua[@]}" -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" "$2/repos/acme/app/pulls/123")
+  out=$("$loadgen" "$2/repos/acme/app/pulls/123" -c "$3" -d "$duration" "${lines[@]}" \
+    -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" --expect '"state":"open"') \
+    || { echo "FAIL: $1 ($3 connections, round $4)"; cat gateway.log | tail -5; exit 1; }
   case "$2" in *":$G"|*":$A") decided=$((decided + $(echo "$out" | awk '/requests in/ {print $1}'))) ;; esac
   local non2xx; non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
   [ -z "$non2xx" ] || { echo "FAIL: $1 answered $non2xx non-2xx"; exit 1; }
@@ -105,7 +96,7 @@ run() { # NAME URL CONNECTIONS ROUND
 }
 only="${ONLY:-upstream,proxy,gateway,auth}"
 rounds="${ROUNDS:-3}"
-echo "== ${duration}s a run, $rounds rounds taking turns; wrk at $conns connections (2 threads) and at 1"
+echo "== ${duration}s a run, $rounds rounds taking turns; mandate-loadgen at $conns connections and at 1"
 for round in $(seq "$rounds"); do
   for c in "$conns" 1; do
     case ",$only," in *,upstream,*) run "upstream directly" "http://127.0.0.1:$U" "$c" "$round";; esac
@@ -143,7 +134,7 @@ sleep 1.5
 audited=$("$bin" audit export --data-dir data | python3 -c '
 import json, sys
 print(sum(len(json.loads(l)["body"]["records"]) for l in sys.stdin if "\"decisions\"" in l and json.loads(l)["kind"] == "decisions"))')
-echo "decisions in the audit log: $audited (wrk completed $decided through the gateway and auth_request)"
+echo "decisions in the audit log: $audited (the load generator completed $decided through the gateway and auth_request)"
 if grep -q "spooled" gateway.log; then echo "WARNING: the gateway spooled decisions (authority unreachable or refusing)"; grep -m3 spooled gateway.log; fi
 [ "$audited" -ge "$decided" ] || { echo "FAIL: decisions missing from the audit log"; exit 1; }
 
