@@ -63,8 +63,8 @@ per=$((conns / replicas)); [ "$per" -ge 2 ] || per=2
 # The load generator (crates/mandate-loadgen): every request formatted from
 # decide.json with a proof of its own, all connections started together
 # after every input is read, nothing completed outside the timed window
-# counted. It needs about 10 us of CPU per request here (wrk with a Lua
-# request() needed ~40).
+# counted. It needs about 12 us of CPU per request here (wrk with a Lua
+# request() needed ~37; BENCHMARKS.md, issue 15 fourth round).
 for r in $(seq "$replicas"); do
   "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 40000 / replicas)) > "proofs$r"
 done
