@@ -228,6 +228,7 @@ impl AppState {
     /// A message naming the file or setting that failed.
     pub fn open(mut config: Config) -> Result<Arc<Self>, String> {
         let max_sessions = config.max_console_sessions;
+        let replay_capacity = config.replay_capacity;
         if config.proof_of_possession == mandate_core::pop::Mode::Bearer {
             tracing::warn!(
                 "proof_of_possession = \"bearer\": decisions accept a mandate without a DPoP proof, \
@@ -330,7 +331,7 @@ impl AppState {
             metrics: Metrics::default(),
             signals: tokio::sync::Notify::new(),
             sessions: crate::console::Sessions::new(max_sessions),
-            replay: mandate_core::pop::ReplayCache::default(),
+            replay: mandate_core::pop::ReplayCache::new(replay_capacity),
             signatures: mandate_core::batch::SignatureBatcher::start()
                 .map_err(|e| format!("signature batch thread: {e}"))?,
             cluster,

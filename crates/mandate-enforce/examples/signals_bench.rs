@@ -101,6 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             upstream_ca_file: None,
             authority_ca_file: None,
             key_refresh_secs: 60,
+            replay_capacity: mandate_core::pop::DEFAULT_REPLAY_CAPACITY,
             route: Vec::new(),
         };
         let gw = Gateway::start(cfg).map_err(|e| e.to_string())?;

@@ -141,6 +141,12 @@ pub struct GatewayConfig {
     /// (default 60; a rotated key is published ahead of use for longer).
     #[serde(default = "default_key_refresh")]
     pub key_refresh_secs: u64,
+    /// How many DPoP proofs are remembered so each is accepted once (each
+    /// for 60 s after its `iat`); when full of proofs that could still be
+    /// accepted, new ones are refused `pop_replay_cache_full`. Default
+    /// 1,000,000 (~40 MB full: a sustained ~16k proofs/s).
+    #[serde(default = "default_replay_capacity")]
+    pub replay_capacity: usize,
     /// The routes.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -213,6 +219,12 @@ impl GatewayConfig {
         .map_err(|(setting, m)| cerr(setting, m))?;
         if !(1..=86_400).contains(&self.key_refresh_secs) {
             return Err(cerr("key_refresh_secs", "must be between 1 and 86400"));
+        }
+        if !(1..=MAX_REPLAY_CAPACITY).contains(&self.replay_capacity) {
+            return Err(cerr(
+                "replay_capacity",
+                format!("must be between 1 and {MAX_REPLAY_CAPACITY}"),
+            ));
         }
         if !(100..=3_600_000).contains(&self.staleness_ms) {
             return Err(cerr("staleness_ms", "must be between 100 and 3600000"));
@@ -373,6 +385,13 @@ impl Route {
 }
 
 /// The running gateway.
+/// The largest `replay_capacity` (~4 GB of proofs when full).
+pub const MAX_REPLAY_CAPACITY: usize = 100_000_000;
+
+fn default_replay_capacity() -> usize {
+    mandate_core::pop::DEFAULT_REPLAY_CAPACITY
+}
+
 fn default_key_refresh() -> u64 {
     crate::point::KEY_REFRESH.as_secs()
 }
@@ -447,6 +466,7 @@ impl Gateway {
             dpop_nonce: config.dpop_nonce,
             authority_ca_file: config.authority_ca_file.clone(),
             key_refresh: Duration::from_secs(config.key_refresh_secs),
+            replay_capacity: config.replay_capacity,
         })?;
         let routes = config
             .route
@@ -810,6 +830,29 @@ mod tests {
             r.matches(&Method::GET, "//repos/acme/app/pulls/7/")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn the_replay_cache_capacity_is_a_setting_with_a_default_and_bounds() {
+        let config = |extra: &str| {
+            let text = format!(
+                "listen = \"127.0.0.1:8081\"\nauthority = \"http://127.0.0.1:8080\"\n\
+                 token_file = \"enforcer.token\"\nupstream = \"http://127.0.0.1:9000\"\n\
+                 location_base = \"https://api.github.com\"\n{extra}"
+            );
+            toml::from_str::<GatewayConfig>(&text).unwrap()
+        };
+        let default = config("");
+        assert_eq!(
+            default.replay_capacity,
+            mandate_core::pop::DEFAULT_REPLAY_CAPACITY
+        );
+        assert_eq!(default.validate(), Ok(()));
+        assert_eq!(config("replay_capacity = 5000").validate(), Ok(()));
+        for wrong in ["replay_capacity = 0", "replay_capacity = 100000001"] {
+            let e = config(wrong).validate().unwrap_err();
+            assert_eq!(e.setting, "replay_capacity", "{wrong}: {e}");
+        }
     }
 
     #[test]

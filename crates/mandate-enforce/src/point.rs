@@ -69,6 +69,9 @@ pub struct PointConfig {
     pub authority_ca_file: Option<PathBuf>,
     /// How often the authority's keys are fetched again ([`KEY_REFRESH`]).
     pub key_refresh: Duration,
+    /// How many DPoP proofs the replay cache holds
+    /// ([`mandate_core::pop::DEFAULT_REPLAY_CAPACITY`]).
+    pub replay_capacity: usize,
 }
 
 /// Refuses plain HTTP on an address that is not loopback, unless allowed
@@ -312,7 +315,7 @@ impl Point {
             stop: Arc::clone(&stop),
             shipper,
             push_authorization,
-            replay: ReplayCache::default(),
+            replay: ReplayCache::new(config.replay_capacity),
             signatures: mandate_core::batch::SignatureBatcher::start()
                 .map_err(|e| format!("signature batch thread: {e}"))?,
             nonces: {

@@ -315,6 +315,7 @@ fn start_gateway_with(
         upstream_ca_file: None,
         authority_ca_file: None,
         key_refresh_secs: 60,
+        replay_capacity: mandate_core::pop::DEFAULT_REPLAY_CAPACITY,
         route: vec![
             RouteConfig {
                 method: "GET".into(),

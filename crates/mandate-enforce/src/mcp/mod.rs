@@ -668,6 +668,7 @@ impl Proxy {
             dpop_nonce: false,
             authority_ca_file: config.authority_ca_file.clone(),
             key_refresh: crate::point::KEY_REFRESH,
+            replay_capacity: mandate_core::pop::DEFAULT_REPLAY_CAPACITY,
         })?;
         Ok(Arc::new(Self::with_point(point, config)))
     }

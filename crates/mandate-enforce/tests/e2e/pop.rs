@@ -28,6 +28,46 @@ fn url(gateway: SocketAddr, pr: u32) -> String {
     format!("http://{gateway}/repos/acme/app/pulls/{pr}")
 }
 
+/// An agent flooding the gateway with fresh proofs fills its replay cache:
+/// from then on a new proof is refused under its own name, never admitted
+/// without being remembered, and an admitted one still cannot be replayed.
+#[test]
+fn a_gateway_whose_replay_cache_is_full_refuses_new_proofs_by_name() {
+    let dir = temp("pop-replay-full");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let (_, mandate) = grant(&dir, authority.addr, &pr_request(321));
+    let (gateway, _gw) = start_gateway_with(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Poll,
+        "https://api.github.com",
+        |c| c.replay_capacity = 2,
+    );
+    let g = gateway.addr;
+    let token = Some("gho_still_valid");
+    let first = proof("GET", &url(g, 321), token);
+    for p in [first.clone(), proof("GET", &url(g, 321), token)] {
+        let (st, body) = read_with(g, &mandate, 321, Some(p));
+        assert_eq!(st, 200, "{body}");
+    }
+    let third = proof("GET", &url(g, 321), token);
+    let (st, body) = read_with(g, &mandate, 321, Some(third.clone()));
+    assert_eq!(
+        (st, &body["reasons"]),
+        (403, &json!(["pop_replay_cache_full"]))
+    );
+    // Refused, so not remembered as used: still refused for the same reason.
+    let (st, body) = read_with(g, &mandate, 321, Some(third));
+    assert_eq!(
+        (st, &body["reasons"]),
+        (403, &json!(["pop_replay_cache_full"]))
+    );
+    let (st, body) = read_with(g, &mandate, 321, Some(first));
+    assert_eq!((st, &body["reasons"]), (403, &json!(["pop_replayed"])));
+}
+
 #[test]
 fn a_stolen_mandate_without_the_holder_key_is_useless_at_the_gateway() {
     let dir = temp("pop-gateway");
