@@ -11,7 +11,7 @@
 //! | `pop_invalid` | not a DPoP proof, signed by another key than the leaf's, for another method or URL, or naming another access token (`ath`) |
 //! | `pop_stale` | its `iat` is more than [`PROOF_MAX_AGE_SECS`] old or more than [`PROOF_FUTURE_SECS`] ahead |
 //! | `pop_replayed` | its `jti` was already seen for this key (within the window) |
-//! | `pop_replay_cache_full` | the replay cache holds [`DEFAULT_REPLAY_CAPACITY`] proofs that could still be accepted: a new one is refused, never admitted unchecked |
+//! | `pop_replay_cache_full` | the replay cache is full (its capacity, a setting `replay_capacity`, by default [`DEFAULT_REPLAY_CAPACITY`]) of proofs that could still be accepted: a new one is refused, never admitted unchecked |
 //! | `pop_nonce_required` | the enforcement point issues nonces (RFC 9449 §8) and the proof lacks a current one |
 //! | `holder_key_missing` | the leaf binds no holder key, so nothing can be proved |
 //!
