@@ -71,6 +71,10 @@ struct Args {
     /// lacks this text.
     #[arg(long)]
     expect: Option<String>,
+    /// Seconds the requests in flight at the stop may take to be answered
+    /// (not counted) before the run ends as failed.
+    #[arg(long, default_value_t = 10)]
+    drain: u64,
 }
 
 fn main() {
@@ -130,8 +134,9 @@ fn run(args: &Args) -> Result<Report, String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let duration = Duration::from_secs(args.duration);
+    let drain = Duration::from_secs(args.drain);
     let (outcomes, elapsed) =
-        runtime.block_on(load(&target, &shared, args.connections, duration))?;
+        runtime.block_on(load(&target, &shared, args.connections, duration, drain))?;
     Ok(summarize(args, &outcomes, elapsed))
 }
 
@@ -142,6 +147,7 @@ async fn load(
     shared: &Arc<Shared>,
     connections: usize,
     duration: Duration,
+    drain: Duration,
 ) -> Result<(Vec<Outcome>, Duration), String> {
     let mut streams = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -167,9 +173,22 @@ async fn load(
     }
     shared.stop.store(true, Ordering::Relaxed);
     let elapsed = began.elapsed();
+    // A request in flight at the stop gets its answer (not counted); a
+    // server that never answers does not hold the run up for long.
+    let drained_by = Instant::now() + drain;
     let mut outcomes = Vec::with_capacity(tasks.len());
     for t in tasks {
-        outcomes.push(t.await.map_err(|e| format!("connection task: {e}"))?);
+        let left = drained_by.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, t).await {
+            Ok(done) => outcomes.push(done.map_err(|e| format!("connection task: {e}"))?),
+            Err(_) => outcomes.push(Outcome {
+                failure: Some(format!(
+                    "a request in flight at the stop had no answer {} s later",
+                    drain.as_secs()
+                )),
+                ..Outcome::default()
+            }),
+        }
     }
     Ok((outcomes, elapsed))
 }
@@ -702,6 +721,36 @@ mod tests {
         );
     }
 
+    /// A server that takes requests and never answers ends the run as a
+    /// failure once the drain time has passed, instead of holding it up.
+    #[test]
+    fn a_server_that_never_answers_cannot_hold_the_run_up() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming() {
+                held.push(s); // accepted, read from never, answered never
+            }
+        });
+        let args = Args {
+            url: format!("http://127.0.0.1:{port}/"),
+            connections: 2,
+            duration: 1,
+            threads: 1,
+            method: "GET".into(),
+            headers: Vec::new(),
+            body_file: None,
+            lines: None,
+            expect: None,
+            drain: 1,
+        };
+        let report = run(&args).unwrap();
+        let failure = report.failure.unwrap();
+        assert!(failure.contains("no answer 1 s later"), "{failure}");
+        assert!(report.text.contains(" 0 requests in "), "{}", report.text);
+    }
+
     /// Against a real socket: every request is answered and counted, each
     /// line is used once, and an unexpected answer stops the run with its
     /// reason.
@@ -769,6 +818,7 @@ mod tests {
             body_file: None,
             lines: Some(dir.clone()),
             expect: Some(expect.into()),
+            drain: 10,
         };
         let report = run(&args("yes")).unwrap();
         assert!(report.failure.is_none(), "{:?}", report.failure);
