@@ -100,8 +100,15 @@ load() { # ADDR CONNECTIONS PROOFS
     -H 'Content-Type: application/json' -H "Authorization: Bearer $enforcer" \
     --body-file decide.json --lines "$3" --expect '"decision":true'
 }
+# CPU time of a process so far, in seconds (utime + stime from /proc).
+cpu_secs() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }
 if [ "$replicas" = 1 ]; then
-  load "$addr" "$conns" proofs1
+  before=$(cpu_secs "${servers[0]}")
+  out=$(load "$addr" "$conns" proofs1) || { echo "$out"; exit 1; }
+  after=$(cpu_secs "${servers[0]}")
+  echo "$out"
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  python3 -c "b, a, n, c = $before, $after, $n, $(nproc); print(f'== the authority used {a - b:.2f} s of CPU (all its threads): {(a - b) * 1e6 / max(n, 1):.0f} us a decision; {c} cores cannot pass {c / max(a - b, 1e-9) * n:,.0f} decisions/s at that cost')"
 else
   loads=()
   for r in $(seq "$replicas"); do

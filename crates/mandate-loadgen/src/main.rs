@@ -135,9 +135,9 @@ fn run(args: &Args) -> Result<Report, String> {
         .map_err(|e| format!("runtime: {e}"))?;
     let duration = Duration::from_secs(args.duration);
     let drain = Duration::from_secs(args.drain);
-    let (outcomes, elapsed) =
+    let (outcomes, window) =
         runtime.block_on(load(&target, &shared, args.connections, duration, drain))?;
-    Ok(summarize(args, &outcomes, elapsed))
+    Ok(summarize(args, &outcomes, window))
 }
 
 /// Opens every connection, starts them together, stops them after
@@ -148,7 +148,7 @@ async fn load(
     connections: usize,
     duration: Duration,
     drain: Duration,
-) -> Result<(Vec<Outcome>, Duration), String> {
+) -> Result<(Vec<Outcome>, Window), String> {
     let mut streams = Vec::with_capacity(connections);
     for _ in 0..connections {
         streams.push(connect(&target.addr).await?);
@@ -167,12 +167,16 @@ async fn load(
         .collect();
     start.wait().await;
     let began = Instant::now();
+    let cpu_before = cpu_ticks();
     let deadline = began + duration;
     while Instant::now() < deadline && !shared.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20).min(deadline - Instant::now())).await;
     }
     shared.stop.store(true, Ordering::Relaxed);
     let elapsed = began.elapsed();
+    let cpu = cpu_before
+        .zip(cpu_ticks())
+        .map(|(a, b)| Duration::from_millis(b.saturating_sub(a) * 1000 / USER_HZ));
     // A request in flight at the stop gets its answer (not counted); a
     // server that never answers does not hold the run up for long.
     let drained_by = Instant::now() + drain;
@@ -190,7 +194,32 @@ async fn load(
             }),
         }
     }
-    Ok((outcomes, elapsed))
+    Ok((outcomes, Window { elapsed, cpu }))
+}
+
+/// The timed window: how long it lasted, and the CPU this process used in
+/// it (all threads), where the system says.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    elapsed: Duration,
+    cpu: Option<Duration>,
+}
+
+/// `/proc`'s unit of CPU time (USER_HZ, 100 on Linux whatever the kernel's
+/// own tick).
+const USER_HZ: u64 = 100;
+
+/// This process's CPU time so far (user + system), in USER_HZ ticks, from
+/// `/proc/self/stat` (Linux); `None` elsewhere.
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses, which may hold spaces): the
+    // state is field 3, utime field 14, stime field 15.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 async fn connect(addr: &str) -> Result<TcpStream, String> {
@@ -582,7 +611,7 @@ fn parse_answer(buf: &[u8]) -> Result<Option<Answer>, String> {
     }))
 }
 
-fn summarize(args: &Args, outcomes: &[Outcome], elapsed: Duration) -> Report {
+fn summarize(args: &Args, outcomes: &[Outcome], window: Window) -> Report {
     let mut all: Vec<u32> = outcomes
         .iter()
         .flat_map(|o| o.latencies_us.iter().copied())
@@ -600,7 +629,7 @@ fn summarize(args: &Args, outcomes: &[Outcome], elapsed: Duration) -> Report {
     };
     let bytes: u64 = outcomes.iter().map(|o| o.bytes_read).sum();
     let non_2xx: u64 = outcomes.iter().map(|o| o.non_2xx).sum();
-    let secs = elapsed.as_secs_f64();
+    let secs = window.elapsed.as_secs_f64();
     let mut text = format!(
         "Running {}s test @ {}\n  {} threads and {} connections\n  Latency Distribution\n",
         args.duration, args.url, args.threads, args.connections
@@ -614,6 +643,14 @@ fn summarize(args: &Args, outcomes: &[Outcome], elapsed: Duration) -> Report {
     ));
     if non_2xx > 0 {
         text.push_str(&format!("  Non-2xx or 3xx responses: {non_2xx}\n"));
+    }
+    if let (Some(cpu), true) = (window.cpu, n > 0) {
+        // What the load itself cost: it shares the machine with the server.
+        text.push_str(&format!(
+            "  Generator CPU: {:.2}s in the window, {:.1}us a request\n",
+            cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / n as f64
+        ));
     }
     text.push_str(&format!(
         "Requests/sec: {:>10.2}\n",
@@ -837,6 +874,7 @@ mod tests {
         let distinct: std::collections::BTreeSet<_> = seen_now.iter().collect();
         assert_eq!(distinct.len(), seen_now.len(), "a line was used twice");
         assert!(report.text.contains("Requests/sec:"));
+        assert!(report.text.contains("Generator CPU: "), "{}", report.text);
 
         let bad: Vec<String> = (0..1000).map(|i| format!("bad{i}")).collect();
         std::fs::write(&dir, bad.join("\n")).unwrap();
