@@ -618,8 +618,12 @@ impl Config {
         if self.shutdown_deadline_secs > 3600 {
             return Err(err("shutdown_deadline_secs", "must be at most 3600"));
         }
-        if !(1..=100_000_000).contains(&self.replay_capacity) {
-            return Err(err("replay_capacity", "must be between 1 and 100000000"));
+        use mandate_core::pop::MAX_REPLAY_CAPACITY;
+        if !(1..=MAX_REPLAY_CAPACITY).contains(&self.replay_capacity) {
+            return Err(err(
+                "replay_capacity",
+                format!("must be between 1 and {MAX_REPLAY_CAPACITY}"),
+            ));
         }
         if !(1..=10_000_000).contains(&self.max_console_sessions) {
             return Err(err(

@@ -45,6 +45,8 @@ pub const MAX_JTI_BYTES: usize = 256;
 /// checks about 14,000/s). About 24 bytes each (a 64-bit fingerprint in a
 /// set and in an expiry queue), so ~40 MB when full.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
+/// The largest replay cache a configuration may ask for (~4 GB when full).
+pub const MAX_REPLAY_CAPACITY: usize = 100_000_000;
 
 /// Why a proof of possession was refused. Each has a stable [`code`](PopError::code).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

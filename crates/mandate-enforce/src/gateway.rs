@@ -220,6 +220,7 @@ impl GatewayConfig {
         if !(1..=86_400).contains(&self.key_refresh_secs) {
             return Err(cerr("key_refresh_secs", "must be between 1 and 86400"));
         }
+        use mandate_core::pop::MAX_REPLAY_CAPACITY;
         if !(1..=MAX_REPLAY_CAPACITY).contains(&self.replay_capacity) {
             return Err(cerr(
                 "replay_capacity",
@@ -385,9 +386,6 @@ impl Route {
 }
 
 /// The running gateway.
-/// The largest `replay_capacity` (~4 GB of proofs when full).
-pub const MAX_REPLAY_CAPACITY: usize = 100_000_000;
-
 fn default_replay_capacity() -> usize {
     mandate_core::pop::DEFAULT_REPLAY_CAPACITY
 }
