@@ -823,8 +823,7 @@ mod failover_tests {
         std::thread::spawn(move || {
             for mut c in l.incoming().flatten() {
                 s2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let mut buf = [0u8; 4096];
-                let _ = c.read(&mut buf);
+                read_request(&mut c);
                 let body = format!("{{\"at\":\"{name}\"}}");
                 let _ = write!(
                     c,
@@ -834,6 +833,33 @@ mod failover_tests {
             }
         });
         (url, seen)
+    }
+
+    /// Reads a whole request (head, then `Content-Length` bytes), so that
+    /// closing after the answer never resets a connection with unread
+    /// bytes (which could lose the answer before the client reads it).
+    fn read_request(c: &mut std::net::TcpStream) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let Ok(n) = c.read(&mut buf) else { return };
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return;
+            }
+        }
     }
 
     fn closed() -> String {
