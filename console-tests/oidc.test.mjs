@@ -21,10 +21,17 @@ const bin = process.env.MANDATE_BIN || join(root, process.env.CARGO_TARGET_DIR |
 const work = mkdtempSync(join(tmpdir(), 'mandate-oidc-'));
 let server, op, browser, base;
 
-const freePort = () => new Promise((resolve) => {
-  const s = net.createServer();
-  s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
-});
+// Free ports, all held open until every one is chosen: taken one after the
+// other, the second could be the first again.
+const freePorts = async (n) => {
+  const servers = await Promise.all(Array.from({ length: n }, () => new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => resolve(s));
+  })));
+  const ports = servers.map((s) => s.address().port);
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+};
 
 // Who the provider's users are, in Mandate's terms.
 const people = {
@@ -33,8 +40,7 @@ const people = {
 };
 
 before(async () => {
-  const opPort = await freePort();
-  const port = await freePort();
+  const [opPort, port] = await freePorts(2);
   base = `http://127.0.0.1:${port}`;
   const issuer = `http://127.0.0.1:${opPort}`;
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
