@@ -434,7 +434,15 @@ impl SigningKey {
     /// A fresh key from `rng`.
     pub fn generate(alg: Algorithm, rng: &mut impl CryptoRngCore) -> Self {
         let inner = match alg {
-            Algorithm::EdDSA => SecretInner::Ed25519(ed25519_dalek::SigningKey::generate(rng)),
+            Algorithm::EdDSA => {
+                // The secret is 32 bytes from `rng`, as RFC 8032 defines it
+                // (what `ed25519_dalek::SigningKey::generate` does; drawn
+                // here so the signature crate's `rand_core` version does not
+                // leak into this API). The copy on the stack is wiped.
+                let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+                rng.fill_bytes(&mut *secret);
+                SecretInner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&secret))
+            }
             Algorithm::ES256 => SecretInner::P256(p256::ecdsa::SigningKey::random(rng)),
         };
         Self::with_thumbprint_kid(inner)
