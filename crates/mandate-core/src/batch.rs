@@ -15,11 +15,12 @@
 //! time between batches, and decided ~30% fewer requests per second.
 //!
 //! A batch that fails is checked again one signature at a time with
-//! `verify_strict`, so exactly the bad ones fail. Batch verification is
-//! cofactored where `verify_strict` is not: a signer could craft a
-//! signature that only one of them accepts, which gains the signer nothing
-//! it could not sign honestly (the same reasoning as a chain's own batch,
-//! see [`crate::chain`]). Small-order keys never get here: keys are refused
+//! `verify_strict`, so exactly the bad ones fail. The batch check is not
+//! `verify_strict`: it checks a random combination of the equations and
+//! does not refuse a small-order `R`, so a signer could craft a signature
+//! that only one of them accepts, which gains the signer nothing it could
+//! not sign honestly (the same reasoning as a chain's own batch, see
+//! [`crate::chain`]). Small-order keys never get here: keys are refused
 //! when decoded.
 
 use std::future::Future;

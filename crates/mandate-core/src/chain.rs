@@ -676,10 +676,11 @@ const PROGRAM_CACHE_CAPACITY: usize = 4096;
 /// Checks every signature of a chain. When there are several and all are
 /// Ed25519, they are checked together with batch verification (about three
 /// quarters of the cost of checking each); if the batch fails, each is
-/// checked alone with `verify_strict` to name the one that failed. Batch
-/// verification is cofactored where `verify_strict` is not: a signer could
-/// craft a signature that only one of them accepts, which gains the signer
-/// nothing it could not sign honestly. Weak (small-order) keys are refused
+/// checked alone with `verify_strict` to name the one that failed. The batch
+/// check is not `verify_strict` (it checks a random combination of the
+/// equations and does not refuse a small-order `R`): a signer could craft a
+/// signature that only one of them accepts, which gains the signer nothing
+/// it could not sign honestly. Weak (small-order) keys are refused
 /// when keys are decoded.
 fn verify_signatures(pending: &[(VerifyingKey, &str, Vec<u8>)]) -> Result<(), ChainError> {
     if pending.len() > 1

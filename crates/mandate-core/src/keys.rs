@@ -325,7 +325,8 @@ impl VerifyingKey {
     }
 
     /// Whether every `(key, message, signature)` verifies, by one Ed25519
-    /// batch check (cofactored); `false` when any key is not Ed25519 or any
+    /// batch check (a random combination of the equations, without
+    /// `verify_strict`'s refusals); `false` when any key is not Ed25519 or any
     /// signature is not 64 bytes. Callers re-check one by one on `false`.
     pub(crate) fn verify_batch<'a>(
         items: impl ExactSizeIterator<Item = (&'a Self, &'a [u8], &'a [u8])>,
