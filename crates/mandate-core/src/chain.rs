@@ -185,7 +185,9 @@ pub fn parse_unverified(presented: &str) -> Result<Vec<UnverifiedMandate>, Chain
 #[derive(Debug, Clone)]
 pub struct VerifiedMandate {
     claims: MandateClaims,
-    jws_sha256: String,
+    /// `None` for the leaf: nothing in the chain links to it, and hashing
+    /// its JWS would only cost (SHA-256 over ~2.4 KB).
+    jws_sha256: Option<String>,
 }
 
 impl VerifiedMandate {
@@ -201,10 +203,13 @@ impl VerifiedMandate {
         &self.claims.mandate_id
     }
 
-    /// SHA-256 of its JWS, base64url.
+    /// SHA-256 of its JWS, base64url, as its child's `delegation_chain`
+    /// names it; `None` for the chain's leaf, which has no child in the
+    /// chain (hash the leaf's JWS with [`crate::hash::sha256_b64`] to derive
+    /// from it: [`Parent::parse`] does).
     #[must_use]
-    pub fn jws_sha256(&self) -> &str {
-        &self.jws_sha256
+    pub fn jws_sha256(&self) -> Option<&str> {
+        self.jws_sha256.as_deref()
     }
 }
 
@@ -510,7 +515,7 @@ impl Verifier {
                         pending.push((key.clone(), d.signing_input, d.signature));
                         mandates.push(VerifiedMandate {
                             claims,
-                            jws_sha256: sha256_b64(part.as_bytes()),
+                            jws_sha256: (index != last).then(|| sha256_b64(part.as_bytes())),
                         });
                         continue;
                     }
@@ -549,7 +554,7 @@ impl Verifier {
             pending.push((key, d.signing_input, d.signature));
             mandates.push(VerifiedMandate {
                 claims,
-                jws_sha256: sha256_b64(part.as_bytes()),
+                jws_sha256: (index != last).then(|| sha256_b64(part.as_bytes())),
             });
         }
         verify_signatures(&pending)?;
@@ -708,7 +713,9 @@ fn expected_links(parent: &VerifiedMandate) -> Vec<ChainLink> {
     links.push(ChainLink {
         mandate_id: parent.claims.mandate_id.clone(),
         holder: parent.claims.agent.id.clone(),
-        jws_sha256: parent.jws_sha256.clone(),
+        // A parent is never the leaf, so its hash is there; were it
+        // missing, the empty link would match no child (refused).
+        jws_sha256: parent.jws_sha256.clone().unwrap_or_default(),
     });
     links
 }

@@ -24,7 +24,16 @@ fn a_narrowed_child_verifies_offline_back_to_the_root() {
         v.root().claims().conditions,
         "conditions are inherited"
     );
-    assert_eq!(leaf.delegation_chain[0].jws_sha256, v.root().jws_sha256());
+    assert_eq!(
+        Some(leaf.delegation_chain[0].jws_sha256.as_str()),
+        v.root().jws_sha256(),
+        "the child links to its parent by the SHA-256 of the parent's JWS"
+    );
+    assert_eq!(
+        v.leaf().jws_sha256(),
+        None,
+        "nothing in the chain links to the leaf, so its JWS is not hashed"
+    );
 }
 
 #[test]
