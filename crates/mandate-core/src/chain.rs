@@ -151,12 +151,18 @@ pub fn split(presented: &str) -> Result<Vec<&str>, ChainError> {
     Ok(parts)
 }
 
-/// The claims of a decoded mandate. [`jws::decode`] has already refused a
-/// payload with a duplicate member, excess depth or an inexact number, so
-/// only the typed read is left.
-fn parse_claims(index: usize, decoded: &jws::DecodedJws<'_>) -> Result<MandateClaims, ChainError> {
-    crate::json::from_checked_slice(&decoded.payload)
-        .map_err(|error| ChainError::Claims { index, error })
+/// Decodes the JWS of a mandate (the `index`-th of its chain) and reads its
+/// claims: refused as [`jws::decode`] refuses (a duplicate member, excess
+/// depth, an inexact number among them), or as claims that do not fit.
+fn decode_mandate<'a>(
+    index: usize,
+    part: &'a str,
+    allowed: &BTreeSet<Algorithm>,
+) -> Result<(jws::DecodedJws<'a>, MandateClaims), ChainError> {
+    jws::decode_typed(part, allowed, MANDATE_TYP).map_err(|e| match e {
+        jws::TypedError::Jws(error) => ChainError::Jws { index, error },
+        jws::TypedError::Payload(error) => ChainError::Claims { index, error },
+    })
 }
 
 /// Parses a presented chain **without verifying any signature**, for
@@ -169,10 +175,9 @@ pub fn parse_unverified(presented: &str) -> Result<Vec<UnverifiedMandate>, Chain
         .into_iter()
         .enumerate()
         .map(|(index, part)| {
-            let d = jws::decode(part, &all_algorithms(), MANDATE_TYP)
-                .map_err(|error| ChainError::Jws { index, error })?;
+            let (d, claims) = decode_mandate(index, part, &all_algorithms())?;
             Ok(UnverifiedMandate {
-                claims: parse_claims(index, &d)?,
+                claims,
                 alg: d.alg,
                 kid: d.kid,
                 jws_sha256: sha256_b64(part.as_bytes()),
@@ -460,9 +465,7 @@ impl Verifier {
         let mut pending: Vec<(VerifyingKey, &str, Vec<u8>)> = Vec::with_capacity(parts.len());
         let last = parts.len().saturating_sub(1);
         for (index, part) in parts.iter().enumerate() {
-            let d = jws::decode(part, &self.algorithms, MANDATE_TYP)
-                .map_err(|error| ChainError::Jws { index, error })?;
-            let claims = parse_claims(index, &d)?;
+            let (d, claims) = decode_mandate(index, part, &self.algorithms)?;
             validate(&claims, CheckConditions::Skip)
                 .map_err(|problems| ChainError::Invalid { index, problems })?;
             let key = match mandates.last() {
@@ -990,10 +993,9 @@ fn parent_of(parent_presented: &str) -> Result<UnverifiedMandate, IssueError> {
     let part = parts
         .last()
         .ok_or(IssueError::Parent(ChainError::TooDeep))?;
-    let d = jws::decode(part, &all_algorithms(), MANDATE_TYP)
-        .map_err(|error| IssueError::Parent(ChainError::Jws { index, error }))?;
+    let (d, claims) = decode_mandate(index, part, &all_algorithms()).map_err(IssueError::Parent)?;
     Ok(UnverifiedMandate {
-        claims: parse_claims(index, &d).map_err(IssueError::Parent)?,
+        claims,
         alg: d.alg,
         kid: d.kid,
         jws_sha256: sha256_b64(part.as_bytes()),

@@ -188,6 +188,94 @@ fn decode_with<'a>(
     expected_typ: &'static str,
     rules: Rules,
 ) -> Result<DecodedJws<'a>, JwsError> {
+    decode_checking::<serde::de::IgnoredAny>(compact, allowed, expected_typ, rules, false)
+        .map(|(d, _)| d)
+}
+
+/// Whether `bytes` passes the one-pass check ([`crate::number::plainly_clean`]):
+/// for valid JSON, no duplicate member, no excess depth, no inexact number.
+fn plainly_clean(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok() && crate::number::plainly_clean(bytes)
+}
+
+/// A protected header as a JSON object: strict JSON (no duplicate member,
+/// no excess depth, no inexact number). The read into a map establishes the
+/// syntax the one-pass check needs; anything else takes the full checks,
+/// which name the problem ([`read_header_thoroughly`], the reference).
+fn read_header(bytes: &[u8]) -> Result<Map<String, Value>, JwsError> {
+    if plainly_clean(bytes)
+        && let Ok(header) = serde_json::from_slice(bytes)
+    {
+        return Ok(header);
+    }
+    read_header_thoroughly(bytes)
+}
+
+fn read_header_thoroughly(bytes: &[u8]) -> Result<Map<String, Value>, JwsError> {
+    check_no_duplicates(bytes).map_err(|e| {
+        if e.duplicate {
+            JwsError::DuplicateMember {
+                part: "header",
+                detail: e.to_string(),
+            }
+        } else {
+            JwsError::Malformed(format!("header: {e}"))
+        }
+    })?;
+    serde_json::from_slice(bytes)
+        .map_err(|_| JwsError::Malformed("header is not a JSON object".into()))
+}
+
+/// A payload refused by [`check_no_duplicates`], as the decoder reports it.
+fn payload_error(e: crate::json::JsonError) -> JwsError {
+    if e.duplicate {
+        JwsError::DuplicateMember {
+            part: "payload",
+            detail: e.to_string(),
+        }
+    } else {
+        JwsError::Malformed(format!("payload: {e}"))
+    }
+}
+
+/// What [`decode_typed`] refused: the JWS (as [`decode`] would), or its
+/// payload as the type asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypedError {
+    /// The JWS itself, as [`decode`] refuses it.
+    Jws(JwsError),
+    /// The payload is strict JSON but not a `T`: the path and the problem.
+    Payload(crate::json::JsonError),
+}
+
+/// As [`decode`], and reads the payload into `T`: the errors, and their
+/// order, are those of [`decode`] followed by
+/// [`crate::json::from_checked_slice`]. The payload's JSON is walked once
+/// besides the one-pass check, since a successful typed read establishes the
+/// syntax that [`decode`] checks with a pass of its own.
+///
+/// # Errors
+/// See [`TypedError`].
+pub fn decode_typed<'a, T: serde::de::DeserializeOwned>(
+    compact: &'a str,
+    allowed: &BTreeSet<Algorithm>,
+    expected_typ: &'static str,
+) -> Result<(DecodedJws<'a>, T), TypedError> {
+    let (d, value) = decode_checking::<T>(compact, allowed, expected_typ, Rules::Strict, true)
+        .map_err(TypedError::Jws)?;
+    let value = value.unwrap_or_else(|| crate::json::from_checked_slice(&d.payload));
+    value.map(|v| (d, v)).map_err(TypedError::Payload)
+}
+
+/// Decodes and checks a compact JWS; with `typed`, also reads its payload
+/// into `T` (the read, or the error it met, is returned beside the JWS).
+fn decode_checking<'a, T: serde::de::DeserializeOwned>(
+    compact: &'a str,
+    allowed: &BTreeSet<Algorithm>,
+    expected_typ: &'static str,
+    rules: Rules,
+    typed: bool,
+) -> Result<(DecodedJws<'a>, Option<Result<T, crate::json::JsonError>>), JwsError> {
     if compact.len() > MAX_JWS_BYTES {
         return Err(JwsError::TooLarge);
     }
@@ -199,19 +287,7 @@ fn decode_with<'a>(
             "expected three `.`-separated segments".into(),
         ));
     };
-    let header_bytes = b64(h, "header")?;
-    check_no_duplicates(&header_bytes).map_err(|e| {
-        if e.duplicate {
-            JwsError::DuplicateMember {
-                part: "header",
-                detail: e.to_string(),
-            }
-        } else {
-            JwsError::Malformed(format!("header: {e}"))
-        }
-    })?;
-    let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
-        .map_err(|_| JwsError::Malformed("header is not a JSON object".into()))?;
+    let header = read_header(&b64(h, "header")?)?;
 
     let alg_name = match header.get("alg") {
         Some(Value::String(a)) => a.as_str(),
@@ -280,28 +356,33 @@ fn decode_with<'a>(
     };
 
     let payload = b64(p, "payload")?;
-    check_no_duplicates(&payload).map_err(|e| {
-        if e.duplicate {
-            JwsError::DuplicateMember {
-                part: "payload",
-                detail: e.to_string(),
-            }
-        } else {
-            JwsError::Malformed(format!("payload: {e}"))
+    // A typed read that succeeds establishes the syntax the one-pass check
+    // needs; anything else takes the full checks, then the typed read.
+    let fast = if typed && plainly_clean(&payload) {
+        serde_json::from_slice::<T>(&payload).ok()
+    } else {
+        None
+    };
+    let value = match fast {
+        Some(v) => Some(Ok(v)),
+        None => {
+            check_no_duplicates(&payload).map_err(payload_error)?;
+            typed.then(|| crate::json::from_checked_slice(&payload))
         }
-    })?;
+    };
     let signature = b64(s, "signature")?;
     let signing_input = compact
         .get(..h.len() + 1 + p.len())
         .ok_or_else(|| JwsError::Malformed("segments".into()))?;
-    Ok(DecodedJws {
+    let decoded = DecodedJws {
         alg,
         kid,
         signing_input,
         payload,
         signature,
         jwk,
-    })
+    };
+    Ok((decoded, value))
 }
 
 /// Signs `payload` (JSON bytes) as a compact JWS with header
@@ -458,6 +539,115 @@ mod tests {
                 decode(bad, &allow_all(), "mandate+jwt").unwrap_err().code(),
                 "malformed",
                 "{bad}"
+            );
+        }
+    }
+
+    mod typed {
+        use super::*;
+        use crate::model::MandateClaims;
+        use proptest::prelude::*;
+
+        const CLAIMS: &str = include_str!("../../../testdata/procurement-mandate.json");
+        const HEADER: &str = r#"{"alg":"EdDSA","kid":"k","typ":"mandate+jwt"}"#;
+
+        /// What `decode_typed` must answer: `decode`'s full checks, then the
+        /// typed read of what they accepted.
+        fn reference(compact: &str) -> Result<MandateClaims, TypedError> {
+            let d = decode(compact, &allow_all(), MANDATE).map_err(TypedError::Jws)?;
+            crate::json::from_checked_slice(&d.payload).map_err(TypedError::Payload)
+        }
+
+        const MANDATE: &str = "mandate+jwt";
+
+        /// A valid document (a mandate's claims or a header), damaged in
+        /// the ways the one-pass check and the typed read must agree on.
+        fn damaged(doc: &'static str) -> impl Strategy<Value = Vec<u8>> {
+            let insert = prop_oneof![
+                Just(r#""iss":"https://x","#),
+                Just(r#""a":1,"\u0061":2,"#),
+                Just(r#""n":1e400,"#),
+                Just(r#""n":18446744073709551616,"#),
+                Just(
+                    r#""deep":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],"#
+                ),
+                Just(r#""jwk":{},"#),
+                Just(r#"""#),
+                Just(","),
+                Just("}"),
+                Just(r"\u0000"),
+                Just(""),
+            ];
+            (0usize..4, insert, any::<u8>(), any::<prop::sample::Index>()).prop_map(
+                move |(damage, text, byte, at)| {
+                    let mut bytes = doc.as_bytes().to_vec();
+                    let at = at.index(bytes.len() + 1);
+                    match damage {
+                        0 => bytes.splice(at..at, text.bytes()).for_each(drop),
+                        1 => bytes.insert(at, byte),
+                        2 if at < bytes.len() => {
+                            bytes.remove(at);
+                        }
+                        // After the opening brace: a member the typed read sees.
+                        _ => bytes.splice(1..1, text.bytes()).for_each(drop),
+                    }
+                    bytes
+                },
+            )
+        }
+
+        fn compact(header: &[u8], payload: &[u8], signature: &[u8]) -> String {
+            format!(
+                "{}.{}.{}",
+                B64.encode(header),
+                B64.encode(payload),
+                B64.encode(signature)
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+            #[test]
+            fn a_typed_decode_answers_as_decode_then_the_typed_read(
+                payload in damaged(CLAIMS),
+                bad_signature in any::<bool>(),
+            ) {
+                let signature: &[u8] = if bad_signature { b"\xff" } else { &[0; 64] };
+                let mut jws = compact(HEADER.as_bytes(), &payload, signature);
+                if bad_signature {
+                    // Not base64url: the signature segment's own error.
+                    jws.push('=');
+                }
+                let typed = decode_typed::<MandateClaims>(&jws, &allow_all(), MANDATE);
+                prop_assert_eq!(typed.map(|(_, c)| c), reference(&jws));
+            }
+
+            #[test]
+            fn a_header_reads_as_the_full_checks_read_it(header in damaged(HEADER)) {
+                prop_assert_eq!(read_header(&header), read_header_thoroughly(&header));
+            }
+        }
+
+        #[test]
+        fn the_fast_path_is_taken_and_agrees_on_a_real_mandate() {
+            let jws = compact(HEADER.as_bytes(), CLAIMS.as_bytes(), &[0; 64]);
+            assert!(plainly_clean(CLAIMS.as_bytes()));
+            let (_, claims) = decode_typed::<MandateClaims>(&jws, &allow_all(), MANDATE).unwrap();
+            assert_eq!(Ok(claims), reference(&jws));
+            // A duplicate member is refused as `decode` refuses it, not
+            // read (serde would keep the last one).
+            let twice = CLAIMS.replacen('{', r#"{"iss":"https://evil.example","#, 1);
+            let jws = compact(HEADER.as_bytes(), twice.as_bytes(), &[0; 64]);
+            let err = decode_typed::<MandateClaims>(&jws, &allow_all(), MANDATE).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    TypedError::Jws(JwsError::DuplicateMember {
+                        part: "payload",
+                        ..
+                    })
+                ),
+                "{err:?}"
             );
         }
     }
