@@ -113,8 +113,26 @@ pub fn observed(router: Router) -> Router {
         .layer(axum::middleware::from_fn(echo_request_id))
         .layer(trace_layer())
         .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
-            tower_http::request_id::MakeRequestUuid,
+            RequestUuid,
         ))
+}
+
+/// Request ids: random (v4) UUIDs drawn from a per-thread CSPRNG (uuid's
+/// `fast-rng`: rand's ChaCha, seeded from the OS), so that a request costs
+/// no `getrandom` system call, as one did with uuid's default generator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestUuid;
+
+impl tower_http::request_id::MakeRequestId for RequestUuid {
+    fn make_request_id<B>(
+        &mut self,
+        _: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
 }
 
 /// A `debug` span per request (method, path, request id) and a `debug`
@@ -201,4 +219,26 @@ async fn problem_for_plain_errors(res: axum::response::Response) -> axum::respon
     };
     crate::error::ApiError::new(status, code, status.canonical_reason().unwrap_or("error"))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_http::request_id::MakeRequestId as _;
+
+    #[test]
+    fn request_ids_are_distinct_version_4_uuids() {
+        let req = axum::http::Request::new(());
+        let mut make = super::RequestUuid;
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .map(|_| {
+                let id = make.make_request_id(&req).expect("an id");
+                let text = id.header_value().to_str().expect("ASCII").to_owned();
+                let uuid = uuid::Uuid::parse_str(&text).expect("a UUID");
+                assert_eq!(uuid.get_version_num(), 4, "{text}");
+                assert_eq!(text.len(), 36, "hyphenated: {text}");
+                text
+            })
+            .collect();
+        assert_eq!(ids.len(), 1000, "every id is new");
+    }
 }
