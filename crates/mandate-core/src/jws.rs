@@ -212,30 +212,27 @@ fn read_header(bytes: &[u8]) -> Result<Map<String, Value>, JwsError> {
 }
 
 fn read_header_thoroughly(bytes: &[u8]) -> Result<Map<String, Value>, JwsError> {
-    check_no_duplicates(bytes).map_err(|e| {
-        if e.duplicate {
-            JwsError::DuplicateMember {
-                part: "header",
-                detail: e.to_string(),
-            }
-        } else {
-            JwsError::Malformed(format!("header: {e}"))
-        }
-    })?;
+    check_no_duplicates(bytes).map_err(|e| refused("header", e))?;
     serde_json::from_slice(bytes)
         .map_err(|_| JwsError::Malformed("header is not a JSON object".into()))
 }
 
-/// A payload refused by [`check_no_duplicates`], as the decoder reports it.
-fn payload_error(e: crate::json::JsonError) -> JwsError {
+/// A header or payload refused by [`check_no_duplicates`], as the decoder
+/// reports it.
+fn refused(part: &'static str, e: crate::json::JsonError) -> JwsError {
     if e.duplicate {
         JwsError::DuplicateMember {
-            part: "payload",
+            part,
             detail: e.to_string(),
         }
     } else {
-        JwsError::Malformed(format!("payload: {e}"))
+        JwsError::Malformed(format!("{part}: {e}"))
     }
+}
+
+/// A payload refused by [`check_no_duplicates`], as the decoder reports it.
+fn payload_error(e: crate::json::JsonError) -> JwsError {
+    refused("payload", e)
 }
 
 /// What [`decode_typed`] refused: the JWS (as [`decode`] would), or its
