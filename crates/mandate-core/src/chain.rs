@@ -975,10 +975,12 @@ impl Parent {
             .clone()
             .unwrap_or_else(|| bound.jwk.thumbprint());
         let payload = child_payload(parent, spec, mandate_id, now, attenuation::check)?;
-        Ok(append(
-            &self.presented,
-            &jws::sign_with_kid(holder_key, &kid, MANDATE_TYP, &payload),
-        ))
+        // `parent~child`, the child signed in place after the separator.
+        let mut out = String::with_capacity(self.presented.len() + 1);
+        out.push_str(&self.presented);
+        out.push(CHAIN_SEPARATOR);
+        jws::sign_into(&mut out, holder_key, &kid, MANDATE_TYP, &payload);
+        Ok(out)
     }
 }
 
@@ -1045,12 +1047,16 @@ fn child_payload(
 }
 
 fn payload(claims: &MandateClaims) -> Result<Vec<u8>, IssueError> {
-    serde_json::to_vec(claims).map_err(|e| {
-        IssueError::Invalid(Problems(vec![Problem {
-            path: ".".into(),
-            message: e.to_string(),
-        }]))
-    })
+    // A mandate's claims are 1.5 to 2 KB: one allocation, rarely grown.
+    let mut out = Vec::with_capacity(2048);
+    serde_json::to_writer(&mut out, claims)
+        .map(|()| out)
+        .map_err(|e| {
+            IssueError::Invalid(Problems(vec![Problem {
+                path: ".".into(),
+                message: e.to_string(),
+            }]))
+        })
 }
 
 /// `parent~child`.

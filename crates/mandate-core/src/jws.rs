@@ -392,6 +392,20 @@ pub fn sign(key: &SigningKey, typ: &str, payload: &[u8]) -> String {
 /// As [`sign`], naming the key by `kid` in the header.
 #[must_use]
 pub fn sign_with_kid(key: &SigningKey, kid: &str, typ: &str, payload: &[u8]) -> String {
+    let mut out = String::new();
+    sign_into(&mut out, key, kid, typ, payload);
+    out
+}
+
+/// Bytes of the base64url (unpadded) encoding of `n` bytes.
+const fn encoded_len(n: usize) -> usize {
+    n / 3 * 4 + (n % 3 * 4).div_ceil(3)
+}
+
+/// As [`sign_with_kid`], appending the JWS to `out` (which may already hold
+/// the chain it extends): the payload is encoded straight into place and
+/// the signature covers only what this call appended.
+pub fn sign_into(out: &mut String, key: &SigningKey, kid: &str, typ: &str, payload: &[u8]) {
     // A struct, not a `json!` map: the bytes signed are the same whether or
     // not serde_json keeps insertion order (a feature any crate in the
     // build can turn on).
@@ -407,13 +421,15 @@ pub fn sign_with_kid(key: &SigningKey, kid: &str, typ: &str, payload: &[u8]) -> 
         typ,
     })
     .unwrap_or_default();
-    let mut out = B64.encode(header);
+    // An ES256 signature is 64 bytes, as an Ed25519 one is.
+    out.reserve(encoded_len(header.len()) + 1 + encoded_len(payload.len()) + 1 + encoded_len(64));
+    let start = out.len();
+    B64.encode_string(header, out);
     out.push('.');
-    out.push_str(&B64.encode(payload));
-    let sig = key.sign(out.as_bytes());
+    B64.encode_string(payload, out);
+    let sig = key.sign(out.get(start..).unwrap_or_default().as_bytes());
     out.push('.');
-    out.push_str(&B64.encode(sig));
-    out
+    B64.encode_string(sig, out);
 }
 
 /// Reads the payload of a compact JWS without verifying anything.
@@ -444,6 +460,31 @@ mod tests {
             B64.encode(payload),
             B64.encode([0u8; 64])
         )
+    }
+
+    #[test]
+    fn a_jws_signed_into_a_buffer_is_the_jws_signed_alone() {
+        for n in 0..200 {
+            assert_eq!(encoded_len(n), B64.encode(vec![0u8; n]).len(), "{n} bytes");
+        }
+        for alg in [Algorithm::EdDSA, Algorithm::ES256] {
+            let key = SigningKey::from_seed(alg, [5; 32]);
+            let alone = sign_with_kid(&key, "k-1", "mandate+jwt", br#"{"a":[1,2,3]}"#);
+            let mut chain = String::from("parent.jws.here~");
+            sign_into(&mut chain, &key, "k-1", "mandate+jwt", br#"{"a":[1,2,3]}"#);
+            let appended = chain.strip_prefix("parent.jws.here~").unwrap();
+            let d = decode(appended, &allow_all(), "mandate+jwt").unwrap();
+            // The signature covers the appended JWS only, not the prefix.
+            assert!(
+                key.verifying_key()
+                    .unwrap()
+                    .verify(d.signing_input.as_bytes(), &d.signature)
+            );
+            if alg == Algorithm::EdDSA {
+                // Deterministic: byte for byte what signing alone gives.
+                assert_eq!(appended, alone);
+            }
+        }
     }
 
     #[test]
