@@ -230,11 +230,6 @@ fn refused(part: &'static str, e: crate::json::JsonError) -> JwsError {
     }
 }
 
-/// A payload refused by [`check_no_duplicates`], as the decoder reports it.
-fn payload_error(e: crate::json::JsonError) -> JwsError {
-    refused("payload", e)
-}
-
 /// What [`decode_typed`] refused: the JWS (as [`decode`] would), or its
 /// payload as the type asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,8 +241,8 @@ pub enum TypedError {
 }
 
 /// As [`decode`], and reads the payload into `T`: the errors, and their
-/// order, are those of [`decode`] followed by
-/// [`crate::json::from_checked_slice`]. The payload's JSON is walked once
+/// order, are those of [`decode`] followed by the typed read (which names
+/// the path of a member that does not fit). The payload's JSON is walked once
 /// besides the one-pass check, since a successful typed read establishes the
 /// syntax that [`decode`] checks with a pass of its own.
 ///
@@ -363,7 +358,7 @@ fn decode_checking<'a, T: serde::de::DeserializeOwned>(
     let value = match fast {
         Some(v) => Some(Ok(v)),
         None => {
-            check_no_duplicates(&payload).map_err(payload_error)?;
+            check_no_duplicates(&payload).map_err(|e| refused("payload", e))?;
             typed.then(|| crate::json::from_checked_slice(&payload))
         }
     };

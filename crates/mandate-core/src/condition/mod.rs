@@ -325,7 +325,7 @@ impl CompiledCondition {
     }
 
     /// Whether the direct evaluator can answer for this expression (see
-    /// [`Self::evaluate_direct`]).
+    /// `evaluate_direct`, which the decision tries before the CEL interpreter).
     #[must_use]
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
