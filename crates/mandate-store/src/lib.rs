@@ -265,6 +265,9 @@ type JobFn =
 struct Job {
     run: JobFn,
     reply: tokio::sync::oneshot::Sender<Result<Box<dyn std::any::Any + Send>, StoreError>>,
+    /// Whether the checkpoint must cover this job's commit before it is
+    /// answered (it otherwise lags by up to [`CHECKPOINT_EVERY`]).
+    checkpoint: bool,
 }
 
 /// The store.
@@ -503,10 +506,30 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(f, false).await
+    }
+
+    /// Makes the signed audit checkpoint cover every commit answered so far
+    /// (it is otherwise written up to [`CHECKPOINT_EVERY`] after a commit),
+    /// so that a caller reading it next gets the current head.
+    ///
+    /// # Errors
+    /// When the writer has stopped. A checkpoint that cannot be written is
+    /// not an error here: it is retried, and reported by the writer's health.
+    pub async fn checkpoint_now(&self) -> Result<(), StoreError> {
+        self.submit(|_| Ok(()), true).await
+    }
+
+    async fn submit<T, F>(&self, f: F, checkpoint: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
             run: Box::new(move |tx| f(tx).map(|v| Box::new(v) as Box<dyn std::any::Any + Send>)),
             reply,
+            checkpoint,
         };
         {
             let jobs = self.jobs.lock().map_err(|_| StoreError::Closed)?;
@@ -761,16 +784,22 @@ fn writer_loop(
         match committed {
             Ok(()) => {
                 health.commit_failing.store(false, Relaxed);
+                if head.seq != before.seq && due.is_none() {
+                    let next = last_written.map_or_else(Instant::now, |t| t + CHECKPOINT_EVERY);
+                    due = Some(next);
+                }
+                // A job that asked for it has the checkpoint cover the head
+                // before anyone in its batch is answered.
+                let asked = batch.iter().any(|j| j.checkpoint);
+                if due.is_some() && asked {
+                    write_checkpoint(&head, &mut due, &mut last_written);
+                }
                 // Committed is durable: the answer is success whatever
                 // happens to the checkpoint, and the head stays where the
                 // log is. A checkpoint that cannot be written is retried and
                 // reported by health, never turned into a failed write.
                 for (job, r) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(r);
-                }
-                if head.seq != before.seq && due.is_none() {
-                    let next = last_written.map_or_else(Instant::now, |t| t + CHECKPOINT_EVERY);
-                    due = Some(next);
                 }
                 if due.is_some_and(|d| d <= Instant::now()) {
                     write_checkpoint(&head, &mut due, &mut last_written);
@@ -895,6 +924,34 @@ mod batch_tests {
         let d = std::env::temp_dir().join(format!("mandate-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// The checkpoint lags a commit by up to `CHECKPOINT_EVERY`; asked for,
+    /// it covers every commit answered before, at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_asked_for_covers_every_commit_answered_before() {
+        let dir = temp("checkpoint-now");
+        let store = Store::open(&dir, key()).unwrap();
+        let public = key().verifying_key().unwrap();
+        for round in 1..=20_i64 {
+            // Commits well inside the lag: the writer has not checkpointed
+            // them on its own yet.
+            for i in 0..3 {
+                store
+                    .write(move |tx| {
+                        tx.audit(Some("t"), "job", None, serde_json::json!({"i": i}))?;
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }
+            store.checkpoint_now().await.unwrap();
+            let text = std::fs::read_to_string(checkpoint_path(&dir)).unwrap();
+            let cp = audit::decode_checkpoint(&text, &public).unwrap();
+            assert_eq!(cp.seq, round * 3, "round {round}");
+        }
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

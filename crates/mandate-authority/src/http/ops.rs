@@ -43,6 +43,12 @@ pub async fn checkpoint(
     State(s): State<Arc<AppState>>,
     _caller: crate::auth::Caller,
 ) -> Result<axum::response::Response, crate::error::ApiError> {
+    // The checkpoint covers what was committed before this request, not
+    // only what the writer had checkpointed by then.
+    s.store
+        .checkpoint_now()
+        .await
+        .map_err(crate::error::ApiError::internal)?;
     let path = mandate_store::checkpoint_path(s.store.dir());
     let text = std::fs::read_to_string(&path)
         .map_err(|_| crate::error::ApiError::not_found("checkpoint"))?;
