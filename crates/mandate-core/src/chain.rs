@@ -789,9 +789,11 @@ pub fn issue_discovery_grant(
         now,
         attenuation::check_discovery_grant,
     )?;
-    Ok(append(
+    Ok(append_signed(
         parent_presented,
-        &jws::sign(authority, MANDATE_TYP, &payload),
+        authority,
+        authority.kid(),
+        &payload,
     ))
 }
 
@@ -975,12 +977,7 @@ impl Parent {
             .clone()
             .unwrap_or_else(|| bound.jwk.thumbprint());
         let payload = child_payload(parent, spec, mandate_id, now, attenuation::check)?;
-        // `parent~child`, the child signed in place after the separator.
-        let mut out = String::with_capacity(self.presented.len() + 1);
-        out.push_str(&self.presented);
-        out.push(CHAIN_SEPARATOR);
-        jws::sign_into(&mut out, holder_key, &kid, MANDATE_TYP, &payload);
-        Ok(out)
+        Ok(append_signed(&self.presented, holder_key, &kid, &payload))
     }
 }
 
@@ -1059,10 +1056,13 @@ fn payload(claims: &MandateClaims) -> Result<Vec<u8>, IssueError> {
         })
 }
 
-/// `parent~child`.
-fn append(parent_presented: &str, child: &str) -> String {
-    let mut out = parent_presented.trim().to_owned();
+/// `parent~child`, the child's JWS (`payload` signed by `key`, named `kid`)
+/// encoded and signed in place after the separator.
+fn append_signed(parent_presented: &str, key: &SigningKey, kid: &str, payload: &[u8]) -> String {
+    let parent = parent_presented.trim();
+    let mut out = String::with_capacity(parent.len() + 1);
+    out.push_str(parent);
     out.push(CHAIN_SEPARATOR);
-    out.push_str(child);
+    jws::sign_into(&mut out, key, kid, MANDATE_TYP, payload);
     out
 }

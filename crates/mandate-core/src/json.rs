@@ -151,9 +151,15 @@ pub fn check_no_duplicates(bytes: &[u8]) -> Result<(), JsonError> {
 /// Whether `bytes` is certainly valid JSON (UTF-8 included) with no
 /// duplicate member, no excess depth and no inexact number.
 fn plainly_valid(bytes: &[u8]) -> bool {
-    std::str::from_utf8(bytes).is_ok()
-        && crate::number::plainly_clean(bytes)
-        && serde_json::from_slice::<de::IgnoredAny>(bytes).is_ok()
+    plainly_clean(bytes) && serde_json::from_slice::<de::IgnoredAny>(bytes).is_ok()
+}
+
+/// UTF-8 and the one-pass scan ([`crate::number::plainly_clean`]): for a
+/// document whose syntax something else establishes (a validating skip, or
+/// a typed read that succeeds), no duplicate member, no excess depth and no
+/// inexact number.
+pub(crate) fn plainly_clean(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok() && crate::number::plainly_clean(bytes)
 }
 
 /// [`check_no_duplicates`] by walking every value through serde, without its
@@ -195,8 +201,7 @@ pub fn from_slice_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonErr
     // A successful typed read establishes valid syntax, so the common
     // document needs only the one pass besides it. Every other case runs
     // the full checks in their usual order, so errors are the same.
-    if std::str::from_utf8(bytes).is_ok()
-        && crate::number::plainly_clean(bytes)
+    if plainly_clean(bytes)
         && let Ok(value) = serde_json::from_slice(bytes)
     {
         return Ok(value);

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde_json::{Map, Value};
 
-use crate::json::check_no_duplicates;
+use crate::json::{check_no_duplicates, plainly_clean};
 use crate::keys::{Algorithm, PublicJwk, SigningKey};
 
 /// Largest accepted compact JWS, in bytes.
@@ -190,12 +190,6 @@ fn decode_with<'a>(
 ) -> Result<DecodedJws<'a>, JwsError> {
     decode_checking::<serde::de::IgnoredAny>(compact, allowed, expected_typ, rules, false)
         .map(|(d, _)| d)
-}
-
-/// Whether `bytes` passes the one-pass check ([`crate::number::plainly_clean`]):
-/// for valid JSON, no duplicate member, no excess depth, no inexact number.
-fn plainly_clean(bytes: &[u8]) -> bool {
-    std::str::from_utf8(bytes).is_ok() && crate::number::plainly_clean(bytes)
 }
 
 /// A protected header as a JSON object: strict JSON (no duplicate member,
