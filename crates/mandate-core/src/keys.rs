@@ -372,8 +372,46 @@ impl VerifyingKey {
 }
 
 enum SecretInner {
-    Ed25519(ed25519_dalek::SigningKey),
+    Ed25519(Ed25519Secret),
     P256(p256::ecdsa::SigningKey),
+}
+
+/// An Ed25519 private key, held twice: by ed25519-dalek, for its public
+/// half and its bytes (zeroized on drop), and by AWS-LC, which signs.
+/// Ed25519 signatures are deterministic (RFC 8032 §5.1.6), so the two
+/// libraries produce the same 64 bytes for the same key and message;
+/// AWS-LC's fixed-base multiplication (s2n-bignum's verified assembly)
+/// takes about half of dalek's time, and a signature is most of what an
+/// attenuation costs. `fast` is `None` only if AWS-LC refused the pair,
+/// which it does not for any 32-byte seed; dalek signs then.
+/// Verification stays with dalek: strict, and batched.
+struct Ed25519Secret {
+    key: ed25519_dalek::SigningKey,
+    fast: Option<aws_lc_rs::signature::Ed25519KeyPair>,
+}
+
+impl Ed25519Secret {
+    fn from_seed(seed: &[u8; 32]) -> Self {
+        let key = ed25519_dalek::SigningKey::from_bytes(seed);
+        // AWS-LC derives the public key from the seed itself and refuses
+        // the pair unless it is the one dalek derived.
+        let fast = aws_lc_rs::signature::Ed25519KeyPair::from_seed_and_public_key(
+            seed,
+            key.verifying_key().as_bytes(),
+        )
+        .ok();
+        Self { key, fast }
+    }
+
+    fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        match &self.fast {
+            Some(pair) => pair.sign(msg).as_ref().to_vec(),
+            None => {
+                use ed25519_dalek::Signer as _;
+                self.key.sign(msg).to_bytes().to_vec()
+            }
+        }
+    }
 }
 
 /// A private signing key. Zeroized on drop; `Debug` shows only its id.
@@ -442,7 +480,7 @@ impl SigningKey {
                 // leak into this API). The copy on the stack is wiped.
                 let mut secret = zeroize::Zeroizing::new([0u8; 32]);
                 rng.fill_bytes(&mut *secret);
-                SecretInner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&secret))
+                SecretInner::Ed25519(Ed25519Secret::from_seed(&secret))
             }
             Algorithm::ES256 => SecretInner::P256(p256::ecdsa::SigningKey::random(rng)),
         };
@@ -454,7 +492,7 @@ impl SigningKey {
     #[must_use]
     pub fn from_seed(alg: Algorithm, seed: [u8; 32]) -> Self {
         let inner = match alg {
-            Algorithm::EdDSA => SecretInner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed)),
+            Algorithm::EdDSA => SecretInner::Ed25519(Ed25519Secret::from_seed(&seed)),
             Algorithm::ES256 => {
                 let mut s = seed;
                 loop {
@@ -504,7 +542,7 @@ impl SigningKey {
             SecretInner::Ed25519(k) => (
                 "OKP",
                 "Ed25519",
-                B64.encode(k.verifying_key().as_bytes()),
+                B64.encode(k.key.verifying_key().as_bytes()),
                 None,
             ),
             SecretInner::P256(k) => {
@@ -551,10 +589,7 @@ impl SigningKey {
     #[must_use]
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         match &self.inner {
-            SecretInner::Ed25519(k) => {
-                use ed25519_dalek::Signer as _;
-                k.sign(msg).to_bytes().to_vec()
-            }
+            SecretInner::Ed25519(k) => k.sign(msg),
             SecretInner::P256(k) => {
                 let s: p256::ecdsa::Signature = k.sign(msg);
                 s.to_bytes().to_vec()
@@ -567,7 +602,7 @@ impl SigningKey {
     pub fn to_private_jwk(&self) -> PrivateJwk {
         let public = self.public_jwk();
         let d = match &self.inner {
-            SecretInner::Ed25519(k) => Secret::new(B64.encode(k.to_bytes())),
+            SecretInner::Ed25519(k) => Secret::new(B64.encode(k.key.to_bytes())),
             SecretInner::P256(k) => Secret::new(B64.encode(k.to_bytes())),
         };
         PrivateJwk {
@@ -592,7 +627,7 @@ impl SigningKey {
         let inner = match (p.kty.as_str(), p.crv.as_str()) {
             ("OKP", "Ed25519") => {
                 let d = Zeroizing::new(decode_fixed::<32>(jwk.d.expose(), "d")?);
-                SecretInner::Ed25519(ed25519_dalek::SigningKey::from_bytes(&d))
+                SecretInner::Ed25519(Ed25519Secret::from_seed(&d))
             }
             ("EC", "P-256") => {
                 let d = Zeroizing::new(decode_fixed::<32>(jwk.d.expose(), "d")?);
@@ -746,6 +781,62 @@ mod tests {
         // Nothing usable at all.
         let none = serde_json::json!({"keys": [{"kty": "RSA", "n": "x", "e": "AQAB"}]});
         assert!(KeySet::from_jwks_skipping_unknown(&none).is_err());
+    }
+
+    /// RFC 8032 §7.1, TEST 1 and TEST 3: the secret key, and the
+    /// signature of the empty message and of `af82`.
+    #[test]
+    fn ed25519_signatures_are_rfc_8032s_test_vectors() {
+        let hex32 = |h: &str| -> [u8; 32] {
+            hex_bytes(h)
+                .try_into()
+                .unwrap_or_else(|_| panic!("32 bytes"))
+        };
+        for (seed, msg, sig) in [
+            (
+                "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+                "",
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+            ),
+            (
+                "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+                "af82",
+                "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a",
+            ),
+        ] {
+            let key = SigningKey::from_seed(Algorithm::EdDSA, hex32(seed));
+            assert_eq!(key.sign(&hex_bytes(msg)), hex_bytes(sig));
+        }
+    }
+
+    fn hex_bytes(h: &str) -> Vec<u8> {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// AWS-LC signs; its signature is ed25519-dalek's, byte for byte, for
+        /// any key and message (so keys, mandates and proofs signed before
+        /// the change read the same), and dalek verifies it strictly.
+        #[test]
+        fn ed25519_signatures_by_aws_lc_are_dalek_s(
+            seed in proptest::array::uniform32(proptest::num::u8::ANY),
+            msg in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+        ) {
+            let key = SigningKey::from_seed(Algorithm::EdDSA, seed);
+            let SecretInner::Ed25519(secret) = &key.inner else { panic!("an Ed25519 key") };
+            proptest::prop_assert!(secret.fast.is_some(), "AWS-LC refused a seed");
+            let dalek = {
+                use ed25519_dalek::Signer as _;
+                ed25519_dalek::SigningKey::from_bytes(&seed).sign(&msg).to_bytes().to_vec()
+            };
+            let signed = key.sign(&msg);
+            proptest::prop_assert_eq!(&signed, &dalek);
+            let verifying = key.verifying_key().unwrap_or_else(|e| panic!("{e}"));
+            proptest::prop_assert!(verifying.verify(&msg, &signed));
+        }
     }
 
     #[test]
