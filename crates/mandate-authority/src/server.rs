@@ -91,9 +91,10 @@ pub async fn run_with(
     let header_timeout = limits.header_read_timeout;
     let deadline = limits.shutdown_deadline;
     let app = match limits.request_timeout {
-        Some(t) => app.layer(axum::middleware::from_fn(move |req, next| {
-            within(t, req, next)
-        })),
+        Some(t) => crate::http::around(
+            app,
+            axum::middleware::from_fn(move |req, next| within(t, req, next)),
+        ),
         None => app,
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
