@@ -491,6 +491,37 @@ fn bench_pop(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // A proof by an ES256 holder key (DPoP's most common algorithm): one
+    // P-256 ECDSA verification of a proof's signing input, as Mandate does
+    // it, beside the RustCrypto `p256` crate that did it before.
+    let es = SigningKey::from_seed(Algorithm::ES256, [6; 32]);
+    let es_key = es.verifying_key().unwrap();
+    let es_sig = es.sign(msg.as_bytes());
+    assert!(es_key.verify(msg.as_bytes(), &es_sig));
+    g.bench_function("mandate/es256_verify", |b| {
+        b.iter(|| es_key.verify(black_box(msg.as_bytes()), black_box(&es_sig)))
+    });
+    let reference = {
+        let jwk = es.public_jwk();
+        let coordinate = |c: &str| {
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c).unwrap()
+        };
+        let point = p256::EncodedPoint::from_affine_coordinates(
+            coordinate(&jwk.x).as_slice().into(),
+            coordinate(jwk.y.as_deref().unwrap()).as_slice().into(),
+            false,
+        );
+        p256::ecdsa::VerifyingKey::from_encoded_point(&point).unwrap()
+    };
+    let reference_sig = p256::ecdsa::Signature::from_slice(&es_sig).unwrap();
+    g.bench_function("p256_crate/es256_verify", |b| {
+        use p256::ecdsa::signature::Verifier as _;
+        b.iter(|| {
+            reference
+                .verify(black_box(msg.as_bytes()), black_box(&reference_sig))
+                .is_ok()
+        })
+    });
     g.finish();
 }
 

@@ -6,7 +6,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::signature::Signer as _;
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -192,7 +192,11 @@ pub struct Jwks {
 #[derive(Clone)]
 enum PublicInner {
     Ed25519(ed25519_dalek::VerifyingKey),
-    P256(p256::ecdsa::VerifyingKey),
+    /// Verified by AWS-LC (its P-256 is assembly: about a sixth of the
+    /// RustCrypto `p256` crate's time per ES256 verification here, which
+    /// matters where agents prove possession with ES256 keys, DPoP's most
+    /// common algorithm). The point was validated by `p256` when decoded.
+    P256(aws_lc_rs::signature::ParsedPublicKey),
 }
 
 /// A decoded public key, ready to verify. Decode once and keep it: decoding
@@ -273,8 +277,14 @@ impl VerifyingKey {
                 let y = decode_fixed::<32>(jwk.y.as_deref().unwrap_or_default(), "y")?;
                 let point =
                     p256::EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
-                let key = p256::ecdsa::VerifyingKey::from_encoded_point(&point)
+                // On the curve and not the identity, or refused.
+                p256::ecdsa::VerifyingKey::from_encoded_point(&point)
                     .map_err(|_| KeyError::InvalidPoint)?;
+                let key = aws_lc_rs::signature::ParsedPublicKey::new(
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                    point.as_bytes(),
+                )
+                .map_err(|_| KeyError::InvalidPoint)?;
                 PublicInner::P256(key)
             }
             (kty, crv) => return Err(KeyError::Unsupported(format!("{kty}/{crv}"))),
@@ -363,10 +373,8 @@ impl VerifyingKey {
                 Ok(s) => k.verify_strict(msg, &s).is_ok(),
                 Err(_) => false,
             },
-            PublicInner::P256(k) => match p256::ecdsa::Signature::from_slice(sig) {
-                Ok(s) => k.verify(msg, &s).is_ok(),
-                Err(_) => false,
-            },
+            // `r || s`, 64 bytes; `r` and `s` in [1, n), or refused.
+            PublicInner::P256(k) => k.verify_sig(msg, sig).is_ok(),
         }
     }
 }
@@ -836,6 +844,60 @@ mod tests {
             proptest::prop_assert_eq!(&signed, &dalek);
             let verifying = key.verifying_key().unwrap_or_else(|e| panic!("{e}"));
             proptest::prop_assert!(verifying.verify(&msg, &signed));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// ES256 is verified by AWS-LC; the RustCrypto `p256` crate, which
+        /// verified it before, is the reference: the same answer for an
+        /// honest signature, its high-`s` twin (both accept: JWS does not
+        /// require low `s`), a damaged signature or message, `r` or `s`
+        /// zero or out of range, and a signature of the wrong length.
+        #[test]
+        fn es256_verification_by_aws_lc_answers_as_p256_did(
+            seed in proptest::array::uniform32(proptest::num::u8::ANY),
+            msg in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            flip in 0usize..64,
+        ) {
+            use p256::ecdsa::signature::Verifier as _;
+            let key = SigningKey::from_seed(Algorithm::ES256, seed);
+            let ours = key.verifying_key().unwrap_or_else(|e| panic!("{e}"));
+            let SecretInner::P256(secret) = &key.inner else { panic!("a P-256 key") };
+            let reference = *secret.verifying_key();
+            let p256_says = |m: &[u8], sig: &[u8]| {
+                p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| reference.verify(m, &s).is_ok())
+            };
+            let signed = key.sign(&msg);
+            let honest = p256::ecdsa::Signature::from_slice(&signed).unwrap_or_else(|e| panic!("{e}"));
+            let high_s = p256::ecdsa::Signature::from_scalars(honest.r(), -*honest.s())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .to_vec();
+            let mut damaged = signed.clone();
+            damaged[flip] ^= 0x01;
+            let mut other_msg = msg.clone();
+            other_msg.push(b'x');
+            let order = hex_bytes("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+            let zero_r = [vec![0; 32], signed[32..].to_vec()].concat();
+            let zero_s = [signed[..32].to_vec(), vec![0; 32]].concat();
+            let s_is_n = [signed[..32].to_vec(), order.clone()].concat();
+            let r_is_n = [order, signed[32..].to_vec()].concat();
+            let cases: [(&[u8], &[u8], bool); 9] = [
+                (&msg, &signed, true),
+                (&msg, &high_s, true),
+                (&msg, &damaged, false),
+                (&other_msg, &signed, false),
+                (&msg, &zero_r, false),
+                (&msg, &zero_s, false),
+                (&msg, &s_is_n, false),
+                (&msg, &r_is_n, false),
+                (&msg, &signed[..63], false),
+            ];
+            for (i, (m, sig, expected)) in cases.into_iter().enumerate() {
+                let answer = ours.verify(m, sig);
+                proptest::prop_assert_eq!(answer, p256_says(m, sig), "case {}", i);
+                proptest::prop_assert_eq!(answer, expected, "case {}", i);
+            }
         }
     }
 

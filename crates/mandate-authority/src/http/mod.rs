@@ -117,8 +117,7 @@ where
         + Send
         + Sync
         + 'static,
-    <L::Service as tower::Service<axum::extract::Request>>::Response:
-        axum::response::IntoResponse,
+    <L::Service as tower::Service<axum::extract::Request>>::Response: axum::response::IntoResponse,
     <L::Service as tower::Service<axum::extract::Request>>::Future: Send + 'static,
 {
     Router::new().fallback_service(layer.layer(router))
