@@ -151,15 +151,19 @@ pub fn check_no_duplicates(bytes: &[u8]) -> Result<(), JsonError> {
 /// Whether `bytes` is certainly valid JSON (UTF-8 included) with no
 /// duplicate member, no excess depth and no inexact number.
 fn plainly_valid(bytes: &[u8]) -> bool {
-    plainly_clean(bytes) && serde_json::from_slice::<de::IgnoredAny>(bytes).is_ok()
+    plainly_clean(bytes).is_some_and(|text| serde_json::from_str::<de::IgnoredAny>(text).is_ok())
 }
 
 /// UTF-8 and the one-pass scan ([`crate::number::plainly_clean`]): for a
 /// document whose syntax something else establishes (a validating skip, or
 /// a typed read that succeeds), no duplicate member, no excess depth and no
-/// inexact number.
-pub(crate) fn plainly_clean(bytes: &[u8]) -> bool {
-    std::str::from_utf8(bytes).is_ok() && crate::number::plainly_clean(bytes)
+/// inexact number. Returns the document as text: read with
+/// `serde_json::from_str`, its strings are not validated as UTF-8 a second
+/// time, one by one, as `from_slice` would.
+pub(crate) fn plainly_clean(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|_| crate::number::plainly_clean(bytes))
 }
 
 /// [`check_no_duplicates`] by walking every value through serde, without its
@@ -201,8 +205,8 @@ pub fn from_slice_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonErr
     // A successful typed read establishes valid syntax, so the common
     // document needs only the one pass besides it. Every other case runs
     // the full checks in their usual order, so errors are the same.
-    if plainly_clean(bytes)
-        && let Ok(value) = serde_json::from_slice(bytes)
+    if let Some(text) = plainly_clean(bytes)
+        && let Ok(value) = serde_json::from_str(text)
     {
         return Ok(value);
     }
