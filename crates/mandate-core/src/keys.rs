@@ -392,7 +392,9 @@ enum SecretInner {
 /// takes about half of dalek's time, and a signature is most of what an
 /// attenuation costs. `fast` is `None` only if AWS-LC refused the pair,
 /// which it does not for any 32-byte seed; dalek signs then.
-/// Verification stays with dalek: strict, and batched.
+/// Verification stays with dalek: strict, and batched. AWS-LC keeps its
+/// copy of the seed only inside its key object, whose memory it wipes
+/// when the key is freed (`OPENSSL_free` cleanses every allocation).
 struct Ed25519Secret {
     key: ed25519_dalek::SigningKey,
     fast: Option<aws_lc_rs::signature::Ed25519KeyPair>,
