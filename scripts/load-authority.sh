@@ -135,33 +135,11 @@ PY
 fi
 for p in "${servers[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done; servers=()
 if [ -n "${CALLGRIND:-}" ]; then
-  # Inclusive counts of the functions that bound each part, over the
-  # decisions made (the set-up's few requests and the start are under 0.5%).
-  n=$(echo "$out" | awk '/requests in/ {print $1}')
-  callgrind_annotate --inclusive=yes "$work/callgrind.out" > annotated.txt
-  callgrind_annotate --tree=calling "$work/callgrind.out" > calls.txt
-  python3 - "$n" <<'PY'
-import re, sys
-n = max(int(sys.argv[1]), 1)
-inc = open("annotated.txt").read()
-def count(name):
-    """The inclusive count of the first line naming `name`."""
-    m = re.search(r"^\s*([\d,]+) \([ \d.]+%\)\s+\S*" + re.escape(name), inc, re.M)
-    return int(m.group(1).replace(",", "")) if m else 0
-rows = [
-    ("all threads", count("PROGRAM TOTALS")),
-    ("a connection's request handling (hyper's poll_msg)",
-     count("<hyper::proto::h1::dispatch::Server<S,hyper::body::incoming::Incoming> as hyper::proto::h1::dispatch::Dispatch>::poll_msg [")),
-    ("  of which the proof's signature (verify_strict)", count("mandate_core::keys::VerifyingKey::verify [")),
-    ("the store's writer thread (SQLite, the audit chain)", count("mandate_store::writer_loop [")),
-]
-calls = open("calls.txt").read()
-allocs = sum(int(m.group(1).replace(",", "")) for m in re.finditer(r">\s+\S+:mi_malloc_aligned \(([\d,]+)x\)", calls))
-print(f"== callgrind, {n} decisions: per decision")
-for name, c in rows:
-    print(f"{name:56} {c / n:>10,.0f} instructions")
-print(f"{'allocations (mi_malloc_aligned calls, all threads)':56} {allocs / n:>10,.1f}")
-PY
+  python3 "$root/scripts/callgrind-per-op.py" "$work/callgrind.out" "$(echo "$out" | awk '/requests in/ {print $1}')" \
+    "all threads=PROGRAM TOTALS" \
+    "a request's handling (hyper's poll_msg, the handler in it)=<hyper::proto::h1::dispatch::Server<S,hyper::body::incoming::Incoming> as hyper::proto::h1::dispatch::Dispatch>::poll_msg [" \
+    "  of which the proof's signature (verify_strict)=mandate_core::keys::VerifyingKey::verify [" \
+    "the store's writer thread (SQLite, the audit chain)=mandate_store::writer_loop ["
   exit 0
 fi
 records=$("$bin" --output json audit verify --data-dir data "${db[@]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["intact"], d; print(d["records"])')

@@ -8,6 +8,10 @@
 # rounds take turns so that the machine's drift hits every target alike.
 # Needs nginx and curl (Debian packages); the load comes from
 # crates/mandate-loadgen, the same for every target.
+# CALLGRIND=1: the gateway runs under valgrind's callgrind, only the gateway
+# is loaded, and the run reports instructions and allocations per request
+# (repeatable where req/s on a shared machine is not); one connection keeps
+# every proof checked alone:  CALLGRIND=1 scripts/load-gateway.sh 15 1
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
@@ -66,8 +70,9 @@ rid=$(curl -s -X POST "http://$addr/v1/requests" -H "Authorization: Bearer $agen
 mandate=$(curl -s -X POST "http://$addr/v1/requests/$rid/approve" -H "Authorization: Bearer $principal" | python3 -c 'import json,sys; print(json.load(sys.stdin)["mandate"])')
 sed -e "s|127.0.0.1:8081|127.0.0.1:$G|; s|127.0.0.1:8080|$addr|; s|127.0.0.1:9000|127.0.0.1:$U|; s|delivery = \"push\".*|delivery = \"push\"|" \
   "$root/deploy/nginx/gateway.toml" > gateway.toml
-"$bin" gateway --config gateway.toml 2> gateway.log & pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$G/_mandate/healthz" | grep -q '"fresh":true' && break; sleep 0.1; done
+under=(); [ -n "${CALLGRIND:-}" ] && under=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out")
+"${under[@]}" "$bin" gateway --config gateway.toml 2> gateway.log & gw=$!; pids+=($gw)
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$G/_mandate/healthz" | grep -q '"fresh":true' && break; sleep 0.1; done
 sed -e "s|127.0.0.1:9000|127.0.0.1:$U|; s|127.0.0.1:8081|127.0.0.1:$G|; s|127.0.0.1:8088|127.0.0.1:$A|" "$root/deploy/nginx/mandate.conf" > nginx/auth.conf
 nginx -p "$work/nginx" -c auth.conf -g 'daemon off;' & pids+=($!)
 sleep 0.5
@@ -77,6 +82,19 @@ for url in "http://127.0.0.1:$G" "http://127.0.0.1:$A"; do
   [ "$code" = 200 ] || { echo "setup failed: $url answered $code"; cat gateway.log; exit 1; }
 done
 
+if [ -n "${CALLGRIND:-}" ]; then
+  proof "http://127.0.0.1:$G" --count $((duration * 10000)) > proofs
+  out=$("$loadgen" "http://127.0.0.1:$G/repos/acme/app/pulls/123" -c "$conns" -d "$duration" -H 'DPoP: @LINE@' \
+    --lines proofs -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" --expect '"state":"open"')
+  echo "$out"
+  kill "$gw"; wait "$gw" 2>/dev/null || true
+  python3 "$root/scripts/callgrind-per-op.py" "$work/callgrind.out" "$(echo "$out" | awk '/requests in/ {print $1}')" \
+    "all threads=PROGRAM TOTALS" \
+    "a request's handling (decision, upstream call; poll_msg)=<hyper::proto::h1::dispatch::Server<S,hyper::body::incoming::Incoming> as hyper::proto::h1::dispatch::Dispatch>::poll_msg [" \
+    "  of which the proof's signature (verify_strict)=mandate_core::keys::VerifyingKey::verify [" \
+    "shipping its decisions to the authority (send_loop)=mandate_enforce::shipper::send_loop ["
+  exit 0
+fi
 decided=2  # the two set-up requests above
 results="$work/results.csv"
 run() { # NAME URL CONNECTIONS ROUND

@@ -232,6 +232,14 @@ impl GatewayConfig {
         }
         mandate_core::location::Location::parse_grant(&self.location_base)
             .map_err(|e| cerr("location_base", e.to_string()))?;
+        for (setting, name) in [
+            ("agent_instance_header", &self.agent_instance_header),
+            ("agent_header", &self.agent_header),
+        ] {
+            if header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(cerr(setting, format!("`{name}` is not a header name")));
+            }
+        }
         if let Some(u) = &self.public_url {
             let normal = mandate_core::pop::normalize_htu(u).map_err(|e| cerr("public_url", e))?;
             if normal.trim_end_matches('/').matches('/').count() > 2 {
@@ -416,7 +424,14 @@ pub struct Gateway {
     upstream: crate::upstream::Upstreams,
     /// Where agents call this gateway (`public_url`, or `http(s)://LISTEN`).
     origin: String,
+    /// `agent_instance_header` and `agent_header`, parsed once.
+    instance_header: header::HeaderName,
+    agent_header: header::HeaderName,
 }
+
+/// The headers an agent's request carries its mandate and its proof in.
+const MANDATE: header::HeaderName = header::HeaderName::from_static("mandate");
+const DPOP: header::HeaderName = header::HeaderName::from_static("dpop");
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -433,6 +448,12 @@ impl Gateway {
     /// # Errors
     /// When the token cannot be read or the authority cannot be reached.
     pub fn start(config: GatewayConfig) -> Result<Arc<Self>, String> {
+        let header_name = |field: &str, name: &str| {
+            header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("{field}: `{name}` is not a header name"))
+        };
+        let instance_header = header_name("agent_instance_header", &config.agent_instance_header)?;
+        let agent_header = header_name("agent_header", &config.agent_header)?;
         let scheme = scheme(config.tls_cert_file.as_deref());
         let upstream = crate::upstream::client(config.upstream_ca_file.as_deref())?;
         let push_url = match config.delivery {
@@ -481,6 +502,8 @@ impl Gateway {
                 |u| u.trim_end_matches('/').to_owned(),
             ),
             config,
+            instance_header,
+            agent_header,
         }))
     }
 
@@ -513,7 +536,7 @@ impl Gateway {
         else {
             return denied("no_route");
         };
-        let Some(mandate) = headers.get("mandate").and_then(|v| v.to_str().ok()) else {
+        let Some(mandate) = headers.get(&MANDATE).and_then(|v| v.to_str().ok()) else {
             return denied("mandate_missing");
         };
         let token = headers
@@ -531,20 +554,20 @@ impl Gateway {
             EvaluationRequest::new(&route.config.action, &route.config.type_, &location, props);
         // Who acts, as the proxied request says; the decision requires it.
         if let Some(instance) = headers
-            .get(self.config.agent_instance_header.as_str())
+            .get(&self.instance_header)
             .and_then(|v| v.to_str().ok())
         {
             request = request.with_agent_instance(instance);
         }
         if let Some(agent) = headers
-            .get(self.config.agent_header.as_str())
+            .get(&self.agent_header)
             .and_then(|v| v.to_str().ok())
         {
             request.subject = Some(serde_json::json!({"type": "agent", "id": agent}));
         }
         // One proof, in one `DPoP` header (RFC 9449 §4.3 check 1).
-        let proof = match headers.get_all("dpop").iter().count() {
-            1 => headers.get("dpop").and_then(|v| v.to_str().ok()),
+        let proof = match headers.get_all(&DPOP).iter().count() {
+            1 => headers.get(&DPOP).and_then(|v| v.to_str().ok()),
             0 => None,
             _ => Some(""),
         };
@@ -587,56 +610,76 @@ const VIA: &str = "1.1 mandate-gateway";
 /// `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
 /// They concern one connection, not the one the gateway opens onward.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
+    // The names `Connection` lists, read before it is removed (rare: most
+    // requests carry none, or only `keep-alive`).
+    let named: Vec<header::HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
+        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
     for n in named {
-        headers.remove(n.as_str());
+        headers.remove(n);
     }
-    for h in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    // By their `HeaderName`s: a name given as text would be parsed again
+    // for every removal of every request.
+    for h in HOP_BY_HOP {
         headers.remove(h);
     }
 }
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1 (and the old `Keep-Alive` and
+/// `Proxy-Connection`).
+const HOP_BY_HOP: [header::HeaderName; 9] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// `X-Forwarded-For`.
+const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
 
 /// Adds what a proxy adds on the way in: `Via`, the client's address to
 /// `X-Forwarded-For`, and an RFC 7239 `Forwarded` element (`for`, `proto`,
 /// `host`), keeping what earlier proxies wrote.
 fn forwarded(headers: &mut HeaderMap, peer: Option<std::net::IpAddr>, host: Option<&str>) {
+    use std::fmt::Write as _;
     headers.append(header::VIA, HeaderValue::from_static(VIA));
     let Some(ip) = peer else {
         return;
     };
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    // The address is formatted once, for both headers.
+    let mut text = String::with_capacity(96);
+    if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        text.push_str(prior);
+        text.push_str(", ");
     }
-    let node = match ip {
-        std::net::IpAddr::V4(a) => a.to_string(),
-        std::net::IpAddr::V6(a) => format!("\"[{a}]\""),
-    };
-    let mut element = format!("for={node};proto=http");
+    let address = text.len();
+    let _ = write!(text, "{ip}");
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    let node = text.split_off(address);
+    text.clear();
+    text.push_str("for=");
+    match ip {
+        std::net::IpAddr::V4(_) => text.push_str(&node),
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(text, "\"[{node}]\"");
+        }
+    }
+    text.push_str(";proto=http");
     if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
-        element.push_str(&format!(";host=\"{h}\""));
+        let _ = write!(text, ";host=\"{h}\"");
     }
-    if let Ok(v) = HeaderValue::from_str(&element) {
+    if let Ok(v) = HeaderValue::from_str(&text) {
         headers.append(header::FORWARDED, v);
     }
 }
@@ -679,9 +722,9 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         return (StatusCode::BAD_GATEWAY, "bad upstream URI").into_response();
     };
     parts.uri = uri;
-    parts.headers.remove("mandate");
+    parts.headers.remove(&MANDATE);
     // The proof was for this gateway's URL: of no use upstream.
-    parts.headers.remove("dpop");
+    parts.headers.remove(&DPOP);
     strip_hop_by_hop(&mut parts.headers);
     let peer = parts
         .extensions
@@ -693,9 +736,7 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     forwarded(&mut parts.headers, peer, host.as_deref());
-    parts
-        .headers
-        .remove(gw.config.agent_instance_header.as_str());
+    parts.headers.remove(&gw.instance_header);
     parts.headers.remove(header::HOST);
     match gw.upstream.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
@@ -771,6 +812,51 @@ mod tests {
             },
             "https://api.github.com/",
         )
+    }
+
+    #[test]
+    fn a_forwarded_request_names_the_client_as_rfc_7239_and_x_forwarded_for_do() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        forwarded(
+            &mut h,
+            Some("127.0.0.1".parse().unwrap()),
+            Some("gw.example:8081"),
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(
+            h["forwarded"],
+            "for=127.0.0.1;proto=http;host=\"gw.example:8081\""
+        );
+        assert_eq!(h["via"], VIA);
+        // IPv6 is quoted and bracketed in `Forwarded`, bare in the other;
+        // a host that would break out of its quotes is left out.
+        let mut h = HeaderMap::new();
+        forwarded(&mut h, Some("2001:db8::7".parse().unwrap()), Some("a\"b"));
+        assert_eq!(h["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::7]\";proto=http");
+        // No peer: only `Via`.
+        let mut h = HeaderMap::new();
+        forwarded(&mut h, None, Some("gw.example"));
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("accept", HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["accept"], "application/json");
     }
 
     #[test]
@@ -850,6 +936,19 @@ mod tests {
         for wrong in ["replay_capacity = 0", "replay_capacity = 100000001"] {
             let e = config(wrong).validate().unwrap_err();
             assert_eq!(e.setting, "replay_capacity", "{wrong}: {e}");
+        }
+        // The header names it reads the agent's identity from are names.
+        assert_eq!(config("agent_header = \"x-agent\"").validate(), Ok(()));
+        for (wrong, setting) in [
+            (
+                "agent_instance_header = \"agent instance\"",
+                "agent_instance_header",
+            ),
+            ("agent_header = \"\"", "agent_header"),
+        ] {
+            let e = config(wrong).validate().unwrap_err();
+            assert_eq!(e.setting, setting, "{wrong}: {e}");
+            assert!(e.message.contains("not a header name"), "{e}");
         }
     }
 
