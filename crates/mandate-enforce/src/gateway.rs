@@ -179,6 +179,12 @@ fn cerr(setting: impl Into<String>, message: impl Into<String>) -> GatewayConfig
     }
 }
 
+/// A setting that names a header, parsed.
+fn header_setting(setting: &str, name: &str) -> Result<header::HeaderName, GatewayConfigError> {
+    header::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| cerr(setting, format!("`{name}` is not a header name")))
+}
+
 impl GatewayConfig {
     /// Reads and validates a TOML file.
     ///
@@ -232,14 +238,8 @@ impl GatewayConfig {
         }
         mandate_core::location::Location::parse_grant(&self.location_base)
             .map_err(|e| cerr("location_base", e.to_string()))?;
-        for (setting, name) in [
-            ("agent_instance_header", &self.agent_instance_header),
-            ("agent_header", &self.agent_header),
-        ] {
-            if header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(cerr(setting, format!("`{name}` is not a header name")));
-            }
-        }
+        header_setting("agent_instance_header", &self.agent_instance_header)?;
+        header_setting("agent_header", &self.agent_header)?;
         if let Some(u) = &self.public_url {
             let normal = mandate_core::pop::normalize_htu(u).map_err(|e| cerr("public_url", e))?;
             if normal.trim_end_matches('/').matches('/').count() > 2 {
@@ -448,12 +448,11 @@ impl Gateway {
     /// # Errors
     /// When the token cannot be read or the authority cannot be reached.
     pub fn start(config: GatewayConfig) -> Result<Arc<Self>, String> {
-        let header_name = |field: &str, name: &str| {
-            header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("{field}: `{name}` is not a header name"))
-        };
-        let instance_header = header_name("agent_instance_header", &config.agent_instance_header)?;
-        let agent_header = header_name("agent_header", &config.agent_header)?;
+        let instance_header =
+            header_setting("agent_instance_header", &config.agent_instance_header)
+                .map_err(|e| e.to_string())?;
+        let agent_header =
+            header_setting("agent_header", &config.agent_header).map_err(|e| e.to_string())?;
         let scheme = scheme(config.tls_cert_file.as_deref());
         let upstream = crate::upstream::client(config.upstream_ca_file.as_deref())?;
         let push_url = match config.delivery {
