@@ -14,6 +14,7 @@
 # move, where decisions/s here move by a third between runs. With one
 # connection every proof is checked alone on the worker and the counts
 # repeat:  CALLGRIND=1 scripts/load-authority.sh 15 1
+# CALLGRIND_OUT=FILE keeps callgrind's output there (for callgrind_annotate).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
@@ -39,7 +40,7 @@ db=(); [ -n "${MANDATE_DATABASE:-}" ] && db=(--database "$MANDATE_DATABASE")
 addrs=()
 for r in $(seq "$replicas"); do
   d=data; [ "$r" = 1 ] || { d="data$r"; mkdir -p "$d"; cp data/authority.jwk data/local-issuer.jwk "$d/"; }
-  under=(); [ -n "${CALLGRIND:-}" ] && under=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out")
+  under=(); [ -n "${CALLGRIND:-}" ] && under=(valgrind --tool=callgrind --callgrind-out-file="${CALLGRIND_OUT:-$work/callgrind.out}")
   "${under[@]}" "$bin" serve --data-dir "$d" --listen 127.0.0.1:0 --issuer https://mandate.test "${db[@]}" 2> "serve$r.log" &
   servers+=($!)
   for _ in $(seq 600); do grep -q listening "serve$r.log" 2>/dev/null && break; sleep 0.1; done
@@ -135,7 +136,7 @@ PY
 fi
 for p in "${servers[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done; servers=()
 if [ -n "${CALLGRIND:-}" ]; then
-  python3 "$root/scripts/callgrind-per-op.py" "$work/callgrind.out" "$(echo "$out" | awk '/requests in/ {print $1}')" \
+  python3 "$root/scripts/callgrind-per-op.py" "${CALLGRIND_OUT:-$work/callgrind.out}" "$(echo "$out" | awk '/requests in/ {print $1}')" \
     "all threads=PROGRAM TOTALS" \
     "a request's handling (hyper's poll_msg, the handler in it)=<hyper::proto::h1::dispatch::Server<S,hyper::body::incoming::Incoming> as hyper::proto::h1::dispatch::Dispatch>::poll_msg [" \
     "  of which the proof's signature (verify_strict)=mandate_core::keys::VerifyingKey::verify [" \
