@@ -1,7 +1,5 @@
 //! SHA-256 in the JOSE style (base64url, no padding).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use sha2::{Digest, Sha256};
 
 /// SHA-256 of `data`.
@@ -13,11 +11,11 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// SHA-256 of `data`, base64url without padding (43 characters).
 #[must_use]
 pub fn sha256_b64(data: &[u8]) -> String {
-    B64.encode(sha256(data))
+    crate::b64::encode(sha256(data))
 }
 
 /// Decodes a base64url string of exactly 32 bytes.
 #[must_use]
 pub fn b64_decode_32(s: &str) -> Option<[u8; 32]> {
-    B64.decode(s).ok()?.try_into().ok()
+    crate::b64::decode(s).ok()?.try_into().ok()
 }

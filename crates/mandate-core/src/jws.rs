@@ -6,8 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use crate::b64;
 use serde_json::{Map, Value};
 
 use crate::json::{check_no_duplicates, plainly_clean};
@@ -115,7 +114,7 @@ pub struct DecodedJws<'a> {
 }
 
 fn b64(segment: &str, what: &str) -> Result<Vec<u8>, JwsError> {
-    B64.decode(segment)
+    b64::decode(segment)
         .map_err(|_| JwsError::Malformed(format!("{what} is not base64url without padding")))
 }
 
@@ -413,12 +412,12 @@ pub fn sign_into(out: &mut String, key: &SigningKey, kid: &str, typ: &str, paylo
     // An ES256 signature is 64 bytes, as an Ed25519 one is.
     out.reserve(encoded_len(header.len()) + 1 + encoded_len(payload.len()) + 1 + encoded_len(64));
     let start = out.len();
-    B64.encode_string(header, out);
+    b64::encode_into(header, out);
     out.push('.');
-    B64.encode_string(payload, out);
+    b64::encode_into(payload, out);
     let sig = key.sign(out.get(start..).unwrap_or_default().as_bytes());
     out.push('.');
-    B64.encode_string(sig, out);
+    b64::encode_into(sig, out);
 }
 
 /// Reads the payload of a compact JWS without verifying anything.
@@ -445,16 +444,16 @@ mod tests {
     fn forge(header: &str, payload: &str) -> String {
         format!(
             "{}.{}.{}",
-            B64.encode(header),
-            B64.encode(payload),
-            B64.encode([0u8; 64])
+            b64::encode(header),
+            b64::encode(payload),
+            b64::encode([0u8; 64])
         )
     }
 
     #[test]
     fn a_jws_signed_into_a_buffer_is_the_jws_signed_alone() {
         for n in 0..200 {
-            assert_eq!(encoded_len(n), B64.encode(vec![0u8; n]).len(), "{n} bytes");
+            assert_eq!(encoded_len(n), b64::encode(vec![0u8; n]).len(), "{n} bytes");
         }
         for alg in [Algorithm::EdDSA, Algorithm::ES256] {
             let key = SigningKey::from_seed(alg, [5; 32]);
@@ -626,9 +625,9 @@ mod tests {
         fn compact(header: &[u8], payload: &[u8], signature: &[u8]) -> String {
             format!(
                 "{}.{}.{}",
-                B64.encode(header),
-                B64.encode(payload),
-                B64.encode(signature)
+                b64::encode(header),
+                b64::encode(payload),
+                b64::encode(signature)
             )
         }
 

@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use crate::b64;
 use p256::ecdsa::signature::Signer as _;
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
@@ -133,7 +132,7 @@ impl PublicJwk {
                 json_str(&self.x)
             ),
         };
-        B64.encode(Sha256::digest(canonical.as_bytes()))
+        b64::encode(Sha256::digest(canonical.as_bytes()))
     }
 }
 
@@ -218,7 +217,7 @@ impl fmt::Debug for VerifyingKey {
 }
 
 fn decode_fixed<const N: usize>(s: &str, field: &'static str) -> Result<[u8; N], KeyError> {
-    let v = B64.decode(s).map_err(|_| KeyError::Encoding(field))?;
+    let v = b64::decode(s).map_err(|_| KeyError::Encoding(field))?;
     v.try_into().map_err(|_| KeyError::Encoding(field))
 }
 
@@ -552,7 +551,7 @@ impl SigningKey {
             SecretInner::Ed25519(k) => (
                 "OKP",
                 "Ed25519",
-                B64.encode(k.key.verifying_key().as_bytes()),
+                b64::encode(k.key.verifying_key().as_bytes()),
                 None,
             ),
             SecretInner::P256(k) => {
@@ -560,8 +559,10 @@ impl SigningKey {
                 (
                     "EC",
                     "P-256",
-                    B64.encode(point.x().map(|x| x.to_vec()).unwrap_or_default()),
-                    Some(B64.encode(point.y().map(|y| y.to_vec()).unwrap_or_default())),
+                    b64::encode(point.x().map(|x| x.to_vec()).unwrap_or_default()),
+                    Some(b64::encode(
+                        point.y().map(|y| y.to_vec()).unwrap_or_default(),
+                    )),
                 )
             }
         };
@@ -612,8 +613,8 @@ impl SigningKey {
     pub fn to_private_jwk(&self) -> PrivateJwk {
         let public = self.public_jwk();
         let d = match &self.inner {
-            SecretInner::Ed25519(k) => Secret::new(B64.encode(k.key.to_bytes())),
-            SecretInner::P256(k) => Secret::new(B64.encode(k.to_bytes())),
+            SecretInner::Ed25519(k) => Secret::new(b64::encode(k.key.to_bytes())),
+            SecretInner::P256(k) => Secret::new(b64::encode(k.to_bytes())),
         };
         PrivateJwk {
             public: PrivateJwkPublic {
@@ -965,7 +966,7 @@ mod tests {
         let mut bytes = [0u8; 32];
         bytes[0] = 1;
         let jwk: PublicJwk = serde_json::from_value(serde_json::json!({
-            "kty": "OKP", "crv": "Ed25519", "x": B64.encode(bytes)
+            "kty": "OKP", "crv": "Ed25519", "x": b64::encode(bytes)
         }))
         .unwrap();
         assert_eq!(

@@ -43,6 +43,7 @@
 //! ```
 
 pub mod attenuation;
+pub mod b64;
 pub mod batch;
 pub mod binding;
 pub mod chain;

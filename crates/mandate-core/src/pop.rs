@@ -21,8 +21,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use crate::b64;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -146,13 +145,13 @@ impl Nonces {
         let window = now.secs().div_euclid(NONCE_WINDOW_SECS);
         let mut raw = window.to_be_bytes().to_vec();
         raw.extend_from_slice(self.mac(window).get(..16).unwrap_or_default());
-        B64.encode(raw)
+        b64::encode(raw)
     }
 
     /// Whether `nonce` is this server's, from this window or the one before.
     #[must_use]
     pub fn accepts(&self, nonce: &str, now: UnixTime) -> bool {
-        let Ok(raw) = B64.decode(nonce) else {
+        let Ok(raw) = b64::decode(nonce) else {
             return false;
         };
         let (Some(w), Some(tag)) = (raw.get(..8), raw.get(8..)) else {
@@ -649,12 +648,12 @@ pub fn make_proof_with_nonce(
     if let (Some(n), Some(o)) = (nonce, claims.as_object_mut()) {
         o.insert("nonce".into(), Value::String(n.to_owned()));
     }
-    let mut out = B64.encode(header.to_string());
+    let mut out = b64::encode(header.to_string());
     out.push('.');
-    out.push_str(&B64.encode(claims.to_string()));
+    b64::encode_into(claims.to_string(), &mut out);
     let sig = holder.sign(out.as_bytes());
     out.push('.');
-    out.push_str(&B64.encode(sig));
+    b64::encode_into(sig, &mut out);
     out
 }
 
