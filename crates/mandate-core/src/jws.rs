@@ -6,9 +6,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::b64;
 use serde_json::{Map, Value};
 
+use crate::b64;
 use crate::json::{check_no_duplicates, plainly_clean};
 use crate::keys::{Algorithm, PublicJwk, SigningKey};
 
@@ -113,8 +113,8 @@ pub struct DecodedJws<'a> {
     pub jwk: Option<PublicJwk>,
 }
 
-fn b64(segment: &str, what: &str) -> Result<Vec<u8>, JwsError> {
-    b64::decode(segment)
+fn segment(text: &str, what: &str) -> Result<Vec<u8>, JwsError> {
+    b64::decode(text)
         .map_err(|_| JwsError::Malformed(format!("{what} is not base64url without padding")))
 }
 
@@ -272,7 +272,7 @@ fn decode_checking<'a, T: serde::de::DeserializeOwned>(
             "expected three `.`-separated segments".into(),
         ));
     };
-    let header = read_header(&b64(h, "header")?)?;
+    let header = read_header(&segment(h, "header")?)?;
 
     let alg_name = match header.get("alg") {
         Some(Value::String(a)) => a.as_str(),
@@ -340,7 +340,7 @@ fn decode_checking<'a, T: serde::de::DeserializeOwned>(
         _ => None,
     };
 
-    let payload = b64(p, "payload")?;
+    let payload = segment(p, "payload")?;
     // A typed read that succeeds establishes the syntax the one-pass check
     // needs; anything else takes the full checks, then the typed read.
     let fast = if typed && let Some(text) = plainly_clean(&payload) {
@@ -355,7 +355,7 @@ fn decode_checking<'a, T: serde::de::DeserializeOwned>(
             typed.then(|| crate::json::from_checked_slice(&payload))
         }
     };
-    let signature = b64(s, "signature")?;
+    let signature = segment(s, "signature")?;
     let signing_input = compact
         .get(..h.len() + 1 + p.len())
         .ok_or_else(|| JwsError::Malformed("segments".into()))?;
@@ -429,7 +429,7 @@ pub fn unverified_payload(compact: &str) -> Result<Value, JwsError> {
         .split('.')
         .nth(1)
         .ok_or_else(|| JwsError::Malformed("expected three `.`-separated segments".into()))?;
-    serde_json::from_slice(&b64(p, "payload")?)
+    serde_json::from_slice(&segment(p, "payload")?)
         .map_err(|_| JwsError::Malformed("payload is not JSON".into()))
 }
 

@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::b64;
 use p256::ecdsa::signature::Signer as _;
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+use crate::b64;
 
 /// A JWS algorithm this project signs and verifies with. There is no `none`
 /// and no HMAC: a value outside this enum is refused at parse time.
@@ -559,10 +560,8 @@ impl SigningKey {
                 (
                     "EC",
                     "P-256",
-                    b64::encode(point.x().map(|x| x.to_vec()).unwrap_or_default()),
-                    Some(b64::encode(
-                        point.y().map(|y| y.to_vec()).unwrap_or_default(),
-                    )),
+                    b64::encode(point.x().map(|x| &x[..]).unwrap_or_default()),
+                    Some(b64::encode(point.y().map(|y| &y[..]).unwrap_or_default())),
                 )
             }
         };

@@ -21,10 +21,10 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
-use crate::b64;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::b64;
 use crate::chain::VerifiedChain;
 use crate::hash::{sha256, sha256_b64};
 use crate::jws::{self, DPOP_TYP};
