@@ -331,7 +331,7 @@ fn insert<'a>(
 /// A record's body already in canonical form, with the mandates its chains
 /// name: made by whoever builds the body (an async worker), so that the
 /// single writer only splices it into the record, hashes and inserts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalBody {
     text: String,
     refs: Vec<String>,
@@ -346,6 +346,155 @@ impl CanonicalBody {
         Ok(Self {
             text: canonical(body)?,
             refs: chain_ids(body).map(str::to_owned).collect(),
+        })
+    }
+
+    /// The body read back as a value (to change it and make it again).
+    ///
+    /// # Errors
+    /// Never for a body made here; a parse error otherwise.
+    pub fn to_value(&self) -> Result<Value, StoreError> {
+        serde_json::from_str(&self.text)
+            .map_err(|e| StoreError::Encoding(format!("canonical JSON: {e}")))
+    }
+}
+
+/// Writes a body in RFC 8785 form member by member, for a caller that knows
+/// its shape, without building a [`Value`] first (a decision's record is
+/// written this way on every decision). Canonical by construction: members
+/// must come in strictly increasing order of their ASCII names (one out of
+/// order is an error, never a record in another form), and each value is a
+/// string, `null`, a list of strings, a nested object written the same way,
+/// or a [`Value`] made canonical by [`canonical`]. Strings need no more than
+/// `serde_json`'s escaping (see `already_canonical`).
+#[derive(Debug, Default)]
+pub struct CanonicalObject {
+    text: Vec<u8>,
+    last: Option<&'static str>,
+    refs: Vec<String>,
+}
+
+impl CanonicalObject {
+    /// An empty object.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Opens member `name`, after the one before it.
+    fn name(&mut self, name: &'static str) -> Result<(), StoreError> {
+        if !name.is_ascii() || self.last.is_some_and(|last| last >= name) {
+            return Err(StoreError::Encoding(format!(
+                "canonical JSON: member {name:?} out of order (after {:?})",
+                self.last.unwrap_or_default()
+            )));
+        }
+        self.text
+            .push(if self.last.is_none() { b'{' } else { b',' });
+        self.last = Some(name);
+        self.put(name)?;
+        self.text.push(b':');
+        Ok(())
+    }
+
+    fn put<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), StoreError> {
+        serde_json::to_writer(&mut self.text, v)
+            .map_err(|e| StoreError::Encoding(format!("canonical JSON: {e}")))
+    }
+
+    /// Member `name`: a string, or `null`.
+    ///
+    /// # Errors
+    /// A name out of order.
+    pub fn string(&mut self, name: &'static str, v: Option<&str>) -> Result<&mut Self, StoreError> {
+        self.name(name)?;
+        self.put(&v)?;
+        Ok(self)
+    }
+
+    /// Member `name`: a list of strings.
+    ///
+    /// # Errors
+    /// A name out of order.
+    pub fn strings<S: AsRef<str>>(
+        &mut self,
+        name: &'static str,
+        v: &[S],
+    ) -> Result<&mut Self, StoreError> {
+        self.name(name)?;
+        self.text.push(b'[');
+        for (i, s) in v.iter().enumerate() {
+            if i > 0 {
+                self.text.push(b',');
+            }
+            self.put(s.as_ref())?;
+        }
+        self.text.push(b']');
+        Ok(self)
+    }
+
+    /// Member `chain`: the mandates of a chain, root first, which the record
+    /// is then found by (as [`CanonicalBody::new`] finds them in a body's
+    /// `chain`).
+    ///
+    /// # Errors
+    /// A name out of order.
+    pub fn chain<S: AsRef<str>>(&mut self, ids: &[S]) -> Result<&mut Self, StoreError> {
+        self.strings("chain", ids)?;
+        self.refs
+            .extend(ids.iter().map(|id| id.as_ref().to_owned()));
+        Ok(self)
+    }
+
+    /// Member `name`: any value, in its canonical form.
+    ///
+    /// # Errors
+    /// A name out of order; a value that cannot be encoded.
+    pub fn value(&mut self, name: &'static str, v: &Value) -> Result<&mut Self, StoreError> {
+        self.name(name)?;
+        self.text.extend_from_slice(canonical(v)?.as_bytes());
+        Ok(self)
+    }
+
+    /// Member `name`: an object, written by `f` the same way.
+    ///
+    /// # Errors
+    /// A name out of order, here or in `f`.
+    pub fn object(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&mut Self) -> Result<(), StoreError>,
+    ) -> Result<&mut Self, StoreError> {
+        self.name(name)?;
+        let mut inner = Self {
+            text: std::mem::take(&mut self.text),
+            last: None,
+            refs: Vec::new(),
+        };
+        f(&mut inner)?;
+        inner.close();
+        self.text = inner.text;
+        Ok(self)
+    }
+
+    fn close(&mut self) {
+        if self.last.is_none() {
+            self.text.push(b'{');
+        }
+        self.text.push(b'}');
+    }
+
+    /// The body.
+    ///
+    /// # Errors
+    /// Never for what the members wrote (it is UTF-8).
+    pub fn finish(mut self) -> Result<CanonicalBody, StoreError> {
+        self.close();
+        let text = String::from_utf8(self.text)
+            .map_err(|e| StoreError::Encoding(format!("canonical JSON: {e}")))?;
+        Ok(CanonicalBody {
+            text,
+            refs: self.refs,
         })
     }
 }
@@ -946,7 +1095,55 @@ mod tests {
         serde_json_canonicalizer::to_string(v).unwrap()
     }
 
+    /// A member written out of order is refused, not written.
+    #[test]
+    fn a_canonical_object_refuses_members_out_of_order() {
+        let mut o = CanonicalObject::new();
+        o.string("b", Some("x")).unwrap();
+        assert!(o.string("a", None).is_err());
+        assert!(o.string("b", None).is_err());
+        assert!(o.string("é", None).is_err());
+        let mut o = CanonicalObject::new();
+        let nested = o.object("n", |r| {
+            r.string("z", None)?;
+            r.string("y", None)?;
+            Ok(())
+        });
+        assert!(nested.is_err());
+    }
+
     proptest! {
+        /// What a canonical object writes is what `canonical` makes of the
+        /// same body built as a value, chain and all.
+        #[test]
+        fn a_canonical_object_is_the_canonical_form_of_its_value(
+            a in any::<String>(),
+            b in prop::option::of(any::<String>()),
+            chain in prop::collection::vec("[a-z0-9.-]{1,20}", 0..4),
+            list in prop::collection::vec(any::<String>(), 0..4),
+            inner in value(),
+            empty in any::<bool>(),
+        ) {
+            let mut o = CanonicalObject::new();
+            o.string("a", Some(&a)).unwrap()
+                .string("b", b.as_deref()).unwrap()
+                .chain(&chain).unwrap()
+                .object("d", |r| {
+                    if !empty {
+                        r.string("x", Some(&a))?.strings("y", &list)?;
+                    }
+                    Ok(())
+                }).unwrap()
+                .strings("list", &list).unwrap()
+                .value("v", &inner).unwrap();
+            let body = o.finish().unwrap();
+            let d = if empty { json!({}) } else { json!({"x": a, "y": list}) };
+            let v = json!({"a": a, "b": b, "chain": chain, "d": d, "list": list, "v": inner});
+            let reference = CanonicalBody::new(&v).unwrap();
+            prop_assert_eq!(&body.text, &reference.text);
+            prop_assert_eq!(&body.refs, &reference.refs);
+        }
+
         /// A record's hash is the lower-case hex of SHA-256 over the
         /// previous hash, a newline and the record, as logs written by every
         /// earlier release have it.

@@ -168,27 +168,32 @@ async fn evaluate_one(
     let chain = verified.and_then(Result::ok);
     let claims = chain.as_ref().map(|c| c.leaf().claims());
     let (tenant, enforcer) = (caller.tenant.clone(), caller.sub.clone());
-    let record = json!({
-        "chain": decision.chain, "principal": claims.map(|c| &c.principal.sub),
-        "grant_ref": claims.map(|c| &c.principal.grant_ref),
-        "agent": claims.map(|c| &c.agent.id), "agent_instance": claims.map(|c| &c.agent.instance),
-        "purpose": claims.map(|c| &c.purpose.objective),
-        "action": req.action.name, "resource": {"type": req.resource.type_, "id": req.resource.id},
-        "enforcer": enforcer, "at": now,
-    });
     let allow = decision.allow;
     let reasons = decision.reasons.clone();
     let obligations = serde_json::to_value(&decision.obligations).map_err(ApiError::internal)?;
+    let body = decisions::Record {
+        chain: &decision.chain,
+        principal: claims.map(|c| c.principal.sub.as_str()),
+        grant_ref: claims.map(|c| c.principal.grant_ref.as_str()),
+        agent: claims.map(|c| c.agent.id.as_str()),
+        agent_instance: claims.map(|c| c.agent.instance.as_str()),
+        purpose: claims.map(|c| c.purpose.objective.as_str()),
+        action: &req.action.name,
+        resource_type: &req.resource.type_,
+        resource_id: &req.resource.id,
+        enforcer: &enforcer,
+        at: now,
+    }
+    .body(allow, &reasons, &obligations)?;
     let (allow, seq, final_reasons) = decisions::record(
         s,
         decisions::Outcome {
             tenant,
             enforcer,
             leaf,
-            record,
+            body,
             allow,
             reasons,
-            obligations,
             one_time,
             fresh_proof,
         },

@@ -3,12 +3,77 @@
 //! decisions made at an enforcement point, recorded once however often it
 //! is sent.
 
+use mandate_store::audit::{CanonicalBody, CanonicalObject};
 use mandate_store::sql::OptionalExtension as _;
 use serde_json::{Map, Value, json};
 
 use super::Result;
 use super::delegation::{Consumption, consume_in};
 use crate::state::AppState;
+
+/// What a decision's audit record says besides its outcome, borrowed from
+/// the request and the chain it was decided on.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The chain decided on, root first (empty when none verified).
+    pub chain: &'a [mandate_core::id::MandateId],
+    /// The leaf's principal.
+    pub principal: Option<&'a str>,
+    /// The grant the leaf's principal gave.
+    pub grant_ref: Option<&'a str>,
+    /// The leaf's agent.
+    pub agent: Option<&'a str>,
+    /// The leaf's agent instance.
+    pub agent_instance: Option<&'a str>,
+    /// The leaf's purpose.
+    pub purpose: Option<&'a str>,
+    /// The action asked for.
+    pub action: &'a str,
+    /// The resource's type.
+    pub resource_type: &'a str,
+    /// The resource's id.
+    pub resource_id: &'a str,
+    /// The enforcement point that asked.
+    pub enforcer: &'a str,
+    /// When it was decided.
+    pub at: mandate_core::timestamp::UnixTime,
+}
+
+impl Record<'_> {
+    /// The record's body in canonical form, with its outcome: written
+    /// member by member (no JSON value built, sorted or dropped on every
+    /// decision), the same text `CanonicalBody::new` makes of the record as
+    /// a value (`a_decision_body_is_the_canonical_form_of_its_value`).
+    ///
+    /// # Errors
+    /// When it cannot be encoded.
+    pub fn body(
+        &self,
+        allow: bool,
+        reasons: &[String],
+        obligations: &Value,
+    ) -> Result<CanonicalBody> {
+        let mut o = CanonicalObject::new();
+        o.string("action", Some(self.action))?
+            .string("agent", self.agent)?
+            .string("agent_instance", self.agent_instance)?
+            .string("at", Some(&self.at.to_rfc3339()))?
+            .chain(self.chain)?
+            .string("decision", Some(if allow { "allow" } else { "deny" }))?
+            .string("enforcer", Some(self.enforcer))?
+            .string("grant_ref", self.grant_ref)?
+            .value("obligations", obligations)?
+            .string("principal", self.principal)?
+            .string("purpose", self.purpose)?
+            .strings("reasons", reasons)?
+            .object("resource", |r| {
+                r.string("id", Some(self.resource_id))?
+                    .string("type", Some(self.resource_type))?;
+                Ok(())
+            })?;
+        Ok(o.finish()?)
+    }
+}
 
 /// A decision taken, to be made durable before it is answered.
 #[derive(Debug)]
@@ -19,14 +84,12 @@ pub struct Outcome {
     pub enforcer: String,
     /// The leaf mandate the decision is about.
     pub leaf: Option<String>,
-    /// The audit record's body (without the outcome).
-    pub record: Value,
+    /// The audit record's body, outcome included ([`Record::body`]).
+    pub body: CanonicalBody,
     /// Whether the evaluation allowed.
     pub allow: bool,
     /// Its reason codes.
     pub reasons: Vec<String>,
-    /// Its obligations, as recorded.
-    pub obligations: Value,
     /// The one-time mandate an allow consumes.
     pub one_time: Option<String>,
     /// The replay key and expiry of a DPoP proof first seen by this replica.
@@ -45,22 +108,12 @@ pub async fn record(s: &AppState, o: Outcome) -> Result<(bool, i64, Vec<String>)
         tenant,
         enforcer,
         leaf,
-        record,
+        body,
         allow,
         reasons,
-        obligations,
         one_time,
         fresh_proof,
     } = o;
-    // The record as it will read unless the commit changes the outcome,
-    // made canonical here (on the caller's worker, in parallel) rather than
-    // on the single writer.
-    let mut body = record;
-    if let Some(b) = body.as_object_mut() {
-        b.insert("obligations".into(), obligations);
-    }
-    outcome(&mut body, allow, &reasons);
-    let prepared = mandate_store::audit::CanonicalBody::new(&body)?;
     Ok(s.store
         .write(move |tx| {
             // A proof another replica accepted already is a replay here.
@@ -82,12 +135,12 @@ pub async fn record(s: &AppState, o: Outcome) -> Result<(bool, i64, Vec<String>)
                 _ => (false, allow, reasons),
             };
             let seq = if changed {
-                let mut body = body;
-                outcome(&mut body, allow, &reasons);
-                tx.audit(Some(&tenant), "decision", leaf.as_deref(), body)?
+                let mut changed_body = body.to_value()?;
+                outcome(&mut changed_body, allow, &reasons);
+                tx.audit(Some(&tenant), "decision", leaf.as_deref(), changed_body)?
                     .seq
             } else {
-                tx.audit_canonical(Some(&tenant), "decision", leaf.as_deref(), &prepared)?
+                tx.audit_canonical(Some(&tenant), "decision", leaf.as_deref(), &body)?
             };
             Ok((allow, seq, reasons))
         })
@@ -186,4 +239,64 @@ pub async fn note(
                 .seq)
         })
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )]
+    use mandate_core::id::MandateId;
+    use mandate_core::timestamp::UnixTime;
+    use mandate_store::audit::CanonicalBody;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::{Record, outcome};
+
+    proptest! {
+        /// A decision's body written member by member is the text the
+        /// record built as a value (as every earlier release built it) makes
+        /// canonical, for any strings, a chain or none, any reasons and
+        /// obligations; and read back, it is that value.
+        #[test]
+        fn a_decision_body_is_the_canonical_form_of_its_value(
+            strings in prop::collection::vec(any::<String>(), 9),
+            absent in any::<bool>(),
+            chain in prop::collection::vec("mnd-[a-z0-9]{1,12}", 0..4),
+            reasons in prop::collection::vec("[a-z_:-]{0,24}", 0..3),
+            allow in any::<bool>(),
+            notify in any::<bool>(),
+            secs in 0i64..4_102_444_800,
+        ) {
+            let chain: Vec<MandateId> = chain.into_iter().map(|c| MandateId::new(c).unwrap()).collect();
+            let at = UnixTime::from_secs(secs).unwrap();
+            let s = |i: usize| strings[i].as_str();
+            let leaf = |i: usize| (!absent).then(|| s(i));
+            let obligations = if notify {
+                json!([{"type": "notify_principal", "principal": s(0), "mandate_id": "mnd-1", "condition": s(1)}])
+            } else {
+                json!([])
+            };
+            let record = Record {
+                chain: &chain, principal: leaf(0), grant_ref: leaf(1), agent: leaf(2),
+                agent_instance: leaf(3), purpose: leaf(4), action: s(5),
+                resource_type: s(6), resource_id: s(7), enforcer: s(8), at,
+            };
+            let reasons: Vec<String> = reasons;
+            let body = record.body(allow, &reasons, &obligations).unwrap();
+            let mut value = json!({
+                "chain": chain, "principal": leaf(0), "grant_ref": leaf(1),
+                "agent": leaf(2), "agent_instance": leaf(3), "purpose": leaf(4),
+                "action": s(5), "resource": {"type": s(6), "id": s(7)},
+                "enforcer": s(8), "at": at,
+            });
+            value.as_object_mut().unwrap().insert("obligations".into(), obligations);
+            outcome(&mut value, allow, &reasons);
+            let reference = CanonicalBody::new(&value).unwrap();
+            prop_assert_eq!(&body, &reference);
+            prop_assert_eq!(body.to_value().unwrap(), value);
+        }
+    }
 }
