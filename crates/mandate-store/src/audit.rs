@@ -471,9 +471,12 @@ impl CanonicalObject {
             last: None,
             refs: Vec::new(),
         };
-        f(&mut inner)?;
+        // Whatever `f` wrote before a refusal stands, closed: a refused
+        // member is never written, so the text stays canonical either way.
+        let written = f(&mut inner);
         inner.close();
         self.text = inner.text;
+        written?;
         Ok(self)
     }
 
@@ -1110,6 +1113,9 @@ mod tests {
             Ok(())
         });
         assert!(nested.is_err());
+        // What was refused is not there; what came before it still is.
+        o.string("o", Some("after")).unwrap();
+        assert_eq!(o.finish().unwrap().text, r#"{"n":{"z":null},"o":"after"}"#);
     }
 
     proptest! {
