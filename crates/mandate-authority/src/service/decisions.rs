@@ -59,7 +59,7 @@ impl Record<'_> {
             .string("agent_instance", self.agent_instance)?
             .string("at", Some(&self.at.to_rfc3339()))?
             .chain(self.chain)?
-            .string("decision", Some(if allow { "allow" } else { "deny" }))?
+            .string("decision", Some(verdict(allow)))?
             .string("enforcer", Some(self.enforcer))?
             .string("grant_ref", self.grant_ref)?
             .value("obligations", obligations)?
@@ -147,13 +147,15 @@ pub async fn record(s: &AppState, o: Outcome) -> Result<(bool, i64, Vec<String>)
         .await?)
 }
 
+/// What a decision record says was decided.
+fn verdict(allow: bool) -> &'static str {
+    if allow { "allow" } else { "deny" }
+}
+
 /// Sets what a decision record says was decided, and why.
 fn outcome(body: &mut Value, allow: bool, reasons: &[String]) {
     if let Some(b) = body.as_object_mut() {
-        b.insert(
-            "decision".into(),
-            json!(if allow { "allow" } else { "deny" }),
-        );
+        b.insert("decision".into(), json!(verdict(allow)));
         b.insert("reasons".into(), json!(reasons));
     }
 }
