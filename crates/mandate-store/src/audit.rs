@@ -942,8 +942,34 @@ fn after(d: &AuditRecord, end: &AuditRecord) -> bool {
     }
 }
 
-/// The record that ended a mandate, and every decision attempted under it
-/// afterwards (shipped decisions are placed by the time they were made).
+/// The record that ended a mandate (`revoked`, `expired`, `completed` or
+/// `superseded`, the first if more than one), in the mandate's own tenant.
+/// It reads the mandate's transitions only (the `audit_transitions` index),
+/// never its decisions, so it costs the same after a million decisions.
+///
+/// # Errors
+/// When the query fails.
+pub fn ended(conn: &Connection, mandate_id: &str) -> Result<Option<AuditRecord>, StoreError> {
+    Ok(conn
+        .query_row(ENDED, params![mandate_id], row_to_record)
+        .optional()?)
+}
+
+/// [`ended`]'s query (a constant, for the test that reads its plan).
+pub(crate) const ENDED: &str = concat!(
+    "SELECT seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash FROM audit
+       WHERE mandate_id = ?1 AND ",
+    crate::transition_kinds!(),
+    " AND kind IN ('revoked', 'expired', 'completed', 'superseded')
+       AND (tenant IS NOT DISTINCT FROM (SELECT tenant FROM mandates WHERE id = ?1)
+            OR NOT EXISTS (SELECT 1 FROM mandates WHERE id = ?1))
+     ORDER BY seq LIMIT 1"
+);
+
+/// The record that ended a mandate ([`ended`]), and every decision
+/// attempted under it or its delegations afterwards (shipped decisions are
+/// placed by the time they were made). The mandate's tree is read only
+/// when it has ended.
 ///
 /// # Errors
 /// When the query fails.
@@ -951,24 +977,14 @@ pub fn after_end(
     conn: &Connection,
     mandate_id: &str,
 ) -> Result<(Option<AuditRecord>, Vec<AuditRecord>), StoreError> {
-    let tree = records_for_tree(conn, mandate_id)?;
-    let ended = tree
-        .iter()
-        .find(|r| {
-            matches!(
-                r.kind.as_str(),
-                "revoked" | "expired" | "completed" | "superseded"
-            ) && r.mandate_id.as_deref() == Some(mandate_id)
-        })
-        .cloned();
-    let later = match &ended {
-        Some(end) => tree
-            .into_iter()
-            .filter(|r| r.kind == "decision" && after(r, end))
-            .collect(),
-        None => Vec::new(),
+    let Some(end) = ended(conn, mandate_id)? else {
+        return Ok((None, Vec::new()));
     };
-    Ok((ended, later))
+    let later = records_for_tree(conn, mandate_id)?
+        .into_iter()
+        .filter(|r| r.kind == "decision" && after(r, &end))
+        .collect();
+    Ok((Some(end), later))
 }
 
 /// The business events (`event` records) that changed any of `records`:
@@ -985,7 +1001,7 @@ pub fn events_behind(
         .filter_map(|r| r.body.get("by").and_then(Value::as_str))
         .filter_map(|b| b.strip_prefix("event:"))
         .collect();
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit WHERE kind = 'event' AND json_extract(record, '$.body.id') = ?1"))?;
+    let mut stmt = conn.prepare_cached(EVENT_BY_ID)?;
     let mut out = Vec::new();
     for id in ids {
         out.extend(
@@ -995,6 +1011,43 @@ pub fn events_behind(
     }
     Ok(out)
 }
+
+/// The mandates a business event changed in `tenant`, with what became of
+/// each (`completed`, `suspended`, `revoked`), in log order: the
+/// transitions whose `by` names the event (`event:<id>`), found by the
+/// `audit_transitions_by` index.
+///
+/// # Errors
+/// When the query fails.
+pub fn changed_by_event(
+    conn: &Connection,
+    tenant: &str,
+    event_id: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let by = format!("event:{event_id}");
+    Ok(conn
+        .prepare_cached(CHANGED_BY_EVENT)?
+        .query_map(params![tenant, by], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                r.get::<_, String>(1)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+/// [`changed_by_event`]'s query.
+pub(crate) const CHANGED_BY_EVENT: &str = concat!(
+    "SELECT mandate_id, kind FROM audit
+       WHERE json_extract(record, '$.body.by') = ?2 AND ",
+    crate::transition_kinds!(),
+    " AND tenant = ?1 AND kind IN ('completed', 'suspended', 'revoked') ORDER BY seq"
+);
+
+/// [`events_behind`]'s query, by the `audit_events` index.
+pub(crate) const EVENT_BY_ID: &str =
+    "SELECT seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash FROM audit
+   WHERE kind = 'event' AND json_extract(record, '$.body.id') = ?1";
 
 /// Every record as stored, in order (for export as JSON lines: each line
 /// hashes as the log does).
@@ -1031,6 +1084,14 @@ pub fn parse_reference(text: &str) -> Result<(i64, Option<u32>), String> {
     }
     Ok((seq, item))
 }
+
+/// A mandate's transitions in log order, by the `audit_transitions` index.
+pub(crate) const TRANSITIONS: &str = concat!(
+    "SELECT seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash FROM audit
+       WHERE mandate_id = ?1 AND ",
+    crate::transition_kinds!(),
+    " ORDER BY seq"
+);
 
 /// Whether the decision recorded at `seq` (item `item` of a batch) fell
 /// inside a valid mandate: for every mandate of its chain, the last lifecycle
@@ -1069,11 +1130,7 @@ pub fn decision_validity(
                 .collect()
         })
         .unwrap_or_default();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM audit WHERE mandate_id = ?1
-         AND kind IN ('suspended', 'resumed', 'revoked', 'expired', 'completed', 'superseded')
-         ORDER BY seq"
-    ))?;
+    let mut stmt = conn.prepare_cached(TRANSITIONS)?;
     let mut invalid = None;
     for id in &chain {
         let records = stmt
@@ -1368,5 +1425,139 @@ pub fn page(
                 next: None,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod lookups {
+    //! What a console page, a timeline or an explanation asks of the log
+    //! reads transitions and business events, never the decisions, however
+    //! many of those the log holds.
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
+    use super::*;
+    use crate::Store;
+
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        conn.sqlite_plan(sql).unwrap().unwrap()
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("mandate-lookups-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed(Algorithm::EdDSA, [7; 32])
+    }
+
+    #[test]
+    fn each_lookup_goes_through_its_index_and_never_scans_the_log() {
+        let dir = temp("plans");
+        let store = Store::open(&dir, key()).unwrap();
+        let checks = [
+            (ENDED, "audit_transitions"),
+            (TRANSITIONS, "audit_transitions"),
+            (CHANGED_BY_EVENT, "audit_transitions_by"),
+            (EVENT_BY_ID, "audit_events"),
+        ];
+        store
+            .read(|c| {
+                for (sql, index) in checks {
+                    let steps = plan(c, sql);
+                    assert!(
+                        steps.iter().any(|s| s.contains(&format!("INDEX {index} "))),
+                        "{sql}\n{steps:?}"
+                    );
+                    assert!(
+                        !steps.iter().any(|s| s.starts_with("SCAN audit")),
+                        "{sql}\n{steps:?}"
+                    );
+                }
+                // The index of every record by mandate is gone: decisions
+                // are found by `audit_refs`, transitions by their own index.
+                let gone: bool = c.query_row(
+                    "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'audit_mandate')",
+                    params![],
+                    |r| r.get(0),
+                )?;
+                assert!(gone);
+                Ok(())
+            })
+            .unwrap();
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn how_a_mandate_ended_is_found_among_its_decisions() {
+        let dir = temp("ended");
+        let store = Store::open(&dir, key()).unwrap();
+        let decide = |n: usize| {
+            (0..n)
+                .map(|i| serde_json::json!({"chain": ["m1"], "i": i}))
+                .collect::<Vec<_>>()
+        };
+        let (before, after) = (decide(300), decide(7));
+        store
+            .write(move |tx| {
+                for b in before {
+                    tx.audit(Some("t"), "decision", Some("m1"), b)?;
+                }
+                tx.audit(Some("t"), "decision", Some("m2"), json!({"chain": ["m2"]}))?;
+                tx.audit(
+                    Some("t"),
+                    "suspended",
+                    Some("m1"),
+                    json!({"by": "event:e1"}),
+                )?;
+                tx.audit(Some("t"), "resumed", Some("m1"), json!({}))?;
+                tx.audit(Some("t"), "event", None, json!({"id": "e2"}))?;
+                tx.audit(Some("t"), "revoked", Some("m1"), json!({"by": "event:e2"}))?;
+                tx.audit(Some("t"), "completed", Some("m1"), json!({}))?;
+                for b in after {
+                    tx.audit(Some("t"), "decision", Some("m1"), b)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store
+            .read(|c| {
+                let end = ended(c, "m1")?.unwrap();
+                assert_eq!((end.kind.as_str(), end.seq), ("revoked", 305));
+                assert_eq!(ended(c, "m2")?, None);
+                let (end, later) = after_end(c, "m1")?;
+                assert_eq!(end.map(|r| r.seq), Some(305));
+                assert_eq!(later.len(), 7);
+                assert!(later.iter().all(|r| r.kind == "decision" && r.seq > 306));
+                assert_eq!(after_end(c, "m2")?, (None, Vec::new()));
+                let kinds: Vec<String> = c
+                    .prepare_cached(TRANSITIONS)?
+                    .query_map(params!["m1"], |r| r.get::<_, String>(3))?
+                    .collect::<Result<_, _>>()?;
+                assert_eq!(kinds, ["suspended", "resumed", "revoked", "completed"]);
+                assert_eq!(
+                    changed_by_event(c, "t", "e2")?,
+                    [("m1".to_owned(), "revoked".to_owned())]
+                );
+                assert_eq!(
+                    changed_by_event(c, "t", "e1")?,
+                    [("m1".to_owned(), "suspended".to_owned())]
+                );
+                assert_eq!(changed_by_event(c, "other", "e2")?, []);
+                let shown = events_behind(c, &[end_of(c, "m1")])?;
+                assert_eq!(shown.len(), 1);
+                assert_eq!(shown[0].body["id"], "e2");
+                Ok(())
+            })
+            .unwrap();
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn end_of(c: &Connection, id: &str) -> AuditRecord {
+        ended(c, id).unwrap().unwrap()
     }
 }

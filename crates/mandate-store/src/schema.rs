@@ -20,7 +20,57 @@ const MIGRATIONS: &[(&str, &str)] = &[
         SCHEMA_2,
     ),
     ("DPoP proofs seen by any replica", SCHEMA_3),
+    (
+        "audit lookups that do not read decisions; a decision writes one index fewer",
+        SCHEMA_4,
+    ),
 ];
+
+/// The term that picks a mandate's transitions (the records that change its
+/// state) out of the audit log, as the partial indexes of [`SCHEMA_4`] are
+/// defined with it. A query uses those indexes only when it contains this
+/// term exactly, so every such query is built with this macro (and the
+/// store's tests check that each one does use its index).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! transition_kinds {
+    () => {
+        "kind IN ('suspended', 'resumed', 'revoked', 'expired', 'completed', 'superseded')"
+    };
+}
+
+/// Lookups that read transitions and business events only, whatever the
+/// number of decisions in the log: a mandate's transitions by mandate
+/// (how it ended, whether a decision fell inside it), transitions by the
+/// event that made them, events by id, a tenant's events newest first. The
+/// index of every record by `mandate_id` goes: it was read only for
+/// transitions (which now have their own), and every decision wrote to it
+/// (`audit_refs` already finds any record by mandate).
+const SCHEMA_4: &str = concat!(
+    "DROP INDEX IF EXISTS audit_mandate;\n",
+    "CREATE INDEX IF NOT EXISTS audit_transitions ON audit(mandate_id, seq) WHERE ",
+    transition_kinds!(),
+    ";\n",
+    "CREATE INDEX IF NOT EXISTS audit_transitions_by ON audit(json_extract(record, '$.body.by')) WHERE ",
+    transition_kinds!(),
+    ";\n",
+    "CREATE INDEX IF NOT EXISTS audit_events ON audit(json_extract(record, '$.body.id')) WHERE kind = 'event';\n",
+    "CREATE INDEX IF NOT EXISTS events_tenant_received ON events(tenant, received_ms);\n",
+);
+
+/// [`SCHEMA_4`] for PostgreSQL, with the JSON paths as its queries are
+/// translated ([`crate::sql::translate`]).
+const PG_SCHEMA_4: &str = concat!(
+    "DROP INDEX IF EXISTS audit_mandate;\n",
+    "CREATE INDEX IF NOT EXISTS audit_transitions ON audit(mandate_id, seq) WHERE ",
+    transition_kinds!(),
+    ";\n",
+    "CREATE INDEX IF NOT EXISTS audit_transitions_by ON audit((record::jsonb #>> '{body,by}')) WHERE ",
+    transition_kinds!(),
+    ";\n",
+    "CREATE INDEX IF NOT EXISTS audit_events ON audit((record::jsonb #>> '{body,id}')) WHERE kind = 'event';\n",
+    "CREATE INDEX IF NOT EXISTS events_tenant_received ON events(tenant, received_ms);\n",
+);
 
 /// Proofs of possession seen, by replay key, until they expire: on a shared
 /// database, a proof accepted by one replica is refused by every other.
@@ -223,6 +273,10 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
         SCHEMA_2,
     ),
     ("DPoP proofs seen by any replica", SCHEMA_3),
+    (
+        "audit lookups that do not read decisions; a decision writes one index fewer",
+        PG_SCHEMA_4,
+    ),
 ];
 
 /// Held while a replica migrates, so two starting together do not race.

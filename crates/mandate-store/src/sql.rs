@@ -548,6 +548,25 @@ fn pg_refs(ps: &[PgParam]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
 }
 
 impl Connection {
+    /// SQLite's plan for `sql` (`EXPLAIN QUERY PLAN`, every parameter
+    /// `NULL`), one line a step, for a test that a query finds its rows by
+    /// an index; `None` on PostgreSQL, whose plans follow its statistics.
+    ///
+    /// # Errors
+    /// When SQLite cannot prepare the statement.
+    pub fn sqlite_plan(&self, sql: &str) -> Result<Option<Vec<String>>> {
+        let Connection::Sqlite(c) = self else {
+            return Ok(None);
+        };
+        let c = lock(c);
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let nulls = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
+        let steps = st
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some(steps))
+    }
+
     /// Which database this is.
     #[must_use]
     pub fn dialect(&self) -> Dialect {

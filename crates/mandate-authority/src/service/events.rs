@@ -252,6 +252,11 @@ pub struct RecordedEvent {
     pub changed: Vec<(String, String)>,
 }
 
+/// [`recent`]'s query: by the `events_tenant_received` index, already in
+/// order (no sort of the tenant's every event).
+const RECENT: &str = "SELECT idempotency_id, type, subject, occurred_ms FROM events
+   WHERE tenant = ?1 ORDER BY received_ms DESC LIMIT ?2";
+
 /// The tenant's `limit` most recently received events, newest first, each
 /// with the mandates it changed.
 ///
@@ -260,9 +265,7 @@ pub struct RecordedEvent {
 pub fn recent(s: &AppState, tenant: &str, limit: usize) -> Result<Vec<RecordedEvent>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     Ok(s.store.read(|c| {
-        let mut st = c.prepare_cached(
-            "SELECT idempotency_id, type, subject, occurred_ms FROM events WHERE tenant = ?1 ORDER BY received_ms DESC LIMIT ?2",
-        )?;
+        let mut st = c.prepare_cached(RECENT)?;
         let mut events: Vec<RecordedEvent> = st
             .query_map(params![tenant, limit], |r| {
                 Ok(RecordedEvent {
@@ -274,18 +277,8 @@ pub fn recent(s: &AppState, tenant: &str, limit: usize) -> Result<Vec<RecordedEv
                 })
             })?
             .collect::<std::result::Result<_, _>>()?;
-        // A transition made by an event names it in `by` (`event:<id>`).
-        let mut st = c.prepare_cached(
-            "SELECT mandate_id, kind FROM audit WHERE tenant = ?1 AND kind IN ('completed', 'suspended', 'revoked')
-               AND json_extract(record, '$.body.by') = ?2 ORDER BY seq",
-        )?;
         for e in &mut events {
-            let by = format!("event:{}", e.id);
-            e.changed = st
-                .query_map(params![tenant, by], |r| {
-                    Ok((r.get::<_, Option<String>>(0)?.unwrap_or_default(), r.get::<_, String>(1)?))
-                })?
-                .collect::<std::result::Result<_, _>>()?;
+            e.changed = mandate_store::audit::changed_by_event(c, tenant, &e.id)?;
         }
         Ok(events)
     })?)
@@ -301,7 +294,27 @@ pub fn facts(s: &AppState, tenant: &str) -> Result<(Value, i64)> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
     use super::*;
+
+    #[test]
+    fn the_latest_events_are_read_in_order_from_their_index() {
+        let dir = std::env::temp_dir().join(format!("mandate-events-plan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let key = mandate_core::keys::SigningKey::from_seed(
+            mandate_core::keys::Algorithm::EdDSA,
+            [3; 32],
+        );
+        let store = mandate_store::Store::open(&dir, key).unwrap();
+        let steps = store.read(|c| Ok(c.sqlite_plan(RECENT)?.unwrap())).unwrap();
+        assert_eq!(
+            steps,
+            ["SEARCH events USING INDEX events_tenant_received (tenant=?)"]
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_merged_pull_request_becomes_an_event_about_that_pr() {

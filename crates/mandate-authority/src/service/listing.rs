@@ -493,7 +493,7 @@ pub fn audit_records(s: &crate::state::AppState) -> super::Result<i64> {
 /// # Errors
 /// A store failure.
 pub fn how_it_ended(store: &Store, mandate_id: &str) -> super::Result<Option<AuditRecord>> {
-    Ok(store.read(|c| Ok(audit::after_end(c, mandate_id)?.0))?)
+    Ok(store.read(|c| audit::ended(c, mandate_id))?)
 }
 
 /// A page of a mandate's timeline with the business events behind its
@@ -512,7 +512,7 @@ pub fn timeline(
         records.extend(events);
         records.sort_by_key(|r| (r.seq, r.item));
         records.dedup_by_key(|r| (r.seq, r.item));
-        Ok((records, audit::after_end(c, mandate_id)?.0))
+        Ok((records, audit::ended(c, mandate_id)?))
     })?)
 }
 

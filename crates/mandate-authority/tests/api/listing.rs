@@ -451,6 +451,20 @@ fn a_database_from_the_previous_release_is_upgraded_in_place_and_keeps_every_rec
             .collect()
     );
     assert_eq!(every_page(&s, &c.admin, "/v1/requests", 2, "id").0.len(), 5);
+
+    // Schema 4's indexes are built over the old records: each ended
+    // mandate's end is found through them, and the live one has none.
+    let ids = every_page(&s, &c.admin, "/v1/mandates", 50, "mandate_id").0;
+    let states = every_page(&s, &c.admin, "/v1/mandates", 50, "state").0;
+    for (id, state) in ids.iter().zip(&states) {
+        let end = s
+            .state
+            .store
+            .read(|conn| mandate_store::audit::ended(conn, id))
+            .unwrap();
+        let expected = (state != "active").then_some(state.as_str());
+        assert_eq!(end.as_ref().map(|r| r.kind.as_str()), expected, "{id}");
+    }
     let (refs, _) = every_page(&s, &c.admin, "/v1/audit", 7, "reference");
     assert_eq!(refs.len(), 19);
 
