@@ -60,11 +60,11 @@ fn body(id: &str, n: u64) -> CanonicalBody {
     let value = serde_json::json!({
         "action": "search",
         "agent_instance": "inst-7f2a-b8c4",
-        "allow": n % 17 != 0,
+        "allow": !n.is_multiple_of(17),
         "chain": [id],
         "enforcer": "gateway-1",
         "obligations": [],
-        "reasons": if n % 17 == 0 { vec!["outside_scope"] } else { Vec::new() },
+        "reasons": if n.is_multiple_of(17) { vec!["outside_scope"] } else { Vec::new() },
         "request": {
             "action": {"name": "search"},
             "context": {"htm": "POST", "htu": "https://pep.example/search"},
