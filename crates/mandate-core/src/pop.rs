@@ -504,7 +504,18 @@ impl ReplayCache {
     /// # Errors
     /// [`PopError::Replayed`], [`PopError::ReplayCacheFull`].
     pub fn admit(&self, proof: &Proof, now: UnixTime) -> Result<(), PopError> {
-        let key = fingerprint(&proof.replay_key());
+        self.admit_key(&proof.replay_key(), proof.iat, now)
+    }
+
+    /// [`admit`](Self::admit) for a caller that needs the proof's
+    /// [`Proof::replay_key`] itself too (to record it elsewhere) and has
+    /// computed it once: `key` must be `proof.replay_key()` and `iat`
+    /// `proof.iat`.
+    ///
+    /// # Errors
+    /// [`PopError::Replayed`], [`PopError::ReplayCacheFull`].
+    pub fn admit_key(&self, key: &[u8; 32], iat: i64, now: UnixTime) -> Result<(), PopError> {
+        let key = fingerprint(key);
         let now = now.secs();
         let mut seen = self.inner.lock().map_err(|_| PopError::Replayed)?;
         while let Some(&(expires, k)) = seen.order.front() {
@@ -525,7 +536,7 @@ impl ReplayCache {
         // while `iat >= now - PROOF_MAX_AGE_SECS`, i.e. until
         // `iat + PROOF_MAX_AGE_SECS`; a proof from the future (up to
         // PROOF_FUTURE_SECS ahead) is kept that much longer.
-        let expires = now.max(proof.iat).saturating_add(PROOF_MAX_AGE_SECS);
+        let expires = now.max(iat).saturating_add(PROOF_MAX_AGE_SECS);
         seen.order.push_back((expires, key));
         Ok(())
     }

@@ -1490,6 +1490,62 @@ mod lookups {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The same lookups on PostgreSQL (where `scripts/test` gives a
+    /// throwaway cluster): with sequential scans priced out, each one is an
+    /// index scan of its own index, so the partial indexes' conditions are
+    /// ones PostgreSQL proves from the queries.
+    #[test]
+    fn on_postgresql_each_lookup_can_use_its_index() {
+        let Ok(base) = std::env::var("MANDATE_TEST_POSTGRES") else {
+            return;
+        };
+        let name = format!("store_lookups_{}", std::process::id());
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        let admin = Connection::Postgres(crate::sql::PgConn::connect(&base).unwrap());
+        admin
+            .execute_batch(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        admin
+            .execute_batch(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let dir = temp("pg-plans");
+        let store = Store::open_postgres(&dir, &url, key()).unwrap();
+        let checks = [
+            (ENDED, "audit_transitions", 1),
+            (TRANSITIONS, "audit_transitions", 1),
+            (CHANGED_BY_EVENT, "audit_transitions_by", 2),
+            (EVENT_BY_ID, "audit_events", 1),
+        ];
+        store
+            .read(|c| {
+                c.execute_batch("SET enable_seqscan = off")?;
+                for (sql, index, n) in checks {
+                    let args = ["x", "y"];
+                    let params: Vec<&dyn crate::sql::ToValue> = args
+                        .iter()
+                        .take(n)
+                        .map(|a| a as &dyn crate::sql::ToValue)
+                        .collect();
+                    let steps: Vec<String> = c
+                        .prepare(&format!("EXPLAIN {sql}"))?
+                        .query_map(&params, |r| r.get::<_, String>(0))?
+                        .collect::<Result<_, _>>()?;
+                    assert!(
+                        steps
+                            .iter()
+                            .any(|s| s.contains(&format!("Index Scan using {index} on audit"))),
+                        "{sql}\n{steps:#?}"
+                    );
+                }
+                c.execute_batch("RESET enable_seqscan")?;
+                Ok(())
+            })
+            .unwrap();
+        std::thread::spawn(move || drop(store)).join().unwrap();
+        let _ = admin.execute_batch(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn how_a_mandate_ended_is_found_among_its_decisions() {
         let dir = temp("ended");

@@ -627,7 +627,11 @@ fn run_batch(
     // previous job's release, the last release and the notification with
     // COMMIT.
     match conn.dialect() {
-        Dialect::Sqlite => conn.execute_batch("BEGIN IMMEDIATE; SAVEPOINT job")?,
+        Dialect::Sqlite => {
+            // Statements prepared once per connection (as between jobs).
+            conn.execute("BEGIN IMMEDIATE", &[])?;
+            conn.execute("SAVEPOINT job", &[])?;
+        }
         Dialect::Postgres => {
             // One writer at a time across replicas; the head is read under
             // the lock, after whatever another replica appended.
@@ -682,8 +686,13 @@ fn run_batch(
             "{release}SELECT pg_notify('{CHANGES_CHANNEL}', '{}'); COMMIT",
             head.seq
         ))?;
-    } else {
+    } else if conn.dialect() == Dialect::Postgres {
         conn.execute_batch(&format!("{release}COMMIT"))?;
+    } else {
+        if open {
+            conn.execute("RELEASE SAVEPOINT job", &[])?;
+        }
+        conn.execute("COMMIT", &[])?;
     }
     Ok(())
 }

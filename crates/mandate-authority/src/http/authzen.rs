@@ -75,15 +75,18 @@ async fn check_pop(
     if batch.iter().any(|p| p == text) {
         return None;
     }
-    if let Err(e) = s.replay.admit(&proof, now) {
+    let key = proof.replay_key();
+    if let Err(e) = s.replay.admit_key(&key, proof.iat, now) {
         return Some(e);
     }
-    // With replicas, the decision's commit also records the proof where
-    // every replica sees it (kept past any acceptable `iat`).
-    *fresh = Some((
-        hex::encode(proof.replay_key()),
-        proof.iat.saturating_add(POP_SEEN_SECS).saturating_mul(1000),
-    ));
+    // With replicas (PostgreSQL), the decision's commit also records the
+    // proof where every replica sees it (kept past any acceptable `iat`).
+    if s.store.dialect() == mandate_store::sql::Dialect::Postgres {
+        *fresh = Some((
+            hex::encode(key),
+            proof.iat.saturating_add(POP_SEEN_SECS).saturating_mul(1000),
+        ));
+    }
     batch.push(text.to_owned());
     None
 }

@@ -92,7 +92,9 @@ pub struct Outcome {
     pub reasons: Vec<String>,
     /// The one-time mandate an allow consumes.
     pub one_time: Option<String>,
-    /// The replay key and expiry of a DPoP proof first seen by this replica.
+    /// The replay key and expiry of a DPoP proof first seen by this replica,
+    /// to record where every replica sees it (on PostgreSQL; `None` on the
+    /// embedded store, whose one process has the only replay cache).
     pub fresh_proof: Option<(String, i64)>,
 }
 
