@@ -140,7 +140,8 @@ if [ -n "${CALLGRIND:-}" ]; then
     "all threads=PROGRAM TOTALS" \
     "a request's handling (hyper's poll_msg, the handler in it)=<hyper::proto::h1::dispatch::Server<S,hyper::body::incoming::Incoming> as hyper::proto::h1::dispatch::Dispatch>::poll_msg [" \
     "  of which the proof's signature (verify_strict)=mandate_core::keys::VerifyingKey::verify [" \
-    "the store's writer thread (SQLite, the audit chain)=mandate_store::writer_loop ["
+    "the store's writer thread (SQLite, the audit chain)=mandate_store::writer_loop [" \
+    "  of which the signed checkpoint (fewer a decision at a higher rate)=mandate_store::audit::write_checkpoint ["
   exit 0
 fi
 records=$("$bin" --output json audit verify --data-dir data "${db[@]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["intact"], d; print(d["records"])')
