@@ -21,7 +21,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("DPoP proofs seen by any replica", SCHEMA_3),
     (
-        "audit lookups that do not read decisions; a decision writes one index fewer",
+        "audit lookups that do not read decisions (a decision writes one index fewer); mandates by what superseded them and by principal",
         SCHEMA_4,
     ),
 ];
@@ -49,7 +49,9 @@ macro_rules! transition_kinds {
 /// event that made them, events by id, a tenant's events newest first. The
 /// index of every record by `mandate_id` goes: it was read only for
 /// transitions (which now have their own), and every decision wrote to it
-/// (`audit_refs` already finds any record by mandate).
+/// (`audit_refs` already finds any record by mandate). And two lookups of
+/// mandates that read every mandate of the tenant: the mandate another
+/// superseded, and a principal's mandates (the audit log a principal sees).
 const SCHEMA_4: &str = concat!(
     "DROP INDEX IF EXISTS audit_mandate;\n",
     "CREATE INDEX IF NOT EXISTS audit_transitions ON audit(mandate_id, seq) WHERE ",
@@ -60,6 +62,8 @@ const SCHEMA_4: &str = concat!(
     ";\n",
     "CREATE INDEX IF NOT EXISTS audit_events ON audit(json_extract(record, '$.body.id')) WHERE kind = 'event';\n",
     "CREATE INDEX IF NOT EXISTS events_tenant_received ON events(tenant, received_ms);\n",
+    "CREATE INDEX IF NOT EXISTS mandates_superseded_by ON mandates(superseded_by) WHERE superseded_by IS NOT NULL;\n",
+    "CREATE INDEX IF NOT EXISTS mandates_tenant_principal ON mandates(tenant, principal);\n",
 );
 
 /// [`SCHEMA_4`] for PostgreSQL, with the JSON paths as its queries are
@@ -74,6 +78,8 @@ const PG_SCHEMA_4: &str = concat!(
     ";\n",
     "CREATE INDEX IF NOT EXISTS audit_events ON audit((record::jsonb #>> '{body,id}')) WHERE kind = 'event';\n",
     "CREATE INDEX IF NOT EXISTS events_tenant_received ON events(tenant, received_ms);\n",
+    "CREATE INDEX IF NOT EXISTS mandates_superseded_by ON mandates(superseded_by) WHERE superseded_by IS NOT NULL;\n",
+    "CREATE INDEX IF NOT EXISTS mandates_tenant_principal ON mandates(tenant, principal);\n",
 );
 
 /// Proofs of possession seen, by replay key, until they expire: on a shared
@@ -278,7 +284,7 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("DPoP proofs seen by any replica", SCHEMA_3),
     (
-        "audit lookups that do not read decisions; a decision writes one index fewer",
+        "audit lookups that do not read decisions (a decision writes one index fewer); mandates by what superseded them and by principal",
         PG_SCHEMA_4,
     ),
 ];

@@ -300,6 +300,11 @@ async fn amend_governed(
     })
 }
 
+/// The mandate that `?1` superseded, in tenant `?2`: by the
+/// `mandates_superseded_by` index.
+pub(crate) const SUPERSEDED: &str =
+    "SELECT id FROM mandates WHERE superseded_by = ?1 AND tenant = ?2";
+
 /// The revisions around mandate `id`: the one it amended, and the one that
 /// superseded it.
 ///
@@ -321,11 +326,7 @@ pub fn revisions(
             .optional()?
             .flatten();
         let of: Option<String> = c
-            .query_row(
-                "SELECT id FROM mandates WHERE superseded_by = ?1 AND tenant = ?2",
-                params![id, caller.tenant],
-                |r| r.get(0),
-            )
+            .query_row(SUPERSEDED, params![id, caller.tenant], |r| r.get(0))
             .optional()?;
         Ok((of, by))
     })?)

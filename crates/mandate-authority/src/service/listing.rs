@@ -404,6 +404,11 @@ impl AuditFilter {
     }
 }
 
+/// A principal's mandates in a tenant (what of the audit log a principal
+/// sees): by the `mandates_tenant_principal` index.
+pub(crate) const PRINCIPAL_MANDATES: &str =
+    "SELECT id FROM mandates WHERE tenant = ?1 AND principal = ?2";
+
 /// A page of the tenant's audit log, newest first, shipped batches
 /// expanded into their decisions. An admin sees every record of the
 /// tenant; a principal the records about mandates they granted (and their
@@ -420,8 +425,7 @@ pub fn audit(
     let visible: Option<HashSet<String>> = match caller.role {
         Role::Admin => None,
         Role::Principal => Some(store.read(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT id FROM mandates WHERE tenant = ?1 AND principal = ?2")?;
+            let mut stmt = c.prepare_cached(PRINCIPAL_MANDATES)?;
             let ids = stmt
                 .query_map(params![caller.tenant, caller.sub], |r| {
                     r.get::<_, String>(0)

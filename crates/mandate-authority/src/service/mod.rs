@@ -101,3 +101,37 @@ impl From<crate::error::ApiError> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod plans {
+    //! The lookups that would otherwise read every mandate or every event of
+    //! a tenant find their rows through an index (SQLite's plan, read).
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    #[test]
+    fn tenant_wide_lookups_search_their_indexes() {
+        let dir = std::env::temp_dir().join(format!("mandate-plans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let key = mandate_core::keys::SigningKey::from_seed(
+            mandate_core::keys::Algorithm::EdDSA,
+            [3; 32],
+        );
+        let store = mandate_store::Store::open(&dir, key).unwrap();
+        let plan = |sql: &str| store.read(|c| Ok(c.sqlite_plan(sql)?.unwrap())).unwrap();
+        assert_eq!(
+            plan(super::events::RECENT),
+            ["SEARCH events USING INDEX events_tenant_received (tenant=?)"],
+            "newest first, without sorting the tenant's events"
+        );
+        assert_eq!(
+            plan(super::lifecycle::SUPERSEDED),
+            ["SEARCH mandates USING INDEX mandates_superseded_by (superseded_by=?)"]
+        );
+        assert_eq!(
+            plan(super::listing::PRINCIPAL_MANDATES),
+            ["SEARCH mandates USING INDEX mandates_tenant_principal (tenant=? AND principal=?)"]
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
