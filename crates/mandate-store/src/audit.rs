@@ -988,7 +988,9 @@ pub fn after_end(
 }
 
 /// The business events (`event` records) that changed any of `records`:
-/// those named by a transition's `by` (`event:<id>`).
+/// those named by a transition's `by` (`event:<id>`), each from the
+/// transition's own tenant. Event ids come from the sources, so another
+/// tenant may hold an event with the same id; it is never returned.
 ///
 /// # Errors
 /// When the query fails.
@@ -996,16 +998,18 @@ pub fn events_behind(
     conn: &Connection,
     records: &[AuditRecord],
 ) -> Result<Vec<AuditRecord>, StoreError> {
-    let ids: std::collections::BTreeSet<&str> = records
+    let named: std::collections::BTreeSet<(Option<&str>, &str)> = records
         .iter()
-        .filter_map(|r| r.body.get("by").and_then(Value::as_str))
-        .filter_map(|b| b.strip_prefix("event:"))
+        .filter_map(|r| {
+            let by = r.body.get("by").and_then(Value::as_str)?;
+            Some((r.tenant.as_deref(), by.strip_prefix("event:")?))
+        })
         .collect();
     let mut stmt = conn.prepare_cached(EVENT_BY_ID)?;
     let mut out = Vec::new();
-    for id in ids {
+    for (tenant, id) in named {
         out.extend(
-            stmt.query_map(params![id], row_to_record)?
+            stmt.query_map(params![id, tenant], row_to_record)?
                 .collect::<Result<Vec<_>, _>>()?,
         );
     }
@@ -1047,7 +1051,8 @@ pub(crate) const CHANGED_BY_EVENT: &str = concat!(
 /// [`events_behind`]'s query, by the `audit_events` index.
 pub(crate) const EVENT_BY_ID: &str =
     "SELECT seq, at_ms, tenant, kind, mandate_id, record, prev_hash, hash FROM audit
-   WHERE kind = 'event' AND json_extract(record, '$.body.id') = ?1";
+   WHERE kind = 'event' AND json_extract(record, '$.body.id') = ?1
+     AND tenant IS NOT DISTINCT FROM ?2";
 
 /// Every record as stored, in order (for export as JSON lines: each line
 /// hashes as the log does).
@@ -1514,7 +1519,7 @@ mod lookups {
             (ENDED, "audit_transitions", 1),
             (TRANSITIONS, "audit_transitions", 1),
             (CHANGED_BY_EVENT, "audit_transitions_by", 2),
-            (EVENT_BY_ID, "audit_events", 1),
+            (EVENT_BY_ID, "audit_events", 2),
         ];
         store
             .read(|c| {

@@ -871,6 +871,52 @@ fn the_timeline_shows_the_event_that_ended_the_mandate() {
     assert!(page.body.contains("event:crm-77"));
 }
 
+/// Event ids come from the sources (a CRM's record id, a GitHub merge), so
+/// two tenants can hold events with the same id: a timeline shows only
+/// its own tenant's.
+#[test]
+fn a_timeline_never_shows_another_tenants_event_with_the_same_id() {
+    let s = Server::start("console-event-tenant");
+    let c = Cast::new(&s);
+    let other = s.token(
+        "crm-other",
+        mandate_authority::auth::Role::EventSource,
+        "other",
+    );
+    let (st, _) = s.call("POST", "/v1/events", Some(&other), Some(&json!({"id": "crm-77", "type": "deal.merger_announced", "subject": "deal:confidential-42"})));
+    assert_eq!(st, 202);
+    let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    let (st, _) = s.call("POST", "/v1/events", Some(&c.events), Some(&json!({"id": "crm-77", "type": "contingency_program.cancelled", "subject": "program:contingency-q4"})));
+    assert_eq!(st, 202);
+    let conn = open_db(&s.data_dir());
+    let theirs: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'event' AND tenant = 'other'",
+            mandate_store::params![],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(theirs, 1, "the other tenant's event is in the log");
+    let (cookie, _) = sign_in(&s, &c.principal);
+    let page = send(
+        &s,
+        "GET",
+        &format!("/console/mandates/{id}"),
+        Some(&cookie),
+        None,
+    );
+    assert!(
+        page.body
+            .contains("contingency_program.cancelled program:contingency-q4")
+    );
+    assert!(
+        !page.body.contains("deal.merger_announced"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("confidential-42"), "{}", page.body);
+}
+
 #[test]
 fn the_mandate_page_shows_what_was_granted_how_it_ended_and_what_each_gateway_decision_was_about() {
     let s = Server::start("console-mandate-page");
