@@ -12,6 +12,7 @@
 # is loaded, and the run reports instructions and allocations per request
 # (repeatable where req/s on a shared machine is not); one connection keeps
 # every proof checked alone:  CALLGRIND=1 scripts/load-gateway.sh 15 1
+# CALLGRIND_OUT=FILE keeps callgrind's output there (for callgrind_annotate).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
@@ -70,7 +71,7 @@ rid=$(curl -s -X POST "http://$addr/v1/requests" -H "Authorization: Bearer $agen
 mandate=$(curl -s -X POST "http://$addr/v1/requests/$rid/approve" -H "Authorization: Bearer $principal" | python3 -c 'import json,sys; print(json.load(sys.stdin)["mandate"])')
 sed -e "s|127.0.0.1:8081|127.0.0.1:$G|; s|127.0.0.1:8080|$addr|; s|127.0.0.1:9000|127.0.0.1:$U|; s|delivery = \"push\".*|delivery = \"push\"|" \
   "$root/deploy/nginx/gateway.toml" > gateway.toml
-under=(); [ -n "${CALLGRIND:-}" ] && under=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out")
+under=(); [ -n "${CALLGRIND:-}" ] && under=(valgrind --tool=callgrind --callgrind-out-file="${CALLGRIND_OUT:-$work/callgrind.out}")
 "${under[@]}" "$bin" gateway --config gateway.toml 2> gateway.log & gw=$!; pids+=($gw)
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$G/_mandate/healthz" | grep -q '"fresh":true' && break; sleep 0.1; done
 sed -e "s|127.0.0.1:9000|127.0.0.1:$U|; s|127.0.0.1:8081|127.0.0.1:$G|; s|127.0.0.1:8088|127.0.0.1:$A|" "$root/deploy/nginx/mandate.conf" > nginx/auth.conf
@@ -88,7 +89,7 @@ if [ -n "${CALLGRIND:-}" ]; then
     --lines proofs -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" --expect '"state":"open"')
   echo "$out"
   kill "$gw"; wait "$gw" 2>/dev/null || true
-  python3 "$root/scripts/callgrind-per-op.py" "$work/callgrind.out" "$(echo "$out" | awk '/requests in/ {print $1}')" \
+  python3 "$root/scripts/callgrind-per-op.py" "${CALLGRIND_OUT:-$work/callgrind.out}" "$(echo "$out" | awk '/requests in/ {print $1}')" \
     "all threads=PROGRAM TOTALS" \
     "a request's handling (decision, upstream call; poll_msg)=<hyper::proto::h1::dispatch::Server<S,hyper::body::incoming::Incoming> as hyper::proto::h1::dispatch::Dispatch>::poll_msg [" \
     "  of which the proof's signature (verify_strict)=mandate_core::keys::VerifyingKey::verify [" \
