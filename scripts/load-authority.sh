@@ -15,6 +15,9 @@
 # connection every proof is checked alone on the worker and the counts
 # repeat:  CALLGRIND=1 scripts/load-authority.sh 15 1
 # CALLGRIND_OUT=FILE keeps callgrind's output there (for callgrind_annotate).
+# MANDATES=N: the decisions are spread over N mandates (granted before the
+# run, taken in turn), as a real authority's are over its agents' missions;
+# the default is one mandate for every decision.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
@@ -58,10 +61,32 @@ python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["agent"]["cnf"]={
 rid=$(api POST /v1/requests "$agent" request.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 api POST "/v1/requests/$rid/approve" "$principal" > approved.json
 api PUT /v1/facts "$admin" "$root/testdata/examples/facts-active.json" > /dev/null
+mandates="${MANDATES:-1}"
+if [ "$mandates" -gt 1 ]; then
+  # The other N-1 mandates, granted over one keep-alive connection each way.
+  python3 - "$addr" "$agent" "$principal" "$mandates" <<'PY'
+import http.client, json, sys
+addr, agent, principal, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+c = http.client.HTTPConnection(addr)
+def call(path, token, body):
+    c.request("POST", path, body=json.dumps(body), headers={"Authorization": f"Bearer {token}", "content-type": "application/json"})
+    r = c.getresponse(); data = json.loads(r.read())
+    assert r.status < 300, (path, r.status, data)
+    return data
+request = json.load(open("request.json"))
+out = [json.load(open("approved.json"))["mandate"]]
+for _ in range(n - 1):
+    rid = call("/v1/requests", agent, request)["id"]
+    out.append(call(f"/v1/requests/{rid}/approve", principal, {})["mandate"])
+open("mandates.txt", "w").write("\n".join(out) + "\n")
+PY
+fi
 python3 - <<'PY'
 import json
+import os
 a = json.load(open("approved.json"))
-body = json.dumps({"subject": {"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2", "properties": {"mandate": a["mandate"]}},
+mandate = "@CYCLE@" if os.path.exists("mandates.txt") else a["mandate"]
+body = json.dumps({"subject": {"type": "agent", "id": "urn:agent:procurement/vendor-sourcing@3.2", "properties": {"mandate": mandate}},
   "context": {"agent_instance": "inst-7f2a-b8c4", "htm": "POST", "htu": "https://pep.example/search", "dpop": "@LINE@"},
   "action": {"name": "search"}, "resource": {"type": "vendor_portal", "id": "https://vendor-portal.example.com/search",
   "properties": {"category": "logistics", "region": "north-america", "contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}})
@@ -96,17 +121,18 @@ print(f"== this disk: fdatasync p50 {p50 * 1e3:.2f} ms, p99 {ts[98] * 1e3:.2f} m
       f"{c} connections each waiting for a commit: at most ~{c / (1.5 * p50):,.0f} decisions/s")
 PY
 fi
-echo "== ${duration}s of POST /access/v1/evaluation, $conns connections over $replicas replica(s), durable audit on, a DPoP proof checked per decision"
+echo "== ${duration}s of POST /access/v1/evaluation, $conns connections over $replicas replica(s), $mandates mandate(s), durable audit on, a DPoP proof checked per decision"
 # PERF_OUT=FILE: a CPU profile of the (first) authority during the load
 # (perf record, call graphs), for `perf report -i FILE`.
 if [ -n "${PERF_OUT:-}" ]; then
   # PERF_CALL_GRAPH=dwarf for call chains through code built without frame pointers.
   perf record -F 499 --call-graph "${PERF_CALL_GRAPH:-fp}" -o "$PERF_OUT" -p "${servers[0]}" -- sleep "$duration" > /dev/null 2>&1 &
 fi
+cycle=(); [ -f mandates.txt ] && cycle=(--cycle mandates.txt)
 load() { # ADDR CONNECTIONS PROOFS
   "$loadgen" "http://$1/access/v1/evaluation" -c "$2" -d "$duration" -m POST \
     -H 'Content-Type: application/json' -H "Authorization: Bearer $enforcer" \
-    --body-file decide.json --lines "$3" --expect '"decision":true'
+    --body-file decide.json --lines "$3" "${cycle[@]}" --expect '"decision":true'
 }
 # CPU time of a process so far, in seconds (utime + stime from /proc).
 cpu_secs() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }

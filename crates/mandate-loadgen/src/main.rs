@@ -22,7 +22,9 @@
 //! ```
 //!
 //! Every `@LINE@` in a header or the body is replaced by the next line of
-//! `--lines`; each line is used once. The output has wrk's shape
+//! `--lines`; each line is used once. Every `@CYCLE@` is replaced by a line
+//! of `--cycle`, request `i` taking line `i` modulo their number: values a
+//! real load repeats (the mandates of many agents), beside the fresh ones. The output has wrk's shape
 //! (`Requests/sec:`, the latency percentiles, `N requests in`, `Non-2xx or
 //! 3xx responses:`) so the scripts read either.
 
@@ -37,6 +39,9 @@ use tokio::net::TcpStream;
 
 /// The placeholder replaced by one line of `--lines` per request.
 const PLACEHOLDER: &str = "@LINE@";
+
+/// The placeholder replaced by a line of `--cycle`, in turn.
+const CYCLE: &str = "@CYCLE@";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +72,9 @@ struct Args {
     /// One value per request for `@LINE@`, one per line.
     #[arg(long)]
     lines: Option<PathBuf>,
+    /// Values for `@CYCLE@`, one per line, taken in turn (and again).
+    #[arg(long)]
+    cycle: Option<PathBuf>,
     /// Stop and fail at the first answer that is not 2xx or whose body
     /// lacks this text.
     #[arg(long)]
@@ -117,12 +125,24 @@ fn run(args: &Args) -> Result<Report, String> {
     if template.uses_line && lines.is_none() {
         return Err(format!("{PLACEHOLDER} is used but --lines is not given"));
     }
+    let cycle = match &args.cycle {
+        Some(p) => Some(Lines::read(p)?),
+        None => None,
+    };
+    match &cycle {
+        None if template.uses_cycle => {
+            return Err(format!("{CYCLE} is used but --cycle is not given"));
+        }
+        Some(c) if c.len() == 0 => return Err("--cycle: the file has no lines".into()),
+        _ => {}
+    }
     if args.connections == 0 || args.threads == 0 {
         return Err("--connections and --threads must be at least 1".into());
     }
     let shared = Arc::new(Shared {
         template,
         lines,
+        cycle,
         next: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         expect: args.expect.as_ref().map(|e| e.as_bytes().to_vec()),
@@ -235,6 +255,7 @@ async fn connect(addr: &str) -> Result<TcpStream, String> {
 struct Shared {
     template: Template,
     lines: Option<Lines>,
+    cycle: Option<Lines>,
     next: AtomicUsize,
     stop: AtomicBool,
     expect: Option<Vec<u8>>,
@@ -265,24 +286,27 @@ async fn connection(
     let mut response = Response::default();
     start.wait().await;
     while !shared.stop.load(Ordering::Relaxed) {
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        let again = shared
+            .cycle
+            .as_ref()
+            .and_then(|c| c.get(i % c.len().max(1)))
+            .unwrap_or_default();
         let line = match &shared.lines {
-            Some(lines) => {
-                let i = shared.next.fetch_add(1, Ordering::Relaxed);
-                match lines.get(i) {
-                    Some(l) => l,
-                    None => {
-                        out.failure = Some(format!(
-                            "ran out of --lines after {} requests: give more lines",
-                            lines.len()
-                        ));
-                        shared.stop.store(true, Ordering::Relaxed);
-                        break;
-                    }
+            Some(lines) => match lines.get(i) {
+                Some(l) => l,
+                None => {
+                    out.failure = Some(format!(
+                        "ran out of --lines after {} requests: give more lines",
+                        lines.len()
+                    ));
+                    shared.stop.store(true, Ordering::Relaxed);
+                    break;
                 }
-            }
+            },
             None => "",
         };
-        shared.template.render(line, &mut request);
+        shared.template.render(line, again, &mut request);
         let sent = Instant::now();
         if let Err(e) = stream.write_all(&request).await {
             out.failure = Some(format!("write: {e}"));
@@ -379,24 +403,34 @@ struct Template {
     body_fixed: usize,
     /// How many `@LINE@`s the body holds.
     body_lines: usize,
+    /// How many `@CYCLE@`s the body holds.
+    body_cycles: usize,
     uses_line: bool,
+    uses_cycle: bool,
 }
 
 #[derive(Debug)]
 enum Piece {
     Text(Vec<u8>),
     Line,
+    Cycle,
 }
 
 fn pieces(text: &str, out: &mut Vec<Piece>) {
     let mut rest = text;
-    while let Some(i) = rest.find(PLACEHOLDER) {
+    loop {
+        // The nearer of the two placeholders.
+        let next = [(PLACEHOLDER, false), (CYCLE, true)]
+            .into_iter()
+            .filter_map(|(p, cycle)| rest.find(p).map(|i| (i, p, cycle)))
+            .min_by_key(|&(i, _, _)| i);
+        let Some((i, p, cycle)) = next else { break };
         let (before, after) = rest.split_at(i);
         if !before.is_empty() {
             out.push(Piece::Text(before.as_bytes().to_vec()));
         }
-        out.push(Piece::Line);
-        rest = after.get(PLACEHOLDER.len()..).unwrap_or_default();
+        out.push(if cycle { Piece::Cycle } else { Piece::Line });
+        rest = after.get(p.len()..).unwrap_or_default();
     }
     if !rest.is_empty() {
         out.push(Piece::Text(rest.as_bytes().to_vec()));
@@ -436,7 +470,9 @@ impl Template {
             body: Vec::new(),
             body_fixed: 0,
             body_lines: 0,
+            body_cycles: 0,
             uses_line: false,
+            uses_cycle: false,
         };
         pieces(&head, &mut t.head);
         pieces(body, &mut t.body);
@@ -444,6 +480,7 @@ impl Template {
             match p {
                 Piece::Text(b) => t.body_fixed += b.len(),
                 Piece::Line => t.body_lines += 1,
+                Piece::Cycle => t.body_cycles += 1,
             }
         }
         t.uses_line = t
@@ -451,11 +488,17 @@ impl Template {
             .iter()
             .chain(&t.body)
             .any(|p| matches!(p, Piece::Line));
+        t.uses_cycle = t
+            .head
+            .iter()
+            .chain(&t.body)
+            .any(|p| matches!(p, Piece::Cycle));
         Ok(t)
     }
 
-    /// Formats the request for `line` into `out`.
-    fn render(&self, line: &str, out: &mut Vec<u8>) {
+    /// Formats the request for `line` (`@LINE@`) and `again` (`@CYCLE@`)
+    /// into `out`.
+    fn render(&self, line: &str, again: &str, out: &mut Vec<u8>) {
         use std::io::Write as _;
         out.clear();
         let put = |pieces: &[Piece], out: &mut Vec<u8>| {
@@ -463,11 +506,12 @@ impl Template {
                 match p {
                     Piece::Text(b) => out.extend_from_slice(b),
                     Piece::Line => out.extend_from_slice(line.as_bytes()),
+                    Piece::Cycle => out.extend_from_slice(again.as_bytes()),
                 }
             }
         };
         put(&self.head, out);
-        let len = self.body_fixed + self.body_lines * line.len();
+        let len = self.body_fixed + self.body_lines * line.len() + self.body_cycles * again.len();
         // Writing to a Vec cannot fail.
         let _ = write!(out, "{len}\r\n\r\n");
         put(&self.body, out);
@@ -690,10 +734,33 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        t.render("abc", &mut out);
+        t.render("abc", "", &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /eval?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9\r\nDPoP: abc\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"p\":\"abc\"}"
+        );
+    }
+
+    #[test]
+    fn a_cycled_value_goes_where_its_placeholder_is_and_counts_in_the_length() {
+        let target = Target::parse("http://127.0.0.1:9/eval").unwrap();
+        let t = Template::new(
+            "POST",
+            &target,
+            &[],
+            r#"{"m":"@CYCLE@","p":"@LINE@","again":"@CYCLE@"}"#,
+        )
+        .unwrap();
+        assert!(t.uses_line && t.uses_cycle);
+        let mut out = Vec::new();
+        t.render("proof", "mandate-7", &mut out);
+        let body = r#"{"m":"mandate-7","p":"proof","again":"mandate-7"}"#;
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "POST /eval HTTP/1.1\r\nHost: 127.0.0.1:9\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
         );
     }
 
@@ -779,6 +846,7 @@ mod tests {
             headers: Vec::new(),
             body_file: None,
             lines: None,
+            cycle: None,
             expect: None,
             drain: 1,
         };
@@ -854,6 +922,7 @@ mod tests {
             headers: vec!["DPoP: @LINE@".into()],
             body_file: None,
             lines: Some(dir.clone()),
+            cycle: None,
             expect: Some(expect.into()),
             drain: 10,
         };
