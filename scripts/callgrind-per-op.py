@@ -6,9 +6,11 @@
 For each label, the inclusive instruction count of the first function whose
 name starts with `function` (as callgrind_annotate prints it), divided by N,
 the operations the load made; `PROGRAM TOTALS` counts every thread. Also the
-allocations (calls to mimalloc's `mi_malloc_aligned`) per operation. The
-server's start and the set-up's few requests are in the totals too; over a
-thousand operations or more they are well under 1%.
+allocations (calls to mimalloc's `mi_malloc_aligned`) per operation. Where
+the script dumped callgrind's counters just before the load
+(`callgrind_control -d`, as scripts/load-authority.sh does), PROFILE holds
+the load alone; otherwise the server's start and the set-up's few requests
+are in the totals too (over a thousand operations, well under 1%).
 """
 import re
 import subprocess
@@ -22,7 +24,7 @@ def main() -> None:
         ["callgrind_annotate", "--inclusive=yes", profile], capture_output=True, text=True, check=True
     ).stdout
     calls = subprocess.run(
-        ["callgrind_annotate", "--tree=calling", profile], capture_output=True, text=True, check=True
+        ["callgrind_annotate", "--tree=calling", "--threshold=100", profile], capture_output=True, text=True, check=True
     ).stdout
 
     def count(name: str) -> int:

@@ -43,7 +43,7 @@ db=(); [ -n "${MANDATE_DATABASE:-}" ] && db=(--database "$MANDATE_DATABASE")
 addrs=()
 for r in $(seq "$replicas"); do
   d=data; [ "$r" = 1 ] || { d="data$r"; mkdir -p "$d"; cp data/authority.jwk data/local-issuer.jwk "$d/"; }
-  under=(); [ -n "${CALLGRIND:-}" ] && under=(valgrind --tool=callgrind --callgrind-out-file="${CALLGRIND_OUT:-$work/callgrind.out}")
+  under=(); [ -n "${CALLGRIND:-}" ] && under=(valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="${CALLGRIND_OUT:-$work/callgrind.out}")
   "${under[@]}" "$bin" serve --data-dir "$d" --listen 127.0.0.1:0 --issuer https://mandate.test "${db[@]}" 2> "serve$r.log" &
   servers+=($!)
   for _ in $(seq 600); do grep -q listening "serve$r.log" 2>/dev/null && break; sleep 0.1; done
@@ -101,6 +101,25 @@ per=$((conns / replicas)); [ "$per" -ge 2 ] || per=2
 for r in $(seq "$replicas"); do
   "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 40000 / replicas)) > "proofs$r"
 done
+if [ -f mandates.txt ]; then
+  # Each mandate decided once before the load, so the load measures an
+  # authority that has seen its agents' mandates (as a running one has),
+  # not N first verifications.
+  "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count "$mandates" > warm-proofs
+  for a in "${addrs[@]}"; do
+    python3 - "$a" "$enforcer" <<'PY'
+import http.client, sys
+c = http.client.HTTPConnection(sys.argv[1])
+body = open("decide.json").read()
+for m, p in zip(open("mandates.txt").read().split(), open("warm-proofs").read().split()):
+    c.request("POST", "/access/v1/evaluation", body=body.replace("@CYCLE@", m).replace("@LINE@", p),
+              headers={"Authorization": f"Bearer {sys.argv[2]}", "content-type": "application/json"})
+    r = c.getresponse(); answer = r.read()
+    assert r.status == 200 and b'"decision":true' in answer, (r.status, answer[:300])
+PY
+    "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count "$mandates" > warm-proofs
+  done
+fi
 # Every decision is durable before it is answered, so a connection waits for
 # at least one fsync per decision: with C connections in flight the rate
 # cannot pass about C / (1.5 x fsync) (a decision arriving during one group's
@@ -137,6 +156,9 @@ load() { # ADDR CONNECTIONS PROOFS
 # CPU time of a process so far, in seconds (utime + stime from /proc).
 cpu_secs() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }
 if [ "$replicas" = 1 ]; then
+  # Under callgrind, only the load is counted: the counters start from zero
+  # here, after the grants and facts the set-up made.
+  [ -n "${CALLGRIND:-}" ] && callgrind_control -d "${servers[0]}" > /dev/null
   before=$(cpu_secs "${servers[0]}")
   out=$(load "$addr" "$conns" proofs1) || { echo "$out"; exit 1; }
   after=$(cpu_secs "${servers[0]}")
