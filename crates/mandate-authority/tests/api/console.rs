@@ -844,31 +844,35 @@ fn amending_the_expiry_is_confirmed_with_what_it_supersedes() {
     );
 }
 
+/// The CRM's event that cancels the contingency program, as `source` posts it.
+fn cancel_contingency(s: &Server, source: &str) {
+    let (st, _) = s.call("POST", "/v1/events", Some(source), Some(&json!({"id": "crm-77", "type": "contingency_program.cancelled", "subject": "program:contingency-q4"})));
+    assert_eq!(st, 202);
+}
+
+/// Mandate `id`'s console page as the holder of `token` sees it.
+fn mandate_page(s: &Server, token: &str, id: &str) -> String {
+    let (cookie, _) = sign_in(s, token);
+    send(
+        s,
+        "GET",
+        &format!("/console/mandates/{id}"),
+        Some(&cookie),
+        None,
+    )
+    .body
+}
+
 #[test]
 fn the_timeline_shows_the_event_that_ended_the_mandate() {
     let s = Server::start("console-event");
     let c = Cast::new(&s);
     let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
-    let (st, _) = s.call("POST", "/v1/events", Some(&c.events), Some(&json!({"id": "crm-77", "type": "contingency_program.cancelled", "subject": "program:contingency-q4"})));
-    assert_eq!(st, 202);
-    let (cookie, _) = sign_in(&s, &c.principal);
-    let page = send(
-        &s,
-        "GET",
-        &format!("/console/mandates/{id}"),
-        Some(&cookie),
-        None,
-    );
-    assert!(
-        page.body.contains("<td class=\"\">event</td>"),
-        "{}",
-        page.body
-    );
-    assert!(
-        page.body
-            .contains("contingency_program.cancelled program:contingency-q4")
-    );
-    assert!(page.body.contains("event:crm-77"));
+    cancel_contingency(&s, &c.events);
+    let page = mandate_page(&s, &c.principal, &id);
+    assert!(page.contains("<td class=\"\">event</td>"), "{page}");
+    assert!(page.contains("contingency_program.cancelled program:contingency-q4"));
+    assert!(page.contains("event:crm-77"));
 }
 
 /// Event ids come from the sources (a CRM's record id, a GitHub merge), so
@@ -878,18 +882,12 @@ fn the_timeline_shows_the_event_that_ended_the_mandate() {
 fn a_timeline_never_shows_another_tenants_event_with_the_same_id() {
     let s = Server::start("console-event-tenant");
     let c = Cast::new(&s);
-    let other = s.token(
-        "crm-other",
-        mandate_authority::auth::Role::EventSource,
-        "other",
-    );
+    let other = s.token("crm-other", Role::EventSource, "other");
     let (st, _) = s.call("POST", "/v1/events", Some(&other), Some(&json!({"id": "crm-77", "type": "deal.merger_announced", "subject": "deal:confidential-42"})));
     assert_eq!(st, 202);
     let (id, _) = grant(&s, &c, &procurement_request("vp@acme.example"));
-    let (st, _) = s.call("POST", "/v1/events", Some(&c.events), Some(&json!({"id": "crm-77", "type": "contingency_program.cancelled", "subject": "program:contingency-q4"})));
-    assert_eq!(st, 202);
-    let conn = open_db(&s.data_dir());
-    let theirs: i64 = conn
+    cancel_contingency(&s, &c.events);
+    let theirs: i64 = open_db(&s.data_dir())
         .query_row(
             "SELECT COUNT(*) FROM audit WHERE kind = 'event' AND tenant = 'other'",
             mandate_store::params![],
@@ -897,24 +895,10 @@ fn a_timeline_never_shows_another_tenants_event_with_the_same_id() {
         )
         .unwrap();
     assert_eq!(theirs, 1, "the other tenant's event is in the log");
-    let (cookie, _) = sign_in(&s, &c.principal);
-    let page = send(
-        &s,
-        "GET",
-        &format!("/console/mandates/{id}"),
-        Some(&cookie),
-        None,
-    );
-    assert!(
-        page.body
-            .contains("contingency_program.cancelled program:contingency-q4")
-    );
-    assert!(
-        !page.body.contains("deal.merger_announced"),
-        "{}",
-        page.body
-    );
-    assert!(!page.body.contains("confidential-42"), "{}", page.body);
+    let page = mandate_page(&s, &c.principal, &id);
+    assert!(page.contains("contingency_program.cancelled program:contingency-q4"));
+    assert!(!page.contains("deal.merger_announced"), "{page}");
+    assert!(!page.contains("confidential-42"), "{page}");
 }
 
 #[test]
