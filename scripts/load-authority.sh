@@ -155,16 +155,20 @@ load() { # ADDR CONNECTIONS PROOFS
 }
 # CPU time of a process so far, in seconds (utime + stime from /proc).
 cpu_secs() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / hz}'; }
+# Bytes a process has sent to storage so far (WAL, SQLite's checkpoints, the
+# signed checkpoint file; 0 where /proc does not say).
+written() { sed -n 's/^write_bytes: //p' "/proc/$1/io" 2>/dev/null || echo 0; }
 if [ "$replicas" = 1 ]; then
   # Under callgrind, only the load is counted: the counters start from zero
   # here, after the grants and facts the set-up made.
   [ -n "${CALLGRIND:-}" ] && callgrind_control -d "${servers[0]}" > /dev/null
-  before=$(cpu_secs "${servers[0]}")
+  before=$(cpu_secs "${servers[0]}"); wbefore=$(written "${servers[0]}")
   out=$(load "$addr" "$conns" proofs1) || { echo "$out"; exit 1; }
-  after=$(cpu_secs "${servers[0]}")
+  after=$(cpu_secs "${servers[0]}"); wafter=$(written "${servers[0]}")
   echo "$out"
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   python3 -c "b, a, n, c = $before, $after, $n, $(nproc); print(f'== the authority used {a - b:.2f} s of CPU (all its threads): {(a - b) * 1e6 / max(n, 1):.0f} us a decision; {c} cores cannot pass {c / max(a - b, 1e-9) * n:,.0f} decisions/s at that cost')"
+  python3 -c "w, n = ${wafter:-0} - ${wbefore:-0}, $n; print(f'== it wrote {w / 1e6:.1f} MB to storage: {w / max(n, 1):,.0f} bytes a decision')"
 else
   loads=()
   for r in $(seq "$replicas"); do
