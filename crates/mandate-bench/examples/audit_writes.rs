@@ -4,7 +4,7 @@
 //! script's are), through the real store, group commit included.
 //!
 //! ```text
-//! cargo run --release -p mandate-bench --example audit_writes -- RECORDS MANDATES [--schema-3]
+//! cargo run --release -p mandate-bench --example audit_writes -- RECORDS MANDATES [--schema-3] [--hops K]
 //! ```
 //!
 //! 32 tasks each record decisions one after the other, as 32 connections
@@ -12,7 +12,10 @@
 //! and is about the size of a real decision record. `--schema-3` puts the
 //! audit log's indexes back as schema version 3 had them (the index of every
 //! record by `mandate_id`, none of version 4's partial ones), so the two
-//! layouts can be compared in one build. The bytes are Linux's
+//! layouts can be compared in one build. `--hops K` makes each mandate the
+//! leaf of a K-hop delegation chain, each ancestor delegating to ten (so
+//! 2,000 leaves have 200 parents and 20 grandparents): each decision names
+//! K mandates, as a delegated agent's does. The bytes are Linux's
 //! `write_bytes` of `/proc/self/io` (WAL frames, SQLite's checkpoints into
 //! the database, the signed checkpoint file), over the recording only.
 
@@ -56,12 +59,12 @@ fn mandate_id(i: u64) -> String {
 }
 
 /// A decision record's body of the usual size (~1 KB) for `id`.
-fn body(id: &str, n: u64) -> CanonicalBody {
+fn body(chain: &[String], n: u64) -> CanonicalBody {
     let value = serde_json::json!({
         "action": "search",
         "agent_instance": "inst-7f2a-b8c4",
         "allow": !n.is_multiple_of(17),
-        "chain": [id],
+        "chain": chain,
         "enforcer": "gateway-1",
         "obligations": [],
         "reasons": if n.is_multiple_of(17) { vec!["outside_scope"] } else { Vec::new() },
@@ -91,7 +94,15 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let records: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(50_000);
     let mandates: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
-    let schema_3 = args.any(|a| a == "--schema-3");
+    let rest: Vec<String> = args.collect();
+    let schema_3 = rest.iter().any(|a| a == "--schema-3");
+    let hops: u64 = rest
+        .iter()
+        .position(|a| a == "--hops")
+        .and_then(|i| rest.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let dir = std::env::temp_dir().join(format!("mandate-audit-writes-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store =
@@ -100,7 +111,18 @@ fn main() {
         .worker_threads(2)
         .build()
         .unwrap();
-    let ids: Arc<Vec<String>> = Arc::new((0..mandates).map(mandate_id).collect());
+    // Each mandate's chain, root first: its own ancestors, then itself.
+    let ids: Arc<Vec<Vec<String>>> = Arc::new(
+        (0..mandates)
+            .map(|m| {
+                (1..hops)
+                    .rev()
+                    .map(|up| mandate_id((m / 10u64.pow(up as u32)) | (up << 40)))
+                    .chain(std::iter::once(mandate_id(m)))
+                    .collect()
+            })
+            .collect(),
+    );
     runtime.block_on(async {
         if schema_3 {
             store
@@ -125,8 +147,9 @@ fn main() {
                         // A random mandate for each record (a fixed
                         // sequence, the same for both layouts).
                         let pick = (n.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17) % mandates;
-                        let id = ids.get(pick as usize).cloned().unwrap_or_default();
-                        let b = body(&id, n);
+                        let chain = ids.get(pick as usize).cloned().unwrap_or_default();
+                        let b = body(&chain, n);
+                        let id = chain.last().cloned().unwrap_or_default();
                         store
                             .write(move |tx| {
                                 tx.audit_canonical(Some("t"), "decision", Some(&id), &b)
@@ -145,14 +168,14 @@ fn main() {
         let bytes = written_bytes().saturating_sub(before);
         let per = bytes as f64 / records as f64;
         println!(
-            "{records} decision records over {mandates} mandate(s){}: {per:.0} bytes written a record, {:.0} records/s",
+            "{records} decision records over {mandates} mandate(s), {hops}-hop chains{}: {per:.0} bytes written a record, {:.0} records/s",
             if schema_3 { ", schema 3's indexes" } else { "" },
             records as f64 / secs,
         );
         // How the first mandate ended, asked of a log that holds its
         // decisions: through the transitions' index, and by reading every
         // record of the mandate as the console's pages did before schema 4.
-        let first = ids.first().cloned().unwrap_or_default();
+        let first = ids.first().and_then(|c| c.last()).cloned().unwrap_or_default();
         let revoked = first.clone();
         store
             .write(move |tx| {
