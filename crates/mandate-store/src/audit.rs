@@ -1501,18 +1501,9 @@ mod lookups {
     /// ones PostgreSQL proves from the queries.
     #[test]
     fn on_postgresql_each_lookup_can_use_its_index() {
-        let Ok(base) = std::env::var("MANDATE_TEST_POSTGRES") else {
+        let Some(url) = crate::test_postgres("store_lookups") else {
             return;
         };
-        let name = format!("store_lookups_{}", std::process::id());
-        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        let admin = Connection::Postgres(crate::sql::PgConn::connect(&base).unwrap());
-        admin
-            .execute_batch(&format!("DROP DATABASE IF EXISTS {name}"))
-            .unwrap();
-        admin
-            .execute_batch(&format!("CREATE DATABASE {name}"))
-            .unwrap();
         let dir = temp("pg-plans");
         let store = Store::open_postgres(&dir, &url, key()).unwrap();
         let checks = [
@@ -1547,7 +1538,6 @@ mod lookups {
             })
             .unwrap();
         std::thread::spawn(move || drop(store)).join().unwrap();
-        let _ = admin.execute_batch(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -862,6 +862,29 @@ pub fn connect_postgres(url: &str) -> Result<Connection, StoreError> {
     Ok(Connection::Postgres(sql::PgConn::connect(url)?))
 }
 
+/// A fresh, empty PostgreSQL database named after `name` on the cluster
+/// `scripts/test` gives the tests (`MANDATE_TEST_POSTGRES`), and its URL;
+/// `None` where there is none. Made on a thread of its own (the client
+/// blocks, and may be called from an async test).
+#[cfg(test)]
+pub(crate) fn test_postgres(name: &str) -> Option<String> {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+    let base = std::env::var("MANDATE_TEST_POSTGRES").ok()?;
+    let name = format!("{name}_{}", std::process::id());
+    let url = format!("{}/{name}", base.rsplit_once('/')?.0);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let c = sql::Connection::Postgres(sql::PgConn::connect(&base).unwrap());
+            c.execute_batch(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .unwrap();
+            c.execute_batch(&format!("CREATE DATABASE {name}")).unwrap();
+        })
+        .join()
+        .unwrap();
+    });
+    Some(url)
+}
+
 #[cfg(test)]
 mod batch_tests {
     #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
@@ -981,22 +1004,9 @@ mod batch_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_postgresql_a_failed_job_leaves_nothing_and_its_batch_commits() {
         // Runs where scripts/test gives it a throwaway cluster.
-        let Ok(base) = std::env::var("MANDATE_TEST_POSTGRES") else {
+        let Some(url) = super::test_postgres("store_batch") else {
             return;
         };
-        let name = format!("store_batch_{}", std::process::id());
-        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        std::thread::scope(|sc| {
-            sc.spawn(|| {
-                let c = super::sql::PgConn::connect(&base).unwrap();
-                let c = super::sql::Connection::Postgres(c);
-                c.execute_batch(&format!("DROP DATABASE IF EXISTS {name}"))
-                    .unwrap();
-                c.execute_batch(&format!("CREATE DATABASE {name}")).unwrap();
-            })
-            .join()
-            .unwrap();
-        });
         let dir = temp("batch-pg");
         let store = Arc::new(Store::open_postgres(&dir, &url, key()).unwrap());
         a_failed_job_leaves_nothing_and_its_batch_commits(&store, &dir).await;
