@@ -18,6 +18,11 @@
 # MANDATES=N: the decisions are spread over N mandates (granted before the
 # run, taken in turn), as a real authority's are over its agents' missions;
 # the default is one mandate for every decision.
+# HOPS=K: each mandate decided on is the leaf of a K-hop delegation chain
+# below a granted one, derived with `mandate attenuate` and registered with
+# the authority (POST /v1/mandates/{parent}/children), as a sub-agent's is;
+# OFFLINE=1 leaves the hops unregistered (derived offline, as the authority
+# first sees them in a decision). Every hop binds the same holder key.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
@@ -57,7 +62,8 @@ api() { curl -s -X "$1" "http://$addr$2" -H "Authorization: Bearer $3" -H 'conte
 # The agent binds its holder key; every decision carries a fresh DPoP proof
 # by it (made ahead of the run, one per request).
 "$bin" keygen --out holder.jwk > holder.pub.jwk
-python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["agent"]["cnf"]={"jwk": json.load(open("holder.pub.jwk"))}; json.dump(r, open("request.json","w"))' "$root/testdata/examples/authority-request.json"
+hops="${HOPS:-0}"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["agent"]["cnf"]={"jwk": json.load(open("holder.pub.jwk"))}; r["delegation"]["max_additional_hops"]=max(1, int(sys.argv[2])); json.dump(r, open("request.json","w"))' "$root/testdata/examples/authority-request.json" "$hops"
 rid=$(api POST /v1/requests "$agent" request.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 api POST "/v1/requests/$rid/approve" "$principal" > approved.json
 api PUT /v1/facts "$admin" "$root/testdata/examples/facts-active.json" > /dev/null
@@ -80,6 +86,41 @@ for _ in range(n - 1):
     out.append(call(f"/v1/requests/{rid}/approve", principal, {})["mandate"])
 open("mandates.txt", "w").write("\n".join(out) + "\n")
 PY
+fi
+if [ "$hops" -gt 0 ]; then
+  # K children below each granted mandate, each a day shorter than its parent.
+  [ -f mandates.txt ] || python3 -c 'import json; print(json.load(open("approved.json"))["mandate"])' > mandates.txt
+  python3 - "$bin" "$addr" "$agent" "$hops" "${OFFLINE:-}" <<'PY'
+import base64, http.client, json, subprocess, sys
+bin_, addr, agent, hops, offline = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+request = json.load(open("request.json"))
+c = http.client.HTTPConnection(addr)
+out = []
+for chain in open("mandates.txt").read().split():
+    for k in range(1, hops + 1):
+        payload = chain.split("~")[-1].split(".")[1]
+        parent_id = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["mandate_id"]
+        claims = {"mandate_id": f"{parent_id}.h{k}", "agent": {"id": request["agent"]["id"], "instance": request["agent"]["instance"]},
+                  "authorization_details": request["authorization_details"],
+                  "lifecycle": {"hard_expiry": f"2099-10-{15 - k:02d}T17:00:00Z"},
+                  "delegation": {"permitted": k < hops, "max_additional_hops": hops - k,
+                                 "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}}
+        json.dump(claims, open("claims.json", "w"))
+        child = subprocess.run([bin_, "attenuate", "--parent", chain, "--holder-key", "holder.jwk",
+                                "--claims", "claims.json", "--child-holder", "holder.pub.jwk"],
+                               capture_output=True, text=True)
+        assert child.returncode == 0, child.stderr
+        child = child.stdout.strip()
+        if not offline:
+            c.request("POST", f"/v1/mandates/{parent_id}/children", body=json.dumps({"mandate": child}),
+                      headers={"Authorization": f"Bearer {agent}", "content-type": "application/json"})
+            r = c.getresponse(); answer = r.read()
+            assert r.status == 200, (r.status, answer[:300])
+        chain = child
+    out.append(chain)
+open("mandates.txt", "w").write("\n".join(out) + "\n")
+PY
+  echo "== each mandate decided on is the leaf of a $hops-hop chain$([ -n "${OFFLINE:-}" ] && echo ', derived offline (unregistered)' || echo ', every hop registered')"
 fi
 python3 - <<'PY'
 import json

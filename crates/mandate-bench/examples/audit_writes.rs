@@ -4,7 +4,7 @@
 //! script's are), through the real store, group commit included.
 //!
 //! ```text
-//! cargo run --release -p mandate-bench --example audit_writes -- RECORDS MANDATES [--schema-3] [--hops K]
+//! cargo run --release -p mandate-bench --example audit_writes -- RECORDS MANDATES [--schema-3] [--hops K] [--offline]
 //! ```
 //!
 //! 32 tasks each record decisions one after the other, as 32 connections
@@ -15,7 +15,11 @@
 //! layouts can be compared in one build. `--hops K` makes each mandate the
 //! leaf of a K-hop delegation chain, each ancestor delegating to ten (so
 //! 2,000 leaves have 200 parents and 20 grandparents): each decision names
-//! K mandates, as a delegated agent's does. The bytes are Linux's
+//! K mandates, as a delegated agent's does; every mandate of the chain is
+//! registered with the authority, so each record is filed under its leaf
+//! alone, unless `--offline` says the hops were derived offline and never
+//! registered (each record then filed under every mandate of its chain).
+//! The bytes are Linux's
 //! `write_bytes` of `/proc/self/io` (WAL frames, SQLite's checkpoints into
 //! the database, the signed checkpoint file), over the recording only.
 
@@ -58,8 +62,9 @@ fn mandate_id(i: u64) -> String {
     )
 }
 
-/// A decision record's body of the usual size (~1 KB) for `id`.
-fn body(chain: &[String], n: u64) -> CanonicalBody {
+/// A decision record's body of the usual size (~1 KB) for `id`, the first
+/// `registered` mandates of its chain registered with the authority.
+fn body(chain: &[String], registered: usize, n: u64) -> CanonicalBody {
     let value = serde_json::json!({
         "action": "search",
         "agent_instance": "inst-7f2a-b8c4",
@@ -68,6 +73,7 @@ fn body(chain: &[String], n: u64) -> CanonicalBody {
         "enforcer": "gateway-1",
         "obligations": [],
         "reasons": if n.is_multiple_of(17) { vec!["outside_scope"] } else { Vec::new() },
+        "registered": registered,
         "request": {
             "action": {"name": "search"},
             "context": {"htm": "POST", "htu": "https://pep.example/search"},
@@ -96,6 +102,7 @@ fn main() {
     let mandates: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
     let rest: Vec<String> = args.collect();
     let schema_3 = rest.iter().any(|a| a == "--schema-3");
+    let offline = rest.iter().any(|a| a == "--offline");
     let hops: u64 = rest
         .iter()
         .position(|a| a == "--hops")
@@ -148,7 +155,8 @@ fn main() {
                         // sequence, the same for both layouts).
                         let pick = (n.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 17) % mandates;
                         let chain = ids.get(pick as usize).cloned().unwrap_or_default();
-                        let b = body(&chain, n);
+                        let registered = if offline { 1 } else { chain.len() };
+                        let b = body(&chain, registered, n);
                         let id = chain.last().cloned().unwrap_or_default();
                         store
                             .write(move |tx| {
@@ -168,7 +176,8 @@ fn main() {
         let bytes = written_bytes().saturating_sub(before);
         let per = bytes as f64 / records as f64;
         println!(
-            "{records} decision records over {mandates} mandate(s), {hops}-hop chains{}: {per:.0} bytes written a record, {:.0} records/s",
+            "{records} decision records over {mandates} mandate(s), {hops}-hop chains{}{}: {per:.0} bytes written a record, {:.0} records/s",
+            if offline { " derived offline" } else { "" },
             if schema_3 { ", schema 3's indexes" } else { "" },
             records as f64 / secs,
         );

@@ -89,15 +89,48 @@ fn chain_ids(body: &Value) -> impl Iterator<Item = &str> {
         .filter_map(Value::as_str)
 }
 
-/// The mandates a record is about: its `mandate_id` and every mandate of
-/// the chains it carries.
+/// The kind of a decision the authority took itself, one record each (its
+/// body written by `Record::body` in the authority).
+pub const DECISION: &str = "decision";
+
+/// Where a decision's index entries start in its chain of `len` mandates,
+/// given `registered`: how many of the chain's mandates, from the root, the
+/// authority had registered when it decided. The deepest of those is
+/// enough: a query about any registered ancestor walks the registered tree
+/// down to it (`records_for_tree`, `log_page`). Every mandate after it (an
+/// offline attenuation the authority never saw registered) has an entry of
+/// its own, since nothing else leads to it. No count, zero, or a count the
+/// chain cannot have: the whole chain, as every record before the count
+/// existed has it.
+fn indexed_from(registered: Option<u64>, len: usize) -> usize {
+    match registered.and_then(|k| usize::try_from(k).ok()) {
+        Some(k) if k >= 1 && k <= len => k - 1,
+        _ => 0,
+    }
+}
+
+/// The mandates of a record's own `chain` it is indexed under: from the
+/// deepest registered one on for a [`DECISION`] that says how many were
+/// registered ([`indexed_from`]), the whole chain otherwise.
+fn indexed_chain<'a>(kind: &str, body: &'a Value) -> impl Iterator<Item = &'a str> {
+    let registered = (kind == DECISION)
+        .then(|| body.get("registered").and_then(Value::as_u64))
+        .flatten();
+    let from = indexed_from(registered, chain_ids(body).count());
+    chain_ids(body).skip(from)
+}
+
+/// The mandates a record is about, as `audit_refs` indexes them: its
+/// `mandate_id`, the mandates of its chain ([`indexed_chain`]), and every
+/// mandate of each chain a batch of shipped decisions carries (an
+/// enforcement point's word about registration is not taken).
 fn refs<'a>(
     kind: &str,
     mandate_id: Option<&'a str>,
     body: &'a Value,
 ) -> std::collections::BTreeSet<&'a str> {
     let mut out: std::collections::BTreeSet<&str> = mandate_id.into_iter().collect();
-    out.extend(chain_ids(body));
+    out.extend(indexed_chain(kind, body));
     if kind == DECISIONS {
         for r in body
             .get("records")
@@ -335,18 +368,30 @@ fn insert<'a>(
 pub struct CanonicalBody {
     text: String,
     refs: Vec<String>,
+    /// Whether `refs` follow a decision's `registered` count: such a body
+    /// is indexed that way only as a [`DECISION`].
+    registered: bool,
 }
 
 impl CanonicalBody {
-    /// `body` in RFC 8785 form, and the mandates of its `chain`.
+    /// `body` in RFC 8785 form, and the mandates of its `chain` it is
+    /// indexed under as a [`DECISION`].
     ///
     /// # Errors
     /// When it cannot be encoded.
     pub fn new(body: &Value) -> Result<Self, StoreError> {
         Ok(Self {
             text: canonical(body)?,
-            refs: chain_ids(body).map(str::to_owned).collect(),
+            refs: indexed_chain(DECISION, body).map(str::to_owned).collect(),
+            registered: body.get("registered").is_some(),
         })
+    }
+
+    /// The mandates of its chain it is indexed under, besides the record's
+    /// `mandate_id`.
+    #[must_use]
+    pub fn refs(&self) -> &[String] {
+        &self.refs
     }
 
     /// The body read back as a value (to change it and make it again).
@@ -372,6 +417,7 @@ pub struct CanonicalObject {
     text: Vec<u8>,
     last: Option<&'static str>,
     refs: Vec<String>,
+    registered: Option<u64>,
 }
 
 impl CanonicalObject {
@@ -446,6 +492,20 @@ impl CanonicalObject {
         Ok(self)
     }
 
+    /// Member `registered`: how many of the chain's mandates, from the
+    /// root, the authority had registered when it decided; the record is
+    /// then indexed under the deepest of them and the ones after it, not
+    /// under every mandate of the chain ([`indexed_from`]).
+    ///
+    /// # Errors
+    /// A name out of order.
+    pub fn registered(&mut self, count: u64) -> Result<&mut Self, StoreError> {
+        self.name("registered")?;
+        self.put(&count)?;
+        self.registered = Some(count);
+        Ok(self)
+    }
+
     /// Member `name`: any value, in its canonical form.
     ///
     /// # Errors
@@ -470,6 +530,7 @@ impl CanonicalObject {
             text: std::mem::take(&mut self.text),
             last: None,
             refs: Vec::new(),
+            registered: None,
         };
         // Whatever `f` wrote before a refusal stands, closed: a refused
         // member is never written, so the text stays canonical either way.
@@ -495,9 +556,12 @@ impl CanonicalObject {
         self.close();
         let text = String::from_utf8(self.text)
             .map_err(|e| StoreError::Encoding(format!("canonical JSON: {e}")))?;
+        let mut refs = self.refs;
+        refs.drain(..indexed_from(self.registered, refs.len()));
         Ok(CanonicalBody {
             text,
-            refs: self.refs,
+            refs,
+            registered: self.registered.is_some(),
         })
     }
 }
@@ -543,8 +607,10 @@ pub(crate) fn append_canonical(
     body: &CanonicalBody,
 ) -> Result<i64, StoreError> {
     const EXACT: i64 = 1 << 53;
-    if !(0..=EXACT).contains(&at_ms) || kind == DECISIONS {
-        // Never the case for a decision; the general path says what is wrong.
+    if !(0..=EXACT).contains(&at_ms) || kind == DECISIONS || (body.registered && kind != DECISION)
+    {
+        // Never the case for a decision; the general path says what is
+        // wrong, or indexes the body by its kind's rule.
         let value: Value = serde_json::from_str(&body.text)
             .map_err(|e| StoreError::Encoding(format!("canonical body: {e}")))?;
         return append(conn, head, at_ms, tenant, kind, mandate_id, value).map(|r| r.seq);
@@ -1191,6 +1257,7 @@ mod tests {
             list in prop::collection::vec(any::<String>(), 0..4),
             inner in value(),
             empty in any::<bool>(),
+            registered in prop::option::of(0u64..6),
         ) {
             let mut o = CanonicalObject::new();
             o.string("a", Some(&a)).unwrap()
@@ -1202,11 +1269,17 @@ mod tests {
                     }
                     Ok(())
                 }).unwrap()
-                .strings("list", &list).unwrap()
-                .value("v", &inner).unwrap();
+                .strings("list", &list).unwrap();
+            if let Some(k) = registered {
+                o.registered(k).unwrap();
+            }
+            o.value("v", &inner).unwrap();
             let body = o.finish().unwrap();
             let d = if empty { json!({}) } else { json!({"x": a, "y": list}) };
-            let v = json!({"a": a, "b": b, "chain": chain, "d": d, "list": list, "v": inner});
+            let mut v = json!({"a": a, "b": b, "chain": chain, "d": d, "list": list, "v": inner});
+            if let Some(k) = registered {
+                v["registered"] = json!(k);
+            }
             let reference = CanonicalBody::new(&v).unwrap();
             prop_assert_eq!(&body.text, &reference.text);
             prop_assert_eq!(&body.refs, &reference.refs);
@@ -1601,6 +1674,74 @@ mod lookups {
                 let shown = events_behind(c, &[end_of(c, "m1")])?;
                 assert_eq!(shown.len(), 1);
                 assert_eq!(shown[0].body["id"], "e2");
+                Ok(())
+            })
+            .unwrap();
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The mandates `audit_refs` files record `seq` under.
+    fn filed(c: &Connection, seq: i64) -> Vec<String> {
+        c.query(
+            "SELECT mandate_id FROM audit_refs WHERE seq = ?1 ORDER BY mandate_id",
+            params![seq],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_decision_is_filed_under_its_deepest_registered_mandate_and_nothing_else_is() {
+        let dir = temp("registered");
+        let store = Store::open(&dir, key()).unwrap();
+        const CHAIN: [&str; 3] = ["r", "r.c", "r.c.g"];
+        let counted = |n: Value| json!({"chain": CHAIN, "registered": n});
+        let mut o = CanonicalObject::new();
+        o.chain(&CHAIN).unwrap().registered(3).unwrap();
+        let written = o.finish().unwrap();
+        assert_eq!(written.refs(), ["r.c.g"]);
+        let as_value = CanonicalBody::new(&counted(json!(3))).unwrap();
+        let seqs = store
+            .write(move |tx| {
+                let leaf = Some("r.c.g");
+                Ok([
+                    tx.audit(Some("t"), DECISION, leaf, counted(json!(2)))?.seq,
+                    tx.audit(Some("t"), DECISION, leaf, counted(json!(1)))?.seq,
+                    tx.audit(Some("t"), DECISION, leaf, counted(json!(0)))?.seq,
+                    tx.audit(Some("t"), DECISION, leaf, counted(json!(4)))?.seq,
+                    tx.audit(Some("t"), DECISION, leaf, counted(json!("3")))?.seq,
+                    tx.audit(Some("t"), DECISION, leaf, json!({"chain": CHAIN}))?.seq,
+                    // Only a decision the authority took is filed by its count.
+                    tx.audit(Some("t"), "action_search", leaf, counted(json!(3)))?.seq,
+                    tx.audit(Some("t"), DECISIONS, None, json!({"records": [counted(json!(3))]}))?.seq,
+                    tx.audit_canonical(Some("t"), DECISION, leaf, &written)?,
+                    tx.audit_canonical(Some("t"), "action_search", leaf, &as_value)?,
+                ])
+            })
+            .await
+            .unwrap();
+        let all = CHAIN;
+        let expected: [&[&str]; 10] = [
+            &["r.c", "r.c.g"],
+            &all,
+            &all,
+            &all,
+            &all,
+            &all,
+            &all,
+            &all,
+            &["r.c.g"],
+            &all,
+        ];
+        let key_file = crate::checkpoint_path(&dir);
+        store
+            .read(move |c| {
+                for (seq, want) in seqs.iter().zip(expected) {
+                    assert_eq!(filed(c, *seq), want, "record {seq}");
+                }
+                let report = verify(c, &key_file, &key().verifying_key().unwrap())?;
+                assert!(report.intact, "{report:?}");
                 Ok(())
             })
             .unwrap();

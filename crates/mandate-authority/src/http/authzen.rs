@@ -120,6 +120,7 @@ async fn evaluate_one(
     } else {
         Some(s.verifier.verify(presented))
     };
+    let mut registered = 0usize;
     let mut decision = match &verified {
         None => Decision {
             allow: false,
@@ -128,8 +129,15 @@ async fn evaluate_one(
             obligations: Vec::new(),
         },
         Some(Ok(chain)) => {
-            // The root must be one this authority issued to the caller's tenant.
+            // The root must be one this authority issued to the caller's
+            // tenant. How many of the chain's mandates are registered, from
+            // the root, decides where its record is indexed.
             let snapshot = s.with_registry(|r| {
+                registered = chain
+                    .mandates()
+                    .iter()
+                    .take_while(|m| r.get(&caller.tenant, m.id().as_str()).is_some())
+                    .count();
                 r.get(&caller.tenant, chain.root().id().as_str())
                     .map(|_| r.snapshot(&caller.tenant))
             })?;
@@ -176,6 +184,7 @@ async fn evaluate_one(
     let obligations = serde_json::to_value(&decision.obligations).map_err(ApiError::internal)?;
     let body = decisions::Record {
         chain: &decision.chain,
+        registered: u64::try_from(registered).unwrap_or(0),
         principal: claims.map(|c| c.principal.sub.as_str()),
         grant_ref: claims.map(|c| c.principal.grant_ref.as_str()),
         agent: claims.map(|c| c.agent.id.as_str()),

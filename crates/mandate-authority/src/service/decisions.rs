@@ -17,6 +17,10 @@ use crate::state::AppState;
 pub struct Record<'a> {
     /// The chain decided on, root first (empty when none verified).
     pub chain: &'a [mandate_core::id::MandateId],
+    /// How many of the chain's mandates, from the root, are registered here
+    /// (in the caller's tenant): the record is indexed under the deepest of
+    /// them and every one after it (see `mandate_store::audit::DECISION`).
+    pub registered: u64,
     /// The leaf's principal.
     pub principal: Option<&'a str>,
     /// The grant the leaf's principal gave.
@@ -66,6 +70,7 @@ impl Record<'_> {
             .string("principal", self.principal)?
             .string("purpose", self.purpose)?
             .strings("reasons", reasons)?
+            .registered(self.registered)?
             .object("resource", |r| {
                 r.string("id", Some(self.resource_id))?
                     .string("type", Some(self.resource_type))?;
@@ -269,6 +274,7 @@ mod tests {
             strings in prop::collection::vec(any::<String>(), 9),
             absent in any::<bool>(),
             chain in prop::collection::vec("mnd-[a-z0-9]{1,12}", 0..4),
+            registered in 0u64..6,
             reasons in prop::collection::vec("[a-z_:-]{0,24}", 0..3),
             allow in any::<bool>(),
             notify in any::<bool>(),
@@ -284,7 +290,7 @@ mod tests {
                 json!([])
             };
             let record = Record {
-                chain: &chain, principal: leaf(0), grant_ref: leaf(1), agent: leaf(2),
+                chain: &chain, registered, principal: leaf(0), grant_ref: leaf(1), agent: leaf(2),
                 agent_instance: leaf(3), purpose: leaf(4), action: s(5),
                 resource_type: s(6), resource_id: s(7), enforcer: s(8), at,
             };
@@ -294,7 +300,7 @@ mod tests {
                 "chain": chain, "principal": leaf(0), "grant_ref": leaf(1),
                 "agent": leaf(2), "agent_instance": leaf(3), "purpose": leaf(4),
                 "action": s(5), "resource": {"type": s(6), "id": s(7)},
-                "enforcer": s(8), "at": at,
+                "enforcer": s(8), "at": at, "registered": registered,
             });
             value.as_object_mut().unwrap().insert("obligations".into(), obligations);
             outcome(&mut value, allow, &reasons);

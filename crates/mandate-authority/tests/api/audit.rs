@@ -412,3 +412,113 @@ fn a_log_rolled_back_to_an_older_checkpoint_is_caught_by_a_newer_one_kept_elsewh
     assert!(caught.unwrap().contains("rolled back"));
     assert_eq!(audit::verify_against(&conn, &older, &key).unwrap(), None);
 }
+
+/// A child of `parent` (a chain string) for the search agent, derived
+/// offline; `hops` more delegations allowed below it (each hop ends a
+/// year before its parent).
+fn search_child(parent: &str, id: &str, hops: u32) -> String {
+    let expiry = format!("{}-01-01T00:00:00Z", 2097 + hops);
+    let spec: mandate_core::chain::ChildSpec = serde_json::from_value(json!({
+        "agent": {"id": "urn:agent:procurement/search@1", "instance": "inst-s", "cnf": {"jwk": agent_key().public_jwk()}},
+        "authorization_details": [{"type": "vendor_portal", "locations": ["https://vendor-portal.example.com/search"],
+            "resource": {"category": "logistics", "region": "north-america"}, "actions": ["search"],
+            "constraints": {"contract_template": "standard-logistics-v3", "spend_tier": "pre-approved"}}],
+        "lifecycle": {"hard_expiry": expiry},
+        "delegation": {"permitted": hops > 0, "max_additional_hops": hops, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+    }))
+    .unwrap();
+    let now =
+        mandate_core::timestamp::UnixTime::from_secs(mandate_authority::auth::now_secs()).unwrap();
+    mandate_core::chain::derive_child(
+        parent,
+        &agent_key(),
+        &spec,
+        mandate_core::id::MandateId::new(id).unwrap(),
+        now,
+    )
+    .unwrap()
+}
+
+/// The mandates the index files record `seq` under.
+fn indexed(conn: &mandate_store::sql::Connection, seq: i64) -> Vec<String> {
+    conn.query(
+        "SELECT mandate_id FROM audit_refs WHERE seq = ?1 ORDER BY mandate_id",
+        mandate_store::params![seq],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_decision_is_indexed_under_its_deepest_registered_mandate_and_every_offline_hop_after_it() {
+    let s = Server::start("audit-refs-registered");
+    let c = Cast::new(&s);
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let mut request = procurement_request("vp@acme.example");
+    request["delegation"]["max_additional_hops"] = json!(2);
+    let (root_id, root) = grant(&s, &c, &request);
+    // The child is registered with the authority; its own child is not.
+    let child_id = format!("{root_id}.child");
+    let child = search_child(&root, &child_id, 1);
+    let (st, r) = s.call(
+        "POST",
+        &format!("/v1/mandates/{root_id}/children"),
+        Some(&c.agent),
+        Some(&json!({"mandate": child})),
+    );
+    assert_eq!(st, 200, "{r}");
+    let offline_id = format!("{child_id}.offline");
+    let offline = search_child(&child, &offline_id, 0);
+    let seq = |d: &serde_json::Value| {
+        assert_eq!(d["decision"], true, "{d}");
+        d["context"]["audit_seq"].as_i64().unwrap()
+    };
+    let by_root = seq(&decide(&s, &c, &search_request(&root)));
+    let by_child = seq(&decide(&s, &c, &search_request(&child)));
+    let by_offline = seq(&decide(&s, &c, &search_request(&offline)));
+    let dir = s.stop();
+    assert!(verify(&dir).intact);
+    let conn = open_db(&dir.join("data"));
+    // Each record says how much of its chain was registered, and is filed
+    // under the deepest registered mandate and what follows it only.
+    assert_eq!(indexed(&conn, by_root), [root_id.clone()]);
+    assert_eq!(indexed(&conn, by_child), [child_id.clone()]);
+    assert_eq!(
+        indexed(&conn, by_offline),
+        [child_id.clone(), offline_id.clone()]
+    );
+    // Asked about any mandate of a chain, the log still finds every
+    // decision that chain was presented in.
+    let found = |id: &str| -> Vec<i64> {
+        audit::records_for_tree(&conn, id)
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == "decision")
+            .map(|r| r.seq)
+            .collect()
+    };
+    assert_eq!(found(&root_id), [by_root, by_child, by_offline]);
+    assert_eq!(found(&child_id), [by_child, by_offline]);
+    assert_eq!(found(&offline_id), [by_offline]);
+    let tree = audit::records_for_tree(&conn, &offline_id).unwrap();
+    let body = &tree.iter().find(|r| r.seq == by_offline).unwrap().body;
+    assert_eq!(body["registered"], 2, "{body}");
+    assert_eq!(body["chain"], json!([root_id, child_id, offline_id]));
+    drop(conn);
+    // The one entry that leads to a registered chain's decision is checked
+    // like any other: deleting it is caught.
+    let conn = open_db_rw(&dir.join("data"));
+    conn.execute_batch(&format!(
+        "{} DELETE FROM audit_refs WHERE seq = {by_child};",
+        drop_append_only("audit_refs")
+    ))
+    .unwrap();
+    drop(conn);
+    let r = verify(&dir);
+    assert!(!r.intact);
+    assert_eq!(r.first_problem.as_ref().map(|p| p.0), Some(by_child), "{r:?}");
+}
