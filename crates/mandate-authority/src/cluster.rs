@@ -73,9 +73,6 @@ impl Membership {
     }
 }
 
-/// The audit kinds that change nothing held in memory.
-const INERT: &str = "('decision', 'decisions', 'refused', 'consent_shown', 'requested', 'request_denied', 'widening_approved', 'discovery_refused')";
-
 /// Reads the log after `from` (up to its current head) and applies it to
 /// memory; returns the new head.
 ///
@@ -90,12 +87,7 @@ pub fn catch_up(state: &AppState, client: &mut postgres::Client, from: i64) -> R
         return Ok(from);
     }
     let rows = client
-        .query(
-            &format!(
-                "SELECT kind, tenant, mandate_id, CASE WHEN kind = 'event' THEN record END FROM audit WHERE seq > $1 AND seq <= $2 AND kind NOT IN {INERT} ORDER BY seq"
-            ),
-            &[&from, &head],
-        )
+        .query(mandate_store::schema::CATCH_UP, &[&from, &head])
         .map_err(|e| e.to_string())?;
     let mut ids: Vec<MandateId> = Vec::new();
     let mut tenants = std::collections::BTreeSet::new();

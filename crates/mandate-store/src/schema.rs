@@ -24,6 +24,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "audit lookups that do not read decisions (a decision writes one index fewer); mandates by what superseded them and by principal",
         SCHEMA_4,
     ),
+    (
+        "nothing on the embedded store (replicas catching up read only the records that change state on PostgreSQL)",
+        SCHEMA_5,
+    ),
 ];
 
 /// The term that picks a mandate's transitions (the records that change its
@@ -81,6 +85,41 @@ const PG_SCHEMA_4: &str = concat!(
     "CREATE INDEX IF NOT EXISTS mandates_superseded_by ON mandates(superseded_by) WHERE superseded_by IS NOT NULL;\n",
     "CREATE INDEX IF NOT EXISTS mandates_tenant_principal ON mandates(tenant, principal);\n",
 );
+
+/// The audit kinds that change nothing a replica holds in memory: a
+/// replica catching up on the log ([`CATCH_UP`]) skips them, and on
+/// PostgreSQL reads the rest through an index that leaves them out
+/// ([`PG_SCHEMA_5`]), so the query and the index share this text.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! inert_kinds {
+    () => {
+        "('decision', 'decisions', 'refused', 'consent_shown', 'requested', 'request_denied', 'widening_approved', 'discovery_refused')"
+    };
+}
+
+/// What a replica reads of the log between the head it has applied (`$1`)
+/// and the current head (`$2`) on PostgreSQL: the records that change
+/// state, in order, with the text of each business event.
+pub const CATCH_UP: &str = concat!(
+    "SELECT kind, tenant, mandate_id, CASE WHEN kind = 'event' THEN record END FROM audit WHERE seq > $1 AND seq <= $2 AND kind NOT IN ",
+    inert_kinds!(),
+    " ORDER BY seq"
+);
+
+/// A replica that was away reads the state changes since, not every
+/// decision since: an index of the records that are not inert, by `seq`
+/// (decisions never enter it).
+const PG_SCHEMA_5: &str = concat!(
+    "CREATE INDEX IF NOT EXISTS audit_state_changes ON audit(seq) WHERE kind NOT IN ",
+    inert_kinds!(),
+    ";\n"
+);
+
+/// On the embedded store nothing: one process, no replica reads the log to
+/// catch up (and SQLite would pay for a `NOT IN` list's condition on every
+/// row inserted, as [`transition_kinds`] explains).
+const SCHEMA_5: &str = "";
 
 /// Proofs of possession seen, by replay key, until they expire: on a shared
 /// database, a proof accepted by one replica is refused by every other.
@@ -286,6 +325,10 @@ const PG_MIGRATIONS: &[(&str, &str)] = &[
     (
         "audit lookups that do not read decisions (a decision writes one index fewer); mandates by what superseded them and by principal",
         PG_SCHEMA_4,
+    ),
+    (
+        "replicas catching up read only the records that change state",
+        PG_SCHEMA_5,
     ),
 ];
 

@@ -520,5 +520,9 @@ fn a_decision_is_indexed_under_its_deepest_registered_mandate_and_every_offline_
     drop(conn);
     let r = verify(&dir);
     assert!(!r.intact);
-    assert_eq!(r.first_problem.as_ref().map(|p| p.0), Some(by_child), "{r:?}");
+    assert_eq!(
+        r.first_problem.as_ref().map(|p| p.0),
+        Some(by_child),
+        "{r:?}"
+    );
 }
