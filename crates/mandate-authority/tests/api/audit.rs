@@ -485,8 +485,8 @@ fn a_decision_is_indexed_under_its_deepest_registered_mandate_and_every_offline_
     let conn = open_db(&dir.join("data"));
     // Each record says how much of its chain was registered, and is filed
     // under the deepest registered mandate and what follows it only.
-    assert_eq!(indexed(&conn, by_root), [root_id.clone()]);
-    assert_eq!(indexed(&conn, by_child), [child_id.clone()]);
+    assert_eq!(indexed(&conn, by_root), [root_id.as_str()]);
+    assert_eq!(indexed(&conn, by_child), [child_id.as_str()]);
     assert_eq!(
         indexed(&conn, by_offline),
         [child_id.clone(), offline_id.clone()]
