@@ -702,6 +702,7 @@ fn problem(d: &Decision) -> Response {
 }
 
 async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let _in_flight = gw.point.request();
     let url = format!("{}{}", gw.origin, req.uri().path());
     let d = gw
         .decide(req.method(), req.uri(), &url, req.headers())
@@ -753,6 +754,7 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 }
 
 async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let _in_flight = gw.point.request();
     let method = headers
         .get("x-original-method")
         .and_then(|v| v.to_str().ok())

@@ -424,6 +424,14 @@ impl Point {
         )
     }
 
+    /// Counts a request being handled until the guard is dropped: the
+    /// proof of the only request in flight is checked at once, not handed
+    /// to the batcher's thread (see [`mandate_core::batch`]).
+    #[must_use]
+    pub fn request(&self) -> mandate_core::batch::InFlight {
+        self.signatures.request()
+    }
+
     /// As [`decide`](Self::decide), for a server deciding many requests at
     /// once: the proof's signature is checked with those of the requests
     /// decided at the same time (one Ed25519 batch, on the batcher's

@@ -268,6 +268,7 @@ pub async fn search_action(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Enforcer])?;
+    let _in_flight = s.signatures.request();
     let q: ActionSearch = parse_body(&body)?;
     let probe = EvaluationRequest {
         subject: q.subject.clone(),
@@ -374,6 +375,7 @@ pub async fn evaluation(
     body: Bytes,
 ) -> Result<Json<super::wire::DecisionAnswer>, ApiError> {
     caller.require(&[Role::Enforcer])?;
+    let _in_flight = s.signatures.request();
     let req: EvaluationRequest = parse_body(&body)?;
     check_subject(&req).map_err(ApiError::bad_request)?;
     // Written straight from the answer (no intermediate JSON tree).
@@ -423,6 +425,7 @@ pub async fn evaluations(
     body: Bytes,
 ) -> Result<axum::response::Response, ApiError> {
     caller.require(&[Role::Enforcer])?;
+    let _in_flight = s.signatures.request();
     let batch: Batch = parse_body(&body)?;
     if batch.evaluations.len() > 256 {
         return Err(ApiError::new(
