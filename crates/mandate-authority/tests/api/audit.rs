@@ -480,6 +480,22 @@ fn a_decision_is_indexed_under_its_deepest_registered_mandate_and_every_offline_
     let by_root = seq(&decide(&s, &c, &search_request(&root)));
     let by_child = seq(&decide(&s, &c, &search_request(&child)));
     let by_offline = seq(&decide(&s, &c, &search_request(&offline)));
+    // The root ends; the sub-agents keep trying.
+    let (st, _) = s.call(
+        "POST",
+        &format!("/v1/mandates/{root_id}/revoke"),
+        Some(&c.principal),
+        None,
+    );
+    assert_eq!(st, 200);
+    let denied = |d: &serde_json::Value| {
+        assert_eq!(d["decision"], false, "{d}");
+        d["context"]["audit_seq"].as_i64().unwrap()
+    };
+    let late = [
+        denied(&decide(&s, &c, &search_request(&child))),
+        denied(&decide(&s, &c, &search_request(&offline))),
+    ];
     let dir = s.stop();
     assert!(verify(&dir).intact);
     let conn = open_db(&dir.join("data"));
@@ -501,9 +517,17 @@ fn a_decision_is_indexed_under_its_deepest_registered_mandate_and_every_offline_
             .map(|r| r.seq)
             .collect()
     };
-    assert_eq!(found(&root_id), [by_root, by_child, by_offline]);
-    assert_eq!(found(&child_id), [by_child, by_offline]);
-    assert_eq!(found(&offline_id), [by_offline]);
+    assert_eq!(
+        found(&root_id),
+        [by_root, by_child, by_offline, late[0], late[1]]
+    );
+    assert_eq!(found(&child_id), [by_child, by_offline, late[0], late[1]]);
+    assert_eq!(found(&offline_id), [by_offline, late[1]]);
+    // And what was attempted after the end, asked of the root.
+    let (end, after) = audit::after_end(&conn, &root_id).unwrap();
+    assert_eq!(end.map(|r| r.kind), Some("revoked".to_owned()));
+    let after: Vec<i64> = after.iter().map(|r| r.seq).collect();
+    assert_eq!(after, late);
     let tree = audit::records_for_tree(&conn, &offline_id).unwrap();
     let body = &tree.iter().find(|r| r.seq == by_offline).unwrap().body;
     assert_eq!(body["registered"], 2, "{body}");
