@@ -232,7 +232,7 @@ if [ -n "${CALLGRIND:-}" ]; then
   python3 "$root/scripts/callgrind-per-op.py" "${CALLGRIND_OUT:-$work/callgrind.out}" "$(echo "$out" | awk '/requests in/ {print $1}')" \
     "all threads=PROGRAM TOTALS" \
     "a request's handling (hyper's poll_msg, the handler in it)=<hyper::proto::h1::dispatch::Server<S,hyper::body::incoming::Incoming> as hyper::proto::h1::dispatch::Dispatch>::poll_msg [" \
-    "  of which the proof's signature (verify_strict)=mandate_core::keys::VerifyingKey::verify [" \
+    "  of which the proof's signature (strict Ed25519)=mandate_core::keys::VerifyingKey::verify [" \
     "the store's writer thread (SQLite, the audit chain)=mandate_store::writer_loop [" \
     "  of which the signed checkpoint (fewer a decision at a higher rate)=mandate_store::audit::write_checkpoint ["
   exit 0

@@ -92,7 +92,7 @@ if [ -n "${CALLGRIND:-}" ]; then
   python3 "$root/scripts/callgrind-per-op.py" "${CALLGRIND_OUT:-$work/callgrind.out}" "$(echo "$out" | awk '/requests in/ {print $1}')" \
     "all threads=PROGRAM TOTALS" \
     "a request's handling (decision, upstream call; poll_msg)=<hyper::proto::h1::dispatch::Server<S,hyper::body::incoming::Incoming> as hyper::proto::h1::dispatch::Dispatch>::poll_msg [" \
-    "  of which the proof's signature (verify_strict)=mandate_core::keys::VerifyingKey::verify [" \
+    "  of which the proof's signature (strict Ed25519)=mandate_core::keys::VerifyingKey::verify [" \
     "shipping its decisions to the authority (send_loop)=mandate_enforce::shipper::send_loop ["
   exit 0
 fi

@@ -456,7 +456,21 @@ fn bench_pop(c: &mut Criterion) {
     let msg = first.rsplit_once('.').unwrap().0.to_owned();
     let sig = leaf_key.sign(msg.as_bytes());
     assert!(holder.verify(msg.as_bytes(), &sig));
+    // ed25519-dalek's own `verify_strict`, the floor's unit; and the same
+    // rule as `VerifyingKey::verify` checks it (one field inversion, not four).
+    let dalek = ed25519_dalek::VerifyingKey::from_bytes(
+        &mandate_core::b64::decode(&holder.jwk().x)
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    )
+    .unwrap();
+    let dalek_sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+    assert!(dalek.verify_strict(msg.as_bytes(), &dalek_sig).is_ok());
     g.bench_function("floor/ed25519_verify_strict", |b| {
+        b.iter(|| dalek.verify_strict(black_box(msg.as_bytes()), black_box(&dalek_sig)))
+    });
+    g.bench_function("mandate/ed25519_verify", |b| {
         b.iter(|| holder.verify(black_box(msg.as_bytes()), black_box(&sig)))
     });
     g.bench_function("mandate/check_dpop_proof_cached_chain", |b| {

@@ -369,14 +369,60 @@ impl VerifyingKey {
     #[must_use]
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         match &self.inner {
-            PublicInner::Ed25519(k) => match ed25519_dalek::Signature::from_slice(sig) {
-                Ok(s) => k.verify_strict(msg, &s).is_ok(),
-                Err(_) => false,
-            },
+            PublicInner::Ed25519(k) => ed25519_verify_strict(k, msg, sig),
             // `r || s`, 64 bytes; `r` and `s` in [1, n), or refused.
             PublicInner::P256(k) => k.verify_sig(msg, sig).is_ok(),
         }
     }
+}
+
+/// Ed25519 verification with exactly `ed25519_dalek::VerifyingKey::verify_strict`'s
+/// acceptance rule, for less work. `verify_strict` accepts `R || S` when `S`
+/// is canonical (below the group order), `R` decodes to a point, neither `R`
+/// nor the key `A` has small order, and `[S]B - [k]A`, encoded, is `R`'s 32
+/// bytes (`k` = SHA-512(R || A || msg) mod the order). To do so it takes four
+/// field inversions or square roots (decoding `R`, encoding `[8]R`, `[8]A`
+/// and the result), each a few hundred field squarings, besides the
+/// multiplication itself. Here:
+///
+/// - `A` was checked when the key was decoded ([`ed25519_point`] refuses a
+///   small-order key, and it is the only way an Ed25519 key is built), so it
+///   is not checked again at every signature;
+/// - `R` is not decoded: the result's canonical encoding can only equal
+///   `R`'s bytes when `R` is that encoding, so `R` decodes, to the result;
+/// - `R` has small order exactly when the result does (they are the same
+///   point whenever the bytes match), and that is checked on the result in
+///   projective coordinates (`[8]P` is the identity when `X = 0` and
+///   `Y = Z`), with no inversion.
+///
+/// One inversion is left: the result's encoding. The tests check this rule
+/// against `verify_strict` on valid, tampered, non-canonical and
+/// small-order signatures.
+fn ed25519_verify_strict(key: &ed25519_dalek::VerifyingKey, msg: &[u8], sig: &[u8]) -> bool {
+    use curve25519_dalek::edwards::EdwardsPoint;
+    use curve25519_dalek::scalar::Scalar;
+    use sha2::Sha512;
+
+    let Ok(sig) = <&[u8; 64]>::try_from(sig) else {
+        return false;
+    };
+    let Some((r, s)) = sig.split_first_chunk::<32>() else {
+        return false;
+    };
+    let Ok(s) = <[u8; 32]>::try_from(s) else {
+        return false;
+    };
+    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else {
+        return false;
+    };
+    let mut h = Sha512::new();
+    h.update(r);
+    h.update(key.as_bytes());
+    h.update(msg);
+    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    let minus_a = -key.to_edwards();
+    let expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &minus_a, &s);
+    !expected.is_small_order() && expected.compress().as_bytes() == r
 }
 
 enum SecretInner {
@@ -826,6 +872,94 @@ mod tests {
             .collect()
     }
 
+    /// ed25519-dalek's `verify_strict`, the rule [`VerifyingKey::verify`] keeps.
+    fn dalek_strict(key: &ed25519_dalek::VerifyingKey, msg: &[u8], sig: &[u8]) -> bool {
+        ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| key.verify_strict(msg, &s).is_ok())
+    }
+
+    /// An Ed25519 key from its 32 bytes, through the JWK path every key takes.
+    fn ed25519_key(bytes: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
+        let jwk: PublicJwk = serde_json::from_value(
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64::encode(bytes)}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        VerifyingKey::from_jwk(&jwk)
+    }
+
+    /// `s = k·a` for the secret scalar `a`, so that `[s]B - [k]A` is `-[k]T`
+    /// for the key `A = [a]B + T`: the identity when `T` is, else a point of
+    /// small order. Signed with `R` = that point's encoding, the equation
+    /// holds, and only the small-order rule refuses it.
+    fn small_order_r_signature(
+        a: curve25519_dalek::Scalar,
+        torsion: curve25519_dalek::EdwardsPoint,
+        msg: &[u8],
+    ) -> Option<([u8; 32], Vec<u8>)> {
+        use curve25519_dalek::{EdwardsPoint, Scalar};
+        use sha2::Sha512;
+        let public = EdwardsPoint::mul_base(&a) + torsion;
+        let a_bytes = public.compress().to_bytes();
+        // k hashes R, and R must be -[k]T: try each point of small order
+        // as R (none may close for a given message; the caller tries
+        // another message).
+        for candidate in curve25519_dalek::constants::EIGHT_TORSION {
+            let r = candidate.compress().to_bytes();
+            let mut h = Sha512::new();
+            h.update(r);
+            h.update(a_bytes);
+            h.update(msg);
+            let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+            if (-(torsion * k)).compress().to_bytes() == r {
+                let mut sig = r.to_vec();
+                sig.extend_from_slice((k * a).as_bytes());
+                return Some((a_bytes, sig));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_signature_whose_r_has_small_order_is_refused_though_its_equation_holds() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        use curve25519_dalek::{EdwardsPoint, Scalar};
+        let a = Scalar::from_bytes_mod_order([7; 32]);
+        let mut tried = 0;
+        // The key in the prime-order subgroup (R the identity), then keys
+        // with a torsion part (R of order 2, 4 or 8), which are not weak.
+        for (t, torsion) in [(0, EdwardsPoint::default())]
+            .into_iter()
+            .chain(EIGHT_TORSION.into_iter().enumerate().skip(1))
+        {
+            for m in 0..64_u8 {
+                let msg = [b'm', m];
+                let Some((a_bytes, sig)) = small_order_r_signature(a, torsion, &msg) else {
+                    continue;
+                };
+                let key = ed25519_key(&a_bytes).unwrap_or_else(|e| panic!("torsion {t}: {e}"));
+                let dalek = *key.ed25519().unwrap_or_else(|| panic!("an Ed25519 key"));
+                let lenient = ed25519_dalek::Signature::from_slice(&sig)
+                    .is_ok_and(|s| ed25519_dalek::Verifier::verify(&dalek, &msg, &s).is_ok());
+                assert!(lenient, "torsion {t}: the equation holds (RFC 8032 accepts it)");
+                assert!(!dalek_strict(&dalek, &msg, &sig), "torsion {t}: verify_strict refuses");
+                assert!(!key.verify(&msg, &sig), "torsion {t}: so does ours");
+                tried += 1;
+                break;
+            }
+        }
+        assert_eq!(tried, 8, "one crafted signature for each torsion point");
+    }
+
+    #[test]
+    fn a_small_order_key_is_refused_when_decoded_so_verify_need_not_check_it() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        for point in EIGHT_TORSION {
+            assert_eq!(
+                ed25519_key(&point.compress().to_bytes()).err(),
+                Some(KeyError::InvalidPoint)
+            );
+        }
+    }
+
     proptest::proptest! {
         /// AWS-LC signs; its signature is ed25519-dalek's, byte for byte, for
         /// any key and message (so keys, mandates and proofs signed before
@@ -846,6 +980,58 @@ mod tests {
             proptest::prop_assert_eq!(&signed, &dalek);
             let verifying = key.verifying_key().unwrap_or_else(|e| panic!("{e}"));
             proptest::prop_assert!(verifying.verify(&msg, &signed));
+        }
+    }
+
+    proptest::proptest! {
+        /// `VerifyingKey::verify` accepts exactly what ed25519-dalek's
+        /// `verify_strict` accepts: the signature as made, and after any one
+        /// change (a bit of the signature or of the message flipped, `S`
+        /// replaced by `S + ℓ`, which is the same scalar but not canonical,
+        /// the signature cut short or lengthened).
+        #[test]
+        fn ed25519_verify_accepts_what_verify_strict_accepts(
+            seed in proptest::array::uniform32(proptest::num::u8::ANY),
+            msg in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            change in 0_usize..6,
+            at in 0_usize..512,
+        ) {
+            let key = SigningKey::from_seed(Algorithm::EdDSA, seed);
+            let verifying = key.verifying_key().unwrap_or_else(|e| panic!("{e}"));
+            let dalek = *verifying.ed25519().unwrap_or_else(|| panic!("an Ed25519 key"));
+            let mut sig = key.sign(&msg);
+            let mut msg = msg;
+            match change {
+                1 => sig[at / 8 % 64] ^= 1 << (at % 8),
+                2 if !msg.is_empty() => {
+                    let i = at % msg.len();
+                    msg[i] ^= 1;
+                }
+                3 => {
+                    // S + ℓ, ℓ the group order (little-endian); S < ℓ < 2^253,
+                    // so the sum fits in the 32 bytes.
+                    const ORDER: [u8; 32] = [
+                        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2,
+                        0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                        0x10,
+                    ];
+                    let mut carry = 0_u16;
+                    for (i, l) in ORDER.iter().enumerate() {
+                        let sum = u16::from(sig[32 + i]) + u16::from(*l) + carry;
+                        sig[32 + i] = (sum & 0xff) as u8;
+                        carry = sum >> 8;
+                    }
+                    proptest::prop_assert_eq!(carry, 0);
+                }
+                4 => sig.truncate(at % 64),
+                5 => sig.push(0),
+                _ => {}
+            }
+            let expected = dalek_strict(&dalek, &msg, &sig);
+            proptest::prop_assert_eq!(verifying.verify(&msg, &sig), expected);
+            if change == 0 {
+                proptest::prop_assert!(expected);
+            }
         }
     }
 
