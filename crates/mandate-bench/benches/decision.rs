@@ -539,9 +539,77 @@ fn bench_pop(c: &mut Criterion) {
     g.finish();
 }
 
+/// What one proof's signature costs checked alone (`VerifyingKey::verify`)
+/// and as one of a batch of `n` (ed25519-dalek's batch check, as the
+/// signature batcher runs it), proofs of ~400 bytes by distinct holders.
+fn bench_batch(c: &mut Criterion) {
+    use criterion::{BenchmarkId, Throughput};
+    let items: Vec<(mandate_core::keys::VerifyingKey, Vec<u8>, Vec<u8>)> = (0..32_u8)
+        .map(|i| {
+            let key = SigningKey::from_seed(Algorithm::EdDSA, [i.wrapping_add(40); 32]);
+            let msg = vec![b'a' + i % 26; 400];
+            let sig = key.sign(&msg);
+            (key.verifying_key().unwrap(), msg, sig)
+        })
+        .collect();
+    let holder_key = SigningKey::from_seed(Algorithm::EdDSA, [90; 32]);
+    let holder = holder_key.verifying_key().unwrap();
+    let mut g = c.benchmark_group("signatures");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("alone", |b| {
+        let (k, m, s) = &items[0];
+        b.iter(|| assert!(k.verify(black_box(m), black_box(s))))
+    });
+    for n in [2_usize, 3, 4, 8, 16, 32] {
+        let keys: Vec<ed25519_dalek::VerifyingKey> = items[..n]
+            .iter()
+            .map(|(k, _, _)| {
+                ed25519_dalek::VerifyingKey::from_bytes(
+                    &mandate_core::b64::decode(&k.jwk().x).unwrap().try_into().unwrap(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let msgs: Vec<&[u8]> = items[..n].iter().map(|(_, m, _)| m.as_slice()).collect();
+        let sigs: Vec<ed25519_dalek::Signature> = items[..n]
+            .iter()
+            .map(|(_, _, s)| ed25519_dalek::Signature::from_slice(s).unwrap())
+            .collect();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("dalek_batch", n), &n, |b, _| {
+            b.iter(|| assert!(ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()))
+        });
+        g.bench_with_input(BenchmarkId::new("mandate_batch", n), &n, |b, _| {
+            b.iter(|| {
+                assert!(mandate_core::keys::VerifyingKey::verify_batch(
+                    items[..n]
+                        .iter()
+                        .map(|(k, m, s)| (k, m.as_slice(), s.as_slice()))
+                ))
+            })
+        });
+        // Every proof by one holder (an agent's concurrent requests).
+        let one: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
+            .map(|i| {
+                let msg = vec![b'a' + (i % 26) as u8; 400];
+                (msg.clone(), holder_key.sign(&msg))
+            })
+            .collect();
+        g.bench_with_input(BenchmarkId::new("mandate_batch_one_holder", n), &n, |b, _| {
+            b.iter(|| {
+                assert!(mandate_core::keys::VerifyingKey::verify_batch(
+                    one.iter()
+                        .map(|(m, s)| (&holder, m.as_slice(), s.as_slice()))
+                ))
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench_warm, bench_cold, bench_attenuate, bench_pop
+    targets = bench_warm, bench_cold, bench_attenuate, bench_pop, bench_batch
 }
 criterion_main!(benches);

@@ -20,11 +20,13 @@
 //! to the thread only added two thread wake-ups to every request.
 //!
 //! A batch that fails is checked again one signature at a time with
-//! `verify_strict`, so exactly the bad ones fail. The batch check is not
-//! `verify_strict`: it checks a random combination of the equations and
-//! does not refuse a small-order `R`, so a signer could craft a signature
-//! that only one of them accepts, which gains the signer nothing it could
-//! not sign honestly (the same reasoning as a chain's own batch, see
+//! `verify_strict`'s rule, so exactly the bad ones fail. The batch check
+//! ([`VerifyingKey::verify_batch`]) refuses what the strict check refuses
+//! on sight (a non-canonical `S`, an `R` that is no point or has small
+//! order), but it checks a random combination of the equations without the
+//! cofactor, so the holder of a key with a torsion part could craft a
+//! signature that only one of the two accepts, which gains it nothing it
+//! could not sign honestly (the same reasoning as a chain's own batch, see
 //! [`crate::chain`]). Small-order keys never get here: keys are refused
 //! when decoded.
 

@@ -684,12 +684,13 @@ const PROGRAM_CACHE_CAPACITY: usize = 4096;
 /// Checks every signature of a chain. When there are several and all are
 /// Ed25519, they are checked together with batch verification (about three
 /// quarters of the cost of checking each); if the batch fails, each is
-/// checked alone with `verify_strict` to name the one that failed. The batch
-/// check is not `verify_strict` (it checks a random combination of the
-/// equations and does not refuse a small-order `R`): a signer could craft a
-/// signature that only one of them accepts, which gains the signer nothing
-/// it could not sign honestly. Weak (small-order) keys are refused
-/// when keys are decoded.
+/// checked alone with `verify_strict`'s rule to name the one that failed.
+/// The batch check refuses what the strict one refuses on sight (a
+/// non-canonical `S`, an `R` that is no point or has small order) but
+/// checks a random combination of the equations without the cofactor: the
+/// holder of a key with a torsion part could craft a signature that only
+/// one of them accepts, which gains it nothing it could not sign honestly.
+/// Weak (small-order) keys are refused when keys are decoded.
 fn verify_signatures(pending: &[(VerifyingKey, &str, Vec<u8>)]) -> Result<(), ChainError> {
     if pending.len() > 1
         && VerifyingKey::verify_batch(
