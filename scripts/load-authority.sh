@@ -199,17 +199,35 @@ cpu_secs() { sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{p
 # Bytes a process has sent to storage so far (WAL, SQLite's checkpoints, the
 # signed checkpoint file; 0 where /proc does not say).
 written() { sed -n 's/^write_bytes: //p' "/proc/$1/io" 2>/dev/null || echo 0; }
+# How the authority has checked proof signatures so far (its /metrics):
+# "at-once thread-alone batched batches rechecked".
+sigs() {
+  curl -s "http://$1/metrics" | python3 -c '
+import re, sys
+t = sys.stdin.read()
+def n(p):
+    m = re.search(p + r" (\d+)", t)
+    return int(m.group(1)) if m else 0
+print(n(r"checked=\"at_once\"\}"), n(r"checked=\"thread_alone\"\}"), n(r"checked=\"batch\"\}"),
+      n("mandate_proof_signature_batches_total"), n("mandate_proof_signatures_rechecked_total"))'
+}
 if [ "$replicas" = 1 ]; then
   # Under callgrind, only the load is counted: the counters start from zero
   # here, after the grants and facts the set-up made.
   [ -n "${CALLGRIND:-}" ] && callgrind_control -d "${servers[0]}" > /dev/null
+  sbefore=$(sigs "$addr")
   before=$(cpu_secs "${servers[0]}"); wbefore=$(written "${servers[0]}")
   out=$(load "$addr" "$conns" proofs1) || { echo "$out"; exit 1; }
   after=$(cpu_secs "${servers[0]}"); wafter=$(written "${servers[0]}")
+  safter=$(sigs "$addr")
   echo "$out"
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   python3 -c "b, a, n, c = $before, $after, $n, $(nproc); print(f'== the authority used {a - b:.2f} s of CPU (all its threads): {(a - b) * 1e6 / max(n, 1):.0f} us a decision; {c} cores cannot pass {c / max(a - b, 1e-9) * n:,.0f} decisions/s at that cost')"
   python3 -c "w, n = ${wafter:-0} - ${wbefore:-0}, $n; print(f'== it wrote {w / 1e6:.1f} MB to storage: {w / max(n, 1):,.0f} bytes a decision')"
+  python3 -c "
+b, a = '$sbefore'.split(), '$safter'.split()
+o, t, s, k, r = (int(y) - int(x) for x, y in zip(b, a)) if len(a) == len(b) == 5 else (0,) * 5
+print(f'== proof signatures: {o:,} checked at once, {t:,} alone on the batcher thread, {s:,} in {k:,} batches (mean {s / max(k, 1):.1f}), {r:,} checked again')"
 else
   loads=()
   for r in $(seq "$replicas"); do

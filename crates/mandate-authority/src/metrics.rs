@@ -30,6 +30,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckedLabels {
+    checked: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     method: String,
     route: String,
@@ -59,6 +64,9 @@ pub struct Metrics {
     cpu_seconds: Gauge<f64, AtomicU64>,
     resident_bytes: Gauge,
     open_fds: Gauge,
+    proof_signatures: Family<CheckedLabels, Counter>,
+    proof_batches: Counter,
+    proof_rechecked: Counter,
 }
 
 impl Default for Metrics {
@@ -115,6 +123,25 @@ impl Default for Metrics {
             "Open file descriptors of the process",
             open_fds.clone(),
         );
+        let proof_signatures = Family::<CheckedLabels, Counter>::default();
+        registry.register(
+            "mandate_proof_signatures",
+            "DPoP proof signatures checked, by how: at_once (by the request's worker, alone), \
+             thread_alone (on the batcher's thread, nothing else queued), batch",
+            proof_signatures.clone(),
+        );
+        let proof_batches = Counter::default();
+        registry.register(
+            "mandate_proof_signature_batches",
+            "Batch checks of two proof signatures or more",
+            proof_batches.clone(),
+        );
+        let proof_rechecked = Counter::default();
+        registry.register(
+            "mandate_proof_signatures_rechecked",
+            "Proof signatures checked again one by one because their batch failed",
+            proof_rechecked.clone(),
+        );
         let start: Gauge = Gauge::default();
         start.set(crate::auth::now_secs());
         registry.register(
@@ -133,6 +160,9 @@ impl Default for Metrics {
             cpu_seconds,
             resident_bytes,
             open_fds,
+            proof_signatures,
+            proof_batches,
+            proof_rechecked,
         }
     }
 }
@@ -227,6 +257,24 @@ impl Metrics {
         }
     }
 
+    /// Takes the signature batcher's counts (monotonic, so the counters stay
+    /// counters), at each scrape.
+    pub fn proof_signatures(&self, c: mandate_core::batch::Counts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (checked, n) in [
+            ("at_once", c.at_once),
+            ("thread_alone", c.thread_alone),
+            ("batch", c.in_batches),
+        ] {
+            self.proof_signatures
+                .get_or_create(&CheckedLabels { checked })
+                .inner()
+                .store(n, Relaxed);
+        }
+        self.proof_batches.inner().store(c.batches, Relaxed);
+        self.proof_rechecked.inner().store(c.rechecked, Relaxed);
+    }
+
     /// The OpenMetrics text exposition.
     #[must_use]
     pub fn render(&self) -> String {
@@ -266,6 +314,22 @@ mod tests {
         assert!(text.contains(r#"mandate_http_requests_total{method="GET",route="/v1/mandates/{id}",status="200"} 1"#), "{text}");
         assert!(text.contains("process_start_time_seconds"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
+        m.proof_signatures(mandate_core::batch::Counts {
+            at_once: 3,
+            thread_alone: 1,
+            in_batches: 40,
+            batches: 9,
+            rechecked: 4,
+        });
+        let text = m.render();
+        for line in [
+            r#"mandate_proof_signatures_total{checked="at_once"} 3"#,
+            r#"mandate_proof_signatures_total{checked="batch"} 40"#,
+            "mandate_proof_signature_batches_total 9",
+            "mandate_proof_signatures_rechecked_total 4",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         // A value with quotes and backslashes (say, an event kind) stays one label.
         m.transition("we\"ird\\kind\nline");
         let text = m.render();

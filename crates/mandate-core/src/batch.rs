@@ -74,7 +74,33 @@ pub struct SignatureBatcher {
     /// When the last signature was submitted, in microseconds since `epoch`.
     last_submit: AtomicU64,
     epoch: std::time::Instant,
+    stats: Arc<Stats>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+/// How the signatures submitted so far were checked (for metrics: whether
+/// batching pays under the load a server sees).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Checked at once by the caller (a lone request; no thread hop).
+    pub at_once: u64,
+    /// Taken by the thread with nothing else queued, and checked alone.
+    pub thread_alone: u64,
+    /// Taken by the thread with company, and checked as one batch.
+    pub in_batches: u64,
+    /// Batch checks made (each of two signatures or more).
+    pub batches: u64,
+    /// Checked again one by one because their batch failed.
+    pub rechecked: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    at_once: AtomicU64,
+    thread_alone: AtomicU64,
+    in_batches: AtomicU64,
+    batches: AtomicU64,
+    rechecked: AtomicU64,
 }
 
 impl std::fmt::Debug for SignatureBatcher {
@@ -92,17 +118,33 @@ impl SignatureBatcher {
         let (tx, rx) = mpsc::channel::<Pending>();
         let busy = Arc::new(AtomicUsize::new(0));
         let done = Arc::clone(&busy);
+        let stats = Arc::new(Stats::default());
+        let counted = Arc::clone(&stats);
         let thread = thread::Builder::new()
             .name("mandate-sig-batch".into())
-            .spawn(move || run(&rx, &done))?;
+            .spawn(move || run(&rx, &done, &counted))?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             busy,
             in_flight: Arc::new(AtomicUsize::new(0)),
             last_submit: AtomicU64::new(NEVER),
             epoch: std::time::Instant::now(),
+            stats,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// How the signatures submitted so far were checked.
+    #[must_use]
+    pub fn counts(&self) -> Counts {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counts {
+            at_once: read(&self.stats.at_once),
+            thread_alone: read(&self.stats.thread_alone),
+            in_batches: read(&self.stats.in_batches),
+            batches: read(&self.stats.batches),
+            rechecked: read(&self.stats.rechecked),
+        }
     }
 
     /// Counts one request the server is handling until the guard is
@@ -133,6 +175,7 @@ impl SignatureBatcher {
             || previous == NEVER
             || now.saturating_sub(previous) >= LONE_GAP_MICROS;
         if self.busy.fetch_add(1, Ordering::AcqRel) == 0 && lone {
+            self.stats.at_once.fetch_add(1, Ordering::Relaxed);
             let ok = key.verify(msg, sig);
             self.busy.fetch_sub(1, Ordering::AcqRel);
             answer(ok);
@@ -152,6 +195,7 @@ impl SignatureBatcher {
             Err(_) => Err(pending),
         };
         if let Err(p) = sent {
+            self.stats.at_once.fetch_add(1, Ordering::Relaxed);
             let ok = p.key.verify(&p.msg, &p.sig);
             self.busy.fetch_sub(1, Ordering::AcqRel);
             (p.answer)(ok);
@@ -279,7 +323,7 @@ impl Drop for SignatureBatcher {
     }
 }
 
-fn run(rx: &mpsc::Receiver<Pending>, busy: &AtomicUsize) {
+fn run(rx: &mpsc::Receiver<Pending>, busy: &AtomicUsize, stats: &Stats) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -295,6 +339,16 @@ fn run(rx: &mpsc::Receiver<Pending>, busy: &AtomicUsize) {
                     .iter()
                     .map(|p| (&p.key, p.msg.as_slice(), p.sig.as_slice())),
             );
+        let n = batch.len() as u64;
+        if n > 1 {
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.in_batches.fetch_add(n, Ordering::Relaxed);
+            if !all {
+                stats.rechecked.fetch_add(n, Ordering::Relaxed);
+            }
+        } else {
+            stats.thread_alone.fetch_add(1, Ordering::Relaxed);
+        }
         for p in batch.drain(..) {
             let ok = all || p.key.verify(&p.msg, &p.sig);
             busy.fetch_sub(1, Ordering::AcqRel);
@@ -360,6 +414,14 @@ mod tests {
         for (i, ok, good) in answers {
             assert_eq!(ok, good, "signature {i}");
         }
+        // Every signature went to the thread, and is counted once there;
+        // the batches that held a bad one were checked again one by one.
+        let c = batcher.counts();
+        assert_eq!(c.at_once, 0, "{c:?}");
+        assert_eq!(c.thread_alone + c.in_batches, 300, "{c:?}");
+        assert!(c.batches == 0 || c.in_batches >= 2 * c.batches, "{c:?}");
+        assert!(c.rechecked <= c.in_batches, "{c:?}");
+        assert!(c.batches == 0 || c.rechecked > 0, "60 bad ones: {c:?}");
     }
 
     #[test]
@@ -395,6 +457,14 @@ mod tests {
         assert!(ok);
         assert_eq!(thread.as_deref(), Some("mandate-sig-batch"));
         drop(tx);
+        assert_eq!(
+            batcher.counts(),
+            super::Counts {
+                at_once: 1,
+                thread_alone: 1,
+                ..super::Counts::default()
+            }
+        );
     }
 
     /// Where each signature is checked: on the caller's thread or the

@@ -587,4 +587,20 @@ fn concurrent_decisions_whose_proofs_are_checked_together_each_get_their_own_ans
             assert_eq!(reasons(&d), ["pop_invalid"], "{d}");
         }
     }
+    // /metrics says how each of the 72 signatures was checked.
+    let (st, m) = s.call("GET", "/metrics", None, None);
+    assert_eq!(st, 200);
+    let text = m.as_str().unwrap();
+    let count = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let at_once = count(r#"mandate_proof_signatures_total{checked="at_once"}"#);
+    let alone = count(r#"mandate_proof_signatures_total{checked="thread_alone"}"#);
+    let batched = count(r#"mandate_proof_signatures_total{checked="batch"}"#);
+    let batches = count("mandate_proof_signature_batches_total");
+    let rechecked = count("mandate_proof_signatures_rechecked_total");
+    assert_eq!(at_once + alone + batched, 72, "{text}");
+    assert!(batched >= 2 * batches && rechecked <= batched, "{text}");
 }
