@@ -23,6 +23,10 @@
 # the authority (POST /v1/mandates/{parent}/children), as a sub-agent's is;
 # OFFLINE=1 leaves the hops unregistered (derived offline, as the authority
 # first sees them in a decision). Every hop binds the same holder key.
+# HOLDERS=H (with MANDATES a multiple of H, no HOPS): mandate j binds holder
+# key j mod H, and each decision's proof is signed by its mandate's key, so
+# concurrent proofs come from H agents (the default, one, is one agent's
+# concurrent requests: its proofs share one key in a signature batch).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 duration="${1:-10}"; conns="${2:-32}"
@@ -63,6 +67,31 @@ api() { curl -s -X "$1" "http://$addr$2" -H "Authorization: Bearer $3" -H 'conte
 # by it (made ahead of the run, one per request).
 "$bin" keygen --out holder.jwk > holder.pub.jwk
 hops="${HOPS:-0}"
+holders="${HOLDERS:-1}"
+if [ "$holders" -gt 1 ]; then
+  if [ "$hops" -gt 0 ] || [ $(( ${MANDATES:-1} % holders )) != 0 ]; then
+    echo "HOLDERS needs MANDATES a multiple of it, and no HOPS" >&2; exit 2
+  fi
+  cp holder.jwk holder0.jwk; cp holder.pub.jwk holder0.pub.jwk
+  for h in $(seq 1 $((holders - 1))); do "$bin" keygen --out "holder$h.jwk" > "holder$h.pub.jwk"; done
+fi
+# N proofs for the URL, line i by the key of holder i mod H (of request i's
+# mandate, when MANDATES is a multiple of H).
+proofs() {
+  if [ "$holders" -gt 1 ]; then
+    for h in $(seq 0 $((holders - 1))); do
+      "$bin" dpop --key "holder$h.jwk" --method POST --url https://pep.example/search --count $(( ($1 + holders - 1) / holders )) > "p$h.part"
+    done
+    python3 - "$holders" "$1" <<'PY'
+import sys
+h, n = int(sys.argv[1]), int(sys.argv[2])
+parts = [open(f"p{k}.part").read().split() for k in range(h)]
+print("\n".join(parts[i % h][i // h] for i in range(n)))
+PY
+  else
+    "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count "$1"
+  fi
+}
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["agent"]["cnf"]={"jwk": json.load(open("holder.pub.jwk"))}; r["delegation"]["max_additional_hops"]=max(1, int(sys.argv[2])); json.dump(r, open("request.json","w"))' "$root/testdata/examples/authority-request.json" "$hops"
 rid=$(api POST /v1/requests "$agent" request.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 api POST "/v1/requests/$rid/approve" "$principal" > approved.json
@@ -70,7 +99,7 @@ api PUT /v1/facts "$admin" "$root/testdata/examples/facts-active.json" > /dev/nu
 mandates="${MANDATES:-1}"
 if [ "$mandates" -gt 1 ]; then
   # The other N-1 mandates, granted over one keep-alive connection each way.
-  python3 - "$addr" "$agent" "$principal" "$mandates" <<'PY'
+  python3 - "$addr" "$agent" "$principal" "$mandates" "$holders" <<'PY'
 import http.client, json, sys
 addr, agent, principal, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 c = http.client.HTTPConnection(addr)
@@ -80,8 +109,11 @@ def call(path, token, body):
     assert r.status < 300, (path, r.status, data)
     return data
 request = json.load(open("request.json"))
+holders = int(sys.argv[5])
 out = [json.load(open("approved.json"))["mandate"]]
-for _ in range(n - 1):
+for j in range(1, n):
+    if holders > 1:
+        request["agent"]["cnf"] = {"jwk": json.load(open(f"holder{j % holders}.pub.jwk"))}
     rid = call("/v1/requests", agent, request)["id"]
     out.append(call(f"/v1/requests/{rid}/approve", principal, {})["mandate"])
 open("mandates.txt", "w").write("\n".join(out) + "\n")
@@ -140,13 +172,13 @@ per=$((conns / replicas)); [ "$per" -ge 2 ] || per=2
 # counted. It needs about 12 us of CPU per request here (wrk with a Lua
 # request() needed ~37; BENCHMARKS.md, issue 15 fourth round).
 for r in $(seq "$replicas"); do
-  "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count $((duration * 40000 / replicas)) > "proofs$r"
+  proofs $((duration * 40000 / replicas)) > "proofs$r"
 done
 if [ -f mandates.txt ]; then
   # Each mandate decided once before the load, so the load measures an
   # authority that has seen its agents' mandates (as a running one has),
   # not N first verifications.
-  "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count "$mandates" > warm-proofs
+  proofs "$mandates" > warm-proofs
   for a in "${addrs[@]}"; do
     python3 - "$a" "$enforcer" <<'PY'
 import http.client, sys
@@ -158,7 +190,7 @@ for m, p in zip(open("mandates.txt").read().split(), open("warm-proofs").read().
     r = c.getresponse(); answer = r.read()
     assert r.status == 200 and b'"decision":true' in answer, (r.status, answer[:300])
 PY
-    "$bin" dpop --key holder.jwk --method POST --url https://pep.example/search --count "$mandates" > warm-proofs
+    proofs "$mandates" > warm-proofs
   done
 fi
 # Every decision is durable before it is answered, so a connection waits for
@@ -181,7 +213,7 @@ print(f"== this disk: fdatasync p50 {p50 * 1e3:.2f} ms, p99 {ts[98] * 1e3:.2f} m
       f"{c} connections each waiting for a commit: at most ~{c / (1.5 * p50):,.0f} decisions/s")
 PY
 fi
-echo "== ${duration}s of POST /access/v1/evaluation, $conns connections over $replicas replica(s), $mandates mandate(s), durable audit on, a DPoP proof checked per decision"
+echo "== ${duration}s of POST /access/v1/evaluation, $conns connections over $replicas replica(s), $mandates mandate(s) bound to $holders holder key(s), durable audit on, a DPoP proof checked per decision"
 # PERF_OUT=FILE: a CPU profile of the (first) authority during the load
 # (perf record, call graphs), for `perf report -i FILE`.
 if [ -n "${PERF_OUT:-}" ]; then
