@@ -586,7 +586,10 @@ fn bench_batch(c: &mut Criterion) {
             .iter()
             .map(|(k, _, _)| {
                 ed25519_dalek::VerifyingKey::from_bytes(
-                    &mandate_core::b64::decode(&k.jwk().x).unwrap().try_into().unwrap(),
+                    &mandate_core::b64::decode(&k.jwk().x)
+                        .unwrap()
+                        .try_into()
+                        .unwrap(),
                 )
                 .unwrap()
             })
@@ -616,14 +619,18 @@ fn bench_batch(c: &mut Criterion) {
                 (msg.clone(), holder_key.sign(&msg))
             })
             .collect();
-        g.bench_with_input(BenchmarkId::new("mandate_batch_one_holder", n), &n, |b, _| {
-            b.iter(|| {
-                assert!(mandate_core::keys::VerifyingKey::verify_batch(
-                    one.iter()
-                        .map(|(m, s)| (&holder, m.as_slice(), s.as_slice()))
-                ))
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("mandate_batch_one_holder", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    assert!(mandate_core::keys::VerifyingKey::verify_batch(
+                        one.iter()
+                            .map(|(m, s)| (&holder, m.as_slice(), s.as_slice()))
+                    ))
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -7,7 +7,7 @@
 
 use mandate_core::keys::{Algorithm, SigningKey, VerifyingKey};
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "mandate".into());
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(32);
@@ -23,26 +23,23 @@ fn main() {
             (key, vec![b'a' + u8::try_from(i % 26).unwrap_or(0); 400])
         })
         .collect();
-    let signed: Vec<(VerifyingKey, Vec<u8>, Vec<u8>)> = items
+    let signed = items
         .iter()
-        .map(|(k, m)| {
-            let public = k.verifying_key().unwrap_or_else(|e| panic!("{e}"));
-            (public, m.clone(), k.sign(m))
-        })
-        .collect();
-    let dalek_keys: Vec<ed25519_dalek::VerifyingKey> = signed
+        .map(|(k, m)| Ok((k.verifying_key()?, m.clone(), k.sign(m))))
+        .collect::<Result<Vec<(VerifyingKey, Vec<u8>, Vec<u8>)>, mandate_core::keys::KeyError>>()?;
+    let dalek_keys = signed
         .iter()
         .map(|(k, _, _)| {
             let bytes = mandate_core::b64::decode(&k.jwk().x).unwrap_or_default();
             let bytes: [u8; 32] = bytes.try_into().unwrap_or([0; 32]);
-            ed25519_dalek::VerifyingKey::from_bytes(&bytes).unwrap_or_else(|e| panic!("{e}"))
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes)
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     let msgs: Vec<&[u8]> = signed.iter().map(|(_, m, _)| m.as_slice()).collect();
-    let sigs: Vec<ed25519_dalek::Signature> = signed
+    let sigs = signed
         .iter()
-        .map(|(_, _, s)| ed25519_dalek::Signature::from_slice(s).unwrap_or_else(|e| panic!("{e}")))
-        .collect();
+        .map(|(_, _, s)| ed25519_dalek::Signature::from_slice(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut passed = 0usize;
     for _ in 0..rounds {
         let ok = if which == "dalek" {
@@ -57,4 +54,5 @@ fn main() {
         passed += usize::from(std::hint::black_box(ok));
     }
     println!("{passed} of {rounds} batches of {n} passed ({which})");
+    Ok(())
 }

@@ -1019,8 +1019,14 @@ mod tests {
                 let dalek = *key.ed25519().unwrap_or_else(|| panic!("an Ed25519 key"));
                 let lenient = ed25519_dalek::Signature::from_slice(&sig)
                     .is_ok_and(|s| ed25519_dalek::Verifier::verify(&dalek, &msg, &s).is_ok());
-                assert!(lenient, "torsion {t}: the equation holds (RFC 8032 accepts it)");
-                assert!(!dalek_strict(&dalek, &msg, &sig), "torsion {t}: verify_strict refuses");
+                assert!(
+                    lenient,
+                    "torsion {t}: the equation holds (RFC 8032 accepts it)"
+                );
+                assert!(
+                    !dalek_strict(&dalek, &msg, &sig),
+                    "torsion {t}: verify_strict refuses"
+                );
                 assert!(!key.verify(&msg, &sig), "torsion {t}: so does ours");
                 // In a batch with an honest signature: refused there too
                 // (dalek's batch check would let it through).
@@ -1029,8 +1035,11 @@ mod tests {
                 let honest_sig = honest.sign(b"honest");
                 assert!(
                     !VerifyingKey::verify_batch(
-                        [(&key, &msg[..], &sig[..]), (&honest_key, b"honest", &honest_sig[..])]
-                            .into_iter()
+                        [
+                            (&key, &msg[..], &sig[..]),
+                            (&honest_key, b"honest", &honest_sig[..])
+                        ]
+                        .into_iter()
                     ),
                     "torsion {t}: the batch refuses it"
                 );
