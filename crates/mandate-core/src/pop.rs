@@ -340,7 +340,7 @@ impl<'a> UncheckedProof<'a> {
         &self.decoded.signature
     }
 
-    /// Checks the signature here and now (one `verify_strict`).
+    /// Checks the signature here and now (one strict check, `verify_strict`'s rule).
     #[must_use]
     pub fn signed_by_holder(&self) -> bool {
         self.holder.verify(self.signing_input(), self.signature())
