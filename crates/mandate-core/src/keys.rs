@@ -335,7 +335,7 @@ impl VerifyingKey {
     }
 
     /// Whether every `(key, message, signature)` verifies, by one Ed25519
-    /// batch check; `false` when any key is not Ed25519, any signature is
+    /// batch check; `false` for an empty batch, and when any key is not Ed25519, any signature is
     /// not 64 bytes, has a non-canonical `S` or an `R` that is not a point
     /// or has small order (the strict check refuses those too), or the
     /// batch equation fails. Callers re-check one by one on `false`.
@@ -362,6 +362,10 @@ impl VerifyingKey {
         use sha2::Sha512;
 
         let n = items.len();
+        if n == 0 {
+            // Nothing was shown to verify: fail closed, never "all of none".
+            return false;
+        }
         let mut rs: Vec<EdwardsPoint> = Vec::with_capacity(n);
         // Per signature: S, k, and which distinct key signed it.
         let mut terms: Vec<(Scalar, Scalar, usize)> = Vec::with_capacity(n);
@@ -1048,6 +1052,11 @@ mod tests {
             }
         }
         assert_eq!(tried, 8, "one crafted signature for each torsion point");
+    }
+
+    #[test]
+    fn an_empty_batch_does_not_pass() {
+        assert!(!VerifyingKey::verify_batch(std::iter::empty()));
     }
 
     #[test]
