@@ -335,10 +335,11 @@ impl VerifyingKey {
     }
 
     /// Whether every `(key, message, signature)` verifies, by one Ed25519
-    /// batch check; `false` for an empty batch, and when any key is not Ed25519, any signature is
-    /// not 64 bytes, has a non-canonical `S` or an `R` that is not a point
-    /// or has small order (the strict check refuses those too), or the
-    /// batch equation fails. Callers re-check one by one on `false`.
+    /// batch check; `false` for an empty batch, and when any key is not
+    /// Ed25519, any signature is not 64 bytes, has a non-canonical `S` or an
+    /// `R` that is not a point or has small order (the strict check refuses
+    /// those too), or the batch equation fails. Callers re-check one by one
+    /// on `false`.
     ///
     /// The equation is the usual one, without the cofactor (as
     /// ed25519-dalek's `verify_batch`): `Σ zᵢ·(Rᵢ + kᵢ·Aᵢ − Sᵢ·B)` is the
