@@ -82,7 +82,8 @@ pub struct SignatureBatcher {
 /// batching pays under the load a server sees).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Checked at once by the caller (a lone request; no thread hop).
+    /// Checked at once by the caller (a lone request, a P-256 key, or a
+    /// stopped batcher; no thread hop).
     pub at_once: u64,
     /// Taken by the thread with nothing else queued, and checked alone.
     pub thread_alone: u64,
@@ -166,6 +167,7 @@ impl SignatureBatcher {
     /// (P-256), or a batcher that has stopped, is checked here too.
     pub fn submit(&self, key: &VerifyingKey, msg: &[u8], sig: &[u8], answer: Answer) {
         if key.ed25519().is_none() {
+            self.stats.at_once.fetch_add(1, Ordering::Relaxed);
             answer(key.verify(msg, sig));
             return;
         }
