@@ -361,3 +361,80 @@ fn the_gateway_reads_its_token_file_again_when_it_changes() {
     assert_eq!(st, 200, "{body}");
     gw.stop();
 }
+
+/// Requests arriving together have their proofs' signatures checked as one
+/// batch: a forged proof hidden among honest ones (the holder's header on a
+/// thief's signature, or the holder's proof with one signature byte
+/// changed) is refused alone, and every honest one beside it goes through.
+#[test]
+fn a_forged_proof_among_concurrent_honest_ones_is_refused_alone_at_the_gateway() {
+    let dir = temp("pop-gateway-batch");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let (_, mandate) = grant(&dir, authority.addr, &pr_request(321));
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Poll,
+        "https://api.github.com",
+    );
+    let g = gateway.addr;
+    let token = Some("gho_still_valid");
+    let thief =
+        mandate_core::keys::SigningKey::from_seed(mandate_core::keys::Algorithm::EdDSA, [7; 32]);
+    let answers: Vec<(bool, u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let (mandate, thief) = (&mandate, &thief);
+                scope.spawn(move || {
+                    (0..10)
+                        .map(|i| {
+                            let honest = (t + i) % 3 != 0;
+                            let good = proof("GET", &url(g, 321), token);
+                            let p = if honest {
+                                good
+                            } else if i % 2 == 0 {
+                                let now = mandate_core::timestamp::UnixTime::from_secs(now_secs())
+                                    .unwrap();
+                                let forged = mandate_core::pop::make_proof(
+                                    thief,
+                                    "GET",
+                                    &url(g, 321),
+                                    token,
+                                    &format!("forged-{t}-{i}"),
+                                    now,
+                                );
+                                let head = good.split('.').next().unwrap();
+                                format!("{head}.{}", forged.split_once('.').unwrap().1)
+                            } else {
+                                let (signed, sig) = good.rsplit_once('.').unwrap();
+                                let flipped = if sig.starts_with('A') { "B" } else { "A" };
+                                format!("{signed}.{flipped}{}", &sig[1..])
+                            };
+                            let (st, body) = read_with(g, mandate, 321, Some(p));
+                            (honest, st, body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(answers.len(), 60);
+    for (honest, st, body) in answers {
+        if honest {
+            assert_eq!((st, &body["number"]), (200, &json!(321)), "{body}");
+        } else {
+            assert_eq!(
+                (st, &body["reasons"]),
+                (403, &json!(["pop_invalid"])),
+                "{body}"
+            );
+        }
+    }
+    gw.stop();
+}
