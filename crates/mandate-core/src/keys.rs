@@ -374,14 +374,7 @@ impl VerifyingKey {
         let mut transcript = Sha512::new();
         transcript.update(b"mandate ed25519 batch v1");
         for (key, msg, sig) in items {
-            let (Some(a), Ok(sig)) = (key.ed25519(), <&[u8; 64]>::try_from(sig)) else {
-                return false;
-            };
-            let (r, s) = sig.split_at(32);
-            let (Ok(r), Ok(s)) = (<[u8; 32]>::try_from(r), <[u8; 32]>::try_from(s)) else {
-                return false;
-            };
-            let Some(s_scalar) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else {
+            let (Some(a), Some((r, s_scalar))) = (key.ed25519(), ed25519_signature(sig)) else {
                 return false;
             };
             let Some(r_point) = CompressedEdwardsY(r).decompress() else {
@@ -390,14 +383,9 @@ impl VerifyingKey {
             if r_point.is_small_order() {
                 return false;
             }
-            let hram: [u8; 64] = Sha512::new()
-                .chain_update(r)
-                .chain_update(a.as_bytes())
-                .chain_update(msg)
-                .finalize()
-                .into();
+            let hram = ed25519_challenge(&r, a, msg);
             transcript.update(hram);
-            transcript.update(s);
+            transcript.update(s_scalar.as_bytes());
             let j = match keys.iter().position(|k| k.as_bytes() == a.as_bytes()) {
                 Some(j) => j,
                 None => {
@@ -486,28 +474,34 @@ impl VerifyingKey {
 fn ed25519_verify_strict(key: &ed25519_dalek::VerifyingKey, msg: &[u8], sig: &[u8]) -> bool {
     use curve25519_dalek::edwards::EdwardsPoint;
     use curve25519_dalek::scalar::Scalar;
-    use sha2::Sha512;
 
-    let Ok(sig) = <&[u8; 64]>::try_from(sig) else {
+    let Some((r, s)) = ed25519_signature(sig) else {
         return false;
     };
-    let Some((r, s)) = sig.split_first_chunk::<32>() else {
-        return false;
-    };
-    let Ok(s) = <[u8; 32]>::try_from(s) else {
-        return false;
-    };
-    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else {
-        return false;
-    };
-    let mut h = Sha512::new();
-    h.update(r);
-    h.update(key.as_bytes());
-    h.update(msg);
-    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    let k = Scalar::from_bytes_mod_order_wide(&ed25519_challenge(&r, key, msg));
     let minus_a = -key.to_edwards();
     let expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &minus_a, &s);
-    !expected.is_small_order() && expected.compress().as_bytes() == r
+    !expected.is_small_order() && expected.compress().as_bytes() == &r
+}
+
+/// An Ed25519 signature's `R` bytes and its `S`, or `None` when it is not
+/// 64 bytes or `S` is not canonical (below the group order).
+fn ed25519_signature(sig: &[u8]) -> Option<([u8; 32], curve25519_dalek::Scalar)> {
+    let sig = <&[u8; 64]>::try_from(sig).ok()?;
+    let (r, s) = sig.split_first_chunk::<32>()?;
+    let s = <[u8; 32]>::try_from(s).ok()?;
+    Option::from(curve25519_dalek::Scalar::from_canonical_bytes(s)).map(|s| (*r, s))
+}
+
+/// SHA-512(R || A || msg), which reduced is the signature's `k`.
+fn ed25519_challenge(r: &[u8; 32], key: &ed25519_dalek::VerifyingKey, msg: &[u8]) -> [u8; 64] {
+    use sha2::Sha512;
+    Sha512::new()
+        .chain_update(r)
+        .chain_update(key.as_bytes())
+        .chain_update(msg)
+        .finalize()
+        .into()
 }
 
 enum SecretInner {
