@@ -354,8 +354,37 @@ fn bench_cold(c: &mut Criterion) {
     };
     assert!(floor(), "the floor must verify the fixture's signatures");
 
+    // A sub-agent's new chain below its parent's, which this verifier has
+    // already verified (the parent acted with it): only the leaf is new.
+    let below_verifier = Verifier::new(m.keys.clone());
+    let (parent_chain, _) = m.three_hop.rsplit_once('~').unwrap();
+    below_verifier.verify(parent_chain).unwrap();
+    let below = || {
+        let chain = below_verifier
+            .verify_unstored(black_box(&m.three_hop))
+            .unwrap();
+        decide(&chain, &m.request, None, &m.state, m.now).allow
+    };
+    assert!(below());
+    // Its floor: the leaf's one signature, checked alone.
+    let leaf_floor = {
+        let (messages, signatures, keys) = signature_floor(&m.three_hop);
+        let (message, signature, key) = (messages[2].clone(), signatures[2], keys[2]);
+        move || key.verify_strict(&message, &signature).is_ok()
+    };
+    assert!(
+        leaf_floor(),
+        "the leaf floor must verify the leaf's signature"
+    );
+
     let mut g = c.benchmark_group("cold_3hop");
     g.bench_function("floor/ed25519_verify_batch_3", |bench| bench.iter(floor));
+    g.bench_function("floor/ed25519_verify_strict_leaf", |bench| {
+        bench.iter(&leaf_floor)
+    });
+    g.bench_function("mandate/leaf_below_verified_parent_chain", |bench| {
+        bench.iter(below)
+    });
     g.bench_function("mandate/verify_uncached_and_decide", |bench| {
         bench.iter(mandate_cold)
     });

@@ -418,7 +418,9 @@ impl Verifier {
         self
     }
 
-    /// Verifies a presented chain, from the cache when it was verified before.
+    /// Verifies a presented chain, from the cache when it was verified before;
+    /// else as [`Verifier::verify_unstored`] does (building on a cached
+    /// leading part of it), then stores it.
     ///
     /// The cache is keyed by a keyed hash (SipHash, random key) of the
     /// chain's signature segments (short, so the lookup is cheap), and a hit
@@ -441,7 +443,7 @@ impl Verifier {
             return Ok(Arc::clone(hit));
         }
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let chain = Arc::new(self.verify_uncached(presented)?);
+        let chain = Arc::new(self.verify_unstored(presented)?);
         if self.cache_capacity > 0
             && let Ok(mut cache) = self.cache.write()
             && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
@@ -460,11 +462,70 @@ impl Verifier {
     /// See [`ChainError`].
     pub fn verify_uncached(&self, presented: &str) -> Result<VerifiedChain, ChainError> {
         let parts = split(presented)?;
+        self.verify_parts(&parts, Vec::new())
+    }
+
+    /// Verifies a presented chain as [`Verifier::verify`] does on a miss,
+    /// without storing the result: when a leading part of the chain (the
+    /// string up to one of its `~`) is in the cache, that part's mandates
+    /// are taken from it and only the mandates after it are verified.
+    ///
+    /// # Errors
+    /// See [`ChainError`].
+    pub fn verify_unstored(&self, presented: &str) -> Result<VerifiedChain, ChainError> {
+        let presented = presented.trim();
+        match self.cached_prefix(presented) {
+            Some(prefix) => {
+                let parts = split(presented)?;
+                let mut base = prefix.mandates.clone();
+                // The prefix's leaf becomes a parent: its child links to it
+                // by the hash of its JWS, which a leaf does not keep.
+                let at = base.len().saturating_sub(1);
+                if let (Some(parent), Some(part)) = (base.last_mut(), parts.get(at)) {
+                    parent.jws_sha256 = Some(sha256_b64(part.as_bytes()));
+                }
+                self.verify_parts(&parts, base)
+            }
+            None => self.verify_uncached(presented),
+        }
+    }
+
+    /// The cached chain of the longest leading part of `presented` that ends
+    /// just before a `~`, if any: found as a whole chain is, by its keyed
+    /// hash, and taken only when its string equals that part byte for byte.
+    fn cached_prefix(&self, presented: &str) -> Option<Arc<VerifiedChain>> {
+        if self.cache_capacity == 0 {
+            return None;
+        }
+        let cache = self.cache.read().ok()?;
+        if cache.is_empty() {
+            return None;
+        }
+        presented
+            .rmatch_indices(CHAIN_SEPARATOR)
+            .take(MAX_CHAIN_DEPTH)
+            .find_map(|(at, _)| {
+                let prefix = presented.get(..at)?;
+                let (stored, chain) = cache.get(&self.cache_key(prefix))?;
+                (stored.as_ref() == prefix).then(|| Arc::clone(chain))
+            })
+    }
+
+    /// Verifies `parts` after the first `base.len()`, whose mandates `base`
+    /// holds already verified (the leading part of a chain found in the
+    /// cache, its leaf's JWS hash filled in), and builds the whole chain.
+    fn verify_parts(
+        &self,
+        parts: &[&str],
+        base: Vec<VerifiedMandate>,
+    ) -> Result<VerifiedChain, ChainError> {
         let keys = self.keys();
-        let mut mandates: Vec<VerifiedMandate> = Vec::with_capacity(parts.len());
+        let skip = base.len();
+        let mut mandates = base;
+        mandates.reserve(parts.len().saturating_sub(skip));
         let mut pending: Vec<(VerifyingKey, &str, Vec<u8>)> = Vec::with_capacity(parts.len());
         let last = parts.len().saturating_sub(1);
-        for (index, part) in parts.iter().enumerate() {
+        for (index, part) in parts.iter().enumerate().skip(skip) {
             let (d, claims) = decode_mandate(index, part, &self.algorithms)?;
             validate(&claims, CheckConditions::Skip)
                 .map_err(|problems| ChainError::Invalid { index, problems })?;

@@ -441,3 +441,123 @@ fn an_agent_cannot_sign_its_own_discovery_grant() {
     let resigned = format!("{head}~{}", sign_raw(&agent_key(), &header, &payload));
     assert_eq!(codes(verifier().verify(&resigned)), ["signature_invalid"]);
 }
+
+/// root~child~grandchild, where the child binds the sub-agent's key.
+fn three_hops() -> (String, String) {
+    let child = child_of(&root(2), &agent_key(), &search_only_spec(1), "mnd-child").unwrap();
+    let mut spec = search_only_spec(0);
+    spec.agent.id = AgentId::new("urn:agent:procurement/leaf@1").unwrap();
+    spec.agent.cnf = None;
+    spec.lifecycle = lifecycle("2025-10-05T00:00:00Z");
+    let grandchild = child_of(&child, &sub_agent_key(), &spec, "mnd-grandchild").unwrap();
+    (child, grandchild)
+}
+
+/// What a verifier that has seen nothing says of `presented`, and what one
+/// that has verified `seen` first says: they must agree.
+fn alone_and_below(seen: &str, presented: &str) -> (Vec<String>, Vec<String>) {
+    let warm = verifier();
+    warm.verify(seen).unwrap();
+    (
+        codes(verifier().verify(presented)),
+        codes(warm.verify(presented)),
+    )
+}
+
+#[test]
+fn a_chain_below_one_already_verified_is_the_chain_verified_whole() {
+    let (child, grandchild) = three_hops();
+    let warm = verifier();
+    warm.verify(&child).unwrap();
+    let below = warm.verify(&grandchild).unwrap();
+    let whole = verifier().verify_uncached(&grandchild).unwrap();
+    assert_eq!(below.ids(), whole.ids());
+    assert_eq!(below.mandates().len(), 3);
+    for (b, w) in below.mandates().iter().zip(whole.mandates()) {
+        assert_eq!(b.claims(), w.claims());
+        assert_eq!(b.jws_sha256(), w.jws_sha256(), "{}", b.id());
+    }
+    // The child was the leaf of the chain seen first; below it, it is a
+    // parent, linked by the hash of its JWS.
+    assert!(below.mandates()[1].jws_sha256().is_some());
+    assert_eq!(below.leaf().jws_sha256(), None);
+    let origins = |c: &VerifiedChain| -> Vec<(String, usize)> {
+        c.conditions()
+            .iter()
+            .map(|c| (c.condition.id.to_string(), c.origin))
+            .collect()
+    };
+    assert_eq!(origins(&below), origins(&whole));
+    assert_eq!(
+        below.holder_key().map(|k| k.kid().to_owned()),
+        whole.holder_key().map(|k| k.kid().to_owned())
+    );
+    let request = as_leaf_of(&below, &search());
+    assert_eq!(
+        decide(&below, &request, None, &active_facts(), during()),
+        decide(&whole, &request, None, &active_facts(), during())
+    );
+}
+
+#[test]
+fn a_forged_leaf_below_a_verified_chain_is_refused_as_it_would_be_alone() {
+    let (child, _) = three_hops();
+    let mut spec = search_only_spec(0);
+    spec.agent.cnf = None;
+    spec.lifecycle = lifecycle("2025-10-05T00:00:00Z");
+    // Signed by a key the child does not bind.
+    let thief = forge_child(&child, &intruder_key(), &spec, |_| {});
+    // Signed by the right key, but wider than its parent.
+    let wider = forge_child(&child, &sub_agent_key(), &spec, |c| {
+        c.authorization_details[0]
+            .actions
+            .push("initiate_onboarding".into());
+    });
+    // Signed by the right key, but naming another parent.
+    let spliced = forge_child(&child, &sub_agent_key(), &spec, |c| {
+        c.delegation_chain[1].jws_sha256 = "A".repeat(43);
+    });
+    // One signature byte of the leaf changed.
+    let mut flipped = forge_child(&child, &sub_agent_key(), &spec, |_| {});
+    let last = flipped.pop().unwrap();
+    flipped.push(if last == 'A' { 'B' } else { 'A' });
+    for (name, presented) in [
+        ("thief", &thief),
+        ("wider", &wider),
+        ("spliced", &spliced),
+        ("flipped", &flipped),
+    ] {
+        let (alone, below) = alone_and_below(&child, presented);
+        assert!(!alone.is_empty(), "{name} must be refused");
+        assert_eq!(below, alone, "{name}");
+    }
+}
+
+#[test]
+fn a_leaf_is_not_verified_below_a_chain_that_differs_from_the_one_verified() {
+    let (child, grandchild) = three_hops();
+    let (_, leaf) = grandchild.rsplit_once('~').unwrap();
+    // The same leaf below another root with the same agent and key: the
+    // verified chain is not a prefix of this one, whatever its leaf.
+    let mut other = procurement_claims(2);
+    other.mandate_id = MandateId::new("mnd-other").unwrap();
+    other.jti = "mnd-other".into();
+    let other_root = issue_root(&authority(), &other).unwrap();
+    let (_, child_part) = child.split_once('~').unwrap();
+    let (alone, below) = alone_and_below(&child, &format!("{other_root}~{child_part}~{leaf}"));
+    assert_eq!(alone, ["chain_link_mismatch"]);
+    assert_eq!(below, alone);
+}
+
+#[test]
+fn a_chain_verified_under_keys_since_replaced_is_not_built_upon() {
+    let (child, grandchild) = three_hops();
+    let v = verifier();
+    v.verify(&child).unwrap();
+    // The authority's key is retired: what it signed no longer verifies,
+    // even below a chain verified while it was trusted.
+    let mut keys = mandate_core::keys::KeySet::new();
+    keys.insert(intruder_key().verifying_key().unwrap());
+    v.set_keys(keys);
+    assert_eq!(codes(v.verify(&grandchild)), ["unknown_kid"]);
+}
