@@ -15,7 +15,7 @@ command -v valgrind > /dev/null || { echo "needs valgrind (Debian: apt-get insta
 
 build() { # $1: source tree, $2: target dir; the examples that tree has
   local examples=()
-  for ex in profile_cold profile_attenuate profile_warm profile_pop; do
+  for ex in profile_cold profile_below profile_attenuate profile_warm profile_pop; do
     [ -f "$1/crates/mandate-bench/examples/$ex.rs" ] && examples+=(--example "$ex")
   done
   CARGO_TARGET_DIR="$2" cargo build -q --release -p mandate-bench --manifest-path "$1/Cargo.toml" "${examples[@]}"
@@ -39,6 +39,7 @@ pop_op() { # the pop loop alone (its proofs are made outside the counted functio
 measure() { # $1: examples dir; prints one count per line, in the order of `paths`
   local d="$1"
   per_op "$d" 200 profile_cold
+  if [ -x "$d/profile_below" ]; then per_op "$d" 200 profile_below; else echo "-"; fi
   per_op "$d" 200 profile_attenuate
   per_op "$d" 200 profile_attenuate read
   per_op "$d" 20000 profile_warm
@@ -47,6 +48,7 @@ measure() { # $1: examples dir; prints one count per line, in the order of `path
 }
 paths=(
   "cold: 3-hop chain from its wire string, verified and decided"
+  "the same chain's new leaf, its first two hops verified before"
   "attenuate: derive, check, sign and encode a child, from the parent's string"
   "attenuate: the same from a parent read once"
   "warm: decide on a verified chain held"
@@ -70,6 +72,6 @@ printf '| %s | %s | %s | %s |\n| --- | ---: | ---: | ---: |\n' "path (instructio
 for i in "${!paths[@]}"; do
   b="${before[$i]}"; a="${now[$i]}"
   change="-"
-  [ "$b" != "-" ] && change=$(python3 -c "print(f'{($a - $b) / $b * 100:+.1f}%')")
+  [ "$b" != "-" ] && [ "$a" != "-" ] && change=$(python3 -c "print(f'{($a - $b) / $b * 100:+.1f}%')")
   printf '| %s | %s | %s | %s |\n' "${paths[$i]}" "$b" "$a" "$change"
 done
