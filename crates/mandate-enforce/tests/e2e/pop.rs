@@ -438,3 +438,134 @@ fn a_forged_proof_among_concurrent_honest_ones_is_refused_alone_at_the_gateway()
     }
     gw.stop();
 }
+
+/// A sub-agent's chain below its parent's, which the gateway has already
+/// verified (the parent acted with it, so the gateway keeps it and checks
+/// only the new leaf): the honest child is allowed, and children forged
+/// below that same verified chain are refused with the reason a gateway
+/// that had seen nothing would give. Over the real socket.
+#[test]
+fn a_child_forged_below_a_chain_the_gateway_already_verified_is_refused() {
+    use mandate_core::keys::{Algorithm, SigningKey};
+    let dir = temp("pop-below");
+    let (authority, _state) = start_authority(&dir, "127.0.0.1:0");
+    let upstream = stub_github();
+    let mut request = pr_request(654);
+    request["delegation"] = json!({"permitted": true, "max_additional_hops": 1, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"});
+    let (_, mandate) = grant(&dir, authority.addr, &request);
+    let (gateway, gw) = start_gateway(
+        &dir,
+        authority.addr,
+        upstream.addr,
+        Delivery::Poll,
+        "https://api.github.com",
+    );
+    let g = gateway.addr;
+    let token = Some("gho_still_valid");
+    let (st, body) = read_with(g, &mandate, 654, Some(proof("GET", &url(g, 654), token)));
+    assert_eq!(st, 200, "the parent acts first: {body}");
+
+    let sub = SigningKey::from_seed(Algorithm::EdDSA, [11; 32]);
+    let now = mandate_core::timestamp::UnixTime::from_secs(now_secs()).unwrap();
+    let mut jti = 0;
+    let mut as_sub = |chain: &str, key: &SigningKey| {
+        jti += 1;
+        let p = mandate_core::pop::make_proof(
+            key,
+            "GET",
+            &url(g, 654),
+            token,
+            &format!("sub-{jti}"),
+            now,
+        );
+        read_with(g, chain, 654, Some(p))
+    };
+    let spec = |actions: Value| -> mandate_core::chain::ChildSpec {
+        serde_json::from_value(json!({
+            "agent": {"id": "urn:agent:code/pr-reader@1.0", "instance": "sub-1", "cnf": {"jwk": sub.public_jwk()}},
+            "authorization_details": [{"type": "github_pull_request", "locations": ["https://api.github.com/repos/acme/app"],
+                "resource": {"repo": "acme/app", "number": 654}, "actions": actions}],
+            "lifecycle": {"hard_expiry": "2098-01-01T00:00:00Z"},
+            "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"}
+        }))
+        .unwrap()
+    };
+    let id = |s: &str| mandate_core::id::MandateId::new(s).unwrap();
+    // Signs a child's claims, built from `spec` and then edited, with `key`.
+    let forge = |key: &SigningKey, edit: &dyn Fn(&mut mandate_core::model::MandateClaims)| {
+        let parents = mandate_core::chain::parse_unverified(&mandate).unwrap();
+        let parent = parents.last().unwrap();
+        let mut claims = mandate_core::chain::child_claims(
+            &parent.claims,
+            &parent.jws_sha256,
+            &spec(json!(["read"])),
+            id("mnd-forged-654"),
+            now,
+        );
+        edit(&mut claims);
+        let kid = holder().public_jwk().thumbprint();
+        let leaf = mandate_core::jws::sign_with_kid(
+            key,
+            &kid,
+            mandate_core::model::MANDATE_TYP,
+            &serde_json::to_vec(&claims).unwrap(),
+        );
+        format!("{mandate}~{leaf}")
+    };
+
+    // What a verifier that has seen nothing trusts: the authority's keys.
+    let (st, jwks) = http(authority.addr, "GET", "/.well-known/jwks.json", &[], "");
+    assert_eq!(st, 200);
+    let (authority_keys, _) =
+        mandate_core::keys::KeySet::from_jwks_skipping_unknown(&jwks).unwrap();
+
+    // The honest child, derived with the parent's holder key.
+    let child = mandate_core::chain::derive_child(
+        &mandate,
+        &holder(),
+        &spec(json!(["read"])),
+        id("mnd-sub-654"),
+        now,
+    )
+    .unwrap();
+    let (st, body) = as_sub(&child, &sub);
+    assert_eq!(st, 200, "the honest child: {body}");
+
+    // A thief signs its own child below the verified chain.
+    let thief = SigningKey::from_seed(Algorithm::EdDSA, [7; 32]);
+    let stolen = forge(&thief, &|_| {});
+    // The parent's holder signs a child wider than its parent.
+    let wider = forge(&holder(), &|c| {
+        c.authorization_details[0].actions.push("merge".into());
+    });
+    // One byte of the honest child's signature changed.
+    let mut flipped = child.clone();
+    let last = flipped.pop().unwrap();
+    flipped.push(if last == 'A' { 'B' } else { 'A' });
+    for (name, chain, reason) in [
+        ("stolen", &stolen, "signature_invalid"),
+        ("wider", &wider, "attenuation_violation:actions"),
+        ("flipped", &flipped, "signature_invalid"),
+    ] {
+        let alone = mandate_core::chain::Verifier::new(authority_keys.clone())
+            .verify(chain)
+            .map(|_| Vec::new())
+            .unwrap_or_else(|e| e.codes());
+        let (st, body) = as_sub(chain, &sub);
+        assert_eq!(st, 403, "{name}: {body}");
+        assert_eq!(
+            body["reasons"],
+            json!(alone),
+            "{name}: as a verifier that saw nothing says"
+        );
+        assert!(
+            body["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().starts_with(reason)),
+            "{name}: {body}"
+        );
+    }
+    gw.stop();
+}
