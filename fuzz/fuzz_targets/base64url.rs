@@ -13,6 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let ours = b64::decode(data).ok();
     assert_eq!(ours, REFERENCE.decode(data).ok(), "the decoders differ");
     if let Some(bytes) = ours {
-        assert_eq!(b64::encode(&bytes).as_bytes(), data, "one encoding per byte string");
+        assert_eq!(
+            b64::encode(&bytes).as_bytes(),
+            data,
+            "one encoding per byte string"
+        );
     }
 });

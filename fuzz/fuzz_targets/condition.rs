@@ -4,14 +4,25 @@
 
 use libfuzzer_sys::fuzz_target;
 use mandate_core::condition::{CompiledCondition, Facts};
-use mandate_core::model::{Condition, Evaluation, OnFailure};
 use mandate_core::id::ConditionId;
+use mandate_core::model::{Condition, Evaluation, OnFailure};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(expression) = std::str::from_utf8(data) else { return };
-    let Ok(id) = ConditionId::new("fuzz") else { return };
-    let c = Condition { id, expression: expression.to_owned(), evaluation: Evaluation::PerAction, on_failure: OnFailure::Deny };
-    let Ok(compiled) = CompiledCondition::new(&c) else { return };
+    let Ok(expression) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(id) = ConditionId::new("fuzz") else {
+        return;
+    };
+    let c = Condition {
+        id,
+        expression: expression.to_owned(),
+        evaluation: Evaluation::PerAction,
+        on_failure: OnFailure::Deny,
+    };
+    let Ok(compiled) = CompiledCondition::new(&c) else {
+        return;
+    };
     let facts = Facts::from_json(serde_json::json!({
         "procurement": {"contingency_program": {"status": "active"}, "budget": {"remaining": 10}},
         "list": [1, 2, 3], "text": "abc"

@@ -11,10 +11,13 @@ use mandate_core::model::MandateClaims;
 use mandate_core::prelude::*;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(request) = from_slice_strict::<EvaluationRequest>(data) else { return };
+    let Ok(request) = from_slice_strict::<EvaluationRequest>(data) else {
+        return;
+    };
     let authority = SigningKey::from_seed(Algorithm::EdDSA, [1; 32]);
     let claims: MandateClaims =
-        serde_json::from_str(include_str!("../../testdata/procurement-mandate.json")).expect("claims");
+        serde_json::from_str(include_str!("../../testdata/procurement-mandate.json"))
+            .expect("claims");
     let jws = issue_root(&authority, &claims).expect("issues");
     let mut keys = KeySet::new();
     keys.insert(authority.verifying_key().expect("key"));
@@ -22,12 +25,20 @@ fuzz_target!(|data: &[u8]| {
     let now = UnixTime::parse_rfc3339("2025-10-02T09:00:00Z").expect("time");
     let mut state = StateSnapshot::new();
     state.set_facts(
-        Facts::from_json(serde_json::json!({"procurement": {"contingency_program": {"status": "active"}}}))
-            .expect("facts"),
+        Facts::from_json(
+            serde_json::json!({"procurement": {"contingency_program": {"status": "active"}}}),
+        )
+        .expect("facts"),
     );
     let d = decide(&chain, &request, None, &state, now);
     if d.allow {
         assert_eq!(request.resource.type_, "vendor_portal");
-        assert!(request.resource.id.to_ascii_lowercase().starts_with("https://vendor-portal.example.com"));
+        assert!(
+            request
+                .resource
+                .id
+                .to_ascii_lowercase()
+                .starts_with("https://vendor-portal.example.com")
+        );
     }
 });

@@ -8,11 +8,17 @@ use mandate_core::pop::{ProofTarget, ReplayCache, verify_proof};
 use mandate_core::timestamp::UnixTime;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let mut parts = text.splitn(3, '\n');
-    let (Some(proof), htu, htm) = (parts.next(), parts.next(), parts.next()) else { return };
+    let (Some(proof), htu, htm) = (parts.next(), parts.next(), parts.next()) else {
+        return;
+    };
     let holder = SigningKey::from_seed(Algorithm::EdDSA, [3; 32]);
-    let Ok(key) = holder.verifying_key() else { return };
+    let Ok(key) = holder.verifying_key() else {
+        return;
+    };
     let target = ProofTarget {
         htm: htm.unwrap_or("GET"),
         htu: htu.unwrap_or("https://gw.example.com/x"),

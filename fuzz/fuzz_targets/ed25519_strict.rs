@@ -29,7 +29,11 @@ fn strict(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
 
 fn check(key_bytes: &[u8; 32], key: &VerifyingKey, msg: &[u8], sig: &[u8]) {
     let ours = key.verify(msg, sig);
-    assert_eq!(ours, strict(key_bytes, msg, sig), "single check disagrees with verify_strict");
+    assert_eq!(
+        ours,
+        strict(key_bytes, msg, sig),
+        "single check disagrees with verify_strict"
+    );
     let twice = [(key, msg, sig), (key, msg, sig)];
     if VerifyingKey::verify_batch(twice.into_iter()) {
         assert!(ours, "a batch passed a signature the strict check refuses");
@@ -37,18 +41,24 @@ fn check(key_bytes: &[u8; 32], key: &VerifyingKey, msg: &[u8], sig: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (Some(key), Some(sig)) = (data.get(..32), data.get(32..96)) else { return };
+    let (Some(key), Some(sig)) = (data.get(..32), data.get(32..96)) else {
+        return;
+    };
     let msg = data.get(96..).unwrap_or_default();
-    let Ok(key_bytes) = <[u8; 32]>::try_from(key) else { return };
+    let Ok(key_bytes) = <[u8; 32]>::try_from(key) else {
+        return;
+    };
     if let Some(k) = key_from_bytes(&key_bytes) {
         check(&key_bytes, &k, msg, sig);
     }
     // An honest signature, altered by the input's first 64 bytes.
     let signer = SigningKey::from_seed(Algorithm::EdDSA, [7; 32]);
-    let Ok(public) = signer.verifying_key() else { return };
-    let Ok(public_bytes) = <[u8; 32]>::try_from(
-        mandate_core::b64::decode(&public.jwk().x).unwrap_or_default(),
-    ) else {
+    let Ok(public) = signer.verifying_key() else {
+        return;
+    };
+    let Ok(public_bytes) =
+        <[u8; 32]>::try_from(mandate_core::b64::decode(&public.jwk().x).unwrap_or_default())
+    else {
         return;
     };
     let mut honest = signer.sign(msg);

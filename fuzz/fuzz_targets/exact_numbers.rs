@@ -18,7 +18,11 @@ fn depth(v: &serde_json::Value) -> usize {
 
 fuzz_target!(|data: &[u8]| {
     let checked = check_no_duplicates(data);
-    assert_eq!(checked, check_thoroughly(data), "the shortcut and the walk differ");
+    assert_eq!(
+        checked,
+        check_thoroughly(data),
+        "the shortcut and the walk differ"
+    );
     if checked.is_err() {
         return;
     }

@@ -7,8 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 use mandate_authority::auth::Issuers;
 use mandate_authority::http::events::github_signature_ok;
-use mandate_authority::service::events::{Event, github_event};
 use mandate_authority::http::requests::MandateRequest;
+use mandate_authority::service::events::{Event, github_event};
 use mandate_core::json::from_slice_strict;
 use mandate_core::keys::{Algorithm, KeySet, SigningKey};
 
@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(text) = std::str::from_utf8(data) {
         assert!(issuers.verify(text, 1_700_000_000).is_err());
-        assert!(!github_signature_ok(b"a-webhook-secret-of-some-length", data, Some(text)));
+        assert!(!github_signature_ok(
+            b"a-webhook-secret-of-some-length",
+            data,
+            Some(text)
+        ));
     }
     if let Ok(payload) = from_slice_strict::<serde_json::Value>(data) {
         let _ = github_event("pull_request", &payload);
@@ -40,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(pairs) = mandate_authority::http::oauth::form(data) {
         let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
         names.sort_unstable();
-        assert!(names.windows(2).all(|w| w[0] != w[1]), "a parameter given twice is refused");
+        assert!(
+            names.windows(2).all(|w| w[0] != w[1]),
+            "a parameter given twice is refused"
+        );
     }
     let _ = from_slice_strict::<Event>(data);
     if let Ok(shipment) = mandate_authority::http::authzen::parse_shipment(data) {

@@ -7,7 +7,9 @@ use mandate_core::keys::{Algorithm, KeySet, SigningKey};
 use mandate_core::prelude::*;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let authority = SigningKey::from_seed(Algorithm::EdDSA, [1; 32]);
     let mut keys = KeySet::new();
     if let Ok(k) = authority.verifying_key() {

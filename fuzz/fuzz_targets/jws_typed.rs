@@ -13,9 +13,15 @@ use mandate_core::keys::Algorithm;
 use mandate_core::model::{MANDATE_TYP, MandateClaims};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, payload)) = data.split_first() else { return };
+    let Some((&mode, payload)) = data.split_first() else {
+        return;
+    };
     let header = br#"{"alg":"EdDSA","kid":"k","typ":"mandate+jwt"}"#;
-    let signature = if mode & 1 == 0 { "A".repeat(86) } else { "!".into() };
+    let signature = if mode & 1 == 0 {
+        "A".repeat(86)
+    } else {
+        "!".into()
+    };
     let jws = format!("{}.{}.{signature}", B64.encode(header), B64.encode(payload));
     let allowed = [Algorithm::EdDSA].into();
     let reference = decode(&jws, &allowed, MANDATE_TYP)

@@ -15,7 +15,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut parts = text.splitn(5, '\n');
-    let (a, b, c, d, e) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next());
+    let (a, b, c, d, e) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    );
     if let Ok(p) = Paging::parse(a, b) {
         assert!((1..=500).contains(&p.limit));
     }
@@ -24,8 +30,15 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(Some((ms, id))) = created_position(list, Some(text)) {
             // What decodes names the position the list's own cursor for it names.
             let own = created_cursor(list, ms, &id);
-            assert_eq!(created_position(list, Some(&own)).ok().flatten(), Some((ms, id.clone())));
-            let other = if list == "requests" { "mandates" } else { "requests" };
+            assert_eq!(
+                created_position(list, Some(&own)).ok().flatten(),
+                Some((ms, id.clone()))
+            );
+            let other = if list == "requests" {
+                "mandates"
+            } else {
+                "requests"
+            };
             assert!(created_position(other, Some(text)).is_err());
         }
     }

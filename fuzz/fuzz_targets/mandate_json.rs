@@ -8,7 +8,9 @@ use mandate_core::model::MandateClaims;
 use mandate_core::validate::{CheckConditions, validate};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(claims) = from_slice_strict::<MandateClaims>(data) else { return };
+    let Ok(claims) = from_slice_strict::<MandateClaims>(data) else {
+        return;
+    };
     let _ = validate(&claims, CheckConditions::Compile);
     let again = serde_json::to_vec(&claims).expect("serializes");
     let back: MandateClaims = from_slice_strict(&again).expect("round-trips");
