@@ -318,6 +318,74 @@ impl VerifiedChain {
 /// A cached chain and the exact string it was verified from.
 type CacheEntry = (Arc<str>, Arc<VerifiedChain>);
 
+/// A bounded cache in two generations. New entries go into the current
+/// one; when it holds half the capacity, it becomes the previous one and the
+/// previous one is dropped. An entry found in the previous generation is
+/// put back into the current one (by its user). So an entry in use stays
+/// however many new ones arrive around it (an agent deriving fresh children
+/// by the thousand, or conditions by the thousand, evicts only what nobody
+/// used for a generation), and the cache never holds more than its
+/// capacity. Used for verified chains (by the keyed hash of their string)
+/// and compiled conditions (by expression).
+struct Generations<K, V, S = std::collections::hash_map::RandomState> {
+    current: HashMap<K, V, S>,
+    previous: HashMap<K, V, S>,
+}
+
+impl<K, V, S: Default> Default for Generations<K, V, S> {
+    fn default() -> Self {
+        Self {
+            current: HashMap::default(),
+            previous: HashMap::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher + Default> Generations<K, V, S> {
+    /// What `find` finds in the current generation, else in the previous
+    /// one, and whether it was in the previous one.
+    fn find<'a>(
+        &'a self,
+        find: impl Fn(&'a HashMap<K, V, S>) -> Option<&'a V>,
+    ) -> Option<(&'a V, bool)> {
+        find(&self.current)
+            .map(|v| (v, false))
+            .or_else(|| find(&self.previous).map(|v| (v, true)))
+    }
+
+    fn insert(&mut self, key: K, value: V, capacity: usize) {
+        if self.current.len() >= (capacity / 2).max(1) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, value);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.current.is_empty() && self.previous.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.current.clear();
+        self.previous.clear();
+    }
+}
+
+/// The verified chains a verifier keeps.
+type ChainCache = Generations<u64, CacheEntry, PreHashed>;
+
+/// The entry of `cache` stored for exactly `presented` (whose keyed hash is
+/// `key`), and whether it was in the previous generation.
+fn cached_chain<'a>(
+    cache: &'a ChainCache,
+    key: u64,
+    presented: &str,
+) -> Option<(&'a CacheEntry, bool)> {
+    cache.find(|map| {
+        map.get(&key)
+            .filter(|(stored, _)| stored.as_ref() == presented)
+    })
+}
+
 /// Verifies presented chains against the authority's keys, caching verified
 /// chains by the exact presented string (found by a keyed hash of its end,
 /// confirmed by comparing every byte) so a second decision on the same chain
@@ -335,12 +403,12 @@ pub struct Verifier {
     generation: std::sync::atomic::AtomicU64,
     algorithms: BTreeSet<Algorithm>,
     issuer: Option<String>,
-    cache: RwLock<HashMap<u64, CacheEntry, PreHashed>>,
+    cache: RwLock<ChainCache>,
     /// Keys the cache's hash (SipHash with a random key per verifier), so
     /// that nobody can craft strings that collide to thrash it.
     cache_hasher: std::collections::hash_map::RandomState,
     cache_capacity: usize,
-    programs: RwLock<HashMap<String, CompiledCondition>>,
+    programs: RwLock<Generations<String, CompiledCondition>>,
 }
 
 impl fmt::Debug for Verifier {
@@ -364,10 +432,10 @@ impl Verifier {
             generation: std::sync::atomic::AtomicU64::new(0),
             algorithms: [Algorithm::EdDSA].into(),
             issuer: None,
-            cache: RwLock::new(HashMap::default()),
+            cache: RwLock::new(ChainCache::default()),
             cache_hasher: std::collections::hash_map::RandomState::new(),
             cache_capacity: 10_000,
-            programs: RwLock::new(HashMap::new()),
+            programs: RwLock::new(Generations::default()),
         }
     }
 
@@ -411,7 +479,9 @@ impl Verifier {
         self
     }
 
-    /// Bounds the verified-chain cache (0 disables it).
+    /// Bounds the verified-chain cache (0 disables it). It keeps at most
+    /// `n` chains, in two generations of `n / 2`: a chain used within the
+    /// last generation stays, whatever else is presented.
     #[must_use]
     pub fn with_cache_capacity(mut self, n: usize) -> Self {
         self.cache_capacity = n;
@@ -435,25 +505,38 @@ impl Verifier {
         }
         let presented = presented.trim();
         let key = self.cache_key(presented);
-        if self.cache_capacity > 0
-            && let Ok(cache) = self.cache.read()
-            && let Some((stored, hit)) = cache.get(&key)
-            && stored.as_ref() == presented
-        {
-            return Ok(Arc::clone(hit));
-        }
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let found = self
+            .cache
+            .read()
+            .ok()
+            .filter(|_| self.cache_capacity > 0)
+            .and_then(|cache| {
+                cached_chain(&cache, key, presented).map(|((stored, chain), previous)| {
+                    (Arc::clone(stored), Arc::clone(chain), previous)
+                })
+            });
+        if let Some((stored, chain, previous)) = found {
+            if previous {
+                self.store(key, (stored, Arc::clone(&chain)), generation);
+            }
+            return Ok(chain);
+        }
         let chain = Arc::new(self.verify_unstored(presented)?);
+        self.store(key, (Arc::from(presented), Arc::clone(&chain)), generation);
+        Ok(chain)
+    }
+
+    /// Puts a verified chain into the cache's current generation, unless
+    /// the trusted keys were replaced since `generation` was read (it was
+    /// verified, or found, under the keys before).
+    fn store(&self, key: u64, entry: CacheEntry, generation: u64) {
         if self.cache_capacity > 0
             && let Ok(mut cache) = self.cache.write()
             && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
         {
-            if cache.len() >= self.cache_capacity {
-                cache.clear();
-            }
-            cache.insert(key, (Arc::from(presented), Arc::clone(&chain)));
+            cache.insert(key, entry, self.cache_capacity);
         }
-        Ok(chain)
     }
 
     /// Verifies without consulting or filling the cache.
@@ -506,8 +589,8 @@ impl Verifier {
             .take(MAX_CHAIN_DEPTH)
             .find_map(|(at, _)| {
                 let prefix = presented.get(..at)?;
-                let (stored, chain) = cache.get(&self.cache_key(prefix))?;
-                (stored.as_ref() == prefix).then(|| Arc::clone(chain))
+                let ((_, chain), _) = cached_chain(&cache, self.cache_key(prefix), prefix)?;
+                Some(Arc::clone(chain))
             })
     }
 
@@ -665,19 +748,24 @@ impl Verifier {
     /// Compiles a condition, reusing the program of an identical expression
     /// seen before (conditions repeat across the mandates of one authority).
     fn compile(&self, c: &Condition) -> Result<CompiledCondition, ConditionError> {
-        if let Ok(programs) = self.programs.read()
-            && let Some(p) = programs.get(&c.expression)
-        {
-            return Ok(p.with_identity(c));
-        }
-        let compiled = CompiledCondition::new(c)?;
-        if self.cache_capacity > 0
+        let found = self.programs.read().ok().and_then(|programs| {
+            programs
+                .find(|map| map.get(&c.expression))
+                .map(|(p, previous)| (p.with_identity(c), previous))
+        });
+        let (compiled, store) = match found {
+            Some(found) => found,
+            None => (CompiledCondition::new(c)?, true),
+        };
+        if store
+            && self.cache_capacity > 0
             && let Ok(mut programs) = self.programs.write()
         {
-            if programs.len() >= PROGRAM_CACHE_CAPACITY {
-                programs.clear();
-            }
-            programs.insert(c.expression.clone(), compiled.clone());
+            programs.insert(
+                c.expression.clone(),
+                compiled.clone(),
+                PROGRAM_CACHE_CAPACITY,
+            );
         }
         Ok(compiled)
     }

@@ -434,3 +434,38 @@ fn an_amount_just_above_the_cap_is_not_rounded_into_it() {
         mandate_core::json::from_slice_strict::<EvaluationRequest>(text.as_bytes()).unwrap_err();
     assert_eq!(err.path, "resource.properties.amount");
 }
+
+/// An agent allowed to delegate can derive fresh children by the thousand
+/// and present each once: the chains other agents use must stay verified
+/// (no signature work again for them), and the cache must stay bounded.
+#[test]
+fn a_chain_in_use_stays_verified_while_new_chains_are_presented_around_it() {
+    let v = verifier().with_cache_capacity(8);
+    let in_use = root(1);
+    let first = v.verify(&in_use).unwrap();
+    for i in 0..40 {
+        let mut claims = procurement_claims(1);
+        claims.mandate_id = MandateId::new(format!("mnd-flood-{i}")).unwrap();
+        claims.jti = claims.mandate_id.to_string();
+        let fresh = mandate_core::chain::issue_root(&authority(), &claims).unwrap();
+        v.verify(&fresh).unwrap();
+        if i % 3 == 0 {
+            assert!(
+                Arc::ptr_eq(&first, &v.verify(&in_use).unwrap()),
+                "after {} new chains, the chain in use was verified again",
+                i + 1
+            );
+        }
+    }
+    // A chain nobody used for a generation is gone: verified again, a new
+    // verified chain.
+    let unused = v.verify(&root(2)).unwrap();
+    for i in 0..8 {
+        let mut claims = procurement_claims(1);
+        claims.mandate_id = MandateId::new(format!("mnd-later-{i}")).unwrap();
+        claims.jti = claims.mandate_id.to_string();
+        v.verify(&mandate_core::chain::issue_root(&authority(), &claims).unwrap())
+            .unwrap();
+    }
+    assert!(!Arc::ptr_eq(&unused, &v.verify(&root(2)).unwrap()));
+}
