@@ -35,6 +35,11 @@ struct CheckedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HowLabels {
+    how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     method: String,
     route: String,
@@ -67,6 +72,7 @@ pub struct Metrics {
     proof_signatures: Family<CheckedLabels, Counter>,
     proof_batches: Counter,
     proof_rechecked: Counter,
+    chains: Family<HowLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -142,6 +148,13 @@ impl Default for Metrics {
             "Proof signatures checked again one by one because their batch failed",
             proof_rechecked.clone(),
         );
+        let chains = Family::<HowLabels, Counter>::default();
+        registry.register(
+            "mandate_chains_verified",
+            "Presented chains, by how they were verified: cached (found verified, no signature), \
+             below_cached (only the mandates after a verified leading part), whole (from the root)",
+            chains.clone(),
+        );
         let start: Gauge = Gauge::default();
         start.set(crate::auth::now_secs());
         registry.register(
@@ -163,6 +176,7 @@ impl Default for Metrics {
             proof_signatures,
             proof_batches,
             proof_rechecked,
+            chains,
         }
     }
 }
@@ -275,6 +289,21 @@ impl Metrics {
         self.proof_rechecked.inner().store(c.rechecked, Relaxed);
     }
 
+    /// Takes the chain verifier's counts (monotonic), at each scrape.
+    pub fn chains_verified(&self, c: mandate_core::chain::VerifyCounts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (how, n) in [
+            ("cached", c.cached),
+            ("below_cached", c.below_cached),
+            ("whole", c.whole),
+        ] {
+            self.chains
+                .get_or_create(&HowLabels { how })
+                .inner()
+                .store(n, Relaxed);
+        }
+    }
+
     /// The OpenMetrics text exposition.
     #[must_use]
     pub fn render(&self) -> String {
@@ -327,6 +356,19 @@ mod tests {
             r#"mandate_proof_signatures_total{checked="batch"} 40"#,
             "mandate_proof_signature_batches_total 9",
             "mandate_proof_signatures_rechecked_total 4",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        m.chains_verified(mandate_core::chain::VerifyCounts {
+            cached: 7,
+            below_cached: 2,
+            whole: 1,
+        });
+        let text = m.render();
+        for line in [
+            r#"mandate_chains_verified_total{how="cached"} 7"#,
+            r#"mandate_chains_verified_total{how="below_cached"} 2"#,
+            r#"mandate_chains_verified_total{how="whole"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

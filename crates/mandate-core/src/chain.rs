@@ -315,6 +315,21 @@ impl VerifiedChain {
     }
 }
 
+/// How a verifier's chains were verified, counted since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyCounts {
+    /// Found verified in the cache: no signature checked.
+    pub cached: u64,
+    /// Verified below a cached leading part: only the mandates after it.
+    pub below_cached: u64,
+    /// Verified from the root: every mandate.
+    pub whole: u64,
+}
+
+const COUNT_CACHED: usize = 0;
+const COUNT_BELOW: usize = 1;
+const COUNT_WHOLE: usize = 2;
+
 /// A cached chain and the exact string it was verified from.
 type CacheEntry = (Arc<str>, Arc<VerifiedChain>);
 
@@ -404,6 +419,8 @@ pub struct Verifier {
     algorithms: BTreeSet<Algorithm>,
     issuer: Option<String>,
     cache: RwLock<ChainCache>,
+    /// How [`Verifier::verify`] answered: see [`VerifyCounts`].
+    counts: [std::sync::atomic::AtomicU64; 3],
     /// Keys the cache's hash (SipHash with a random key per verifier), so
     /// that nobody can craft strings that collide to thrash it.
     cache_hasher: std::collections::hash_map::RandomState,
@@ -433,6 +450,7 @@ impl Verifier {
             algorithms: [Algorithm::EdDSA].into(),
             issuer: None,
             cache: RwLock::new(ChainCache::default()),
+            counts: Default::default(),
             cache_hasher: std::collections::hash_map::RandomState::new(),
             cache_capacity: 10_000,
             programs: RwLock::new(Generations::default()),
@@ -520,6 +538,7 @@ impl Verifier {
             if previous {
                 self.store(key, (stored, Arc::clone(&chain)), generation);
             }
+            self.count(COUNT_CACHED);
             return Ok(chain);
         }
         let chain = Arc::new(self.verify_unstored(presented)?);
@@ -559,6 +578,7 @@ impl Verifier {
         let presented = presented.trim();
         match self.cached_prefix(presented) {
             Some(prefix) => {
+                self.count(COUNT_BELOW);
                 let parts = split(presented)?;
                 let mut base = prefix.mandates.clone();
                 // The prefix's leaf becomes a parent: its child links to it
@@ -569,7 +589,33 @@ impl Verifier {
                 }
                 self.verify_parts(&parts, base)
             }
-            None => self.verify_uncached(presented),
+            None => {
+                self.count(COUNT_WHOLE);
+                self.verify_uncached(presented)
+            }
+        }
+    }
+
+    fn count(&self, which: usize) {
+        if let Some(c) = self.counts.get(which) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// How the chains presented to [`Verifier::verify`] and
+    /// [`Verifier::verify_unstored`] were verified so far (whether or not
+    /// they verified).
+    #[must_use]
+    pub fn counts(&self) -> VerifyCounts {
+        let get = |i: usize| {
+            self.counts
+                .get(i)
+                .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        VerifyCounts {
+            cached: get(COUNT_CACHED),
+            below_cached: get(COUNT_BELOW),
+            whole: get(COUNT_WHOLE),
         }
     }
 

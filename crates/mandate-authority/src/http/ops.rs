@@ -58,6 +58,7 @@ pub async fn checkpoint(
 /// `GET /metrics` (OpenMetrics text, which Prometheus scrapes).
 pub async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
     s.metrics.proof_signatures(s.signatures.counts());
+    s.metrics.chains_verified(s.verifier.counts());
     (
         [(
             header::CONTENT_TYPE,

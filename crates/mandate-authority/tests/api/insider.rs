@@ -76,6 +76,36 @@ fn a_sub_agent_presenting_its_ancestor_alone_gets_nothing() {
     assert_eq!(decide(&s, &c, &search_request(&child))["decision"], true);
 }
 
+/// A sub-agent's chain below its parent's, which the authority verified
+/// when the parent acted: only the child is checked (counted on /metrics as
+/// `below_cached`), and the next decision finds the whole chain verified.
+#[test]
+fn a_sub_agents_chain_is_verified_below_its_parents_and_counted() {
+    let s = Server::start("below-cached");
+    let c = Cast::new(&s);
+    active(&s, &c);
+    let (_, root) = grant(&s, &c, &procurement_request("vp@acme.example"));
+    assert_eq!(decide(&s, &c, &search_request(&root))["decision"], true);
+    let counts = || -> [u64; 3] {
+        let (st, m) = s.call("GET", "/metrics", None, None);
+        assert_eq!(st, 200);
+        let text = m.as_str().unwrap().to_owned();
+        ["cached", "below_cached", "whole"].map(|how| {
+            let name = format!(r#"mandate_chains_verified_total{{how="{how}"}}"#);
+            text.lines()
+                .find_map(|l| l.strip_prefix(name.as_str())?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+        })
+    };
+    let before = counts();
+    let child = derive(&root, "mnd-sub-below");
+    assert_eq!(decide(&s, &c, &search_request(&child))["decision"], true);
+    assert_eq!(decide(&s, &c, &search_request(&child))["decision"], true);
+    let after = counts();
+    let delta: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, [1, 1, 0], "cached, below_cached, whole");
+}
+
 #[test]
 fn an_authzen_request_without_a_proper_subject_is_malformed_not_a_decision() {
     let s = Server::start("authzen-subject");

@@ -561,3 +561,23 @@ fn a_chain_verified_under_keys_since_replaced_is_not_built_upon() {
     v.set_keys(keys);
     assert_eq!(codes(v.verify(&grandchild)), ["unknown_kid"]);
 }
+
+#[test]
+fn a_verifier_counts_how_it_verified_each_chain() {
+    use mandate_core::chain::VerifyCounts;
+    let (child, grandchild) = three_hops();
+    let v = verifier();
+    v.verify(&child).unwrap();
+    v.verify(&child).unwrap();
+    v.verify(&grandchild).unwrap();
+    v.verify(&grandchild).unwrap();
+    assert!(v.verify("not a chain").is_err());
+    assert_eq!(
+        v.counts(),
+        VerifyCounts {
+            cached: 2,
+            below_cached: 1,
+            whole: 2
+        }
+    );
+}
