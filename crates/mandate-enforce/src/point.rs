@@ -605,10 +605,16 @@ async fn receive_set(State(p): State<Arc<Point>>, headers: HeaderMap, body: Byte
 }
 
 async fn healthz(State(p): State<Arc<Point>>) -> Response {
+    let chains = p.verifier.counts();
     axum::Json(json!({
         "fresh": p.replica.is_fresh(),
         "cursor": p.replica.cursor(),
         "audit_checkpoint": p.replica.audit_checkpoint(),
+        "chains_verified": {
+            "cached": chains.cached,
+            "below_cached": chains.below_cached,
+            "whole": chains.whole,
+        },
     }))
     .into_response()
 }

@@ -530,6 +530,12 @@ fn a_child_forged_below_a_chain_the_gateway_already_verified_is_refused() {
     .unwrap();
     let (st, body) = as_sub(&child, &sub);
     assert_eq!(st, 200, "the honest child: {body}");
+    let (st, health) = http(g, "GET", "/_mandate/healthz", &[], "");
+    assert_eq!(st, 200);
+    assert_eq!(
+        health["chains_verified"]["below_cached"], 1,
+        "the child was checked below its parent's chain: {health}"
+    );
 
     // A thief signs its own child below the verified chain.
     let thief = SigningKey::from_seed(Algorithm::EdDSA, [7; 32]);
