@@ -38,12 +38,7 @@ fn a_narrowed_child_verifies_offline_back_to_the_root() {
 
 #[test]
 fn a_three_hop_chain_verifies() {
-    let child = child_of(&root(2), &agent_key(), &search_only_spec(1), "mnd-child").unwrap();
-    let mut spec = search_only_spec(0);
-    spec.agent.id = AgentId::new("urn:agent:procurement/leaf@1").unwrap();
-    spec.agent.cnf = None;
-    spec.lifecycle = lifecycle("2025-10-05T00:00:00Z");
-    let grandchild = child_of(&child, &sub_agent_key(), &spec, "mnd-grandchild").unwrap();
+    let (_, grandchild) = three_hops();
     assert_eq!(verifier().verify(&grandchild).unwrap().mandates().len(), 3);
 }
 
