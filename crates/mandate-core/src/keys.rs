@@ -362,9 +362,10 @@ impl VerifyingKey {
     /// (`Σ zᵢkᵢ·A` is `(Σ zᵢkᵢ)·A`, and an agent's concurrent requests, or
     /// a chain whose hops one key signs, repeat a key), the `zᵢ` come
     /// four to a SHA-512 block, and `B`'s multiples come from a table built
-    /// once (dalek builds a narrower one for `B` in every batch). Accepting exactly the batches whose every
-    /// signature the strict check accepts is what the tests check, against
-    /// [`VerifyingKey::verify`] and dalek's batch.
+    /// once (dalek builds a narrower one for `B` in every batch). Accepting
+    /// exactly the batches whose every signature the strict check accepts
+    /// is what the tests check, against [`VerifyingKey::verify`] and
+    /// dalek's batch.
     #[must_use]
     pub fn verify_batch<'a>(
         items: impl ExactSizeIterator<Item = (&'a Self, &'a [u8], &'a [u8])>,
