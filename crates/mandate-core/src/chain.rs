@@ -9,7 +9,7 @@
 //! ancestor with the SHA-256 of its JWS, so a child cannot be spliced onto
 //! another parent.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -333,60 +333,8 @@ const COUNT_WHOLE: usize = 2;
 /// A cached chain and the exact string it was verified from.
 type CacheEntry = (Arc<str>, Arc<VerifiedChain>);
 
-/// A bounded cache in two generations. New entries go into the current
-/// one; when it holds half the capacity, it becomes the previous one and the
-/// previous one is dropped. An entry found in the previous generation is
-/// put back into the current one (by its user). So an entry in use stays
-/// however many new ones arrive around it (an agent deriving fresh children
-/// by the thousand, or conditions by the thousand, evicts only what nobody
-/// used for a generation), and the cache never holds more than its
-/// capacity. Used for verified chains (by the keyed hash of their string)
-/// and compiled conditions (by expression).
-struct Generations<K, V, S = std::collections::hash_map::RandomState> {
-    current: HashMap<K, V, S>,
-    previous: HashMap<K, V, S>,
-}
-
-impl<K, V, S: Default> Default for Generations<K, V, S> {
-    fn default() -> Self {
-        Self {
-            current: HashMap::default(),
-            previous: HashMap::default(),
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher + Default> Generations<K, V, S> {
-    /// What `find` finds in the current generation, else in the previous
-    /// one, and whether it was in the previous one.
-    fn find<'a>(
-        &'a self,
-        find: impl Fn(&'a HashMap<K, V, S>) -> Option<&'a V>,
-    ) -> Option<(&'a V, bool)> {
-        find(&self.current)
-            .map(|v| (v, false))
-            .or_else(|| find(&self.previous).map(|v| (v, true)))
-    }
-
-    fn insert(&mut self, key: K, value: V, capacity: usize) {
-        if self.current.len() >= (capacity / 2).max(1) {
-            self.previous = std::mem::take(&mut self.current);
-        }
-        self.current.insert(key, value);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.current.is_empty() && self.previous.is_empty()
-    }
-
-    fn clear(&mut self) {
-        self.current.clear();
-        self.previous.clear();
-    }
-}
-
 /// The verified chains a verifier keeps.
-type ChainCache = Generations<u64, CacheEntry, PreHashed>;
+type ChainCache = crate::cache::Generations<u64, CacheEntry, PreHashed>;
 
 /// The entry of `cache` stored for exactly `presented` (whose keyed hash is
 /// `key`), and whether it was in the previous generation.
@@ -425,7 +373,7 @@ pub struct Verifier {
     /// that nobody can craft strings that collide to thrash it.
     cache_hasher: std::collections::hash_map::RandomState,
     cache_capacity: usize,
-    programs: RwLock<Generations<String, CompiledCondition>>,
+    programs: RwLock<crate::cache::Generations<String, CompiledCondition>>,
 }
 
 impl fmt::Debug for Verifier {
@@ -453,7 +401,7 @@ impl Verifier {
             counts: Default::default(),
             cache_hasher: std::collections::hash_map::RandomState::new(),
             cache_capacity: 10_000,
-            programs: RwLock::new(Generations::default()),
+            programs: RwLock::new(crate::cache::Generations::default()),
         }
     }
 

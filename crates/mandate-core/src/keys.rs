@@ -234,7 +234,7 @@ static BASEPOINT_TABLE: std::sync::LazyLock<
     ])
 });
 
-/// How many decoded Ed25519 keys are kept (then the cache starts again).
+/// How many decoded Ed25519 keys are kept (two generations of half).
 const POINT_CACHE: usize = 4096;
 
 /// An Ed25519 public key decoded from its 32 bytes and checked (a valid,
@@ -244,23 +244,26 @@ const POINT_CACHE: usize = 4096;
 /// kept, and costs its decoding every time, as before).
 fn ed25519_point(bytes: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
     static CACHE: std::sync::OnceLock<
-        std::sync::RwLock<std::collections::HashMap<[u8; 32], ed25519_dalek::VerifyingKey>>,
+        std::sync::RwLock<crate::cache::Generations<[u8; 32], ed25519_dalek::VerifyingKey>>,
     > = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Ok(c) = cache.read()
-        && let Some(k) = c.get(bytes)
-    {
-        return Ok(*k);
-    }
-    let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidPoint)?;
-    if key.is_weak() {
-        return Err(KeyError::InvalidPoint);
-    }
-    if let Ok(mut c) = cache.write() {
-        if c.len() >= POINT_CACHE {
-            c.clear();
+    let found = cache.read().ok().and_then(|c| {
+        c.find(|map| map.get(bytes))
+            .map(|(k, previous)| (*k, previous))
+    });
+    let (key, store) = match found {
+        Some(found) => found,
+        None => {
+            let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
+                .map_err(|_| KeyError::InvalidPoint)?;
+            if key.is_weak() {
+                return Err(KeyError::InvalidPoint);
+            }
+            (key, true)
         }
-        c.insert(*bytes, key);
+    };
+    if store && let Ok(mut c) = cache.write() {
+        c.insert(*bytes, key, POINT_CACHE);
     }
     Ok(key)
 }
