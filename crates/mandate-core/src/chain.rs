@@ -236,6 +236,10 @@ pub struct VerifiedChain {
     reads: Reads,
     ids: Arc<[MandateId]>,
     holder: std::sync::OnceLock<Option<VerifyingKey>>,
+    /// SHA-256 of the leaf's JWS, once a chain below this one needed it
+    /// (the link its next mandate names): hashed once however many
+    /// sub-agents' chains are verified below this one.
+    leaf_jws_sha256: std::sync::OnceLock<String>,
 }
 
 /// Which reserved variables the leaf's conditions read, so a decision binds
@@ -533,7 +537,10 @@ impl Verifier {
                 // by the hash of its JWS, which a leaf does not keep.
                 let at = base.len().saturating_sub(1);
                 if let (Some(parent), Some(part)) = (base.last_mut(), parts.get(at)) {
-                    parent.jws_sha256 = Some(sha256_b64(part.as_bytes()));
+                    let hash = prefix
+                        .leaf_jws_sha256
+                        .get_or_init(|| sha256_b64(part.as_bytes()));
+                    parent.jws_sha256 = Some(hash.clone());
                 }
                 self.verify_parts(&parts, base)
             }
@@ -734,6 +741,7 @@ impl Verifier {
             conditions,
             reads,
             holder: std::sync::OnceLock::new(),
+            leaf_jws_sha256: std::sync::OnceLock::new(),
         })
     }
 }

@@ -576,3 +576,29 @@ fn a_verifier_counts_how_it_verified_each_chain() {
         }
     );
 }
+
+#[test]
+fn sub_agents_chains_below_the_same_verified_chain_are_each_the_chain_verified_whole() {
+    let (child, _) = three_hops();
+    let warm = verifier();
+    warm.verify(&child).unwrap();
+    for (i, leaf_id) in [
+        "urn:agent:procurement/leaf@1",
+        "urn:agent:procurement/leaf@2",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut spec = search_only_spec(0);
+        spec.agent.id = AgentId::new(leaf_id).unwrap();
+        spec.agent.cnf = None;
+        spec.lifecycle = lifecycle("2025-10-05T00:00:00Z");
+        let chain = child_of(&child, &sub_agent_key(), &spec, &format!("mnd-gc-{i}")).unwrap();
+        let below = warm.verify(&chain).unwrap();
+        let whole = verifier().verify_uncached(&chain).unwrap();
+        for (b, w) in below.mandates().iter().zip(whole.mandates()) {
+            assert_eq!(b.jws_sha256(), w.jws_sha256(), "{leaf_id}: {}", b.id());
+        }
+    }
+    assert_eq!(warm.counts().below_cached, 2);
+}
