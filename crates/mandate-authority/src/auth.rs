@@ -116,7 +116,11 @@ pub struct Trusted {
 #[derive(Debug, Default)]
 pub struct Issuers {
     all: std::sync::RwLock<HashMap<String, Trusted>>,
-    verified: std::sync::RwLock<HashMap<[u8; 32], Verified>>,
+    verified: std::sync::RwLock<mandate_core::cache::Generations<[u8; 32], Verified>>,
+    /// Counts the times the kept tokens were forgotten (keys replaced, an
+    /// issuer trusted again): a token verified under the keys before is not
+    /// kept, even when its check finished after they changed.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// A bearer token whose signature, issuer, audience and claims were checked,
@@ -133,7 +137,8 @@ struct Verified {
     until: i64,
 }
 
-/// Most verified bearer tokens kept; the set is emptied when full.
+/// Most verified bearer tokens kept, in two generations: one used within
+/// the last generation stays, whatever other tokens are presented.
 const VERIFIED_TOKENS: usize = 10_000;
 
 impl Issuers {
@@ -161,14 +166,37 @@ impl Issuers {
     /// The caller of a token verified before under the keys trusted now,
     /// if `now` is inside its lifetime.
     fn cached(&self, digest: &[u8; 32], now: i64) -> Option<Caller> {
-        let verified = self.verified.read().ok()?;
-        let v = verified.get(digest)?;
-        (v.from..=v.until).contains(&now).then(|| v.caller.clone())
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let (v, previous) = {
+            let verified = self.verified.read().ok()?;
+            let (v, previous) = verified.find(|map| map.get(digest))?;
+            (v.clone(), previous)
+        };
+        if !(v.from..=v.until).contains(&now) {
+            return None;
+        }
+        let caller = v.caller.clone();
+        if previous {
+            self.remember(*digest, v, generation);
+        }
+        Some(caller)
+    }
+
+    /// Keeps a verified token, unless the kept tokens were forgotten since
+    /// `generation` was read (it was checked under the keys before).
+    fn remember(&self, digest: [u8; 32], v: Verified, generation: u64) {
+        if let Ok(mut verified) = self.verified.write()
+            && self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation
+        {
+            verified.insert(digest, v, VERIFIED_TOKENS);
+        }
     }
 
     fn forget_verified(&self) {
         if let Ok(mut v) = self.verified.write() {
             v.clear();
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -191,6 +219,7 @@ impl Issuers {
         if let Some(caller) = self.cached(&digest, now) {
             return Ok(caller);
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let unauth = |m: &str| ApiError::unauthenticated(format!("token: {m}"));
         // The issuer is read before the signature is checked only to pick
         // the keys; everything it says is checked against them.
@@ -204,19 +233,15 @@ impl Issuers {
             .verify(token, &iss, &t.audience, &["jwt", "at+jwt"])
             .map_err(|e| unauth(&e))?;
         let caller = t.claims.caller(&iss, &claims).map_err(|e| unauth(&e))?;
-        if let Some(window) = usable(&claims)
-            && let Ok(mut verified) = self.verified.write()
-        {
-            if verified.len() >= VERIFIED_TOKENS {
-                verified.clear();
-            }
-            verified.insert(
+        if let Some(window) = usable(&claims) {
+            self.remember(
                 digest,
                 Verified {
                     caller: caller.clone(),
                     from: window.0,
                     until: window.1,
                 },
+                generation,
             );
         }
         Ok(caller)
@@ -358,6 +383,26 @@ mod tests {
         assert!(issuers.cached(&digest, now).is_none());
         let err = issuers.verify(&token, now).unwrap_err();
         assert_eq!(err.status, axum::http::StatusCode::UNAUTHORIZED, "{err:?}");
+        // A token whose check began under the old keys and ended after
+        // they were replaced is not kept.
+        let token = mint(&other, "gateway-2", Role::Enforcer, "acme", now, 600);
+        let digest = mandate_core::hash::sha256(token.as_bytes());
+        let before = issuers.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let checked = issuers.verify(&token, now).unwrap();
+        issuers.forget_verified();
+        issuers.remember(
+            digest,
+            Verified {
+                caller: checked,
+                from: now - 60,
+                until: now + 660,
+            },
+            before,
+        );
+        assert!(
+            issuers.cached(&digest, now).is_none(),
+            "kept across a key change"
+        );
         // A token never verified is not answered from the cache by digest
         // of another.
         let forged = format!("{token}x");

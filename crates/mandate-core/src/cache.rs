@@ -1,6 +1,7 @@
 //! A bounded cache that a flood of new entries does not empty.
 
 use std::collections::HashMap;
+use std::fmt;
 
 /// A bounded cache in two generations. New entries go into the current
 /// one; when it holds half the capacity, it becomes the previous one and the
@@ -11,9 +12,19 @@ use std::collections::HashMap;
 /// used for a generation), and the cache never holds more than its
 /// capacity. Used for verified chains (by the keyed hash of their string),
 /// compiled conditions (by expression) and decoded keys (by their bytes).
-pub(crate) struct Generations<K, V, S = std::collections::hash_map::RandomState> {
+pub struct Generations<K, V, S = std::collections::hash_map::RandomState> {
     current: HashMap<K, V, S>,
     previous: HashMap<K, V, S>,
+}
+
+impl<K, V, S> fmt::Debug for Generations<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Sizes only: entries may be credentials' digests or keys.
+        f.debug_struct("Generations")
+            .field("current", &self.current.len())
+            .field("previous", &self.previous.len())
+            .finish()
+    }
 }
 
 impl<K, V, S: Default> Default for Generations<K, V, S> {
@@ -27,8 +38,9 @@ impl<K, V, S: Default> Default for Generations<K, V, S> {
 
 impl<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher + Default> Generations<K, V, S> {
     /// What `find` finds in the current generation, else in the previous
-    /// one, and whether it was in the previous one.
-    pub(crate) fn find<'a>(
+    /// one, and whether it was in the previous one (then put it back with
+    /// [`Generations::insert`] to keep it).
+    pub fn find<'a>(
         &'a self,
         find: impl Fn(&'a HashMap<K, V, S>) -> Option<&'a V>,
     ) -> Option<(&'a V, bool)> {
@@ -37,18 +49,23 @@ impl<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher + Default> Generation
             .or_else(|| find(&self.previous).map(|v| (v, true)))
     }
 
-    pub(crate) fn insert(&mut self, key: K, value: V, capacity: usize) {
+    /// Puts `value` in the current generation, which becomes the previous
+    /// one first if it holds `capacity / 2`.
+    pub fn insert(&mut self, key: K, value: V, capacity: usize) {
         if self.current.len() >= (capacity / 2).max(1) {
             self.previous = std::mem::take(&mut self.current);
         }
         self.current.insert(key, value);
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Whether both generations are empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
         self.current.is_empty() && self.previous.is_empty()
     }
 
-    pub(crate) fn clear(&mut self) {
+    /// Drops every entry.
+    pub fn clear(&mut self) {
         self.current.clear();
         self.previous.clear();
     }

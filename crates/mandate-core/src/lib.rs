@@ -46,7 +46,7 @@ pub mod attenuation;
 pub mod b64;
 pub mod batch;
 pub mod binding;
-mod cache;
+pub mod cache;
 pub mod chain;
 pub mod condition;
 pub mod constraint;
