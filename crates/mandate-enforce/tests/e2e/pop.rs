@@ -545,9 +545,12 @@ fn a_child_forged_below_a_chain_the_gateway_already_verified_is_refused() {
         c.authorization_details[0].actions.push("merge".into());
     });
     // One byte of the honest child's signature changed.
-    let mut flipped = child.clone();
-    let last = flipped.pop().unwrap();
-    flipped.push(if last == 'A' { 'B' } else { 'A' });
+    // (Ten characters from the end: inside `S`, and never the last
+    // character, whose spare bits strict base64url requires to be zero.)
+    let mut flipped = child.clone().into_bytes();
+    let at = flipped.len() - 10;
+    flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
     for (name, chain, reason) in [
         ("stolen", &stolen, "signature_invalid"),
         ("wider", &wider, "attenuation_violation:actions"),
