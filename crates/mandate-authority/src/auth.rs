@@ -167,16 +167,17 @@ impl Issuers {
     /// if `now` is inside its lifetime.
     fn cached(&self, digest: &[u8; 32], now: i64) -> Option<Caller> {
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let (v, previous) = {
+        // The entry itself is copied only to carry it into the current
+        // generation; a use in the current one copies just the caller.
+        let (caller, carried) = {
             let verified = self.verified.read().ok()?;
             let (v, previous) = verified.find(|map| map.get(digest))?;
-            (v.clone(), previous)
+            if !(v.from..=v.until).contains(&now) {
+                return None;
+            }
+            (v.caller.clone(), previous.then(|| v.clone()))
         };
-        if !(v.from..=v.until).contains(&now) {
-            return None;
-        }
-        let caller = v.caller.clone();
-        if previous {
+        if let Some(v) = carried {
             self.remember(*digest, v, generation);
         }
         Some(caller)

@@ -330,9 +330,17 @@ pub struct VerifyCounts {
     pub whole: u64,
 }
 
-const COUNT_CACHED: usize = 0;
-const COUNT_BELOW: usize = 1;
-const COUNT_WHOLE: usize = 2;
+/// [`VerifyCounts`] as they are kept, updated from any thread.
+#[derive(Debug, Default)]
+struct Counters {
+    cached: std::sync::atomic::AtomicU64,
+    below_cached: std::sync::atomic::AtomicU64,
+    whole: std::sync::atomic::AtomicU64,
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// A cached chain and the exact string it was verified from.
 type CacheEntry = (Arc<str>, Arc<VerifiedChain>);
@@ -372,7 +380,7 @@ pub struct Verifier {
     issuer: Option<String>,
     cache: RwLock<ChainCache>,
     /// How [`Verifier::verify`] answered: see [`VerifyCounts`].
-    counts: [std::sync::atomic::AtomicU64; 3],
+    counts: Counters,
     /// Keys the cache's hash (SipHash with a random key per verifier), so
     /// that nobody can craft strings that collide to thrash it.
     cache_hasher: std::collections::hash_map::RandomState,
@@ -476,21 +484,22 @@ impl Verifier {
         let presented = presented.trim();
         let key = self.cache_key(presented);
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let found = self
-            .cache
-            .read()
-            .ok()
-            .filter(|_| self.cache_capacity > 0)
-            .and_then(|cache| {
+        let found = if self.cache_capacity == 0 {
+            None
+        } else {
+            self.cache.read().ok().and_then(|cache| {
                 cached_chain(&cache, key, presented).map(|((stored, chain), previous)| {
-                    (Arc::clone(stored), Arc::clone(chain), previous)
+                    // The string is kept again only to carry the chain into
+                    // the current generation.
+                    (Arc::clone(chain), previous.then(|| Arc::clone(stored)))
                 })
-            });
-        if let Some((stored, chain, previous)) = found {
-            if previous {
+            })
+        };
+        if let Some((chain, carried)) = found {
+            if let Some(stored) = carried {
                 self.store(key, (stored, Arc::clone(&chain)), generation);
             }
-            self.count(COUNT_CACHED);
+            bump(&self.counts.cached);
             return Ok(chain);
         }
         let chain = Arc::new(self.verify_unstored(presented)?);
@@ -530,7 +539,7 @@ impl Verifier {
         let presented = presented.trim();
         match self.cached_prefix(presented) {
             Some(prefix) => {
-                self.count(COUNT_BELOW);
+                bump(&self.counts.below_cached);
                 let parts = split(presented)?;
                 let mut base = prefix.mandates.clone();
                 // The prefix's leaf becomes a parent: its child links to it
@@ -545,15 +554,9 @@ impl Verifier {
                 self.verify_parts(&parts, base)
             }
             None => {
-                self.count(COUNT_WHOLE);
+                bump(&self.counts.whole);
                 self.verify_uncached(presented)
             }
-        }
-    }
-
-    fn count(&self, which: usize) {
-        if let Some(c) = self.counts.get(which) {
-            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -562,15 +565,11 @@ impl Verifier {
     /// they verified).
     #[must_use]
     pub fn counts(&self) -> VerifyCounts {
-        let get = |i: usize| {
-            self.counts
-                .get(i)
-                .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
-        };
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         VerifyCounts {
-            cached: get(COUNT_CACHED),
-            below_cached: get(COUNT_BELOW),
-            whole: get(COUNT_WHOLE),
+            cached: get(&self.counts.cached),
+            below_cached: get(&self.counts.below_cached),
+            whole: get(&self.counts.whole),
         }
     }
 
