@@ -108,7 +108,10 @@ run() { # NAME URL CONNECTIONS ROUND
   out=$("$loadgen" "$2/repos/acme/app/pulls/123" -c "$3" -d "$duration" "${lines[@]}" \
     -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" --expect '"state":"open"') \
     || { echo "FAIL: $1 ($3 connections, round $4)"; cat gateway.log | tail -5; exit 1; }
-  case "$2" in *":$G"|*":$A") decided=$((decided + $(echo "$out" | awk '/requests in/ {print $1}'))) ;; esac
+  case "$2" in *":$G"|*":$A") decided=$((decided + $(echo "$out" | awk '/requests in/ {print $1}')))
+    # How the gateway checked the proofs so far (batched or one at a time).
+    echo "  $1, $3 connection(s), round $4: proof signatures so far $(curl -s "http://127.0.0.1:$G/_mandate/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["proof_signatures"])')" ;;
+  esac
   local non2xx; non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
   [ -z "$non2xx" ] || { echo "FAIL: $1 answered $non2xx non-2xx"; exit 1; }
   echo "$1,$3,$4,$(echo "$out" | awk '/Requests\/sec/ {print $2}'),$(echo "$out" | awk '$1=="50%" {print $2}'),$(echo "$out" | awk '$1=="99%" {print $2}')" >> "$results"

@@ -606,6 +606,7 @@ async fn receive_set(State(p): State<Arc<Point>>, headers: HeaderMap, body: Byte
 
 async fn healthz(State(p): State<Arc<Point>>) -> Response {
     let chains = p.verifier.counts();
+    let proofs = p.signatures.counts();
     axum::Json(json!({
         "fresh": p.replica.is_fresh(),
         "cursor": p.replica.cursor(),
@@ -614,6 +615,13 @@ async fn healthz(State(p): State<Arc<Point>>) -> Response {
             "cached": chains.cached,
             "below_cached": chains.below_cached,
             "whole": chains.whole,
+        },
+        "proof_signatures": {
+            "at_once": proofs.at_once,
+            "thread_alone": proofs.thread_alone,
+            "in_batches": proofs.in_batches,
+            "batches": proofs.batches,
+            "rechecked": proofs.rechecked,
         },
     }))
     .into_response()

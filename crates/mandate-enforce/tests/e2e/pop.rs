@@ -536,6 +536,14 @@ fn a_child_forged_below_a_chain_the_gateway_already_verified_is_refused() {
         health["chains_verified"]["below_cached"], 1,
         "the child was checked below its parent's chain: {health}"
     );
+    // Each of the two requests' proofs was checked once, and none failed.
+    let proofs = &health["proof_signatures"];
+    let checked = ["at_once", "thread_alone", "in_batches"]
+        .iter()
+        .map(|how| proofs[how].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(checked, 2, "two proofs, each checked once: {health}");
+    assert_eq!(proofs["rechecked"], 0, "{health}");
 
     // A thief signs its own child below the verified chain.
     let thief = SigningKey::from_seed(Algorithm::EdDSA, [7; 32]);
