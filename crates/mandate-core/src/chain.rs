@@ -9,6 +9,7 @@
 //! ancestor with the SHA-256 of its JWS, so a child cannot be spliced onto
 //! another parent.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -606,7 +607,10 @@ impl Verifier {
         let skip = base.len();
         let mut mandates = base;
         mandates.reserve(parts.len().saturating_sub(skip));
-        let mut pending: Vec<(VerifyingKey, &str, Vec<u8>)> = Vec::with_capacity(parts.len());
+        // The authority's keys are borrowed from `keys`; a holder key is
+        // decoded from its parent's claims, and owned.
+        let mut pending: Vec<(Cow<'_, VerifyingKey>, &str, Vec<u8>)> =
+            Vec::with_capacity(parts.len());
         let last = parts.len().saturating_sub(1);
         for (index, part) in parts.iter().enumerate().skip(skip) {
             let (d, claims) = decode_mandate(index, part, &self.algorithms)?;
@@ -626,7 +630,7 @@ impl Verifier {
                         index,
                         error: JwsError::KidMissing,
                     })?;
-                    keys.get(kid).cloned().ok_or_else(|| {
+                    keys.get(kid).map(Cow::Borrowed).ok_or_else(|| {
                         self.unknown_kid
                             .store(true, std::sync::atomic::Ordering::Relaxed);
                         ChainError::Jws {
@@ -636,8 +640,7 @@ impl Verifier {
                     })?
                 }
                 Some(parent) => {
-                    let expected = expected_links(parent);
-                    if claims.delegation_chain != expected {
+                    if !links_to(parent, &claims.delegation_chain) {
                         return Err(ChainError::ChainLinkMismatch { index });
                     }
                     // A child whose `kid` names a trusted authority key is a
@@ -659,7 +662,7 @@ impl Verifier {
                                 },
                             });
                         }
-                        pending.push((key.clone(), d.signing_input, d.signature));
+                        pending.push((Cow::Borrowed(key), d.signing_input, d.signature));
                         mandates.push(VerifiedMandate {
                             claims,
                             jws_sha256: (index != last).then(|| sha256_b64(part.as_bytes())),
@@ -678,6 +681,7 @@ impl Verifier {
                         .ok_or(ChainError::HolderKeyMissing { index })?;
                     let key = VerifyingKey::from_jwk(&cnf.jwk)
                         .map_err(|_| ChainError::HolderKeyMissing { index })?;
+                    let key = Cow::<VerifyingKey>::Owned(key);
                     if let Some(kid) = &d.kid
                         && kid != key.kid()
                     {
@@ -841,12 +845,12 @@ const PROGRAM_CACHE_CAPACITY: usize = 4096;
 /// holder of a key with a torsion part could craft a signature that only
 /// one of them accepts, which gains it nothing it could not sign honestly.
 /// Weak (small-order) keys are refused when keys are decoded.
-fn verify_signatures(pending: &[(VerifyingKey, &str, Vec<u8>)]) -> Result<(), ChainError> {
+fn verify_signatures(pending: &[(Cow<'_, VerifyingKey>, &str, Vec<u8>)]) -> Result<(), ChainError> {
     if pending.len() > 1
         && VerifyingKey::verify_batch(
             pending
                 .iter()
-                .map(|(k, input, sig)| (k, input.as_bytes(), sig.as_slice())),
+                .map(|(k, input, sig)| (&**k, input.as_bytes(), sig.as_slice())),
         )
     {
         return Ok(());
@@ -862,16 +866,19 @@ fn verify_signatures(pending: &[(VerifyingKey, &str, Vec<u8>)]) -> Result<(), Ch
     Ok(())
 }
 
-fn expected_links(parent: &VerifiedMandate) -> Vec<ChainLink> {
-    let mut links = parent.claims.delegation_chain.clone();
-    links.push(ChainLink {
-        mandate_id: parent.claims.mandate_id.clone(),
-        holder: parent.claims.agent.id.clone(),
-        // A parent is never the leaf, so its hash is there; were it
-        // missing, the empty link would match no child (refused).
-        jws_sha256: parent.jws_sha256.clone().unwrap_or_default(),
-    });
-    links
+/// Whether a child's `delegation_chain` is exactly its parent's followed by
+/// the link to the parent itself (its id, its holder, its JWS hash), as
+/// [`child_claims`] writes it; compared in place, nothing built.
+fn links_to(parent: &VerifiedMandate, links: &[ChainLink]) -> bool {
+    let Some((last, earlier)) = links.split_last() else {
+        return false;
+    };
+    // A parent is never the leaf, so its hash is there; were it missing, no
+    // link would match (refused).
+    earlier == parent.claims.delegation_chain.as_slice()
+        && last.mandate_id == parent.claims.mandate_id
+        && last.holder == parent.claims.agent.id
+        && parent.jws_sha256.as_deref() == Some(last.jws_sha256.as_str())
 }
 
 /// Why a mandate could not be issued or derived.

@@ -66,6 +66,51 @@ fn a_child_cannot_be_spliced_onto_another_parent() {
 }
 
 #[test]
+fn every_field_of_a_childs_link_to_its_parent_is_checked() {
+    // A grandchild's chain: its links name the root and the child.
+    let child = child_of(&root(2), &agent_key(), &search_only_spec(1), "mnd-child").unwrap();
+    let mut spec = search_only_spec(0);
+    spec.agent.cnf = None;
+    spec.lifecycle = lifecycle("2025-10-05T00:00:00Z");
+    let honest = forge_child(&child, &sub_agent_key(), &spec, |_| {});
+    assert_eq!(
+        codes(verifier().verify(&honest)),
+        Vec::<String>::new(),
+        "the unedited forgery is the honest child"
+    );
+    let edits: [(&str, fn(&mut MandateClaims)); 7] = [
+        ("the parent's id", |c| {
+            c.delegation_chain[1].mandate_id = MandateId::new("mnd-other").unwrap();
+        }),
+        ("the parent's holder", |c| {
+            c.delegation_chain[1].holder = AgentId::new("urn:agent:other/agent@1").unwrap();
+        }),
+        ("the parent's hash", |c| {
+            c.delegation_chain[1].jws_sha256 = "A".repeat(43);
+        }),
+        ("the grandparent's holder", |c| {
+            c.delegation_chain[0].holder = AgentId::new("urn:agent:other/agent@1").unwrap();
+        }),
+        ("a link dropped", |c| {
+            c.delegation_chain.remove(0);
+        }),
+        ("a link repeated", |c| {
+            let last = c.delegation_chain[1].clone();
+            c.delegation_chain.push(last);
+        }),
+        ("no links", |c| c.delegation_chain.clear()),
+    ];
+    for (what, edit) in edits {
+        let forged = forge_child(&child, &sub_agent_key(), &spec, edit);
+        assert_eq!(
+            codes(verifier().verify(&forged)),
+            ["chain_link_mismatch"],
+            "{what}"
+        );
+    }
+}
+
+#[test]
 fn dropping_or_reordering_ancestors_is_detected() {
     let child = child_of(&root(2), &agent_key(), &search_only_spec(1), "mnd-child").unwrap();
     let mut spec = search_only_spec(0);
