@@ -78,7 +78,8 @@ fn every_field_of_a_childs_link_to_its_parent_is_checked() {
         Vec::<String>::new(),
         "the unedited forgery is the honest child"
     );
-    let edits: [(&str, fn(&mut MandateClaims)); 7] = [
+    type Edit = fn(&mut MandateClaims);
+    let edits: [(&str, Edit); 7] = [
         ("the parent's id", |c| {
             c.delegation_chain[1].mandate_id = MandateId::new("mnd-other").unwrap();
         }),
