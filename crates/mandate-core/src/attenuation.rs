@@ -319,7 +319,7 @@ fn detail_violations(
     d: &AuthorizationDetail,
     i: usize,
 ) -> Vec<Violation> {
-    let p = format!("authorization_details[{i}]");
+    let p = crate::validate::DetailPath(i);
     let mut best: Option<Vec<Violation>> = None;
     for pd in parent.iter().filter(|pd| pd.type_ == d.type_) {
         let found = against(pd, d, &p);
@@ -339,7 +339,11 @@ fn detail_violations(
     })
 }
 
-fn against(pd: &AuthorizationDetail, d: &AuthorizationDetail, p: &str) -> Vec<Violation> {
+fn against(
+    pd: &AuthorizationDetail,
+    d: &AuthorizationDetail,
+    p: &crate::validate::DetailPath,
+) -> Vec<Violation> {
     let mut out = Vec::new();
     let parent_locs: Vec<std::sync::Arc<location::Location>> = pd
         .locations

@@ -15,6 +15,20 @@ use crate::model::MandateClaims;
 pub const MAX_DETAILS: usize = 64;
 /// Most entries in any list inside a detail (locations, actions).
 pub const MAX_LIST: usize = 256;
+
+/// Lists up to this long are checked for repeats pairwise, without a set.
+const SHORT_LIST: usize = 16;
+
+/// `authorization_details[i]`, the path of a detail's problems, written
+/// only when there is one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DetailPath(pub(crate) usize);
+
+impl fmt::Display for DetailPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "authorization_details[{}]", self.0)
+    }
+}
 /// Longest free-text field (purpose, principal).
 pub const MAX_TEXT: usize = 4096;
 /// Deepest delegation chain (ancestors of one mandate).
@@ -133,7 +147,8 @@ pub fn validate(m: &MandateClaims, conditions: CheckConditions) -> Result<(), Pr
         );
     }
     for (i, d) in m.authorization_details.iter().enumerate() {
-        let p = format!("authorization_details[{i}]");
+        // Written out only into a problem (most mandates have none).
+        let p = DetailPath(i);
         if d.type_.trim().is_empty() {
             c.push(format!("{p}.type"), "must not be empty");
         }
@@ -142,7 +157,7 @@ pub fn validate(m: &MandateClaims, conditions: CheckConditions) -> Result<(), Pr
         }
         if d.locations.len() > MAX_LIST || d.actions.len() > MAX_LIST {
             c.push(
-                p.clone(),
+                p.to_string(),
                 format!("locations and actions hold at most {MAX_LIST} entries"),
             );
         }
@@ -154,11 +169,17 @@ pub fn validate(m: &MandateClaims, conditions: CheckConditions) -> Result<(), Pr
         if d.actions.is_empty() {
             c.push(format!("{p}.actions"), "must not be empty");
         }
-        let mut seen = HashSet::new();
+        // Listed twice: a short list (most are) is compared pairwise, with
+        // nothing allocated; a long one through a set.
+        let mut seen = (d.actions.len() > SHORT_LIST).then(HashSet::new);
         for (j, a) in d.actions.iter().enumerate() {
+            let twice = match &mut seen {
+                Some(seen) => !seen.insert(a),
+                None => d.actions.get(..j).is_some_and(|before| before.contains(a)),
+            };
             if a.trim().is_empty() {
                 c.push(format!("{p}.actions[{j}]"), "must not be empty");
-            } else if !seen.insert(a) {
+            } else if twice {
                 c.push(
                     format!("{p}.actions[{j}]"),
                     format!("`{a}` is listed twice"),

@@ -250,7 +250,9 @@ pub struct CompiledCondition {
     program: Arc<Expression>,
     /// The same program in the direct evaluator's subset, when it is.
     direct: Option<Arc<direct::Direct>>,
-    variables: Vec<String>,
+    /// Shared by every condition with the same expression (a program
+    /// found compiled is not copied name by name).
+    variables: Arc<[String]>,
     shape: Shape,
 }
 
@@ -288,7 +290,7 @@ impl CompiledCondition {
             expression: self.expression.clone(),
             program: Arc::clone(&self.program),
             direct: self.direct.clone(),
-            variables: self.variables.clone(),
+            variables: Arc::clone(&self.variables),
             shape: self.shape,
         }
     }

@@ -203,6 +203,33 @@ fn validation_names_every_problem_with_its_path() {
 }
 
 #[test]
+fn an_action_listed_twice_is_named_in_a_short_list_and_in_a_long_one() {
+    // Short lists are compared pairwise, long ones through a set: both name
+    // the second occurrence, and a list without repeats passes either way.
+    for len in [2_usize, 16, 17, 200] {
+        let mut c = procurement_claims(1);
+        let mut actions: Vec<String> = (0..len - 1).map(|i| format!("act-{i}")).collect();
+        c.authorization_details[0].actions = actions.clone();
+        assert!(
+            issue_root(&authority(), &c).is_ok(),
+            "{len} distinct actions"
+        );
+        actions.push(format!("act-{}", len / 2 - 1));
+        c.authorization_details[0].actions = actions;
+        let err = issue_root(&authority(), &c).unwrap_err().to_string();
+        let expected = format!(
+            "authorization_details[0].actions[{}]: `act-{}` is listed twice",
+            len - 1,
+            len / 2 - 1
+        );
+        assert!(
+            err.contains(&expected),
+            "{len}: {expected} missing from {err}"
+        );
+    }
+}
+
+#[test]
 fn unknown_top_level_members_are_kept_signed_and_ignored() {
     let mut c = procurement_claims(1);
     c.extensions.insert("x_ticket".into(), json!("OPS-42"));
