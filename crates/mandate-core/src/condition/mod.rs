@@ -250,9 +250,7 @@ pub struct CompiledCondition {
     program: Arc<Expression>,
     /// The same program in the direct evaluator's subset, when it is.
     direct: Option<Arc<direct::Direct>>,
-    /// Shared by every condition with the same expression (a program
-    /// found compiled is not copied name by name).
-    variables: Arc<[String]>,
+    variables: Vec<String>,
     shape: Shape,
 }
 
@@ -290,7 +288,7 @@ impl CompiledCondition {
             expression: self.expression.clone(),
             program: Arc::clone(&self.program),
             direct: self.direct.clone(),
-            variables: Arc::clone(&self.variables),
+            variables: self.variables.clone(),
             shape: self.shape,
         }
     }
