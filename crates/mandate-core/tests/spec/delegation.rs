@@ -65,13 +65,20 @@ fn a_child_cannot_be_spliced_onto_another_parent() {
     );
 }
 
-#[test]
-fn every_field_of_a_childs_link_to_its_parent_is_checked() {
-    // A grandchild's chain: its links name the root and the child.
+/// A child of a root that may delegate once more, and the spec of a
+/// grandchild below it (no holder key of its own, an earlier expiry).
+fn child_and_grandchild_spec() -> (String, ChildSpec) {
     let child = child_of(&root(2), &agent_key(), &search_only_spec(1), "mnd-child").unwrap();
     let mut spec = search_only_spec(0);
     spec.agent.cnf = None;
     spec.lifecycle = lifecycle("2025-10-05T00:00:00Z");
+    (child, spec)
+}
+
+#[test]
+fn every_field_of_a_childs_link_to_its_parent_is_checked() {
+    // A grandchild's chain: its links name the root and the child.
+    let (child, spec) = child_and_grandchild_spec();
     let honest = forge_child(&child, &sub_agent_key(), &spec, |_| {});
     assert_eq!(
         codes(verifier().verify(&honest)),
@@ -113,10 +120,7 @@ fn every_field_of_a_childs_link_to_its_parent_is_checked() {
 
 #[test]
 fn dropping_or_reordering_ancestors_is_detected() {
-    let child = child_of(&root(2), &agent_key(), &search_only_spec(1), "mnd-child").unwrap();
-    let mut spec = search_only_spec(0);
-    spec.agent.cnf = None;
-    spec.lifecycle = lifecycle("2025-10-05T00:00:00Z");
+    let (child, spec) = child_and_grandchild_spec();
     let gc = child_of(&child, &sub_agent_key(), &spec, "mnd-gc").unwrap();
     let parts: Vec<&str> = gc.split('~').collect();
     assert_eq!(
