@@ -22,6 +22,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 
+use mandate_core::pop::ClientCertificate;
+
 use crate::config::Config;
 
 /// The limits of one server.
@@ -118,17 +120,6 @@ pub async fn run_with(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        // Handlers may read the peer's address (`ConnectInfo`): the gateway
-        // names it in `X-Forwarded-For` and `Forwarded`.
-        let with_peer = tower::ServiceExt::map_request(
-            app.clone(),
-            move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                req
-            },
-        );
-        let service = TowerToHyperService::new(with_peer);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -137,6 +128,7 @@ pub async fn run_with(
         // No upgrades (no WebSocket here): a plain HTTP/1.1 connection.
         match &tls {
             None => {
+                let service = connection_service(app.clone(), peer, None);
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let watched = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -146,6 +138,7 @@ pub async fn run_with(
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
+                let app = app.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let handshake =
@@ -158,6 +151,19 @@ pub async fn run_with(
                         }
                         Err(_) => return,
                     };
+                    // The client certificate, when one was presented: the
+                    // handshake proved its key (see `tls::ClientCertificates`).
+                    let certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(<[_]>::first)
+                        .map(|der| {
+                            ClientCertificate(Arc::from(
+                                mandate_core::model::certificate_thumbprint(der.as_ref()),
+                            ))
+                        });
+                    let service = connection_service(app, peer, certificate);
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let _ = watcher.watch(conn).await;
                     drop(slot);
@@ -176,6 +182,34 @@ pub async fn run_with(
         );
     }
     Ok(())
+}
+
+/// `app` for one connection: each request carries the peer's address
+/// (`ConnectInfo`: the gateway names it in `X-Forwarded-For` and
+/// `Forwarded`) and the connection's client certificate, if any
+/// ([`ClientCertificate`], set once per connection after the handshake).
+fn connection_service(
+    app: axum::Router,
+    peer: std::net::SocketAddr,
+    certificate: Option<ClientCertificate>,
+) -> TowerToHyperService<
+    tower::util::MapRequest<
+        axum::Router,
+        impl FnMut(hyper::Request<hyper::body::Incoming>) -> hyper::Request<hyper::body::Incoming>
+        + Clone,
+    >,
+> {
+    TowerToHyperService::new(tower::ServiceExt::map_request(
+        app,
+        move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            if let Some(c) = &certificate {
+                req.extensions_mut().insert(c.clone());
+            }
+            req
+        },
+    ))
 }
 
 /// Answers 408 when the request (reading its body included) takes longer

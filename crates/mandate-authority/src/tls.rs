@@ -145,13 +145,104 @@ impl ResolvesServerCert for Reloading {
 /// # Errors
 /// As [`load`], or a rustls configuration error.
 pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
+    acceptor_with(files, ClientCertificates::Off)
+}
+
+/// Whether a TLS server asks its clients for a certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientCertificates {
+    /// No client certificates are asked for.
+    #[default]
+    Off,
+    /// Self-signed certificate mutual TLS (RFC 8705 §2.2): every client is
+    /// asked for a certificate and may decline (a client with DPoP proofs
+    /// needs none). A certificate is not checked against any CA: what
+    /// counts is that the handshake's signature verifies with its key,
+    /// which proves the client holds that key, and its thumbprint, which a
+    /// certificate-bound mandate (`agent.cnf.x5t#S256`) must name.
+    SelfSigned,
+}
+
+/// Accepts any client certificate whose key signed the handshake (the
+/// signature checks are rustls's own, with the provider's algorithms):
+/// possession of the key is what a certificate-bound mandate needs; the
+/// thumbprint is compared with the mandate's later, per request.
+#[derive(Debug)]
+struct SelfSignedClients {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for SelfSignedClients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // Not a chain to a CA (RFC 8705 §2.2). A certificate no key can be
+        // read from fails the handshake signature check that follows
+        // (rustls parses it there), so nothing unproved gets through.
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A TLS acceptor over the files, asking clients for certificates as
+/// `clients` says (the connection's certificate then reaches handlers as
+/// [`mandate_core::pop::ClientCertificate`]).
+///
+/// # Errors
+/// As [`load`], or a rustls configuration error.
+pub fn acceptor_with(
+    files: &TlsFiles,
+    clients: ClientCertificates,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
     let resolver = Reloading::new(files.clone(), RELOAD_CHECK)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let algorithms = provider.signature_verification_algorithms;
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = match clients {
+        ClientCertificates::Off => builder.with_no_client_auth(),
+        ClientCertificates::SelfSigned => {
+            builder.with_client_cert_verifier(Arc::new(SelfSignedClients { algorithms }))
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

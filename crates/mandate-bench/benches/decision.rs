@@ -454,6 +454,7 @@ fn bench_pop(c: &mut Criterion) {
     let possession = Possession::Proof {
         proof: Some(&first),
         target,
+        certificate: None,
     };
     assert!(pop::check(&chain, &possession, &cache, m.now).is_none());
 
@@ -488,6 +489,7 @@ fn bench_pop(c: &mut Criterion) {
                 let possession = Possession::Proof {
                     proof: Some(&proof),
                     target,
+                    certificate: None,
                 };
                 pop::check(black_box(&chain), &possession, &cache, m.now)
             },
@@ -502,6 +504,7 @@ fn bench_pop(c: &mut Criterion) {
                 let possession = Possession::Proof {
                     proof: Some(&proof),
                     target,
+                    certificate: None,
                 };
                 let failure = pop::check(&chain, &possession, &cache, m.now);
                 let mut d = decide(&chain, black_box(&m.request), None, &m.state, m.now);

@@ -29,6 +29,7 @@ fn measured(m: &mandate_bench::MandateFixture, proofs: &[String], cache: &Replay
         let possession = Possession::Proof {
             proof: Some(proof),
             target,
+            certificate: None,
         };
         let failure = pop::check(&chain, &possession, cache, m.now);
         let mut d = decide(&chain, &m.request, None, &m.state, m.now);

@@ -69,9 +69,7 @@ pub fn mandate_fixture() -> MandateFixture {
     let sub = SigningKey::from_seed(Algorithm::EdDSA, [3; 32]);
     let leaf = SigningKey::from_seed(Algorithm::EdDSA, [4; 32]);
     let mut claims: MandateClaims = serde_json::from_str(PROCUREMENT).unwrap();
-    claims.agent.cnf = Some(Confirmation {
-        jwk: agent.public_jwk(),
-    });
+    claims.agent.cnf = Some(Confirmation::key(agent.public_jwk()));
     claims.delegation.max_additional_hops = 2;
     let root = issue_root(&authority, &claims).unwrap();
     let now = UnixTime::parse_rfc3339("2025-10-02T09:00:00Z").unwrap();

@@ -111,3 +111,20 @@ pub fn key_set(path: &str) -> Result<mandate_core::keys::KeySet, CliError> {
     mandate_core::keys::KeySet::from_jwks(&jwks)
         .map_err(|(i, e)| CliError::input("invalid_key", format!("{path}: keys[{i}].{e}")))
 }
+
+/// The `x5t#S256` (RFC 8705 §3.1) of the first certificate in a PEM file:
+/// base64url of the SHA-256 of its DER.
+///
+/// # Errors
+/// A file that cannot be read or holds no PEM certificate.
+pub fn certificate_thumbprint(path: &str) -> Result<String, CliError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = read(path)?;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or_else(|| {
+            CliError::input("invalid_input", format!("{path}: no PEM certificate in it"))
+        })?
+        .map_err(|e| CliError::input("invalid_input", format!("{path}: {e}")))?;
+    Ok(mandate_core::model::certificate_thumbprint(der.as_ref()))
+}

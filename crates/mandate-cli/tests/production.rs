@@ -335,6 +335,28 @@ fn plain_http_off_loopback_and_half_a_tls_pair_are_refused_at_start() {
         err.contains("listen") && err.contains("allow_plain_http"),
         "{err}"
     );
+
+    // Client certificates come with a TLS handshake: asked for on a plain
+    // listener, the gateway does not start.
+    std::fs::write(
+        dir.join("gw.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\nauthority = \"https://127.0.0.1:1\"\ntoken_file = \"{}\"\nupstream = \"https://127.0.0.1:2\"\nlocation_base = \"https://ci.example.com\"\nclient_certificates = \"self_signed\"\n",
+            dir.join("t").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["gateway", "--config"])
+        .arg(dir.join("gw.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("client_certificates") && err.contains("tls_cert_file"),
+        "{err}"
+    );
 }
 
 /// An https upstream on the CA's certificate: answers every request with
@@ -448,20 +470,12 @@ fn holder() -> mandate_core::keys::SigningKey {
 
 /// A mandate to read CI logs, held by `holder`: (id, mandate).
 fn grant(a: &Authority, holder: &mandate_core::keys::SigningKey, ticket: &str) -> (String, String) {
-    let request = json!({
-        "principal": "lead@acme.example",
-        "agent": {"id": "ci-agent", "instance": "run-1", "cnf": {"jwk": holder.public_jwk()}},
-        "purpose": {"objective": "Read the logs of the failing build", "business_context": ticket},
-        "authorization_details": [{"type": "ci_logs", "locations": ["https://ci.example.com/logs"], "actions": ["read"]}],
-        "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z", "terminal_events": [{"type": "build.fixed", "subject": ticket}]},
-        "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"},
-    });
-    let asked = a.call(
-        "POST",
-        "/v1/requests",
-        Some(&a.token("ci-agent", "agent")),
-        &request.to_string(),
-    );
+    grant_bound(a, &json!({"jwk": holder.public_jwk()}), ticket)
+}
+
+/// A mandate to read CI logs whose holder `cnf` is given: (id, mandate).
+fn grant_bound(a: &Authority, cnf: &Value, ticket: &str) -> (String, String) {
+    let asked = ask(a, cnf, ticket);
     assert_eq!(asked.status, 201, "{}", asked.body);
     let approved = a.call(
         "POST",
@@ -476,6 +490,24 @@ fn grant(a: &Authority, holder: &mandate_core::keys::SigningKey, ticket: &str) -
     (
         approved.body["mandate_id"].as_str().unwrap().to_owned(),
         approved.body["mandate"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The agent's request for that mandate, as the authority answered it.
+fn ask(a: &Authority, cnf: &Value, ticket: &str) -> Answer {
+    let request = json!({
+        "principal": "lead@acme.example",
+        "agent": {"id": "ci-agent", "instance": "run-1", "cnf": cnf},
+        "purpose": {"objective": "Read the logs of the failing build", "business_context": ticket},
+        "authorization_details": [{"type": "ci_logs", "locations": ["https://ci.example.com/logs"], "actions": ["read"]}],
+        "lifecycle": {"hard_expiry": "2099-01-01T00:00:00Z", "terminal_events": [{"type": "build.fixed", "subject": ticket}]},
+        "delegation": {"permitted": false, "max_additional_hops": 0, "attenuation": "strict_subset_of_parent", "cascade_revocation": "immediate"},
+    });
+    a.call(
+        "POST",
+        "/v1/requests",
+        Some(&a.token("ci-agent", "agent")),
+        &request.to_string(),
     )
 }
 
@@ -732,6 +764,211 @@ fn a_gateway_on_tls_enforces_mandates_and_forwards_to_an_https_upstream_it_verif
         forwarded.load(std::sync::atomic::Ordering::SeqCst),
         before,
         "a denied request reached the upstream"
+    );
+}
+
+/// An agent's self-signed TLS client certificate (RFC 8705 §2.2): its
+/// DER and its key.
+fn agent_certificate(name: &str) -> (rustls_pki_types::CertificateDer<'static>, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.der().clone(), key)
+}
+
+/// Presents `chain` signed for with `key`, whether or not they belong
+/// together (an attacker's client may present a certificate it copied).
+#[derive(Debug)]
+struct Presents(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Presents {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl Ca {
+    /// A client that trusts the CA and presents `cert` with `key`.
+    fn client_with_certificate(
+        &self,
+        cert: &rustls_pki_types::CertificateDer<'static>,
+        key: &KeyPair,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let signer = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+        let certified = rustls::sign::CertifiedKey::new(vec![cert.clone()], signer);
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(Presents(Arc::new(certified))));
+        config.resumption = rustls::client::Resumption::disabled();
+        Arc::new(config)
+    }
+}
+
+/// A call through the gateway with the mandate and no DPoP proof.
+fn unproved(
+    client: &Arc<rustls::ClientConfig>,
+    gw_port: u16,
+    mandate: &str,
+) -> Result<Answer, String> {
+    https(
+        client,
+        gw_port,
+        "GET",
+        "/logs/42",
+        &[("Mandate", mandate), ("mandate-agent-instance", "run-1")],
+        "",
+    )
+}
+
+/// RFC 8705 through the real gateway: a mandate bound to the agent's TLS
+/// client certificate is used with no per-request proof, on a connection
+/// that presented that certificate, and on no other: not without one (a
+/// valid DPoP proof does not stand in), not with another certificate, not
+/// with the certificate copied but without its key; and it still ends when
+/// revoked. A DPoP-bound mandate keeps working on the same gateway without
+/// a certificate.
+#[test]
+fn a_certificate_bound_mandate_is_used_only_on_a_connection_that_proves_its_certificate() {
+    let a = Authority::start("mtls");
+    let dir = a.dir.clone();
+    let (upstream, forwarded) = tls_upstream(&a.ca, &dir);
+    let gw_port = free_port();
+    gateway_config(
+        &a,
+        gw_port,
+        upstream,
+        "delivery = \"push\"\nclient_certificates = \"self_signed\"",
+    );
+    let holder = holder();
+    let (cert, cert_key) = agent_certificate("ci-agent");
+    let thumbprint = mandate_core::hash::sha256_b64(cert.as_ref());
+
+    // A thumbprint that is not one is refused when asked for, by name.
+    let bad = ask(
+        &a,
+        &json!({"jwk": holder.public_jwk(), "x5t#S256": "not-a-thumbprint"}),
+        "ticket:CI-9",
+    );
+    assert!(
+        (400..500).contains(&bad.status) && bad.body.to_string().contains("x5t#S256"),
+        "{} {}",
+        bad.status,
+        bad.body
+    );
+
+    let (mandate_id, mandate) = grant_bound(
+        &a,
+        &json!({"jwk": holder.public_jwk(), "x5t#S256": thumbprint}),
+        "ticket:CI-7",
+    );
+    let payload: Value =
+        serde_json::from_slice(&base64_url(mandate.split('.').nth(1).unwrap())).unwrap();
+    assert_eq!(payload["agent"]["cnf"]["x5t#S256"], thumbprint.as_str());
+    let (_, dpop_mandate) = grant(&a, &holder, "ticket:CI-8");
+
+    let mut gw = Command::new(bin())
+        .args(["gateway", "--config"])
+        .arg(dir.join("gateway.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(&mut gw, gw_port, "mandate gateway");
+    let _gw = Guard(gw);
+
+    let agent = a.ca.client_with_certificate(&cert, &cert_key);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let allowed = loop {
+        let r = unproved(&agent, gw_port, &mandate).unwrap();
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(allowed.body["line"], "GET /logs/42 HTTP/1.1");
+    let reached = forwarded.load(std::sync::atomic::Ordering::SeqCst);
+
+    // Whoever copied the mandate string, even with a valid proof by the
+    // holder key, but no certificate: refused.
+    let plain = a.ca.client_config();
+    let r = through_gateway(&plain, gw_port, &holder, &mandate);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("pop_certificate_missing"),
+        "{}",
+        r.body
+    );
+    // Their own certificate: refused.
+    let (other, other_key) = agent_certificate("ci-agent");
+    let thief = a.ca.client_with_certificate(&other, &other_key);
+    let r = unproved(&thief, gw_port, &mandate).unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("pop_certificate_mismatch"),
+        "{}",
+        r.body
+    );
+    // The agent's certificate (public, copied) with their own key: the
+    // handshake's signature does not verify, so there is no connection.
+    let copier = a.ca.client_with_certificate(&cert, &other_key);
+    assert!(
+        unproved(&copier, gw_port, &mandate).is_err(),
+        "a certificate presented without its key was accepted"
+    );
+    assert_eq!(
+        forwarded.load(std::sync::atomic::Ordering::SeqCst),
+        reached,
+        "a refused request reached the upstream"
+    );
+
+    // Certificates are optional: a DPoP-bound mandate needs none.
+    let r = through_gateway(&plain, gw_port, &holder, &dpop_mandate);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // And a certificate does not stand in for its proof.
+    let r = unproved(&agent, gw_port, &dpop_mandate).unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.to_string().contains("pop_missing"), "{}", r.body);
+
+    // The certificate proves who holds the mandate, not that it is in
+    // force: revoked, it is refused on the agent's own connection.
+    let revoked = a.call(
+        "POST",
+        &format!("/v1/mandates/{mandate_id}/revoke"),
+        Some(&a.token("lead@acme.example", "principal")),
+        &json!({"reason": "build fixed"}).to_string(),
+    );
+    assert!(revoked.status < 300, "{}", revoked.body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let denied = loop {
+        let r = unproved(&agent, gw_port, &mandate).unwrap();
+        if r.status == 403 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(
+        denied.body.to_string().contains("revoked"),
+        "{}",
+        denied.body
     );
 }
 

@@ -1191,6 +1191,17 @@ fn child_payload(
             message: e.to_string(),
         });
     }
+    if let Some(problem) = claims
+        .agent
+        .cnf
+        .as_ref()
+        .and_then(|c| c.thumbprint_problem())
+    {
+        problems.push(Problem {
+            path: "agent.cnf.x5t#S256".into(),
+            message: problem.into(),
+        });
+    }
     if !problems.is_empty() {
         return Err(IssueError::Invalid(Problems(problems)));
     }

@@ -106,6 +106,41 @@ pub struct Agent {
 pub struct Confirmation {
     /// The holder's public key.
     pub jwk: PublicJwk,
+    /// The holder's TLS client certificate (RFC 8705 §3.1): base64url of
+    /// the SHA-256 of its DER. When present the mandate is
+    /// certificate-bound: it is used only over a TLS connection on which
+    /// the holder presented that certificate (possession proven once, by
+    /// the handshake), and a DPoP proof does not stand in for it.
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+impl Confirmation {
+    /// Bound to `jwk` alone (DPoP proofs at every use).
+    #[must_use]
+    pub fn key(jwk: PublicJwk) -> Self {
+        Self {
+            jwk,
+            x5t_s256: None,
+        }
+    }
+
+    /// The problem with `x5t#S256`, if any: it must be the base64url
+    /// (no padding) of a 32-byte SHA-256.
+    #[must_use]
+    pub fn thumbprint_problem(&self) -> Option<&'static str> {
+        let t = self.x5t_s256.as_deref()?;
+        crate::hash::b64_decode_32(t).is_none().then_some(
+            "must be the base64url (no padding) SHA-256 of a DER certificate: 43 characters",
+        )
+    }
+}
+
+/// The `x5t#S256` of a DER certificate (RFC 8705 §3.1): base64url of its
+/// SHA-256.
+#[must_use]
+pub fn certificate_thumbprint(der: &[u8]) -> String {
+    crate::hash::sha256_b64(der)
 }
 
 /// Why the mandate exists.

@@ -14,6 +14,13 @@
 //! | `pop_replay_cache_full` | the replay cache is full (its capacity, a setting `replay_capacity`, by default [`DEFAULT_REPLAY_CAPACITY`]) of proofs that could still be accepted: a new one is refused, never admitted unchecked |
 //! | `pop_nonce_required` | the enforcement point issues nonces (RFC 9449 §8) and the proof lacks a current one |
 //! | `holder_key_missing` | the leaf binds no holder key, so nothing can be proved |
+//! | `pop_certificate_missing` | the leaf is certificate-bound (`agent.cnf.x5t#S256`, RFC 8705) and the request's TLS connection presented no client certificate |
+//! | `pop_certificate_mismatch` | it presented another certificate than the one the leaf binds |
+//!
+//! A certificate-bound leaf is proved by the TLS handshake instead: the
+//! connection's client certificate, whose key the handshake proved, must be
+//! the one `x5t#S256` names. That is checked once per connection, not once
+//! per request; a DPoP proof does not stand in for it.
 //!
 //! The key the proof is verified with is the leaf's, never the header's:
 //! the header's `jwk` must be that same key, and the algorithm is the key's.
@@ -72,6 +79,17 @@ pub enum PopError {
     /// old or foreign one): retry with the one in `DPoP-Nonce`.
     #[error("DPoP proof: use the server's nonce (DPoP-Nonce)")]
     NonceRequired,
+    /// The leaf is certificate-bound and the connection presented no
+    /// client certificate (or the checker sees no connection).
+    #[error(
+        "the leaf mandate is bound to a TLS client certificate (agent.cnf.x5t#S256) and none was presented on this connection"
+    )]
+    CertificateMissing,
+    /// The connection's client certificate is another one.
+    #[error(
+        "the TLS client certificate is not the one the leaf mandate binds (agent.cnf.x5t#S256)"
+    )]
+    CertificateMismatch,
 }
 
 impl PopError {
@@ -86,6 +104,8 @@ impl PopError {
             PopError::Replayed => "pop_replayed",
             PopError::ReplayCacheFull => "pop_replay_cache_full",
             PopError::NonceRequired => "pop_nonce_required",
+            PopError::CertificateMissing => "pop_certificate_missing",
+            PopError::CertificateMismatch => "pop_certificate_mismatch",
         }
     }
 }
@@ -232,10 +252,38 @@ pub fn unchecked<'a>(
     chain: &'a VerifiedChain,
     possession: &Possession<'a>,
 ) -> Result<Option<(UncheckedProof<'a>, ProofTarget<'a>)>, PopError> {
-    let (proof, target) = match possession {
+    let (proof, target, certificate) = match possession {
         Possession::Held | Possession::Bearer => return Ok(None),
-        Possession::Proof { proof, target } => (proof, target),
+        Possession::Proof {
+            proof,
+            target,
+            certificate,
+        } => (proof, target, certificate),
     };
+    if let Some(bound) = chain
+        .leaf()
+        .claims()
+        .agent
+        .cnf
+        .as_ref()
+        .and_then(|c| c.x5t_s256.as_deref())
+    {
+        // Certificate-bound (RFC 8705): the handshake proved possession of
+        // the certificate's key; only that certificate will do, and a DPoP
+        // proof (even a valid one by agent.cnf.jwk) does not stand in.
+        return match certificate {
+            Some(presented)
+                if bool::from(subtle::ConstantTimeEq::ct_eq(
+                    presented.as_bytes(),
+                    bound.as_bytes(),
+                )) =>
+            {
+                Ok(None)
+            }
+            Some(_) => Err(PopError::CertificateMismatch),
+            None => Err(PopError::CertificateMissing),
+        };
+    }
     let holder = chain.holder_key().ok_or(PopError::NoHolderKey)?;
     let proof = proof.ok_or(PopError::Missing)?;
     Ok(Some((UncheckedProof::decode(holder, proof)?, *target)))
@@ -575,6 +623,11 @@ pub enum Possession<'a> {
         proof: Option<&'a str>,
         /// What it must be for.
         target: ProofTarget<'a>,
+        /// The `x5t#S256` of the TLS client certificate the request came
+        /// on, when the checker terminated a connection that presented one
+        /// (the handshake proved its key). A certificate-bound leaf needs
+        /// it; for any other it is not consulted.
+        certificate: Option<&'a str>,
     },
     /// The checker is the holder itself (the SDK deciding its own calls,
     /// having checked at start that its key is the one the leaf binds).
@@ -582,6 +635,14 @@ pub enum Possession<'a> {
     /// Development only, loudly logged by whoever chooses it: no proof.
     Bearer,
 }
+
+/// The TLS client certificate of the connection a request came on, when it
+/// presented one: its `x5t#S256` (RFC 8705 §3.1). A server sets it once per
+/// connection, after a handshake whose signature it verified with the
+/// certificate's key (so the peer holds that key), as a request extension;
+/// enforcement points pass it on as [`Possession::Proof`]'s `certificate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate(pub std::sync::Arc<str>);
 
 /// Checks possession for `chain`'s leaf: verifies the proof and admits it
 /// to the replay cache. The reason code when it fails.
@@ -597,7 +658,11 @@ pub fn check(
 
 /// The proof an AuthZEN request carries for its enforcement point:
 /// `context.dpop`, with the method and URL it was checked against
-/// (`context.htm`, `context.htu`).
+/// (`context.htm`, `context.htu`). No client certificate: whoever asks
+/// over AuthZEN did not see the agent's TLS handshake, and a statement
+/// that it did is not evidence, so a certificate-bound leaf is refused
+/// (`pop_certificate_missing`) and is decided only where the agent's
+/// connection ends.
 #[must_use]
 pub fn from_context<'a>(request: &'a EvaluationRequest, token: Option<&'a str>) -> Possession<'a> {
     let get = |k: &str| request.context.get(k).and_then(Value::as_str);
@@ -609,6 +674,7 @@ pub fn from_context<'a>(request: &'a EvaluationRequest, token: Option<&'a str>) 
             access_token: token,
             nonce: None,
         },
+        certificate: None,
     }
 }
 

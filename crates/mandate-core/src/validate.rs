@@ -134,6 +134,9 @@ pub fn validate(m: &MandateClaims, conditions: CheckConditions) -> Result<(), Pr
     {
         c.push("agent.cnf.jwk", e.to_string());
     }
+    if let Some(problem) = m.agent.cnf.as_ref().and_then(|c| c.thumbprint_problem()) {
+        c.push("agent.cnf.x5t#S256", problem);
+    }
     c.text("purpose.objective", &m.purpose.objective);
     c.text("purpose.business_context", &m.purpose.business_context);
 

@@ -29,3 +29,6 @@ mod properties;
 
 #[path = "spec/vectors.rs"]
 mod vectors;
+
+#[path = "spec/possession.rs"]
+mod possession;

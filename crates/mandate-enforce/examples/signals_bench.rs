@@ -98,6 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tls_cert_file: None,
             tls_key_file: None,
             allow_plain_http: false,
+            client_certificates: mandate_enforce::gateway::ClientCertificates::Off,
             upstream_ca_file: None,
             authority_ca_file: None,
             key_refresh_secs: 60,

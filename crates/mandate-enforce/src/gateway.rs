@@ -27,6 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use mandate_core::decision::Decision;
+use mandate_core::pop::ClientCertificate;
 use mandate_core::request::EvaluationRequest;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -126,6 +127,14 @@ pub struct GatewayConfig {
     /// The TLS private key (PEM).
     #[serde(default)]
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// Whether agents are asked for a TLS client certificate: `off` (the
+    /// default) or `self_signed` (RFC 8705 §2.2: any certificate whose key
+    /// signs the handshake; none is also accepted, for agents with DPoP
+    /// proofs). A certificate-bound mandate (`agent.cnf.x5t#S256`) is
+    /// allowed only on a connection whose certificate it names, and then
+    /// needs no per-request proof. Needs `tls_cert_file`.
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
     /// Serve plain HTTP on a non-loopback address (behind a proxy that
     /// terminates TLS). Off by default.
     #[serde(default)]
@@ -150,6 +159,19 @@ pub struct GatewayConfig {
     /// The routes.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
+}
+
+/// Whether a gateway asks its clients for TLS certificates (see
+/// [`GatewayConfig::client_certificates`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertificates {
+    /// Not asked for.
+    #[default]
+    Off,
+    /// Asked for, optional, not checked against a CA; the handshake proves
+    /// the key.
+    SelfSigned,
 }
 
 fn default_staleness() -> u64 {
@@ -218,6 +240,12 @@ impl GatewayConfig {
             self.allow_plain_http,
         )
         .map_err(|(setting, m)| cerr(setting, m))?;
+        if self.client_certificates != ClientCertificates::Off && self.tls_cert_file.is_none() {
+            return Err(cerr(
+                "client_certificates",
+                "needs tls_cert_file and tls_key_file: client certificates come with a TLS handshake",
+            ));
+        }
         crate::point::check_credentials(
             self.token_file.as_deref(),
             self.client_credentials.as_ref(),
@@ -525,8 +553,17 @@ impl Gateway {
     }
 
     /// Decides a request described by method, path, headers; `url` is the
-    /// URL the agent called (what its DPoP proof must name).
-    async fn decide(&self, method: &Method, uri: &Uri, url: &str, headers: &HeaderMap) -> Decision {
+    /// URL the agent called (what its DPoP proof must name); `certificate`
+    /// the `x5t#S256` of the client certificate its TLS connection to this
+    /// gateway presented, if any.
+    async fn decide(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        url: &str,
+        headers: &HeaderMap,
+        certificate: Option<&str>,
+    ) -> Decision {
         let path = uri.path();
         let Some((route, props)) = self
             .routes
@@ -570,7 +607,9 @@ impl Gateway {
             0 => None,
             _ => Some(""),
         };
-        let possession = self.point.possession(proof, method.as_str(), url, token);
+        let possession = self
+            .point
+            .possession(proof, method.as_str(), url, token, certificate);
         self.point
             .decide_batched(mandate, &request, token, possession)
             .await
@@ -704,8 +743,12 @@ fn problem(d: &Decision) -> Response {
 async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let _in_flight = gw.point.request();
     let url = format!("{}{}", gw.origin, req.uri().path());
+    let certificate = req
+        .extensions()
+        .get::<ClientCertificate>()
+        .map(|c| c.0.as_ref());
     let d = gw
-        .decide(req.method(), req.uri(), &url, req.headers())
+        .decide(req.method(), req.uri(), &url, req.headers(), certificate)
         .await;
     let d = gw.point.fulfil(d).await;
     gw.ship(req.method(), req.uri(), &d);
@@ -774,7 +817,10 @@ async fn auth_request(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     };
     let d = gw
         .point
-        .fulfil(gw.decide(&method, &uri, &url, &headers).await)
+        // No client certificate: nginx ended the agent's TLS connection, and
+        // its word on a certificate is not the handshake (a
+        // certificate-bound mandate is refused, `pop_certificate_missing`).
+        .fulfil(gw.decide(&method, &uri, &url, &headers, None).await)
         .await;
     gw.ship(&method, &uri, &d);
     let status = if d.allow {

@@ -378,7 +378,9 @@ impl Point {
 
     /// How possession is established for one use: the `proof` (`None`: none
     /// was sent; `Some("")`: one that cannot be a proof, such as two) for
-    /// the method and URL it must name, or nothing in bearer mode.
+    /// the method and URL it must name, and the `certificate` of the TLS
+    /// connection the use came on (what a certificate-bound leaf needs), or
+    /// nothing in bearer mode.
     #[must_use]
     pub fn possession<'a>(
         &'a self,
@@ -386,6 +388,7 @@ impl Point {
         htm: &'a str,
         htu: &'a str,
         access_token: Option<&'a str>,
+        certificate: Option<&'a str>,
     ) -> Possession<'a> {
         match self.mode {
             Mode::Bearer => Possession::Bearer,
@@ -397,6 +400,7 @@ impl Point {
                     access_token,
                     nonce: self.dpop_nonce.then_some(&self.nonces),
                 },
+                certificate,
             },
         }
     }

@@ -229,7 +229,25 @@ async fn exchange(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Resp
             access_token: None,
             nonce: s.config.dpop_nonce.then_some(&s.nonces),
         },
+        // The tokens issued here are DPoP-bound (`cnf.jkt`); a
+        // certificate-bound mandate is refused just below, so no token
+        // is ever bound to less than its mandate.
+        certificate: None,
     };
+    if chain
+        .leaf()
+        .claims()
+        .agent
+        .cnf
+        .as_ref()
+        .is_some_and(|c| c.x5t_s256.is_some())
+    {
+        return Err(invalid_grant(
+            "subject_token: a certificate-bound mandate (agent.cnf.x5t#S256) is not exchanged: \
+             the token would be DPoP-bound, a weaker binding than the mandate's; present the \
+             mandate itself over mutual TLS",
+        ));
+    }
     if let Some(e) = pop::check(&chain, &possession, &s.replay, now) {
         if e == pop::PopError::NonceRequired {
             return Err(oauth_error(

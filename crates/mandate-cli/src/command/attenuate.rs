@@ -24,6 +24,12 @@ pub struct Args {
     /// (the key the sub-agent proves possession with).
     #[arg(long)]
     child_holder: Option<String>,
+    /// The child holder's TLS client certificate (PEM), bound as the
+    /// child's `agent.cnf.x5t#S256`: the sub-agent then uses the child only
+    /// over mutual TLS with that certificate (RFC 8705). Needs
+    /// `--child-holder` (or the claims' `agent.cnf.jwk`).
+    #[arg(long)]
+    child_holder_cert: Option<String>,
     /// Issue time (RFC 3339; default now).
     #[arg(long)]
     at: Option<String>,
@@ -38,7 +44,17 @@ pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
         let jwk: mandate_core::keys::PublicJwk = io::read_json(path)?;
         mandate_core::keys::VerifyingKey::from_jwk(&jwk)
             .map_err(|e| CliError::input("invalid_input", format!("{path}: {e}")))?;
-        spec.agent.cnf = Some(mandate_core::model::Confirmation { jwk });
+        spec.agent.cnf = Some(mandate_core::model::Confirmation::key(jwk));
+    }
+    if let Some(path) = &a.child_holder_cert {
+        let thumbprint = io::certificate_thumbprint(path)?;
+        let cnf = spec.agent.cnf.as_mut().ok_or_else(|| {
+            CliError::input(
+                "invalid_input",
+                "--child-holder-cert: the child binds no holder key (give --child-holder or agent.cnf.jwk)",
+            )
+        })?;
+        cnf.x5t_s256 = Some(thumbprint);
     }
     let now = io::time_arg(a.at.as_deref())?;
     let id = match &spec.mandate_id {

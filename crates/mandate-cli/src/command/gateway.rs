@@ -24,6 +24,14 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
         .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
     let listen = config.listen.clone();
     let tls_files = (config.tls_cert_file.clone(), config.tls_key_file.clone());
+    let clients = match config.client_certificates {
+        mandate_enforce::gateway::ClientCertificates::Off => {
+            mandate_authority::tls::ClientCertificates::Off
+        }
+        mandate_enforce::gateway::ClientCertificates::SelfSigned => {
+            mandate_authority::tls::ClientCertificates::SelfSigned
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,7 +56,11 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
                 path: "authority".into(),
                 message: e,
             })?;
-        let tls = crate::command::tls_acceptor(tls_files.0.as_deref(), tls_files.1.as_deref())?;
+        let tls = crate::command::tls_acceptor_with(
+            tls_files.0.as_deref(),
+            tls_files.1.as_deref(),
+            clients,
+        )?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!("mandate gateway listening on {scheme}://{listen}");
         // The authority's server loop: header-read timeout, a connection

@@ -24,6 +24,12 @@ pub struct Args {
     /// The holder's public JWK, set as `agent.cnf.jwk` so the holder can derive children.
     #[arg(long)]
     holder: Option<String>,
+    /// The holder's TLS client certificate (PEM): its thumbprint is set as
+    /// `agent.cnf.x5t#S256`, so the mandate is used only over mutual TLS
+    /// with that certificate (RFC 8705). Needs a holder key (`--holder` or
+    /// the claims' `agent.cnf.jwk`).
+    #[arg(long)]
+    holder_cert: Option<String>,
     /// Issue time when the claims do not say (RFC 3339; default now).
     #[arg(long)]
     at: Option<String>,
@@ -103,7 +109,17 @@ pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
         let jwk: PublicJwk = io::read_json(path)?;
         VerifyingKey::from_jwk(&jwk)
             .map_err(|e| CliError::input("invalid_key", format!("{path}: {e}")))?;
-        claims.agent.cnf = Some(Confirmation { jwk });
+        claims.agent.cnf = Some(Confirmation::key(jwk));
+    }
+    if let Some(path) = &a.holder_cert {
+        let thumbprint = io::certificate_thumbprint(path)?;
+        let cnf = claims.agent.cnf.as_mut().ok_or_else(|| {
+            CliError::input(
+                "invalid_input",
+                "--holder-cert: the mandate binds no holder key (give --holder or agent.cnf.jwk)",
+            )
+        })?;
+        cnf.x5t_s256 = Some(thumbprint);
     }
     let jws = issue_root(&key, &claims).map_err(|e| CliError::Input {
         codes: e.codes(),

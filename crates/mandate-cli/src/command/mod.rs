@@ -51,15 +51,25 @@ pub(crate) fn tls_acceptor(
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
 ) -> Result<Option<tokio_rustls::TlsAcceptor>, crate::CliError> {
+    tls_acceptor_with(cert, key, mandate_authority::tls::ClientCertificates::Off)
+}
+
+/// As [`tls_acceptor`], asking clients for certificates as `clients` says.
+pub(crate) fn tls_acceptor_with(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    clients: mandate_authority::tls::ClientCertificates,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, crate::CliError> {
     match (cert, key) {
-        (Some(cert), Some(key)) => {
-            mandate_authority::tls::acceptor(&mandate_authority::tls::TlsFiles {
+        (Some(cert), Some(key)) => mandate_authority::tls::acceptor_with(
+            &mandate_authority::tls::TlsFiles {
                 cert: cert.to_owned(),
                 key: key.to_owned(),
-            })
-            .map(Some)
-            .map_err(|e| crate::CliError::input("invalid_config", e))
-        }
+            },
+            clients,
+        )
+        .map(Some)
+        .map_err(|e| crate::CliError::input("invalid_config", e)),
         _ => Ok(None),
     }
 }

@@ -45,9 +45,7 @@ pub fn verifier() -> Verifier {
 /// with `hops` more delegation hops.
 pub fn procurement_claims(hops: u8) -> MandateClaims {
     let mut c: MandateClaims = serde_json::from_str(PROCUREMENT).unwrap();
-    c.agent.cnf = Some(Confirmation {
-        jwk: agent_key().public_jwk(),
-    });
+    c.agent.cnf = Some(Confirmation::key(agent_key().public_jwk()));
     c.delegation.max_additional_hops = hops;
     c
 }

@@ -118,6 +118,10 @@ impl HttpProxy {
             agent_instance: header(&self.proxy.config.agent_instance_header),
             agent: header(&self.proxy.config.agent_header),
             access_token: token,
+            certificate: parts
+                .extensions
+                .get::<mandate_core::pop::ClientCertificate>()
+                .map(|c| c.0.as_ref()),
             held: false,
         };
         let kind = m.kind.clone();

@@ -576,6 +576,9 @@ pub struct Presented<'a> {
     pub agent: Option<&'a str>,
     /// The access token the leaf may bind.
     pub access_token: Option<&'a str>,
+    /// The `x5t#S256` of the client certificate the message's TLS
+    /// connection presented (what a certificate-bound leaf needs).
+    pub certificate: Option<&'a str>,
     /// This proxy holds the leaf's key itself (a configured stdio session).
     pub held: bool,
 }
@@ -795,7 +798,8 @@ impl Proxy {
         let possession = if p.held {
             Possession::Held
         } else {
-            self.point.possession(p.proof, "POST", &htu, p.access_token)
+            self.point
+                .possession(p.proof, "POST", &htu, p.access_token, p.certificate)
         };
         (
             self.point
@@ -821,7 +825,8 @@ impl Proxy {
         let possession = if p.held {
             Possession::Held
         } else {
-            self.point.possession(p.proof, "POST", &htu, p.access_token)
+            self.point
+                .possession(p.proof, "POST", &htu, p.access_token, p.certificate)
         };
         if self.point.check_possession(&chain, &possession).is_some() {
             return Vec::new();

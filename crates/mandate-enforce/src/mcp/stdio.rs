@@ -97,6 +97,7 @@ impl Session {
             agent_instance: Some(&self.agent_instance),
             agent: None,
             access_token: self.access_token.as_deref(),
+            certificate: None,
             held: self.held,
         }
     }
