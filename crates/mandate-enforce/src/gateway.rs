@@ -161,8 +161,8 @@ pub struct GatewayConfig {
     pub route: Vec<RouteConfig>,
 }
 
-/// Whether a gateway asks its clients for TLS certificates (see
-/// [`GatewayConfig::client_certificates`]).
+/// Whether a gateway or MCP proxy asks its clients for TLS certificates
+/// (see [`GatewayConfig::client_certificates`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientCertificates {

@@ -24,14 +24,7 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
         .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
     let listen = config.listen.clone();
     let tls_files = (config.tls_cert_file.clone(), config.tls_key_file.clone());
-    let clients = match config.client_certificates {
-        mandate_enforce::gateway::ClientCertificates::Off => {
-            mandate_authority::tls::ClientCertificates::Off
-        }
-        mandate_enforce::gateway::ClientCertificates::SelfSigned => {
-            mandate_authority::tls::ClientCertificates::SelfSigned
-        }
-    };
+    let clients = crate::command::client_certificates(config.client_certificates);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,7 +49,7 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
                 path: "authority".into(),
                 message: e,
             })?;
-        let tls = crate::command::tls_acceptor_with(
+        let tls = crate::command::tls_acceptor(
             tls_files.0.as_deref(),
             tls_files.1.as_deref(),
             clients,

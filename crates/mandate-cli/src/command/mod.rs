@@ -43,19 +43,24 @@ pub enum LogFormat {
     Json,
 }
 
-/// Starts logging at `RUST_LOG` (default `info`) in `format`. Request spans
-/// (method, route, request id, status, latency) are at `debug`.
-/// The TLS acceptor of a server given a certificate and key (none when
-/// neither is given); a pair that cannot be read stops the start.
-pub(crate) fn tls_acceptor(
-    cert: Option<&std::path::Path>,
-    key: Option<&std::path::Path>,
-) -> Result<Option<tokio_rustls::TlsAcceptor>, crate::CliError> {
-    tls_acceptor_with(cert, key, mandate_authority::tls::ClientCertificates::Off)
+/// A gateway's or MCP proxy's setting as the TLS layer's.
+pub(crate) fn client_certificates(
+    c: mandate_enforce::gateway::ClientCertificates,
+) -> mandate_authority::tls::ClientCertificates {
+    match c {
+        mandate_enforce::gateway::ClientCertificates::Off => {
+            mandate_authority::tls::ClientCertificates::Off
+        }
+        mandate_enforce::gateway::ClientCertificates::SelfSigned => {
+            mandate_authority::tls::ClientCertificates::SelfSigned
+        }
+    }
 }
 
-/// As [`tls_acceptor`], asking clients for certificates as `clients` says.
-pub(crate) fn tls_acceptor_with(
+/// The TLS acceptor of a server given a certificate and key (none when
+/// neither is given), asking clients for certificates as `clients` says; a
+/// pair that cannot be read stops the start.
+pub(crate) fn tls_acceptor(
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
     clients: mandate_authority::tls::ClientCertificates,
@@ -74,6 +79,8 @@ pub(crate) fn tls_acceptor_with(
     }
 }
 
+/// Starts logging at `RUST_LOG` (default `info`) in `format`. Request spans
+/// (method, route, request id, status, latency) are at `debug`.
 pub(crate) fn init_logging(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());

@@ -166,6 +166,12 @@ pub struct McpConfig {
     /// The TLS private key (PEM).
     #[serde(default)]
     pub tls_key_file: Option<PathBuf>,
+    /// Whether MCP clients are asked for a TLS client certificate: `off`
+    /// (the default) or `self_signed`, as the gateway's setting of that
+    /// name: a certificate-bound mandate is then allowed on a connection
+    /// whose certificate it names. Needs `tls_cert_file`.
+    #[serde(default)]
+    pub client_certificates: crate::gateway::ClientCertificates,
     /// Serve plain HTTP on a non-loopback address (behind a proxy that
     /// terminates TLS). Off by default.
     #[serde(default)]
@@ -262,6 +268,14 @@ impl McpConfig {
             return Err(cerr(
                 "listen",
                 "missing (Streamable HTTP needs an address; or give a server command after --)",
+            ));
+        }
+        if self.client_certificates != crate::gateway::ClientCertificates::Off
+            && self.tls_cert_file.is_none()
+        {
+            return Err(cerr(
+                "client_certificates",
+                "needs tls_cert_file and tls_key_file: client certificates come with a TLS handshake",
             ));
         }
         crate::point::check_credentials(
