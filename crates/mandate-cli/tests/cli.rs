@@ -565,3 +565,96 @@ fn the_source_texts_own_example_mandate_issues_with_its_registered_claims_filled
     ]);
     assert!(v.starts_with("VALID"), "{v}");
 }
+
+/// The leaf's claims of a compact chain (not verified).
+fn leaf_claims(chain: &str) -> serde_json::Value {
+    use mandate_core::b64;
+    let leaf = chain.trim().rsplit('~').next().unwrap();
+    serde_json::from_slice(&b64::decode(leaf.split('.').nth(1).unwrap()).unwrap()).unwrap()
+}
+
+/// A self-signed certificate (PEM) and its thumbprint, as RFC 8705 §3.1
+/// computes it: base64url of the SHA-256 of the DER.
+fn certificate(d: &Dir, name: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    d.write(&format!("{name}.pem"), &cert.pem());
+    mandate_core::hash::sha256_b64(cert.der())
+}
+
+#[test]
+fn issue_and_attenuate_bind_a_holder_certificate_by_its_thumbprint() {
+    let d = Dir::new();
+    d.setup();
+    let agents = certificate(&d, "agent-cert");
+    let root = d.ok(&[
+        "issue",
+        "--key",
+        "authority.jwk",
+        "--holder",
+        "agent.pub.jwk",
+        "--holder-cert",
+        "agent-cert.pem",
+        "--claims",
+        "procurement-mandate.json",
+    ]);
+    d.write("bound.jws", &root);
+    assert_eq!(leaf_claims(&root)["agent"]["cnf"]["x5t#S256"], agents.as_str());
+    assert!(leaf_claims(&root)["agent"]["cnf"]["jwk"].is_object());
+
+    // The child binds the sub-agent's certificate, not its parent's.
+    let sub_pub = d.ok(&["keygen", "--out", "sub.jwk"]);
+    d.write("sub.pub.jwk", &sub_pub);
+    let subs = certificate(&d, "sub-cert");
+    let child = d.ok(&[
+        "attenuate",
+        "--parent",
+        "@bound.jws",
+        "--holder-key",
+        "agent.jwk",
+        "--child-holder",
+        "sub.pub.jwk",
+        "--child-holder-cert",
+        "sub-cert.pem",
+        "--claims",
+        "child-search-only.json",
+        "--at",
+        "2025-10-02T08:00:00Z",
+    ]);
+    assert_eq!(leaf_claims(&child)["agent"]["cnf"]["x5t#S256"], subs.as_str());
+
+    // A certificate with no holder key to go with it, or a file that holds
+    // no certificate: exit 3, naming what is wrong.
+    let out = d.run(&[
+        "issue",
+        "--key",
+        "authority.jwk",
+        "--holder-cert",
+        "agent-cert.pem",
+        "--claims",
+        "procurement-mandate.json",
+    ]);
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--holder-cert"), "{}", stderr(&out));
+    d.write("not-a-cert.pem", "hello");
+    let out = d.run(&[
+        "issue",
+        "--key",
+        "authority.jwk",
+        "--holder",
+        "agent.pub.jwk",
+        "--holder-cert",
+        "not-a-cert.pem",
+        "--claims",
+        "procurement-mandate.json",
+    ]);
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not-a-cert.pem") && stderr(&out).contains("certificate"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -604,3 +604,42 @@ fn concurrent_decisions_whose_proofs_are_checked_together_each_get_their_own_ans
     assert_eq!(at_once + alone + batched, 72, "{text}");
     assert!(batched >= 2 * batches && rechecked <= batched, "{text}");
 }
+
+/// The authority ends no agent's TLS connection to an enforcement point, so
+/// it never sees the certificate a certificate-bound mandate names: such a
+/// mandate is refused at the AuthZEN endpoint whatever the request says it
+/// saw, and is not exchanged for a (weaker) DPoP-bound token, even with a
+/// valid proof by its holder key.
+#[test]
+fn a_certificate_bound_mandate_is_neither_decided_nor_exchanged_by_the_authority() {
+    let s = Server::start("pop-certificate");
+    let c = Cast::new(&s);
+    set_facts(
+        &s,
+        &c,
+        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
+    );
+    let thumbprint = mandate_core::hash::sha256_b64(b"the agent's certificate");
+    let mut request = procurement_request("vp@acme.example");
+    request["agent"]["cnf"]["x5t#S256"] = json!(thumbprint);
+    let (_, mandate) = grant(&s, &c, &request);
+
+    let mut req = with_proof(&mandate, Some(proof("POST", URL, None)));
+    req["context"]["x5t#S256"] = json!(thumbprint);
+    let d = evaluate(&s, &c, &req);
+    assert_eq!(d["decision"], false, "{d}");
+    assert_eq!(reasons(&d), ["pop_certificate_missing"]);
+
+    let (st, e) = exchange(&s, &mandate, &[], None);
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+    assert!(
+        e["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("certificate-bound")),
+        "{e}"
+    );
+}
