@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// The placeholder replaced by one line of `--lines` per request.
@@ -49,8 +49,19 @@ const CYCLE: &str = "@CYCLE@";
     about = "HTTP/1.1 load with one fresh value per request"
 )]
 struct Args {
-    /// `http://host:port/path` (plain HTTP/1.1 with keep-alive).
+    /// `http://host:port/path` or `https://...` (HTTP/1.1 with keep-alive;
+    /// over TLS every connection's handshake is done before the clock
+    /// starts).
     url: String,
+    /// https: the CA (PEM) the server's certificate must chain to.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// https: a client certificate (PEM) to present, with `--key`.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// https: the client certificate's private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
     /// Connections, each with one request in flight.
     #[arg(short = 'c', long, default_value_t = 32)]
     connections: usize,
@@ -155,14 +166,106 @@ fn run(args: &Args) -> Result<Report, String> {
         .map_err(|e| format!("runtime: {e}"))?;
     let duration = Duration::from_secs(args.duration);
     let drain = Duration::from_secs(args.drain);
-    let (outcomes, window) =
-        runtime.block_on(load(&target, &shared, args.connections, duration, drain))?;
+    let (outcomes, window) = if target.tls {
+        let dial = TlsDial::new(args, &target)?;
+        runtime.block_on(load(&dial, &target, &shared, args.connections, duration, drain))?
+    } else {
+        if args.cacert.is_some() || args.cert.is_some() || args.key.is_some() {
+            return Err("--cacert, --cert and --key are for https:// URLs".into());
+        }
+        runtime.block_on(load(&Plain, &target, &shared, args.connections, duration, drain))?
+    };
     Ok(summarize(args, &outcomes, window))
+}
+
+/// How a connection is opened: plain TCP or TLS over it.
+trait Dial: Clone + Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn dial(
+        &self,
+        addr: &str,
+    ) -> impl std::future::Future<Output = Result<Self::Stream, String>> + Send;
+}
+
+/// Plain TCP.
+#[derive(Debug, Clone, Copy)]
+struct Plain;
+
+impl Dial for Plain {
+    type Stream = TcpStream;
+    async fn dial(&self, addr: &str) -> Result<TcpStream, String> {
+        connect(addr).await
+    }
+}
+
+/// TLS (rustls) over TCP, trusting `--cacert` and presenting `--cert`.
+#[derive(Clone)]
+struct TlsDial {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls_pki_types::ServerName<'static>,
+}
+
+impl TlsDial {
+    fn new(args: &Args, target: &Target) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = args
+            .cacert
+            .as_ref()
+            .ok_or("--cacert: an https:// URL needs the CA its server's certificate chains to")?;
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("--cacert {}: {e}", ca.display()))?
+        {
+            roots
+                .add(c.map_err(|e| format!("--cacert {}: {e}", ca.display()))?)
+                .map_err(|e| format!("--cacert {}: {e}", ca.display()))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots);
+        let config = match (&args.cert, &args.key) {
+            (Some(cert), Some(key)) => {
+                let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| format!("--cert {}: {e}", cert.display()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("--cert {}: {e}", cert.display()))?;
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("--key {}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("--cert/--key: {e}"))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err("--cert and --key go together".into()),
+        };
+        let host = target.host.rsplit_once(':').map_or(target.host.as_str(), |(h, _)| h);
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("url: `{host}`: {e}"))?;
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
+impl Dial for TlsDial {
+    type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+    async fn dial(&self, addr: &str) -> Result<Self::Stream, String> {
+        let tcp = connect(addr).await?;
+        self.connector
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(|e| format!("tls handshake with {addr}: {e}"))
+    }
 }
 
 /// Opens every connection, starts them together, stops them after
 /// `duration`; the elapsed time is from the start to the stop.
-async fn load(
+async fn load<D: Dial>(
+    dial: &D,
     target: &Target,
     shared: &Arc<Shared>,
     connections: usize,
@@ -171,7 +274,7 @@ async fn load(
 ) -> Result<(Vec<Outcome>, Window), String> {
     let mut streams = Vec::with_capacity(connections);
     for _ in 0..connections {
-        streams.push(connect(&target.addr).await?);
+        streams.push(dial.dial(&target.addr).await?);
     }
     let start = Arc::new(tokio::sync::Barrier::new(connections + 1));
     let tasks: Vec<_> = streams
@@ -179,6 +282,7 @@ async fn load(
         .map(|s| {
             tokio::spawn(connection(
                 s,
+                dial.clone(),
                 target.addr.clone(),
                 Arc::clone(shared),
                 Arc::clone(&start),
@@ -272,8 +376,9 @@ struct Outcome {
     failure: Option<String>,
 }
 
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<D: Dial>(
+    mut stream: D::Stream,
+    dial: D,
     addr: String,
     shared: Arc<Shared>,
     start: Arc<tokio::sync::Barrier>,
@@ -323,7 +428,7 @@ async fn connection(
             break; // completed after the clock stopped: not counted
         }
         if answer.close {
-            match connect(&addr).await {
+            match dial.dial(&addr).await {
                 Ok(s) => stream = s,
                 Err(e) => {
                     out.failure = Some(e);
@@ -362,13 +467,16 @@ struct Target {
     addr: String,
     host: String,
     path: String,
+    tls: bool,
 }
 
 impl Target {
     fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("url: `{url}` is not http://host:port/path"))?;
+        let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => return Err(format!("url: `{url}` is not http(s)://host:port/path")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, "/"),
@@ -382,12 +490,13 @@ impl Target {
         {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         Ok(Self {
             addr,
             host: authority.to_owned(),
             path: path.to_owned(),
+            tls,
         })
     }
 }
@@ -576,7 +685,7 @@ impl Response {
     }
 
     /// Reads one answer (no pipelining: nothing may follow it).
-    async fn read(&mut self, stream: &mut TcpStream) -> Result<Answer, String> {
+    async fn read<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> Result<Answer, String> {
         self.buf.clear();
         let mut chunk = [0u8; 16 * 1024];
         loop {
@@ -806,7 +915,8 @@ mod tests {
             );
         }
         assert!(Template::new("get", &target, &[], "").is_err());
-        assert!(Target::parse("https://h/").is_err());
+        assert!(Target::parse("ftp://h/").is_err());
+        assert_eq!(Target::parse("https://h/").unwrap().addr, "h:443");
         assert_eq!(
             Target::parse("http://localhost/x").unwrap().addr,
             "localhost:80"
@@ -839,6 +949,9 @@ mod tests {
         });
         let args = Args {
             url: format!("http://127.0.0.1:{port}/"),
+            cacert: None,
+            cert: None,
+            key: None,
             connections: 2,
             duration: 1,
             threads: 1,
@@ -915,6 +1028,9 @@ mod tests {
         std::fs::write(&dir, lines.join("\n")).unwrap();
         let args = |expect: &str| Args {
             url: format!("http://127.0.0.1:{port}/x"),
+            cacert: None,
+            cert: None,
+            key: None,
             connections: 4,
             duration: 1,
             threads: 1,
