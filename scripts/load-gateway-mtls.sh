@@ -8,9 +8,9 @@
 #   nginx proxy_pass         nginx terminating TLS (asking for a client
 #                            certificate, as the gateway does) in front of
 #                            an nginx upstream
-#   gateway, mTLS-bound      the mandate gateway, same upstream, a
+#   gateway mTLS-bound       the mandate gateway, same upstream, a
 #                            certificate-bound mandate: no proof per request
-#   gateway, DPoP            the same gateway, a key-bound mandate: a fresh
+#   gateway DPoP             the same gateway, a key-bound mandate: a fresh
 #                            DPoP proof per request, as scripts/load-gateway.sh
 # MANDATE_BIN=path runs that build instead of building this tree. Needs
 # nginx, openssl and curl (Debian packages).
@@ -115,9 +115,9 @@ echo "== ${duration}s a run, $rounds rounds taking turns, TLS 1.3 everywhere; ma
 for round in $(seq "$rounds"); do
   for c in "$conns" 1; do
     run "nginx proxy_pass (TLS)" "$P" "$c" "$round" --cert agent.pem --key agent.key -H "Mandate: $bound"
-    run "gateway, mTLS-bound" "$G" "$c" "$round" --cert agent.pem --key agent.key -H "Mandate: $bound"
+    run "gateway mTLS-bound" "$G" "$c" "$round" --cert agent.pem --key agent.key -H "Mandate: $bound"
     "$bin" dpop --key holder.jwk --method GET --url "$url" --count $((duration * ($c > 1 ? 40000 : 10000))) > proofs
-    run "gateway, DPoP" "$G" "$c" "$round" -H "Mandate: $keyed" -H 'DPoP: @LINE@' --lines proofs
+    run "gateway DPoP" "$G" "$c" "$round" -H "Mandate: $keyed" -H 'DPoP: @LINE@' --lines proofs
   done
 done
 echo "gateway proof signatures: $(curl -s --cacert ca.pem "https://127.0.0.1:$G/_mandate/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["proof_signatures"])')"
