@@ -602,7 +602,10 @@ fn issue_and_attenuate_bind_a_holder_certificate_by_its_thumbprint() {
         "procurement-mandate.json",
     ]);
     d.write("bound.jws", &root);
-    assert_eq!(leaf_claims(&root)["agent"]["cnf"]["x5t#S256"], agents.as_str());
+    assert_eq!(
+        leaf_claims(&root)["agent"]["cnf"]["x5t#S256"],
+        agents.as_str()
+    );
     assert!(leaf_claims(&root)["agent"]["cnf"]["jwk"].is_object());
 
     // The child binds the sub-agent's certificate, not its parent's.
@@ -624,7 +627,10 @@ fn issue_and_attenuate_bind_a_holder_certificate_by_its_thumbprint() {
         "--at",
         "2025-10-02T08:00:00Z",
     ]);
-    assert_eq!(leaf_claims(&child)["agent"]["cnf"]["x5t#S256"], subs.as_str());
+    assert_eq!(
+        leaf_claims(&child)["agent"]["cnf"]["x5t#S256"],
+        subs.as_str()
+    );
 
     // A certificate with no holder key to go with it, or a file that holds
     // no certificate: exit 3, naming what is wrong.

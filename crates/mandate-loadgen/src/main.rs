@@ -168,12 +168,26 @@ fn run(args: &Args) -> Result<Report, String> {
     let drain = Duration::from_secs(args.drain);
     let (outcomes, window) = if target.tls {
         let dial = TlsDial::new(args, &target)?;
-        runtime.block_on(load(&dial, &target, &shared, args.connections, duration, drain))?
+        runtime.block_on(load(
+            &dial,
+            &target,
+            &shared,
+            args.connections,
+            duration,
+            drain,
+        ))?
     } else {
         if args.cacert.is_some() || args.cert.is_some() || args.key.is_some() {
             return Err("--cacert, --cert and --key are for https:// URLs".into());
         }
-        runtime.block_on(load(&Plain, &target, &shared, args.connections, duration, drain))?
+        runtime.block_on(load(
+            &Plain,
+            &target,
+            &shared,
+            args.connections,
+            duration,
+            drain,
+        ))?
     };
     Ok(summarize(args, &outcomes, window))
 }
@@ -241,7 +255,10 @@ impl TlsDial {
             (None, None) => builder.with_no_client_auth(),
             _ => return Err("--cert and --key go together".into()),
         };
-        let host = target.host.rsplit_once(':').map_or(target.host.as_str(), |(h, _)| h);
+        let host = target
+            .host
+            .rsplit_once(':')
+            .map_or(target.host.as_str(), |(h, _)| h);
         let name = rustls_pki_types::ServerName::try_from(host.to_owned())
             .map_err(|e| format!("url: `{host}`: {e}"))?;
         Ok(Self {
@@ -1070,5 +1087,131 @@ mod tests {
             failure.contains("unexpected answer: status 200, body \"no\""),
             "{failure}"
         );
+    }
+
+    /// Over TLS against a real rustls server that requires a client
+    /// certificate: every connection's handshake presents the one given,
+    /// trusts only the CA given, and the requests are answered and counted.
+    #[test]
+    fn over_tls_it_presents_its_client_certificate_and_trusts_only_its_ca() {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client = rcgen::CertificateParams::new(vec!["agent".to_owned()])
+            .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("loadgen-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("agent.pem"), client.pem()).unwrap();
+        std::fs::write(dir.join("agent.key"), client_key.serialize_pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(
+                    vec![server.der().clone()],
+                    rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+                )
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let presented = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+        let seen = Arc::clone(&presented);
+        std::thread::spawn(move || {
+            for sock in listener.incoming() {
+                let (Ok(sock), config, seen) = (sock, Arc::clone(&config), Arc::clone(&seen))
+                else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, sock);
+                    let mut r = BufReader::new(&mut tls);
+                    let mut line = String::new();
+                    loop {
+                        // One request: its head, no body.
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let tls = r.get_mut();
+                        if let Some(c) = tls.conn.peer_certificates().and_then(<[_]>::first) {
+                            seen.lock().unwrap().push(c.as_ref().to_vec());
+                        }
+                        if tls
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let args = |cacert: &str| Args {
+            url: format!("https://127.0.0.1:{port}/x"),
+            cacert: Some(dir.join(cacert)),
+            cert: Some(dir.join("agent.pem")),
+            key: Some(dir.join("agent.key")),
+            connections: 2,
+            duration: 1,
+            threads: 1,
+            method: "GET".into(),
+            headers: Vec::new(),
+            body_file: None,
+            lines: None,
+            cycle: None,
+            expect: Some("ok".into()),
+            drain: 10,
+        };
+        let report = run(&args("ca.pem")).unwrap();
+        assert!(report.failure.is_none(), "{:?}", report.failure);
+        let served = presented.lock().unwrap().clone();
+        assert!(!served.is_empty(), "{}", report.text);
+        assert!(
+            served.iter().all(|c| c.as_slice() == client.der().as_ref()),
+            "a request came without the client certificate"
+        );
+
+        // A CA that did not sign the server's certificate: no connection.
+        let other = rcgen::CertificateParams::new(vec!["other".to_owned()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(dir.join("other.pem"), other.pem()).unwrap();
+        let e = run(&args("other.pem")).unwrap_err();
+        assert!(e.contains("tls handshake"), "{e}");
+        // Plain http:// with TLS settings is a mistake said at once.
+        let mut plain = args("ca.pem");
+        plain.url = format!("http://127.0.0.1:{port}/x");
+        assert!(run(&plain).unwrap_err().contains("https://"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

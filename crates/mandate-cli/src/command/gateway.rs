@@ -49,11 +49,8 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
                 path: "authority".into(),
                 message: e,
             })?;
-        let tls = crate::command::tls_acceptor(
-            tls_files.0.as_deref(),
-            tls_files.1.as_deref(),
-            clients,
-        )?;
+        let tls =
+            crate::command::tls_acceptor(tls_files.0.as_deref(), tls_files.1.as_deref(), clients)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!("mandate gateway listening on {scheme}://{listen}");
         // The authority's server loop: header-read timeout, a connection
