@@ -315,33 +315,32 @@ fn plain_http_off_loopback_and_half_a_tls_pair_are_refused_at_start() {
     assert!(err.contains("missing.pem"), "{err}");
 
     // The gateway says the same of its own listener.
-    std::fs::write(dir.join("t"), "x").unwrap();
-    std::fs::write(
-        dir.join("gw.toml"),
-        format!(
-            "listen = \"0.0.0.0:0\"\nauthority = \"https://127.0.0.1:1\"\ntoken_file = \"{}\"\nupstream = \"https://127.0.0.1:2\"\nlocation_base = \"https://ci.example.com\"\n",
-            dir.join("t").display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["gateway", "--config"])
-        .arg(dir.join("gw.toml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = gateway_refuses(&dir, "0.0.0.0:0", "");
     assert!(
         err.contains("listen") && err.contains("allow_plain_http"),
         "{err}"
     );
-
     // Client certificates come with a TLS handshake: asked for on a plain
     // listener, the gateway does not start.
+    let err = gateway_refuses(
+        &dir,
+        "127.0.0.1:0",
+        "client_certificates = \"self_signed\"\n",
+    );
+    assert!(
+        err.contains("client_certificates") && err.contains("tls_cert_file"),
+        "{err}"
+    );
+}
+
+/// Starts a gateway on `listen` with `extra` settings, which must refuse to
+/// start: what it said.
+fn gateway_refuses(dir: &Path, listen: &str, extra: &str) -> String {
+    std::fs::write(dir.join("t"), "x").unwrap();
     std::fs::write(
         dir.join("gw.toml"),
         format!(
-            "listen = \"127.0.0.1:0\"\nauthority = \"https://127.0.0.1:1\"\ntoken_file = \"{}\"\nupstream = \"https://127.0.0.1:2\"\nlocation_base = \"https://ci.example.com\"\nclient_certificates = \"self_signed\"\n",
+            "listen = \"{listen}\"\nauthority = \"https://127.0.0.1:1\"\ntoken_file = \"{}\"\nupstream = \"https://127.0.0.1:2\"\nlocation_base = \"https://ci.example.com\"\n{extra}",
             dir.join("t").display()
         ),
     )
@@ -352,11 +351,7 @@ fn plain_http_off_loopback_and_half_a_tls_pair_are_refused_at_start() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("client_certificates") && err.contains("tls_cert_file"),
-        "{err}"
-    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// An https upstream on the CA's certificate: answers every request with

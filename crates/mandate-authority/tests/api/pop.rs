@@ -27,13 +27,18 @@ fn with_proof(mandate: &str, proof: Option<String>) -> Value {
 /// The cast, with the contingency program active and a procurement
 /// mandate granted: (cast, mandate).
 fn active_procurement_mandate(s: &Server) -> (Cast, String) {
+    active_mandate(s, &procurement_request("vp@acme.example"))
+}
+
+/// The cast, with the contingency program active and `request` granted.
+fn active_mandate(s: &Server, request: &Value) -> (Cast, String) {
     let c = Cast::new(s);
     set_facts(
         s,
         &c,
         &json!({"procurement": {"contingency_program": {"status": "active"}}}),
     );
-    let (_, mandate) = grant(s, &c, &procurement_request("vp@acme.example"));
+    let (_, mandate) = grant(s, &c, request);
     (c, mandate)
 }
 
@@ -613,16 +618,10 @@ fn concurrent_decisions_whose_proofs_are_checked_together_each_get_their_own_ans
 #[test]
 fn a_certificate_bound_mandate_is_neither_decided_nor_exchanged_by_the_authority() {
     let s = Server::start("pop-certificate");
-    let c = Cast::new(&s);
-    set_facts(
-        &s,
-        &c,
-        &json!({"procurement": {"contingency_program": {"status": "active"}}}),
-    );
     let thumbprint = mandate_core::hash::sha256_b64(b"the agent's certificate");
     let mut request = procurement_request("vp@acme.example");
     request["agent"]["cnf"]["x5t#S256"] = json!(thumbprint);
-    let (_, mandate) = grant(&s, &c, &request);
+    let (c, mandate) = active_mandate(&s, &request);
 
     let mut req = with_proof(&mandate, Some(proof("POST", URL, None)));
     req["context"]["x5t#S256"] = json!(thumbprint);
