@@ -32,7 +32,7 @@ fn fixture() -> &'static Fixture {
             "../../testdata/procurement-mandate.json"
         ))
         .unwrap();
-        claims.agent.cnf = Some(Confirmation { jwk: agent.public_jwk() });
+        claims.agent.cnf = Some(Confirmation::key(agent.public_jwk()));
         claims.delegation.max_additional_hops = 2;
         let root = issue_root(&authority, &claims).unwrap();
         let now = UnixTime::parse_rfc3339("2025-10-02T09:00:00Z").unwrap();
