@@ -131,15 +131,42 @@ fn https(
         .unwrap_or_default();
     let out = String::from_utf8_lossy(&out).into_owned();
     let (head, body) = out.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
     Ok(Answer {
         status: head
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or("no status")?,
-        body: serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+        body: serde_json::from_str(&body).unwrap_or(Value::String(body.clone())),
         peer,
     })
+}
+
+/// A chunked body's content (RFC 9112 §7.1), without extensions or
+/// trailers.
+fn dechunk(mut rest: &str) -> Result<String, String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").ok_or("chunk: no size line")?;
+        let size =
+            usize::from_str_radix(size.trim(), 16).map_err(|e| format!("chunk size: {e}"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(after.get(..size).ok_or("chunk: shorter than its size")?);
+        rest = after
+            .get(size..)
+            .and_then(|r| r.strip_prefix("\r\n"))
+            .ok_or("chunk: no line end after it")?;
+    }
 }
 
 /// `mandate serve` over TLS with the CA's certificate.
@@ -964,6 +991,171 @@ fn a_certificate_bound_mandate_is_used_only_on_a_connection_that_proves_its_cert
         denied.body.to_string().contains("revoked"),
         "{}",
         denied.body
+    );
+}
+
+/// A stand-in MCP server over plain HTTP: answers every `tools/call` with
+/// a result naming the call's id, and counts the calls it received.
+fn mcp_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { continue };
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(sock.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if h == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let call: Value = serde_json::from_slice(&body).unwrap();
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = json!({"jsonrpc": "2.0", "id": call["id"],
+                    "result": {"content": [{"type": "text", "text": "log lines"}]}})
+                .to_string();
+                let _ = write!(
+                    sock,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+    (port, count)
+}
+
+/// The MCP proxy asks for client certificates as the gateway does: a
+/// certificate-bound mandate's tool call is decided by the connection's
+/// certificate, and refused without it (even with a valid DPoP proof) or
+/// with another; the refused calls never reach the MCP server.
+#[test]
+fn the_mcp_proxy_decides_a_certificate_bound_mandate_by_the_connections_certificate() {
+    let a = Authority::start("mcp-mtls");
+    let dir = a.dir.clone();
+    let (upstream, calls) = mcp_upstream();
+    let port = free_port();
+    a.ca.leaf(&dir.join("mcp-cert.pem"), &dir.join("mcp-key.pem"));
+    std::fs::write(dir.join("enforcer.token"), a.token("mcp-1", "enforcer")).unwrap();
+    std::fs::write(
+        dir.join("mcp.toml"),
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+authority = "https://127.0.0.1:{auth}"
+authority_ca_file = "{dir}/ca.pem"
+token_file = "{dir}/enforcer.token"
+spool_file = "{dir}/mcp.spool"
+tls_cert_file = "{dir}/mcp-cert.pem"
+tls_key_file = "{dir}/mcp-key.pem"
+client_certificates = "self_signed"
+public_url = "https://127.0.0.1:{port}"
+
+[[server]]
+name = "ci"
+url = "http://127.0.0.1:{upstream}"
+location_base = "https://ci.example.com"
+
+[[tool]]
+name = "read_logs"
+type = "ci_logs"
+action = "read"
+location = "https://ci.example.com/logs/42"
+"#,
+            auth = a.port,
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    let holder = holder();
+    let (cert, cert_key) = agent_certificate("ci-agent");
+    let (_, mandate) = grant_bound(
+        &a,
+        &json!({"jwk": holder.public_jwk(), "x5t#S256": mandate_core::hash::sha256_b64(cert.as_ref())}),
+        "ticket:CI-5",
+    );
+    let mut proxy = Command::new(bin())
+        .args(["mcp", "--config"])
+        .arg(dir.join("mcp.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(&mut proxy, port, "mandate mcp");
+    let _proxy = Guard(proxy);
+
+    let call = |client: &Arc<rustls::ClientConfig>, proof: Option<&str>| {
+        let mut headers = vec![
+            ("Mandate", mandate.as_str()),
+            ("mandate-agent-instance", "run-1"),
+            ("Accept", "application/json, text/event-stream"),
+        ];
+        if let Some(p) = proof {
+            headers.push(("DPoP", p));
+        }
+        let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "read_logs", "arguments": {}}});
+        https(client, port, "POST", "/mcp", &headers, &body.to_string()).unwrap()
+    };
+    let agent = a.ca.client_with_certificate(&cert, &cert_key);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let allowed = loop {
+        let r = call(&agent, None);
+        if r.body["result"].is_object() || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(allowed.body["id"], 7, "{}", allowed.body);
+    assert_eq!(
+        allowed.body["result"]["content"][0]["text"], "log lines",
+        "{}",
+        allowed.body
+    );
+    let reached = calls.load(std::sync::atomic::Ordering::SeqCst);
+
+    let reasons = |r: &Answer| r.body["error"]["data"]["reasons"].clone();
+    let proof = mandate_core::pop::make_proof(
+        &holder,
+        "POST",
+        &format!("https://127.0.0.1:{port}/mcp"),
+        None,
+        "mcp-p1",
+        now(),
+    );
+    let r = call(&a.ca.client_config(), Some(&proof));
+    assert_eq!(
+        reasons(&r),
+        json!(["pop_certificate_missing"]),
+        "{}",
+        r.body
+    );
+    let (other, other_key) = agent_certificate("ci-agent");
+    let r = call(&a.ca.client_with_certificate(&other, &other_key), None);
+    assert_eq!(
+        reasons(&r),
+        json!(["pop_certificate_mismatch"]),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        reached,
+        "a refused call reached the MCP server"
     );
 }
 
