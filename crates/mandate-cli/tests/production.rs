@@ -150,6 +150,33 @@ fn https(
     })
 }
 
+/// `mandate COMMAND --config CONFIG` (`gateway`, `mcp`), once it listens
+/// on `port`.
+fn listening(command: &str, config: &Path, port: u16) -> Guard {
+    let mut child = Command::new(bin())
+        .args([command, "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(&mut child, port, &format!("mandate {command}"));
+    Guard(child)
+}
+
+/// `call`'s answer once `done` holds of it, asked every 100 ms for at most
+/// 20 s (a propagation bound, not a timing assertion); else the last one.
+fn until(mut call: impl FnMut() -> Answer, done: impl Fn(&Answer) -> bool) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = call();
+        if done(&r) || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A chunked body's content (RFC 9112 §7.1), without extensions or
 /// trailers.
 fn dechunk(mut rest: &str) -> Result<String, String> {
@@ -603,15 +630,7 @@ fn a_rotated_key_is_used_without_a_wrong_denial_and_the_old_one_stops_verifying_
     let holder = holder();
     let (_, old_mandate) = grant(&a, &holder, "ticket:CI-1");
     let old_kid = kid_of(&old_mandate);
-    let mut gw = Command::new(bin())
-        .args(["gateway", "--config"])
-        .arg(a.dir.join("gateway.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(&mut gw, gw_port, "mandate gateway");
-    let _gw = Guard(gw);
+    let _gw = listening("gateway", &a.dir.join("gateway.toml"), gw_port);
     let client = a.ca.client_config();
     let deadline = Instant::now() + Duration::from_secs(20);
     while through_gateway(&client, gw_port, &holder, &old_mandate).status != 200 {
@@ -731,26 +750,14 @@ fn a_gateway_on_tls_enforces_mandates_and_forwards_to_an_https_upstream_it_verif
     let (mandate_id, mandate) = grant(&a, &holder, "ticket:CI-1");
 
     // The gateway trusts the authority and the upstream only through the CA file.
-    let mut gw = Command::new(bin())
-        .args(["gateway", "--config"])
-        .arg(dir.join("gateway.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(&mut gw, gw_port, "mandate gateway");
-    let _gw = Guard(gw);
+    let _gw = listening("gateway", &dir.join("gateway.toml"), gw_port);
     let client = a.ca.client_config();
     let call = |_: &str| through_gateway(&client, gw_port, &holder, &mandate);
     // Fresh once it has the authority's state (over TLS).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let allowed = loop {
-        let r = call(&format!("p-{}", Instant::now().elapsed().as_nanos()));
-        if r.status == 200 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let allowed = until(
+        || call(&format!("p-{}", Instant::now().elapsed().as_nanos())),
+        |r| r.status == 200,
+    );
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     assert_eq!(allowed.body["line"], "GET /logs/42 HTTP/1.1");
     // The mandate and the proof stop at the gateway.
@@ -765,14 +772,10 @@ fn a_gateway_on_tls_enforces_mandates_and_forwards_to_an_https_upstream_it_verif
         &json!({"reason": "build fixed"}).to_string(),
     );
     assert!(revoked.status < 300, "{}", revoked.body);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let denied = loop {
-        let r = call(&format!("q-{}", Instant::now().elapsed().as_nanos()));
-        if r.status == 403 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let denied = until(
+        || call(&format!("q-{}", Instant::now().elapsed().as_nanos())),
+        |r| r.status == 403,
+    );
     assert_eq!(denied.status, 403, "{}", denied.body);
     assert!(
         denied.body.to_string().contains("revoked"),
@@ -905,25 +908,13 @@ fn a_certificate_bound_mandate_is_used_only_on_a_connection_that_proves_its_cert
     assert_eq!(payload["agent"]["cnf"]["x5t#S256"], thumbprint.as_str());
     let (_, dpop_mandate) = grant(&a, &holder, "ticket:CI-8");
 
-    let mut gw = Command::new(bin())
-        .args(["gateway", "--config"])
-        .arg(dir.join("gateway.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(&mut gw, gw_port, "mandate gateway");
-    let _gw = Guard(gw);
+    let _gw = listening("gateway", &dir.join("gateway.toml"), gw_port);
 
     let agent = a.ca.client_with_certificate(&cert, &cert_key);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let allowed = loop {
-        let r = unproved(&agent, gw_port, &mandate).unwrap();
-        if r.status == 200 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let allowed = until(
+        || unproved(&agent, gw_port, &mandate).unwrap(),
+        |r| r.status == 200,
+    );
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     assert_eq!(allowed.body["line"], "GET /logs/42 HTTP/1.1");
     let reached = forwarded.load(std::sync::atomic::Ordering::SeqCst);
@@ -978,14 +969,10 @@ fn a_certificate_bound_mandate_is_used_only_on_a_connection_that_proves_its_cert
         &json!({"reason": "build fixed"}).to_string(),
     );
     assert!(revoked.status < 300, "{}", revoked.body);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let denied = loop {
-        let r = unproved(&agent, gw_port, &mandate).unwrap();
-        if r.status == 403 || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let denied = until(
+        || unproved(&agent, gw_port, &mandate).unwrap(),
+        |r| r.status == 403,
+    );
     assert_eq!(denied.status, 403, "{}", denied.body);
     assert!(
         denied.body.to_string().contains("revoked"),
@@ -1088,15 +1075,7 @@ location = "https://ci.example.com/logs/42"
         &json!({"jwk": holder.public_jwk(), "x5t#S256": mandate_core::hash::sha256_b64(cert.as_ref())}),
         "ticket:CI-5",
     );
-    let mut proxy = Command::new(bin())
-        .args(["mcp", "--config"])
-        .arg(dir.join("mcp.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(&mut proxy, port, "mandate mcp");
-    let _proxy = Guard(proxy);
+    let _proxy = listening("mcp", &dir.join("mcp.toml"), port);
 
     let call = |client: &Arc<rustls::ClientConfig>, proof: Option<&str>| {
         let mut headers = vec![
@@ -1112,14 +1091,7 @@ location = "https://ci.example.com/logs/42"
         https(client, port, "POST", "/mcp", &headers, &body.to_string()).unwrap()
     };
     let agent = a.ca.client_with_certificate(&cert, &cert_key);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let allowed = loop {
-        let r = call(&agent, None);
-        if r.body["result"].is_object() || Instant::now() > deadline {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let allowed = until(|| call(&agent, None), |r| r.body["result"].is_object());
     assert_eq!(allowed.body["id"], 7, "{}", allowed.body);
     assert_eq!(
         allowed.body["result"]["content"][0]["text"], "log lines",
@@ -1245,15 +1217,7 @@ scope = "mandate"
 
     let holder = holder();
     let (_, mandate) = grant(&a, &holder, "ticket:CI-3");
-    let mut gw = Command::new(bin())
-        .args(["gateway", "--config"])
-        .arg(a.dir.join("gateway.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(&mut gw, gw_port, "mandate gateway");
-    let _gw = Guard(gw);
+    let _gw = listening("gateway", &a.dir.join("gateway.toml"), gw_port);
     let client = a.ca.client_config();
     let deadline = Instant::now() + Duration::from_secs(20);
     while through_gateway(&client, gw_port, &holder, &mandate).status != 200 {
