@@ -149,7 +149,7 @@ pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
 }
 
 /// Whether a TLS server asks its clients for a certificate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ClientCertificates {
     /// No client certificates are asked for.
     #[default]
@@ -161,6 +161,11 @@ pub enum ClientCertificates {
     /// which proves the client holds that key, and its thumbprint, which a
     /// certificate-bound mandate (`agent.cnf.x5t#S256`) must name.
     SelfSigned,
+    /// PKI mutual TLS (RFC 8705 §2.1): every client is asked for a
+    /// certificate and may decline; one that does not chain to a CA in
+    /// this file (PEM), or is outside its validity period, ends the
+    /// handshake (rustls's WebPKI verifier).
+    Pki(PathBuf),
 }
 
 /// Accepts any client certificate whose key signed the handshake (the
@@ -240,6 +245,28 @@ pub fn acceptor_with(
         ClientCertificates::Off => builder.with_no_client_auth(),
         ClientCertificates::SelfSigned => {
             builder.with_client_cert_verifier(Arc::new(SelfSignedClients { algorithms }))
+        }
+        ClientCertificates::Pki(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(&ca)
+                .map_err(|e| format!("client ca {}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| format!("client ca {}: {e}", ca.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("client ca {}: {e}", ca.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("client ca {}: no certificate in it", ca.display()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("client ca {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));

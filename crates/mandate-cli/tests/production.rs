@@ -385,6 +385,27 @@ fn plain_http_off_loopback_and_half_a_tls_pair_are_refused_at_start() {
         err.contains("client_certificates") && err.contains("tls_cert_file"),
         "{err}"
     );
+    // Checking agents' certificates against a CA needs the CA; a CA file
+    // that nothing would read is a mistake said at once.
+    let tls = "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n";
+    let err = gateway_refuses(
+        &dir,
+        "127.0.0.1:0",
+        &format!("{tls}client_certificates = \"pki\"\n"),
+    );
+    assert!(
+        err.contains("client_ca_file") && err.contains("missing"),
+        "{err}"
+    );
+    let err = gateway_refuses(
+        &dir,
+        "127.0.0.1:0",
+        &format!("{tls}client_certificates = \"self_signed\"\nclient_ca_file = \"ca.pem\"\n"),
+    );
+    assert!(
+        err.contains("client_ca_file") && err.contains("pki"),
+        "{err}"
+    );
 }
 
 /// Starts a gateway on `listen` with `extra` settings, which must refuse to
@@ -844,6 +865,84 @@ impl Ca {
         config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)
     }
+}
+
+impl Ca {
+    /// A client certificate for the agent, signed by this CA, and its key.
+    fn client_leaf(&self) -> (rustls_pki_types::CertificateDer<'static>, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["ci-agent".to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.der().clone(), key)
+    }
+}
+
+/// `client_certificates = "pki"` (RFC 8705 §2.1): the gateway accepts only
+/// client certificates from the agents' CA, and then binds by thumbprint as
+/// in self-signed mode. A self-signed certificate, even one a mandate
+/// names, gets no connection.
+#[test]
+fn with_a_client_ca_only_that_cas_certificates_reach_the_decision() {
+    let a = Authority::start("mtls-pki");
+    let dir = a.dir.clone();
+    let (upstream, forwarded) = tls_upstream(&a.ca, &dir);
+    let agents_ca = Ca::new();
+    std::fs::write(dir.join("agents-ca.pem"), agents_ca.pem()).unwrap();
+    let gw_port = free_port();
+    gateway_config(
+        &a,
+        gw_port,
+        upstream,
+        &format!(
+            "delivery = \"push\"\nclient_certificates = \"pki\"\nclient_ca_file = \"{}\"",
+            dir.join("agents-ca.pem").display()
+        ),
+    );
+    let holder = holder();
+    let (issued, issued_key) = agents_ca.client_leaf();
+    let (own, own_key) = agent_certificate("ci-agent");
+    let bind = |der: &rustls_pki_types::CertificateDer<'_>, ticket: &str| {
+        grant_bound(
+            &a,
+            &json!({"jwk": holder.public_jwk(), "x5t#S256": mandate_core::hash::sha256_b64(der.as_ref())}),
+            ticket,
+        )
+        .1
+    };
+    let (to_issued, to_own) = (bind(&issued, "ticket:CI-11"), bind(&own, "ticket:CI-12"));
+    let _gw = listening("gateway", &dir.join("gateway.toml"), gw_port);
+
+    let agent = a.ca.client_with_certificate(&issued, &issued_key);
+    let allowed = until(
+        || unproved(&agent, gw_port, &to_issued).unwrap(),
+        |r| r.status == 200,
+    );
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let reached = forwarded.load(std::sync::atomic::Ordering::SeqCst);
+    let outsider = a.ca.client_with_certificate(&own, &own_key);
+    assert!(
+        unproved(&outsider, gw_port, &to_own).is_err(),
+        "a certificate from outside the agents' CA was accepted"
+    );
+    // The CA's certificate still binds by thumbprint: not another mandate's.
+    let r = unproved(&agent, gw_port, &to_own).unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("pop_certificate_mismatch"),
+        "{}",
+        r.body
+    );
+    // And agents without certificates still connect (DPoP).
+    let (_, keyed) = grant(&a, &holder, "ticket:CI-13");
+    let r = through_gateway(&a.ca.client_config(), gw_port, &holder, &keyed);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        forwarded.load(std::sync::atomic::Ordering::SeqCst),
+        reached + 1,
+        "only the keyed mandate's request was forwarded after the first"
+    );
 }
 
 /// A call through the gateway with the mandate and no DPoP proof.

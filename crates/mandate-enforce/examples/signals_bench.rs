@@ -99,6 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tls_key_file: None,
             allow_plain_http: false,
             client_certificates: mandate_enforce::gateway::ClientCertificates::Off,
+            client_ca_file: None,
             upstream_ca_file: None,
             authority_ca_file: None,
             key_refresh_secs: 60,

@@ -128,13 +128,19 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub tls_key_file: Option<std::path::PathBuf>,
     /// Whether agents are asked for a TLS client certificate: `off` (the
-    /// default) or `self_signed` (RFC 8705 §2.2: any certificate whose key
-    /// signs the handshake; none is also accepted, for agents with DPoP
-    /// proofs). A certificate-bound mandate (`agent.cnf.x5t#S256`) is
-    /// allowed only on a connection whose certificate it names, and then
-    /// needs no per-request proof. Needs `tls_cert_file`.
+    /// default), `self_signed` (RFC 8705 §2.2: any certificate whose key
+    /// signs the handshake) or `pki` (RFC 8705 §2.1: only certificates that
+    /// chain to `client_ca_file`); in both, none is also accepted, for
+    /// agents with DPoP proofs. A certificate-bound mandate
+    /// (`agent.cnf.x5t#S256`) is allowed only on a connection whose
+    /// certificate it names, and then needs no per-request proof. Needs
+    /// `tls_cert_file`.
     #[serde(default)]
     pub client_certificates: ClientCertificates,
+    /// The CA (PEM) agents' certificates must chain to, with
+    /// `client_certificates = "pki"` (read at start).
+    #[serde(default)]
+    pub client_ca_file: Option<std::path::PathBuf>,
     /// Serve plain HTTP on a non-loopback address (behind a proxy that
     /// terminates TLS). Off by default.
     #[serde(default)]
@@ -172,6 +178,10 @@ pub enum ClientCertificates {
     /// Asked for, optional, not checked against a CA; the handshake proves
     /// the key.
     SelfSigned,
+    /// Asked for, optional, and refused at the handshake unless it chains
+    /// to `client_ca_file` (and is within its validity period); the
+    /// handshake proves the key.
+    Pki,
 }
 
 fn default_staleness() -> u64 {
@@ -240,12 +250,12 @@ impl GatewayConfig {
             self.allow_plain_http,
         )
         .map_err(|(setting, m)| cerr(setting, m))?;
-        if self.client_certificates != ClientCertificates::Off && self.tls_cert_file.is_none() {
-            return Err(cerr(
-                "client_certificates",
-                "needs tls_cert_file and tls_key_file: client certificates come with a TLS handshake",
-            ));
-        }
+        crate::point::check_client_certificates(
+            self.client_certificates,
+            self.client_ca_file.as_deref(),
+            self.tls_cert_file.as_deref(),
+        )
+        .map_err(|(setting, m)| cerr(setting, m))?;
         crate::point::check_credentials(
             self.token_file.as_deref(),
             self.client_credentials.as_ref(),

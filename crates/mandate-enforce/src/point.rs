@@ -112,6 +112,38 @@ pub fn check_listener(
     }
 }
 
+/// An enforcement point's client-certificate settings: any mode but `off`
+/// needs TLS; `pki` needs `client_ca_file`, which nothing else reads.
+///
+/// # Errors
+/// The setting at fault and what is wrong.
+pub fn check_client_certificates(
+    mode: crate::gateway::ClientCertificates,
+    ca_file: Option<&std::path::Path>,
+    tls_cert: Option<&std::path::Path>,
+) -> Result<(), (&'static str, String)> {
+    use crate::gateway::ClientCertificates;
+    if mode != ClientCertificates::Off && tls_cert.is_none() {
+        return Err((
+            "client_certificates",
+            "needs tls_cert_file and tls_key_file: client certificates come with a TLS handshake"
+                .into(),
+        ));
+    }
+    match (mode, ca_file) {
+        (ClientCertificates::Pki, None) => Err((
+            "client_ca_file",
+            "missing: client_certificates = \"pki\" checks certificates against this CA (PEM)"
+                .into(),
+        )),
+        (ClientCertificates::Off | ClientCertificates::SelfSigned, Some(_)) => Err((
+            "client_ca_file",
+            "read only with client_certificates = \"pki\"".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// An enforcement point's credential for the authority: exactly one of a
 /// token file and `[client_credentials]`.
 ///

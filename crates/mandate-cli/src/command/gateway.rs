@@ -24,7 +24,10 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
         .map_err(|e| CliError::input("invalid_config", e.to_string()))?;
     let listen = config.listen.clone();
     let tls_files = (config.tls_cert_file.clone(), config.tls_key_file.clone());
-    let clients = crate::command::client_certificates(config.client_certificates);
+    let clients = crate::command::client_certificates(
+        config.client_certificates,
+        config.client_ca_file.as_deref(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -72,7 +72,10 @@ pub fn run(a: Args, _out: Output) -> Result<u8, CliError> {
         let tls = crate::command::tls_acceptor(
             proxy.config.tls_cert_file.as_deref(),
             proxy.config.tls_key_file.as_deref(),
-            crate::command::client_certificates(proxy.config.client_certificates),
+            crate::command::client_certificates(
+                proxy.config.client_certificates,
+                proxy.config.client_ca_file.as_deref(),
+            ),
         )?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let limits = mandate_authority::server::Limits {

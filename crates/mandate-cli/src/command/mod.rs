@@ -43,17 +43,18 @@ pub enum LogFormat {
     Json,
 }
 
-/// A gateway's or MCP proxy's setting as the TLS layer's.
+/// A gateway's or MCP proxy's settings as the TLS layer's (validated
+/// before: `pki` comes with its CA file).
 pub(crate) fn client_certificates(
     c: mandate_enforce::gateway::ClientCertificates,
+    ca_file: Option<&std::path::Path>,
 ) -> mandate_authority::tls::ClientCertificates {
-    match c {
-        mandate_enforce::gateway::ClientCertificates::Off => {
-            mandate_authority::tls::ClientCertificates::Off
-        }
-        mandate_enforce::gateway::ClientCertificates::SelfSigned => {
-            mandate_authority::tls::ClientCertificates::SelfSigned
-        }
+    use mandate_authority::tls::ClientCertificates as Tls;
+    use mandate_enforce::gateway::ClientCertificates as Setting;
+    match (c, ca_file) {
+        (Setting::SelfSigned, _) => Tls::SelfSigned,
+        (Setting::Pki, Some(ca)) => Tls::Pki(ca.to_owned()),
+        (Setting::Off | Setting::Pki, _) => Tls::Off,
     }
 }
 

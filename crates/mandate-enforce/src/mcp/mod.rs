@@ -167,11 +167,15 @@ pub struct McpConfig {
     #[serde(default)]
     pub tls_key_file: Option<PathBuf>,
     /// Whether MCP clients are asked for a TLS client certificate: `off`
-    /// (the default) or `self_signed`, as the gateway's setting of that
-    /// name: a certificate-bound mandate is then allowed on a connection
-    /// whose certificate it names. Needs `tls_cert_file`.
+    /// (the default), `self_signed` or `pki`, as the gateway's setting of
+    /// that name: a certificate-bound mandate is then allowed on a
+    /// connection whose certificate it names. Needs `tls_cert_file`.
     #[serde(default)]
     pub client_certificates: crate::gateway::ClientCertificates,
+    /// The CA (PEM) clients' certificates must chain to, with
+    /// `client_certificates = "pki"`.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address (behind a proxy that
     /// terminates TLS). Off by default.
     #[serde(default)]
@@ -270,14 +274,12 @@ impl McpConfig {
                 "missing (Streamable HTTP needs an address; or give a server command after --)",
             ));
         }
-        if self.client_certificates != crate::gateway::ClientCertificates::Off
-            && self.tls_cert_file.is_none()
-        {
-            return Err(cerr(
-                "client_certificates",
-                "needs tls_cert_file and tls_key_file: client certificates come with a TLS handshake",
-            ));
-        }
+        crate::point::check_client_certificates(
+            self.client_certificates,
+            self.client_ca_file.as_deref(),
+            self.tls_cert_file.as_deref(),
+        )
+        .map_err(|(setting, m)| cerr(setting, m))?;
         crate::point::check_credentials(
             self.token_file.as_deref(),
             self.client_credentials.as_ref(),
