@@ -607,6 +607,14 @@ fn issue_and_attenuate_bind_a_holder_certificate_by_its_thumbprint() {
         agents.as_str()
     );
     assert!(leaf_claims(&root)["agent"]["cnf"]["jwk"].is_object());
+    let inspect = d.ok(&["inspect", "@bound.jws"]);
+    assert!(
+        inspect.contains(&format!(
+            "used only over mutual TLS with the client certificate x5t#S256 {agents}"
+        )),
+        "{inspect}"
+    );
+    assert!(!d.ok(&["inspect", "@root.jws"]).contains("mutual TLS"));
 
     // The child binds the sub-agent's certificate, not its parent's.
     let sub_pub = d.ok(&["keygen", "--out", "sub.jwk"]);

@@ -76,6 +76,12 @@ fn describe(s: &mut String, c: &MandateClaims) {
             ""
         }
     );
+    if let Some(x5t) = c.agent.cnf.as_ref().and_then(|k| k.x5t_s256.as_deref()) {
+        let _ = writeln!(
+            s,
+            "  used only over mutual TLS with the client certificate x5t#S256 {x5t}"
+        );
+    }
     let _ = writeln!(s, "  objective   {}", c.purpose.objective);
     let _ = writeln!(s, "  context     {}", c.purpose.business_context);
     let _ = writeln!(
