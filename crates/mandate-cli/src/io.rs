@@ -128,3 +128,25 @@ pub fn certificate_thumbprint(path: &str) -> Result<String, CliError> {
         .map_err(|e| CliError::input("invalid_input", format!("{path}: {e}")))?;
     Ok(mandate_core::model::certificate_thumbprint(der.as_ref()))
 }
+
+/// Binds the certificate in the PEM file `path` (given as `flag`) to the
+/// holder confirmation `cnf` (its `x5t#S256`): a certificate goes with a
+/// holder key (`key_flag` or the claims' `agent.cnf.jwk`), never alone.
+///
+/// # Errors
+/// No holder key, or a file that holds no PEM certificate.
+pub fn bind_certificate(
+    cnf: Option<&mut mandate_core::model::Confirmation>,
+    path: &str,
+    flag: &str,
+    key_flag: &str,
+) -> Result<(), CliError> {
+    let cnf = cnf.ok_or_else(|| {
+        CliError::input(
+            "invalid_input",
+            format!("{flag}: no holder key to go with it (give {key_flag} or agent.cnf.jwk)"),
+        )
+    })?;
+    cnf.x5t_s256 = Some(certificate_thumbprint(path)?);
+    Ok(())
+}

@@ -504,20 +504,12 @@ fn now() -> mandate_core::timestamp::UnixTime {
 /// authority and the upstream trusted through the CA file, one route.
 fn gateway_config(a: &Authority, gw_port: u16, upstream: u16, extra: &str) {
     let dir = &a.dir;
-    a.ca.leaf(&dir.join("gw-cert.pem"), &dir.join("gw-key.pem"));
-    std::fs::write(dir.join("enforcer.token"), a.token("gateway-1", "enforcer")).unwrap();
     std::fs::write(
         dir.join("gateway.toml"),
         format!(
-            r#"listen = "127.0.0.1:{gw_port}"
-authority = "https://127.0.0.1:{auth}"
-authority_ca_file = "{dir}/ca.pem"
-token_file = "{dir}/enforcer.token"
-spool_file = "{dir}/gw.spool"
+            r#"{common}
 upstream = "https://127.0.0.1:{upstream}"
 upstream_ca_file = "{dir}/ca.pem"
-tls_cert_file = "{dir}/gw-cert.pem"
-tls_key_file = "{dir}/gw-key.pem"
 location_base = "https://ci.example.com"
 {extra}
 
@@ -527,11 +519,38 @@ path = "/logs/{{id}}"
 type = "ci_logs"
 action = "read"
 "#,
-            auth = a.port,
+            common = enforcement_point(a, "gw", gw_port),
             dir = dir.display(),
         ),
     )
     .unwrap();
+}
+
+/// The settings a gateway and an MCP proxy share, as `name` on `port`: TLS
+/// on its side (a certificate from the CA), the authority over TLS trusted
+/// through the CA file, an enforcer token, a spool. Writes the files.
+fn enforcement_point(a: &Authority, name: &str, port: u16) -> String {
+    let dir = &a.dir;
+    a.ca.leaf(
+        &dir.join(format!("{name}-cert.pem")),
+        &dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(
+        dir.join("enforcer.token"),
+        a.token(&format!("{name}-1"), "enforcer"),
+    )
+    .unwrap();
+    format!(
+        r#"listen = "127.0.0.1:{port}"
+authority = "https://127.0.0.1:{auth}"
+authority_ca_file = "{dir}/ca.pem"
+token_file = "{dir}/enforcer.token"
+spool_file = "{dir}/{name}.spool"
+tls_cert_file = "{dir}/{name}-cert.pem"
+tls_key_file = "{dir}/{name}-key.pem""#,
+        auth = a.port,
+        dir = dir.display(),
+    )
 }
 
 fn holder() -> mandate_core::keys::SigningKey {
@@ -1136,18 +1155,10 @@ fn the_mcp_proxy_decides_a_certificate_bound_mandate_by_the_connections_certific
     let dir = a.dir.clone();
     let (upstream, calls) = mcp_upstream();
     let port = free_port();
-    a.ca.leaf(&dir.join("mcp-cert.pem"), &dir.join("mcp-key.pem"));
-    std::fs::write(dir.join("enforcer.token"), a.token("mcp-1", "enforcer")).unwrap();
     std::fs::write(
         dir.join("mcp.toml"),
         format!(
-            r#"listen = "127.0.0.1:{port}"
-authority = "https://127.0.0.1:{auth}"
-authority_ca_file = "{dir}/ca.pem"
-token_file = "{dir}/enforcer.token"
-spool_file = "{dir}/mcp.spool"
-tls_cert_file = "{dir}/mcp-cert.pem"
-tls_key_file = "{dir}/mcp-key.pem"
+            r#"{common}
 client_certificates = "self_signed"
 public_url = "https://127.0.0.1:{port}"
 
@@ -1162,8 +1173,7 @@ type = "ci_logs"
 action = "read"
 location = "https://ci.example.com/logs/42"
 "#,
-            auth = a.port,
-            dir = dir.display(),
+            common = enforcement_point(&a, "mcp", port),
         ),
     )
     .unwrap();

@@ -47,14 +47,12 @@ pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
         spec.agent.cnf = Some(mandate_core::model::Confirmation::key(jwk));
     }
     if let Some(path) = &a.child_holder_cert {
-        let thumbprint = io::certificate_thumbprint(path)?;
-        let cnf = spec.agent.cnf.as_mut().ok_or_else(|| {
-            CliError::input(
-                "invalid_input",
-                "--child-holder-cert: the child binds no holder key (give --child-holder or agent.cnf.jwk)",
-            )
-        })?;
-        cnf.x5t_s256 = Some(thumbprint);
+        io::bind_certificate(
+            spec.agent.cnf.as_mut(),
+            path,
+            "--child-holder-cert",
+            "--child-holder",
+        )?;
     }
     let now = io::time_arg(a.at.as_deref())?;
     let id = match &spec.mandate_id {

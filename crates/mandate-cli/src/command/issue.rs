@@ -112,14 +112,7 @@ pub fn run(a: Args, out: Output) -> Result<u8, CliError> {
         claims.agent.cnf = Some(Confirmation::key(jwk));
     }
     if let Some(path) = &a.holder_cert {
-        let thumbprint = io::certificate_thumbprint(path)?;
-        let cnf = claims.agent.cnf.as_mut().ok_or_else(|| {
-            CliError::input(
-                "invalid_input",
-                "--holder-cert: the mandate binds no holder key (give --holder or agent.cnf.jwk)",
-            )
-        })?;
-        cnf.x5t_s256 = Some(thumbprint);
+        io::bind_certificate(claims.agent.cnf.as_mut(), path, "--holder-cert", "--holder")?;
     }
     let jws = issue_root(&key, &claims).map_err(|e| CliError::Input {
         codes: e.codes(),
