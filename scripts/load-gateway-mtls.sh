@@ -25,6 +25,11 @@ else
 fi
 cargo build -q --release -p mandate-loadgen --manifest-path "$root/Cargo.toml"
 loadgen="${CARGO_TARGET_DIR:-$root/target}/release/mandate-loadgen"
+. "$root/scripts/load-common.sh"
+# The processes on a request's path (the proxies and the upstream): every
+# server but the authority, which audits the gateway's decisions on its own
+# cores in a deployment.
+path_pids() { for p in "${pids[@]}"; do [ "$p" = "${authority:-}" ] || echo "$p"; done; }
 work="$(mktemp -d)"; pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
@@ -69,7 +74,7 @@ http {
 NGINX
 nginx -p "$work/nginx" -c tls.conf -g 'daemon off;' & pids+=($!)
 
-"$bin" serve --data-dir data --listen 127.0.0.1:0 --outbound-ca "$work/ca.pem" 2> serve.log & pids+=($!)
+"$bin" serve --data-dir data --listen 127.0.0.1:0 --outbound-ca "$work/ca.pem" 2> serve.log & pids+=($!); authority=$!
 for _ in $(seq 100); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
 addr="$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' serve.log)"
 tok() { "$bin" token --data-dir data --sub "$1" --role "$2" --ttl 7200; }
@@ -105,11 +110,12 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --cacert ca.pem -H "Mandate: $boun
 
 results="$work/results.csv"
 run() { # NAME PORT CONNECTIONS ROUND [loadgen args...]
-  local out
+  local out before cpu; before=$(server_ticks $(path_pids))
   out=$("$loadgen" "https://127.0.0.1:$2/repos/acme/app/pulls/123" --cacert ca.pem -c "$3" -d "$duration" "${@:5}" \
     -H "Mandate-Agent-Instance: inst-1" --expect '"state":"open"') \
     || { echo "FAIL: $1 ($3 connections, round $4)"; tail -5 gateway.log; exit 1; }
-  echo "$1,$3,$4,$(echo "$out" | awk '/Requests\/sec/ {print $2}'),$(echo "$out" | awk '$1=="50%" {print $2}'),$(echo "$out" | awk '$1=="99%" {print $2}')" >> "$results"
+  cpu=$(cpu_per_request $(($(server_ticks $(path_pids)) - before)) "$(echo "$out" | awk '/requests in/ {print $1}')")
+  echo "$1,$3,$4,$(echo "$out" | awk '/Requests\/sec/ {print $2}'),$(echo "$out" | awk '$1=="50%" {print $2}'),$(echo "$out" | awk '$1=="99%" {print $2}'),$cpu" >> "$results"
 }
 echo "== ${duration}s a run, $rounds rounds taking turns, TLS 1.3 everywhere; mandate-loadgen at $conns connections and at 1"
 for round in $(seq "$rounds"); do
@@ -121,27 +127,4 @@ for round in $(seq "$rounds"); do
   done
 done
 echo "gateway proof signatures: $(curl -s --cacert ca.pem "https://127.0.0.1:$G/_mandate/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["proof_signatures"])')"
-python3 - "$results" <<'PY'
-import csv, statistics, sys
-def us(t):
-    for unit, f in (("us", 1), ("ms", 1e3), ("s", 1e6)):
-        if t.endswith(unit): return float(t[: -len(unit)]) * f
-rows = list(csv.reader(open(sys.argv[1])))
-names = list(dict.fromkeys(r[0] for r in rows))
-for conns in sorted({int(r[1]) for r in rows}, reverse=True):
-    print(f"-- {conns} connection(s): median of rounds (each round's req/s in brackets)")
-    med = {}
-    for n in names:
-        rs = [r for r in rows if r[0] == n and int(r[1]) == conns]
-        rps = [float(r[3]) for r in rs]
-        med[n] = (statistics.median(rps), statistics.median(us(r[4]) for r in rs))
-        print(f"{n:26} {med[n][0]:10.0f} req/s  p50 {med[n][1]:7.0f} us   [{' '.join(f'{x:.0f}' for x in rps)}]")
-    nginx = med[names[0]]
-    for n in names[1:]:
-        # Per round too: the rounds ran side by side, so their ratios are
-        # the steadier figure on a noisy machine.
-        per = [float(a[3]) / float(b[3]) for a, b in zip(
-            [r for r in rows if r[0] == n and int(r[1]) == conns],
-            [r for r in rows if r[0] == names[0] and int(r[1]) == conns])]
-        print(f"{n}: {med[n][0] / nginx[0]:.2f}x nginx over TLS (rounds: {' '.join(f'{x:.2f}' for x in per)}), p50 {med[n][1] - nginx[1]:+.0f} us")
-PY
+python3 "$root/scripts/load-summary.py" "$results" "nginx proxy_pass (TLS)"

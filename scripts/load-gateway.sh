@@ -29,6 +29,11 @@ fi
 # The load generator (crates/mandate-loadgen; see scripts/load-authority.sh).
 cargo build -q --release -p mandate-loadgen --manifest-path "$root/Cargo.toml"
 loadgen="${CARGO_TARGET_DIR:-$root/target}/release/mandate-loadgen"
+. "$root/scripts/load-common.sh"
+# The processes on a request's path (the proxies and the upstream): every
+# server but the authority, which audits the gateway's decisions on its own
+# cores in a deployment.
+path_pids() { for p in "${pids[@]}"; do [ "$p" = "${authority:-}" ] || echo "$p"; done; }
 work="$(mktemp -d)"; pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
@@ -54,7 +59,7 @@ NGINX
 nginx -p "$work/nginx" -c base.conf -g 'daemon off;' & pids+=($!)
 
 # The authority, a mandate, and the gateway.
-"$bin" serve --data-dir data --listen 127.0.0.1:0 2> serve.log & pids+=($!)
+"$bin" serve --data-dir data --listen 127.0.0.1:0 2> serve.log & pids+=($!); authority=$!
 for _ in $(seq 100); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
 addr="$(sed -n 's|.*listening on http://\([^ ]*\).*|\1|p' serve.log)"
 tok() { "$bin" token --data-dir data --sub "$1" --role "$2" --ttl 7200; }
@@ -114,16 +119,20 @@ run() { # NAME URL CONNECTIONS ROUND
     proof "$2" --count $((duration * ($3 > 1 ? 40000 : 10000))) > proofs
     lines=(-H 'DPoP: @LINE@' --lines proofs) ;;
   esac
+  local before; before=$(server_ticks $(path_pids))
   out=$("$loadgen" "$2/repos/acme/app/pulls/123" -c "$3" -d "$duration" "${lines[@]}" \
     -H "Mandate: $mandate" -H "Mandate-Agent-Instance: inst-1" --expect '"state":"open"') \
     || { echo "FAIL: $1 ($3 connections, round $4)"; cat gateway.log | tail -5; exit 1; }
+  # The CPU of the request's path over the run (nginx, the gateway), per
+  # request; neither the load generator's nor the authority's.
+  local cpu; cpu=$(cpu_per_request $(($(server_ticks $(path_pids)) - before)) "$(echo "$out" | awk '/requests in/ {print $1}')")
   case "$2" in *":$G"|*":$A") decided=$((decided + $(echo "$out" | awk '/requests in/ {print $1}')))
     # How the gateway checked the proofs so far (batched or one at a time).
     echo "  $1, $3 connection(s), round $4: proof signatures so far $(curl -s "http://127.0.0.1:$G/_mandate/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["proof_signatures"])')" ;;
   esac
   local non2xx; non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
   [ -z "$non2xx" ] || { echo "FAIL: $1 answered $non2xx non-2xx"; exit 1; }
-  echo "$1,$3,$4,$(echo "$out" | awk '/Requests\/sec/ {print $2}'),$(echo "$out" | awk '$1=="50%" {print $2}'),$(echo "$out" | awk '$1=="99%" {print $2}')" >> "$results"
+  echo "$1,$3,$4,$(echo "$out" | awk '/Requests\/sec/ {print $2}'),$(echo "$out" | awk '$1=="50%" {print $2}'),$(echo "$out" | awk '$1=="99%" {print $2}'),$cpu" >> "$results"
 }
 only="${ONLY:-upstream,proxy,gateway,auth}"
 rounds="${ROUNDS:-3}"
@@ -136,28 +145,7 @@ for round in $(seq "$rounds"); do
     case ",$only," in *,auth,*) run "nginx + mandate auth_request" "http://127.0.0.1:$A" "$c" "$round";; esac
   done
 done
-python3 - "$results" <<'PY'
-import csv, statistics, sys
-def us(t):
-    for unit, f in (("us", 1), ("ms", 1e3), ("s", 1e6)):
-        if t.endswith(unit): return float(t[: -len(unit)]) * f
-rows = list(csv.reader(open(sys.argv[1])))
-names = list(dict.fromkeys(r[0] for r in rows))
-for conns in sorted({int(r[1]) for r in rows}, reverse=True):
-    print(f"-- {conns} connection(s): median of rounds (each round's req/s in brackets)")
-    med = {}
-    for n in names:
-        rs = [r for r in rows if r[0] == n and int(r[1]) == conns]
-        rps = [float(r[3]) for r in rs]
-        med[n] = (statistics.median(rps), statistics.median(us(r[4]) for r in rs), statistics.median(us(r[5]) for r in rs))
-        print(f"{n:30} {med[n][0]:10.0f} req/s  p50 {med[n][1]:7.0f} us  p99 {med[n][2]:7.0f} us   [{' '.join(f'{x:.0f}' for x in rps)}]")
-    base, proxy = med.get("upstream directly"), med.get("nginx proxy_pass")
-    for n in ("mandate gateway", "nginx + mandate auth_request"):
-        if n in med and proxy:
-            line = f"{n}: {med[n][0] / proxy[0]:.2f}x nginx proxy_pass throughput, p50 {med[n][1] - proxy[1]:+.0f} us vs nginx"
-            if base: line += f", {med[n][1] - base[1]:+.0f} us vs upstream (nginx adds {proxy[1] - base[1]:+.0f} us)"
-            print(line)
-PY
+python3 "$root/scripts/load-summary.py" "$results" "nginx proxy_pass" "upstream directly"
 
 # Every decision the gateway made (through it or for nginx) must be in the
 # authority's audit log: the figures above include shipping them.

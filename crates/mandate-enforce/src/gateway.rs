@@ -460,6 +460,11 @@ pub struct Gateway {
     /// The replica decisions read (the point's).
     pub replica: Arc<Replica>,
     upstream: crate::upstream::Upstreams,
+    /// `upstream` without a trailing `/`: a forwarded request's path follows.
+    upstream_base: String,
+    /// The `Host` a forwarded request carries: the upstream's host, and its
+    /// port unless the scheme's default (RFC 9110 §7.2), made once.
+    upstream_host: Option<HeaderValue>,
     /// Where agents call this gateway (`public_url`, or `http(s)://LISTEN`).
     origin: String,
     /// `agent_instance_header` and `agent_header`, parsed once.
@@ -529,11 +534,15 @@ impl Gateway {
             .iter()
             .map(|r| Route::new(r, &config.location_base))
             .collect();
+        let upstream_base = config.upstream.trim_end_matches('/').to_owned();
+        let upstream_host = upstream_host(&upstream_base);
         Ok(Arc::new(Self {
             routes,
             replica: Arc::clone(&point.replica),
             point,
             upstream,
+            upstream_base,
+            upstream_host,
             origin: config.public_url.as_deref().map_or_else(
                 || format!("{scheme}://{}", config.listen),
                 |u| u.trim_end_matches('/').to_owned(),
@@ -650,6 +659,22 @@ impl Gateway {
     }
 }
 
+/// The `Host` of requests to `upstream` (an `http://` or `https://` URL):
+/// its host, and its port when that is not the scheme's default.
+fn upstream_host(upstream: &str) -> Option<HeaderValue> {
+    let uri: Uri = upstream.parse().ok()?;
+    let host = uri.host()?;
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let value = match uri.port_u16() {
+        Some(port) if port != default => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
 /// How the gateway names itself in `Via` (RFC 9110 §7.6.3).
 const VIA: &str = "1.1 mandate-gateway";
 
@@ -658,38 +683,48 @@ const VIA: &str = "1.1 mandate-gateway";
 /// `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
 /// They concern one connection, not the one the gateway opens onward.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // The names `Connection` lists, read before it is removed (rare: most
-    // requests carry none, or only `keep-alive`).
-    let named: Vec<header::HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    // One pass over the names, compared as text with no hashing, finds the
+    // hop-by-hop headers present: most requests carry none, most responses
+    // only `Connection: keep-alive`. Only those are removed.
+    let mut gone: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n.as_str()))
+        .cloned()
         .collect();
-    for n in named {
-        headers.remove(n);
+    if gone.is_empty() {
+        return;
     }
-    // By their `HeaderName`s: a name given as text would be parsed again
-    // for every removal of every request.
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    // The names `Connection` lists, read before it is removed.
+    gone.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+    );
+    for n in gone {
+        headers.remove(n);
     }
 }
 
-/// The hop-by-hop headers of RFC 9110 §7.6.1 (and the old `Keep-Alive` and
+/// Whether a header name (lower case, as `HeaderName` keeps it) is one of
+/// the hop-by-hop headers of RFC 9110 §7.6.1 (and the old `Keep-Alive` and
 /// `Proxy-Connection`).
-const HOP_BY_HOP: [header::HeaderName; 9] = [
-    header::CONNECTION,
-    header::HeaderName::from_static("keep-alive"),
-    header::HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// `X-Forwarded-For`.
 const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
@@ -752,7 +787,9 @@ fn problem(d: &Decision) -> Response {
 
 async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let _in_flight = gw.point.request();
-    let url = format!("{}{}", gw.origin, req.uri().path());
+    let mut url = String::with_capacity(gw.origin.len() + req.uri().path().len());
+    url.push_str(&gw.origin);
+    url.push_str(req.uri().path());
     let certificate = req
         .extensions()
         .get::<ClientCertificate>()
@@ -766,12 +803,11 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         return gw.with_nonce(problem(&d), &d);
     }
     let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let Ok(uri) = format!("{}{pq}", gw.config.upstream.trim_end_matches('/')).parse::<Uri>() else {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut target = String::with_capacity(gw.upstream_base.len() + pq.len());
+    target.push_str(&gw.upstream_base);
+    target.push_str(pq);
+    let Ok(uri) = Uri::try_from(target) else {
         return (StatusCode::BAD_GATEWAY, "bad upstream URI").into_response();
     };
     parts.uri = uri;
@@ -790,7 +826,11 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         .map(str::to_owned);
     forwarded(&mut parts.headers, peer, host.as_deref());
     parts.headers.remove(&gw.instance_header);
-    parts.headers.remove(header::HOST);
+    // The upstream's `Host`, not the agent's (which named this gateway).
+    match &gw.upstream_host {
+        Some(h) => parts.headers.insert(header::HOST, h.clone()),
+        None => parts.headers.remove(header::HOST),
+    };
     match gw.upstream.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
             let mut resp = resp.map(Body::new).into_response();
@@ -899,6 +939,29 @@ mod tests {
     }
 
     #[test]
+    fn a_forwarded_request_names_the_upstream_as_its_host() {
+        let host = |u: &str| upstream_host(u).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(
+            host("http://127.0.0.1:9000").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(
+            host("http://api.example:80/v1").as_deref(),
+            Some("api.example")
+        );
+        assert_eq!(
+            host("https://api.example:443").as_deref(),
+            Some("api.example")
+        );
+        assert_eq!(
+            host("https://api.example:80").as_deref(),
+            Some("api.example:80")
+        );
+        assert_eq!(host("https://[::1]:8443").as_deref(), Some("[::1]:8443"));
+        assert_eq!(host("not a url"), None);
+    }
+
+    #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -914,6 +977,28 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["accept"], "application/json");
+        // Each of them, alone, in any case.
+        for name in [
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("x"),
+            );
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name} was kept: {h:?}");
+            assert!(h.contains_key("x-kept"));
+        }
     }
 
     #[test]

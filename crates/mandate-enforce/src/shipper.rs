@@ -12,7 +12,15 @@
 //! (SIGTERM) makes the spool durable before the process ends, and the next
 //! run ships it. What a crash can lose is at most the last batch interval
 //! (50 ms) of records not yet appended.
+//!
+//! While the sender keeps up, it does not read its records back: the
+//! collector hands it the records it appended, already serialized, along
+//! with the bytes they take in the file (see [`Spool::recent`]). The file
+//! is still written first, and read back whenever memory does not hold
+//! exactly its unshipped part (records an earlier run left, or more than a
+//! chunk waiting during an outage).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -64,18 +72,21 @@ pub struct DecisionRecord {
 }
 
 /// A record waiting to be shipped: its series, its number there, and the
-/// record as JSON (serialized once, when it is queued).
+/// record as JSON (serialized once, when it is queued; shared, not copied,
+/// on its way to the authority).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pending {
     source: Arc<str>,
     n: u64,
-    record: String,
+    record: Arc<str>,
 }
 
 /// A spool line.
 #[derive(Deserialize)]
 struct SpoolLine<'a> {
-    source: &'a str,
+    /// Borrowed unless it holds an escape.
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
     n: u64,
     #[serde(borrow)]
     record: &'a serde_json::value::RawValue,
@@ -100,13 +111,29 @@ pub struct Shipper {
     wake: Arc<Wake>,
 }
 
+/// The start of a spool line of the series `source`, up to its number:
+/// written once per series, not once per record.
+fn line_prefix(source: &str) -> String {
+    format!("{{\"source\":{},\"n\":", serde_json::Value::from(source))
+}
+
+/// Appends the spool line of record number `n` (its series' `prefix` from
+/// [`line_prefix`]) to `text`; returns the line's length in bytes.
+fn push_line(text: &mut String, prefix: &str, n: u64, record: &str) -> u64 {
+    let start = text.len();
+    text.push_str(prefix);
+    text.push_str(itoa::Buffer::new().format(n));
+    text.push_str(",\"record\":");
+    text.push_str(record);
+    text.push_str("}\n");
+    (text.len() - start) as u64
+}
+
+#[cfg(test)]
 fn spool_line(p: &Pending) -> String {
-    format!(
-        "{{\"source\":{},\"n\":{},\"record\":{}}}\n",
-        serde_json::Value::from(&*p.source),
-        p.n,
-        p.record
-    )
+    let mut text = String::new();
+    push_line(&mut text, &line_prefix(&p.source), p.n, &p.record);
+    text
 }
 
 /// Parses spool lines (complete lines only); an unreadable one is logged
@@ -122,9 +149,9 @@ fn parse_spool(text: &str, path: &Path) -> (Vec<(Pending, u64)>, u64) {
             Ok(line) => {
                 out.push((
                     Pending {
-                        source: Arc::from(line.source),
+                        source: Arc::from(line.source.as_ref()),
                         n: line.n,
-                        record: line.record.get().to_owned(),
+                        record: Arc::from(line.record.get()),
                     },
                     carry,
                 ));
@@ -163,6 +190,15 @@ struct Spool {
     shipped: u64,
     /// Whether bytes were appended since the last fsync.
     dirty: bool,
+    /// The records of the file's unshipped part (`shipped..len`), in order,
+    /// each with the bytes its line takes, when this run appended every one
+    /// of them: the sender takes them from here instead of reading and
+    /// parsing the file again. `None` while that is not so (records left by
+    /// an earlier run, or more than [`CHUNK`] bytes waiting); once the file
+    /// is emptied it holds them again.
+    recent: Option<VecDeque<(Pending, u64)>>,
+    /// Bytes of the lines in `recent`.
+    recent_bytes: u64,
 }
 
 /// Most bytes of spool read back at once.
@@ -191,10 +227,13 @@ impl Spool {
             len,
             shipped: 0,
             dirty: false,
+            recent: (len == 0).then(VecDeque::new),
+            recent_bytes: 0,
         }
     }
 
-    fn append(&mut self, text: &str) -> bool {
+    /// Appends `text`, the lines of `records` (each with its line's bytes).
+    fn append(&mut self, text: &str, records: Vec<(Pending, u64)>) -> bool {
         let Some(f) = self.file.as_mut() else {
             return false;
         };
@@ -202,6 +241,19 @@ impl Spool {
             Ok(()) => {
                 self.len += text.len() as u64;
                 self.dirty = true;
+                if let Some(recent) = self.recent.as_mut() {
+                    self.recent_bytes += text.len() as u64;
+                    let whole = records.iter().map(|(_, b)| b).sum::<u64>() == text.len() as u64;
+                    if self.recent_bytes > CHUNK as u64 || !whole {
+                        // Too many waiting (the authority is away), or
+                        // lines that are not these records: from now on
+                        // the file is read back, a chunk at a time.
+                        self.recent = None;
+                        self.recent_bytes = 0;
+                    } else {
+                        recent.extend(records);
+                    }
+                }
                 true
             }
             Err(e) => {
@@ -221,6 +273,10 @@ impl Spool {
     /// The next unshipped records (at most about [`CHUNK`] bytes), each with
     /// the bytes it stands for, and the bytes of unreadable lines after them.
     fn next_chunk(&self) -> (Vec<(Pending, u64)>, u64) {
+        if let Some(recent) = self.recent.as_ref() {
+            // At most a chunk's bytes: `append` keeps it so.
+            return (recent.iter().cloned().collect(), 0);
+        }
         let Some(f) = self.file.as_ref() else {
             return (Vec::new(), 0);
         };
@@ -239,12 +295,25 @@ impl Spool {
     /// `bytes` more were shipped; the file is emptied once all of it was.
     fn shipped(&mut self, bytes: u64) {
         self.shipped += bytes;
+        if let Some(recent) = self.recent.as_mut() {
+            // The sender ships whole records from the front.
+            let mut left = bytes;
+            while left > 0
+                && let Some((_, b)) = recent.pop_front()
+            {
+                left = left.saturating_sub(b);
+                self.recent_bytes = self.recent_bytes.saturating_sub(b);
+            }
+        }
         if self.shipped >= self.len
             && let Some(f) = self.file.as_ref()
             && f.set_len(0).is_ok()
         {
             self.len = 0;
             self.shipped = 0;
+            // Nothing unshipped: memory holds all of it (nothing) again.
+            self.recent = Some(VecDeque::new());
+            self.recent_bytes = 0;
         }
     }
 }
@@ -418,18 +487,28 @@ fn collect_loop(
 ) {
     let mut next = 0u64;
     let mut last_sync = std::time::Instant::now();
+    let prefix = line_prefix(source);
     loop {
         let mut text = String::new();
+        let mut records = Vec::new();
         let mut flushes = Vec::new();
         let mut closed = false;
-        let mut take = |m: Msg, text: &mut String, flushes: &mut Vec<mpsc::Sender<()>>| match m {
+        let mut take = |m: Msg,
+                        text: &mut String,
+                        records: &mut Vec<(Pending, u64)>,
+                        flushes: &mut Vec<mpsc::Sender<()>>| match m {
             Msg::Record(r) => {
                 if let Ok(record) = serde_json::to_string(&r) {
-                    text.push_str(&spool_line(&Pending {
-                        source: Arc::clone(source),
-                        n: next,
-                        record,
-                    }));
+                    let record = Arc::<str>::from(record);
+                    let bytes = push_line(text, &prefix, next, &record);
+                    records.push((
+                        Pending {
+                            source: Arc::clone(source),
+                            n: next,
+                            record,
+                        },
+                        bytes,
+                    ));
                     next += 1;
                 }
             }
@@ -441,7 +520,7 @@ fn collect_loop(
         std::thread::sleep(INTERVAL);
         loop {
             match rx.try_recv() {
-                Ok(m) => take(m, &mut text, &mut flushes),
+                Ok(m) => take(m, &mut text, &mut records, &mut flushes),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     closed = true;
@@ -451,7 +530,7 @@ fn collect_loop(
         }
         if let Ok(mut sp) = spool.lock() {
             if !text.is_empty() {
-                sp.append(&text);
+                sp.append(&text, records);
             }
             if !flushes.is_empty() || closed || last_sync.elapsed() >= Duration::from_secs(1) {
                 sp.sync();
@@ -522,17 +601,58 @@ mod tests {
         Pending {
             source: Arc::from(source),
             n,
-            record: serde_json::to_string(&DecisionRecord {
-                at_ms: 1,
-                gateway: "g".into(),
-                method: "GET".into(),
-                path: "/".into(),
-                chain: vec![MandateId::new("mnd-1").unwrap()],
-                decision: Outcome::Allow,
-                reasons: Vec::new(),
-            })
-            .unwrap(),
+            record: Arc::from(
+                serde_json::to_string(&DecisionRecord {
+                    at_ms: 1,
+                    gateway: "g".into(),
+                    method: "GET".into(),
+                    path: "/".into(),
+                    chain: vec![MandateId::new("mnd-1").unwrap()],
+                    decision: Outcome::Allow,
+                    reasons: Vec::new(),
+                })
+                .unwrap(),
+            ),
         }
+    }
+
+    /// The spool lines of `records`, and each record with its line's bytes.
+    fn lines(records: &[Pending]) -> (String, Vec<(Pending, u64)>) {
+        let text: String = records.iter().map(spool_line).collect();
+        let with = records
+            .iter()
+            .map(|r| (r.clone(), spool_line(r).len() as u64))
+            .collect();
+        (text, with)
+    }
+
+    #[test]
+    fn the_records_held_in_memory_are_those_the_file_would_give() {
+        let dir = std::env::temp_dir().join(format!("spool-mem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.spool");
+        let _ = std::fs::remove_file(&path);
+        let mut sp = Spool::open(path.clone());
+        let (text, records) = lines(&[p("a\"b", 0), p("a\"b", 1), p("a\"b", 2)]);
+        sp.append(&text, records);
+        assert!(sp.recent.is_some(), "this run appended every record");
+        let from_memory = sp.next_chunk();
+        let from_file = parse_spool(&std::fs::read_to_string(&path).unwrap(), &path);
+        assert_eq!(from_memory, from_file);
+        sp.shipped(bytes_of(&from_memory.0, 1));
+        let rest = sp.next_chunk().0;
+        assert_eq!(
+            rest,
+            from_file.0[1..].to_vec(),
+            "shipped records leave memory"
+        );
+        // Lines that are not the records given (never so in the collector)
+        // send the sender back to the file, which still has them.
+        sp.append("not json\n", Vec::new());
+        assert!(sp.recent.is_none());
+        let (chunk, unreadable) = sp.next_chunk();
+        assert_eq!((chunk, unreadable), (rest, 9));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -575,12 +695,13 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let mut sp = Spool::open(path.clone());
         let first = vec![p("a", 7), p("b", 0)];
-        let text: String = first.iter().map(spool_line).collect();
-        sp.append(&text);
+        let (text, records) = lines(&first);
+        sp.append(&text, records);
         assert_eq!(read_spool(&path), first);
         // More records are appended after what is there, never rewritten.
         let before = std::fs::read(&path).unwrap();
-        sp.append(&spool_line(&p("b", 1)));
+        let (text, records) = lines(&[p("b", 1)]);
+        sp.append(&text, records);
         let after = std::fs::read(&path).unwrap();
         assert!(after.starts_with(&before));
         let (chunk, trailing) = sp.next_chunk();
@@ -595,8 +716,9 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
         // A reopened spool (a restart) reads what an earlier run left, past
         // a line it cannot read.
-        sp.append("not json\n");
-        sp.append(&spool_line(&p("c", 0)));
+        sp.append("not json\n", Vec::new());
+        let (text, records) = lines(&[p("c", 0)]);
+        sp.append(&text, records);
         drop(sp);
         let (chunk, _) = Spool::open(path.clone()).next_chunk();
         assert_eq!(chunk.len(), 1);

@@ -400,7 +400,7 @@ fn apply(edit: &Edit, msg: &mut Value) -> bool {
 /// before the answer. A stream polled by the response itself (no task, no
 /// channel between them).
 struct Pump {
-    body: hyper::body::Incoming,
+    body: crate::upstream::UpstreamBody,
     shape: Shape,
     edit: Edit,
     cancel: Option<Cancel>,
@@ -419,7 +419,7 @@ enum Step {
 }
 
 impl Pump {
-    fn new(body: hyper::body::Incoming, shape: Shape, edit: Edit, cancel: Cancel) -> Self {
+    fn new(body: crate::upstream::UpstreamBody, shape: Shape, edit: Edit, cancel: Cancel) -> Self {
         let watch = match &edit {
             Edit::Call(Some(w)) => Some(w.clone()),
             _ => None,

@@ -308,6 +308,8 @@ fn the_gateway_forwards_as_a_proxy_does_without_hop_by_hop_headers_or_the_proof(
         );
     }
     assert_eq!(seen["via"], "1.1 mandate-gateway");
+    // The upstream is named as the request's host, not the gateway.
+    assert_eq!(seen["host"], upstream.addr.to_string(), "{seen}");
     assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert!(
         seen["forwarded"]
