@@ -7,7 +7,9 @@
 # clock starts), taking turns for ROUNDS (default 3) rounds:
 #   nginx proxy_pass         nginx terminating TLS (asking for a client
 #                            certificate, as the gateway does) in front of
-#                            an nginx upstream
+#                            an nginx upstream (in the same nginx worker)
+#   nginx proxy_pass apart   the same, in an nginx of its own, apart from the
+#                            upstream's, as the gateway is
 #   gateway mTLS-bound       the mandate gateway, same upstream, a
 #                            certificate-bound mandate: no proof per request
 #   gateway DPoP             the same gateway, a key-bound mandate: a fresh
@@ -35,7 +37,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 cd "$work"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-U=$(port); P=$(port); G=$(port)
+U=$(port); P=$(port); Q=$(port); G=$(port)
 
 # A private CA and the servers' certificate (nginx and the gateway serve the
 # same one, an ECDSA P-256 key); the agent's self-signed client certificate.
@@ -73,6 +75,27 @@ http {
 }
 NGINX
 nginx -p "$work/nginx" -c tls.conf -g 'daemon off;' & pids+=($!)
+# The same TLS proxy apart from the upstream (see scripts/load-gateway.sh).
+cat > nginx/apart.conf <<NGINX
+worker_processes 1;
+pid apart.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path tmp; proxy_temp_path tmp;
+  upstream resource { server 127.0.0.1:$U; keepalive 32; }
+  server {
+    listen 127.0.0.1:$Q ssl;
+    ssl_certificate $work/server.pem; ssl_certificate_key $work/server.key;
+    ssl_protocols TLSv1.3;
+    ssl_verify_client optional_no_ca;
+    keepalive_requests 1000000;
+    location / { proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://resource; }
+  }
+}
+NGINX
+nginx -p "$work/nginx" -c apart.conf -g 'daemon off;' & pids+=($!)
 
 "$bin" serve --data-dir data --listen 127.0.0.1:0 --outbound-ca "$work/ca.pem" 2> serve.log & pids+=($!); authority=$!
 for _ in $(seq 100); do grep -q listening serve.log 2>/dev/null && break; sleep 0.1; done
@@ -121,10 +144,11 @@ echo "== ${duration}s a run, $rounds rounds taking turns, TLS 1.3 everywhere; ma
 for round in $(seq "$rounds"); do
   for c in "$conns" 1; do
     run "nginx proxy_pass (TLS)" "$P" "$c" "$round" --cert agent.pem --key agent.key -H "Mandate: $bound"
+    run "nginx proxy_pass apart (TLS)" "$Q" "$c" "$round" --cert agent.pem --key agent.key -H "Mandate: $bound"
     run "gateway mTLS-bound" "$G" "$c" "$round" --cert agent.pem --key agent.key -H "Mandate: $bound"
     "$bin" dpop --key holder.jwk --method GET --url "$url" --count $((duration * ($c > 1 ? 40000 : 10000))) > proofs
     run "gateway DPoP" "$G" "$c" "$round" -H "Mandate: $keyed" -H 'DPoP: @LINE@' --lines proofs
   done
 done
 echo "gateway proof signatures: $(curl -s --cacert ca.pem "https://127.0.0.1:$G/_mandate/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["proof_signatures"])')"
-python3 "$root/scripts/load-summary.py" "$results" "nginx proxy_pass (TLS)"
+python3 "$root/scripts/load-summary.py" "$results" "nginx proxy_pass (TLS),nginx proxy_pass apart (TLS)"

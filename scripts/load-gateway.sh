@@ -4,7 +4,9 @@
 # gateway's auth_request (deploy/nginx/mandate.conf). One run, same machine.
 #   scripts/load-gateway.sh [DURATION=10] [CONNECTIONS=32]
 # MANDATE_BIN=path runs that build instead of building this tree.
-# ONLY=upstream,proxy,gateway,auth picks the runs (all by default); ROUNDS=3
+# ONLY=upstream,proxy,apart,gateway,auth picks the runs (all by default):
+# "proxy" is nginx proxy_pass in the upstream's own nginx worker, "apart" the
+# same proxy in an nginx of its own (as the gateway is). ROUNDS=3
 # rounds take turns so that the machine's drift hits every target alike.
 # Needs nginx and curl (Debian packages); the load comes from
 # crates/mandate-loadgen, the same for every target.
@@ -39,7 +41,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 cd "$work"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-U=$(port); P=$(port); A=$(port); G=$(port)
+U=$(port); P=$(port); Q=$(port); A=$(port); G=$(port)
 
 # The upstream and the plain proxy: nginx.
 mkdir -p nginx/tmp
@@ -57,6 +59,23 @@ http {
 }
 NGINX
 nginx -p "$work/nginx" -c base.conf -g 'daemon off;' & pids+=($!)
+# The same proxy in an nginx of its own, apart from the upstream, as the
+# gateway is: in base.conf the proxy and the upstream share one worker, so
+# nginx's hop to the upstream wakes no other process, where the gateway's
+# must wake nginx's worker (and be woken by its answer).
+cat > nginx/apart.conf <<NGINX
+worker_processes 1;
+pid apart.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path tmp; proxy_temp_path tmp;
+  upstream resource { server 127.0.0.1:$U; keepalive 32; }
+  server { listen 127.0.0.1:$Q; location / { proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://resource; } }
+}
+NGINX
+nginx -p "$work/nginx" -c apart.conf -g 'daemon off;' & pids+=($!)
 
 # The authority, a mandate, and the gateway.
 "$bin" serve --data-dir data --listen 127.0.0.1:0 2> serve.log & pids+=($!); authority=$!
@@ -134,18 +153,19 @@ run() { # NAME URL CONNECTIONS ROUND
   [ -z "$non2xx" ] || { echo "FAIL: $1 answered $non2xx non-2xx"; exit 1; }
   echo "$1,$3,$4,$(echo "$out" | awk '/Requests\/sec/ {print $2}'),$(echo "$out" | awk '$1=="50%" {print $2}'),$(echo "$out" | awk '$1=="99%" {print $2}'),$cpu" >> "$results"
 }
-only="${ONLY:-upstream,proxy,gateway,auth}"
+only="${ONLY:-upstream,proxy,apart,gateway,auth}"
 rounds="${ROUNDS:-3}"
 echo "== ${duration}s a run, $rounds rounds taking turns; mandate-loadgen at $conns connections and at 1"
 for round in $(seq "$rounds"); do
   for c in "$conns" 1; do
     case ",$only," in *,upstream,*) run "upstream directly" "http://127.0.0.1:$U" "$c" "$round";; esac
     case ",$only," in *,proxy,*) run "nginx proxy_pass" "http://127.0.0.1:$P" "$c" "$round";; esac
+    case ",$only," in *,apart,*) run "nginx proxy_pass apart" "http://127.0.0.1:$Q" "$c" "$round";; esac
     case ",$only," in *,gateway,*) run "mandate gateway" "http://127.0.0.1:$G" "$c" "$round";; esac
     case ",$only," in *,auth,*) run "nginx + mandate auth_request" "http://127.0.0.1:$A" "$c" "$round";; esac
   done
 done
-python3 "$root/scripts/load-summary.py" "$results" "nginx proxy_pass" "upstream directly"
+python3 "$root/scripts/load-summary.py" "$results" "nginx proxy_pass,nginx proxy_pass apart" "upstream directly"
 
 # Every decision the gateway made (through it or for nginx) must be in the
 # authority's audit log: the figures above include shipping them.

@@ -2,12 +2,12 @@
 scripts/load-gateway-mtls.sh): per target and connection count, the median
 of the rounds, and each target's ratios to the base target.
 
-    python3 scripts/load-summary.py RESULTS.csv BASE [UNDER]
+    python3 scripts/load-summary.py RESULTS.csv BASES [UNDER]
 
 RESULTS.csv has one row a run: name, connections, round, req/s, p50, p99,
-server CPU microseconds a request. BASE names the target the others are
-compared with (nginx proxy_pass); UNDER, if given, one that is only reported
-(the upstream alone). Ratios are given per round too: rounds run side by
+server CPU microseconds a request. BASES names the targets the others are
+compared with (nginx proxy_pass; several, comma-separated); UNDER, if
+given, one that is only reported (the upstream alone). Ratios are given per round too: rounds run side by
 side, so theirs are the steadier figures on a noisy machine. The CPU a
 request costs the servers (every server process, the load generator left
 out) is the figure that moves least with the host's other load.
@@ -25,7 +25,8 @@ def us(text):
     raise ValueError(f"latency {text!r}: no unit")
 
 
-def main(path, base, under=None):
+def main(path, bases, under=None):
+    bases = bases.split(",")
     rows = list(csv.reader(open(path)))
     names = list(dict.fromkeys(r[0] for r in rows))
     for conns in sorted({int(r[1]) for r in rows}, reverse=True):
@@ -43,21 +44,22 @@ def main(path, base, under=None):
             m = med[n]
             print(f"{n:30} {m['rps']:10.0f} req/s  p50 {m['p50']:7.0f} us  p99 {m['p99']:7.0f} us"
                   f"  server CPU {m['cpu']:6.1f} us/req   [{' '.join(f'{x:.0f}' for x in rps)}]")
-        if base not in med:
-            continue
-        b = med[base]
-        for n in names:
-            if n in (base, under):
+        for base in bases:
+            if base not in med:
                 continue
-            per = [float(a[3]) / float(c[3]) for a, c in zip(runs[n], runs[base])]
-            cpu = [float(c[6]) / float(a[6]) for a, c in zip(runs[n], runs[base]) if float(a[6])]
-            line = (f"{n}: {med[n]['rps'] / b['rps']:.2f}x {base} throughput "
-                    f"(rounds {' '.join(f'{x:.2f}' for x in per)}), p50 {med[n]['p50'] - b['p50']:+.0f} us; "
-                    f"CPU efficiency {statistics.median(cpu) if cpu else 0:.2f}x "
-                    f"(rounds {' '.join(f'{x:.2f}' for x in cpu)})")
-            if under in med:
-                line += f"; p50 {med[n]['p50'] - med[under]['p50']:+.0f} us vs {under}"
-            print(line)
+            b = med[base]
+            for n in names:
+                if n in bases or n == under:
+                    continue
+                per = [float(a[3]) / float(c[3]) for a, c in zip(runs[n], runs[base])]
+                cpu = [float(c[6]) / float(a[6]) for a, c in zip(runs[n], runs[base]) if float(a[6])]
+                line = (f"{n}: {med[n]['rps'] / b['rps']:.2f}x {base} throughput "
+                        f"(rounds {' '.join(f'{x:.2f}' for x in per)}), p50 {med[n]['p50'] - b['p50']:+.0f} us; "
+                        f"CPU a request, {base}'s over this one's: {statistics.median(cpu) if cpu else 0:.2f}x "
+                        f"(rounds {' '.join(f'{x:.2f}' for x in cpu)})")
+                if under in med:
+                    line += f"; p50 {med[n]['p50'] - med[under]['p50']:+.0f} us vs {under}"
+                print(line)
 
 
 if __name__ == "__main__":
