@@ -138,29 +138,98 @@ pub fn observed(router: Router) -> Router {
     around(
         router,
         tower::ServiceBuilder::new()
-            .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
-                RequestUuid,
-            ))
-            .layer(trace_layer())
-            .layer(axum::middleware::from_fn(echo_request_id)),
+            .layer(RequestIdLayer)
+            .layer(trace_layer()),
     )
 }
 
-/// Request ids: random (v4) UUIDs drawn from a per-thread CSPRNG (uuid's
-/// `fast-rng`: rand's ChaCha, seeded from the OS), so that a request costs
-/// no `getrandom` system call, as one did with uuid's default generator.
+/// Request ids, in one layer: a request without an `X-Request-ID` gets one,
+/// a random (v4) UUID drawn from a per-thread CSPRNG (uuid's `fast-rng`:
+/// rand's ChaCha, seeded from the OS, so no `getrandom` system call a
+/// request); the answer echoes the request's (AuthZEN 1.0 makes that a MUST
+/// for the decision endpoints; every route does it). A caller's id longer
+/// than 256 bytes is not echoed.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RequestUuid;
+pub struct RequestIdLayer;
 
-impl tower_http::request_id::MakeRequestId for RequestUuid {
-    fn make_request_id<B>(
+impl<S> tower::Layer<S> for RequestIdLayer {
+    type Service = RequestIds<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIds { inner }
+    }
+}
+
+/// The service [`RequestIdLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct RequestIds<S> {
+    inner: S,
+}
+
+const X_REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+
+/// A new request id: a hyphenated v4 UUID, written without the formatter.
+fn new_request_id() -> Option<axum::http::HeaderValue> {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    axum::http::HeaderValue::from_str(id).ok()
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for RequestIds<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+{
+    type Response = axum::http::Response<R>;
+    type Error = S::Error;
+    type Future = EchoId<S::Future>;
+
+    fn poll_ready(
         &mut self,
-        _: &axum::http::Request<B>,
-    ) -> Option<tower_http::request_id::RequestId> {
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        axum::http::HeaderValue::from_str(&id)
-            .ok()
-            .map(tower_http::request_id::RequestId::new)
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        let id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) => Some(v.clone()),
+            None => new_request_id().inspect(|v| {
+                req.headers_mut().insert(X_REQUEST_ID, v.clone());
+            }),
+        };
+        EchoId {
+            inner: self.inner.call(req),
+            id: id.filter(|v| v.len() <= 256),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`RequestIds`]: the inner one, with the request id.
+    #[derive(Debug)]
+    pub struct EchoId<F> {
+        #[pin]
+        inner: F,
+        id: Option<axum::http::HeaderValue>,
+    }
+}
+
+impl<F, E, R> std::future::Future for EchoId<F>
+where
+    F: std::future::Future<Output = Result<axum::http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            res.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        std::task::Poll::Ready(Ok(res))
     }
 }
 
@@ -205,21 +274,6 @@ async fn count_http(
     res
 }
 
-/// Echoes the caller's `X-Request-ID` on every answer (AuthZEN 1.0 makes it
-/// a MUST for the decision endpoints; every route does it). A value that is
-/// not a valid header value is not echoed.
-async fn echo_request_id(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let id = req.headers().get("x-request-id").cloned();
-    let mut res = next.run(req).await;
-    if let Some(id) = id.filter(|v| v.len() <= 256) {
-        res.headers_mut().insert("x-request-id", id);
-    }
-    res
-}
-
 /// Rejections produced by axum itself (413 body too large, 405, 415, ...)
 /// come as plain text; every error of this API is problem+json, except the
 /// protocols' own JSON error shapes (OAuth's `{error, error_description}`,
@@ -252,16 +306,15 @@ async fn problem_for_plain_errors(res: axum::response::Response) -> axum::respon
 
 #[cfg(test)]
 mod tests {
-    use tower_http::request_id::MakeRequestId as _;
+    #![allow(clippy::unwrap_used)]
+    use tower::{Service as _, ServiceExt as _};
 
     #[test]
     fn request_ids_are_distinct_version_4_uuids() {
-        let req = axum::http::Request::new(());
-        let mut make = super::RequestUuid;
         let ids: std::collections::HashSet<String> = (0..1000)
             .map(|_| {
-                let id = make.make_request_id(&req).expect("an id");
-                let text = id.header_value().to_str().expect("ASCII").to_owned();
+                let id = super::new_request_id().expect("an id");
+                let text = id.to_str().expect("ASCII").to_owned();
                 let uuid = uuid::Uuid::parse_str(&text).expect("a UUID");
                 assert_eq!(uuid.get_version_num(), 4, "{text}");
                 assert_eq!(text.len(), 36, "hyphenated: {text}");
@@ -269,5 +322,55 @@ mod tests {
             })
             .collect();
         assert_eq!(ids.len(), 1000, "every id is new");
+    }
+
+    /// What the handler saw as the request's id, and the answer's.
+    async fn ids(given: Option<&str>) -> (Option<String>, Option<String>) {
+        let seen = |req: axum::http::Request<axum::body::Body>| async move {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            Ok::<_, std::convert::Infallible>(axum::response::IntoResponse::into_response(
+                id.unwrap_or_default(),
+            ))
+        };
+        let mut svc = tower::Layer::layer(&super::RequestIdLayer, tower::service_fn(seen));
+        let mut req = axum::http::Request::new(axum::body::Body::empty());
+        if let Some(g) = given {
+            req.headers_mut().insert("x-request-id", g.parse().unwrap());
+        }
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        let echoed = res
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        let seen = String::from_utf8(body.to_vec()).unwrap();
+        ((!seen.is_empty()).then_some(seen), echoed)
+    }
+
+    #[tokio::test]
+    async fn a_request_keeps_its_id_or_gets_one_and_the_answer_echoes_it() {
+        assert_eq!(
+            ids(Some("req-7f3a")).await,
+            (Some("req-7f3a".to_owned()), Some("req-7f3a".to_owned()))
+        );
+        let (seen, echoed) = ids(None).await;
+        assert!(
+            seen.as_deref()
+                .is_some_and(|s| uuid::Uuid::parse_str(s).is_ok()),
+            "{seen:?}"
+        );
+        assert_eq!(
+            seen, echoed,
+            "the id made for the request is the one echoed"
+        );
+        let long = "x".repeat(257);
+        assert_eq!(
+            ids(Some(&long)).await,
+            (Some(long.clone()), None),
+            "a caller's id over 256 bytes reaches the handler but is not echoed"
+        );
     }
 }
